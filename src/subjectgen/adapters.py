@@ -1,0 +1,93 @@
+"""What personalization produces (a run folder), and how to load it back onto its base model.
+
+A run folder holds `subject.json` (the manifest, written last: its presence marks a finished run)
+beside weights in the ecosystem's formats:
+  lora               pytorch_lora_weights.safetensors (diffusers) and kohya_lora.safetensors (kohya/A1111)
+  textual-inversion  learned_embeds.safetensors (diffusers) and embedding_a1111.safetensors (A1111)
+  dreambooth         pipeline/ (a whole diffusers pipeline)
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .errors import UserError
+from .models import Components, load_model
+from .safeio import atomic_save_safetensors
+
+MANIFEST = "subject.json"
+KOHYA_PREFIX = {"unet": "lora_unet", "text_encoder": "lora_te"}
+LORA_SUFFIXES = {".lora.down.weight": "lora_down", ".lora.up.weight": "lora_up",
+                 ".lora_linear_layer.down.weight": "lora_down", ".lora_linear_layer.up.weight": "lora_up"}
+
+
+def kohya_key(component: str, key: str) -> tuple[str, str]:
+    """diffusers LoRA key -> (kohya module name, 'lora_down'/'lora_up')."""
+    for suffix, kind in LORA_SUFFIXES.items():
+        if key.endswith(suffix):
+            module = key[: -len(suffix)]
+            if component == "text_encoder" and not module.startswith("text_model."):
+                module = "text_model." + module
+            return f"{KOHYA_PREFIX[component]}_{module.replace('.', '_')}", kind
+    raise ValueError(f"not a LoRA weight key: {key}")
+
+
+def export_kohya_lora(layers: dict[str, dict[str, torch.Tensor]], alpha: float, path: Path) -> None:
+    """Write LoRA weights with kohya sd-scripts / A1111 keys (lora_unet_..., lora_te_..., .alpha)."""
+    out: dict[str, torch.Tensor] = {}
+    for component, state in layers.items():
+        for key, weight in state.items():
+            name, kind = kohya_key(component, key)
+            out[f"{name}.{kind}.weight"] = weight.float()
+            out[f"{name}.alpha"] = torch.tensor(float(alpha))
+    atomic_save_safetensors(path, out, metadata={"ss_network_module": "networks.lora", "ss_network_alpha": str(alpha)})
+
+
+@dataclass
+class Run:
+    """A finished run: its manifest and its base model with the adapter applied."""
+
+    manifest: dict
+    components: Components
+
+    @property
+    def subject(self) -> str:
+        return self.manifest["subject"]
+
+    def prompt_for_model(self, prompt: str) -> str:
+        """Expand `{subject}` and a multi-vector TI placeholder into what the tokenizer must see."""
+        prompt = prompt.replace("{subject}", self.subject)
+        tokens = self.manifest.get("placeholder_tokens")
+        return prompt.replace(tokens[0], " ".join(tokens)) if tokens else prompt
+
+
+def read_manifest(run_dir: Path) -> dict:
+    path = Path(run_dir) / MANIFEST
+    if not path.is_file():
+        raise UserError(f"{run_dir} is not a finished run (no {MANIFEST}); train one with 'subjectgen train'")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path} is not valid JSON ({exc.msg}); the run folder is damaged") from None
+
+
+def load_run(run_dir: Path, allow_pickle: bool = False) -> Run:
+    """The base model of a finished run with its adapter applied, through diffusers' own loaders."""
+    run_dir = Path(run_dir)
+    manifest = read_manifest(run_dir)
+    method = manifest.get("method")
+    if method == "dreambooth":
+        return Run(manifest, load_model(str(run_dir / "pipeline"), allow_pickle))
+    components = load_model(manifest["model"], allow_pickle)
+    pipe = components.pipeline()
+    if method == "lora":
+        pipe.load_lora_weights(str(run_dir), weight_name="pytorch_lora_weights.safetensors")
+    elif method == "textual-inversion":
+        pipe.load_textual_inversion(str(run_dir / "learned_embeds.safetensors"))
+    else:
+        raise UserError(f"{run_dir / MANIFEST} names an unknown method '{method}'")
+    return Run(manifest, components)

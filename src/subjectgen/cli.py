@@ -1,0 +1,133 @@
+"""The command line: parse, call the Python API, print. `subjectgen --help` lists the commands."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import warnings
+
+# Quiet the libraries' import-time chatter (e.g. transformers on a missing torchvision) for CLI users.
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+
+from .config import TrainConfig  # noqa: E402
+from .errors import UserError  # noqa: E402
+
+TRAIN_HELP = {
+    "lora": "DreamBooth with LoRA adapters on the UNet attention (small files, fast)",
+    "dreambooth": "DreamBooth full fine-tune of the UNet, with class prior preservation",
+    "textual-inversion": "learn a new word embedding; the model stays frozen",
+}
+
+
+def add_train_parser(sub) -> None:
+    train = sub.add_parser("train", help="personalize a model on photos of one subject")
+    methods = train.add_subparsers(dest="method", metavar="METHOD", required=True)
+    for name, text in TRAIN_HELP.items():
+        p = methods.add_parser(name, help=text, description=text)
+        p.add_argument("--model", default="builtin", help="diffusers folder, .safetensors checkpoint, hub id, "
+                       "or a built-in name: builtin, tiny (default: builtin)")
+        p.add_argument("--subject", required=True, help="folder of 1-5 photos of the subject")
+        p.add_argument("--class", dest="class_noun", required=True, help="the subject's class noun, e.g. dog")
+        p.add_argument("--out", required=True, help="run folder to write")
+        p.add_argument("--token", help="identifier (DreamBooth; default: a rare token) or placeholder (TI; <s*>)")
+        p.add_argument("--instance-prompt", default="a {token} {class}", help="training prompt (DreamBooth)")
+        p.add_argument("--class-prompt", default="a {class}", help="prompt for class images")
+        p.add_argument("--steps", type=int, help="training steps (default: the method's, by model size)")
+        p.add_argument("--lr", type=float, help="learning rate (default: the method's, by model size)")
+        p.add_argument("--batch-size", type=int, default=1)
+        p.add_argument("--seed", type=int, default=0)
+        prior = p.add_mutually_exclusive_group()
+        prior.add_argument("--prior-preservation", dest="prior_preservation", action="store_true", default=None,
+                           help="class-specific prior preservation (default: on for dreambooth, off otherwise)")
+        prior.add_argument("--no-prior-preservation", dest="prior_preservation", action="store_false")
+        p.add_argument("--prior-weight", type=float, default=1.0, help="λ, the weight of the prior loss")
+        p.add_argument("--num-class-images", type=int, help="class images to generate and cache")
+        p.add_argument("--snr-gamma", type=float, help="min-SNR loss weighting γ (e.g. 5.0); off by default")
+        p.add_argument("--rank", type=int, default=4, help="LoRA rank")
+        p.add_argument("--lora-alpha", type=float, help="LoRA alpha (default: the rank)")
+        p.add_argument("--train-text-encoder", action="store_true", help="also train the text encoder (LoRA/full)")
+        p.add_argument("--num-vectors", type=int, default=1, help="TI: vectors in the learned embedding")
+        p.add_argument("--init-word", help="TI: word the embedding starts from (default: the class)")
+        p.add_argument("--lr-warmup-steps", type=int, default=0)
+        p.add_argument("--max-grad-norm", type=float, default=1.0)
+        p.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default="no")
+        p.add_argument("--gradient-checkpointing", action="store_true")
+        p.add_argument("--checkpoint-every", type=int, default=0, help="save a resumable checkpoint every N steps")
+        p.add_argument("--validate-every", type=int, default=0, help="write a validation grid every N steps")
+        p.add_argument("--validation-prompt", action="append", dest="validation_prompts",
+                       help="prompt with {subject} for validation grids (repeatable)")
+        p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+        p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+        p.add_argument("--allow-pickle", action="store_true", help="allow loading pickled weights (.ckpt/.bin)")
+        p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def add_generate_parser(sub) -> None:
+    p = sub.add_parser("generate", help="generate images from a trained run (or a plain model)")
+    p.add_argument("run", help="run folder from 'subjectgen train' (or a model reference for baselines)")
+    p.add_argument("prompts", nargs="+", metavar="PROMPT", help="prompts; {subject} becomes the learned subject")
+    p.add_argument("-n", type=int, default=4, help="images per prompt")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, help="sampler steps (default 50 for SD, 25 for small models)")
+    p.add_argument("--guidance", type=float, default=7.5)
+    p.add_argument("--negative-prompt", default="")
+    p.add_argument("--out", required=True, help="folder for the PNGs and grid.png")
+    p.add_argument("--allow-pickle", action="store_true")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="subjectgen", description="Subject-driven text-to-image generation.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    add_train_parser(sub)
+    add_generate_parser(sub)
+    return parser
+
+
+def run_train(args) -> None:
+    from .training import train
+
+    options = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__ and v is not None}
+    options["subject_dir"] = args.subject
+    cfg = TrainConfig(**options)
+    result = train(cfg, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
+    if result.manifest:
+        print(f"trained {cfg.method} in {result.seconds:.1f}s, final loss {result.final_loss:.4f}; "
+              f"run: {result.run_dir}; prompts use {{subject}} = '{result.manifest['subject']}'")
+
+
+def run_generate(args) -> None:
+    from .generation import generate_to_folder
+
+    result = generate_to_folder(args.run, args.prompts, args.out, args.n, args.seed, args.steps, args.guidance,
+                                args.negative_prompt, args.allow_pickle)
+    print(f"wrote {len(result.files)} images and {result.grid}")
+
+
+def quiet_libraries() -> None:
+    """Our own progress bars say what is happening; the libraries' per-file bars only add noise."""
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    quiet_libraries()
+    warnings.formatwarning = lambda message, category, *rest: f"warning: {message}\n"
+    try:
+        {"train": run_train, "generate": run_generate}[args.command](args)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,82 @@
+"""What a training step draws from: cached latent distributions, cached text embeddings, class images."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from .models import Components, cache_dir
+from .safeio import atomic_dir
+from .sampling import encode_prompts, generate
+from .subjects import center_crop, open_photo, to_tensor
+
+
+class LatentCache:
+    """The VAE posterior (mean, std) of each image, encoded once; a draw samples from it."""
+
+    def __init__(self, components: Components, images: list[Image.Image], batch_size: int = 8):
+        vae = components.vae
+        means, stds = [], []
+        with torch.no_grad():
+            for start in range(0, len(images), batch_size):
+                pixels = torch.stack([to_tensor(im) for im in images[start:start + batch_size]])
+                dist = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist
+                means.append(dist.mean.float().cpu())
+                stds.append(dist.std.float().cpu())
+        self.mean, self.std = torch.cat(means), torch.cat(stds)
+        self.scale = vae.config.scaling_factor
+
+    def __len__(self) -> int:
+        return len(self.mean)
+
+    def draw(self, count: int, generator: torch.Generator) -> torch.Tensor:
+        index = torch.randint(len(self), (count,), generator=generator)
+        noise = torch.randn(self.mean[index].shape, generator=generator)
+        return (self.mean[index] + self.std[index] * noise) * self.scale
+
+
+class TextCache:
+    """Text-encoder outputs of fixed prompts, when the text encoder does not train."""
+
+    def __init__(self, components: Components, prompts: list[str]):
+        with torch.no_grad():
+            hidden = encode_prompts(components.tokenizer, components.text_encoder, prompts)
+        self.by_prompt = {p: h for p, h in zip(prompts, hidden)}
+
+    def __call__(self, prompts: list[str]) -> torch.Tensor:
+        return torch.stack([self.by_prompt[p] for p in prompts])
+
+
+def class_image_key(model_ref: str, prompt: str, count: int, seed: int, resolution: int, steps: int,
+                    guidance: float) -> str:
+    path = Path(model_ref)
+    model = str(path.resolve()) if path.exists() else model_ref
+    spec = {"model": model, "prompt": prompt, "count": count, "seed": seed, "resolution": resolution,
+            "steps": steps, "guidance": guidance}
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def class_images(components: Components, prompt: str, count: int, seed: int, steps: int, guidance: float,
+                 is_main: bool = True, wait=lambda: None, progress: bool = True) -> tuple[list[Image.Image], Path]:
+    """Images of the class from the frozen base model, cached on disk by (model, prompt, count, seed, ...)."""
+    key = class_image_key(components.ref, prompt, count, seed, components.resolution, steps, guidance)
+    folder = cache_dir() / "class_images" / key
+    if is_main and not (folder / "done.json").is_file():
+        with atomic_dir(folder) as tmp:
+            seeds = [seed * 100_003 + i for i in range(count)]
+            bar = tqdm(total=count, desc=f"class images '{prompt}'", disable=not progress)
+            for start in range(0, count, 8):
+                chunk = seeds[start:start + 8]
+                for i, image in enumerate(generate(components, [prompt] * len(chunk), chunk, steps, guidance)):
+                    image.save(tmp / f"{start + i:04d}.png")
+                bar.update(len(chunk))
+            bar.close()
+            (tmp / "done.json").write_text(json.dumps({"model": components.ref, "prompt": prompt, "count": count}))
+    wait()
+    paths = sorted(folder.glob("*.png"))
+    return [center_crop(open_photo(p), components.resolution) for p in paths], folder

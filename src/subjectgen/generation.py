@@ -1,0 +1,50 @@
+"""Generate images from a finished run (or a plain base model) into a folder, with a grid."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from .adapters import MANIFEST, Run, load_run
+from .models import load_model
+from .outdir import RUN_SPEC
+from .safeio import atomic_save_image, atomic_write_json
+from .sampling import generate, make_grid
+
+
+@dataclass
+class GenerateResult:
+    out: Path
+    files: list[Path]
+    grid: Path
+
+
+def open_run_or_model(ref: str, allow_pickle: bool = False) -> Run:
+    """A run folder (with subject.json) or, for baselines, any model reference with no subject."""
+    if (Path(ref) / MANIFEST).is_file() or (Path(ref) / RUN_SPEC).is_file():
+        return load_run(Path(ref), allow_pickle)
+    return Run({"subject": "", "model": ref}, load_model(ref, allow_pickle))
+
+
+def generate_to_folder(ref: str, prompts: list[str], out: Path, n: int = 4, seed: int = 0, steps: int | None = None,
+                       guidance: float = 7.5, negative_prompt: str = "", allow_pickle: bool = False) -> GenerateResult:
+    """n images per prompt (seeds seed..seed+n-1), saved as p{prompt}-{k}.png, plus grid.png (a row per prompt)."""
+    run = open_run_or_model(ref, allow_pickle)
+    for prompt in prompts:
+        if run.subject and "{subject}" not in prompt:
+            warnings.warn(f"prompt {prompt!r} has no {{subject}}; it will not show the learned subject", stacklevel=2)
+    steps = steps or (50 if run.components.resolution >= 256 else 25)
+    expanded = [run.prompt_for_model(p) for p in prompts for _ in range(n)]
+    seeds = [seed + k for _ in prompts for k in range(n)]
+    images = generate(run.components, expanded, seeds, steps, guidance, negative_prompt)
+    names = [f"p{i:02d}-{k}.png" for i in range(len(prompts)) for k in range(n)]
+    out = Path(out)
+    files = []
+    for image, name in zip(images, names):
+        atomic_save_image(out / name, image)
+        files.append(out / name)
+    atomic_save_image(out / "grid.png", make_grid(images, n))
+    atomic_write_json(out / "prompts.json", {"prompts": prompts, "n": n, "seed": seed, "steps": steps,
+                                             "guidance": guidance, "source": str(ref), "files": names})
+    return GenerateResult(out, files, out / "grid.png")

@@ -1,0 +1,50 @@
+"""The denoising loss, with DreamBooth's prior-preservation split and min-SNR weighting.
+
+The batch is [instance samples; class samples]. Each half is averaged over its own samples with the
+weights of its own timesteps, then loss = instance + λ·prior. (diffusers' train_dreambooth.py computes
+SNR weights over all 2B timesteps but averages over B: wrong as soon as both are on.)
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def snr(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+    """Signal-to-noise ratio ᾱ/(1-ᾱ) of each timestep."""
+    alpha_bar = alphas_cumprod.to(timesteps.device)[timesteps].float()
+    return alpha_bar / (1 - alpha_bar)
+
+
+def min_snr_weights(snr_values: torch.Tensor, gamma: float, prediction_type: str) -> torch.Tensor:
+    """Min-SNR-γ (Hang et al. 2023) in the units of the model's prediction target."""
+    clipped = torch.clamp(snr_values, max=gamma)
+    if prediction_type == "v_prediction":
+        return clipped / (snr_values + 1)
+    return clipped / snr_values
+
+
+def diffusion_loss(pred: torch.Tensor, target: torch.Tensor, timesteps: torch.Tensor,
+                   alphas_cumprod: torch.Tensor, prediction_type: str = "epsilon", n_instance: int | None = None,
+                   prior_weight: float = 1.0, snr_gamma: float | None = None) -> tuple[torch.Tensor, dict]:
+    """Returns (loss, {"instance": ..., "prior": ...}); samples past `n_instance` are class (prior) samples."""
+    per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=tuple(range(1, pred.ndim)))
+    if snr_gamma:
+        per_sample = per_sample * min_snr_weights(snr(alphas_cumprod, timesteps), snr_gamma, prediction_type)
+    n_instance = len(per_sample) if n_instance is None else n_instance
+    instance = per_sample[:n_instance].mean()
+    if n_instance == len(per_sample):
+        return instance, {"instance": instance.detach()}
+    prior = per_sample[n_instance:].mean()
+    return instance + prior_weight * prior, {"instance": instance.detach(), "prior": prior.detach()}
+
+
+def training_target(scheduler, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+    """What the UNet should predict: the noise (SD 1.x) or the velocity (SD 2.x v-models)."""
+    kind = scheduler.config.prediction_type
+    if kind == "epsilon":
+        return noise
+    if kind == "v_prediction":
+        return scheduler.get_velocity(latents, noise, timesteps)
+    raise ValueError(f"unsupported prediction_type {kind!r}")

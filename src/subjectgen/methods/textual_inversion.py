@@ -1,0 +1,89 @@
+"""Textual Inversion (Gal et al. 2023): the model stays frozen; only the new word's vectors S* learn.
+
+The vectors live in their own small parameter, spliced into the token embedding by a wrapper module,
+so every existing embedding row stays bit-identical by construction and the optimizer state is tiny.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..errors import UserError
+from ..safeio import atomic_save_safetensors
+from .base import Method
+
+TEMPLATES = [
+    "a photo of a {}", "a rendering of a {}", "a cropped photo of the {}", "the photo of a {}",
+    "a photo of a clean {}", "a close-up photo of a {}", "a bright photo of the {}", "a good photo of a {}",
+]
+
+
+class PlaceholderEmbedding(torch.nn.Module):
+    """The text encoder's token embedding, plus trainable rows for token ids at or past `first_id`."""
+
+    def __init__(self, base: torch.nn.Embedding, first_id: int, init: torch.Tensor):
+        super().__init__()
+        self.base, self.first_id = base, first_id
+        self.vectors = torch.nn.Parameter(init.detach().clone().float())
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        new = ids >= self.first_id
+        out = self.base(ids.clamp(max=self.first_id - 1))
+        learned = self.vectors[(ids - self.first_id).clamp(min=0, max=len(self.vectors) - 1)].to(out.dtype)
+        return torch.where(new.unsqueeze(-1), learned, out)
+
+
+def placeholder_tokens(token: str, num_vectors: int) -> list[str]:
+    """diffusers' naming for a multi-vector embedding: '<s*>', '<s*>_1', '<s*>_2', ..."""
+    return [token] + [f"{token}_{i}" for i in range(1, num_vectors)]
+
+
+class TextualInversion(Method):
+    name = "textual-inversion"
+
+    def choose_token(self) -> str:
+        return self.cfg.token or "<s*>"
+
+    def setup(self) -> None:
+        tokenizer, encoder = self.components.tokenizer, self.components.text_encoder
+        self.tokens = placeholder_tokens(self.token, self.cfg.num_vectors)
+        if tokenizer.add_tokens(self.tokens) != len(self.tokens):
+            raise UserError(f"token '{self.token}' is already a word of the tokenizer; pick a new one with --token")
+        first_id = tokenizer.convert_tokens_to_ids(self.tokens[0])
+        base = encoder.get_input_embeddings()
+        init = self.init_vector(base).expand(len(self.tokens), -1)
+        encoder.set_input_embeddings(PlaceholderEmbedding(base, first_id, init))
+
+    def init_vector(self, table: torch.nn.Embedding) -> torch.Tensor:
+        """The mean embedding of the init word's tokens (default: the class noun)."""
+        word = self.cfg.init_word or self.subject.class_noun
+        ids = self.components.tokenizer(word, add_special_tokens=False).input_ids
+        if not ids:
+            raise UserError(f"--init-word '{word}' has no tokens; give a word such as the class noun")
+        return table.weight[torch.tensor(ids)].mean(0)
+
+    def trainable_modules(self) -> dict[str, torch.nn.Module]:
+        return {"text_encoder": self.components.text_encoder}
+
+    def instance_prompts(self) -> list[str]:
+        return [template.format(self.subject_phrase) for template in TEMPLATES]
+
+    def prompt_for_model(self, prompt: str) -> str:
+        return prompt.replace(self.token, " ".join(self.tokens))
+
+    @property
+    def vectors(self) -> torch.Tensor:
+        return self.components.text_encoder.get_input_embeddings().vectors
+
+    def save(self, run_dir: Path) -> list[str]:
+        vectors = self.vectors.detach().float().cpu()
+        # diffusers' format: {token: (N, D)}; A1111's: {"emb_params": (N, D)}
+        atomic_save_safetensors(run_dir / "learned_embeds.safetensors", {self.token: vectors})
+        atomic_save_safetensors(run_dir / "embedding_a1111.safetensors", {"emb_params": vectors},
+                                metadata={"name": self.token})
+        return ["learned_embeds.safetensors", "embedding_a1111.safetensors"]
+
+    def manifest(self) -> dict:
+        return {**super().manifest(), "placeholder_tokens": self.tokens, "num_vectors": len(self.tokens)}

@@ -1,0 +1,146 @@
+"""Load a base model from any reference into its components; the rest of the code never sees a path.
+
+A reference is a built-in name, a local diffusers folder, a single-file checkpoint, or a hub id.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import diffusers
+import torch
+from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
+from transformers import CLIPTextModel, CLIPTokenizer
+
+from . import builtin
+from .errors import UserError
+from .safeio import PICKLE_SUFFIXES
+
+COMPONENTS = ("tokenizer", "text_encoder", "vae", "unet", "scheduler")
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+@dataclass
+class Components:
+    """The parts of a Stable Diffusion model, and where they came from."""
+
+    tokenizer: CLIPTokenizer
+    text_encoder: CLIPTextModel
+    vae: AutoencoderKL
+    unet: UNet2DConditionModel
+    scheduler: diffusers.SchedulerMixin
+    ref: str
+
+    @property
+    def vae_scale(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def resolution(self) -> int:
+        """The image size the UNet was trained for."""
+        return self.unet.config.sample_size * self.vae_scale
+
+    def pipeline(self) -> StableDiffusionPipeline:
+        """A plain diffusers pipeline over these same modules (shared, not copied)."""
+        return StableDiffusionPipeline(
+            vae=self.vae, text_encoder=self.text_encoder, tokenizer=self.tokenizer, unet=self.unet,
+            scheduler=self.scheduler, safety_checker=None, feature_extractor=None,
+            requires_safety_checker=False,
+        )
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("SUBJECTGEN_CACHE", Path.home() / ".cache" / "subjectgen"))
+
+
+def load_model(ref: str, allow_pickle: bool = False) -> Components:
+    """Load the components of the model named by `ref` (see the module docstring)."""
+    ref = str(ref)
+    named = builtin.resolve(ref)
+    if named is not None:
+        return _load_folder(named, ref, allow_pickle)
+    path = Path(ref).expanduser()
+    if path.is_dir():
+        return _load_folder(path, ref, allow_pickle)
+    if path.is_file():
+        return _load_single_file(path, allow_pickle)
+    if HUB_ID.match(ref) and not ref.startswith((".", "/")):
+        return _load_folder(_download(ref, allow_pickle), ref, allow_pickle)
+    names = ", ".join(builtin.names())
+    raise UserError(f"model '{ref}': no such folder or file, and not a hub id; give a diffusers folder or one of: {names}")
+
+
+def _load_folder(path: Path, ref: str, allow_pickle: bool) -> Components:
+    index_file = path / "model_index.json"
+    if not index_file.is_file():
+        raise UserError(f"model folder {path} has no model_index.json; give a Stable Diffusion pipeline in diffusers layout")
+    try:
+        index = json.loads(index_file.read_text())
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{index_file} is not valid JSON ({exc.msg}); re-download or re-save the model") from None
+    for name in COMPONENTS:
+        if not (path / name).is_dir():
+            raise UserError(f"model folder {path} is missing its '{name}' component; is it a complete SD pipeline?")
+    for name in ("text_encoder", "vae", "unet"):
+        _check_weights_format(path / name, allow_pickle)
+    use_st = not allow_pickle or None
+    try:
+        scheduler_cls = getattr(diffusers, index.get("scheduler", [None, "DDIMScheduler"])[1])
+        return Components(
+            tokenizer=CLIPTokenizer.from_pretrained(path / "tokenizer"),
+            text_encoder=CLIPTextModel.from_pretrained(path / "text_encoder", use_safetensors=use_st),
+            vae=AutoencoderKL.from_pretrained(path / "vae", use_safetensors=use_st),
+            unet=UNet2DConditionModel.from_pretrained(path / "unet", use_safetensors=use_st),
+            scheduler=scheduler_cls.from_pretrained(path / "scheduler"),
+            ref=ref,
+        )
+    except (OSError, ValueError, TypeError, AttributeError) as exc:
+        raise UserError(f"could not load model folder {path}: {str(exc).splitlines()[0]}") from None
+
+
+def _check_weights_format(folder: Path, allow_pickle: bool) -> None:
+    files = [f for f in folder.iterdir() if f.is_file()]
+    if any(f.suffix == ".safetensors" for f in files):
+        return
+    if any(f.suffix in PICKLE_SUFFIXES for f in files):
+        if allow_pickle:
+            return
+        raise UserError(f"{folder} holds only pickled weights, which can run code when loaded; "
+                        "convert them to safetensors or pass --allow-pickle if you trust the source")
+    raise UserError(f"{folder} holds no weights file; is the model folder complete?")
+
+
+def _load_single_file(path: Path, allow_pickle: bool) -> Components:
+    """A single-file checkpoint (A1111/CivitAI style), converted by diffusers."""
+    if path.suffix in PICKLE_SUFFIXES and not allow_pickle:
+        raise UserError(f"{path} is a pickle checkpoint, which can run code when loaded; "
+                        "use a .safetensors file or pass --allow-pickle if you trust its source")
+    if path.suffix not in PICKLE_SUFFIXES | {".safetensors"}:
+        raise UserError(f"model file {path}: expected a .safetensors checkpoint or a diffusers folder")
+    try:
+        pipe = StableDiffusionPipeline.from_single_file(str(path), safety_checker=None, requires_safety_checker=False)
+    except Exception as exc:  # diffusers raises many types for unrecognised checkpoints
+        raise UserError(f"could not read checkpoint {path}: {str(exc).splitlines()[0]}") from None
+    return Components(pipe.tokenizer, pipe.text_encoder, pipe.vae, pipe.unet, pipe.scheduler, ref=str(path))
+
+
+def _download(repo_id: str, allow_pickle: bool) -> Path:
+    from huggingface_hub import snapshot_download
+
+    patterns = ["*.json", "*.txt", "*.safetensors"] + (["*.bin"] if allow_pickle else [])
+    patterns = [f"{c}/{p}" for c in COMPONENTS for p in patterns] + ["model_index.json"]
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=patterns))
+    except Exception as exc:  # hub errors: offline, gated, missing repo
+        raise UserError(f"could not download model '{repo_id}' from the Hugging Face hub "
+                        f"({type(exc).__name__}); check the id and your network, or give a local folder") from None
+
+
+def freeze(*modules: torch.nn.Module) -> None:
+    for module in modules:
+        module.requires_grad_(False)
+        module.eval()

@@ -1,0 +1,125 @@
+"""A subject: its photos (validated once, normalised), its identifier token and its class noun."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import UserError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
+MAX_PIXELS = 64_000_000  # larger than any photo a user would give; bigger ones are decompression bombs
+
+
+@dataclass
+class SubjectSet:
+    """The subject's photos as RGB images at the model's resolution, with what names the subject."""
+
+    images: list[Image.Image]
+    paths: list[Path]
+    class_noun: str
+
+    def tensor(self) -> torch.Tensor:
+        """The photos as a (N, 3, H, W) tensor in [-1, 1], the VAE's input range."""
+        return torch.stack([to_tensor(im) for im in self.images])
+
+
+def load_subject(folder: Path, class_noun: str, resolution: int) -> SubjectSet:
+    folder = Path(folder)
+    if not class_noun or not class_noun.strip():
+        raise UserError("the subject's class is missing; pass --class, e.g. --class dog")
+    if not folder.is_dir():
+        raise UserError(f"subject folder {folder} does not exist; give a folder of photos of your subject")
+    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+    if not paths:
+        raise UserError(f"subject folder {folder} holds no images (jpg, png, webp); add 1-5 photos of the subject")
+    images = [center_crop(open_photo(p), resolution) for p in paths]
+    return SubjectSet(images=images, paths=paths, class_noun=class_noun.strip())
+
+
+def open_photo(path: Path) -> Image.Image:
+    """Open one photo as RGB, whatever its mode or orientation; a bad file is a one-line UserError."""
+    if path.stat().st_size == 0:
+        raise UserError(f"{path} is empty (0 bytes); remove it or replace it with a photo")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+            image = Image.open(path)
+            if getattr(image, "n_frames", 1) > 1:
+                raise UserError(f"{path} is animated ({image.n_frames} frames); give a still photo")
+            image.load()
+    except UserError:
+        raise
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError):
+        raise UserError(f"{path} is too large (over {MAX_PIXELS:,} pixels); downsize it first") from None
+    except UnidentifiedImageError:
+        raise UserError(f"{path} is not an image Pillow can read; remove it from the subject folder") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise UserError(f"{path} is damaged or truncated ({exc}); re-export or remove it") from None
+    return to_rgb(ImageOps.exif_transpose(image))
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """RGB from any mode: 16-bit scaled down, CMYK converted, transparency composited on white."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        array = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if array.max() > 255 else 255.0
+        image = Image.fromarray(np.clip(array / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    if image.mode == "P":
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA"):
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def center_crop(image: Image.Image, size: int) -> Image.Image:
+    """Resize the short side to `size`, then cut the centre square."""
+    return ImageOps.fit(image, (size, size), method=Image.Resampling.BICUBIC)
+
+
+def to_tensor(image: Image.Image) -> torch.Tensor:
+    array = np.asarray(image.convert("RGB"), dtype=np.float32) / 127.5 - 1.0
+    return torch.from_numpy(array).permute(2, 0, 1).contiguous()
+
+
+def to_image(tensor: torch.Tensor) -> Image.Image:
+    """A (3, H, W) tensor in [-1, 1] back to a PIL image."""
+    array = ((tensor.detach().float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
+    return Image.fromarray(array, "RGB")
+
+
+def rare_token(tokenizer, avoid: set[str] = frozenset(), first_id: int | None = None) -> str:
+    """A rare identifier as in the DreamBooth paper: a single token, late in BPE order (rare), that decodes
+    to a short string with no vowels (so not a common word), e.g. CLIP's 'sks'-like tokens."""
+    vocab = tokenizer.get_vocab()
+    start = first_id if first_id is not None else int(len(vocab) * 0.8)
+    for text, idx in sorted(vocab.items(), key=lambda kv: kv[1]):
+        if idx < start or not text.endswith("</w>"):
+            continue
+        word = text[: -len("</w>")]
+        if len(word) == 3 and word.isascii() and word.isalpha() and word.islower():
+            if not set(word) & set("aeiouy") and word not in avoid and _single_token(tokenizer, word):
+                return word
+    raise UserError("could not find a rare token in the tokenizer's vocabulary; pass --token")
+
+
+def _single_token(tokenizer, word: str) -> bool:
+    return len(tokenizer(word, add_special_tokens=False).input_ids) == 1
+
+
+def expand_subject(prompt: str, subject: str) -> str:
+    """Put the subject phrase ('sks dog', '<s*> dog') where the prompt says {subject}."""
+    return prompt.replace("{subject}", subject)
+
+
+def strip_identifier(prompt: str, identifier: str) -> str:
+    """The prompt without the identifier, as CLIP-T scores it ('a sks dog' -> 'a dog')."""
+    return " ".join(word for word in prompt.split() if word != identifier)

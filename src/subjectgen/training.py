@@ -1,0 +1,278 @@
+"""The one training loop, shared by every method: accelerate, caching, checkpoints, resume, NaN guard."""
+
+from __future__ import annotations
+
+import csv
+import platform
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from diffusers import DDPMScheduler
+from diffusers.optimization import get_scheduler
+from tqdm.auto import tqdm
+
+from .adapters import MANIFEST
+from .checkpoints import list_checkpoints, load_checkpoint, save_checkpoint
+from .config import TrainConfig, resolve_defaults
+from .data import LatentCache, TextCache, class_images
+from .errors import TrainingDiverged
+from .losses import diffusion_loss, training_target
+from .methods import make_method
+from .models import Components, load_model
+from .outdir import prepare_out_dir
+from .safeio import atomic_save_image, atomic_write_json
+from .sampling import encode_prompts, generate, make_grid
+from .subjects import load_subject
+
+DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    steps: int
+    final_loss: float
+    seconds: float
+    manifest: dict
+
+
+class Trainer:
+    """Holds one run's state; `run()` trains, checkpoints and writes the run folder."""
+
+    def __init__(self, cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progress: bool = True):
+        self.accelerator = Accelerator(mixed_precision=cfg.mixed_precision)
+        self.progress = progress and self.accelerator.is_main_process
+        self.out = prepare_out_dir(cfg, resume, overwrite, self.accelerator)
+        self.components = load_model(cfg.model, cfg.allow_pickle)
+        self.cfg = resolve_defaults(cfg, self.components.resolution)
+        self.subject = load_subject(Path(cfg.subject_dir), cfg.class_noun, self.components.resolution)
+        torch.manual_seed(self.cfg.seed)
+        self.generator = torch.Generator().manual_seed(self.cfg.seed * 1000 + self.accelerator.process_index)
+        self.noise_scheduler = DDPMScheduler.from_config(self.components.scheduler.config)
+        self.components.vae.to(self.accelerator.device)
+        self.components.text_encoder.to(self.accelerator.device)
+        self.instance_latents = LatentCache(self.components, self.subject.images)
+        self.class_latents = self.make_class_latents()
+        self.method = make_method(self.cfg, self.components, self.subject)
+        self.place_modules()
+        self.text_cache = self.make_text_cache()
+        self.make_optimizer()
+        self.start_step = self.maybe_resume() if resume else 0
+
+    def make_class_latents(self) -> LatentCache | None:
+        cfg, acc = self.cfg, self.accelerator
+        if not cfg.prior_preservation:
+            return None
+        self.components.unet.to(acc.device)
+        prompt = cfg.class_prompt.format(**{"class": cfg.class_noun})
+        images, self.class_dir = class_images(self.components, prompt, cfg.num_class_images, cfg.seed,
+                                              cfg.sample_steps, cfg.guidance, acc.is_main_process,
+                                              acc.wait_for_everyone, self.progress)
+        return LatentCache(self.components, images)
+
+    def place_modules(self) -> None:
+        """Frozen weights in the mixed-precision dtype on the device; trainable weights stay fp32."""
+        dtype = DTYPES[self.cfg.mixed_precision]
+        for module in (self.components.unet, self.components.text_encoder, self.components.vae):
+            module.to(self.accelerator.device)
+            for p in module.parameters():
+                if not p.requires_grad:
+                    p.data = p.data.to(dtype)
+        if self.cfg.gradient_checkpointing:
+            self.components.unet.enable_gradient_checkpointing()
+            self.components.text_encoder.gradient_checkpointing_enable()
+
+    def make_text_cache(self) -> TextCache | None:
+        if "text_encoder" in self.method.trainable_modules():
+            return None
+        prompts = [self.method.prompt_for_model(p) for p in self.method.instance_prompts()] + [self.class_prompt]
+        return TextCache(self.components, prompts)
+
+    @property
+    def class_prompt(self) -> str:
+        return self.cfg.class_prompt.format(**{"class": self.cfg.class_noun})
+
+    def make_optimizer(self) -> None:
+        cfg, acc = self.cfg, self.accelerator
+        self.optimizer = torch.optim.AdamW(self.method.trainable_parameters(), lr=cfg.lr, weight_decay=1e-2)
+        self.lr_scheduler = get_scheduler("constant_with_warmup", self.optimizer,
+                                          num_warmup_steps=cfg.lr_warmup_steps, num_training_steps=cfg.steps)
+        modules = self.method.trainable_modules()
+        prepared = acc.prepare(*modules.values(), self.optimizer)
+        self.forward_modules = dict(zip(modules, prepared[:-1]))
+        self.optimizer = prepared[-1]
+
+    def maybe_resume(self) -> int:
+        checkpoints = list_checkpoints(self.out / "checkpoints")
+        if not checkpoints:
+            return 0
+        state = load_checkpoint(checkpoints[-1])
+        self.method.load_state_tensors(state["trainable"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.lr_scheduler.load_state_dict(state["lr_scheduler"])
+        self.generator.set_state(state["generators"][self.accelerator.process_index].clone())
+        torch.set_rng_state(state["torch_rng"])
+        truncate_loss_log(self.out / "loss.csv", state["step"])
+        return state["step"]
+
+    # --- one step -----------------------------------------------------------------------------------
+    def batch(self) -> tuple[torch.Tensor, list[str], int]:
+        """Latents and prompts: [instance samples; class samples if prior preservation]."""
+        bs, g = self.cfg.batch_size, self.generator
+        latents = self.instance_latents.draw(bs, g)
+        prompts = self.method.instance_prompts()
+        chosen = [prompts[i] for i in torch.randint(len(prompts), (bs,), generator=g).tolist()]
+        chosen = [self.method.prompt_for_model(p) for p in chosen]
+        if self.class_latents is not None:
+            latents = torch.cat([latents, self.class_latents.draw(bs, g)])
+            chosen += [self.class_prompt] * bs
+        return latents, chosen, bs
+
+    def encode(self, prompts: list[str]) -> torch.Tensor:
+        if self.text_cache is not None:
+            return self.text_cache(prompts)
+        return encode_prompts(self.components.tokenizer, self.forward_modules["text_encoder"], prompts)
+
+    def step(self) -> dict:
+        latents, prompts, n_instance = self.batch()
+        noise = torch.randn(latents.shape, generator=self.generator)
+        timesteps = torch.randint(self.noise_scheduler.config.num_train_timesteps, (len(latents),),
+                                  generator=self.generator)
+        noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
+        target = training_target(self.noise_scheduler, latents, noise, timesteps)
+        device = self.accelerator.device
+        unet = self.forward_modules.get("unet", self.components.unet)
+        with self.accelerator.autocast():
+            hidden = self.encode(prompts).to(device)
+            pred = unet(noisy.to(device), timesteps.to(device), encoder_hidden_states=hidden).sample
+        loss, parts = diffusion_loss(pred, target.to(device), timesteps, self.noise_scheduler.alphas_cumprod,
+                                     self.noise_scheduler.config.prediction_type, n_instance,
+                                     self.cfg.prior_weight, self.cfg.snr_gamma)
+        self.guard_finite(loss)
+        self.accelerator.backward(loss)
+        if self.accelerator.sync_gradients and self.cfg.max_grad_norm:
+            self.accelerator.clip_grad_norm_(self.method.trainable_parameters(), self.cfg.max_grad_norm)
+        self.optimizer.step()
+        self.lr_scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.method.after_step()
+        return {"loss": loss.item(), **{k: v.item() for k, v in parts.items()}}
+
+    def guard_finite(self, loss: torch.Tensor) -> None:
+        total = self.accelerator.reduce(loss.detach().clone(), "mean")
+        if not torch.isfinite(total):
+            last = list_checkpoints(self.out / "checkpoints")
+            kept = f"the last good checkpoint is {last[-1]}" if last else "no checkpoint was written yet"
+            raise TrainingDiverged(f"loss became {total.item()} at step {self.current_step + 1}; {kept}; "
+                                   "lower --lr or use --mixed-precision no, then --resume")
+
+    # --- the loop -----------------------------------------------------------------------------------
+    def run(self) -> TrainResult:
+        cfg, acc = self.cfg, self.accelerator
+        bar = tqdm(total=cfg.steps, initial=self.start_step, desc=f"train {cfg.method}", disable=not self.progress)
+        started, log = time.perf_counter(), LossLog(self.out / "loss.csv", acc.is_main_process)
+        record = {"loss": float("nan")}
+        for self.current_step in range(self.start_step, cfg.steps):
+            record = self.step()
+            step = self.current_step + 1
+            log.write(step, record, self.lr_scheduler.get_last_lr()[0])
+            bar.set_postfix(loss=f"{record['loss']:.4f}")
+            bar.update(1)
+            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps:
+                self.checkpoint(step)
+            if cfg.validate_every and step % cfg.validate_every == 0:
+                self.validate(step)
+        bar.close()
+        seconds = time.perf_counter() - started
+        acc.wait_for_everyone()
+        manifest = self.finish(record["loss"], seconds) if acc.is_main_process else {}
+        acc.wait_for_everyone()
+        return TrainResult(self.out, cfg.steps, record["loss"], seconds, manifest)
+
+    def checkpoint(self, step: int) -> None:
+        states = self.accelerator.gather(self.generator.get_state().unsqueeze(0).to(self.accelerator.device))
+        if self.accelerator.is_main_process:
+            save_checkpoint(self.out / "checkpoints", step, self.method.state_tensors(), self.optimizer,
+                            self.lr_scheduler, states.cpu())
+        self.accelerator.wait_for_everyone()
+
+    def validate(self, step: int) -> None:
+        if not self.accelerator.is_main_process:
+            return
+        prompts = [self.method.prompt_for_model(p.replace("{subject}", self.method.subject_phrase))
+                   for p in self.cfg.validation_prompts]
+        for module in self.method.trainable_modules().values():
+            module.eval()
+        images = generate(self.components, prompts, [self.cfg.seed] * len(prompts), self.cfg.sample_steps,
+                          self.cfg.guidance)
+        for module in self.method.trainable_modules().values():
+            module.train()
+        atomic_save_image(self.out / "validation" / f"step-{step:06d}.png", make_grid(images, len(images)))
+
+    def finish(self, final_loss: float, seconds: float) -> dict:
+        """Write the weights, then the manifest (last: its presence marks a finished run)."""
+        staging = self.out / ".final"
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir()
+        files = self.method.save(staging)
+        for entry in staging.iterdir():
+            target = self.out / entry.name
+            if target.is_dir():
+                shutil.rmtree(target)
+            entry.replace(target)
+        staging.rmdir()
+        manifest = self.manifest(files, final_loss, seconds)
+        atomic_write_json(self.out / MANIFEST, manifest)
+        return manifest
+
+    def manifest(self, files: list[str], final_loss: float, seconds: float) -> dict:
+        import accelerate, diffusers, peft, transformers
+
+        done = self.cfg.steps - self.start_step
+        return {
+            "method": self.cfg.method, "model": self.cfg.model, "class": self.cfg.class_noun,
+            **self.method.manifest(), "files": files, "settings": self.cfg.to_dict(),
+            "subject_photos": [p.name for p in self.subject.paths], "resolution": self.components.resolution,
+            "metrics": {"final_loss": final_loss, "train_seconds": round(seconds, 3),
+                        "steps_per_second": round(done / seconds, 3) if seconds else None,
+                        "world_size": self.accelerator.num_processes},
+            "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__,
+                         "transformers": transformers.__version__, "peft": peft.__version__,
+                         "accelerate": accelerate.__version__, "python": platform.python_version()},
+        }
+
+
+class LossLog:
+    """loss.csv: one row per step (main process only)."""
+
+    FIELDS = ["step", "loss", "instance", "prior", "lr"]
+
+    def __init__(self, path: Path, enabled: bool):
+        self.path, self.enabled = path, enabled
+        if enabled and not path.exists():
+            with path.open("w", newline="") as f:
+                csv.writer(f).writerow(self.FIELDS)
+
+    def write(self, step: int, record: dict, lr: float) -> None:
+        if self.enabled:
+            with self.path.open("a", newline="") as f:
+                csv.writer(f).writerow([step, record["loss"], record.get("instance", ""), record.get("prior", ""), lr])
+
+
+def truncate_loss_log(path: Path, step: int) -> None:
+    """Drop rows logged after the checkpoint we resume from (they will be logged again)."""
+    if not path.exists():
+        return
+    rows = list(csv.reader(path.open()))
+    kept = [rows[0]] + [r for r in rows[1:] if r and int(r[0]) <= step]
+    with path.open("w", newline="") as f:
+        csv.writer(f).writerows(kept)
+
+
+def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progress: bool = True) -> TrainResult:
+    """Personalize `cfg.model` on the photos in `cfg.subject_dir` with `cfg.method`; returns the run folder."""
+    return Trainer(cfg, resume, overwrite, progress).run()
