@@ -21,9 +21,16 @@ TRAIN_HELP = {
 }
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (the usage block is one --help away)."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see '{self.prog} --help')\n")
+
+
 def add_train_parser(sub) -> None:
     train = sub.add_parser("train", help="personalize a model on photos of one subject")
-    methods = train.add_subparsers(dest="method", metavar="METHOD", required=True)
+    methods = train.add_subparsers(dest="method", metavar="METHOD", required=True, parser_class=Parser)
     for name, text in TRAIN_HELP.items():
         p = methods.add_parser(name, help=text, description=text)
         p.add_argument("--model", default="builtin", help="diffusers folder, .safetensors checkpoint, hub id, "
@@ -78,8 +85,8 @@ def add_generate_parser(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="subjectgen", description="Subject-driven text-to-image generation.")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    parser = Parser(prog="subjectgen", description="Subject-driven text-to-image generation.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=Parser)
     add_train_parser(sub)
     add_generate_parser(sub)
     return parser

@@ -1,4 +1,4 @@
-"""Checks on a run's --out folder before any work: writable, and not holding a different run."""
+"""Checks on a run's --out folder before any work, and the record of what the run was started with."""
 
 from __future__ import annotations
 
@@ -11,22 +11,12 @@ from .config import TrainConfig
 from .errors import UserError
 from .safeio import atomic_write_json
 
-RUN_SPEC = "run.json"  # the settings a run was started with; written first, so a resume can check them
-
-
-def prepare_out_dir(cfg: TrainConfig, resume: bool, overwrite: bool, accelerator=None) -> Path:
-    """Validate --out and record the run's settings; on other processes, just wait for the main one."""
-    out = Path(cfg.out)
-    is_main = accelerator is None or accelerator.is_main_process
-    if is_main:
-        check_out_dir(out, cfg, resume, overwrite)
-        atomic_write_json(out / RUN_SPEC, cfg.identity())
-    if accelerator is not None:
-        accelerator.wait_for_everyone()
-    return out
+RUN_SPEC = "run.json"  # the settings a run was started with; a resume checks them
 
 
 def check_out_dir(out: Path, cfg: TrainConfig, resume: bool, overwrite: bool) -> None:
+    """Refuse an --out we cannot write or that holds something else; writes nothing."""
+    out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; give a folder for the run")
     if out.is_dir() and any(out.iterdir()):
@@ -34,21 +24,25 @@ def check_out_dir(out: Path, cfg: TrainConfig, resume: bool, overwrite: bool) ->
         if not spec_file.is_file():
             raise UserError(f"--out {out} is not empty and holds no subjectgen run; choose a new or empty folder")
         same = json.loads(spec_file.read_text()) == cfg.identity()
-        if overwrite:
-            shutil.rmtree(out)
-        elif resume and not same:
+        if resume and not same and not overwrite:
             raise UserError(f"--out {out} holds a run with different settings; --resume needs the same "
                             "command, or choose another --out")
-        elif not resume:
-            what = "this finished run" if (out / "subject.json").is_file() and same else (
-                "an unfinished run of these settings (pass --resume to continue it)" if same else "a different run")
+        if not resume and not overwrite:
+            finished = (out / "subject.json").is_file()
+            what = ("this finished run" if finished else "an unfinished run of these settings (pass --resume)") \
+                if same else "a different run"
             raise UserError(f"--out {out} already holds {what}; choose another folder or pass --overwrite")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
-        raise UserError(f"cannot write to --out {out} ({exc.strerror}); choose a folder you can write to") from None
-    if resume and not (out / "checkpoints").is_dir() and not os.environ.get("SUBJECTGEN_QUIET"):
-        print(f"note: {out} has no checkpoint yet; starting from step 0")
+    ancestor = out
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write to --out {out} ({ancestor} is not a writable folder); choose another folder")
+
+
+def record_run(out: Path, cfg: TrainConfig, resume: bool, overwrite: bool) -> None:
+    """Start the run folder: clear it for --overwrite, then write the settings."""
+    out = Path(out)
+    if overwrite and not resume and out.is_dir():
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / RUN_SPEC, cfg.identity())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 import platform
 import shutil
 import time
@@ -23,12 +24,19 @@ from .errors import TrainingDiverged
 from .losses import diffusion_loss, training_target
 from .methods import make_method
 from .models import Components, load_model
-from .outdir import prepare_out_dir
+from .outdir import check_out_dir, record_run
 from .safeio import atomic_save_image, atomic_write_json
 from .sampling import encode_prompts, generate, make_grid
 from .subjects import load_subject
 
 DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def make_accelerator(mixed_precision: str) -> Accelerator:
+    """accelerate's Accelerator; several processes without a GPU (e.g. `accelerate launch --multi_gpu` on a
+    laptop) become DDP over gloo on the CPU rather than independent single-process runs."""
+    several = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return Accelerator(mixed_precision=mixed_precision, cpu=several and not torch.cuda.is_available())
 
 
 @dataclass
@@ -44,12 +52,17 @@ class Trainer:
     """Holds one run's state; `run()` trains, checkpoints and writes the run folder."""
 
     def __init__(self, cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progress: bool = True):
-        self.accelerator = Accelerator(mixed_precision=cfg.mixed_precision)
+        self.accelerator = make_accelerator(cfg.mixed_precision)
         self.progress = progress and self.accelerator.is_main_process
-        self.out = prepare_out_dir(cfg, resume, overwrite, self.accelerator)
+        self.out = Path(cfg.out)
+        if self.accelerator.is_main_process:
+            check_out_dir(self.out, cfg, resume, overwrite)
         self.components = load_model(cfg.model, cfg.allow_pickle)
         self.cfg = resolve_defaults(cfg, self.components.resolution)
         self.subject = load_subject(Path(cfg.subject_dir), cfg.class_noun, self.components.resolution)
+        if self.accelerator.is_main_process:  # only now, with every input valid, does the run folder appear
+            record_run(self.out, cfg, resume, overwrite)
+        self.accelerator.wait_for_everyone()
         torch.manual_seed(self.cfg.seed)
         self.generator = torch.Generator().manual_seed(self.cfg.seed * 1000 + self.accelerator.process_index)
         self.noise_scheduler = DDPMScheduler.from_config(self.components.scheduler.config)

@@ -1,0 +1,117 @@
+"""Each method trains, changes the output, and its files load in plain diffusers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from diffusers import StableDiffusionPipeline
+from safetensors.torch import load_file
+
+from subjectgen import TrainConfig, load_model, load_run, train
+from subjectgen.sampling import generate, initial_latents
+
+STEPS = 30
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    from conftest import draw_subject
+
+    folder = tmp_path_factory.mktemp("photos")
+    for i in range(3):
+        draw_subject(folder / f"{i}.png", shift=2 * i)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_model, photos, tmp_path_factory):
+    """One short run per method, shared by the tests of this module."""
+    out = {}
+    for method in ("lora", "dreambooth", "textual-inversion"):
+        cfg = TrainConfig(method=method, model=tiny_model, subject_dir=str(photos), class_noun="dog",
+                          out=str(tmp_path_factory.mktemp("runs") / method), steps=STEPS, num_class_images=4,
+                          num_vectors=2 if method == "textual-inversion" else 1)
+        out[method] = train(cfg, progress=False)
+    return out
+
+
+def as_array(images):
+    return np.stack([np.asarray(im, dtype=np.int16) for im in images])
+
+
+@pytest.mark.parametrize("method", ["lora", "dreambooth", "textual-inversion"])
+def test_training_changes_the_output(runs, tiny_model, method):
+    run = load_run(runs[method].run_dir)
+    prompt = run.prompt_for_model("a {subject}")
+    after = as_array(generate(run.components, [prompt], [0], steps=4))
+    before = as_array(generate(load_model(tiny_model), [prompt], [0], steps=4))
+    assert np.abs(after - before).max() > 0
+    assert run.manifest["method"] == method and run.manifest["metrics"]["final_loss"] > 0
+
+
+def diffusers_images(pipe, prompt, components, seed=0):
+    latents = initial_latents(components, [seed])
+    out = pipe(prompt, num_inference_steps=4, guidance_scale=7.5, latents=latents, output_type="np").images
+    return np.round(out * 255).astype(np.int16)
+
+
+def test_our_sampler_matches_the_diffusers_pipeline(tiny_model):
+    components = load_model(tiny_model)
+    ours = as_array(generate(components, ["a dog"], [3], steps=4))
+    theirs = diffusers_images(StableDiffusionPipeline.from_pretrained(tiny_model), "a dog", components, seed=3)
+    assert np.abs(ours - theirs).max() <= 1
+
+
+def test_lora_loads_in_plain_diffusers_and_kohya_export_matches(runs, tiny_model):
+    run_dir = runs["lora"].run_dir
+    run = load_run(run_dir)
+    prompt = run.prompt_for_model("a {subject} on the beach")
+    ours = as_array(generate(run.components, [prompt], [0], steps=4))
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_model)
+    pipe.load_lora_weights(str(run_dir))  # the default file name: pytorch_lora_weights.safetensors
+    plain = diffusers_images(pipe, prompt, run.components)
+    assert np.abs(ours - plain).max() <= 1
+    kohya = load_file(str(run_dir / "kohya_lora.safetensors"))
+    assert all(k.startswith("lora_unet_") for k in kohya) and any(k.endswith(".alpha") for k in kohya)
+    pipe_k = StableDiffusionPipeline.from_pretrained(tiny_model)
+    pipe_k.load_lora_weights(str(run_dir), weight_name="kohya_lora.safetensors")
+    assert np.abs(diffusers_images(pipe_k, prompt, run.components) - plain).max() <= 1
+
+
+def test_textual_inversion_loads_in_diffusers_and_leaves_other_rows_untouched(runs, tiny_model):
+    run_dir = runs["textual-inversion"].run_dir
+    base = StableDiffusionPipeline.from_pretrained(tiny_model).text_encoder.get_input_embeddings().weight.detach()
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_model)
+    pipe.load_textual_inversion(str(run_dir / "learned_embeds.safetensors"))
+    table = pipe.text_encoder.get_input_embeddings().weight.detach()
+    assert table.shape[0] == base.shape[0] + 2                         # '<s*>' and '<s*>_1'
+    assert torch.equal(table[: base.shape[0]], base)                   # every old row bit-identical
+    learned = load_file(str(run_dir / "learned_embeds.safetensors"))["<s*>"]
+    init = base[pipe.tokenizer("dog", add_special_tokens=False).input_ids].mean(0)
+    assert not torch.allclose(learned[0], init)                        # the vectors did learn
+    assert torch.equal(table[base.shape[0]:], learned)
+    a1111 = load_file(str(run_dir / "embedding_a1111.safetensors"))
+    assert torch.equal(a1111["emb_params"], learned)
+    pipe2 = StableDiffusionPipeline.from_pretrained(tiny_model)
+    pipe2.load_textual_inversion(str(run_dir / "embedding_a1111.safetensors"), token="<s*>")
+    assert torch.equal(pipe2.text_encoder.get_input_embeddings().weight[base.shape[0]:], learned)
+
+
+def test_full_dreambooth_saves_a_loadable_pipeline(runs, tiny_model):
+    run_dir = runs["dreambooth"].run_dir
+    pipe = StableDiffusionPipeline.from_pretrained(str(run_dir / "pipeline"))
+    base = StableDiffusionPipeline.from_pretrained(tiny_model)
+    trained = dict(pipe.unet.named_parameters())
+    changed = [n for n, p in base.unet.named_parameters() if not torch.equal(p, trained[n])]
+    assert len(changed) > 10
+    assert torch.equal(pipe.text_encoder.get_input_embeddings().weight, base.text_encoder.get_input_embeddings().weight)
+
+
+def test_prior_preservation_logs_both_halves(runs):
+    import csv
+
+    rows = list(csv.DictReader((runs["dreambooth"].run_dir / "loss.csv").open()))
+    assert len(rows) == STEPS and all(r["prior"] not in ("", None) for r in rows)
+    first = rows[0]
+    assert float(first["loss"]) == pytest.approx(float(first["instance"]) + float(first["prior"]), rel=1e-5)
