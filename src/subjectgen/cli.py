@@ -84,11 +84,19 @@ def add_generate_parser(sub) -> None:
     p.add_argument("--allow-pickle", action="store_true")
 
 
+def add_demo_parser(sub) -> None:
+    p = sub.add_parser("demo", help="personalize the built-in model on a sample subject (CPU, minutes)")
+    p.add_argument("--out", default="demo", help="folder for the report (replaced if it exists)")
+    p.add_argument("--model", default="builtin")
+    p.add_argument("--steps", type=int, help="LoRA training steps (default: the method's)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="subjectgen", description="Subject-driven text-to-image generation.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=Parser)
     add_train_parser(sub)
     add_generate_parser(sub)
+    add_demo_parser(sub)
     return parser
 
 
@@ -121,12 +129,19 @@ def quiet_libraries() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
+def run_demo(args) -> None:
+    from .demo import run_demo
+
+    out = run_demo(args.out, args.model, args.steps)
+    print(f"report: {out / 'report.html'}\ngrid:   {out / 'grid.png'}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     quiet_libraries()
     warnings.formatwarning = lambda message, category, *rest: f"warning: {message}\n"
     try:
-        {"train": run_train, "generate": run_generate}[args.command](args)
+        {"train": run_train, "generate": run_generate, "demo": run_demo}[args.command](args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -1,0 +1,104 @@
+"""The command line: user errors are one line with exit code 2 and leave nothing behind."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from subjectgen.cli import main
+from subjectgen.errors import UserError
+from subjectgen.models import load_model
+
+
+def error_of(capsys, argv) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        code = main(argv)
+        raise SystemExit(code)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err, err
+    return err
+
+
+def train_args(model, subject, out, *extra):
+    return ["train", "lora", "--model", str(model), "--subject", str(subject), "--class", "dog", "--out", str(out),
+            "--quiet", "--steps", "2", *extra]
+
+
+def test_user_errors(capsys, tiny_model, subject_dir, tmp_path):
+    out = tmp_path / "out"
+    assert "no such folder" in error_of(capsys, train_args(tmp_path / "nope", subject_dir, out))
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_model, broken)
+    shutil.rmtree(broken / "unet")
+    assert "'unet' component" in error_of(capsys, train_args(broken, subject_dir, out))
+    assert "model_index.json" in error_of(capsys, train_args(subject_dir, subject_dir, out))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert "holds no images" in error_of(capsys, train_args(tiny_model, empty, out))
+    assert "invalid choice" in error_of(capsys, ["train", "dreamboat", "--subject", "x"])
+    assert "--class" in error_of(capsys, ["train", "lora", "--subject", str(subject_dir), "--out", str(out)])
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("x")
+    assert "cannot write" in error_of(capsys, train_args(tiny_model, subject_dir, blocker / "run"))
+    assert not out.exists(), "a failed command must not leave a run folder behind"
+
+
+def test_out_holding_another_run_needs_overwrite(capsys, tiny_model, subject_dir, tmp_path):
+    out = tmp_path / "run"
+    assert main(train_args(tiny_model, subject_dir, out)) == 0
+    assert "this finished run" in error_of(capsys, train_args(tiny_model, subject_dir, out))
+    assert "a different run" in error_of(capsys, train_args(tiny_model, subject_dir, out, "--rank", "8"))
+    assert main(train_args(tiny_model, subject_dir, out, "--rank", "8", "--overwrite")) == 0
+    assert json.loads((out / "subject.json").read_text())["rank"] == 8
+    stranger = tmp_path / "stranger"
+    stranger.mkdir()
+    (stranger / "notes.txt").write_text("mine")
+    assert "holds no subjectgen run" in error_of(capsys, train_args(tiny_model, subject_dir, stranger, "--overwrite"))
+    assert (stranger / "notes.txt").exists()
+
+
+def test_pickled_weights_need_the_flag(capsys, tiny_model, subject_dir, tmp_path):
+    model = tmp_path / "pickled"
+    shutil.copytree(tiny_model, model)
+    weights = model / "unet" / "diffusion_pytorch_model.safetensors"
+    torch.save(load_file(str(weights)), model / "unet" / "diffusion_pytorch_model.bin")
+    weights.unlink()
+    assert "--allow-pickle" in error_of(capsys, train_args(model, subject_dir, tmp_path / "o"))
+    with pytest.raises(UserError, match="pickle"):
+        load_model(str(model))
+    assert load_model(str(model), allow_pickle=True).unet is not None
+
+
+def test_generate_writes_images_and_grid(capsys, tiny_model, subject_dir, tmp_path):
+    run = tmp_path / "run"
+    assert main(train_args(tiny_model, subject_dir, run)) == 0
+    out = tmp_path / "gen"
+    assert main(["generate", str(run), "a {subject} on the beach", "a {subject}", "-n", "2", "--steps", "3",
+                 "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.glob("*.png")) == ["grid.png", "p00-0.png", "p00-1.png", "p01-0.png", "p01-1.png"]
+    from PIL import Image
+
+    assert Image.open(out / "grid.png").size == (2 * 16, 2 * 16)
+    with pytest.warns(UserWarning, match="no \\{subject\\}"):
+        main(["generate", str(run), "a dog", "-n", "1", "--steps", "2", "--out", str(tmp_path / "g2")])
+
+
+def test_generate_on_an_unfinished_run_is_an_error(capsys, tmp_path):
+    (tmp_path / "run.json").write_text("{}")
+    assert "not a finished run" in error_of(capsys, ["generate", str(tmp_path), "a {subject}", "--out",
+                                                      str(tmp_path / "g")])
+
+
+def test_a_real_process_exits_2_without_traceback(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "subjectgen.cli", "train", "lora", "--model", str(tmp_path / "x"),
+                             "--subject", str(tmp_path), "--class", "dog", "--out", str(tmp_path / "o")],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith("error: model") and "Traceback" not in result.stderr

@@ -1,0 +1,92 @@
+"""The shared loop: exact resume after SIGKILL, NaN guard, class-image cache, DDP on 2 CPU processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from subjectgen import TrainConfig, train
+from subjectgen.errors import TrainingDiverged
+
+CLI = [sys.executable, "-m", "subjectgen.cli"]
+
+
+def train_cmd(model, photos, out, *extra):
+    return CLI + ["train", "lora", "--model", model, "--subject", str(photos), "--class", "dog", "--out", str(out),
+                  "--quiet", *extra]
+
+
+def run_cli(args, **kw):
+    return subprocess.run(args, capture_output=True, text=True, timeout=600, **kw)
+
+
+def test_resume_after_sigkill_equals_an_uninterrupted_run(tiny_model, subject_dir, tmp_path):
+    common = ["--steps", "160", "--checkpoint-every", "20", "--prior-preservation", "--num-class-images", "4"]
+    full = run_cli(train_cmd(tiny_model, subject_dir, tmp_path / "full", *common))
+    assert full.returncode == 0, full.stderr
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(train_cmd(tiny_model, subject_dir, out, *common), stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (out / "checkpoints" / "step-000040").is_dir() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "subject.json").exists(), "the run finished before it could be killed"
+    resumed = run_cli(train_cmd(tiny_model, subject_dir, out, *common, "--resume"))
+    assert resumed.returncode == 0, resumed.stderr
+    a = load_file(str(tmp_path / "full" / "pytorch_lora_weights.safetensors"))
+    b = load_file(str(out / "pytorch_lora_weights.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    rows = (out / "loss.csv").read_text().splitlines()
+    assert len(rows) == 161 and rows == (tmp_path / "full" / "loss.csv").read_text().splitlines()
+    assert len(list((out / "checkpoints").iterdir())) <= 2  # old checkpoints pruned
+
+
+def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(tiny_model, subject_dir, tmp_path):
+    cfg = TrainConfig(method="lora", model=tiny_model, subject_dir=str(subject_dir), class_noun="dog",
+                      out=str(tmp_path / "nan"), steps=50, lr=1e12, checkpoint_every=1, max_grad_norm=0)
+    with pytest.raises(TrainingDiverged, match="loss became") as err:
+        train(cfg, progress=False)
+    assert "last good checkpoint" in str(err.value)
+    checkpoints = sorted((tmp_path / "nan" / "checkpoints").iterdir())
+    assert checkpoints and all(torch.isfinite(t).all() for t in
+                               load_file(str(checkpoints[-1] / "trainable.safetensors")).values())
+    assert not (tmp_path / "nan" / "subject.json").exists()
+
+
+def test_class_images_are_cached_and_reused(tiny_model, subject_dir, tmp_path, cache_root):
+    def run(name):
+        cfg = TrainConfig(method="lora", model=tiny_model, subject_dir=str(subject_dir), class_noun="cat",
+                          out=str(tmp_path / name), steps=2, prior_preservation=True, num_class_images=3, seed=7)
+        return train(cfg, progress=False)
+
+    run("a")
+    folders = [p for p in (cache_root / "class_images").iterdir() if json.loads(
+        (p / "done.json").read_text())["prompt"] == "a cat"]
+    assert len(folders) == 1 and len(list(folders[0].glob("*.png"))) == 3
+    stamp = (folders[0] / "0000.png").stat().st_mtime_ns
+    run("b")
+    assert (folders[0] / "0000.png").stat().st_mtime_ns == stamp  # reused, not regenerated
+
+
+def test_ddp_on_two_cpu_processes(tiny_model, subject_dir, tmp_path):
+    out = tmp_path / "ddp"
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "subjectgen.cli"]
+    args = train_cmd(tiny_model, subject_dir, out, "--steps", "6", "--checkpoint-every", "3")[3:]
+    result = run_cli(launch + args, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    manifest = json.loads((out / "subject.json").read_text())
+    assert manifest["metrics"]["world_size"] == 2
+    generators = load_file(str(out / "checkpoints" / "step-000003" / "rng.safetensors"))["generators"]
+    assert generators.shape[0] == 2 and not torch.equal(generators[0], generators[1])  # each rank its own data
+    assert load_file(str(out / "pytorch_lora_weights.safetensors"))
