@@ -1,0 +1,63 @@
+"""Compose one 64x64 picture: a background for the context, the object placed on it, outfit or edit."""
+
+from __future__ import annotations
+
+import random
+
+from PIL import Image
+
+from .catalog import EDITS, OUTFITS, SCENES, Instance
+from .dressing import EDIT_FUNCTIONS, OUTFIT_PAINTERS
+from .render import SCENE_PAINTERS, SIZE, object_image, plain_background
+
+GROUNDED = {"on top of a mirror", "floating on top of water", "floating in an ocean of milk"}
+
+
+def render_scene(instance: Instance, context: str | None, seed: int) -> Image.Image:
+    """The instance in the context ('on the beach', 'wearing a red hat', 'red', or None for plain)."""
+    rng = random.Random(f"{instance}|{context}|{seed}")
+    canvas = SCENE_PAINTERS[context](rng) if context in SCENES else plain_background(rng)
+    obj = object_image(instance)
+    if context in EDITS:
+        obj = EDIT_FUNCTIONS[context](obj, rng)
+    small = context in SCENES or context in OUTFITS
+    height = int(SIZE * (rng.uniform(0.42, 0.55) if small else rng.uniform(0.5, 0.72)))
+    width = max(1, int(obj.width * height / obj.height))
+    if width > SIZE * 0.8:
+        width, height = int(SIZE * 0.8), max(1, int(obj.height * SIZE * 0.8 / obj.width))
+    obj = obj.resize((width, height), Image.Resampling.LANCZOS).rotate(rng.uniform(-8, 8), expand=True,
+                                                                       resample=Image.Resampling.BICUBIC)
+    x = int((SIZE - obj.width) / 2 + rng.uniform(-6, 6))
+    y = int(SIZE - obj.height - rng.uniform(2, 8)) if context in SCENES else int((SIZE - obj.height) / 2 + rng.uniform(-4, 6))
+    if context in OUTFITS:
+        y = max(y, int(obj.height * 0.35))  # room for hats
+    if context == "on top of a mirror":
+        reflection = obj.transpose(Image.Transpose.FLIP_TOP_BOTTOM)
+        reflection.putalpha(reflection.getchannel("A").point(lambda a: a * 0.4))
+        canvas.alpha_composite(reflection, (x, min(SIZE - 1, y + obj.height)))
+    if context in ("floating on top of water", "floating in an ocean of milk"):
+        y = int(SIZE * 0.62 - obj.height * 0.6)
+    canvas.alpha_composite(obj, (x, y))
+    if context in ("floating on top of water", "floating in an ocean of milk"):
+        liquid = canvas.crop((0, int(SIZE * 0.62), SIZE, SIZE))
+        tint = (40, 100, 200, 120) if "water" in context else (248, 246, 238, 170)
+        liquid.alpha_composite(Image.new("RGBA", liquid.size, tint))
+        canvas.paste(liquid, (0, int(SIZE * 0.62)))
+    if context in OUTFITS:
+        OUTFIT_PAINTERS[context](canvas, (x, y, obj.width, obj.height), rng)
+    return canvas.convert("RGB")
+
+
+def render_photo(instance: Instance, seed: int) -> Image.Image:
+    """A 'photo' of a subject for EmojiBench: varied scale, position and tilt on a plain or simple background."""
+    rng = random.Random(f"photo|{instance}|{seed}")
+    canvas = plain_background(rng)
+    obj = object_image(instance)
+    height = int(SIZE * rng.uniform(0.55, 0.78))
+    width = min(int(SIZE * 0.85), max(1, int(obj.width * height / obj.height)))
+    obj = obj.resize((width, height), Image.Resampling.LANCZOS).rotate(rng.uniform(-10, 10), expand=True,
+                                                                       resample=Image.Resampling.BICUBIC)
+    x = int((SIZE - obj.width) / 2 + rng.uniform(-5, 5))
+    y = int((SIZE - obj.height) / 2 + rng.uniform(-5, 5))
+    canvas.alpha_composite(obj, (x, y))
+    return canvas.convert("RGB")
