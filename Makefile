@@ -18,7 +18,12 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest -q
 
+# The emoji sources, needed only to re-render the world (`subjectgen world build/train`) and by its tests.
+world-sources:
+	apt-get install -y fonts-noto-color-emoji
+	npm install --prefix $(HOME)/.cache/subjectgen/npm emoji-datasource-twitter@16.0.0
+
 bench: setup
 	$(BIN)/python benchmarks/run_all.py
 
-.PHONY: setup demo test bench
+.PHONY: setup demo test bench world-sources

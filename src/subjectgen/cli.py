@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 import warnings
+from pathlib import Path
 
 # Quiet the libraries' import-time chatter (e.g. transformers on a missing torchvision) for CLI users.
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -85,10 +86,30 @@ def add_generate_parser(sub) -> None:
 
 
 def add_demo_parser(sub) -> None:
-    p = sub.add_parser("demo", help="personalize the built-in model on a sample subject (CPU, minutes)")
+    p = sub.add_parser("demo", help="personalize the built-in model on an EmojiBench subject (CPU, minutes)")
     p.add_argument("--out", default="demo", help="folder for the report (replaced if it exists)")
+    p.add_argument("--subject", default="dog", help="EmojiBench subject to personalize on (default: dog)")
     p.add_argument("--model", default="builtin")
     p.add_argument("--steps", type=int, help="LoRA training steps (default: the method's)")
+
+
+def add_world_parser(sub) -> None:
+    p = sub.add_parser("world", help="rebuild the built-in emoji world and its models (needs the emoji sources)")
+    world = p.add_subparsers(dest="world_command", metavar="STEP", required=True, parser_class=Parser)
+    b = world.add_parser("build", help="render EmojiBench (and optionally the training set) from the emoji sources")
+    b.add_argument("--out", default=None, help="EmojiBench folder (default: the one shipped in the package)")
+    b.add_argument("--training-set", help="also render the training set into this folder")
+    b.add_argument("--seeds", type=int, default=6, help="renders per (instance, context) for plain captions")
+    t = world.add_parser("train", help="train the built-in model from a seed; writes a diffusers folder")
+    t.add_argument("--out", required=True, help="folder for the pipeline (copy it to assets/builtin to ship it)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--vae-steps", type=int, default=3000)
+    t.add_argument("--unet-steps", type=int, default=12000)
+    t.add_argument("--vae-batch", type=int, default=128)
+    t.add_argument("--unet-batch", type=int, default=256)
+    t.add_argument("--max-seconds", type=float, help="stop UNet training after this long (the record keeps the steps)")
+    t.add_argument("--workers", type=int, default=2, help="processes rendering the world")
+    t.add_argument("--device", help="cuda or cpu (default: cuda if available)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -97,6 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_parser(sub)
     add_generate_parser(sub)
     add_demo_parser(sub)
+    add_world_parser(sub)
     return parser
 
 
@@ -132,8 +154,25 @@ def quiet_libraries() -> None:
 def run_demo(args) -> None:
     from .demo import run_demo
 
-    out = run_demo(args.out, args.model, args.steps)
+    out = run_demo(args.out, args.subject, args.model, args.steps)
     print(f"report: {out / 'report.html'}\ngrid:   {out / 'grid.png'}")
+
+
+def run_world(args) -> None:
+    if args.world_command == "build":
+        from .world.build import EMOJIBENCH, write_emojibench, write_training_set
+
+        print(f"EmojiBench: {write_emojibench(Path(args.out) if args.out else EMOJIBENCH)}")
+        if args.training_set:
+            info = write_training_set(Path(args.training_set), args.seeds)
+            print(f"training set: {args.training_set} ({info['count']} images, hash {info['hash']})")
+        return
+    from .world.pretrain import WorldTrainConfig, train_world
+
+    cfg = WorldTrainConfig(seed=args.seed, vae_steps=args.vae_steps, unet_steps=args.unet_steps,
+                           vae_batch=args.vae_batch, unet_batch=args.unet_batch, unet_max_seconds=args.max_seconds)
+    record = train_world(Path(args.out), cfg, args.workers, args.device)
+    print(f"trained in {record['seconds']:.0f}s on {record['device']}; pipeline: {args.out}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -141,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     quiet_libraries()
     warnings.formatwarning = lambda message, category, *rest: f"warning: {message}\n"
     try:
-        {"train": run_train, "generate": run_generate, "demo": run_demo}[args.command](args)
+        {"train": run_train, "generate": run_generate, "demo": run_demo, "world": run_world}[args.command](args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

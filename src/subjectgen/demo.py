@@ -1,4 +1,4 @@
-"""`subjectgen demo`: personalize the built-in model on one subject on the CPU and show the result.
+"""`subjectgen demo`: personalize the built-in model on one EmojiBench subject on the CPU and show the result.
 
 Writes DIR/photos/ (the subject), DIR/run/ (the LoRA run), DIR/base/ and DIR/personalized/ (images),
 DIR/grid.png (rows: base model, personalized) and DIR/report.html.
@@ -10,39 +10,34 @@ import html
 import shutil
 from pathlib import Path
 
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from .config import TrainConfig
+from .errors import UserError
 from .generation import generate_to_folder
 from .sampling import make_grid
 from .safeio import atomic_save_image, atomic_write_bytes
 from .training import train
 
-PROMPTS = ["a {subject} on the beach", "a {subject} in the snow", "a {subject} in the jungle"]
+PROMPTS = ["a {subject}", "a {subject} on the beach", "a {subject} in the snow", "a red {subject}"]
 
 
-def draw_demo_subject(folder: Path, count: int = 4) -> Path:
-    """A stand-in subject (a red ball with a yellow star) at a few positions and sizes."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for i in range(count):
-        image = Image.new("RGB", (64, 64), (235, 235, 235))
-        draw = ImageDraw.Draw(image)
-        r, cx, cy = 18 + 2 * (i % 2), 30 + 3 * i - 4, 32 - 2 * i + 3
-        draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=(205, 40, 40))
-        draw.regular_polygon((cx, cy, r // 2), 5, fill=(250, 220, 40))
-        image.save(folder / f"{i:02d}.png")
-    return folder
+def run_demo(out: Path, subject: str = "dog", model: str = "builtin", steps: int | None = None,
+             progress: bool = True) -> Path:
+    """DreamBooth-LoRA on one EmojiBench subject; base-model vs personalized images side by side."""
+    from .world.build import EMOJIBENCH, subject_class
 
-
-def run_demo(out: Path, model: str = "builtin", steps: int | None = None, progress: bool = True) -> Path:
     out = Path(out)
-    if out.exists():
-        shutil.rmtree(out)
-    photos = draw_demo_subject(out / "photos")
-    cfg = TrainConfig(method="lora", model=model, subject_dir=str(photos), class_noun="toy", out=str(out / "run"),
-                      steps=steps)
+    if out.is_dir() and any(out.iterdir()):
+        if not (out / "report.html").is_file():
+            raise UserError(f"--out {out} is not empty and holds no demo; choose a new folder")
+        shutil.rmtree(out)  # a previous demo: replace it
+    class_noun = subject_class(subject)
+    shutil.copytree(EMOJIBENCH / subject, out / "photos")
+    cfg = TrainConfig(method="lora", model=model, subject_dir=str(out / "photos"), class_noun=class_noun,
+                      out=str(out / "run"), steps=steps)
     result = train(cfg, progress=progress)
-    base_prompts = [p.replace("{subject}", "toy") for p in PROMPTS]
+    base_prompts = [p.replace("{subject}", class_noun) for p in PROMPTS]
     base = generate_to_folder(model, base_prompts, out / "base", n=2)
     mine = generate_to_folder(str(result.run_dir), PROMPTS, out / "personalized", n=2)
     rows = [Image.open(p) for p in base.files] + [Image.open(p) for p in mine.files]

@@ -90,11 +90,12 @@ def _load_folder(path: Path, ref: str, allow_pickle: bool) -> Components:
     use_st = not allow_pickle or None
     try:
         scheduler_cls = getattr(diffusers, index.get("scheduler", [None, "DDIMScheduler"])[1])
+        # fp32 in memory whatever the storage (the built-in model ships fp16); mixed precision casts later
         return Components(
             tokenizer=CLIPTokenizer.from_pretrained(path / "tokenizer"),
-            text_encoder=CLIPTextModel.from_pretrained(path / "text_encoder", use_safetensors=use_st),
-            vae=AutoencoderKL.from_pretrained(path / "vae", use_safetensors=use_st),
-            unet=UNet2DConditionModel.from_pretrained(path / "unet", use_safetensors=use_st),
+            text_encoder=CLIPTextModel.from_pretrained(path / "text_encoder", use_safetensors=use_st).float(),
+            vae=AutoencoderKL.from_pretrained(path / "vae", use_safetensors=use_st).float(),
+            unet=UNet2DConditionModel.from_pretrained(path / "unet", use_safetensors=use_st).float(),
             scheduler=scheduler_cls.from_pretrained(path / "scheduler"),
             ref=ref,
         )

@@ -1,0 +1,87 @@
+"""`subjectgen world build`: render the training set of the built-in world and the EmojiBench subjects.
+
+Training pairs: every class instance x (plain + DreamBench's contexts for its class) x seeds, captioned in
+DreamBench's wording ("a dog on the beach", "a red dog", "a dog wearing a santa hat"). EmojiBench subjects
+are never rendered into the training set.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from ..safeio import atomic_dir
+from .catalog import SUBJECTS, caption, contexts_for, training_instances
+from .scene import render_photo, render_scene
+
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
+PROMPTS_FILE = ASSETS / "dreambench_prompts_and_classes.txt"  # DreamBench's file, verbatim (CC-BY-4.0)
+EMOJIBENCH = ASSETS / "emojibench"
+PHOTOS_PER_SUBJECT = 5
+
+
+def training_items(seeds: int) -> list[tuple]:
+    items = []
+    for noun, instances in training_instances().items():
+        for inst in instances:
+            for context in [None] + contexts_for(noun):
+                for s in range(seeds if context is None else max(1, seeds // 2)):
+                    items.append((noun, inst, context, s))
+    return items
+
+
+def _render(item) -> tuple[np.ndarray, str]:
+    noun, inst, context, seed = item
+    return np.asarray(render_scene(inst, context, seed)), caption(noun, context)
+
+
+def render_training_set(seeds: int = 4, workers: int = 2) -> tuple[np.ndarray, list[str]]:
+    items = training_items(seeds)
+    with ProcessPoolExecutor(workers) as pool:
+        results = list(pool.map(_render, items, chunksize=64))
+    return np.stack([r[0] for r in results]), [r[1] for r in results]
+
+
+def data_hash(images: np.ndarray, captions: list[str]) -> str:
+    digest = hashlib.sha256(images.tobytes())
+    digest.update("\n".join(captions).encode())
+    return digest.hexdigest()[:16]
+
+
+def write_training_set(out: Path, seeds: int = 4, workers: int = 2) -> dict:
+    images, captions = render_training_set(seeds, workers)
+    info = {"count": len(captions), "seeds": seeds, "hash": data_hash(images, captions),
+            "captions": len(set(captions))}
+    with atomic_dir(Path(out)) as tmp:
+        np.save(tmp / "images.npy", images)
+        (tmp / "captions.json").write_text(json.dumps(captions))
+        (tmp / "info.json").write_text(json.dumps(info, indent=1))
+    return info
+
+
+def subject_class(name: str) -> str:
+    """The class noun of an EmojiBench subject; a one-line error for an unknown name."""
+    from ..errors import UserError
+
+    if name not in SUBJECTS:
+        raise UserError(f"unknown EmojiBench subject '{name}'; choose one of: {', '.join(SUBJECTS)}")
+    return SUBJECTS[name][0]
+
+
+def write_emojibench(out: Path = EMOJIBENCH) -> Path:
+    """EmojiBench in DreamBench's layout: one folder of photos per subject plus prompts_and_classes.txt."""
+    with atomic_dir(Path(out)) as tmp:
+        for name, (_, inst) in SUBJECTS.items():
+            (tmp / name).mkdir()
+            for k in range(PHOTOS_PER_SUBJECT):
+                render_photo(inst, k).save(tmp / name / f"{k:02d}.png", optimize=True)
+        shutil.copy(PROMPTS_FILE, tmp / "prompts_and_classes.txt")
+        mapping = {name: {"class": noun, "emoji": inst.emoji, "style": inst.style, "hue": inst.hue,
+                          "overlay": inst.overlay} for name, (noun, inst) in SUBJECTS.items()}
+        (tmp / "subjects.json").write_text(json.dumps(mapping, indent=1))
+    return Path(out)

@@ -1,0 +1,72 @@
+"""The built-in world: the renderer, EmojiBench, and the shipped model."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from subjectgen import generate, load_model
+from subjectgen.builtin import SHIPPED
+from subjectgen.world.catalog import EDITS, OUTFITS, SCENES, SUBJECTS, contexts_for, training_instances
+from subjectgen.world.emoji import sources_available
+
+needs_sources = pytest.mark.skipif(not sources_available(), reason="emoji sources not installed (see .ci/run)")
+
+
+def test_emojibench_subjects_are_never_training_instances():
+    seen = {(i.emoji, i.style, i.hue, i.overlay) for instances in training_instances().values() for i in instances}
+    for name, (noun, inst) in SUBJECTS.items():
+        assert (inst.emoji, inst.style, inst.hue, inst.overlay) not in seen, name
+    assert len(SUBJECTS) == 30 and len(SCENES) == 20 and len(OUTFITS) == 10 and len(EDITS) == 5
+    assert len(contexts_for("dog")) == 35 and len(contexts_for("teapot")) == 25
+
+
+@needs_sources
+def test_scenes_are_deterministic_and_contexts_differ():
+    from subjectgen.world.catalog import Instance
+    from subjectgen.world.scene import render_scene
+
+    dog = Instance("dog2", "twemoji")
+    a, b = np.asarray(render_scene(dog, "on the beach", 3)), np.asarray(render_scene(dog, "on the beach", 3))
+    assert a.shape == (64, 64, 3) and np.array_equal(a, b)
+    snow = np.asarray(render_scene(dog, "in the snow", 3)).astype(int)
+    assert a[48:, :, 0].mean() - a[48:, :, 2].mean() > 40      # sand below on the beach
+    assert abs(snow[48:, :, 0].mean() - snow[48:, :, 2].mean()) < 20  # white snow
+
+
+@needs_sources
+def test_shipped_emojibench_is_what_world_build_writes(tmp_path):
+    from subjectgen.world.build import EMOJIBENCH, write_emojibench
+
+    fresh = write_emojibench(tmp_path / "eb")
+    for name in ("dog", "backpack_dog", "teapot"):
+        for photo in sorted((EMOJIBENCH / name).glob("*.png")):
+            assert np.array_equal(np.asarray(Image.open(photo)), np.asarray(Image.open(fresh / name / photo.name)))
+    assert (fresh / "prompts_and_classes.txt").read_text() == (EMOJIBENCH / "prompts_and_classes.txt").read_text()
+
+
+def test_emojibench_layout_mirrors_dreambench():
+    from subjectgen.world.build import EMOJIBENCH
+
+    folders = sorted(p.name for p in EMOJIBENCH.iterdir() if p.is_dir())
+    assert folders == sorted(SUBJECTS)
+    assert all(4 <= len(list((EMOJIBENCH / f).glob("*.png"))) <= 6 for f in folders)
+    text = (EMOJIBENCH / "prompts_and_classes.txt").read_text()
+    assert "'a {0} {1} wearing a santa hat'.format(unique_token, class_token)" in text
+
+
+def test_builtin_model_is_a_plain_sd_pipeline_that_follows_prompts():
+    components = load_model("builtin")
+    assert components.resolution == 64
+    assert type(components.unet).__name__ == "UNet2DConditionModel"
+    assert type(components.text_encoder).__name__ == "CLIPTextModel" and len(components.tokenizer) == 49408
+    record = json.loads((SHIPPED / "training.json").read_text())
+    assert record["data_hash"] and record["config"]["unet_steps"] > 0
+    beach, snow = generate(components, ["a dog on the beach", "a dog in the snow"], [0, 0], steps=20)
+    beach, snow = np.asarray(beach).astype(int), np.asarray(snow).astype(int)
+    assert beach.std() > 20                                    # a picture, not a flat field
+    assert beach[48:, :, 0].mean() - beach[48:, :, 2].mean() > 30   # sand
+    assert snow[48:, :, 2].mean() > 200 and snow[48:, :, 0].mean() > 200  # white ground
