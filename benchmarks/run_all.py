@@ -13,6 +13,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 SECTIONS = [
     ("Training speed and memory (tiny test model)", ["benchmarks/train_speed.py", "--steps", "200"]),
+    ("The demo and the built-in model", ["benchmarks/demo_time.py"]),
 ]
 
 

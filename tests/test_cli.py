@@ -102,3 +102,9 @@ def test_a_real_process_exits_2_without_traceback(tmp_path):
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 2
     assert result.stderr.strip().startswith("error: model") and "Traceback" not in result.stderr
+
+
+def test_single_file_pickle_checkpoint_is_refused(capsys, subject_dir, tmp_path):
+    ckpt = tmp_path / "model.ckpt"
+    ckpt.write_bytes(b"not really a checkpoint")
+    assert "--allow-pickle" in error_of(capsys, train_args(ckpt, subject_dir, tmp_path / "o"))

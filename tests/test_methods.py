@@ -115,3 +115,32 @@ def test_prior_preservation_logs_both_halves(runs):
     assert len(rows) == STEPS and all(r["prior"] not in ("", None) for r in rows)
     first = rows[0]
     assert float(first["loss"]) == pytest.approx(float(first["instance"]) + float(first["prior"]), rel=1e-5)
+
+
+def test_lora_with_text_encoder_exports_both_and_loads(tiny_model, photos, tmp_path):
+    cfg = TrainConfig(method="lora", model=tiny_model, subject_dir=str(photos), class_noun="dog",
+                      out=str(tmp_path / "te"), steps=4, train_text_encoder=True, gradient_checkpointing=True,
+                      validate_every=2, rank=2, lora_alpha=4)
+    run_dir = train(cfg, progress=False).run_dir
+    kohya = load_file(str(run_dir / "kohya_lora.safetensors"))
+    assert any(k.startswith("lora_te_text_model_encoder_layers_") for k in kohya)
+    assert {float(v) for k, v in kohya.items() if k.endswith(".alpha")} == {4.0}
+    assert sorted(p.name for p in (run_dir / "validation").iterdir()) == ["step-000002.png", "step-000004.png"]
+    ours = load_run(run_dir)
+    prompt = ours.prompt_for_model("a {subject}")
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_model)
+    pipe.load_lora_weights(str(run_dir))
+    assert np.abs(diffusers_images(pipe, prompt, ours.components)
+                  - as_array(generate(ours.components, [prompt], [0], steps=4))).max() <= 1
+
+
+def test_builtin_run_loads_in_plain_diffusers(photos, tmp_path):
+    """The shipped model stores fp16 weights: plain diffusers loads it with an explicit torch_dtype."""
+    cfg = TrainConfig(method="lora", subject_dir=str(photos), class_noun="dog", out=str(tmp_path / "b"), steps=2)
+    run_dir = train(cfg, progress=False).run_dir
+    from subjectgen.builtin import SHIPPED
+
+    pipe = StableDiffusionPipeline.from_pretrained(str(SHIPPED), torch_dtype=torch.float32)
+    pipe.load_lora_weights(str(run_dir))
+    image = pipe("a dog", num_inference_steps=2, output_type="np").images
+    assert image.shape == (1, 64, 64, 3) and np.isfinite(image).all()

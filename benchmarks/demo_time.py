@@ -1,0 +1,43 @@
+"""Wall-clock time of `subjectgen demo` (DreamBooth-LoRA on the built-in model, CPU) and the built-in
+model's training record. `python benchmarks/demo_time.py`; `benchmarks/run_all.py` puts it in docs/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from subjectgen.builtin import SHIPPED
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        started = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "subjectgen.cli", "demo", "--out", f"{tmp}/demo"], check=True,
+                       capture_output=True, env={"SUBJECTGEN_CACHE": f"{tmp}/cache", **__import__("os").environ})
+        seconds = time.perf_counter() - started
+        manifest = json.loads(Path(f"{tmp}/demo/run/subject.json").read_text())
+    record = json.loads((SHIPPED / "training.json").read_text())
+    cfg = record["config"]
+    print(f"`subjectgen demo` (EmojiBench 'dog', LoRA {manifest['settings']['steps']} steps, 4 prompts x 2 images "
+          f"for base and personalized): **{seconds:.0f} s** wall clock on {torch.get_num_threads()} CPU threads, "
+          f"of which training {manifest['metrics']['train_seconds']:.0f} s "
+          f"({manifest['metrics']['steps_per_second']:.1f} steps/s).\n")
+    print("Built-in model (`src/subjectgen/assets/builtin/training.json`):\n")
+    print("| stage | steps | batch | device | total time |\n|---|---|---|---|---|")
+    print(f"| VAE | {cfg['vae_steps']} | {cfg['vae_batch']} | {record['device']} | |")
+    print(f"| UNet + text encoder | {cfg['unet_steps']} | {cfg['unet_batch']} | {record['device']} | "
+          f"{record['seconds']:.0f} s incl. rendering {record['images']} images |")
+    sizes = {p.parent.name: p.stat().st_size / 2**20 for p in SHIPPED.glob("*/*.safetensors")}
+    print(f"\nFinal losses: VAE {record['vae_loss']:.4f}, UNet {record['unet_loss']:.4f}. Shipped size: "
+          + ", ".join(f"{k} {v:.1f} MiB" for k, v in sorted(sizes.items())) + " (fp16).")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Evaluation under DreamBench's protocol: DINO, CLIP-I, CLIP-T."""

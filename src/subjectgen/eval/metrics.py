@@ -1,0 +1,103 @@
+"""DreamBench's metrics with any transformers CLIP / DINO model.
+
+DINO: ViT CLS embedding (Resize 256 bicubic, CenterCrop 224, ImageNet mean/std). CLIP-I: CLIP image
+embeddings. Both: cosine of each generated image with *every* real photo, averaged. CLIP-T: cosine of
+each image with its prompt, the identifier removed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
+
+
+def preprocess(images: list[Image.Image], resize: int, crop: int, mean, std) -> torch.Tensor:
+    """Resize the short side (bicubic), centre-crop, normalise: the evaluators' own preprocessing."""
+    out = []
+    for image in images:
+        image = image.convert("RGB")
+        scale = resize / min(image.size)
+        image = image.resize((round(image.width * scale), round(image.height * scale)), Image.Resampling.BICUBIC)
+        left, top = (image.width - crop) // 2, (image.height - crop) // 2
+        array = np.asarray(image.crop((left, top, left + crop, top + crop)), dtype=np.float32) / 255.0
+        out.append((torch.from_numpy(array) - torch.tensor(mean)) / torch.tensor(std))
+    return torch.stack(out).permute(0, 3, 1, 2)
+
+
+def mean_cosine_to_references(generated: torch.Tensor, references: torch.Tensor) -> torch.Tensor:
+    """For each generated embedding, its cosine similarity with every reference, averaged: shape (G,)."""
+    return (F.normalize(generated, dim=-1) @ F.normalize(references, dim=-1).T).mean(dim=1)
+
+
+def paired_cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return (F.normalize(a, dim=-1) * F.normalize(b, dim=-1)).sum(-1)
+
+
+def oracle_scores(references: torch.Tensor) -> float:
+    """Each real photo against the subject's other photos (the self-pairs left out), averaged."""
+    sims = F.normalize(references, dim=-1) @ F.normalize(references, dim=-1).T
+    n = len(references)
+    return float((sims.sum() - sims.diagonal().sum()) / (n * (n - 1)))
+
+
+@dataclass
+class Evaluators:
+    """A DINO ViT and a CLIP model, loaded with transformers from a folder or a hub id."""
+
+    dino: object
+    clip: object
+    clip_tokenizer: object
+    clip_size: int
+    dino_size: int
+
+    @torch.no_grad()
+    def dino_embed(self, images: list[Image.Image]) -> torch.Tensor:
+        size = self.dino_size
+        pixels = preprocess(images, round(size * 256 / 224), size, IMAGENET_MEAN, IMAGENET_STD)
+        return self.dino(pixel_values=pixels).last_hidden_state[:, 0]
+
+    @torch.no_grad()
+    def clip_image_embed(self, images: list[Image.Image]) -> torch.Tensor:
+        pixels = preprocess(images, self.clip_size, self.clip_size, CLIP_MEAN, CLIP_STD)
+        return _as_tensor(self.clip.get_image_features(pixel_values=pixels))
+
+    @torch.no_grad()
+    def clip_text_embed(self, texts: list[str]) -> torch.Tensor:
+        tokens = self.clip_tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
+        return _as_tensor(self.clip.get_text_features(**tokens))
+
+
+def _as_tensor(features) -> torch.Tensor:
+    """transformers 5 may return a model output instead of a tensor from get_*_features."""
+    return features if torch.is_tensor(features) else features.pooler_output
+
+
+def load_evaluators(dino_ref: str, clip_ref: str) -> Evaluators:
+    from transformers import AutoModel, CLIPModel, CLIPTokenizer
+
+    from ..errors import UserError
+
+    try:
+        dino = AutoModel.from_pretrained(dino_ref, use_safetensors=True).eval()
+        clip = CLIPModel.from_pretrained(clip_ref, use_safetensors=True).eval()
+        tokenizer = CLIPTokenizer.from_pretrained(clip_ref)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"could not load evaluator models ({str(exc).splitlines()[0]}); "
+                        "give local folders or hub ids with --dino and --clip") from None
+    return Evaluators(dino, clip, tokenizer, clip.config.vision_config.image_size, dino.config.image_size)
+
+
+def score_images(ev: Evaluators, images: list[Image.Image], photos: list[Image.Image], prompt: str) -> dict:
+    """DINO, CLIP-I (against every photo) and CLIP-T (against `prompt`, identifier already removed)."""
+    dino = mean_cosine_to_references(ev.dino_embed(images), ev.dino_embed(photos))
+    clip_i = mean_cosine_to_references(ev.clip_image_embed(images), ev.clip_image_embed(photos))
+    clip_t = paired_cosine(ev.clip_image_embed(images), ev.clip_text_embed([prompt] * len(images)))
+    return {"dino": float(dino.mean()), "clip_i": float(clip_i.mean()), "clip_t": float(clip_t.mean()),
+            "per_image": {"dino": dino.tolist(), "clip_i": clip_i.tolist(), "clip_t": clip_t.tolist()}}

@@ -1,0 +1,70 @@
+"""DreamBench's metrics against hand computations; the prompt file parsed exactly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from subjectgen.eval.metrics import load_evaluators, mean_cosine_to_references, oracle_scores, score_images
+from subjectgen.eval.prompts import read_benchmark
+
+DREAMBENCH = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "dreambench"
+
+
+def test_mean_cosine_to_every_reference_by_hand():
+    generated = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    refs = torch.tensor([[1.0, 0.0], [1.0, 1.0]])
+    # image 0: cos(0°)=1, cos(45°)=0.7071 -> 0.8536; image 1: cos(90°)=0, cos(45°) -> 0.3536
+    assert torch.allclose(mean_cosine_to_references(generated, refs), torch.tensor([0.85355, 0.35355]), atol=1e-4)
+
+
+def test_oracle_leaves_self_pairs_out():
+    refs = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    # pairs: (0,1)=0, (0,2)=0.7071, (1,2)=0.7071, each counted twice, over 6 ordered pairs
+    assert oracle_scores(refs) == pytest.approx(2 * 0.70711 / 3, abs=1e-4)
+
+
+@pytest.mark.skipif(not DREAMBENCH.is_dir(), reason="../shared/datasets/dreambench not present")
+def test_dreambench_prompt_file_parsed_exactly():
+    bench = read_benchmark(DREAMBENCH)
+    assert len(bench.classes) == 30 and len(bench.object_prompts) == 25 and len(bench.live_prompts) == 25
+    assert sum(bench.is_live(s) for s in bench.classes) == 9
+    assert bench.prompts_for("dog")[11] == "a {subject} wearing a santa hat"
+    assert bench.prompts_for("teapot")[24] == "a cube shaped {subject}"
+    assert sorted(p.name for p in DREAMBENCH.iterdir() if p.is_dir()) == sorted(bench.classes)
+
+
+@pytest.fixture(scope="module")
+def evaluators(tmp_path_factory):
+    """Tiny real transformers models in the layout of facebook/dino-vits16 and openai/clip-vit-base-patch32."""
+    from transformers import CLIPConfig, CLIPModel, ViTConfig, ViTModel
+
+    from subjectgen.tiny import clip_tokenizer
+
+    root = tmp_path_factory.mktemp("evaluators")
+    torch.manual_seed(0)
+    ViTModel(ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                       intermediate_size=64), add_pooling_layer=False).save_pretrained(root / "dino")
+    clip = CLIPModel(CLIPConfig(
+        text_config={"vocab_size": 49408, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+                     "num_attention_heads": 2, "max_position_embeddings": 77},
+        vision_config={"image_size": 32, "patch_size": 8, "hidden_size": 32, "intermediate_size": 64,
+                       "num_hidden_layers": 1, "num_attention_heads": 2}, projection_dim=16))
+    clip.save_pretrained(root / "clip")
+    clip_tokenizer().save_pretrained(root / "clip")
+    return load_evaluators(str(root / "dino"), str(root / "clip"))
+
+
+def test_scores_match_a_hand_computation(evaluators):
+    red, blue = Image.new("RGB", (40, 40), (220, 30, 30)), Image.new("RGB", (40, 40), (30, 30, 220))
+    scores = score_images(evaluators, [red, blue], [red, red], "a dog")
+    assert scores["dino"] == pytest.approx((1.0 + scores["per_image"]["dino"][1]) / 2, abs=1e-5)
+    assert scores["per_image"]["dino"][0] == pytest.approx(1.0, abs=1e-5)   # identical to both photos
+    assert scores["per_image"]["clip_i"][0] == pytest.approx(1.0, abs=1e-5)
+    assert scores["per_image"]["clip_i"][1] < 1.0
+    img = evaluators.clip_image_embed([blue])[0]
+    txt = evaluators.clip_text_embed(["a dog"])[0]
+    assert scores["per_image"]["clip_t"][1] == pytest.approx(float(torch.cosine_similarity(img, txt, dim=0)), abs=1e-5)
