@@ -68,3 +68,20 @@ def test_scores_match_a_hand_computation(evaluators):
     img = evaluators.clip_image_embed([blue])[0]
     txt = evaluators.clip_text_embed(["a dog"])[0]
     assert scores["per_image"]["clip_t"][1] == pytest.approx(float(torch.cosine_similarity(img, txt, dim=0)), abs=1e-5)
+
+
+def test_score_command_prints_json(evaluators, tmp_path, capsys):
+    import json
+
+    from subjectgen.cli import main
+
+    (tmp_path / "gen").mkdir()
+    (tmp_path / "photos").mkdir()
+    Image.new("RGB", (40, 40), (220, 30, 30)).save(tmp_path / "gen" / "a.png")
+    Image.new("RGB", (40, 40), (220, 30, 30)).save(tmp_path / "photos" / "p.png")
+    root = Path(evaluators.clip.name_or_path).parent
+    assert main(["score", str(tmp_path / "gen"), "--subject", str(tmp_path / "photos"), "--prompt", "a dog",
+                 "--dino", str(root / "dino"), "--clip", str(root / "clip")]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["dino"] == pytest.approx(1.0, abs=1e-5) and out["clip_i"] == pytest.approx(1.0, abs=1e-5)
+    assert -1 <= out["clip_t"] <= 1 and out["images"] == 1

@@ -112,6 +112,15 @@ def add_world_parser(sub) -> None:
     t.add_argument("--device", help="cuda or cpu (default: cuda if available)")
 
 
+def add_score_parser(sub) -> None:
+    p = sub.add_parser("score", help="DINO, CLIP-I and CLIP-T of a folder of images against a subject (JSON)")
+    p.add_argument("images", help="folder of generated images")
+    p.add_argument("--subject", required=True, help="folder of the subject's real photos")
+    p.add_argument("--prompt", required=True, help="the prompt without the identifier, e.g. 'a dog on the beach'")
+    p.add_argument("--dino", required=True, help="DINO ViT folder or hub id (facebook/dino-vits16)")
+    p.add_argument("--clip", required=True, help="CLIP folder or hub id (openai/clip-vit-base-patch32)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="subjectgen", description="Subject-driven text-to-image generation.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=Parser)
@@ -119,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_generate_parser(sub)
     add_demo_parser(sub)
     add_world_parser(sub)
+    add_score_parser(sub)
     return parser
 
 
@@ -175,12 +185,29 @@ def run_world(args) -> None:
     print(f"trained in {record['seconds']:.0f}s on {record['device']}; pipeline: {args.out}")
 
 
+def run_score(args) -> None:
+    import json
+
+    from .eval.metrics import load_evaluators, score_images
+    from .subjects import IMAGE_SUFFIXES, open_photo
+
+    def photos(folder: str, what: str) -> list:
+        paths = sorted(p for p in Path(folder).glob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.name != "grid.png")
+        if not paths:
+            raise UserError(f"{what} folder {folder} holds no images")
+        return [open_photo(p) for p in paths]
+
+    images, refs = photos(args.images, "images"), photos(args.subject, "subject")
+    scores = score_images(load_evaluators(args.dino, args.clip), images, refs, args.prompt)
+    print(json.dumps({k: scores[k] for k in ("dino", "clip_i", "clip_t")} | {"images": len(images)}))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     quiet_libraries()
     warnings.formatwarning = lambda message, category, *rest: f"warning: {message}\n"
     try:
-        {"train": run_train, "generate": run_generate, "demo": run_demo, "world": run_world}[args.command](args)
+        {"train": run_train, "generate": run_generate, "demo": run_demo, "world": run_world, "score": run_score}[args.command](args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
