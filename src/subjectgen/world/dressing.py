@@ -110,24 +110,26 @@ OUTFIT_PAINTERS = {
 
 
 # --- edits of the object ---------------------------------------------------------------------------
+def spots(image: Image.Image, rng: random.Random, count: int, xs: tuple, ys: tuple, radius: float, fill,
+          stretch: float = 1.0) -> None:
+    """Random round marks (highlights, drops) inside the object's box; `stretch` makes them drop-shaped."""
+    draw = ImageDraw.Draw(image)
+    w, h = image.size
+    for _ in range(count):
+        cx, cy, r = rng.uniform(*xs) * w, rng.uniform(*ys) * h, max(2, w * radius)
+        draw.ellipse((cx - r, cy - r * stretch, cx + r, cy + r), fill=fill)
+
+
 def shiny(image: Image.Image, rng: random.Random) -> Image.Image:
     out = ImageEnhance.Contrast(ImageEnhance.Brightness(image).enhance(1.15)).enhance(1.4)
-    draw = ImageDraw.Draw(out)
-    w, h = out.size
-    for _ in range(3):
-        cx, cy, r = rng.uniform(0.25, 0.75) * w, rng.uniform(0.2, 0.6) * h, max(2, w * 0.06)
-        draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=(255, 255, 255, 235))
+    spots(out, rng, 3, (0.25, 0.75), (0.2, 0.6), 0.06, (255, 255, 255, 235))
     out.putalpha(image.getchannel("A"))
     return out
 
 
 def wet(image: Image.Image, rng: random.Random) -> Image.Image:
     out = ImageEnhance.Color(ImageEnhance.Brightness(image).enhance(0.8)).enhance(1.3)
-    draw = ImageDraw.Draw(out)
-    w, h = out.size
-    for _ in range(6):
-        cx, cy, r = rng.uniform(0.15, 0.85) * w, rng.uniform(0.1, 0.9) * h, max(2, w * 0.05)
-        draw.ellipse((cx - r, cy - r * 1.4, cx + r, cy + r), fill=(90, 170, 255, 255))
+    spots(out, rng, 6, (0.15, 0.85), (0.1, 0.9), 0.05, (90, 170, 255, 255), stretch=1.4)
     out.putalpha(image.getchannel("A"))
     return out
 
