@@ -18,6 +18,7 @@ import torch
 from .errors import UserError
 from .models import Components, load_model
 from .safeio import atomic_save_safetensors
+from .subjects import expand_subject
 
 MANIFEST = "subject.json"
 KOHYA_PREFIX = {"unet": "lora_unet", "text_encoder": "lora_te"}
@@ -60,7 +61,7 @@ class Run:
 
     def prompt_for_model(self, prompt: str) -> str:
         """Expand `{subject}` and a multi-vector TI placeholder into what the tokenizer must see."""
-        prompt = prompt.replace("{subject}", self.subject)
+        prompt = expand_subject(prompt, self.subject)
         tokens = self.manifest.get("placeholder_tokens")
         return prompt.replace(tokens[0], " ".join(tokens)) if tokens else prompt
 

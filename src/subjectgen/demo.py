@@ -17,6 +17,7 @@ from .errors import UserError
 from .generation import generate_to_folder
 from .sampling import make_grid
 from .safeio import atomic_save_image, atomic_write_bytes
+from .subjects import expand_subject
 from .training import train
 
 PROMPTS = ["a {subject}", "a {subject} on the beach", "a {subject} in the snow", "a red {subject}"]
@@ -37,7 +38,7 @@ def run_demo(out: Path, subject: str = "dog", model: str = "builtin", steps: int
     cfg = TrainConfig(method="lora", model=model, subject_dir=str(out / "photos"), class_noun=class_noun,
                       out=str(out / "run"), steps=steps)
     result = train(cfg, progress=progress)
-    base_prompts = [p.replace("{subject}", class_noun) for p in PROMPTS]
+    base_prompts = [expand_subject(p, class_noun) for p in PROMPTS]
     base = generate_to_folder(model, base_prompts, out / "base", n=2)
     mine = generate_to_folder(str(result.run_dir), PROMPTS, out / "personalized", n=2)
     rows = [Image.open(p) for p in base.files] + [Image.open(p) for p in mine.files]

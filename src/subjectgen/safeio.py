@@ -1,4 +1,4 @@
-"""Reading and writing weights and files safely: safetensors only, pickles behind a flag, atomic writes."""
+"""Writing weights, images and JSON atomically (temporary name, then rename); which suffixes are pickles."""
 
 from __future__ import annotations
 
@@ -11,31 +11,9 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import torch
-from safetensors.torch import load_file, save_file
-
-from .errors import UserError
+from safetensors.torch import save_file
 
 PICKLE_SUFFIXES = {".ckpt", ".bin", ".pt", ".pth", ".pkl"}
-
-
-def load_weights(path: Path, allow_pickle: bool = False) -> dict[str, torch.Tensor]:
-    """Load a state dict; pickled formats only with allow_pickle, and then with weights_only=True."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"weights file {path} does not exist")
-    if path.suffix == ".safetensors":
-        try:
-            return load_file(str(path))
-        except Exception as exc:  # safetensors raises its own error types for corrupt headers
-            raise UserError(f"{path} is not a valid safetensors file ({exc})") from None
-    if path.suffix in PICKLE_SUFFIXES:
-        if not allow_pickle:
-            raise UserError(
-                f"{path} is a pickle file, which can run code when loaded; convert it to .safetensors "
-                "or pass --allow-pickle if you trust its source"
-            )
-        return torch.load(path, map_location="cpu", weights_only=True)
-    raise UserError(f"{path}: unknown weights format (expected .safetensors)")
 
 
 @contextmanager

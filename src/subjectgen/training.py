@@ -23,11 +23,11 @@ from .data import LatentCache, TextCache, class_images
 from .errors import TrainingDiverged
 from .losses import diffusion_loss, training_target
 from .methods import make_method
-from .models import Components, load_model
+from .models import load_model
 from .outdir import check_out_dir, record_run
 from .safeio import atomic_save_image, atomic_write_json
 from .sampling import encode_prompts, generate, make_grid
-from .subjects import load_subject
+from .subjects import expand_subject, load_subject
 
 DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -216,7 +216,7 @@ class Trainer:
     def validate(self, step: int) -> None:
         if not self.accelerator.is_main_process:
             return
-        prompts = [self.method.prompt_for_model(p.replace("{subject}", self.method.subject_phrase))
+        prompts = [self.method.prompt_for_model(expand_subject(p, self.method.subject_phrase))
                    for p in self.cfg.validation_prompts]
         for module in self.method.trainable_modules().values():
             module.eval()

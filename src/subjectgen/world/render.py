@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
+from PIL import Image, ImageDraw
 
 from .catalog import Instance
 from .emoji import emoji_image
