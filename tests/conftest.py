@@ -26,6 +26,28 @@ def tiny_model(tmp_path_factory, cache_root) -> str:
     return str(save_tiny_pipeline(tmp_path_factory.mktemp("models") / "tiny-sd"))
 
 
+@pytest.fixture(scope="session")
+def evaluator_dirs(tmp_path_factory) -> tuple[str, str]:
+    """Tiny real transformers models in the layout of facebook/dino-vits16 and openai/clip-vit-base-patch32."""
+    import torch
+    from transformers import CLIPConfig, CLIPModel, ViTConfig, ViTModel
+
+    from subjectgen.tiny import clip_tokenizer
+
+    root = tmp_path_factory.mktemp("evaluators")
+    torch.manual_seed(0)
+    ViTModel(ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                       intermediate_size=64), add_pooling_layer=False).save_pretrained(root / "dino")
+    clip = CLIPModel(CLIPConfig(
+        text_config={"vocab_size": 49408, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+                     "num_attention_heads": 2, "max_position_embeddings": 77},
+        vision_config={"image_size": 32, "patch_size": 8, "hidden_size": 32, "intermediate_size": 64,
+                       "num_hidden_layers": 1, "num_attention_heads": 2}, projection_dim=16))
+    clip.save_pretrained(root / "clip")
+    clip_tokenizer().save_pretrained(root / "clip")
+    return str(root / "dino"), str(root / "clip")
+
+
 def draw_subject(path: Path, shift: int = 0, size=(40, 32)) -> None:
     image = Image.new("RGB", size, (190, 215, 250))
     draw = ImageDraw.Draw(image)

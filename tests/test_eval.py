@@ -38,24 +38,8 @@ def test_dreambench_prompt_file_parsed_exactly():
 
 
 @pytest.fixture(scope="module")
-def evaluators(tmp_path_factory):
-    """Tiny real transformers models in the layout of facebook/dino-vits16 and openai/clip-vit-base-patch32."""
-    from transformers import CLIPConfig, CLIPModel, ViTConfig, ViTModel
-
-    from subjectgen.tiny import clip_tokenizer
-
-    root = tmp_path_factory.mktemp("evaluators")
-    torch.manual_seed(0)
-    ViTModel(ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                       intermediate_size=64), add_pooling_layer=False).save_pretrained(root / "dino")
-    clip = CLIPModel(CLIPConfig(
-        text_config={"vocab_size": 49408, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
-                     "num_attention_heads": 2, "max_position_embeddings": 77},
-        vision_config={"image_size": 32, "patch_size": 8, "hidden_size": 32, "intermediate_size": 64,
-                       "num_hidden_layers": 1, "num_attention_heads": 2}, projection_dim=16))
-    clip.save_pretrained(root / "clip")
-    clip_tokenizer().save_pretrained(root / "clip")
-    return load_evaluators(str(root / "dino"), str(root / "clip"))
+def evaluators(evaluator_dirs):
+    return load_evaluators(*evaluator_dirs)
 
 
 def test_scores_match_a_hand_computation(evaluators):

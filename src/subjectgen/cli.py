@@ -110,6 +110,12 @@ def add_world_parser(sub) -> None:
     t.add_argument("--max-seconds", type=float, help="stop UNet training after this long (the record keeps the steps)")
     t.add_argument("--workers", type=int, default=2, help="processes rendering the world")
     t.add_argument("--device", help="cuda or cpu (default: cuda if available)")
+    e = world.add_parser("train-evaluators", help="train the built-in CLIP and DINO evaluators (CPU)")
+    e.add_argument("--out", required=True, help="folder for clip/ and dino/ (copy it to assets/evaluators to ship it)")
+    e.add_argument("--seed", type=int, default=7)
+    e.add_argument("--clip-steps", type=int, default=1500)
+    e.add_argument("--dino-steps", type=int, default=2000)
+    e.add_argument("--workers", type=int, default=2, help="processes rendering the world")
 
 
 def add_score_parser(sub) -> None:
@@ -117,8 +123,35 @@ def add_score_parser(sub) -> None:
     p.add_argument("images", help="folder of generated images")
     p.add_argument("--subject", required=True, help="folder of the subject's real photos")
     p.add_argument("--prompt", required=True, help="the prompt without the identifier, e.g. 'a dog on the beach'")
-    p.add_argument("--dino", required=True, help="DINO ViT folder or hub id (facebook/dino-vits16)")
-    p.add_argument("--clip", required=True, help="CLIP folder or hub id (openai/clip-vit-base-patch32)")
+    p.add_argument("--dino", default="builtin", help="DINO ViT folder or hub id (facebook/dino-vits16 on real "
+                   "photos); default: the built-in world's")
+    p.add_argument("--clip", default="builtin", help="CLIP folder or hub id (openai/clip-vit-base-patch32 on real "
+                   "photos); default: the built-in world's")
+
+
+def add_bench_parser(sub) -> None:
+    p = sub.add_parser("bench", help="DreamBench protocol: train, generate and score methods over subjects",
+                       description="Train each method on each subject, generate K images per prompt with fixed "
+                       "seeds, score DINO / CLIP-I / CLIP-T. Rerun the same command to resume. With "
+                       "'accelerate launch' the subjects are split across processes.")
+    p.add_argument("--bench", default="emoji", help="folder in DreamBench's layout, or 'emoji' (the built-in "
+                   "EmojiBench; default)")
+    p.add_argument("--out", required=True, help="folder for results.json, table.md, report.html, plots, images")
+    p.add_argument("--methods", default="lora,dreambooth,textual-inversion", help="comma-separated methods")
+    p.add_argument("--model", default="builtin", help="base model (default: builtin)")
+    p.add_argument("--quick", action="store_true", help="subjects dog,backpack, 4 prompts, 2 images per prompt")
+    p.add_argument("--subjects", help="comma-separated subject names (default: all)")
+    p.add_argument("--prompts", type=int, help="use the first N prompts of each list (default: all 25)")
+    p.add_argument("--images-per-prompt", type=int, help="images per prompt (default: 4)")
+    p.add_argument("--train-steps", type=int, help="training steps (default: each method's)")
+    p.add_argument("--sample-steps", type=int, help="sampler steps (default: 25 below 256 px, else 50)")
+    p.add_argument("--guidance", type=float, default=7.5)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dino", help="DINO ViT folder or hub id (default: built-in for emoji, facebook/dino-vits16)")
+    p.add_argument("--clip", help="CLIP folder or hub id (default: built-in for emoji, openai/clip-vit-base-patch32)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    r = sub.add_parser("report", help="rebuild results.json, table.md, plots and report.html of a bench folder")
+    r.add_argument("out", help="a folder written by 'subjectgen bench'")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -129,6 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_demo_parser(sub)
     add_world_parser(sub)
     add_score_parser(sub)
+    add_bench_parser(sub)
     return parser
 
 
@@ -177,6 +211,13 @@ def run_world(args) -> None:
             info = write_training_set(Path(args.training_set), args.seeds)
             print(f"training set: {args.training_set} ({info['count']} images, hash {info['hash']})")
         return
+    if args.world_command == "train-evaluators":
+        from .world.evaluators import EvaluatorTrainConfig, train_evaluators
+
+        cfg = EvaluatorTrainConfig(seed=args.seed, clip_steps=args.clip_steps, dino_steps=args.dino_steps)
+        record = train_evaluators(Path(args.out), cfg, args.workers)
+        print(f"trained in {record['seconds']:.0f}s; evaluators: {args.out}/clip, {args.out}/dino")
+        return
     from .world.pretrain import WorldTrainConfig, train_world
 
     cfg = WorldTrainConfig(seed=args.seed, vae_steps=args.vae_steps, unet_steps=args.unet_steps,
@@ -202,12 +243,47 @@ def run_score(args) -> None:
     print(json.dumps({k: scores[k] for k in ("dino", "clip_i", "clip_t")} | {"images": len(images)}))
 
 
+def bench_config(args):
+    from .eval.bench import QUICK, BenchConfig
+
+    chosen = {"subjects": args.subjects.split(",") if args.subjects else None, "prompts": args.prompts,
+              "images_per_prompt": args.images_per_prompt}
+    if args.quick:  # the quick subset, where a flag does not say otherwise
+        chosen = {k: v if v is not None else QUICK[k] for k, v in chosen.items()}
+    chosen["images_per_prompt"] = chosen["images_per_prompt"] or 4
+    for name in ("prompts", "images_per_prompt", "train_steps", "sample_steps"):
+        value = chosen.get(name, getattr(args, name))
+        if value is not None and value < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be at least 1")
+    return BenchConfig(bench=args.bench, out=args.out, methods=[m for m in args.methods.split(",") if m],
+                       model=args.model, **chosen, seed=args.seed, sample_steps=args.sample_steps,
+                       guidance=args.guidance, train_steps=args.train_steps, dino=args.dino, clip=args.clip)
+
+
+def run_bench(args) -> None:
+    from .eval.bench import run_bench
+
+    results = run_bench(bench_config(args), progress=not args.quiet)
+    if results is not None:
+        print((Path(args.out) / "table.md").read_text(), end="")
+        print(f"report: {Path(args.out) / 'report.html'}")
+
+
+def run_report(args) -> None:
+    from .eval.report import write_outputs
+
+    write_outputs(Path(args.out))
+    print((Path(args.out) / "table.md").read_text(), end="")
+    print(f"report: {Path(args.out) / 'report.html'}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     quiet_libraries()
     warnings.formatwarning = lambda message, category, *rest: f"warning: {message}\n"
     try:
-        {"train": run_train, "generate": run_generate, "demo": run_demo, "world": run_world, "score": run_score}[args.command](args)
+        {"train": run_train, "generate": run_generate, "demo": run_demo, "world": run_world, "score": run_score,
+         "bench": run_bench, "report": run_report}[args.command](args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -32,11 +32,23 @@ from .subjects import expand_subject, load_subject
 DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-def make_accelerator(mixed_precision: str) -> Accelerator:
+LAUNCHER_VARIABLES = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "MASTER_ADDR",
+                      "MASTER_PORT", "TORCHELASTIC_RUN_ID")
+
+
+def make_accelerator(mixed_precision: str, distributed: bool = True) -> Accelerator:
     """accelerate's Accelerator; several processes without a GPU (e.g. `accelerate launch --multi_gpu` on a
-    laptop) become DDP over gloo on the CPU rather than independent single-process runs."""
+    laptop) become DDP over gloo on the CPU rather than independent single-process runs.
+    distributed=False: this process trains alone even under a launcher (the benchmark gives each process
+    its own subjects), so the launcher's variables are hidden while accelerate reads them."""
     several = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    return Accelerator(mixed_precision=mixed_precision, cpu=several and not torch.cuda.is_available())
+    if distributed or not several:
+        return Accelerator(mixed_precision=mixed_precision, cpu=several and not torch.cuda.is_available())
+    saved = {k: os.environ.pop(k) for k in LAUNCHER_VARIABLES if k in os.environ}
+    try:
+        return Accelerator(mixed_precision=mixed_precision)
+    finally:
+        os.environ.update(saved)
 
 
 @dataclass
@@ -51,8 +63,9 @@ class TrainResult:
 class Trainer:
     """Holds one run's state; `run()` trains, checkpoints and writes the run folder."""
 
-    def __init__(self, cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progress: bool = True):
-        self.accelerator = make_accelerator(cfg.mixed_precision)
+    def __init__(self, cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progress: bool = True,
+                 distributed: bool = True):
+        self.accelerator = make_accelerator(cfg.mixed_precision, distributed)
         self.progress = progress and self.accelerator.is_main_process
         self.out = Path(cfg.out)
         if self.accelerator.is_main_process:
@@ -286,6 +299,8 @@ def truncate_loss_log(path: Path, step: int) -> None:
         csv.writer(f).writerows(kept)
 
 
-def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progress: bool = True) -> TrainResult:
-    """Personalize `cfg.model` on the photos in `cfg.subject_dir` with `cfg.method`; returns the run folder."""
-    return Trainer(cfg, resume, overwrite, progress).run()
+def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progress: bool = True,
+          distributed: bool = True) -> TrainResult:
+    """Personalize `cfg.model` on the photos in `cfg.subject_dir` with `cfg.method`; returns the run folder.
+    distributed=False keeps the run in this process even under `accelerate launch`."""
+    return Trainer(cfg, resume, overwrite, progress, distributed).run()

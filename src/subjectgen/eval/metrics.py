@@ -79,14 +79,25 @@ def _as_tensor(features) -> torch.Tensor:
     return features if torch.is_tensor(features) else features.pooler_output
 
 
+def evaluator_path(ref: str, kind: str) -> str:
+    """'builtin' names the evaluators trained on the built-in world; anything else is a folder or hub id."""
+    if ref != "builtin":
+        return ref
+    from ..world.evaluators import EVALUATORS
+
+    return str(EVALUATORS / kind)
+
+
 def load_evaluators(dino_ref: str, clip_ref: str) -> Evaluators:
+    """Any transformers ViT (DINO) and CLIPModel, in fp32 whatever their storage dtype."""
     from transformers import AutoModel, CLIPModel, CLIPTokenizer
 
     from ..errors import UserError
 
+    dino_ref, clip_ref = evaluator_path(dino_ref, "dino"), evaluator_path(clip_ref, "clip")
     try:
-        dino = AutoModel.from_pretrained(dino_ref, use_safetensors=True).eval()
-        clip = CLIPModel.from_pretrained(clip_ref, use_safetensors=True).eval()
+        dino = AutoModel.from_pretrained(dino_ref, use_safetensors=True, dtype=torch.float32).eval()
+        clip = CLIPModel.from_pretrained(clip_ref, use_safetensors=True, dtype=torch.float32).eval()
         tokenizer = CLIPTokenizer.from_pretrained(clip_ref)
     except (OSError, ValueError) as exc:
         raise UserError(f"could not load evaluator models ({str(exc).splitlines()[0]}); "

@@ -25,14 +25,24 @@ EMOJIBENCH = ASSETS / "emojibench"
 PHOTOS_PER_SUBJECT = 5
 
 
-def training_items(seeds: int) -> list[tuple]:
+def training_items(seeds: int, instances: dict | None = None, first_seed: int = 0) -> list[tuple]:
+    """(class, instance, context, seed) for every instance x (plain + its class's contexts) x seeds."""
     items = []
-    for noun, instances in training_instances().items():
-        for inst in instances:
+    for noun, insts in (instances or training_instances()).items():
+        for inst in insts:
             for context in [None] + contexts_for(noun):
                 for s in range(seeds if context is None else max(1, seeds // 2)):
-                    items.append((noun, inst, context, s))
+                    items.append((noun, inst, context, first_seed + s))
     return items
+
+
+def evaluator_items(seeds: int) -> list[tuple]:
+    """The evaluators' data: the whole world, EmojiBench subjects included (an evaluator should know
+    every object, as real CLIP and DINO have seen dogs), rendered with seeds the generator never used."""
+    instances = training_instances()
+    for noun, inst in SUBJECTS.values():
+        instances[noun] = instances[noun] + [inst]
+    return training_items(seeds, instances, first_seed=1000)
 
 
 def _render(item) -> tuple[np.ndarray, str]:
@@ -40,8 +50,8 @@ def _render(item) -> tuple[np.ndarray, str]:
     return np.asarray(render_scene(inst, context, seed)), caption(noun, context)
 
 
-def render_training_set(seeds: int = 4, workers: int = 2) -> tuple[np.ndarray, list[str]]:
-    items = training_items(seeds)
+def render_training_set(seeds: int = 4, workers: int = 2, items: list[tuple] | None = None) -> tuple[np.ndarray, list[str]]:
+    items = items if items is not None else training_items(seeds)
     with ProcessPoolExecutor(workers) as pool:
         results = list(pool.map(_render, items, chunksize=64))
     return np.stack([r[0] for r in results]), [r[1] for r in results]

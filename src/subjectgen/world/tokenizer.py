@@ -28,7 +28,18 @@ def bytes_to_unicode() -> dict[int, str]:
 def build_clip_tokenizer_files(bpe_gz: Path, out_dir: Path) -> int:
     """Write vocab.json and merges.txt for the CLIP tokenizer; returns the vocabulary size."""
     lines = gzip.open(bpe_gz).read().decode("utf-8").split("\n")[1 : N_MERGES + 1]
-    merges = [tuple(line.split()) for line in lines]
+    return write_tokenizer_files([tuple(line.split()) for line in lines], out_dir)
+
+
+def truncated_tokenizer_files(source_dir: Path, n_merges: int, out_dir: Path) -> int:
+    """A CLIP BPE tokenizer that keeps only the first `n_merges` merges: any text still tokenizes (into
+    more, shorter pieces) with a vocabulary small enough for the built-in evaluator's text tower."""
+    lines = (Path(source_dir) / "merges.txt").read_text(encoding="utf-8").split("\n")[1 : n_merges + 1]
+    return write_tokenizer_files([tuple(line.split()) for line in lines], out_dir)
+
+
+def write_tokenizer_files(merges: list[tuple[str, str]], out_dir: Path) -> int:
+    """vocab.json in CLIP's order (bytes, bytes + '</w>', merges, the two specials) and merges.txt."""
     base = list(bytes_to_unicode().values())
     vocab = base + [b + "</w>" for b in base] + ["".join(m) for m in merges]
     vocab += ["<|startoftext|>", "<|endoftext|>"]

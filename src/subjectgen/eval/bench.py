@@ -1,0 +1,260 @@
+"""`subjectgen bench`: the DreamBench protocol over any folder in its layout, or the built-in EmojiBench.
+
+For each method and subject: train on the subject's photos (the baseline and the oracle do not),
+generate K images for each of its prompts with fixed seeds (seed + k), and score them: DINO and
+CLIP-I against every real photo, CLIP-T against the prompt with the identifier removed. Each
+(method, subject) pair is finished by writing out/pairs/METHOD/SUBJECT/scores.json last, so a rerun
+of the same command skips finished pairs and reuses images already generated. Under
+`accelerate launch` (or torchrun) the subjects are split across processes; rank 0 merges.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from ..errors import UserError
+from ..safeio import atomic_save_image, atomic_write_json
+from .prompts import Benchmark, read_benchmark
+
+TRAINED = ("lora", "dreambooth", "textual-inversion")
+QUICK = {"subjects": ["dog", "backpack"], "prompts": 4, "images_per_prompt": 2}
+DEFAULT_EVALUATORS = {"dino": "facebook/dino-vits16", "clip": "openai/clip-vit-base-patch32"}
+
+
+@dataclass
+class BenchConfig:
+    bench: str                      # a folder in DreamBench's layout, or "emoji"
+    out: str
+    methods: list[str] = field(default_factory=lambda: list(TRAINED))
+    model: str = "builtin"
+    subjects: list[str] | None = None
+    prompts: int | None = None      # the first N prompts of each list
+    images_per_prompt: int = 4
+    seed: int = 0
+    sample_steps: int | None = None  # default: 25 below 256 px, else 50
+    guidance: float = 7.5
+    train_steps: int | None = None  # default: each method's own
+    dino: str | None = None         # default: built-in for EmojiBench, the real ones otherwise
+    clip: str | None = None
+
+    def protocol(self) -> dict:
+        """What decides the numbers; a rerun in the same folder must match it."""
+        return {k: v for k, v in asdict(self).items() if k != "out"}
+
+
+def resolve_bench(name: str) -> Path:
+    if name == "emoji":
+        from ..world.build import EMOJIBENCH
+
+        return EMOJIBENCH
+    if not Path(name).is_dir():
+        raise UserError(f"--bench {name} is not a folder; give a folder in DreamBench's layout or 'emoji'")
+    return Path(name)
+
+
+def resolve_config(cfg: BenchConfig, bench: Benchmark) -> BenchConfig:
+    """Fill the evaluator defaults and check the subjects and methods against the benchmark."""
+    builtin = cfg.bench == "emoji"
+    cfg.dino = cfg.dino or ("builtin" if builtin else DEFAULT_EVALUATORS["dino"])
+    cfg.clip = cfg.clip or ("builtin" if builtin else DEFAULT_EVALUATORS["clip"])
+    unknown = [s for s in cfg.subjects or [] if s not in bench.classes]
+    if unknown:
+        raise UserError(f"--subjects: {', '.join(unknown)} not in {bench.root} (it has {', '.join(bench.classes)})")
+    bad = [m for m in cfg.methods if m not in TRAINED]
+    if bad:
+        raise UserError(f"--methods: unknown {', '.join(bad)}; choose from {', '.join(TRAINED)}")
+    for name in cfg.subjects or bench.classes:
+        if not (bench.root / name).is_dir():
+            raise UserError(f"{bench.root} lists subject '{name}' but has no folder {bench.root / name}")
+    return cfg
+
+
+def check_out(out: Path, protocol: dict) -> None:
+    """A bench folder is resumable only under the protocol it was started with."""
+    spec = out / "bench.json"
+    if spec.is_file():
+        if json.loads(spec.read_text()) != protocol:
+            raise UserError(f"--out {out} holds a benchmark with other settings; rerun its command or choose "
+                            "another --out")
+    elif out.is_dir() and any(out.iterdir()):
+        raise UserError(f"--out {out} is not empty and holds no benchmark; choose a new or empty folder")
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(spec, protocol)
+
+
+def process_rank() -> tuple[int, int]:
+    """(rank, world size) as set by accelerate launch / torchrun; (0, 1) otherwise."""
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+@dataclass
+class Context:
+    cfg: BenchConfig
+    bench: Benchmark
+    out: Path
+    evaluators: object
+    subjects: list[str]
+    base: object = None  # the base model's Run, loaded on first use
+
+    def prompts(self, subject: str) -> list[str]:
+        return self.bench.prompts_for(subject)[: self.cfg.prompts]
+
+    def pair_dir(self, method: str, subject: str) -> Path:
+        return self.out / "pairs" / method / subject
+
+
+def run_bench(cfg: BenchConfig, progress: bool = True) -> dict | None:
+    """Run every (method, subject) pair this process owns; rank 0 merges and returns the results."""
+    from .metrics import load_evaluators
+    from .report import write_outputs
+
+    bench = read_benchmark(resolve_bench(cfg.bench))
+    cfg = resolve_config(cfg, bench)
+    out = Path(cfg.out)
+    rank, world = process_rank()
+    if rank == 0:
+        check_out(out, cfg.protocol())
+    group = start_group(world)
+    subjects = cfg.subjects or list(bench.classes)
+    ctx = Context(cfg, bench, out, load_evaluators(cfg.dino, cfg.clip), subjects)
+    mine = subjects[rank::world]
+    methods = ["oracle", "baseline"] + cfg.methods
+    bar = make_bar(sum(len(ctx.prompts(s)) for s in mine) * (len(methods) - 1), rank, progress)
+    for method in methods:
+        for subject in mine:
+            run_pair(ctx, method, subject, bar)
+    bar.close()
+    if group:
+        group.barrier()
+    if rank != 0:
+        return None
+    return write_outputs(out)
+
+
+def start_group(world: int):
+    """A gloo group only to wait for every process at the end (each trains on its own)."""
+    if world == 1:
+        return None
+    import datetime
+
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("gloo", timeout=datetime.timedelta(hours=12))
+    return dist
+
+
+def make_bar(total: int, rank: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=f"bench [{rank}]" if rank else "bench", unit="prompt", position=rank,
+                disable=not enabled)
+
+
+def run_pair(ctx: Context, method: str, subject: str, bar) -> dict:
+    """Train (if the method trains), generate, score; scores.json written last marks the pair done."""
+    pair = ctx.pair_dir(method, subject)
+    done = pair / "scores.json"
+    if done.is_file():
+        bar.update(0 if method == "oracle" else len(ctx.prompts(subject)))
+        return json.loads(done.read_text())
+    photos = subject_photos(ctx, subject)
+    if method == "oracle":
+        for i, photo in enumerate(photos):  # the report shows them; small copies keep it self-contained
+            thumb = photo.copy()
+            thumb.thumbnail((128, 128))
+            atomic_save_image(ctx.out / "photos" / subject / f"{i:02d}.png", thumb)
+        result = oracle_pair(ctx, subject, photos)
+    else:
+        run, train_seconds = prepare_run(ctx, method, subject, pair)
+        result = generate_and_score(ctx, run, method, subject, photos, pair, bar)
+        result["train_seconds"] = train_seconds
+    atomic_write_json(done, result)
+    return result
+
+
+def subject_photos(ctx: Context, subject: str) -> list:
+    from ..subjects import IMAGE_SUFFIXES, open_photo
+
+    folder = ctx.bench.root / subject
+    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not paths:
+        raise UserError(f"subject folder {folder} holds no photos")
+    return [open_photo(p) for p in paths]
+
+
+def oracle_pair(ctx: Context, subject: str, photos: list) -> dict:
+    from .metrics import oracle_scores
+
+    if len(photos) < 2:
+        return {"method": "oracle", "subject": subject, "dino": None, "clip_i": None}
+    return {"method": "oracle", "subject": subject, "class": ctx.bench.classes[subject],
+            "dino": oracle_scores(ctx.evaluators.dino_embed(photos)),
+            "clip_i": oracle_scores(ctx.evaluators.clip_image_embed(photos))}
+
+
+def prepare_run(ctx: Context, method: str, subject: str, pair: Path):
+    """The Run to sample from and the seconds its training took (0 for the baseline)."""
+    from ..adapters import MANIFEST, Run, load_run
+    from ..config import TrainConfig
+    from ..models import load_model
+    from ..training import train
+
+    if method == "baseline":
+        if ctx.base is None:
+            ctx.base = Run({"subject": "", "model": ctx.cfg.model}, load_model(ctx.cfg.model))
+        return ctx.base, 0.0
+    run_dir, timing = pair / "run", pair / "train_seconds.json"
+    if not (run_dir / MANIFEST).is_file():  # never trained, or killed while training: train afresh
+        cfg = TrainConfig(method=method, model=ctx.cfg.model, subject_dir=str(ctx.bench.root / subject),
+                          class_noun=ctx.bench.classes[subject], out=str(run_dir), steps=ctx.cfg.train_steps,
+                          seed=ctx.cfg.seed)
+        started = time.perf_counter()
+        train(cfg, overwrite=True, progress=False, distributed=False)
+        # the user's wait: loading, class images and caching count, not only the loop
+        atomic_write_json(timing, {"seconds": round(time.perf_counter() - started, 3)})
+    run = load_run(run_dir)
+    seconds = json.loads(timing.read_text())["seconds"] if timing.is_file() else run.manifest["metrics"]["train_seconds"]
+    return run, float(seconds)
+
+
+def generate_and_score(ctx: Context, run, method: str, subject: str, photos: list, pair: Path, bar) -> dict:
+    from ..sampling import generate, make_grid
+    from ..subjects import expand_subject
+    from .metrics import score_images
+
+    from PIL import Image
+
+    cfg, noun = ctx.cfg, ctx.bench.classes[subject]
+    k = cfg.images_per_prompt
+    steps = cfg.sample_steps or (50 if run.components.resolution >= 256 else 25)
+    timing_file = pair / "generate_seconds.json"
+    timing = json.loads(timing_file.read_text()) if timing_file.is_file() else {}
+    rows, images_all = [], []
+    for i, template in enumerate(ctx.prompts(subject)):
+        files = [pair / "images" / f"p{i:02d}-{j}.png" for j in range(k)]
+        if all(f.is_file() for f in files):  # generated before a kill: reuse
+            images = [Image.open(f).convert("RGB") for f in files]
+        else:
+            shown = template if method != "baseline" else expand_subject(template, noun)
+            started = time.perf_counter()
+            images = generate(run.components, [run.prompt_for_model(shown)] * k, [cfg.seed + j for j in range(k)],
+                              steps, cfg.guidance)
+            for image, f in zip(images, files):
+                atomic_save_image(f, image)
+            timing[str(i)] = time.perf_counter() - started
+            atomic_write_json(timing_file, timing)
+        plain = expand_subject(template, noun)  # CLIP-T: the prompt with the identifier removed
+        scores = score_images(ctx.evaluators, images, photos, plain)
+        rows.append({"template": template, "prompt": plain, "files": [str(f.relative_to(ctx.out)) for f in files],
+                     **{m: scores[m] for m in ("dino", "clip_i", "clip_t")}, "per_image": scores["per_image"]})
+        images_all += images
+        bar.update(1)
+    atomic_save_image(pair / "grid.png", make_grid(images_all, k))
+    mean = {m: sum(r[m] for r in rows) / len(rows) for m in ("dino", "clip_i", "clip_t")}
+    return {"method": method, "subject": subject, "class": noun, **mean, "prompts": rows, "steps": steps,
+            "generate_seconds": round(sum(timing.values()), 3), "identifier": run.subject}

@@ -1,0 +1,88 @@
+"""Two small charts drawn with Pillow (no plotting library needed): scores per method, and the
+DINO-against-CLIP-T trade-off (one dot per subject, a ring at each method's mean)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PIL import Image, ImageDraw
+
+from ..safeio import atomic_save_image
+
+COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75)]
+W, H, LEFT, BOTTOM, TOP = 560, 360, 56, 48, 24
+
+
+def _axes(draw: ImageDraw.ImageDraw, lo: float, hi: float, label: str) -> None:
+    """The y axis from lo to hi with five ticks, and its label."""
+    draw.line([(LEFT, TOP), (LEFT, H - BOTTOM), (W - 10, H - BOTTOM)], fill="black")
+    for i in range(5):
+        value = lo + (hi - lo) * i / 4
+        y = _y(value, lo, hi)
+        draw.line([(LEFT - 4, y), (LEFT, y)], fill="black")
+        draw.text((4, y - 6), f"{value:.3f}", fill="black")
+    draw.text((4, 4), label, fill="black")
+
+
+def _y(value: float, lo: float, hi: float) -> float:
+    return H - BOTTOM - (value - lo) / ((hi - lo) or 1) * (H - BOTTOM - TOP)
+
+
+def _legend(draw: ImageDraw.ImageDraw, names: list[str]) -> None:
+    for i, name in enumerate(names):
+        x = W - 150
+        draw.rectangle([x, TOP + 14 * i, x + 10, TOP + 14 * i + 10], fill=COLOURS[i % len(COLOURS)])
+        draw.text((x + 14, TOP + 14 * i), name, fill="black")
+
+
+def bar_chart(path: Path, values: dict[str, list[float]], groups: list[str]) -> None:
+    """Grouped bars: one group per metric, one bar per method."""
+    image = Image.new("RGB", (W, H), "white")
+    draw = ImageDraw.Draw(image)
+    hi = max(max(v) for v in values.values()) * 1.1 or 1.0
+    _axes(draw, 0.0, hi, "score")
+    slot = (W - LEFT - 170) / len(groups)
+    width = slot * 0.8 / len(values)
+    for g, group in enumerate(groups):
+        x0 = LEFT + 10 + g * slot
+        draw.text((x0, H - BOTTOM + 6), group, fill="black")
+        for m, scores in enumerate(values.values()):
+            x = x0 + m * width
+            draw.rectangle([x, _y(scores[g], 0.0, hi), x + width - 2, H - BOTTOM], fill=COLOURS[m % len(COLOURS)])
+    _legend(draw, list(values))
+    atomic_save_image(Path(path), image)
+
+
+def scatter_plot(path: Path, points: dict[str, list[tuple[float, float]]], x_label: str, y_label: str) -> None:
+    """One dot per (x, y) point, coloured by method; a ring marks each method's mean."""
+    image = Image.new("RGB", (W, H), "white")
+    draw = ImageDraw.Draw(image)
+    xs = [x for pts in points.values() for x, _ in pts] or [0.0]
+    ys = [y for pts in points.values() for _, y in pts] or [0.0]
+    (x_lo, x_hi), (y_lo, y_hi) = _span(xs), _span(ys)
+    _axes(draw, y_lo, y_hi, y_label)
+    right = W - 170
+
+    def px(x: float) -> float:
+        return LEFT + (x - x_lo) / ((x_hi - x_lo) or 1) * (right - LEFT)
+
+    for i in range(5):
+        value = x_lo + (x_hi - x_lo) * i / 4
+        draw.text((px(value) - 12, H - BOTTOM + 6), f"{value:.3f}", fill="black")
+    draw.text((right - 40, H - 18), x_label, fill="black")
+    for m, pts in enumerate(points.values()):
+        colour = COLOURS[m % len(COLOURS)]
+        for x, y in pts:
+            draw.ellipse([px(x) - 3, _y(y, y_lo, y_hi) - 3, px(x) + 3, _y(y, y_lo, y_hi) + 3], fill=colour)
+        if pts:
+            mx, my = sum(p[0] for p in pts) / len(pts), sum(p[1] for p in pts) / len(pts)
+            draw.ellipse([px(mx) - 8, _y(my, y_lo, y_hi) - 8, px(mx) + 8, _y(my, y_lo, y_hi) + 8], outline=colour,
+                         width=3)
+    _legend(draw, list(points))
+    atomic_save_image(Path(path), image)
+
+
+def _span(values: list[float]) -> tuple[float, float]:
+    lo, hi = min(values), max(values)
+    pad = (hi - lo) * 0.08 or 0.05
+    return lo - pad, hi + pad

@@ -1,0 +1,237 @@
+"""`subjectgen world train-evaluators`: the built-in world's CLIP and DINO, independent of the generator.
+
+- CLIP: a transformers `CLIPModel` (ViT image tower, own small CLIP-BPE tokenizer) trained
+  contrastively on world images and their captions. Captions repeat across images, so every image
+  with the same caption counts as a positive (soft targets) instead of a false negative.
+- DINO: a transformers `ViTModel` trained by self-distillation without labels (Caron et al. 2021):
+  a student sees two global and four local crops, an EMA teacher sees the global ones; the student
+  matches the teacher's centred, sharpened distribution over prototypes. The teacher's backbone is
+  what ships, as DINO releases it.
+
+Both see the whole world, EmojiBench subjects included, rendered with seeds the generator never saw,
+and start from their own seed. Saved as ordinary transformers folders, so the code that loads
+openai/clip-vit-base-patch32 and facebook/dino-vits16 loads them too.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..eval.metrics import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD
+from ..safeio import atomic_dir
+
+EVALUATORS = Path(__file__).resolve().parents[1] / "assets" / "evaluators"
+
+
+@dataclass
+class EvaluatorTrainConfig:
+    seed: int = 7           # not the generator's seed
+    render_seeds: int = 4
+    clip_steps: int = 1500
+    clip_batch: int = 256
+    clip_lr: float = 1e-3
+    dino_steps: int = 2000
+    dino_batch: int = 64
+    dino_lr: float = 5e-4
+    dino_prototypes: int = 512
+    merges: int = 4000      # BPE merges the eval tokenizer keeps
+    width: int = 96         # both image towers
+    layers: int = 4
+    text_width: int = 64
+    text_layers: int = 3
+    patch: int = 8
+
+
+def eval_tokenizer(cfg: EvaluatorTrainConfig, folder: Path):
+    from transformers import CLIPTokenizer
+
+    from ..tiny import TOKENIZER_DIR
+    from .tokenizer import truncated_tokenizer_files
+
+    truncated_tokenizer_files(TOKENIZER_DIR, cfg.merges, folder)
+    return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=77)
+
+
+def build_clip(cfg: EvaluatorTrainConfig, tokenizer):
+    from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPVisionConfig
+
+    torch.manual_seed(cfg.seed)
+    text = CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=cfg.text_width, intermediate_size=4 * cfg.text_width,
+                          num_hidden_layers=cfg.text_layers, num_attention_heads=4, max_position_embeddings=77,
+                          bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                          pad_token_id=tokenizer.pad_token_id)
+    vision = CLIPVisionConfig(image_size=64, patch_size=cfg.patch, hidden_size=cfg.width,
+                              intermediate_size=4 * cfg.width, num_hidden_layers=cfg.layers, num_attention_heads=4)
+    return CLIPModel(CLIPConfig(text_config=text.to_dict(), vision_config=vision.to_dict(), projection_dim=64))
+
+
+def build_dino(cfg: EvaluatorTrainConfig):
+    from transformers import ViTConfig, ViTModel
+
+    torch.manual_seed(cfg.seed + 1)
+    return ViTModel(ViTConfig(image_size=64, patch_size=cfg.patch, hidden_size=cfg.width, num_hidden_layers=cfg.layers,
+                              num_attention_heads=4, intermediate_size=4 * cfg.width), add_pooling_layer=False)
+
+
+def random_crops(x: torch.Tensor, size: int, scale: tuple[float, float], g: torch.Generator) -> torch.Tensor:
+    """Batched random-resized crops with flips (one affine grid per image), output size x size."""
+    n = len(x)
+    area = torch.empty(n).uniform_(*scale, generator=g)
+    aspect = torch.exp(torch.empty(n).uniform_(math.log(3 / 4), math.log(4 / 3), generator=g))
+    sx, sy = (area * aspect).sqrt().clamp(max=1), (area / aspect).sqrt().clamp(max=1)
+    tx = (torch.rand(n, generator=g) * 2 - 1) * (1 - sx)
+    ty = (torch.rand(n, generator=g) * 2 - 1) * (1 - sy)
+    flip = torch.where(torch.rand(n, generator=g) < 0.5, -1.0, 1.0)
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0], theta[:, 0, 2], theta[:, 1, 1], theta[:, 1, 2] = sx * flip, tx, sy, ty
+    grid = F.affine_grid(theta, [n, 3, size, size], align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+
+def jitter(x: torch.Tensor, g: torch.Generator, amount: float = 0.2) -> torch.Tensor:
+    """Brightness and contrast jitter; no hue jitter, because colour is part of an instance's identity here."""
+    n = len(x)
+    bright = 1 + (torch.rand(n, 1, 1, 1, generator=g) * 2 - 1) * amount
+    contrast = 1 + (torch.rand(n, 1, 1, 1, generator=g) * 2 - 1) * amount
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    return ((x - mean) * contrast + mean * bright).clamp(0, 1)
+
+
+def normalise(x: torch.Tensor, mean, std) -> torch.Tensor:
+    return (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+
+
+def unit_batch(images: np.ndarray, index: torch.Tensor) -> torch.Tensor:
+    return torch.from_numpy(images[index.numpy()]).permute(0, 3, 1, 2).float() / 255.0
+
+
+def progress(stage: str, step: int, total: int, loss: float, started: float) -> None:
+    if step % 100 == 0 or step == total:
+        print(f"[{stage}] step {step}/{total} loss {loss:.4f} ({time.time() - started:.0f}s)", flush=True)
+
+
+def train_clip(model, tokenizer, images: np.ndarray, captions: list[str], cfg: EvaluatorTrainConfig) -> float:
+    vocab = sorted(set(captions))
+    tokens = tokenizer(vocab, padding=True, return_tensors="pt")
+    row = torch.tensor([vocab.index(c) for c in captions])
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.clip_lr, weight_decay=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1, (s + 1) / 100) * 0.5 * (
+        1 + math.cos(math.pi * s / cfg.clip_steps)))
+    g, started = torch.Generator().manual_seed(cfg.seed + 2), time.time()
+    model.train()
+    for step in range(1, cfg.clip_steps + 1):
+        index = torch.randint(len(images), (cfg.clip_batch,), generator=g)
+        pixels = normalise(random_crops(unit_batch(images, index), 64, (0.6, 1.0), g), CLIP_MEAN, CLIP_STD)
+        rows = row[index]
+        out = model(input_ids=tokens.input_ids[rows], attention_mask=tokens.attention_mask[rows], pixel_values=pixels)
+        same = (rows[:, None] == rows[None, :]).float()  # every image with the same caption is a positive
+        targets = same / same.sum(1, keepdim=True)
+        loss = (F.cross_entropy(out.logits_per_image, targets) + F.cross_entropy(out.logits_per_text, targets)) / 2
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, math.log(100))
+        progress("clip", step, cfg.clip_steps, loss.item(), started)
+    return loss.item()
+
+
+class DinoHead(nn.Module):
+    """DINO's projection head: MLP, L2-normalised bottleneck, weight-normalised prototype layer."""
+
+    def __init__(self, width: int, prototypes: int, hidden: int = 256, bottleneck: int = 64):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(),
+                                 nn.Linear(hidden, bottleneck))
+        self.last = nn.utils.parametrizations.weight_norm(nn.Linear(bottleneck, prototypes, bias=False))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.last(F.normalize(self.mlp(x), dim=-1))
+
+
+def dino_views(x: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two global 64 px crops and four local 32 px crops per image, jittered and normalised."""
+    def view(size, scale):
+        return normalise(jitter(random_crops(x, size, scale, g), g), IMAGENET_MEAN, IMAGENET_STD)
+
+    return (torch.cat([view(64, (0.35, 1.0)) for _ in range(2)]),
+            torch.cat([view(32, (0.1, 0.35)) for _ in range(4)]))
+
+
+def dino_loss(student: torch.Tensor, teacher: torch.Tensor, center: torch.Tensor, n_global: int = 2,
+              t_student: float = 0.1, t_teacher: float = 0.04) -> torch.Tensor:
+    """Cross-entropy of every student view against every *other* view's teacher distribution."""
+    targets = F.softmax((teacher - center) / t_teacher, dim=-1).chunk(n_global)
+    logs = F.log_softmax(student / t_student, dim=-1).chunk(len(student) // len(targets[0]))
+    terms = [-(t * logs[v]).sum(-1).mean() for i, t in enumerate(targets) for v in range(len(logs)) if v != i]
+    return sum(terms) / len(terms)
+
+
+def train_dino(backbone, images: np.ndarray, cfg: EvaluatorTrainConfig) -> tuple[object, float]:
+    """Self-distillation; returns the EMA teacher's backbone and the last loss."""
+    head = DinoHead(cfg.width, cfg.dino_prototypes)
+    student = nn.ModuleDict({"backbone": backbone, "head": head})
+    teacher = copy.deepcopy(student).requires_grad_(False)
+    center = torch.zeros(cfg.dino_prototypes)
+    opt = torch.optim.AdamW(student.parameters(), lr=cfg.dino_lr, weight_decay=0.04)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1, (s + 1) / 150) * 0.5 * (
+        1 + math.cos(math.pi * s / cfg.dino_steps)))
+    g, started = torch.Generator().manual_seed(cfg.seed + 3), time.time()
+    for step in range(1, cfg.dino_steps + 1):
+        index = torch.randint(len(images), (cfg.dino_batch,), generator=g)
+        globals_, locals_ = dino_views(unit_batch(images, index), g)
+        with torch.no_grad():
+            t_out = teacher["head"](teacher["backbone"](pixel_values=globals_).last_hidden_state[:, 0])
+        s_global = student["head"](backbone(pixel_values=globals_).last_hidden_state[:, 0])
+        s_local = student["head"](backbone(pixel_values=locals_, interpolate_pos_encoding=True).last_hidden_state[:, 0])
+        loss = dino_loss(torch.cat([s_global, s_local]), t_out, center)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(student.parameters(), 3.0)
+        opt.step()
+        sched.step()
+        momentum = 1 - (1 - 0.996) * (math.cos(math.pi * step / cfg.dino_steps) + 1) / 2
+        with torch.no_grad():
+            for t, s in zip(teacher.parameters(), student.parameters()):
+                t.mul_(momentum).add_(s.detach(), alpha=1 - momentum)
+            center.mul_(0.9).add_(t_out.mean(0), alpha=0.1)
+        progress("dino", step, cfg.dino_steps, loss.item(), started)
+    return teacher["backbone"], loss.item()
+
+
+def train_evaluators(out: Path, cfg: EvaluatorTrainConfig, workers: int = 2) -> dict:
+    """Render the world, train CLIP then DINO on the CPU, save both (fp16) under out/clip and out/dino."""
+    from .build import data_hash, evaluator_items, render_training_set
+
+    started = time.time()
+    images, captions = render_training_set(items=evaluator_items(cfg.render_seeds), workers=workers)
+    print(f"rendered {len(images)} images ({time.time() - started:.0f}s)", flush=True)
+    with tempfile.TemporaryDirectory() as tok_dir:
+        tokenizer = eval_tokenizer(cfg, Path(tok_dir))
+        clip = build_clip(cfg, tokenizer)
+        clip_started = time.time()
+        clip_loss = train_clip(clip, tokenizer, images, captions, cfg)
+        clip_seconds = time.time() - clip_started
+        dino, dino_loss_value = train_dino(build_dino(cfg), images, cfg)
+        record = {"config": asdict(cfg), "data_hash": data_hash(images, captions), "images": len(images),
+                  "clip_loss": clip_loss, "dino_loss": dino_loss_value, "clip_seconds": round(clip_seconds, 1),
+                  "dino_seconds": round(time.time() - clip_started - clip_seconds, 1),
+                  "seconds": round(time.time() - started, 1), "device": "cpu", "torch": torch.__version__}
+        with atomic_dir(Path(out)) as tmp:
+            clip.half().save_pretrained(tmp / "clip", safe_serialization=True)
+            tokenizer.save_pretrained(tmp / "clip")
+            dino.half().save_pretrained(tmp / "dino", safe_serialization=True)
+            (tmp / "training.json").write_text(json.dumps(record, indent=1))
+    return record

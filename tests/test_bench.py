@@ -1,0 +1,130 @@
+"""The benchmark end to end on the tiny model: outputs, averaging, resume after SIGKILL, 2 processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from subjectgen.cli import main
+from subjectgen.world.build import EMOJIBENCH
+
+SMALL = ["--subjects", "dog,backpack", "--prompts", "2", "--images-per-prompt", "2", "--train-steps", "4"]
+
+
+def bench_args(tiny_model: str, evaluator_dirs, out: Path, methods: str = "lora") -> list[str]:
+    dino, clip = evaluator_dirs
+    return ["bench", "--bench", str(EMOJIBENCH), "--model", tiny_model, "--methods", methods, "--out", str(out),
+            "--dino", dino, "--clip", clip, "--quiet", *SMALL]
+
+
+@pytest.fixture(scope="module")
+def finished(tiny_model, evaluator_dirs, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("bench") / "out"
+    assert main(bench_args(tiny_model, evaluator_dirs, out)) == 0
+    return out
+
+
+def test_bench_writes_every_output(finished):
+    results = json.loads((finished / "results.json").read_text())
+    assert set(results["pairs"]) == {"oracle", "baseline", "lora"}
+    pair = results["pairs"]["lora"]["dog"]
+    assert [p["prompt"] for p in pair["prompts"]] == ["a dog in the jungle", "a dog in the snow"]  # identifier removed
+    assert pair["identifier"] and pair["identifier"] != "dog" and pair["train_seconds"] > 0
+    for method in ("baseline", "lora"):
+        for subject in ("dog", "backpack"):
+            files = [f for p in results["pairs"][method][subject]["prompts"] for f in p["files"]]
+            assert len(files) == 4 and all((finished / f).is_file() for f in files)
+    for name in ("table.md", "report.html", "scores.png", "tradeoff.png"):
+        assert (finished / name).stat().st_size > 0
+    assert "| lora |" in (finished / "table.md").read_text()
+    assert results["protocol"]["images_per_prompt"] == 2 and "torch" in results["versions"]
+
+
+def test_averages_per_subject_then_over_subjects(finished):
+    results = json.loads((finished / "results.json").read_text())
+    pairs = results["pairs"]["lora"]
+    for subject in pairs.values():  # a prompt's score is its images' mean; a subject's, its prompts' mean
+        for prompt in subject["prompts"]:
+            assert prompt["dino"] == pytest.approx(sum(prompt["per_image"]["dino"]) / 2)
+        assert subject["clip_t"] == pytest.approx(sum(p["clip_t"] for p in subject["prompts"]) / 2)
+    summary = results["summary"]["lora"]
+    assert summary["clip_i"] == pytest.approx((pairs["dog"]["clip_i"] + pairs["backpack"]["clip_i"]) / 2)
+    images = [v for s in pairs.values() for p in s["prompts"] for v in p["per_image"]["clip_i"]]
+    assert summary["clip_i_per_image"] == pytest.approx(sum(images) / len(images))
+    oracle = results["summary"]["oracle"]
+    assert -1 <= oracle["dino"] <= 1 and "clip_t" not in oracle and oracle["subjects"] == 2
+
+
+def test_rerun_skips_finished_pairs_and_report_rebuilds(finished, tiny_model, evaluator_dirs, capsys):
+    done = finished / "pairs" / "lora" / "dog" / "scores.json"
+    before = done.stat().st_mtime_ns
+    assert main(bench_args(tiny_model, evaluator_dirs, finished)) == 0
+    assert done.stat().st_mtime_ns == before
+    (finished / "table.md").unlink()
+    assert main(["report", str(finished)]) == 0
+    assert "| baseline |" in (finished / "table.md").read_text()
+
+
+def test_other_settings_in_the_same_folder_are_refused(finished, tiny_model, evaluator_dirs, capsys):
+    args = bench_args(tiny_model, evaluator_dirs, finished)
+    args[args.index("--prompts") + 1] = "3"
+    assert main(args) == 2
+    assert "other settings" in capsys.readouterr().err
+
+
+def test_unknown_subject_is_a_one_line_error(tiny_model, evaluator_dirs, tmp_path, capsys):
+    args = bench_args(tiny_model, evaluator_dirs, tmp_path / "out")
+    args[args.index("--subjects") + 1] = "dog,unicorn"
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "unicorn" in err and err.count("\n") == 1 and not (tmp_path / "out").exists()
+
+
+def run_bench_process(args: list[str], env=None, **kwargs) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "subjectgen.cli", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env or {**os.environ, "OMP_NUM_THREADS": "1"},
+                            **kwargs)
+
+
+def test_killed_bench_resumes_to_the_same_results(finished, tiny_model, evaluator_dirs, tmp_path):
+    out = tmp_path / "out"
+    process = run_bench_process(bench_args(tiny_model, evaluator_dirs, out))
+    first = out / "pairs" / "baseline" / "dog" / "scores.json"
+    deadline = time.time() + 300
+    while not first.is_file() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)  # mid-run: some pairs done, the rest not
+    process.wait()
+    assert first.is_file() and not (out / "results.json").exists()
+    stamp = first.stat().st_mtime_ns
+    resumed = run_bench_process(bench_args(tiny_model, evaluator_dirs, out))
+    _, err = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, err[-2000:]
+    assert first.stat().st_mtime_ns == stamp  # not redone
+    got = json.loads((out / "results.json").read_text())["summary"]
+    want = json.loads((finished / "results.json").read_text())["summary"]
+    for method in ("baseline", "lora"):
+        for metric in ("dino", "clip_i", "clip_t"):
+            assert got[method][metric] == pytest.approx(want[method][metric], abs=1e-5)
+
+
+def test_two_processes_split_the_subjects(finished, tiny_model, evaluator_dirs, tmp_path):
+    out = tmp_path / "out"
+    launch = ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+              "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "subjectgen.cli"]
+    result = subprocess.run([sys.executable, *launch, *bench_args(tiny_model, evaluator_dirs, out)],
+                            capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    got = json.loads((out / "results.json").read_text())
+    want = json.loads((finished / "results.json").read_text())
+    assert got["pairs"]["lora"]["backpack"]["clip_i"] == pytest.approx(want["pairs"]["lora"]["backpack"]["clip_i"],
+                                                                        abs=1e-5)
+    runs = [json.loads((out / "pairs" / "lora" / s / "run" / "subject.json").read_text()) for s in ("dog", "backpack")]
+    assert [r["metrics"]["world_size"] for r in runs] == [1, 1]  # each process trained its own subject alone
