@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from subjectgen.builtin import SHIPPED
+from subjectgen.world.evaluators import EVALUATORS
 
 
 def main() -> None:
@@ -23,13 +24,17 @@ def main() -> None:
                        capture_output=True, env={"SUBJECTGEN_CACHE": f"{tmp}/cache", **__import__("os").environ})
         seconds = time.perf_counter() - started
         manifest = json.loads(Path(f"{tmp}/demo/run/subject.json").read_text())
+        scores = json.loads(Path(f"{tmp}/demo/scores.json").read_text())
     record = json.loads((SHIPPED / "training.json").read_text())
     cfg = record["config"]
     print(f"`subjectgen demo` (EmojiBench 'dog', LoRA {manifest['settings']['steps']} steps, 4 prompts x 2 images "
           f"for base and personalized): **{seconds:.0f} s** wall clock on {torch.get_num_threads()} CPU threads, "
           f"of which training {manifest['metrics']['train_seconds']:.0f} s "
           f"({manifest['metrics']['steps_per_second']:.1f} steps/s).\n")
-    print("Built-in model (`src/subjectgen/assets/builtin/training.json`):\n")
+    print("| demo images | DINO | CLIP-I | CLIP-T |\n|---|---|---|---|")
+    for name, score in scores.items():
+        print(f"| {name} | " + " | ".join(f"{score['mean'][m]:.3f}" for m in ("dino", "clip_i", "clip_t")) + " |")
+    print("\nBuilt-in model (`src/subjectgen/assets/builtin/training.json`):\n")
     print("| stage | steps | batch | device | total time |\n|---|---|---|---|---|")
     print(f"| VAE | {cfg['vae_steps']} | {cfg['vae_batch']} | {record['device']} | |")
     print(f"| UNet + text encoder | {cfg['unet_steps']} | {cfg['unet_batch']} | {record['device']} | "
@@ -37,6 +42,16 @@ def main() -> None:
     sizes = {p.parent.name: p.stat().st_size / 2**20 for p in SHIPPED.glob("*/*.safetensors")}
     print(f"\nFinal losses: VAE {record['vae_loss']:.4f}, UNet {record['unet_loss']:.4f}. Shipped size: "
           + ", ".join(f"{k} {v:.1f} MiB" for k, v in sorted(sizes.items())) + " (fp16).")
+    ev = json.loads((EVALUATORS / "training.json").read_text())
+    print(f"\nBuilt-in evaluators (`{EVALUATORS.relative_to(SHIPPED.parents[2])}/training.json`), trained on "
+          f"{ev['device']} ({torch.get_num_threads()} threads here; the record has the time): CLIP "
+          f"{ev['config']['clip_steps']} steps x {ev['config']['clip_batch']} in {ev['clip_seconds']:.0f} s "
+          f"(final loss {ev['clip_loss']:.3f}), DINO {ev['config']['dino_steps']} steps x "
+          f"{ev['config']['dino_batch']} in {ev['dino_seconds']:.0f} s (final loss {ev['dino_loss']:.3f}); "
+          f"{ev['images']} images, data hash {ev['data_hash']}.")
+    total = sum(p.stat().st_size for root in (SHIPPED, EVALUATORS) for p in root.rglob("*") if p.is_file())
+    print(f"\nShipped built-in models in all (pipeline with tokenizer, both evaluators): "
+          f"**{total / 1e6:.1f} MB** (budget 40 MB).")
 
 
 if __name__ == "__main__":

@@ -128,3 +128,16 @@ def test_two_processes_split_the_subjects(finished, tiny_model, evaluator_dirs, 
                                                                         abs=1e-5)
     runs = [json.loads((out / "pairs" / "lora" / s / "run" / "subject.json").read_text()) for s in ("dog", "backpack")]
     assert [r["metrics"]["world_size"] for r in runs] == [1, 1]  # each process trained its own subject alone
+
+
+def test_demo_report_scores_base_and_personalized(tiny_model, tmp_path):
+    from subjectgen.demo import run_demo
+
+    out = run_demo(tmp_path / "demo", "dog", model=tiny_model, steps=3, progress=False)
+    scores = json.loads((out / "scores.json").read_text())
+    for name in ("base", "personalized"):
+        assert all(-1 <= scores[name]["mean"][m] <= 1 for m in ("dino", "clip_i", "clip_t"))
+        assert [p["prompt"] for p in scores[name]["prompts"]][1] == "a dog on the beach"
+    page = (out / "report.html").read_text()
+    assert "CLIP-T" in page and f"{scores['personalized']['mean']['dino']:.3f}" in page
+    assert (out / "grid.png").is_file()

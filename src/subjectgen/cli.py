@@ -198,7 +198,11 @@ def quiet_libraries() -> None:
 def run_demo(args) -> None:
     from .demo import run_demo
 
+    import json
+
     out = run_demo(args.out, args.subject, args.model, args.steps)
+    for name, score in json.loads((out / "scores.json").read_text()).items():
+        print(f"{name:>12}: " + ", ".join(f"{k.upper().replace('_', '-')} {v:.3f}" for k, v in score["mean"].items()))
     print(f"report: {out / 'report.html'}\ngrid:   {out / 'grid.png'}")
 
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .adapters import MANIFEST, Run, load_run
-from .models import load_model
+from .models import inference_device, load_model
 from .outdir import RUN_SPEC
 from .safeio import atomic_save_image, atomic_write_json
 from .sampling import generate, make_grid
@@ -31,6 +31,7 @@ def generate_to_folder(ref: str, prompts: list[str], out: Path, n: int = 4, seed
                        guidance: float = 7.5, negative_prompt: str = "", allow_pickle: bool = False) -> GenerateResult:
     """n images per prompt (seeds seed..seed+n-1), saved as p{prompt}-{k}.png, plus grid.png (a row per prompt)."""
     run = open_run_or_model(ref, allow_pickle)
+    run.components.to(inference_device())
     for prompt in prompts:
         if run.subject and "{subject}" not in prompt:
             warnings.warn(f"prompt {prompt!r} has no {{subject}}; it will not show the learned subject", stacklevel=2)

@@ -44,6 +44,12 @@ class Components:
         """The image size the UNet was trained for."""
         return self.unet.config.sample_size * self.vae_scale
 
+    def to(self, device: str | torch.device) -> "Components":
+        """Move the three networks (generation's device; training places them itself)."""
+        for module in (self.text_encoder, self.vae, self.unet):
+            module.to(device)
+        return self
+
     def pipeline(self) -> StableDiffusionPipeline:
         """A plain diffusers pipeline over these same modules (shared, not copied)."""
         return StableDiffusionPipeline(
@@ -51,6 +57,11 @@ class Components:
             scheduler=self.scheduler, safety_checker=None, feature_extractor=None,
             requires_safety_checker=False,
         )
+
+
+def inference_device() -> torch.device:
+    """Where generation runs: the GPU when there is one (the current one under a launcher), else the CPU."""
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
 
 
 def cache_dir() -> Path:

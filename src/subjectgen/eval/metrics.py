@@ -61,17 +61,17 @@ class Evaluators:
     def dino_embed(self, images: list[Image.Image]) -> torch.Tensor:
         size = self.dino_size
         pixels = preprocess(images, round(size * 256 / 224), size, IMAGENET_MEAN, IMAGENET_STD)
-        return self.dino(pixel_values=pixels).last_hidden_state[:, 0]
+        return self.dino(pixel_values=pixels.to(self.dino.device)).last_hidden_state[:, 0].cpu()
 
     @torch.no_grad()
     def clip_image_embed(self, images: list[Image.Image]) -> torch.Tensor:
         pixels = preprocess(images, self.clip_size, self.clip_size, CLIP_MEAN, CLIP_STD)
-        return _as_tensor(self.clip.get_image_features(pixel_values=pixels))
+        return _as_tensor(self.clip.get_image_features(pixel_values=pixels.to(self.clip.device))).cpu()
 
     @torch.no_grad()
     def clip_text_embed(self, texts: list[str]) -> torch.Tensor:
-        tokens = self.clip_tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
-        return _as_tensor(self.clip.get_text_features(**tokens))
+        tokens = self.clip_tokenizer(texts, padding=True, truncation=True, return_tensors="pt").to(self.clip.device)
+        return _as_tensor(self.clip.get_text_features(**tokens)).cpu()
 
 
 def _as_tensor(features) -> torch.Tensor:
@@ -102,7 +102,19 @@ def load_evaluators(dino_ref: str, clip_ref: str) -> Evaluators:
     except (OSError, ValueError) as exc:
         raise UserError(f"could not load evaluator models ({str(exc).splitlines()[0]}); "
                         "give local folders or hub ids with --dino and --clip") from None
+    from ..models import inference_device
+
+    dino, clip = dino.to(inference_device()), clip.to(inference_device())
     return Evaluators(dino, clip, tokenizer, clip.config.vision_config.image_size, dino.config.image_size)
+
+
+def zero_shot_predictions(ev: Evaluators, images: list[Image.Image], candidates: list[list[str]]) -> list[int]:
+    """For each image, the index of its most similar text among its own candidate list (CLIP zero-shot)."""
+    features = F.normalize(ev.clip_image_embed(images), dim=-1)
+    picks = []
+    for feature, texts in zip(features, candidates):
+        picks.append(int((F.normalize(ev.clip_text_embed(texts), dim=-1) @ feature).argmax()))
+    return picks
 
 
 def score_images(ev: Evaluators, images: list[Image.Image], photos: list[Image.Image], prompt: str) -> dict:

@@ -1,0 +1,79 @@
+"""The built-in evaluators: plain transformers models that see what the world shows."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from subjectgen.eval.metrics import load_evaluators, zero_shot_predictions
+from subjectgen.world.build import EMOJIBENCH
+from subjectgen.world.catalog import DREAMBENCH_CLASSES, SUBJECTS
+from subjectgen.world.emoji import sources_available
+from subjectgen.world.evaluators import EVALUATORS, EvaluatorTrainConfig, dino_loss, random_crops, train_evaluators
+
+
+@pytest.fixture(scope="module")
+def builtin():
+    return load_evaluators("builtin", "builtin")
+
+
+@pytest.fixture(scope="module")
+def photos():
+    return {name: [Image.open(p).convert("RGB") for p in sorted((EMOJIBENCH / name).glob("*.png"))]
+            for name in SUBJECTS}
+
+
+def test_shipped_evaluators_are_plain_transformers_models():
+    from transformers import AutoModel, CLIPModel
+
+    assert type(AutoModel.from_pretrained(EVALUATORS / "dino")).__name__ == "ViTModel"
+    assert CLIPModel.from_pretrained(EVALUATORS / "clip").config.vision_config.image_size == 64
+    record = json.loads((EVALUATORS / "training.json").read_text())
+    assert record["config"]["seed"] != 0  # not the generator's seed
+
+
+def test_eval_clip_names_the_class_of_emojibench_photos(builtin, photos):
+    images = [p for name in SUBJECTS for p in photos[name]]
+    truth = [SUBJECTS[name][0] for name in SUBJECTS for _ in photos[name]]
+    picks = zero_shot_predictions(builtin, images, [[f"a {c}" for c in DREAMBENCH_CLASSES]] * len(images))
+    accuracy = sum(DREAMBENCH_CLASSES[p] == t for p, t in zip(picks, truth)) / len(images)
+    assert accuracy >= 0.6, accuracy  # chance: 1/15
+
+
+def test_eval_dino_finds_the_same_subject(builtin, photos):
+    """Nearest neighbour among all other EmojiBench photos is a photo of the same subject, mostly."""
+    names = [name for name in SUBJECTS for _ in photos[name]]
+    features = F.normalize(builtin.dino_embed([p for name in SUBJECTS for p in photos[name]]), dim=-1)
+    sims = features @ features.T
+    sims.fill_diagonal_(-2)
+    hits = sum(names[int(j)] == names[i] for i, j in enumerate(sims.argmax(1)))
+    assert hits / len(names) >= 0.8, hits / len(names)  # chance: 4/149
+
+
+def test_random_crops_are_affine_views_of_the_image():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(3, 3, 64, 64)
+    full = random_crops(x, 64, (1.0, 1.0), g)  # the whole image, maybe flipped, maybe slightly stretched
+    assert full.shape == (3, 3, 64, 64)
+    assert random_crops(x, 32, (0.1, 0.3), g).shape == (3, 3, 32, 32)
+
+
+def test_dino_loss_is_low_when_student_matches_teacher():
+    teacher = torch.randn(4, 16) * 5
+    student_same = torch.cat([teacher[2:], teacher[:2]]) * 0.4  # each view agrees with the *other* view
+    student_other = torch.randn(4, 16) * 5
+    centre = torch.zeros(16)
+    assert dino_loss(student_same, teacher, centre) < dino_loss(student_other, teacher, centre)
+
+
+@pytest.mark.skipif(not sources_available(), reason="emoji sources not installed (see .ci/run)")
+def test_train_evaluators_writes_loadable_models(tmp_path):
+    cfg = EvaluatorTrainConfig(render_seeds=1, clip_steps=2, dino_steps=2, clip_batch=8, dino_batch=4)
+    record = train_evaluators(tmp_path / "ev", cfg)
+    evaluators = load_evaluators(str(tmp_path / "ev" / "dino"), str(tmp_path / "ev" / "clip"))
+    assert evaluators.clip_text_embed(["a dog on the beach"]).shape == (1, 64)
+    assert record["images"] > 5000 and len(record["data_hash"]) == 16
