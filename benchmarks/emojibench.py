@@ -33,10 +33,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", default="benchmarks/out/emojibench")
     parser.add_argument("--methods", default="lora,dreambooth,textual-inversion")
+    parser.add_argument("--report-only", action="store_true",
+                        help="do not run the full benchmark: report the pairs finished in --out so far")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         quick = bench(["--quick", "--out", str(Path(tmp) / "quick"), "--methods", args.methods])
-    wall = bench(["--bench", "emoji", "--out", args.out, "--methods", args.methods])
+    if args.report_only:
+        from subjectgen.eval.report import write_outputs
+
+        started = time.perf_counter()
+        write_outputs(Path(args.out))
+        wall = time.perf_counter() - started
+    else:
+        wall = bench(["--bench", "emoji", "--out", args.out, "--methods", args.methods])
     results = json.loads((Path(args.out) / "results.json").read_text())
     summary = results["summary"]
     print(f"`subjectgen bench --bench emoji --methods {args.methods}` (built-in model and evaluators, "
@@ -45,11 +54,16 @@ def main() -> None:
     print("| method | beats baseline on DINO and CLIP-I | CLIP-T vs baseline | time for 30 subjects |")
     print("|---|---|---|---|")
     for method in args.methods.split(","):
+        if method not in summary:
+            print(f"| {method} | not run yet | | |")
+            continue
         s, won = summary[method], wins(results, method)
-        total = (s["train_seconds_per_subject"] + s["generate_seconds_per_subject"]) * s["subjects"]
+        per_subject = s["train_seconds_per_subject"] + s["generate_seconds_per_subject"]
         ratio = s["clip_t"] / summary["baseline"]["clip_t"] - 1
-        print(f"| {method} | {won[0]}/{won[1]} subjects | {ratio:+.1%} | {total / 60:.1f} min |")
-    print(f"\nTime per method = the sum over subjects of training (loading, class images, the loop) and "
+        done = "" if s["subjects"] == 30 else f" (from the {s['subjects']} subjects finished so far)"
+        print(f"| {method} | {won[0]}/{won[1]} subjects | {ratio:+.1%} | {per_subject * 30 / 60:.1f} min{done} |")
+    print(f"\nBaseline: {summary['baseline']['generate_seconds_per_subject'] * 30 / 60:.1f} min of sampling for 30 "
+          "subjects. Time per method = the sum over subjects of training (loading, class images, the loop) and "
           f"generation; scoring excluded. This invocation's wall clock: {wall / 60:.1f} min (pairs finished "
           f"earlier are reused). `subjectgen bench --bench emoji --quick` from scratch: {quick / 60:.1f} min.")
 

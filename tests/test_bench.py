@@ -141,3 +141,27 @@ def test_demo_report_scores_base_and_personalized(tiny_model, tmp_path):
     page = (out / "report.html").read_text()
     assert "CLIP-T" in page and f"{scores['personalized']['mean']['dino']:.3f}" in page
     assert (out / "grid.png").is_file()
+
+
+def test_a_method_can_be_added_to_a_finished_bench(finished, tiny_model, evaluator_dirs):
+    args = bench_args(tiny_model, evaluator_dirs, finished, methods="textual-inversion")
+    assert main(args) == 0
+    results = json.loads((finished / "results.json").read_text())
+    assert {"lora", "textual-inversion"} <= set(results["summary"])
+
+
+DREAMBENCH = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "dreambench"
+
+
+@pytest.mark.skipif(not DREAMBENCH.is_dir(), reason="../shared/datasets/dreambench not present")
+def test_bench_runs_on_the_real_dreambench_folder(tiny_model, evaluator_dirs, tmp_path):
+    dino, clip = evaluator_dirs
+    out = tmp_path / "db"
+    assert main(["bench", "--bench", str(DREAMBENCH), "--model", tiny_model, "--methods", "lora", "--out", str(out),
+                 "--dino", dino, "--clip", clip, "--quiet", "--subjects", "dog,teapot", "--prompts", "1",
+                 "--images-per-prompt", "1", "--train-steps", "2"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["pairs"]["lora"]["teapot"]["prompts"][0]["prompt"] == "a teapot in the jungle"
+    assert results["pairs"]["lora"]["dog"]["prompts"][0]["prompt"] == "a dog in the jungle"
+    photos = [p for p in (DREAMBENCH / "dog").iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png")]
+    assert len(list((out / "photos" / "dog").glob("*.png"))) == len(photos)

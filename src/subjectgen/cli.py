@@ -137,7 +137,8 @@ def add_bench_parser(sub) -> None:
     p.add_argument("--bench", default="emoji", help="folder in DreamBench's layout, or 'emoji' (the built-in "
                    "EmojiBench; default)")
     p.add_argument("--out", required=True, help="folder for results.json, table.md, report.html, plots, images")
-    p.add_argument("--methods", default="lora,dreambooth,textual-inversion", help="comma-separated methods")
+    p.add_argument("--methods", default="lora,dreambooth,textual-inversion", help="comma-separated methods "
+                   "(default: all three; a later run may add methods to the same --out)")
     p.add_argument("--model", default="builtin", help="base model (default: builtin)")
     p.add_argument("--quick", action="store_true", help="subjects dog,backpack, 4 prompts, 2 images per prompt")
     p.add_argument("--subjects", help="comma-separated subject names (default: all)")

@@ -42,8 +42,9 @@ class BenchConfig:
     clip: str | None = None
 
     def protocol(self) -> dict:
-        """What decides the numbers; a rerun in the same folder must match it."""
-        return {k: v for k, v in asdict(self).items() if k != "out"}
+        """What decides the numbers; a rerun in the same folder must match it. The methods do not: a
+        later run may add a method to a finished benchmark."""
+        return {k: v for k, v in asdict(self).items() if k not in ("out", "methods")}
 
 
 def resolve_bench(name: str) -> Path:
@@ -119,9 +120,11 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> dict | None:
     cfg = resolve_config(cfg, bench)
     out = Path(cfg.out)
     rank, world = process_rank()
-    if rank == 0:
-        check_out(out, cfg.protocol())
     group = start_group(world)
+    if rank == 0:
+        check_out(out, cfg.protocol())  # if this refuses, rank 0 exits and the others' barrier fails
+    if group:
+        group.barrier()
     subjects = cfg.subjects or list(bench.classes)
     ctx = Context(cfg, bench, out, load_evaluators(cfg.dino, cfg.clip), subjects)
     mine = subjects[rank::world]
