@@ -86,7 +86,14 @@ def load_run(run_dir: Path, allow_pickle: bool = False) -> Run:
     components = load_model(manifest["model"], allow_pickle)
     pipe = components.pipeline()
     if method == "lora":
-        pipe.load_lora_weights(str(run_dir), weight_name="pytorch_lora_weights.safetensors")
+        from diffusers.utils import logging as diffusers_logging
+
+        verbosity = diffusers_logging.get_verbosity()
+        diffusers_logging.set_verbosity_error()  # else: a notice that a UNet-only LoRA has no text-encoder keys
+        try:
+            pipe.load_lora_weights(str(run_dir), weight_name="pytorch_lora_weights.safetensors")
+        finally:
+            diffusers_logging.set_verbosity(verbosity)
     elif method == "textual-inversion":
         pipe.load_textual_inversion(str(run_dir / "learned_embeds.safetensors"))
     else:
