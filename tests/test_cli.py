@@ -88,6 +88,12 @@ def test_generate_writes_images_and_grid(capsys, tiny_model, subject_dir, tmp_pa
     assert Image.open(out / "grid.png").size == (2 * 16, 2 * 16)
     with pytest.warns(UserWarning, match="no \\{subject\\}"):
         main(["generate", str(run), "a dog", "-n", "1", "--steps", "2", "--out", str(tmp_path / "g2")])
+    assert main(["generate", str(run), "a {subject}", "-n", "1", "--steps", "2", "--lora-scale", "0.5",
+                 "--out", str(tmp_path / "g3")]) == 0
+    assert json.loads((tmp_path / "g3" / "prompts.json").read_text())["lora_scale"] == 0.5
+    assert "--lora-scale applies to LoRA run folders" in error_of(
+        capsys, ["generate", tiny_model, "a dog", "--lora-scale", "0.5", "--out", str(tmp_path / "g4")])
+    assert not (tmp_path / "g4").exists()
 
 
 def test_generate_on_an_unfinished_run_is_an_error(capsys, tmp_path):

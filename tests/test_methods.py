@@ -79,6 +79,26 @@ def test_lora_loads_in_plain_diffusers_and_kohya_export_matches(runs, tiny_model
     assert np.abs(diffusers_images(pipe_k, prompt, run.components) - plain).max() <= 1
 
 
+def test_lora_scale_weights_the_update_as_diffusers_set_adapters_does(runs, tiny_model):
+    from subjectgen.errors import UserError
+
+    run_dir = runs["lora"].run_dir
+    prompt = load_run(run_dir).prompt_for_model("a {subject}")
+    zero = as_array(generate(load_run(run_dir, lora_scale=0.0).components, [prompt], [0], steps=4))
+    base = as_array(generate(load_model(tiny_model), [prompt], [0], steps=4))
+    assert np.abs(zero - base).max() <= 1
+    half_run = load_run(run_dir, lora_scale=0.5)
+    half = as_array(generate(half_run.components, [prompt], [0], steps=4))
+    full = as_array(generate(load_run(run_dir).components, [prompt], [0], steps=4))
+    assert np.abs(half - full).max() > 0
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_model)
+    pipe.load_lora_weights(str(run_dir), adapter_name="mine")
+    pipe.set_adapters(["mine"], adapter_weights=[0.5])
+    assert np.abs(half - diffusers_images(pipe, prompt, half_run.components)).max() <= 1
+    with pytest.raises(UserError, match="--lora-scale"):
+        load_run(runs["dreambooth"].run_dir, lora_scale=0.5)
+
+
 def test_textual_inversion_loads_in_diffusers_and_leaves_other_rows_untouched(runs, tiny_model):
     run_dir = runs["textual-inversion"].run_dir
     base = StableDiffusionPipeline.from_pretrained(tiny_model).text_encoder.get_input_embeddings().weight.detach()

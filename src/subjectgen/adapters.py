@@ -76,11 +76,17 @@ def read_manifest(run_dir: Path) -> dict:
         raise UserError(f"{path} is not valid JSON ({exc.msg}); the run folder is damaged") from None
 
 
-def load_run(run_dir: Path, allow_pickle: bool = False) -> Run:
-    """The base model of a finished run with its adapter applied, through diffusers' own loaders."""
+def load_run(run_dir: Path, allow_pickle: bool = False, lora_scale: float = 1.0) -> Run:
+    """The base model of a finished run with its adapter applied, through diffusers' own loaders.
+
+    `lora_scale` weights a LoRA's update (diffusers' `set_adapters` weight, kohya's network multiplier):
+    below 1 trades likeness of the subject for following the prompt; 0 gives the base model.
+    """
     run_dir = Path(run_dir)
     manifest = read_manifest(run_dir)
     method = manifest.get("method")
+    if lora_scale != 1.0 and method != "lora":
+        raise UserError(f"--lora-scale applies to LoRA runs; {run_dir} is a {method} run")
     if method == "dreambooth":
         return Run(manifest, load_model(str(run_dir / "pipeline"), allow_pickle))
     components = load_model(manifest["model"], allow_pickle)
@@ -91,9 +97,12 @@ def load_run(run_dir: Path, allow_pickle: bool = False) -> Run:
         verbosity = diffusers_logging.get_verbosity()
         diffusers_logging.set_verbosity_error()  # else: a notice that a UNet-only LoRA has no text-encoder keys
         try:
-            pipe.load_lora_weights(str(run_dir), weight_name="pytorch_lora_weights.safetensors")
+            pipe.load_lora_weights(str(run_dir), weight_name="pytorch_lora_weights.safetensors",
+                                   adapter_name="subject")
         finally:
             diffusers_logging.set_verbosity(verbosity)
+        if lora_scale != 1.0:
+            pipe.set_adapters(["subject"], adapter_weights=[lora_scale])
     elif method == "textual-inversion":
         pipe.load_textual_inversion(str(run_dir / "learned_embeds.safetensors"))
     else:

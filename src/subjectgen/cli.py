@@ -81,6 +81,9 @@ def add_generate_parser(sub) -> None:
     p.add_argument("--steps", type=int, help="sampler steps (default 50 for SD, 25 for small models)")
     p.add_argument("--guidance", type=float, default=7.5)
     p.add_argument("--negative-prompt", default="")
+    p.add_argument("--lora-scale", type=float, default=1.0,
+                   help="weight of a LoRA run's update (kohya's network multiplier): below 1 follows the prompt "
+                        "more and the subject less; 0 is the base model")
     p.add_argument("--out", required=True, help="folder for the PNGs and grid.png")
     p.add_argument("--allow-pickle", action="store_true")
 
@@ -183,7 +186,7 @@ def run_generate(args) -> None:
     from .generation import generate_to_folder
 
     result = generate_to_folder(args.run, args.prompts, args.out, args.n, args.seed, args.steps, args.guidance,
-                                args.negative_prompt, args.allow_pickle)
+                                args.negative_prompt, args.allow_pickle, args.lora_scale)
     print(f"wrote {len(result.files)} images and {result.grid}")
 
 

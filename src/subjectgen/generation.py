@@ -20,17 +20,22 @@ class GenerateResult:
     grid: Path
 
 
-def open_run_or_model(ref: str, allow_pickle: bool = False) -> Run:
+def open_run_or_model(ref: str, allow_pickle: bool = False, lora_scale: float = 1.0) -> Run:
     """A run folder (with subject.json) or, for baselines, any model reference with no subject."""
     if (Path(ref) / MANIFEST).is_file() or (Path(ref) / RUN_SPEC).is_file():
-        return load_run(Path(ref), allow_pickle)
+        return load_run(Path(ref), allow_pickle, lora_scale)
+    if lora_scale != 1.0:
+        from .errors import UserError
+
+        raise UserError(f"--lora-scale applies to LoRA run folders; {ref} is a model")
     return Run({"subject": "", "model": ref}, load_model(ref, allow_pickle))
 
 
 def generate_to_folder(ref: str, prompts: list[str], out: Path, n: int = 4, seed: int = 0, steps: int | None = None,
-                       guidance: float = 7.5, negative_prompt: str = "", allow_pickle: bool = False) -> GenerateResult:
+                       guidance: float = 7.5, negative_prompt: str = "", allow_pickle: bool = False,
+                       lora_scale: float = 1.0) -> GenerateResult:
     """n images per prompt (seeds seed..seed+n-1), saved as p{prompt}-{k}.png, plus grid.png (a row per prompt)."""
-    run = open_run_or_model(ref, allow_pickle)
+    run = open_run_or_model(ref, allow_pickle, lora_scale)
     run.components.to(inference_device())
     for prompt in prompts:
         if run.subject and "{subject}" not in prompt:
@@ -47,5 +52,6 @@ def generate_to_folder(ref: str, prompts: list[str], out: Path, n: int = 4, seed
         files.append(out / name)
     atomic_save_image(out / "grid.png", make_grid(images, n))
     atomic_write_json(out / "prompts.json", {"prompts": prompts, "n": n, "seed": seed, "steps": steps,
-                                             "guidance": guidance, "source": str(ref), "files": names})
+                                             "guidance": guidance, "lora_scale": lora_scale, "source": str(ref),
+                                             "files": names})
     return GenerateResult(out, files, out / "grid.png")
