@@ -69,3 +69,16 @@ def test_score_command_prints_json(evaluators, tmp_path, capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["dino"] == pytest.approx(1.0, abs=1e-5) and out["clip_i"] == pytest.approx(1.0, abs=1e-5)
     assert -1 <= out["clip_t"] <= 1 and out["images"] == 1
+
+
+@pytest.mark.parametrize("bars", [True, False])
+def test_loading_evaluators_leaves_the_library_settings_as_they_were(evaluator_dirs, bars):
+    from transformers.utils import logging as hf_logging
+
+    before = hf_logging.get_verbosity()
+    (hf_logging.enable_progress_bar if bars else hf_logging.disable_progress_bar)()
+    try:
+        load_evaluators(*evaluator_dirs)
+        assert hf_logging.is_progress_bar_enabled() == bars and hf_logging.get_verbosity() == before
+    finally:
+        hf_logging.enable_progress_bar()

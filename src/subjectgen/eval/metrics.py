@@ -96,7 +96,7 @@ def load_evaluators(dino_ref: str, clip_ref: str) -> Evaluators:
     from ..errors import UserError
 
     dino_ref, clip_ref = evaluator_path(dino_ref, "dino"), evaluator_path(clip_ref, "clip")
-    verbosity = hf_logging.get_verbosity()
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()  # DINO checkpoints carry no pooler, which we never use: no load report
     hf_logging.disable_progress_bar()
     try:
@@ -108,7 +108,8 @@ def load_evaluators(dino_ref: str, clip_ref: str) -> Evaluators:
                         "give local folders or hub ids with --dino and --clip") from None
     finally:
         hf_logging.set_verbosity(verbosity)
-        hf_logging.enable_progress_bar()
+        if bars:
+            hf_logging.enable_progress_bar()
     from ..models import inference_device
 
     dino, clip = dino.to(inference_device()), clip.to(inference_device())
