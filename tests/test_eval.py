@@ -73,12 +73,21 @@ def test_score_command_prints_json(evaluators, tmp_path, capsys):
 
 @pytest.mark.parametrize("bars", [True, False])
 def test_loading_evaluators_leaves_the_library_settings_as_they_were(evaluator_dirs, bars):
-    from transformers.utils import logging as hf_logging
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
 
-    before = hf_logging.get_verbosity()
-    (hf_logging.enable_progress_bar if bars else hf_logging.disable_progress_bar)()
+    from subjectgen.models import quiet_loading
+
+    libs = (diffusers_logging, transformers_logging)
+    before = [lib.get_verbosity() for lib in libs]
+    for lib in libs:
+        (lib.enable_progress_bar if bars else lib.disable_progress_bar)()
     try:
+        with quiet_loading():
+            assert not any(lib.is_progress_bar_enabled() for lib in libs)
         load_evaluators(*evaluator_dirs)
-        assert hf_logging.is_progress_bar_enabled() == bars and hf_logging.get_verbosity() == before
+        assert [lib.is_progress_bar_enabled() for lib in libs] == [bars, bars]
+        assert [lib.get_verbosity() for lib in libs] == before
     finally:
-        hf_logging.enable_progress_bar()
+        for lib in libs:
+            lib.enable_progress_bar()

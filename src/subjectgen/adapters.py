@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from .errors import UserError
-from .models import Components, load_model
+from .models import Components, load_model, quiet_loading
 from .safeio import atomic_save_safetensors
 from .subjects import expand_subject
 
@@ -92,15 +92,9 @@ def load_run(run_dir: Path, allow_pickle: bool = False, lora_scale: float = 1.0)
     components = load_model(manifest["model"], allow_pickle)
     pipe = components.pipeline()
     if method == "lora":
-        from diffusers.utils import logging as diffusers_logging
-
-        verbosity = diffusers_logging.get_verbosity()
-        diffusers_logging.set_verbosity_error()  # else: a notice that a UNet-only LoRA has no text-encoder keys
-        try:
+        with quiet_loading():
             pipe.load_lora_weights(str(run_dir), weight_name="pytorch_lora_weights.safetensors",
                                    adapter_name="subject")
-        finally:
-            diffusers_logging.set_verbosity(verbosity)
         if lora_scale != 1.0:
             pipe.set_adapters(["subject"], adapter_weights=[lora_scale])
     elif method == "textual-inversion":

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,28 @@ from .safeio import PICKLE_SUFFIXES
 
 COMPONENTS = ("tokenizer", "text_encoder", "vae", "unet", "scheduler")
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+@contextmanager
+def quiet_loading():
+    """Inside: diffusers and transformers log errors only and show no bars (their load reports and
+    notices, e.g. a DINO pooler we never use or a UNet-only LoRA, are not the user's concern); after:
+    both libraries' settings as they were. Real failures still raise."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    saved = [(lib, lib.get_verbosity(), lib.is_progress_bar_enabled())
+             for lib in (diffusers_logging, transformers_logging)]
+    for lib, _, _ in saved:
+        lib.set_verbosity_error()
+        lib.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for lib, verbosity, bars in saved:
+            lib.set_verbosity(verbosity)
+            if bars:
+                lib.enable_progress_bar()
 
 
 @dataclass

@@ -91,27 +91,19 @@ def evaluator_path(ref: str, kind: str) -> str:
 def load_evaluators(dino_ref: str, clip_ref: str) -> Evaluators:
     """Any transformers ViT (DINO) and CLIPModel, in fp32 whatever their storage dtype."""
     from transformers import AutoModel, CLIPModel, CLIPTokenizer
-    from transformers.utils import logging as hf_logging
 
     from ..errors import UserError
+    from ..models import inference_device, quiet_loading
 
     dino_ref, clip_ref = evaluator_path(dino_ref, "dino"), evaluator_path(clip_ref, "clip")
-    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()  # DINO checkpoints carry no pooler, which we never use: no load report
-    hf_logging.disable_progress_bar()
     try:
-        dino = AutoModel.from_pretrained(dino_ref, use_safetensors=True, dtype=torch.float32).eval()
-        clip = CLIPModel.from_pretrained(clip_ref, use_safetensors=True, dtype=torch.float32).eval()
-        tokenizer = CLIPTokenizer.from_pretrained(clip_ref)
+        with quiet_loading():
+            dino = AutoModel.from_pretrained(dino_ref, use_safetensors=True, dtype=torch.float32).eval()
+            clip = CLIPModel.from_pretrained(clip_ref, use_safetensors=True, dtype=torch.float32).eval()
+            tokenizer = CLIPTokenizer.from_pretrained(clip_ref)
     except (OSError, ValueError) as exc:
         raise UserError(f"could not load evaluator models ({str(exc).splitlines()[0]}); "
                         "give local folders or hub ids with --dino and --clip") from None
-    finally:
-        hf_logging.set_verbosity(verbosity)
-        if bars:
-            hf_logging.enable_progress_bar()
-    from ..models import inference_device
-
     dino, clip = dino.to(inference_device()), clip.to(inference_device())
     return Evaluators(dino, clip, tokenizer, clip.config.vision_config.image_size, dino.config.image_size)
 
