@@ -77,6 +77,16 @@ def test_other_settings_in_the_same_folder_are_refused(finished, tiny_model, eva
     args[args.index("--prompts") + 1] = "3"
     assert main(args) == 2
     assert "other settings" in capsys.readouterr().err
+    assert main(bench_args(tiny_model, evaluator_dirs, finished) + ["--masked-loss"]) == 2
+    assert "other settings" in capsys.readouterr().err
+
+
+def test_a_bench_folder_from_before_a_setting_existed_resumes(finished, tiny_model, evaluator_dirs):
+    spec = finished / "bench.json"
+    saved = json.loads(spec.read_text())
+    assert saved.pop("masked_loss") is False
+    spec.write_text(json.dumps(saved))  # as a bench written before --masked-loss existed
+    assert main(bench_args(tiny_model, evaluator_dirs, finished)) == 0
 
 
 def test_unknown_subject_is_a_one_line_error(tiny_model, evaluator_dirs, tmp_path, capsys):

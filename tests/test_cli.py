@@ -114,3 +114,26 @@ def test_single_file_pickle_checkpoint_is_refused(capsys, subject_dir, tmp_path)
     ckpt = tmp_path / "model.ckpt"
     ckpt.write_bytes(b"not really a checkpoint")
     assert "--allow-pickle" in error_of(capsys, train_args(ckpt, subject_dir, tmp_path / "o"))
+
+
+def test_masked_loss_without_masks_is_an_error_and_full_masks_equal_no_mask(capsys, tiny_model, subject_dir, tmp_path):
+    from PIL import Image
+
+    out = tmp_path / "masked"
+    assert "has no mask for --masked-loss" in error_of(capsys, train_args(tiny_model, subject_dir, out, "--masked-loss"))
+    assert not out.exists()
+    (subject_dir / "masks").mkdir()
+    for photo in subject_dir.glob("*.png"):
+        Image.new("L", Image.open(photo).size, 255).save(subject_dir / "masks" / photo.name)
+    assert main(train_args(tiny_model, subject_dir, out, "--masked-loss", "--steps", "3")) == 0
+    assert main(train_args(tiny_model, subject_dir, tmp_path / "plain", "--steps", "3")) == 0
+    weights = [load_file(str(tmp_path / run / "pytorch_lora_weights.safetensors")) for run in ("masked", "plain")]
+    assert all(torch.allclose(weights[0][k], weights[1][k], atol=1e-6) for k in weights[0])  # a full mask is no mask
+    for photo in subject_dir.glob("*.png"):  # only the top half is the subject: another update
+        mask = Image.new("L", Image.open(photo).size, 0)
+        mask.paste(255, (0, 0, mask.width, mask.height // 2))
+        mask.save(subject_dir / "masks" / photo.name)
+    assert main(train_args(tiny_model, subject_dir, tmp_path / "half", "--masked-loss", "--steps", "3")) == 0
+    half = load_file(str(tmp_path / "half" / "pytorch_lora_weights.safetensors"))
+    assert not all(torch.allclose(half[k], weights[1][k], atol=1e-6) for k in half)
+    assert json.loads((tmp_path / "half" / "subject.json").read_text())["settings"]["masked_loss"] is True

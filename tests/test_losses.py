@@ -51,3 +51,29 @@ def test_no_prior_is_plain_mean():
     pred, target = torch.zeros(3, 2, 2, 2), torch.ones(3, 2, 2, 2) * 2
     loss, parts = diffusion_loss(pred, target, torch.tensor([1, 2, 3]), torch.linspace(0.9, 0.1, 5))
     assert torch.isclose(loss, torch.tensor(4.0)) and "prior" not in parts
+
+
+def test_masked_loss_averages_each_instance_sample_over_its_mask_only():
+    pred = torch.zeros(3, 2, 2, 2)
+    target = torch.ones(3, 2, 2, 2)
+    target[:, :, :, 1] = 3.0                                          # error 1 in the left column, 9 in the right
+    masks = torch.tensor([[1.0, 0.0], [1.0, 0.0]]).expand(2, 1, 2, 2)  # both instance samples: left column only
+    alphas = torch.linspace(0.9, 0.1, 5)
+    loss, parts = diffusion_loss(pred, target, torch.tensor([1, 2, 3]), alphas, n_instance=2, masks=masks)
+    assert torch.isclose(parts["instance"], torch.tensor(1.0))        # the right column is not learned
+    assert torch.isclose(parts["prior"], torch.tensor(5.0))           # class samples: the whole image
+    half = torch.tensor([[0.5, 0.0], [0.5, 0.0]]).expand(2, 1, 2, 2)   # a uniformly scaled mask: same mean
+    assert torch.isclose(diffusion_loss(pred, target, torch.tensor([1, 2, 3]), alphas, n_instance=2,
+                                        masks=half)[1]["instance"], torch.tensor(1.0))
+    ones = torch.ones(2, 1, 2, 2)
+    assert torch.isclose(diffusion_loss(pred, target, torch.tensor([1, 2, 3]), alphas, n_instance=2, masks=ones)[0],
+                         diffusion_loss(pred, target, torch.tensor([1, 2, 3]), alphas, n_instance=2)[0])
+
+
+def test_masked_loss_has_no_gradient_outside_the_mask():
+    pred = torch.zeros(1, 4, 4, 4, requires_grad=True)
+    mask = torch.zeros(1, 1, 4, 4)
+    mask[..., :2, :] = 1.0
+    loss, _ = diffusion_loss(pred, torch.randn(1, 4, 4, 4), torch.tensor([0]), torch.tensor([0.5]), masks=mask)
+    loss.backward()
+    assert pred.grad[..., 2:, :].abs().max() == 0 and pred.grad[..., :2, :].abs().min() > 0

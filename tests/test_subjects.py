@@ -106,3 +106,56 @@ def test_rare_token_is_a_single_meaningless_token():
 
 def test_strip_identifier():
     assert strip_identifier("a sks dog on the beach", "sks") == "a dog on the beach"
+
+
+def masked_folder(tmp_path, mask_files: dict, photo_mode="RGB"):
+    """Two 40x32 photos; masks/ holds the given {name: image} files."""
+    for name in ("a", "b"):
+        Image.new(photo_mode, (40, 32), (200, 30, 30) + ((255,) if photo_mode == "RGBA" else ())).save(
+            tmp_path / f"{name}.png")
+    (tmp_path / "masks").mkdir(exist_ok=True)
+    for name, image in mask_files.items():
+        image.save(tmp_path / "masks" / name)
+    return tmp_path
+
+
+def left_half_mask():
+    mask = Image.new("L", (40, 32), 0)
+    mask.paste(255, (0, 0, 20, 32))
+    return mask
+
+
+def test_masks_come_from_the_masks_folder_and_are_cropped_like_the_photos(tmp_path):
+    folder = masked_folder(tmp_path, {"a.png": left_half_mask(), "b.jpg": Image.new("L", (40, 32), 255)})
+    subject = load_subject(folder, "dog", 16, masks=True)
+    assert len(subject.images) == 2  # the masks/ folder is not read as a photo
+    masks = subject.mask_tensor()
+    assert masks.shape == (2, 1, 16, 16) and 0 <= masks.min() and masks.max() <= 1
+    # centre crop of 40x32 cuts 4 px per side: the left-half mask covers 16 of the 32 kept columns
+    assert masks[0, 0, :, :7].min() > 0.95 and masks[0, 0, :, 9:].max() < 0.05
+    assert masks[1].min() > 0.95
+    assert load_subject(folder, "dog", 16).masks is None
+
+
+def test_mask_from_the_alpha_channel(tmp_path):
+    photo = Image.new("RGBA", (16, 16), (0, 0, 0, 0))
+    photo.paste((10, 200, 10, 255), (0, 0, 8, 16))
+    photo.save(tmp_path / "cutout.png")
+    mask = load_subject(tmp_path, "dog", 16, masks=True).mask_tensor()[0, 0]
+    assert mask[:, :8].min() == 1 and mask[:, 8:].max() == 0
+
+
+def test_mask_errors_are_one_line_and_name_the_file(tmp_path):
+    folder = masked_folder(tmp_path, {"a.png": left_half_mask()})
+    with pytest.raises(UserError, match=r"b\.png has no mask.*masks/b\.png") as err:
+        load_subject(folder, "dog", 16, masks=True)
+    assert "\n" not in str(err.value)
+    Image.new("L", (20, 20), 255).save(folder / "masks" / "b.png")
+    with pytest.raises(UserError, match=r"b\.png is 20x20 but its photo is 40x32"):
+        load_subject(folder, "dog", 16, masks=True)
+    Image.new("L", (40, 32), 0).save(folder / "masks" / "b.png")
+    with pytest.raises(UserError, match="all black"):
+        load_subject(folder, "dog", 16, masks=True)
+    (folder / "masks" / "b.png").write_text("not an image")
+    with pytest.raises(UserError, match=r"b\.png is not an image"):
+        load_subject(folder, "dog", 16, masks=True)

@@ -89,3 +89,26 @@ def test_ddp_on_two_cpu_processes(tiny_model, subject_dir, tmp_path):
     generators = load_file(str(out / "checkpoints" / "step-000003" / "rng.safetensors"))["generators"]
     assert generators.shape[0] == 2 and not torch.equal(generators[0], generators[1])  # each rank its own data
     assert load_file(str(out / "pytorch_lora_weights.safetensors"))
+
+
+def test_latent_cache_draws_each_latent_with_its_own_mask(tiny_model):
+    from PIL import Image
+
+    from subjectgen.data import LatentCache
+    from subjectgen.models import load_model
+
+    components = load_model(tiny_model)
+    size = components.resolution
+    images = [Image.new("RGB", (size, size), color) for color in ("red", "green", "blue")]
+    masks = torch.zeros(3, 1, size, size)
+    for i in range(3):
+        masks[i, :, : size * (i + 1) // 4] = 1.0  # image i: the top (i+1)/4 is the subject
+    cache = LatentCache(components, images, masks)
+    assert cache.masks.shape[-2:] == cache.mean.shape[-2:]
+    assert torch.allclose(cache.masks.mean(dim=(1, 2, 3)), torch.tensor([0.25, 0.5, 0.75]))
+    cache.std.zero_()  # each drawn latent is then exactly its image's mean
+    latents, drawn = cache.draw(12, torch.Generator().manual_seed(0))
+    for latent, mask in zip(latents, drawn):
+        index = int(((cache.mean * cache.scale - latent) ** 2).flatten(1).sum(1).argmin())
+        assert torch.equal(mask, cache.masks[index])
+    assert LatentCache(components, images).draw(2, torch.Generator())[1] is None

@@ -10,6 +10,7 @@ from PIL import Image
 
 from subjectgen import generate, load_model
 from subjectgen.builtin import SHIPPED
+from subjectgen.subjects import load_subject
 from subjectgen.world.catalog import EDITS, OUTFITS, SCENES, SUBJECTS, contexts_for, training_instances
 from subjectgen.world.emoji import sources_available
 
@@ -43,8 +44,9 @@ def test_shipped_emojibench_is_what_world_build_writes(tmp_path):
 
     fresh = write_emojibench(tmp_path / "eb")
     for name in ("dog", "backpack_dog", "teapot"):
-        for photo in sorted((EMOJIBENCH / name).glob("*.png")):
-            assert np.array_equal(np.asarray(Image.open(photo)), np.asarray(Image.open(fresh / name / photo.name)))
+        for photo in sorted((EMOJIBENCH / name).glob("*.png")) + sorted((EMOJIBENCH / name / "masks").glob("*.png")):
+            shipped = photo.relative_to(EMOJIBENCH)
+            assert np.array_equal(np.asarray(Image.open(photo)), np.asarray(Image.open(fresh / shipped)))
     assert (fresh / "prompts_and_classes.txt").read_text() == (EMOJIBENCH / "prompts_and_classes.txt").read_text()
 
 
@@ -54,6 +56,10 @@ def test_emojibench_layout_mirrors_dreambench():
     folders = sorted(p.name for p in EMOJIBENCH.iterdir() if p.is_dir())
     assert folders == sorted(SUBJECTS)
     assert all(4 <= len(list((EMOJIBENCH / f).glob("*.png"))) <= 6 for f in folders)
+    for folder in folders:  # every photo has its subject mask, for --masked-loss
+        subject = load_subject(EMOJIBENCH / folder, SUBJECTS[folder][0], 64, masks=True)
+        covered = subject.mask_tensor().mean(dim=(1, 2, 3))
+        assert ((covered > 0.05) & (covered < 0.8)).all(), (folder, covered)  # candle: 9 %
     text = (EMOJIBENCH / "prompts_and_classes.txt").read_text()
     assert "'a {0} {1} wearing a santa hat'.format(unique_token, class_token)" in text
 

@@ -53,6 +53,9 @@ def add_train_parser(sub) -> None:
         p.add_argument("--prior-weight", type=float, default=1.0, help="λ, the weight of the prior loss")
         p.add_argument("--num-class-images", type=int, help="class images to generate and cache")
         p.add_argument("--snr-gamma", type=float, help="min-SNR loss weighting γ (e.g. 5.0); off by default")
+        p.add_argument("--masked-loss", action="store_true",
+                       help="learn only the subject, not the photos' background: the loss counts the pixels of a mask "
+                            "per photo (SUBJECT/masks/NAME.png, white on the subject; else the photo's alpha)")
         p.add_argument("--rank", type=int, default=4, help="LoRA rank")
         p.add_argument("--lora-alpha", type=float, help="LoRA alpha (default: the rank)")
         p.add_argument("--train-text-encoder", action="store_true", help="also train the text encoder (LoRA/full)")
@@ -148,6 +151,8 @@ def add_bench_parser(sub) -> None:
     p.add_argument("--prompts", type=int, help="use the first N prompts of each list (default: all 25)")
     p.add_argument("--images-per-prompt", type=int, help="images per prompt (default: 4)")
     p.add_argument("--train-steps", type=int, help="training steps (default: each method's)")
+    p.add_argument("--masked-loss", action="store_true", help="train every method with a masked loss, from each "
+                   "subject's masks/ folder (EmojiBench ships them)")
     p.add_argument("--sample-steps", type=int, help="sampler steps (default: 25 below 256 px, else 50)")
     p.add_argument("--guidance", type=float, default=7.5)
     p.add_argument("--seed", type=int, default=0)
@@ -265,7 +270,8 @@ def bench_config(args):
             raise UserError(f"--{name.replace('_', '-')} must be at least 1")
     return BenchConfig(bench=args.bench, out=args.out, methods=[m for m in args.methods.split(",") if m],
                        model=args.model, **chosen, seed=args.seed, sample_steps=args.sample_steps,
-                       guidance=args.guidance, train_steps=args.train_steps, dino=args.dino, clip=args.clip)
+                       guidance=args.guidance, train_steps=args.train_steps, masked_loss=args.masked_loss,
+                       dino=args.dino, clip=args.clip)
 
 
 def run_bench(args) -> None:

@@ -27,6 +27,7 @@ class TrainConfig:
     prior_weight: float = 1.0
     num_class_images: int | None = None
     snr_gamma: float | None = None
+    masked_loss: bool = False           # learn only the subject's pixels (masks/ beside the photos, or alpha)
     rank: int = 4
     lora_alpha: float | None = None     # defaults to rank (scale 1)
     train_text_encoder: bool = False

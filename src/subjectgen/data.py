@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 
@@ -17,9 +18,11 @@ from .subjects import center_crop, open_photo, to_tensor
 
 
 class LatentCache:
-    """The VAE posterior (mean, std) of each image, encoded once; a draw samples from it."""
+    """The VAE posterior (mean, std) of each image, encoded once; a draw samples from it. With masks
+    ((N, 1, H, W) in [0, 1]), each image also keeps its mask averaged down to the latent grid."""
 
-    def __init__(self, components: Components, images: list[Image.Image], batch_size: int = 8):
+    def __init__(self, components: Components, images: list[Image.Image], masks: torch.Tensor | None = None,
+                 batch_size: int = 8):
         vae = components.vae
         means, stds = [], []
         with torch.no_grad():
@@ -30,14 +33,17 @@ class LatentCache:
                 stds.append(dist.std.float().cpu())
         self.mean, self.std = torch.cat(means), torch.cat(stds)
         self.scale = vae.config.scaling_factor
+        self.masks = None if masks is None else F.interpolate(masks.float(), size=self.mean.shape[-2:], mode="area")
 
     def __len__(self) -> int:
         return len(self.mean)
 
-    def draw(self, count: int, generator: torch.Generator) -> torch.Tensor:
+    def draw(self, count: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`count` latents sampled from random images' posteriors, and those images' latent masks (or None)."""
         index = torch.randint(len(self), (count,), generator=generator)
         noise = torch.randn(self.mean[index].shape, generator=generator)
-        return (self.mean[index] + self.std[index] * noise) * self.scale
+        masks = None if self.masks is None else self.masks[index]
+        return (self.mean[index] + self.std[index] * noise) * self.scale, masks
 
 
 class TextCache:

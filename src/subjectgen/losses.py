@@ -3,6 +3,9 @@
 The batch is [instance samples; class samples]. Each half is averaged over its own samples with the
 weights of its own timesteps, then loss = instance + λ·prior. (diffusers' train_dreambooth.py computes
 SNR weights over all 2B timesteps but averages over B: wrong as soon as both are on.)
+A masked loss (kohya's --masked_loss) averages each instance sample's error over its subject mask only, so
+the photos' backgrounds are not learned; unlike kohya's it divides by the mask's area, so a small subject
+weighs as much as a large one.
 """
 
 from __future__ import annotations
@@ -27,9 +30,11 @@ def min_snr_weights(snr_values: torch.Tensor, gamma: float, prediction_type: str
 
 def diffusion_loss(pred: torch.Tensor, target: torch.Tensor, timesteps: torch.Tensor,
                    alphas_cumprod: torch.Tensor, prediction_type: str = "epsilon", n_instance: int | None = None,
-                   prior_weight: float = 1.0, snr_gamma: float | None = None) -> tuple[torch.Tensor, dict]:
-    """Returns (loss, {"instance": ..., "prior": ...}); samples past `n_instance` are class (prior) samples."""
-    per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=tuple(range(1, pred.ndim)))
+                   prior_weight: float = 1.0, snr_gamma: float | None = None,
+                   masks: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+    """Returns (loss, {"instance": ..., "prior": ...}); samples past `n_instance` are class (prior) samples.
+    `masks`: (n_instance, 1, h, w) weights in [0, 1] on the latent grid for the instance samples, or None."""
+    per_sample = masked_mean(F.mse_loss(pred.float(), target.float(), reduction="none"), masks)
     if snr_gamma:
         per_sample = per_sample * min_snr_weights(snr(alphas_cumprod, timesteps), snr_gamma, prediction_type)
     n_instance = len(per_sample) if n_instance is None else n_instance
@@ -38,6 +43,17 @@ def diffusion_loss(pred: torch.Tensor, target: torch.Tensor, timesteps: torch.Te
         return instance, {"instance": instance.detach()}
     prior = per_sample[n_instance:].mean()
     return instance + prior_weight * prior, {"instance": instance.detach(), "prior": prior.detach()}
+
+
+def masked_mean(errors: torch.Tensor, masks: torch.Tensor | None) -> torch.Tensor:
+    """Each sample's mean error; the first len(masks) samples are averaged over their mask's weight only."""
+    dims = tuple(range(1, errors.ndim))
+    if masks is None:
+        return errors.mean(dim=dims)
+    weights = torch.ones_like(errors[:, :1])
+    weights[: len(masks)] = masks.to(weights)
+    weights = weights.expand_as(errors)
+    return (errors * weights).sum(dim=dims) / weights.sum(dim=dims).clamp_min(1e-6)
 
 
 def training_target(scheduler, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:

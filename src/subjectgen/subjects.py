@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,7 @@ from .errors import UserError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 MAX_PIXELS = 64_000_000  # larger than any photo a user would give; bigger ones are decompression bombs
+MASK_FOLDER = "masks"    # SUBJECT/masks/NAME.png: white where photo NAME shows the subject (kohya's mask images)
 
 
 @dataclass
@@ -23,13 +25,20 @@ class SubjectSet:
     images: list[Image.Image]
     paths: list[Path]
     class_noun: str
+    masks: list[Image.Image] | None = None  # L images, 255 on the subject; only when a masked loss asks
 
     def tensor(self) -> torch.Tensor:
         """The photos as a (N, 3, H, W) tensor in [-1, 1], the VAE's input range."""
         return torch.stack([to_tensor(im) for im in self.images])
 
+    def mask_tensor(self) -> torch.Tensor | None:
+        """The masks as a (N, 1, H, W) tensor in [0, 1], or None."""
+        if self.masks is None:
+            return None
+        return torch.stack([torch.from_numpy(np.asarray(m, dtype=np.float32) / 255.0)[None] for m in self.masks])
 
-def load_subject(folder: Path, class_noun: str, resolution: int) -> SubjectSet:
+
+def load_subject(folder: Path, class_noun: str, resolution: int, masks: bool = False) -> SubjectSet:
     folder = Path(folder)
     if not class_noun or not class_noun.strip():
         raise UserError("the subject's class is missing; pass --class, e.g. --class dog")
@@ -38,12 +47,41 @@ def load_subject(folder: Path, class_noun: str, resolution: int) -> SubjectSet:
     paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
     if not paths:
         raise UserError(f"subject folder {folder} holds no images (jpg, png, webp); add 1-5 photos of the subject")
-    images = [center_crop(open_photo(p), resolution) for p in paths]
-    return SubjectSet(images=images, paths=paths, class_noun=class_noun.strip())
+    photos = [open_photo(p) for p in paths]
+    subject_masks = [center_crop(open_mask(p, im.size), resolution) for p, im in zip(paths, photos)] if masks else None
+    images = [center_crop(im, resolution) for im in photos]
+    return SubjectSet(images=images, paths=paths, class_noun=class_noun.strip(), masks=subject_masks)
+
+
+def open_mask(photo: Path, photo_size: tuple[int, int]) -> Image.Image:
+    """The subject mask of one photo: masks/<name>.<image suffix> beside it, else the photo's alpha channel."""
+    files = sorted(p for p in (photo.parent / MASK_FOLDER).glob(f"{glob.escape(photo.stem)}.*")
+                   if p.suffix.lower() in IMAGE_SUFFIXES)
+    source = files[0] if files else photo
+    image = read_image(source)
+    if files:
+        mask = image.convert("L")
+    elif "A" in image.getbands() or "transparency" in image.info:
+        mask = image.convert("RGBA").getchannel("A")
+    else:
+        raise UserError(f"{photo} has no mask for --masked-loss; add {photo.parent / MASK_FOLDER / photo.stem}.png "
+                        "(white on the subject) or give the photo a transparent background")
+    if mask.size != photo_size:
+        raise UserError(f"mask {source} is {mask.width}x{mask.height} but its photo is {photo_size[0]}x{photo_size[1]}; "
+                        "make them the same size")
+    if mask.getextrema()[1] == 0:
+        raise UserError(f"mask {source} is all black (no subject); paint the subject white")
+    return mask
 
 
 def open_photo(path: Path) -> Image.Image:
     """Open one photo as RGB, whatever its mode or orientation; a bad file is a one-line UserError."""
+    return to_rgb(read_image(path))
+
+
+def read_image(path: Path) -> Image.Image:
+    """One still image, loaded and upright (EXIF orientation applied), in its own mode; a bad file is a
+    one-line UserError."""
     if path.stat().st_size == 0:
         raise UserError(f"{path} is empty (0 bytes); remove it or replace it with a photo")
     try:
@@ -62,7 +100,7 @@ def open_photo(path: Path) -> Image.Image:
         raise UserError(f"{path} is not an image Pillow can read; remove it from the subject folder") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise UserError(f"{path} is damaged or truncated ({exc}); re-export or remove it") from None
-    return to_rgb(ImageOps.exif_transpose(image))
+    return ImageOps.exif_transpose(image)
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

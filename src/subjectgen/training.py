@@ -72,7 +72,8 @@ class Trainer:
             check_out_dir(self.out, cfg, resume, overwrite)
         self.components = load_model(cfg.model, cfg.allow_pickle)
         self.cfg = resolve_defaults(cfg, self.components.resolution)
-        self.subject = load_subject(Path(cfg.subject_dir), cfg.class_noun, self.components.resolution)
+        self.subject = load_subject(Path(cfg.subject_dir), cfg.class_noun, self.components.resolution,
+                                    masks=cfg.masked_loss)
         if self.accelerator.is_main_process:  # only now, with every input valid, does the run folder appear
             record_run(self.out, cfg, resume, overwrite)
         self.accelerator.wait_for_everyone()
@@ -81,7 +82,7 @@ class Trainer:
         self.noise_scheduler = DDPMScheduler.from_config(self.components.scheduler.config)
         self.components.vae.to(self.accelerator.device)
         self.components.text_encoder.to(self.accelerator.device)
-        self.instance_latents = LatentCache(self.components, self.subject.images)
+        self.instance_latents = LatentCache(self.components, self.subject.images, self.subject.mask_tensor())
         self.class_latents = self.make_class_latents()
         self.method = make_method(self.cfg, self.components, self.subject)
         self.place_modules()
@@ -146,17 +147,18 @@ class Trainer:
         return state["step"]
 
     # --- one step -----------------------------------------------------------------------------------
-    def batch(self) -> tuple[torch.Tensor, list[str], int]:
-        """Latents and prompts: [instance samples; class samples if prior preservation]."""
+    def batch(self) -> tuple[torch.Tensor, list[str], int, torch.Tensor | None]:
+        """Latents and prompts: [instance samples; class samples if prior preservation]; the instance
+        samples' latent masks with a masked loss."""
         bs, g = self.cfg.batch_size, self.generator
-        latents = self.instance_latents.draw(bs, g)
+        latents, masks = self.instance_latents.draw(bs, g)
         prompts = self.method.instance_prompts()
         chosen = [prompts[i] for i in torch.randint(len(prompts), (bs,), generator=g).tolist()]
         chosen = [self.method.prompt_for_model(p) for p in chosen]
         if self.class_latents is not None:
-            latents = torch.cat([latents, self.class_latents.draw(bs, g)])
+            latents = torch.cat([latents, self.class_latents.draw(bs, g)[0]])
             chosen += [self.class_prompt] * bs
-        return latents, chosen, bs
+        return latents, chosen, bs, masks
 
     def encode(self, prompts: list[str]) -> torch.Tensor:
         if self.text_cache is not None:
@@ -164,7 +166,7 @@ class Trainer:
         return encode_prompts(self.components.tokenizer, self.forward_modules["text_encoder"], prompts)
 
     def step(self) -> dict:
-        latents, prompts, n_instance = self.batch()
+        latents, prompts, n_instance, masks = self.batch()
         noise = torch.randn(latents.shape, generator=self.generator)
         timesteps = torch.randint(self.noise_scheduler.config.num_train_timesteps, (len(latents),),
                                   generator=self.generator)
@@ -177,7 +179,7 @@ class Trainer:
             pred = unet(noisy.to(device), timesteps.to(device), encoder_hidden_states=hidden).sample
         loss, parts = diffusion_loss(pred, target.to(device), timesteps, self.noise_scheduler.alphas_cumprod,
                                      self.noise_scheduler.config.prediction_type, n_instance,
-                                     self.cfg.prior_weight, self.cfg.snr_gamma)
+                                     self.cfg.prior_weight, self.cfg.snr_gamma, masks)
         self.guard_finite(loss)
         self.accelerator.backward(loss)
         if self.accelerator.sync_gradients and self.cfg.max_grad_norm:

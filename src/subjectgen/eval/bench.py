@@ -38,6 +38,7 @@ class BenchConfig:
     sample_steps: int | None = None  # default: 25 below 256 px, else 50
     guidance: float = 7.5
     train_steps: int | None = None  # default: each method's own
+    masked_loss: bool = False       # train on the subject's masks only (SUBJECT/masks/, as EmojiBench ships)
     dino: str | None = None         # default: built-in for EmojiBench, the real ones otherwise
     clip: str | None = None
 
@@ -78,7 +79,8 @@ def check_out(out: Path, protocol: dict) -> None:
     """A bench folder is resumable only under the protocol it was started with."""
     spec = out / "bench.json"
     if spec.is_file():
-        if json.loads(spec.read_text()) != protocol:
+        saved = {**BenchConfig("", "").protocol(), **json.loads(spec.read_text())}  # older folders: defaults
+        if saved != protocol:
             raise UserError(f"--out {out} holds a benchmark with other settings; rerun its command or choose "
                             "another --out")
     elif out.is_dir() and any(out.iterdir()):
@@ -221,7 +223,7 @@ def prepare_run(ctx: Context, method: str, subject: str, pair: Path):
     if not (run_dir / MANIFEST).is_file():  # never trained, or killed while training: train afresh
         cfg = TrainConfig(method=method, model=ctx.cfg.model, subject_dir=str(ctx.bench.root / subject),
                           class_noun=ctx.bench.classes[subject], out=str(run_dir), steps=ctx.cfg.train_steps,
-                          seed=ctx.cfg.seed)
+                          seed=ctx.cfg.seed, masked_loss=ctx.cfg.masked_loss)
         started = time.perf_counter()
         train(cfg, overwrite=True, progress=False, distributed=False)
         # the user's wait: loading, class images and caching count, not only the loop

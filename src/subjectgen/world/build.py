@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..safeio import atomic_dir
+from ..subjects import MASK_FOLDER
 from .catalog import SUBJECTS, caption, contexts_for, training_instances
 from .scene import render_photo, render_scene
 
@@ -84,12 +85,15 @@ def subject_class(name: str) -> str:
 
 
 def write_emojibench(out: Path = EMOJIBENCH) -> Path:
-    """EmojiBench in DreamBench's layout: one folder of photos per subject plus prompts_and_classes.txt."""
+    """EmojiBench in DreamBench's layout: one folder of photos per subject plus prompts_and_classes.txt;
+    each subject folder also holds masks/ (the subject's pixels in each photo) for --masked-loss."""
     with atomic_dir(Path(out)) as tmp:
         for name, (_, inst) in SUBJECTS.items():
-            (tmp / name).mkdir()
+            (tmp / name / MASK_FOLDER).mkdir(parents=True)
             for k in range(PHOTOS_PER_SUBJECT):
-                render_photo(inst, k).save(tmp / name / f"{k:02d}.png", optimize=True)
+                photo, mask = render_photo(inst, k)
+                photo.save(tmp / name / f"{k:02d}.png", optimize=True)
+                mask.save(tmp / name / MASK_FOLDER / f"{k:02d}.png", optimize=True)
         shutil.copy(PROMPTS_FILE, tmp / "prompts_and_classes.txt")
         mapping = {name: {"class": noun, "emoji": inst.emoji, "style": inst.style, "hue": inst.hue,
                           "overlay": inst.overlay} for name, (noun, inst) in SUBJECTS.items()}

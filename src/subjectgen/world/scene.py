@@ -48,8 +48,9 @@ def render_scene(instance: Instance, context: str | None, seed: int) -> Image.Im
     return canvas.convert("RGB")
 
 
-def render_photo(instance: Instance, seed: int) -> Image.Image:
-    """A 'photo' of a subject for EmojiBench: varied scale, position and tilt on a plain or simple background."""
+def render_photo(instance: Instance, seed: int) -> tuple[Image.Image, Image.Image]:
+    """A 'photo' of a subject for EmojiBench: varied scale, position and tilt on a plain or simple background;
+    with its subject mask (L, 255 on the object), which a masked loss uses to leave the background unlearned."""
     rng = random.Random(f"photo|{instance}|{seed}")
     canvas = plain_background(rng)
     obj = object_image(instance)
@@ -60,4 +61,6 @@ def render_photo(instance: Instance, seed: int) -> Image.Image:
     x = int((SIZE - obj.width) / 2 + rng.uniform(-5, 5))
     y = int((SIZE - obj.height) / 2 + rng.uniform(-5, 5))
     canvas.alpha_composite(obj, (x, y))
-    return canvas.convert("RGB")
+    mask = Image.new("L", canvas.size, 0)
+    mask.paste(obj.getchannel("A"), (x, y))
+    return canvas.convert("RGB"), mask
