@@ -97,6 +97,25 @@ def test_unknown_subject_is_a_one_line_error(tiny_model, evaluator_dirs, tmp_pat
     assert "unicorn" in err and err.count("\n") == 1 and not (tmp_path / "out").exists()
 
 
+def test_masked_loss_bench_checks_every_mask_first_and_trains_with_them(tiny_model, evaluator_dirs, tmp_path, capsys):
+    import shutil
+
+    bare = tmp_path / "bare"  # EmojiBench's photos without its masks/ folders
+    for name in ("dog", "backpack"):
+        shutil.copytree(EMOJIBENCH / name, bare / name, ignore=shutil.ignore_patterns("masks"))
+    shutil.copy(EMOJIBENCH / "prompts_and_classes.txt", bare)
+    args = bench_args(tiny_model, evaluator_dirs, tmp_path / "out") + ["--masked-loss"]
+    args[args.index("--bench") + 1] = str(bare)
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "has no mask for --masked-loss" in err and err.count("\n") == 1 and not (tmp_path / "out").exists()
+    args[args.index("--bench") + 1] = str(EMOJIBENCH)
+    args[args.index("--subjects") + 1] = "dog"
+    assert main(args) == 0
+    manifest = json.loads((tmp_path / "out" / "pairs" / "lora" / "dog" / "run" / "subject.json").read_text())
+    assert manifest["settings"]["masked_loss"] is True
+
+
 def run_bench_process(args: list[str], env=None, **kwargs) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "subjectgen.cli", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env or {**os.environ, "OMP_NUM_THREADS": "1"},

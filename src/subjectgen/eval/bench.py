@@ -18,6 +18,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..safeio import atomic_save_image, atomic_write_json
+from ..subjects import load_subject
 from .prompts import Benchmark, read_benchmark
 
 TRAINED = ("lora", "dreambooth", "textual-inversion")
@@ -72,6 +73,8 @@ def resolve_config(cfg: BenchConfig, bench: Benchmark) -> BenchConfig:
     for name in cfg.subjects or bench.classes:
         if not (bench.root / name).is_dir():
             raise UserError(f"{bench.root} lists subject '{name}' but has no folder {bench.root / name}")
+        if cfg.masked_loss:  # a missing mask must stop the bench now, not after hours of other pairs
+            load_subject(bench.root / name, bench.classes[name], resolution=8, masks=True)
     return cfg
 
 
