@@ -39,6 +39,18 @@ def test_scenes_are_deterministic_and_contexts_differ():
 
 
 @needs_sources
+def test_object_height_sets_the_subjects_size_in_a_scene():
+    from subjectgen.world.catalog import Instance
+    from subjectgen.world.scene import render_scene
+
+    dog = Instance("dog2", "twemoji")
+    empty = np.asarray(render_scene(dog, "red", 0, (0.02, 0.02))).astype(int)  # a 1 px object
+    def covered(height):  # pixels that differ from the same scene with a (nearly) invisible object
+        return (np.abs(np.asarray(render_scene(dog, "red", 0, height)).astype(int) - empty).sum(-1) > 30).mean()
+    assert covered((0.3, 0.3)) < covered((0.5, 0.5)) < covered((0.75, 0.75))
+
+
+@needs_sources
 def test_shipped_emojibench_is_what_world_build_writes(tmp_path):
     from subjectgen.world.build import EMOJIBENCH, write_emojibench
 

@@ -10,18 +10,22 @@ from .catalog import EDITS, OUTFITS, SCENES, Instance
 from .dressing import EDIT_FUNCTIONS, OUTFIT_PAINTERS
 from .render import SCENE_PAINTERS, SIZE, object_image, plain_background
 
+PHOTO_HEIGHT = (0.55, 0.78)  # EmojiBench photos: the subject's height as a fraction of the image
 GROUNDED = {"on top of a mirror", "floating on top of water", "floating in an ocean of milk"}
 
 
-def render_scene(instance: Instance, context: str | None, seed: int) -> Image.Image:
-    """The instance in the context ('on the beach', 'wearing a red hat', 'red', or None for plain)."""
+def render_scene(instance: Instance, context: str | None, seed: int,
+                 object_height: tuple[float, float] | None = None) -> Image.Image:
+    """The instance in the context ('on the beach', 'wearing a red hat', 'red', or None for plain).
+    `object_height`: the object's height range as a fraction of the image (default: the training set's)."""
     rng = random.Random(f"{instance}|{context}|{seed}")
     canvas = SCENE_PAINTERS[context](rng) if context in SCENES else plain_background(rng)
     obj = object_image(instance)
     if context in EDITS:
         obj = EDIT_FUNCTIONS[context](obj, rng)
     small = context in SCENES or context in OUTFITS
-    height = int(SIZE * (rng.uniform(0.42, 0.55) if small else rng.uniform(0.5, 0.72)))
+    low, high = object_height or ((0.42, 0.55) if small else (0.5, 0.72))
+    height = int(SIZE * rng.uniform(low, high))
     width = max(1, int(obj.width * height / obj.height))
     if width > SIZE * 0.8:
         width, height = int(SIZE * 0.8), max(1, int(obj.height * SIZE * 0.8 / obj.width))
@@ -54,7 +58,7 @@ def render_photo(instance: Instance, seed: int) -> tuple[Image.Image, Image.Imag
     rng = random.Random(f"photo|{instance}|{seed}")
     canvas = plain_background(rng)
     obj = object_image(instance)
-    height = int(SIZE * rng.uniform(0.55, 0.78))
+    height = int(SIZE * rng.uniform(*PHOTO_HEIGHT))
     width = min(int(SIZE * 0.85), max(1, int(obj.width * height / obj.height)))
     obj = obj.resize((width, height), Image.Resampling.LANCZOS).rotate(rng.uniform(-10, 10), expand=True,
                                                                        resample=Image.Resampling.BICUBIC)
