@@ -31,27 +31,27 @@ def wins(results: dict, method: str) -> tuple[int, int]:
     return won, len(mine)
 
 
-def perfect_method(images_per_prompt: int, object_height: tuple[float, float] | None) -> dict[str, dict]:
-    """Per subject: the world's renders of the subject itself in each prompt's context, scored like a method;
-    `object_height`: the subject's height range in the renders (None: the training set's)."""
+def perfect_method(images_per_prompt: int, heights: list[tuple[float, float] | None]) -> list[dict[str, dict]]:
+    """For each subject-height range (None: the training set's), per subject: the world's renders of the
+    subject itself in each prompt's context, scored like a method."""
     from subjectgen.eval.metrics import load_evaluators, score_images
     from subjectgen.eval.prompts import read_benchmark
-    from subjectgen.subjects import expand_subject, open_photo
+    from subjectgen.subjects import expand_subject, open_photo, photo_paths
     from subjectgen.world.build import EMOJIBENCH
     from subjectgen.world.catalog import SUBJECTS, caption, contexts_for
     from subjectgen.world.scene import render_scene
 
-    bench, evaluators, scores = read_benchmark(EMOJIBENCH), load_evaluators("builtin", "builtin"), {}
+    bench, evaluators = read_benchmark(EMOJIBENCH), load_evaluators("builtin", "builtin")
+    scores: list[dict[str, dict]] = [{} for _ in heights]
     for subject, (noun, instance) in SUBJECTS.items():
-        photos = [open_photo(p) for p in sorted((EMOJIBENCH / subject).glob("*.png"))]
+        photos = [open_photo(p) for p in photo_paths(EMOJIBENCH / subject)]
         context_of = {caption(noun, c): c for c in contexts_for(noun)}
-        rows = []
-        for template in bench.prompts_for(subject):
-            prompt = expand_subject(template, noun)
-            renders = [render_scene(instance, context_of[prompt], seed, object_height)
-                       for seed in range(images_per_prompt)]
-            rows.append(score_images(evaluators, renders, photos, prompt))
-        scores[subject] = {m: sum(r[m] for r in rows) / len(rows) for m in ("dino", "clip_i", "clip_t")}
+        prompts = [expand_subject(template, noun) for template in bench.prompts_for(subject)]
+        for by_subject, height in zip(scores, heights):
+            rows = [score_images(evaluators, [render_scene(instance, context_of[prompt], seed, height)
+                                              for seed in range(images_per_prompt)], photos, prompt)
+                    for prompt in prompts]
+            by_subject[subject] = {m: sum(r[m] for r in rows) / len(rows) for m in ("dino", "clip_i", "clip_t")}
     return scores
 
 
@@ -59,12 +59,12 @@ def print_perfect_method(results: dict) -> None:
     from subjectgen.world.scene import PHOTO_HEIGHT
 
     base, k = results["pairs"]["baseline"], results["protocol"]["images_per_prompt"]
+    rows = {"subject at the training set's scale": None, "subject at the photos' scale": PHOTO_HEIGHT}
     print("\nA perfect method, for scale: the world renders each subject itself in each prompt's context "
           "(the renderer of the base model's training set), scored under the same protocol:\n")
     print("| images | DINO | CLIP-I | CLIP-T | CLIP-T vs baseline | beats baseline on DINO and CLIP-I | loses on |")
     print("|---|---|---|---|---|---|---|")
-    for label, height in (("subject at the training set's scale", None), ("subject at the photos' scale", PHOTO_HEIGHT)):
-        scores = perfect_method(k, height)
+    for label, scores in zip(rows, perfect_method(k, list(rows.values()))):
         mean = {m: sum(s[m] for s in scores.values()) / len(scores) for m in ("dino", "clip_i", "clip_t")}
         lost = [s for s in scores if not (scores[s]["dino"] > base[s]["dino"] and scores[s]["clip_i"] > base[s]["clip_i"])]
         ratio = mean["clip_t"] / results["summary"]["baseline"]["clip_t"] - 1

@@ -137,3 +137,8 @@ def test_masked_loss_without_masks_is_an_error_and_full_masks_equal_no_mask(caps
     half = load_file(str(tmp_path / "half" / "pytorch_lora_weights.safetensors"))
     assert not all(torch.allclose(half[k], weights[1][k], atol=1e-6) for k in half)
     assert json.loads((tmp_path / "half" / "subject.json").read_text())["settings"]["masked_loss"] is True
+
+
+def test_score_names_a_missing_folder(capsys, subject_dir, tmp_path):
+    err = error_of(capsys, ["score", str(tmp_path / "nope"), "--subject", str(subject_dir), "--prompt", "a dog"])
+    assert "images folder" in err and "does not exist" in err

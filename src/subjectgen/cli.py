@@ -243,10 +243,12 @@ def run_score(args) -> None:
     import json
 
     from .eval.metrics import load_evaluators, score_images
-    from .subjects import IMAGE_SUFFIXES, open_photo
+    from .subjects import open_photo, photo_paths
 
     def photos(folder: str, what: str) -> list:
-        paths = sorted(p for p in Path(folder).glob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.name != "grid.png")
+        if not Path(folder).is_dir():
+            raise UserError(f"{what} folder {folder} does not exist")
+        paths = [p for p in photo_paths(Path(folder)) if p.name != "grid.png"]
         if not paths:
             raise UserError(f"{what} folder {folder} holds no images")
         return [open_photo(p) for p in paths]

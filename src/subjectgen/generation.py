@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .adapters import MANIFEST, Run, load_run
+from .errors import UserError
 from .models import inference_device, load_model
 from .outdir import RUN_SPEC
 from .safeio import atomic_save_image, atomic_write_json
@@ -25,8 +26,6 @@ def open_run_or_model(ref: str, allow_pickle: bool = False, lora_scale: float = 
     if (Path(ref) / MANIFEST).is_file() or (Path(ref) / RUN_SPEC).is_file():
         return load_run(Path(ref), allow_pickle, lora_scale)
     if lora_scale != 1.0:
-        from .errors import UserError
-
         raise UserError(f"--lora-scale applies to LoRA run folders; {ref} is a model")
     return Run({"subject": "", "model": ref}, load_model(ref, allow_pickle))
 

@@ -44,13 +44,19 @@ def load_subject(folder: Path, class_noun: str, resolution: int, masks: bool = F
         raise UserError("the subject's class is missing; pass --class, e.g. --class dog")
     if not folder.is_dir():
         raise UserError(f"subject folder {folder} does not exist; give a folder of photos of your subject")
-    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+    paths = photo_paths(folder)
     if not paths:
         raise UserError(f"subject folder {folder} holds no images (jpg, png, webp); add 1-5 photos of the subject")
     photos = [open_photo(p) for p in paths]
     subject_masks = [center_crop(open_mask(p, im.size), resolution) for p, im in zip(paths, photos)] if masks else None
     images = [center_crop(im, resolution) for im in photos]
     return SubjectSet(images=images, paths=paths, class_noun=class_noun.strip(), masks=subject_masks)
+
+
+def photo_paths(folder: Path) -> list[Path]:
+    """The subject's photos in a folder, sorted: image files only, not hidden ones, not masks/."""
+    return sorted(p for p in Path(folder).iterdir()
+                  if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
 
 
 def open_mask(photo: Path, photo_size: tuple[int, int]) -> Image.Image:

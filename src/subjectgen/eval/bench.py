@@ -192,10 +192,10 @@ def run_pair(ctx: Context, method: str, subject: str, bar) -> dict:
 
 
 def subject_photos(ctx: Context, subject: str) -> list:
-    from ..subjects import IMAGE_SUFFIXES, open_photo
+    from ..subjects import open_photo, photo_paths
 
     folder = ctx.bench.root / subject
-    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    paths = photo_paths(folder)
     if not paths:
         raise UserError(f"subject folder {folder} holds no photos")
     return [open_photo(p) for p in paths]
