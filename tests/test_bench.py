@@ -194,3 +194,29 @@ def test_bench_runs_on_the_real_dreambench_folder(tiny_model, evaluator_dirs, tm
     assert results["pairs"]["lora"]["dog"]["prompts"][0]["prompt"] == "a dog in the jungle"
     photos = [p for p in (DREAMBENCH / "dog").iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png")]
     assert len(list((out / "photos" / "dog").glob("*.png"))) == len(photos)
+
+
+def test_a_bench_folder_refuses_to_resume_on_other_weights(finished, tiny_model, evaluator_dirs, tmp_path, capsys):
+    """Same model name, other weights (as `builtin` after a retrain): the finished pairs must not be mixed in."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    retrained = tmp_path / "retrained"
+    shutil.copytree(tiny_model, retrained)
+    args = bench_args(str(retrained), evaluator_dirs, finished)
+    spec = finished / "bench.json"
+    saved = json.loads(spec.read_text())
+    spec.write_text(json.dumps({**saved, "model": str(retrained)}))  # the folder as if started on this path
+    try:
+        weights = next((retrained / "unet").glob("*.safetensors"))
+        tensors = load_file(weights)
+        name = next(iter(tensors))
+        save_file({**tensors, name: tensors[name] + 1}, weights)
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert "other settings (model_hash)" in err and "\n" not in err.strip()
+        shutil.copy(next((Path(tiny_model) / "unet").glob("*.safetensors")), weights)  # the same weights: resumes
+        assert main(args) == 0
+    finally:
+        spec.write_text(json.dumps(saved))

@@ -142,3 +142,12 @@ def test_masked_loss_without_masks_is_an_error_and_full_masks_equal_no_mask(caps
 def test_score_names_a_missing_folder(capsys, subject_dir, tmp_path):
     err = error_of(capsys, ["score", str(tmp_path / "nope"), "--subject", str(subject_dir), "--prompt", "a dog"])
     assert "images folder" in err and "does not exist" in err
+
+
+def test_world_train_refuses_bad_steps_before_rendering(capsys, tmp_path):
+    out = tmp_path / "world"
+    assert "--unet-steps must be at least 1" in error_of(capsys, ["world", "train", "--out", str(out),
+                                                                  "--unet-steps", "0"])
+    assert "past --unet-steps" in error_of(capsys, ["world", "train", "--out", str(out), "--unet-steps", "10",
+                                                    "--stop-step", "11"])
+    assert not out.exists()

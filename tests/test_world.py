@@ -88,3 +88,28 @@ def test_builtin_model_is_a_plain_sd_pipeline_that_follows_prompts():
     assert beach.std() > 20                                    # a picture, not a flat field
     assert beach[48:, :, 0].mean() - beach[48:, :, 2].mean() > 30   # sand
     assert snow[48:, :, 2].mean() > 200 and snow[48:, :, 0].mean() > 200  # white ground
+
+
+def test_a_run_cut_by_the_clock_records_how_to_reproduce_it(capsys):
+    """--max-seconds stops where the clock says; the record then names that step (unet_stop_step) and keeps
+    the schedule's length, and --stop-step alone repeats the run: same steps, same weights."""
+    import torch
+
+    from subjectgen.world.pretrain import WorldTrainConfig, build_models, train_unet
+
+    def run(**cut):
+        cfg = WorldTrainConfig(unet_steps=50, unet_batch=2, text_width=32, text_layers=1,
+                               unet_channels=(32, 32, 32), **cut)
+        text_encoder, _, unet = build_models(cfg)
+        latents = torch.randn(4, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+        train_unet(text_encoder, unet, latents, ["a dog", "a cat", "a dog", "a red dog"], cfg, torch.device("cpu"))
+        return cfg, unet.state_dict()
+
+    timed, timed_weights = run(unet_max_seconds=1e-9)
+    assert (timed.unet_steps, timed.unet_stop_step, timed.unet_max_seconds) == (50, 1, None)
+    assert "step 1/50" in capsys.readouterr().out
+    again, again_weights = run(unet_stop_step=timed.unet_stop_step)
+    assert again == timed
+    assert all(torch.equal(timed_weights[k], again_weights[k]) for k in timed_weights)
+    _, longer = run(unet_stop_step=2)
+    assert not all(torch.equal(timed_weights[k], longer[k]) for k in timed_weights)

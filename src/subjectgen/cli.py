@@ -113,7 +113,10 @@ def add_world_parser(sub) -> None:
     t.add_argument("--unet-steps", type=int, default=12000)
     t.add_argument("--vae-batch", type=int, default=128)
     t.add_argument("--unet-batch", type=int, default=256)
-    t.add_argument("--max-seconds", type=float, help="stop UNet training after this long (the record keeps the steps)")
+    t.add_argument("--stop-step", type=int, help="stop UNet training after this step; the learning-rate schedule "
+                   "still spans --unet-steps (how a run cut by --max-seconds is reproduced)")
+    t.add_argument("--max-seconds", type=float, help="stop UNet training after this long; the record's "
+                   "unet_stop_step says where, so the run can be reproduced with --stop-step")
     t.add_argument("--workers", type=int, default=2, help="processes rendering the world")
     t.add_argument("--device", help="cuda or cpu (default: cuda if available)")
     e = world.add_parser("train-evaluators", help="train the built-in CLIP and DINO evaluators (CPU)")
@@ -233,8 +236,16 @@ def run_world(args) -> None:
         return
     from .world.pretrain import WorldTrainConfig, train_world
 
+    for name in ("vae_steps", "unet_steps", "vae_batch", "unet_batch", "stop_step"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be at least 1")
+    if args.stop_step is not None and args.stop_step > args.unet_steps:
+        raise UserError(f"--stop-step {args.stop_step} is past --unet-steps {args.unet_steps}; "
+                        "give a step inside the schedule")
     cfg = WorldTrainConfig(seed=args.seed, vae_steps=args.vae_steps, unet_steps=args.unet_steps,
-                           vae_batch=args.vae_batch, unet_batch=args.unet_batch, unet_max_seconds=args.max_seconds)
+                           vae_batch=args.vae_batch, unet_batch=args.unet_batch, unet_stop_step=args.stop_step,
+                           unet_max_seconds=args.max_seconds)
     record = train_world(Path(args.out), cfg, args.workers, args.device)
     print(f"trained in {record['seconds']:.0f}s on {record['device']}; pipeline: {args.out}")
 

@@ -5,6 +5,7 @@ A reference is a built-in name, a local diffusers folder, a single-file checkpoi
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -106,6 +107,24 @@ def load_model(ref: str, allow_pickle: bool = False) -> Components:
         return _load_folder(_download(ref, allow_pickle), ref, allow_pickle)
     names = ", ".join(builtin.names())
     raise UserError(f"model '{ref}': no such folder or file, and not a hub id; give a diffusers folder or one of: {names}")
+
+
+def fingerprint(ref: str) -> str | None:
+    """A short hash of a local model's files (weights and configs), so that results can say which weights made
+    them: a built-in name, a folder or a single file. None for a hub id, whose files are not read here."""
+    path = builtin.resolve(str(ref)) or Path(ref).expanduser()
+    if path.is_dir():
+        files = sorted(f for f in path.rglob("*") if f.is_file() and not f.name.startswith("."))
+    elif path.is_file():
+        files = [path]
+    else:
+        return None
+    digest = hashlib.sha256()
+    for f in files:
+        digest.update(str(f.relative_to(path)).encode() if f != path else b"")
+        with open(f, "rb") as handle:
+            digest.update(hashlib.file_digest(handle, "sha256").digest())
+    return digest.hexdigest()[:16]
 
 
 def _load_folder(path: Path, ref: str, allow_pickle: bool) -> Components:

@@ -42,6 +42,11 @@ class BenchConfig:
     masked_loss: bool = False       # train on the subject's masks only (SUBJECT/masks/, as EmojiBench ships)
     dino: str | None = None         # default: built-in for EmojiBench, the real ones otherwise
     clip: str | None = None
+    # Content hashes of the model and evaluators (models.fingerprint), filled in by resolve_config: a folder
+    # must not resume with other weights under the same name, as `builtin` gets after a retrain.
+    model_hash: str | None = None
+    dino_hash: str | None = None
+    clip_hash: str | None = None
 
     def protocol(self) -> dict:
         """What decides the numbers; a rerun in the same folder must match it. The methods do not: a
@@ -60,10 +65,16 @@ def resolve_bench(name: str) -> Path:
 
 
 def resolve_config(cfg: BenchConfig, bench: Benchmark) -> BenchConfig:
-    """Fill the evaluator defaults and check the subjects and methods against the benchmark."""
+    """Fill the evaluator defaults and the weights' hashes; check the subjects and methods against the benchmark."""
+    from ..models import fingerprint
+    from .metrics import evaluator_path
+
     builtin = cfg.bench == "emoji"
     cfg.dino = cfg.dino or ("builtin" if builtin else DEFAULT_EVALUATORS["dino"])
     cfg.clip = cfg.clip or ("builtin" if builtin else DEFAULT_EVALUATORS["clip"])
+    cfg.model_hash = fingerprint(cfg.model)
+    cfg.dino_hash = fingerprint(evaluator_path(cfg.dino, "dino"))
+    cfg.clip_hash = fingerprint(evaluator_path(cfg.clip, "clip"))
     unknown = [s for s in cfg.subjects or [] if s not in bench.classes]
     if unknown:
         raise UserError(f"--subjects: {', '.join(unknown)} not in {bench.root} (it has {', '.join(bench.classes)})")
@@ -83,9 +94,10 @@ def check_out(out: Path, protocol: dict) -> None:
     spec = out / "bench.json"
     if spec.is_file():
         saved = {**BenchConfig("", "").protocol(), **json.loads(spec.read_text())}  # older folders: defaults
-        if saved != protocol:
-            raise UserError(f"--out {out} holds a benchmark with other settings; rerun its command or choose "
-                            "another --out")
+        differ = [k for k in protocol if saved.get(k) != protocol[k]]
+        if differ:
+            raise UserError(f"--out {out} holds a benchmark with other settings ({', '.join(differ)}); rerun its "
+                            "command with the same model and evaluators, or choose another --out")
     elif out.is_dir() and any(out.iterdir()):
         raise UserError(f"--out {out} is not empty and holds no benchmark; choose a new or empty folder")
     out.mkdir(parents=True, exist_ok=True)

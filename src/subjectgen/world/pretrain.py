@@ -36,7 +36,8 @@ class WorldTrainConfig:
     unet_batch: int = 256
     unet_lr: float = 4e-4
     text_lr: float = 2e-4
-    unet_max_seconds: float | None = None  # stop early on a wall-clock budget; the record keeps the steps done
+    unet_stop_step: int | None = None  # stop after this step; the learning-rate schedule still spans unet_steps
+    unet_max_seconds: float | None = None  # stop early on a wall-clock budget; the record's unet_stop_step says where
     uncond_prob: float = 0.1    # caption dropout, so classifier-free guidance has an unconditional model
     text_width: int = 96
     text_layers: int = 4
@@ -135,9 +136,13 @@ def train_unet(text_encoder, unet, latents: torch.Tensor, captions: list[str], c
             log("unet", step, cfg.unet_steps, loss.item(), started)
         if on_checkpoint and step % 2500 == 0 and step < cfg.unet_steps:
             on_checkpoint(step)
+        if step == cfg.unet_stop_step:
+            log("unet", step, cfg.unet_steps, loss.item(), started)
+            break
         if cfg.unet_max_seconds and time.time() - started > cfg.unet_max_seconds:
             log("unet", step, cfg.unet_steps, loss.item(), started)
-            cfg.unet_steps = step  # what was done is what the record says
+            # The record then reproduces this run without the clock: same schedule, same last step.
+            cfg.unet_stop_step, cfg.unet_max_seconds = step, None
             break
     return loss.item()
 
