@@ -114,7 +114,8 @@ def fingerprint(ref: str) -> str | None:
     them: a built-in name, a folder or a single file. None for a hub id, whose files are not read here."""
     path = builtin.resolve(str(ref)) or Path(ref).expanduser()
     if path.is_dir():
-        files = sorted(f for f in path.rglob("*") if f.is_file() and not f.name.startswith("."))
+        files = sorted(f for f in path.rglob("*")  # not hidden ones, e.g. a hub download's .cache/ metadata
+                       if f.is_file() and not any(part.startswith(".") for part in f.relative_to(path).parts))
     elif path.is_file():
         files = [path]
     else:
@@ -122,8 +123,11 @@ def fingerprint(ref: str) -> str | None:
     digest = hashlib.sha256()
     for f in files:
         digest.update(str(f.relative_to(path)).encode() if f != path else b"")
-        with open(f, "rb") as handle:
-            digest.update(hashlib.file_digest(handle, "sha256").digest())
+        one = hashlib.sha256()
+        with open(f, "rb") as handle:  # in chunks: a checkpoint can be gigabytes (file_digest is 3.11+)
+            for chunk in iter(lambda: handle.read(1 << 24), b""):
+                one.update(chunk)
+        digest.update(one.digest())
     return digest.hexdigest()[:16]
 
 
