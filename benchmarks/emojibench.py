@@ -2,7 +2,9 @@
 
 Full run (resumable; rerunning reuses finished pairs): 30 subjects x 25 prompts x 4 images per method.
 Also times `subjectgen bench --quick` from scratch. Prints the table, the time per method, and how many
-subjects each method beats the un-personalized baseline on (DINO and CLIP-I both higher). Last, the
+subjects each method beats the un-personalized baseline on (DINO and CLIP-I both higher). Then LoRA again
+with `--subject-start 0.2` (the first 5 of 25 steps without the subject; its own --out, *-subject-start).
+Last, the
 scores of a perfect method: the world's own renders of each subject in each prompt's context, scored
 under the same protocol, with the subject at the training set's scale and at the photos' scale.
 """
@@ -79,35 +81,49 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", default="benchmarks/out/emojibench")
     parser.add_argument("--methods", default="lora,dreambooth,textual-inversion")
+    parser.add_argument("--subject-start", type=float, default=0.2, help="LoRA's extra row: --subject-start")
     parser.add_argument("--report-only", action="store_true",
                         help="do not run the full benchmark: report the pairs finished in --out so far")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         quick = bench(["--quick", "--out", str(Path(tmp) / "quick"), "--methods", args.methods])
+    late_out = args.out + "-subject-start"
+    late_args = ["--bench", "emoji", "--out", late_out, "--methods", "lora", "--subject-start", str(args.subject_start)]
     if args.report_only:
         from subjectgen.eval.report import write_outputs
 
         started = time.perf_counter()
-        write_outputs(Path(args.out))
+        for folder in (args.out, late_out):
+            if (Path(folder) / "bench.json").is_file():
+                write_outputs(Path(folder))
         wall = time.perf_counter() - started
     else:
-        wall = bench(["--bench", "emoji", "--out", args.out, "--methods", args.methods])
+        wall = bench(["--bench", "emoji", "--out", args.out, "--methods", args.methods]) + bench(late_args)
     results = json.loads((Path(args.out) / "results.json").read_text())
+    late_file = Path(late_out) / "results.json"
+    late = json.loads(late_file.read_text()) if late_file.is_file() else None
     summary = results["summary"]
     print(f"`subjectgen bench --bench emoji --methods {args.methods}` (built-in model and evaluators, "
           f"{results['protocol']['images_per_prompt']} images per prompt, 2 CPU threads):\n")
     print((Path(args.out) / "table.md").read_text())
     print("| method | beats baseline on DINO and CLIP-I | CLIP-T vs baseline | time for 30 subjects |")
     print("|---|---|---|---|")
-    for method in args.methods.split(","):
-        if method not in summary:
-            print(f"| {method} | not run yet | | |")
+    rows = [(method, results, method) for method in args.methods.split(",")]
+    rows.append((f"lora, `--subject-start {args.subject_start}`", late, "lora"))
+    for label, source, method in rows:
+        if source is None or method not in source["summary"]:
+            print(f"| {label} | not run yet | | |")
             continue
-        s, won = summary[method], wins(results, method)
+        s, won = source["summary"][method], wins(source, method)
         per_subject = s["train_seconds_per_subject"] + s["generate_seconds_per_subject"]
-        ratio = s["clip_t"] / summary["baseline"]["clip_t"] - 1
+        ratio = s["clip_t"] / source["summary"]["baseline"]["clip_t"] - 1
         done = "" if s["subjects"] == 30 else f" (from the {s['subjects']} subjects finished so far)"
-        print(f"| {method} | {won[0]}/{won[1]} subjects | {ratio:+.1%} | {per_subject * 30 / 60:.1f} min{done} |")
+        print(f"| {label} | {won[0]}/{won[1]} subjects | {ratio:+.1%} | {per_subject * 30 / 60:.1f} min{done} |")
+    if late is not None and "lora" in late["summary"]:
+        s = late["summary"]["lora"]
+        print(f"\nlora with `--subject-start {args.subject_start}`: DINO {s['dino']:.3f}, CLIP-I {s['clip_i']:.3f}, "
+              f"CLIP-T {s['clip_t']:.3f} (`subjectgen bench {' '.join(late_args)}`; the same LoRAs, sampled with "
+              "the first steps on the class prompt and the base weights).")
     print(f"\nBaseline: {summary['baseline']['generate_seconds_per_subject'] * 30 / 60:.1f} min of sampling for 30 "
           "subjects. Time per method = the sum over subjects of training (loading, class images, the loop) and "
           f"generation; scoring excluded. This invocation's wall clock: {wall / 60:.1f} min (pairs finished "

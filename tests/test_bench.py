@@ -220,3 +220,19 @@ def test_a_bench_folder_refuses_to_resume_on_other_weights(finished, tiny_model,
         assert main(args) == 0
     finally:
         spec.write_text(json.dumps(saved))
+
+
+def test_subject_start_is_part_of_the_protocol_and_changes_only_the_methods_images(finished, tiny_model,
+                                                                                    evaluator_dirs, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    out = tmp_path / "late"
+    assert main(bench_args(tiny_model, evaluator_dirs, out) + ["--subject-start", "0.5"]) == 0
+    assert json.loads((out / "bench.json").read_text())["subject_start"] == 0.5
+
+    def pixels(folder, method):
+        return np.asarray(Image.open(folder / "pairs" / method / "dog" / "images" / "p00-0.png"))
+
+    assert np.array_equal(pixels(out, "baseline"), pixels(finished, "baseline"))
+    assert not np.array_equal(pixels(out, "lora"), pixels(finished, "lora"))

@@ -164,3 +164,37 @@ def test_builtin_run_loads_in_plain_diffusers(photos, tmp_path):
     pipe.load_lora_weights(str(run_dir))
     image = pipe("a dog", num_inference_steps=2, output_type="np").images
     assert image.shape == (1, 64, 64, 3) and np.isfinite(image).all()
+
+
+@pytest.mark.parametrize("method", ["lora", "dreambooth", "textual-inversion"])
+def test_base_weights_give_the_base_models_images_and_then_the_runs_again(runs, tiny_model, method):
+    run = load_run(runs[method].run_dir)
+    prompt = "a dog on the beach"  # the class prompt, as the steps before the subject use it
+    base = as_array(generate(load_model(tiny_model), [prompt], [0], steps=4))
+    own = as_array(generate(run.components, [prompt], [0], steps=4))
+    trainable = [p.requires_grad for p in run.components.unet.parameters()]
+    with run.base_weights():
+        off = as_array(generate(run.components, [prompt], [0], steps=4))
+    assert np.abs(off - base).max() <= 1
+    assert np.array_equal(as_array(generate(run.components, [prompt], [0], steps=4)), own)
+    assert [p.requires_grad for p in run.components.unet.parameters()] == trainable
+    if method != "textual-inversion":  # its weights are the base model's; only its token is new
+        assert np.abs(own - base).max() > 0
+
+
+def test_subject_start_samples_the_first_steps_on_the_class_prompt_then_the_subject(runs):
+    from subjectgen.sampling import EarlySteps
+
+    run = load_run(runs["lora"].run_dir)
+    template = "a {subject} on the beach"
+    early = run.early_steps([template], 0.25, 8)
+    assert (early.steps, early.prompts) == (2, ["a dog on the beach"])
+    assert run.early_steps([template], 0.0, 8) is None
+    prompt = run.prompt_for_model(template)
+    full = as_array(generate(run.components, [prompt], [0], steps=8))
+    # an early phase that changes nothing changes nothing: the scheduler runs on across the switch
+    assert np.array_equal(as_array(generate(run.components, [prompt], [0], steps=8, early=EarlySteps(3, [prompt]))),
+                          full)
+    late = as_array(generate(run.components, [prompt], [0], steps=8, early=early))
+    assert np.abs(late - full).max() > 0
+    assert np.array_equal(as_array(generate(run.components, [prompt], [0], steps=8)), full)  # the LoRA is back on

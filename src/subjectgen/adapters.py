@@ -10,6 +10,7 @@ beside weights in the ecosystem's formats:
 from __future__ import annotations
 
 import json
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import torch
 from .errors import UserError
 from .models import Components, load_model, quiet_loading
 from .safeio import atomic_save_safetensors
+from .sampling import EarlySteps
 from .subjects import expand_subject
 
 MANIFEST = "subject.json"
@@ -54,16 +56,67 @@ class Run:
 
     manifest: dict
     components: Components
+    base: Components | None = None  # a DreamBooth run's base model, loaded when first needed
 
     @property
     def subject(self) -> str:
         return self.manifest["subject"]
+
+    def early_steps(self, prompts: list[str], fraction: float, steps: int) -> EarlySteps | None:
+        """Sample the first round(fraction * steps) steps without the subject (sampling.EarlySteps): the
+        prompts with {subject} as the plain class noun, on the base model's weights. None when there are none."""
+        n = round(fraction * steps)
+        if not n or not self.subject:
+            return None
+        return EarlySteps(n, [expand_subject(p, self.manifest["class"]) for p in prompts], self.base_weights)
+
+    def base_weights(self) -> AbstractContextManager:
+        """A context in which the run's own weights are off: a LoRA disabled, a DreamBooth run's fine-tuned
+        networks swapped for its base model's. Textual Inversion changes no weights (a prompt without its
+        token is the base model's prompt)."""
+        method = self.manifest.get("method")
+        if method == "lora":
+            return lora_off(self.components.unet, self.components.text_encoder)
+        if method == "dreambooth":
+            return self._base_networks()
+        return nullcontext()
+
+    @contextmanager
+    def _base_networks(self):
+        c = self.components
+        if self.base is None:
+            self.base = load_model(self.manifest["model"]).to(c.unet.device)
+        tuned = c.unet, c.text_encoder
+        c.unet, c.text_encoder = self.base.unet.to(c.unet.dtype), self.base.text_encoder.to(c.text_encoder.dtype)
+        try:
+            yield
+        finally:
+            c.unet, c.text_encoder = tuned
 
     def prompt_for_model(self, prompt: str) -> str:
         """Expand `{subject}` and a multi-vector TI placeholder into what the tokenizer must see."""
         prompt = expand_subject(prompt, self.subject)
         tokens = self.manifest.get("placeholder_tokens")
         return prompt.replace(tokens[0], " ".join(tokens)) if tokens else prompt
+
+
+@contextmanager
+def lora_off(*modules: torch.nn.Module):
+    """Every LoRA layer in `modules` disabled inside the block (peft's enable_adapters), as it was after."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    layers = [m for module in modules for m in module.modules() if isinstance(m, BaseTunerLayer)]
+    trainable = {p: p.requires_grad for layer in layers for p in layer.parameters()}
+    enabled = [not layer.disable_adapters for layer in layers]
+    for layer in layers:
+        layer.enable_adapters(False)
+    try:
+        yield
+    finally:
+        for layer, on in zip(layers, enabled):
+            layer.enable_adapters(on)
+        for param, flag in trainable.items():  # enable_adapters(True) makes the adapter trainable
+            param.requires_grad_(flag)
 
 
 def read_manifest(run_dir: Path) -> dict:

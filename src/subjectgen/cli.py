@@ -87,6 +87,10 @@ def add_generate_parser(sub) -> None:
     p.add_argument("--lora-scale", type=float, default=1.0,
                    help="weight of a LoRA run's update (kohya's network multiplier): below 1 follows the prompt "
                         "more and the subject less; 0 is the base model")
+    p.add_argument("--subject-start", type=float, default=0.0, metavar="FRACTION",
+                   help="sample this fraction of the steps without the subject (the class noun on the base "
+                        "weights) before it comes in, so the scene follows the prompt; like A1111's "
+                        "[a dog:a sks dog:0.2] with the LoRA switched on at the same step. Default 0")
     p.add_argument("--out", required=True, help="folder for the PNGs and grid.png")
     p.add_argument("--allow-pickle", action="store_true")
 
@@ -157,6 +161,9 @@ def add_bench_parser(sub) -> None:
     p.add_argument("--masked-loss", action="store_true", help="train every method with a masked loss, from each "
                    "subject's masks/ folder (EmojiBench ships them)")
     p.add_argument("--sample-steps", type=int, help="sampler steps (default: 25 below 256 px, else 50)")
+    p.add_argument("--subject-start", type=float, default=0.0, metavar="FRACTION",
+                   help="sample this fraction of the steps without the subject, as generate --subject-start "
+                        "(default 0)")
     p.add_argument("--guidance", type=float, default=7.5)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dino", help="DINO ViT folder or hub id (default: built-in for emoji, facebook/dino-vits16)")
@@ -194,7 +201,7 @@ def run_generate(args) -> None:
     from .generation import generate_to_folder
 
     result = generate_to_folder(args.run, args.prompts, args.out, args.n, args.seed, args.steps, args.guidance,
-                                args.negative_prompt, args.allow_pickle, args.lora_scale)
+                                args.negative_prompt, args.allow_pickle, args.lora_scale, args.subject_start)
     print(f"wrote {len(result.files)} images and {result.grid}")
 
 
@@ -281,10 +288,12 @@ def bench_config(args):
         value = chosen.get(name, getattr(args, name))
         if value is not None and value < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1")
+    if not 0 <= args.subject_start < 1:
+        raise UserError(f"--subject-start {args.subject_start}: give a fraction of the steps, at least 0 and below 1")
     return BenchConfig(bench=args.bench, out=args.out, methods=[m for m in args.methods.split(",") if m],
                        model=args.model, **chosen, seed=args.seed, sample_steps=args.sample_steps,
                        guidance=args.guidance, train_steps=args.train_steps, masked_loss=args.masked_loss,
-                       dino=args.dino, clip=args.clip)
+                       subject_start=args.subject_start, dino=args.dino, clip=args.clip)
 
 
 def run_bench(args) -> None:

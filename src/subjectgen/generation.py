@@ -32,9 +32,14 @@ def open_run_or_model(ref: str, allow_pickle: bool = False, lora_scale: float = 
 
 def generate_to_folder(ref: str, prompts: list[str], out: Path, n: int = 4, seed: int = 0, steps: int | None = None,
                        guidance: float = 7.5, negative_prompt: str = "", allow_pickle: bool = False,
-                       lora_scale: float = 1.0) -> GenerateResult:
-    """n images per prompt (seeds seed..seed+n-1), saved as p{prompt}-{k}.png, plus grid.png (a row per prompt)."""
+                       lora_scale: float = 1.0, subject_start: float = 0.0) -> GenerateResult:
+    """n images per prompt (seeds seed..seed+n-1), saved as p{prompt}-{k}.png, plus grid.png (a row per prompt).
+    `subject_start`: the fraction of the steps sampled before the subject comes in (Run.early_steps)."""
+    if not 0 <= subject_start < 1:
+        raise UserError(f"--subject-start {subject_start}: give a fraction of the steps, at least 0 and below 1")
     run = open_run_or_model(ref, allow_pickle, lora_scale)
+    if subject_start and not run.subject:
+        raise UserError(f"--subject-start applies to run folders; {ref} is a model")
     run.components.to(inference_device())
     for prompt in prompts:
         if run.subject and "{subject}" not in prompt:
@@ -42,7 +47,8 @@ def generate_to_folder(ref: str, prompts: list[str], out: Path, n: int = 4, seed
     steps = steps or (50 if run.components.resolution >= 256 else 25)
     expanded = [run.prompt_for_model(p) for p in prompts for _ in range(n)]
     seeds = [seed + k for _ in prompts for k in range(n)]
-    images = generate(run.components, expanded, seeds, steps, guidance, negative_prompt)
+    early = run.early_steps([p for p in prompts for _ in range(n)], subject_start, steps)
+    images = generate(run.components, expanded, seeds, steps, guidance, negative_prompt, early=early)
     names = [f"p{i:02d}-{k}.png" for i in range(len(prompts)) for k in range(n)]
     out = Path(out)
     files = []
@@ -51,6 +57,7 @@ def generate_to_folder(ref: str, prompts: list[str], out: Path, n: int = 4, seed
         files.append(out / name)
     atomic_save_image(out / "grid.png", make_grid(images, n))
     atomic_write_json(out / "prompts.json", {"prompts": prompts, "n": n, "seed": seed, "steps": steps,
-                                             "guidance": guidance, "lora_scale": lora_scale, "source": str(ref),
+                                             "guidance": guidance, "lora_scale": lora_scale,
+                                             "subject_start": subject_start, "source": str(ref),
                                              "files": names})
     return GenerateResult(out, files, out / "grid.png")

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from typing import Callable
+
 import torch
 from PIL import Image
 
@@ -24,21 +28,43 @@ def initial_latents(components: Components, seeds: list[int]) -> torch.Tensor:
     return torch.stack(noise)
 
 
+@dataclass
+class EarlySteps:
+    """The first `steps` sampling steps without the subject: on `prompts` (the subject phrase replaced by its
+    class noun) and inside `base_weights()` (the subject's weights off). The base model lays out the scene
+    that the prompt asks for, then the subject is drawn into it; A1111's prompt editing
+    `[a dog:a sks dog:0.2]` with the LoRA switched on at the same step."""
+
+    steps: int
+    prompts: list[str]
+    base_weights: Callable[[], AbstractContextManager] = nullcontext
+
+
 @torch.no_grad()
 def denoise(components: Components, cond: torch.Tensor, uncond: torch.Tensor, latents: torch.Tensor,
-            steps: int, guidance: float) -> torch.Tensor:
-    """Run the scheduler from noise to clean latents with classifier-free guidance."""
-    unet = components.unet
+            steps: int, guidance: float, early: tuple | None = None) -> torch.Tensor:
+    """Run the scheduler from noise to clean latents with classifier-free guidance. `early` = (n, cond, uncond,
+    base_weights): the first n steps use that conditioning inside base_weights()."""
     scheduler = type(components.scheduler).from_config(components.scheduler.config)
     scheduler.set_timesteps(steps)
-    latents = latents.to(unet.device, unet.dtype) * scheduler.init_noise_sigma
-    context = torch.cat([uncond, cond]).to(unet.dtype)
-    for t in scheduler.timesteps:
-        model_in = scheduler.scale_model_input(torch.cat([latents, latents]), t)
-        noise_uncond, noise_cond = unet(model_in, t, encoder_hidden_states=context).sample.chunk(2)
-        noise = noise_uncond + guidance * (noise_cond - noise_uncond)
-        latents = scheduler.step(noise, t, latents).prev_sample
-    return latents
+    latents = latents.to(components.unet.device, components.unet.dtype) * scheduler.init_noise_sigma
+    n, cond_early, uncond_early, base_weights = early or (0, cond, uncond, nullcontext)
+
+    def run(timesteps, cond: torch.Tensor, uncond: torch.Tensor) -> torch.Tensor:
+        nonlocal latents
+        unet = components.unet  # read here: base_weights() may swap it
+        context = torch.cat([uncond, cond]).to(unet.dtype)
+        for t in timesteps:
+            model_in = scheduler.scale_model_input(torch.cat([latents, latents]), t)
+            noise_uncond, noise_cond = unet(model_in, t, encoder_hidden_states=context).sample.chunk(2)
+            noise = noise_uncond + guidance * (noise_cond - noise_uncond)
+            latents = scheduler.step(noise, t, latents).prev_sample
+        return latents
+
+    if n:
+        with base_weights():
+            run(scheduler.timesteps[:n], cond_early, uncond_early)
+    return run(scheduler.timesteps[n:], cond, uncond)
 
 
 @torch.no_grad()
@@ -50,17 +76,26 @@ def decode(components: Components, latents: torch.Tensor) -> list[Image.Image]:
 
 @torch.no_grad()
 def generate(components: Components, prompts: list[str], seeds: list[int], steps: int = 25,
-             guidance: float = 7.5, negative_prompt: str = "", batch_size: int = 8) -> list[Image.Image]:
-    """One image per (prompt, seed) pair, in order."""
-    if len(prompts) != len(seeds):
-        raise ValueError("generate() needs one seed per prompt")
+             guidance: float = 7.5, negative_prompt: str = "", batch_size: int = 8,
+             early: EarlySteps | None = None) -> list[Image.Image]:
+    """One image per (prompt, seed) pair, in order; `early`: begin without the subject (EarlySteps)."""
+    if len(prompts) != len(seeds) or (early and len(early.prompts) != len(prompts)):
+        raise ValueError("generate() needs one seed (and one early prompt, if any) per prompt")
     images: list[Image.Image] = []
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start:start + batch_size]
         cond = encode_prompts(components.tokenizer, components.text_encoder, chunk)
         uncond = encode_prompts(components.tokenizer, components.text_encoder, [negative_prompt] * len(chunk))
+        phase = None
+        if early and early.steps:
+            with early.base_weights():  # a trained text encoder is the subject's too
+                cond_early = encode_prompts(components.tokenizer, components.text_encoder,
+                                            early.prompts[start:start + batch_size])
+                uncond_early = encode_prompts(components.tokenizer, components.text_encoder,
+                                              [negative_prompt] * len(chunk))
+            phase = (early.steps, cond_early, uncond_early, early.base_weights)
         latents = denoise(components, cond, uncond, initial_latents(components, seeds[start:start + len(chunk)]),
-                          steps, guidance)
+                          steps, guidance, phase)
         images += decode(components, latents)
     return images
 

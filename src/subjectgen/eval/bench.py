@@ -40,6 +40,7 @@ class BenchConfig:
     guidance: float = 7.5
     train_steps: int | None = None  # default: each method's own
     masked_loss: bool = False       # train on the subject's masks only (SUBJECT/masks/, as EmojiBench ships)
+    subject_start: float = 0.0      # sample this fraction of the steps without the subject (generate --subject-start)
     dino: str | None = None         # default: built-in for EmojiBench, the real ones otherwise
     clip: str | None = None
     # Content hashes of the model and evaluators (models.fingerprint), filled in by resolve_config: a folder
@@ -266,9 +267,10 @@ def generate_missing(ctx: Context, run, method: str, subject: str, pair: Path) -
         chunk = todo[start:start + PROMPTS_PER_BATCH]
         shown = [t if method != "baseline" else expand_subject(t, noun) for _, t in chunk]
         started = time.perf_counter()
+        early = run.early_steps([p for p in shown for _ in range(k)], cfg.subject_start, ctx.steps(run))
         images = generate(run.components, [run.prompt_for_model(p) for p in shown for _ in range(k)],
                           [cfg.seed + j for _ in chunk for j in range(k)], ctx.steps(run), cfg.guidance,
-                          batch_size=len(chunk) * k)
+                          batch_size=len(chunk) * k, early=early)
         for n, (i, _) in enumerate(chunk):
             for j in range(k):
                 atomic_save_image(pair / "images" / f"p{i:02d}-{j}.png", images[n * k + j])
