@@ -37,7 +37,8 @@ def main() -> None:
     print("\nBuilt-in model (`src/subjectgen/assets/builtin/training.json`):\n")
     print("| stage | steps | batch | device | total time |\n|---|---|---|---|---|")
     print(f"| VAE | {cfg['vae_steps']} | {cfg['vae_batch']} | {record['device']} | |")
-    print(f"| UNet + text encoder | {cfg['unet_steps']} | {cfg['unet_batch']} | {record['device']} | "
+    steps = cfg["unet_steps"] if not cfg.get("unet_stop_step") else f"{cfg['unet_stop_step']} of {cfg['unet_steps']}"
+    print(f"| UNet + text encoder | {steps} | {cfg['unet_batch']} | {record['device']} | "
           f"{record['seconds']:.0f} s incl. rendering {record['images']} images |")
     sizes = {p.parent.name: p.stat().st_size / 2**20 for p in SHIPPED.glob("*/*.safetensors")}
     print(f"\nFinal losses: VAE {record['vae_loss']:.4f}, UNet {record['unet_loss']:.4f}. Shipped size: "
