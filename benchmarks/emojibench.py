@@ -2,11 +2,11 @@
 
 Full run (resumable; rerunning reuses finished pairs): 30 subjects x 25 prompts x 4 images per method.
 Also times `subjectgen bench --quick` from scratch. Prints the table, the time per method, and how many
-subjects each method beats the un-personalized baseline on (DINO and CLIP-I both higher). Then LoRA again
-with `--subject-start 0.2` (the first 5 of 25 steps without the subject; its own --out, *-subject-start).
-Last, the
-scores of a perfect method: the world's own renders of each subject in each prompt's context, scored
-under the same protocol, with the subject at the training set's scale and at the photos' scale.
+subjects each method beats the un-personalized baseline on (DINO and CLIP-I both higher). Then LoRA
+again with `--subject-start 0.2` (the first 5 of 25 steps without the subject; its own --out,
+*-subject-start). Last, the scores of a perfect method: the world's own renders of each subject in
+each prompt's context, scored under the same protocol, with the subject at the training set's scale
+and at the photos' scale.
 """
 
 from __future__ import annotations

@@ -225,6 +225,13 @@ def run_demo(args) -> None:
     print(f"report: {out / 'report.html'}\ngrid:   {out / 'grid.png'}")
 
 
+def at_least_one(values: dict) -> None:
+    """A one-line error naming the first option (by its dest name) set below 1; None means not given."""
+    for name, value in values.items():
+        if value is not None and value < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be at least 1")
+
+
 def run_world(args) -> None:
     if args.world_command == "build":
         from .world.build import EMOJIBENCH, write_emojibench, write_training_set
@@ -243,10 +250,8 @@ def run_world(args) -> None:
         return
     from .world.pretrain import WorldTrainConfig, train_world
 
-    for name in ("vae_steps", "unet_steps", "vae_batch", "unet_batch", "stop_step"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            raise UserError(f"--{name.replace('_', '-')} must be at least 1")
+    at_least_one({name: getattr(args, name) for name in ("vae_steps", "unet_steps", "vae_batch", "unet_batch",
+                                                         "stop_step")})
     if args.stop_step is not None and args.stop_step > args.unet_steps:
         raise UserError(f"--stop-step {args.stop_step} is past --unet-steps {args.unet_steps}; "
                         "give a step inside the schedule")
@@ -284,12 +289,11 @@ def bench_config(args):
     if args.quick:  # the quick subset, where a flag does not say otherwise
         chosen = {k: v if v is not None else QUICK[k] for k, v in chosen.items()}
     chosen["images_per_prompt"] = chosen["images_per_prompt"] or 4
-    for name in ("prompts", "images_per_prompt", "train_steps", "sample_steps"):
-        value = chosen.get(name, getattr(args, name))
-        if value is not None and value < 1:
-            raise UserError(f"--{name.replace('_', '-')} must be at least 1")
-    if not 0 <= args.subject_start < 1:
-        raise UserError(f"--subject-start {args.subject_start}: give a fraction of the steps, at least 0 and below 1")
+    at_least_one({name: chosen.get(name, getattr(args, name))
+                  for name in ("prompts", "images_per_prompt", "train_steps", "sample_steps")})
+    from .sampling import check_subject_start
+
+    check_subject_start(args.subject_start)
     return BenchConfig(bench=args.bench, out=args.out, methods=[m for m in args.methods.split(",") if m],
                        model=args.model, **chosen, seed=args.seed, sample_steps=args.sample_steps,
                        guidance=args.guidance, train_steps=args.train_steps, masked_loss=args.masked_loss,

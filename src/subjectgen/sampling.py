@@ -9,6 +9,7 @@ from typing import Callable
 import torch
 from PIL import Image
 
+from .errors import UserError
 from .models import Components
 from .subjects import to_image
 
@@ -40,31 +41,41 @@ class EarlySteps:
     base_weights: Callable[[], AbstractContextManager] = nullcontext
 
 
+def check_subject_start(fraction: float) -> None:
+    """A one-line error unless the fraction of steps sampled before the subject is in [0, 1)."""
+    if not 0 <= fraction < 1:
+        raise UserError(f"--subject-start {fraction}: give a fraction of the steps, at least 0 and below 1")
+
+
+def _guided_steps(components: Components, scheduler, timesteps, latents: torch.Tensor, cond: torch.Tensor,
+                  uncond: torch.Tensor, guidance: float) -> torch.Tensor:
+    unet = components.unet  # looked up per phase: a base_weights() context may have swapped it
+    context = torch.cat([uncond, cond]).to(unet.dtype)
+    for t in timesteps:
+        model_in = scheduler.scale_model_input(torch.cat([latents, latents]), t)
+        noise_uncond, noise_cond = unet(model_in, t, encoder_hidden_states=context).sample.chunk(2)
+        noise = noise_uncond + guidance * (noise_cond - noise_uncond)
+        latents = scheduler.step(noise, t, latents).prev_sample
+    return latents
+
+
 @torch.no_grad()
 def denoise(components: Components, cond: torch.Tensor, uncond: torch.Tensor, latents: torch.Tensor,
-            steps: int, guidance: float, early: tuple | None = None) -> torch.Tensor:
+            steps: int, guidance: float,
+            early: tuple[int, torch.Tensor, torch.Tensor, Callable[[], AbstractContextManager]] | None = None
+            ) -> torch.Tensor:
     """Run the scheduler from noise to clean latents with classifier-free guidance. `early` = (n, cond, uncond,
     base_weights): the first n steps use that conditioning inside base_weights()."""
     scheduler = type(components.scheduler).from_config(components.scheduler.config)
     scheduler.set_timesteps(steps)
     latents = latents.to(components.unet.device, components.unet.dtype) * scheduler.init_noise_sigma
-    n, cond_early, uncond_early, base_weights = early or (0, cond, uncond, nullcontext)
-
-    def run(timesteps, cond: torch.Tensor, uncond: torch.Tensor) -> torch.Tensor:
-        nonlocal latents
-        unet = components.unet  # read here: base_weights() may swap it
-        context = torch.cat([uncond, cond]).to(unet.dtype)
-        for t in timesteps:
-            model_in = scheduler.scale_model_input(torch.cat([latents, latents]), t)
-            noise_uncond, noise_cond = unet(model_in, t, encoder_hidden_states=context).sample.chunk(2)
-            noise = noise_uncond + guidance * (noise_cond - noise_uncond)
-            latents = scheduler.step(noise, t, latents).prev_sample
-        return latents
-
-    if n:
+    n = 0
+    if early:
+        n, cond_early, uncond_early, base_weights = early
         with base_weights():
-            run(scheduler.timesteps[:n], cond_early, uncond_early)
-    return run(scheduler.timesteps[n:], cond, uncond)
+            latents = _guided_steps(components, scheduler, scheduler.timesteps[:n], latents, cond_early,
+                                    uncond_early, guidance)
+    return _guided_steps(components, scheduler, scheduler.timesteps[n:], latents, cond, uncond, guidance)
 
 
 @torch.no_grad()
