@@ -26,6 +26,43 @@ def test_emojibench_subjects_are_never_training_instances():
 
 
 @needs_sources
+def test_validation_subjects_are_unseen_and_look_unlike_every_training_instance():
+    from subjectgen.world.catalog import VALIDATION
+    from subjectgen.world.render import object_image
+
+    def pixels(inst):
+        return np.asarray(object_image(inst).convert("RGBA").resize((48, 48))).astype(int)
+
+    emojibench = {inst for _, inst in SUBJECTS.values()}
+    training = [i for instances in training_instances().values() for i in instances]
+    assert len(VALIDATION) >= 12 and not set(VALIDATION) & set(SUBJECTS)
+    for name, (noun, inst) in VALIDATION.items():
+        assert noun in training_instances() and inst not in emojibench and inst not in training, name
+        # a hue shift of a grey emoji is the same picture: at least 5 % of the pixels must differ clearly
+        mine = pixels(inst)
+        for other in (t for t in training if (t.emoji, t.style) == (inst.emoji, inst.style)):
+            assert (np.abs(pixels(other) - mine).sum(-1) > 60).mean() > 0.05, (name, other)
+
+
+@needs_sources
+def test_world_build_writes_the_validation_subjects_in_dreambench_layout(tmp_path, capsys):
+    from subjectgen.cli import main
+    from subjectgen.eval.prompts import read_benchmark
+    from subjectgen.world.build import EMOJIBENCH
+    from subjectgen.world.catalog import VALIDATION
+
+    assert main(["world", "build", "--set", "validation"]) == 2  # never over the shipped EmojiBench
+    assert "--out" in capsys.readouterr().err
+    assert main(["world", "build", "--set", "validation", "--out", str(tmp_path / "val")]) == 0
+    bench, emojibench = read_benchmark(tmp_path / "val"), read_benchmark(EMOJIBENCH)
+    assert bench.classes == {name: noun for name, (noun, _) in VALIDATION.items()}
+    assert bench.object_prompts == emojibench.object_prompts and bench.live_prompts == emojibench.live_prompts
+    for name in VALIDATION:
+        assert len(list((tmp_path / "val" / name).glob("*.png"))) == 5
+        assert len(list((tmp_path / "val" / name / "masks").glob("*.png"))) == 5
+
+
+@needs_sources
 def test_scenes_are_deterministic_and_contexts_differ():
     from subjectgen.world.catalog import Instance
     from subjectgen.world.scene import render_scene

@@ -107,8 +107,11 @@ def add_world_parser(sub) -> None:
     p = sub.add_parser("world", help="rebuild the built-in emoji world and its models (needs the emoji sources)")
     world = p.add_subparsers(dest="world_command", metavar="STEP", required=True, parser_class=Parser)
     b = world.add_parser("build", help="render EmojiBench (and optionally the training set) from the emoji sources")
-    b.add_argument("--out", default=None, help="EmojiBench folder (default: the one shipped in the package)")
+    b.add_argument("--out", default=None, help="subjects folder (default: EmojiBench's, shipped in the package)")
     b.add_argument("--training-set", help="also render the training set into this folder")
+    b.add_argument("--set", choices=("emojibench", "validation"), default="emojibench",
+                   help="which subjects to render: EmojiBench (the test set) or the validation subjects, which are "
+                        "neither in training nor in EmojiBench and are where settings get chosen (needs --out)")
     b.add_argument("--seeds", type=int, default=6, help="renders per (instance, context) for plain captions")
     t = world.add_parser("train", help="train the built-in model from a seed; writes a diffusers folder")
     t.add_argument("--out", required=True, help="folder for the pipeline (copy it to assets/builtin to ship it)")
@@ -236,7 +239,14 @@ def run_world(args) -> None:
     if args.world_command == "build":
         from .world.build import EMOJIBENCH, write_emojibench, write_training_set
 
-        print(f"EmojiBench: {write_emojibench(Path(args.out) if args.out else EMOJIBENCH)}")
+        if args.set == "validation":
+            from .world.catalog import VALIDATION
+
+            if not args.out:
+                raise UserError("--set validation needs --out DIR (the package ships only EmojiBench)")
+            print(f"validation subjects: {write_emojibench(Path(args.out), VALIDATION)}")
+        else:
+            print(f"EmojiBench: {write_emojibench(Path(args.out) if args.out else EMOJIBENCH)}")
         if args.training_set:
             info = write_training_set(Path(args.training_set), args.seeds)
             print(f"training set: {args.training_set} ({info['count']} images, hash {info['hash']})")

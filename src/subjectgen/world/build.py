@@ -2,14 +2,13 @@
 
 Training pairs: every class instance x (plain + DreamBench's contexts for its class) x seeds, captioned in
 DreamBench's wording ("a dog on the beach", "a red dog", "a dog wearing a santa hat"). EmojiBench subjects
-are never rendered into the training set.
+and the validation subjects (catalog.VALIDATION) are never rendered into the training set.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -84,18 +83,30 @@ def subject_class(name: str) -> str:
     return SUBJECTS[name][0]
 
 
-def write_emojibench(out: Path = EMOJIBENCH) -> Path:
+def write_emojibench(out: Path = EMOJIBENCH, subjects: dict | None = None) -> Path:
     """EmojiBench in DreamBench's layout: one folder of photos per subject plus prompts_and_classes.txt;
-    each subject folder also holds masks/ (the subject's pixels in each photo) for --masked-loss."""
+    each subject folder also holds masks/ (the subject's pixels in each photo) for --masked-loss.
+    `subjects` (default: EmojiBench's) writes another subject set, such as VALIDATION, in the same layout."""
+    subjects = SUBJECTS if subjects is None else subjects
     with atomic_dir(Path(out)) as tmp:
-        for name, (_, inst) in SUBJECTS.items():
+        for name, (_, inst) in subjects.items():
             (tmp / name / MASK_FOLDER).mkdir(parents=True)
             for k in range(PHOTOS_PER_SUBJECT):
                 photo, mask = render_photo(inst, k)
                 photo.save(tmp / name / f"{k:02d}.png", optimize=True)
                 mask.save(tmp / name / MASK_FOLDER / f"{k:02d}.png", optimize=True)
-        shutil.copy(PROMPTS_FILE, tmp / "prompts_and_classes.txt")
+        (tmp / "prompts_and_classes.txt").write_text(prompts_file(subjects))
         mapping = {name: {"class": noun, "emoji": inst.emoji, "style": inst.style, "hue": inst.hue,
-                          "overlay": inst.overlay} for name, (noun, inst) in SUBJECTS.items()}
+                          "overlay": inst.overlay} for name, (noun, inst) in subjects.items()}
         (tmp / "subjects.json").write_text(json.dumps(mapping, indent=1))
     return Path(out)
+
+
+def prompts_file(subjects: dict) -> str:
+    """DreamBench's prompts_and_classes.txt (verbatim for EmojiBench) with these subjects in its class list."""
+    text = PROMPTS_FILE.read_text()
+    if subjects is SUBJECTS:
+        return text
+    head, rest = text.split("\nPrompts\n", 1)
+    rows = "".join(f"{name},{noun}\n" for name, (noun, _) in subjects.items())
+    return f"Classes\n\nsubject_name,class\n{rows}\nPrompts\n{rest}"

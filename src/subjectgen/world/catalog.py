@@ -79,6 +79,26 @@ SUBJECTS: dict[str, tuple[str, Instance]] = {
     "wolf_plushie": ("stuffed animal", Instance("wolf", "noto")),
 }
 
+# Validation subjects: never-seen instances that are neither EmojiBench subjects nor in training (a hue no
+# training instance wears, or an overlay), with DreamBench's mix of live and object classes. Settings such as
+# sampling defaults are chosen on these, so that EmojiBench stays a test set.
+VALIDATION: dict[str, tuple[str, Instance]] = {
+    "val_dog": ("dog", Instance("poodle", "noto", 0, overlay="star")),
+    "val_dog2": ("dog", Instance("guide_dog", "twemoji", 250)),
+    "val_dog3": ("dog", Instance("dog", "twemoji", 250)),
+    "val_cat": ("cat", Instance("smiley_cat", "noto", 120)),
+    "val_cat2": ("cat", Instance("cat2", "twemoji", 240)),
+    "val_sneaker": ("sneaker", Instance("athletic_shoe", "noto", 200)),
+    "val_boot": ("boot", Instance("hiking_boot", "twemoji", 200)),
+    "val_kite": ("toy", Instance("kite", "noto", 200)),
+    "val_dolls": ("toy", Instance("nesting_dolls", "twemoji", 0, overlay="star")),
+    "val_teddy": ("stuffed animal", Instance("teddy_bear", "twemoji", 100)),
+    "val_bowl": ("bowl", Instance("ramen", "noto", 0, overlay="strawberry")),
+    "val_ogre": ("cartoon", Instance("japanese_ogre", "twemoji", 120)),
+    "val_clock": ("clock", Instance("alarm_clock", "twemoji", 160)),
+    "val_glasses": ("glasses", Instance("eyeglasses", "noto", 160)),
+}
+
 # DreamBench's contexts: the phrase that follows "a {class}" in its prompts, by kind.
 SCENES = [
     "in the jungle", "in the snow", "on the beach", "on a cobblestone street", "on top of pink fabric",
