@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from subjectgen.adapters import MANIFEST
 from subjectgen.cli import main
 from subjectgen.world.build import EMOJIBENCH
 
@@ -236,3 +237,33 @@ def test_subject_start_is_part_of_the_protocol_and_changes_only_the_methods_imag
 
     assert np.array_equal(pixels(out, "baseline"), pixels(finished, "baseline"))
     assert not np.array_equal(pixels(out, "lora"), pixels(finished, "lora"))
+
+
+def test_runs_from_reuses_what_was_made_the_same_way(finished, tiny_model, evaluator_dirs, tmp_path, capsys):
+    def same(out, method, subject, name):
+        mine, theirs = (folder / "pairs" / method / subject / name for folder in (out, finished))
+        return mine.read_bytes() == theirs.read_bytes()
+
+    out = tmp_path / "sweep"  # only a sampling setting differs: the runs and the baseline are copied
+    args = bench_args(tiny_model, evaluator_dirs, out) + ["--subject-start", "0.5", "--runs-from", str(finished)]
+    assert main(args) == 0
+    for subject in ("dog", "backpack"):  # a retrained run would write a new manifest (its own train seconds)
+        assert same(out, "lora", subject, f"run/{MANIFEST}") and same(out, "lora", subject, "train_seconds.json")
+        assert same(out, "baseline", subject, "scores.json")
+        assert not same(out, "lora", subject, "scores.json")
+    assert "runs_from" not in json.loads((out / "bench.json").read_text())  # copied runs are the same runs
+
+    out = tmp_path / "longer"  # other training: the baseline is copied, the runs are trained afresh
+    args = bench_args(tiny_model, evaluator_dirs, out) + ["--runs-from", str(finished)]
+    args[args.index("--train-steps") + 1] = "5"
+    assert main(args) == 0
+    assert same(out, "baseline", "dog", "scores.json") and not same(out, "lora", "dog", f"run/{MANIFEST}")
+
+    args.append("--masked-loss")  # nothing made the same way: refused before anything is written
+    args[args.index("--out") + 1] = str(tmp_path / "other")
+    args[args.index("--prompts") + 1] = "1"
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "prompts" in err and err.count("\n") == 1 and not (tmp_path / "other").exists()
+    assert main(bench_args(tiny_model, evaluator_dirs, tmp_path / "x") + ["--runs-from", str(tmp_path)]) == 2
+    assert "not a bench folder" in capsys.readouterr().err

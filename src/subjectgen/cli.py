@@ -171,6 +171,9 @@ def add_bench_parser(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dino", help="DINO ViT folder or hub id (default: built-in for emoji, facebook/dino-vits16)")
     p.add_argument("--clip", help="CLIP folder or hub id (default: built-in for emoji, openai/clip-vit-base-patch32)")
+    p.add_argument("--runs-from", metavar="DIR",
+                   help="reuse the trained runs of an earlier bench folder with the same model, subjects and "
+                        "training settings (to sweep sampling settings without retraining)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     r = sub.add_parser("report", help="rebuild results.json, table.md, plots and report.html of a bench folder")
     r.add_argument("out", help="a folder written by 'subjectgen bench'")
@@ -307,7 +310,8 @@ def bench_config(args):
     return BenchConfig(bench=args.bench, out=args.out, methods=[m for m in args.methods.split(",") if m],
                        model=args.model, **chosen, seed=args.seed, sample_steps=args.sample_steps,
                        guidance=args.guidance, train_steps=args.train_steps, masked_loss=args.masked_loss,
-                       subject_start=args.subject_start, dino=args.dino, clip=args.clip)
+                       subject_start=args.subject_start, dino=args.dino, clip=args.clip,
+                       runs_from=args.runs_from)
 
 
 def run_bench(args) -> None:

@@ -43,6 +43,7 @@ class BenchConfig:
     subject_start: float = 0.0      # sample this fraction of the steps without the subject (generate --subject-start)
     dino: str | None = None         # default: built-in for EmojiBench, the real ones otherwise
     clip: str | None = None
+    runs_from: str | None = None    # an earlier bench folder whose runs and baseline to reuse (reusable())
     # Content hashes of the model and evaluators (models.fingerprint), filled in by resolve_config: a folder
     # must not resume with other weights under the same name, as `builtin` gets after a retrain.
     model_hash: str | None = None
@@ -52,7 +53,7 @@ class BenchConfig:
     def protocol(self) -> dict:
         """What decides the numbers; a rerun in the same folder must match it. The methods do not: a
         later run may add a method to a finished benchmark."""
-        return {k: v for k, v in asdict(self).items() if k not in ("out", "methods")}
+        return {k: v for k, v in asdict(self).items() if k not in ("out", "methods", "runs_from")}
 
 
 def resolve_bench(name: str) -> Path:
@@ -90,6 +91,28 @@ def resolve_config(cfg: BenchConfig, bench: Benchmark) -> BenchConfig:
     return cfg
 
 
+# The protocol keys that decide a trained run, and those that change only a method's images: another folder's
+# runs are reusable when the first match, its baseline images when all but the second match.
+TRAINING_KEYS = ("bench", "model", "model_hash", "seed", "train_steps", "masked_loss")
+METHOD_ONLY_KEYS = ("train_steps", "masked_loss", "subject_start")
+
+
+def reusable(folder: Path, protocol: dict) -> set[str]:
+    """What --runs-from may copy from `folder`: {'runs'} (trained runs), {'baseline'} (its pairs); never empty."""
+    spec = folder / "bench.json"
+    if not spec.is_file():
+        raise UserError(f"--runs-from {folder} is not a bench folder (no bench.json); give an earlier --out")
+    saved = {**BenchConfig("", "").protocol(), **json.loads(spec.read_text())}
+    differ = [k for k in protocol if saved.get(k) != protocol[k]]
+    found = set() if set(differ) & set(TRAINING_KEYS) else {"runs"}
+    if not set(differ) - set(METHOD_ONLY_KEYS):
+        found.add("baseline")
+    if not found:
+        raise UserError(f"--runs-from {folder} was benchmarked with other settings ({', '.join(differ)}); give a "
+                        "folder with the same model, subjects and training or sampling settings")
+    return found
+
+
 def check_out(out: Path, protocol: dict) -> None:
     """A bench folder is resumable only under the protocol it was started with."""
     spec = out / "bench.json"
@@ -117,6 +140,7 @@ class Context:
     out: Path
     evaluators: object
     subjects: list[str]
+    reuse: set = field(default_factory=set)  # what to copy from cfg.runs_from: 'runs', 'baseline' (reusable())
     base: object = None  # the base model's Run, loaded on first use
 
     def prompts(self, subject: str) -> list[str]:
@@ -139,12 +163,13 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> dict | None:
     out = Path(cfg.out)
     rank, world = process_rank()
     group = start_group(world)
+    reuse = reusable(Path(cfg.runs_from), cfg.protocol()) if cfg.runs_from else set()
     if rank == 0:
         check_out(out, cfg.protocol())  # if this refuses, rank 0 exits and the others' barrier fails
     if group:
         group.barrier()
     subjects = cfg.subjects or list(bench.classes)
-    ctx = Context(cfg, bench, out, load_evaluators(cfg.dino, cfg.clip), subjects)
+    ctx = Context(cfg, bench, out, load_evaluators(cfg.dino, cfg.clip), subjects, reuse)
     mine = subjects[rank::world]
     methods = ["oracle", "baseline"] + cfg.methods
     bar = make_bar(sum(len(ctx.prompts(s)) for s in mine) * (len(methods) - 1), rank, progress)
@@ -186,6 +211,8 @@ def run_pair(ctx: Context, method: str, subject: str, bar) -> dict:
     """Train (if the method trains), generate, score; scores.json written last marks the pair done."""
     pair = ctx.pair_dir(method, subject)
     done = pair / "scores.json"
+    if method == "baseline" and "baseline" in ctx.reuse and not done.is_file():
+        copy_pair(Path(ctx.cfg.runs_from) / "pairs" / method / subject, pair)
     if done.is_file():
         bar.update(0 if method == "oracle" else len(ctx.prompts(subject)))
         return json.loads(done.read_text())
@@ -236,6 +263,8 @@ def prepare_run(ctx: Context, method: str, subject: str, pair: Path):
             ctx.base = Run({"subject": "", "model": ctx.cfg.model}, load_model(ctx.cfg.model).to(inference_device()))
         return ctx.base, 0.0
     run_dir, timing = pair / "run", pair / "train_seconds.json"
+    if not (run_dir / MANIFEST).is_file() and "runs" in ctx.reuse:
+        copy_run(Path(ctx.cfg.runs_from) / "pairs" / method / subject, pair)
     if not (run_dir / MANIFEST).is_file():  # never trained, or killed while training: train afresh
         cfg = TrainConfig(method=method, model=ctx.cfg.model, subject_dir=str(ctx.bench.root / subject),
                           class_noun=ctx.bench.classes[subject], out=str(run_dir), steps=ctx.cfg.train_steps,
@@ -248,6 +277,31 @@ def prepare_run(ctx: Context, method: str, subject: str, pair: Path):
     run.components.to(inference_device())
     seconds = json.loads(timing.read_text())["seconds"] if timing.is_file() else run.manifest["metrics"]["train_seconds"]
     return run, float(seconds)
+
+
+def copy_run(source: Path, pair: Path) -> None:
+    """Copy a finished run and its training time from another bench folder's pair, if it has one."""
+    from ..adapters import MANIFEST
+
+    if (source / "run" / MANIFEST).is_file():
+        copy_dir(source / "run", pair / "run")
+        if (source / "train_seconds.json").is_file():
+            atomic_write_json(pair / "train_seconds.json", json.loads((source / "train_seconds.json").read_text()))
+
+
+def copy_pair(source: Path, pair: Path) -> None:
+    """Copy a finished pair (images and scores; their paths are relative to the bench folder), if it is one."""
+    if (source / "scores.json").is_file():
+        copy_dir(source, pair)
+
+
+def copy_dir(source: Path, target: Path) -> None:
+    import shutil
+
+    from ..safeio import atomic_dir
+
+    with atomic_dir(target) as tmp:
+        shutil.copytree(source, tmp, dirs_exist_ok=True)
 
 
 PROMPTS_PER_BATCH = 8  # sampling several prompts at once is ~2x faster per image on a CPU
