@@ -17,6 +17,7 @@ SECTIONS = [
     ("Training speed and memory (tiny test model)", ["benchmarks/train_speed.py", "--steps", "200"]),
     ("The demo and the built-in model", ["benchmarks/demo_time.py"]),
     ("Built-in model: prompt fidelity", ["benchmarks/base_fidelity.py"]),
+    ("Validation subjects: choosing LoRA's sampling setting", ["benchmarks/validation.py"]),
     ("EmojiBench: the DreamBench protocol on the built-in world", ["benchmarks/emojibench.py"]),
 ]
 
