@@ -93,8 +93,7 @@ def main() -> None:
         quick = bench(["--quick", "--out", str(Path(tmp) / "quick"), "--methods", args.methods])
     late_args, late_out, label = None, None, ""
     if chosen:
-        train = [] if chosen["train_steps"] == "default" else ["--train-steps", str(chosen["train_steps"])]
-        label = " ".join([*train, "--subject-start", str(chosen["subject_start"])])
+        label = " ".join([*chosen["train_args"], "--subject-start", str(chosen["subject_start"])])
         late_out = f"{args.out}-{label.replace('--', '').replace(' ', '-')}"
         late_args = ["--bench", "emoji", "--out", late_out, "--methods", "lora", *label.split(), "--runs-from", args.out]
     if args.report_only:
