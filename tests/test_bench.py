@@ -109,7 +109,7 @@ def test_masked_loss_bench_checks_every_mask_first_and_trains_with_them(tiny_mod
     args[args.index("--bench") + 1] = str(bare)
     assert main(args) == 2
     err = capsys.readouterr().err
-    assert "has no subject mask" in err and err.count("\n") == 1 and not (tmp_path / "out").exists()
+    assert "has no mask for --masked-loss" in err and err.count("\n") == 1 and not (tmp_path / "out").exists()
     args[args.index("--bench") + 1] = str(EMOJIBENCH)
     args[args.index("--subjects") + 1] = "dog"
     assert main(args) == 0
@@ -267,12 +267,3 @@ def test_runs_from_reuses_what_was_made_the_same_way(finished, tiny_model, evalu
     assert "prompts" in err and err.count("\n") == 1 and not (tmp_path / "other").exists()
     assert main(bench_args(tiny_model, evaluator_dirs, tmp_path / "x") + ["--runs-from", str(tmp_path)]) == 2
     assert "not a bench folder" in capsys.readouterr().err
-
-
-def test_background_augment_reaches_training_and_the_protocol(finished, tiny_model, evaluator_dirs, tmp_path):
-    out = tmp_path / "aug"
-    args = bench_args(tiny_model, evaluator_dirs, out) + ["--background-augment", "1", "--runs-from", str(finished)]
-    assert main(args) == 0
-    assert json.loads((out / "bench.json").read_text())["background_augment"] == 1
-    manifest = json.loads((out / "pairs" / "lora" / "dog" / "run" / MANIFEST).read_text())
-    assert manifest["settings"]["background_augment"] == 1  # trained afresh, not copied from `finished`

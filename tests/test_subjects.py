@@ -137,26 +137,6 @@ def test_masks_come_from_the_masks_folder_and_are_cropped_like_the_photos(tmp_pa
     assert load_subject(folder, "dog", 16).masks is None
 
 
-def test_background_augmentation_keeps_the_subject_and_changes_the_rest(tmp_path):
-    from subjectgen.subjects import augment_backgrounds
-
-    folder = masked_folder(tmp_path, {"a.png": left_half_mask(), "b.png": left_half_mask()})
-    subject = load_subject(folder, "dog", 16, masks=True)
-    mixed = augment_backgrounds(subject, 3, seed=0)
-    assert len(mixed.images) == len(mixed.masks) == len(mixed.paths) == 2 * (1 + 3)
-    assert mixed.images[:2] == subject.images  # the photos themselves come first, unchanged
-    photo = np.asarray(subject.images[0]).astype(int)
-    for image in mixed.images[2:5]:  # photo a on 3 backgrounds: its subject (the left half) kept exactly
-        pixels = np.asarray(image).astype(int)
-        assert np.array_equal(pixels[:, :7], photo[:, :7]) and np.abs(pixels[:, 9:] - photo[:, 9:]).max() > 30
-    backgrounds = [np.asarray(im)[:, 9:] for im in mixed.images[2:5]]
-    assert not np.array_equal(backgrounds[0], backgrounds[1])
-    again = augment_backgrounds(subject, 3, seed=0)
-    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(again.images, mixed.images))
-    with pytest.raises(ValueError, match="masks"):
-        augment_backgrounds(load_subject(folder, "dog", 16), 3, seed=0)
-
-
 def test_mask_from_the_alpha_channel(tmp_path):
     photo = Image.new("RGBA", (16, 16), (0, 0, 0, 0))
     photo.paste((10, 200, 10, 255), (0, 0, 8, 16))
@@ -167,7 +147,7 @@ def test_mask_from_the_alpha_channel(tmp_path):
 
 def test_mask_errors_are_one_line_and_name_the_file(tmp_path):
     folder = masked_folder(tmp_path, {"a.png": left_half_mask()})
-    with pytest.raises(UserError, match=r"b\.png has no subject mask.*masks/b\.png") as err:
+    with pytest.raises(UserError, match=r"b\.png has no mask.*masks/b\.png") as err:
         load_subject(folder, "dog", 16, masks=True)
     assert "\n" not in str(err.value)
     Image.new("L", (20, 20), 255).save(folder / "masks" / "b.png")

@@ -56,9 +56,6 @@ def add_train_parser(sub) -> None:
         p.add_argument("--masked-loss", action="store_true",
                        help="learn only the subject, not the photos' background: the loss counts the pixels of a mask "
                             "per photo (SUBJECT/masks/NAME.png, white on the subject; else the photo's alpha)")
-        p.add_argument("--background-augment", type=int, default=0, metavar="N",
-                       help="also train on the subject cut out by its masks (as --masked-loss finds them) and pasted "
-                            "on N random backgrounds per photo, so the photos' backdrop is not learned (default 0)")
         p.add_argument("--rank", type=int, default=4, help="LoRA rank")
         p.add_argument("--lora-alpha", type=float, help="LoRA alpha (default: the rank)")
         p.add_argument("--train-text-encoder", action="store_true", help="also train the text encoder (LoRA/full)")
@@ -166,9 +163,6 @@ def add_bench_parser(sub) -> None:
     p.add_argument("--train-steps", type=int, help="training steps (default: each method's)")
     p.add_argument("--masked-loss", action="store_true", help="train every method with a masked loss, from each "
                    "subject's masks/ folder (EmojiBench ships them)")
-    p.add_argument("--background-augment", type=int, default=0, metavar="N",
-                   help="train every method with the subject also pasted on N random backgrounds per photo, by each "
-                        "subject's masks/ folder (as train --background-augment)")
     p.add_argument("--sample-steps", type=int, help="sampler steps (default: 25 below 256 px, else 50)")
     p.add_argument("--subject-start", type=float, default=0.0, metavar="FRACTION",
                    help="sample this fraction of the steps without the subject, as generate --subject-start "
@@ -202,8 +196,6 @@ def run_train(args) -> None:
 
     options = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__ and v is not None}
     options["subject_dir"] = args.subject
-    if args.background_augment < 0:
-        raise UserError("--background-augment must be 0 (off) or more backgrounds per photo")
     cfg = TrainConfig(**options)
     result = train(cfg, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
     if result.manifest:
@@ -315,12 +307,9 @@ def bench_config(args):
     from .sampling import check_subject_start
 
     check_subject_start(args.subject_start)
-    if args.background_augment < 0:
-        raise UserError("--background-augment must be 0 (off) or more backgrounds per photo")
     return BenchConfig(bench=args.bench, out=args.out, methods=[m for m in args.methods.split(",") if m],
                        model=args.model, **chosen, seed=args.seed, sample_steps=args.sample_steps,
                        guidance=args.guidance, train_steps=args.train_steps, masked_loss=args.masked_loss,
-                       background_augment=args.background_augment,
                        subject_start=args.subject_start, dino=args.dino, clip=args.clip,
                        runs_from=args.runs_from)
 

@@ -28,7 +28,6 @@ class TrainConfig:
     num_class_images: int | None = None
     snr_gamma: float | None = None
     masked_loss: bool = False           # learn only the subject's pixels (masks/ beside the photos, or alpha)
-    background_augment: int = 0         # also train on the subject (by its masks) pasted on N random backgrounds per photo
     rank: int = 4
     lora_alpha: float | None = None     # defaults to rank (scale 1)
     train_text_encoder: bool = False

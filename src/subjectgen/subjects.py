@@ -53,40 +53,6 @@ def load_subject(folder: Path, class_noun: str, resolution: int, masks: bool = F
     return SubjectSet(images=images, paths=paths, class_noun=class_noun.strip(), masks=subject_masks)
 
 
-def augment_backgrounds(subject: SubjectSet, per_photo: int, seed: int) -> SubjectSet:
-    """The photos, then the subject cut out by each photo's mask and pasted on `per_photo` random backgrounds
-    (plain colours, gradients, smooth colour fields). Across the set the subject stays and its surroundings
-    change, so an adapter learns the subject rather than the photos' backdrop."""
-    if subject.masks is None:
-        raise ValueError("background augmentation needs the subject's masks (load_subject(..., masks=True))")
-    rng = np.random.default_rng(seed)
-    images, masks, paths = list(subject.images), list(subject.masks), list(subject.paths)
-    for image, mask, path in zip(subject.images, subject.masks, subject.paths):
-        alpha = np.asarray(mask, dtype=np.float32)[..., None] / 255.0
-        for _ in range(per_photo):
-            background = random_background(image.size, rng)
-            mixed = alpha * np.asarray(image, dtype=np.float32) + (1 - alpha) * background
-            images.append(Image.fromarray(mixed.round().astype(np.uint8)))
-            masks.append(mask)
-            paths.append(path)
-    return SubjectSet(images=images, paths=paths, class_noun=subject.class_noun, masks=masks)
-
-
-def random_background(size: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
-    """An (H, W, 3) float array in [0, 255]: a plain colour, a two-colour gradient or a smooth colour field."""
-    width, height = size
-    kind = rng.integers(3)
-    if kind == 0:
-        return np.broadcast_to(rng.uniform(0, 255, 3), (height, width, 3)).copy()
-    if kind == 1:
-        top, bottom = rng.uniform(0, 255, (2, 3))
-        ramp = np.linspace(0, 1, height if rng.integers(2) else width)
-        ramp = ramp[:, None, None] if len(ramp) == height else ramp[None, :, None]
-        return np.broadcast_to(top + (bottom - top) * ramp, (height, width, 3)).copy()
-    field = Image.fromarray(rng.uniform(0, 255, (4, 4, 3)).astype(np.uint8))
-    return np.asarray(field.resize((width, height), Image.Resampling.BICUBIC), dtype=np.float32)
-
-
 def photo_paths(folder: Path) -> list[Path]:
     """The subject's photos in a folder, sorted: image files only, not hidden ones, not masks/."""
     return sorted(p for p in Path(folder).iterdir()
@@ -104,9 +70,8 @@ def open_mask(photo: Path, photo_size: tuple[int, int]) -> Image.Image:
     elif "A" in image.getbands() or "transparency" in image.info:
         mask = image.convert("RGBA").getchannel("A")
     else:
-        raise UserError(f"{photo} has no subject mask (--masked-loss, --background-augment need one); add "
-                        f"{photo.parent / MASK_FOLDER / photo.stem}.png (white on the subject) or give the photo a "
-                        "transparent background")
+        raise UserError(f"{photo} has no mask for --masked-loss; add {photo.parent / MASK_FOLDER / photo.stem}.png "
+                        "(white on the subject) or give the photo a transparent background")
     if mask.size != photo_size:
         raise UserError(f"mask {source} is {mask.width}x{mask.height} but its photo is {photo_size[0]}x{photo_size[1]}; "
                         "make them the same size")

@@ -27,7 +27,7 @@ from .models import load_model
 from .outdir import check_out_dir, record_run
 from .safeio import atomic_save_image, atomic_write_json
 from .sampling import encode_prompts, generate, make_grid
-from .subjects import augment_backgrounds, expand_subject, load_subject
+from .subjects import expand_subject, load_subject
 
 DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -73,9 +73,7 @@ class Trainer:
         self.components = load_model(cfg.model, cfg.allow_pickle)
         self.cfg = resolve_defaults(cfg, self.components.resolution)
         self.subject = load_subject(Path(cfg.subject_dir), cfg.class_noun, self.components.resolution,
-                                    masks=cfg.masked_loss or cfg.background_augment > 0)
-        if cfg.background_augment:
-            self.subject = augment_backgrounds(self.subject, cfg.background_augment, cfg.seed)
+                                    masks=cfg.masked_loss)
         if self.accelerator.is_main_process:  # only now, with every input valid, does the run folder appear
             record_run(self.out, cfg, resume, overwrite)
         self.accelerator.wait_for_everyone()
@@ -84,8 +82,7 @@ class Trainer:
         self.noise_scheduler = DDPMScheduler.from_config(self.components.scheduler.config)
         self.components.vae.to(self.accelerator.device)
         self.components.text_encoder.to(self.accelerator.device)
-        masks = self.subject.mask_tensor() if cfg.masked_loss else None
-        self.instance_latents = LatentCache(self.components, self.subject.images, masks)
+        self.instance_latents = LatentCache(self.components, self.subject.images, self.subject.mask_tensor())
         self.class_latents = self.make_class_latents()
         self.method = make_method(self.cfg, self.components, self.subject)
         self.place_modules()

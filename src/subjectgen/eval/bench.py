@@ -40,7 +40,6 @@ class BenchConfig:
     guidance: float = 7.5
     train_steps: int | None = None  # default: each method's own
     masked_loss: bool = False       # train on the subject's masks only (SUBJECT/masks/, as EmojiBench ships)
-    background_augment: int = 0     # train also on the subject pasted on N random backgrounds per photo (masks/)
     subject_start: float = 0.0      # sample this fraction of the steps without the subject (generate --subject-start)
     dino: str | None = None         # default: built-in for EmojiBench, the real ones otherwise
     clip: str | None = None
@@ -87,15 +86,15 @@ def resolve_config(cfg: BenchConfig, bench: Benchmark) -> BenchConfig:
     for name in cfg.subjects or bench.classes:
         if not (bench.root / name).is_dir():
             raise UserError(f"{bench.root} lists subject '{name}' but has no folder {bench.root / name}")
-        if cfg.masked_loss or cfg.background_augment:  # a missing mask must stop the bench now, not hours later
+        if cfg.masked_loss:  # a missing mask must stop the bench now, not after hours of other pairs
             load_subject(bench.root / name, bench.classes[name], resolution=8, masks=True)
     return cfg
 
 
 # The protocol keys that decide a trained run, and those that change only a method's images: another folder's
 # runs are reusable when the first match, its baseline images when all but the second match.
-TRAINING_KEYS = ("bench", "model", "model_hash", "seed", "train_steps", "masked_loss", "background_augment")
-METHOD_ONLY_KEYS = ("train_steps", "masked_loss", "background_augment", "subject_start")
+TRAINING_KEYS = ("bench", "model", "model_hash", "seed", "train_steps", "masked_loss")
+METHOD_ONLY_KEYS = ("train_steps", "masked_loss", "subject_start")
 
 
 def reusable(folder: Path, protocol: dict) -> set[str]:
@@ -269,8 +268,7 @@ def prepare_run(ctx: Context, method: str, subject: str, pair: Path):
     if not (run_dir / MANIFEST).is_file():  # never trained, or killed while training: train afresh
         cfg = TrainConfig(method=method, model=ctx.cfg.model, subject_dir=str(ctx.bench.root / subject),
                           class_noun=ctx.bench.classes[subject], out=str(run_dir), steps=ctx.cfg.train_steps,
-                          seed=ctx.cfg.seed, masked_loss=ctx.cfg.masked_loss,
-                          background_augment=ctx.cfg.background_augment)
+                          seed=ctx.cfg.seed, masked_loss=ctx.cfg.masked_loss)
         started = time.perf_counter()
         train(cfg, overwrite=True, progress=False, distributed=False)
         # the user's wait: loading, class images and caching count, not only the loop
