@@ -172,8 +172,9 @@ def add_bench_parser(sub) -> None:
     p.add_argument("--dino", help="DINO ViT folder or hub id (default: built-in for emoji, facebook/dino-vits16)")
     p.add_argument("--clip", help="CLIP folder or hub id (default: built-in for emoji, openai/clip-vit-base-patch32)")
     p.add_argument("--runs-from", metavar="DIR",
-                   help="reuse the trained runs of an earlier bench folder with the same model, subjects and "
-                        "training settings (to sweep sampling settings without retraining)")
+                   help="copy from an earlier bench folder what it made the same way: its trained runs (same model, "
+                        "subjects, seed and training settings) and its baseline (same settings but the methods' "
+                        "own), to sweep a setting without retraining")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     r = sub.add_parser("report", help="rebuild results.json, table.md, plots and report.html of a bench folder")
     r.add_argument("out", help="a folder written by 'subjectgen bench'")

@@ -107,6 +107,6 @@ def prompts_file(subjects: dict) -> str:
     text = PROMPTS_FILE.read_text()
     if subjects is SUBJECTS:
         return text
-    head, rest = text.split("\nPrompts\n", 1)
+    _, rest = text.split("\nPrompts\n", 1)
     rows = "".join(f"{name},{noun}\n" for name, (noun, _) in subjects.items())
     return f"Classes\n\nsubject_name,class\n{rows}\nPrompts\n{rest}"
