@@ -63,7 +63,7 @@ def main() -> None:
     order = list(TRAINING)
     choice = max(allowed, key=lambda r: (r["wins"], -order.index(r["training"]), -r["subject_start"]), default=None)
     base = results["summary"]["baseline"]
-    print(f"`python benchmarks/validation.py`: LoRA on the {rows[0]['subjects']} validation subjects, 25 prompts x "
+    print(f"LoRA on the {rows[0]['subjects']} validation subjects, 25 prompts x "
           f"{args.images_per_prompt} image(s), for each training length and `--subject-start`. "
           f"Baseline: DINO {base['dino']:.3f}, CLIP-I {base['clip_i']:.3f}, CLIP-T {base['clip_t']:.3f}.\n")
     print("| training | `--subject-start` | DINO | CLIP-I | CLIP-T | CLIP-T vs baseline | "
