@@ -77,25 +77,32 @@ def print_perfect_method(results: dict) -> None:
           "near relatives of emoji the base model was trained on (dog3 is a training dog in another hue).")
 
 
+def chosen_row(choice_file: Path, out: str) -> tuple[str, str | None, list[str] | None]:
+    """LoRA's extra row from validation.py's choice: its options, its --out and its bench arguments (None, None
+    when no setting met the rule)."""
+    if not choice_file.is_file():
+        sys.exit(f"{choice_file} is missing; run python benchmarks/validation.py first")
+    chosen = json.loads(choice_file.read_text())["chosen"]
+    if not chosen:
+        return "", None, None
+    label = " ".join([*chosen["train_args"], "--subject-start", str(chosen["subject_start"])])
+    late_out = f"{out}-{label.replace('--', '').replace(' ', '-')}"
+    return label, late_out, ["--bench", "emoji", "--out", late_out, "--methods", "lora", *label.split(),
+                             "--runs-from", out]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", default="benchmarks/out/emojibench")
     parser.add_argument("--methods", default="lora,dreambooth,textual-inversion")
     parser.add_argument("--validation", default="benchmarks/out/validation/choice.json",
-                        help="benchmarks/validation.py's choice of --subject-start for LoRA's extra row")
+                        help="benchmarks/validation.py's choice of settings for LoRA's extra row")
     parser.add_argument("--report-only", action="store_true",
                         help="do not run the full benchmark: report the pairs finished in --out so far")
     args = parser.parse_args()
-    if not Path(args.validation).is_file():
-        sys.exit(f"{args.validation} is missing; run python benchmarks/validation.py first")
-    chosen = json.loads(Path(args.validation).read_text())["chosen"]  # None: no setting met the rule
+    label, late_out, late_args = chosen_row(Path(args.validation), args.out)
     with tempfile.TemporaryDirectory() as tmp:
         quick = bench(["--quick", "--out", str(Path(tmp) / "quick"), "--methods", args.methods])
-    late_args, late_out, label = None, None, ""
-    if chosen:
-        label = " ".join([*chosen["train_args"], "--subject-start", str(chosen["subject_start"])])
-        late_out = f"{args.out}-{label.replace('--', '').replace(' ', '-')}"
-        late_args = ["--bench", "emoji", "--out", late_out, "--methods", "lora", *label.split(), "--runs-from", args.out]
     if args.report_only:
         from subjectgen.eval.report import write_outputs
 

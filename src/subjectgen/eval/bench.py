@@ -91,6 +91,13 @@ def resolve_config(cfg: BenchConfig, bench: Benchmark) -> BenchConfig:
     return cfg
 
 
+def differing_settings(spec: Path, protocol: dict) -> list[str]:
+    """The protocol keys on which a bench folder's bench.json differs from `protocol` (older folders lack
+    newer keys: those count as the defaults)."""
+    saved = {**BenchConfig("", "").protocol(), **json.loads(spec.read_text())}
+    return [k for k in protocol if saved.get(k) != protocol[k]]
+
+
 # The protocol keys that decide a trained run, and those that change only a method's images: another folder's
 # runs are reusable when the first match, its baseline images when all but the second match.
 TRAINING_KEYS = ("bench", "model", "model_hash", "seed", "train_steps", "masked_loss")
@@ -102,8 +109,7 @@ def reusable(folder: Path, protocol: dict) -> set[str]:
     spec = folder / "bench.json"
     if not spec.is_file():
         raise UserError(f"--runs-from {folder} is not a bench folder (no bench.json); give an earlier --out")
-    saved = {**BenchConfig("", "").protocol(), **json.loads(spec.read_text())}
-    differ = [k for k in protocol if saved.get(k) != protocol[k]]
+    differ = differing_settings(spec, protocol)
     found = set() if set(differ) & set(TRAINING_KEYS) else {"runs"}
     if not set(differ) - set(METHOD_ONLY_KEYS):
         found.add("baseline")
@@ -117,8 +123,7 @@ def check_out(out: Path, protocol: dict) -> None:
     """A bench folder is resumable only under the protocol it was started with."""
     spec = out / "bench.json"
     if spec.is_file():
-        saved = {**BenchConfig("", "").protocol(), **json.loads(spec.read_text())}  # older folders: defaults
-        differ = [k for k in protocol if saved.get(k) != protocol[k]]
+        differ = differing_settings(spec, protocol)
         if differ:
             raise UserError(f"--out {out} holds a benchmark with other settings ({', '.join(differ)}); rerun its "
                             "command with the same model and evaluators, or choose another --out")
