@@ -3,11 +3,11 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-$(BIN)/subjectgen: pyproject.toml
+# Installs resolve to the tested set in constraints.txt, so an upstream release cannot break a fresh clone.
+$(BIN)/subjectgen: pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e ".[test]"
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[test]"
 	touch $@
 
 setup: $(BIN)/subjectgen
@@ -26,4 +26,9 @@ world-sources:
 bench: setup
 	$(BIN)/python benchmarks/run_all.py
 
-.PHONY: setup demo test bench world-sources
+# After a deliberate upgrade of the venv (and a green make test): write its versions as the tested set.
+lock:
+	{ sed -n '/^#/p' constraints.txt; $(BIN)/python -m pip freeze --exclude-editable | grep -v '^subjectgen' | sed 's/+cpu$$//'; } > constraints.txt.tmp
+	mv constraints.txt.tmp constraints.txt
+
+.PHONY: setup demo test bench world-sources lock

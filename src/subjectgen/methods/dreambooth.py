@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from diffusers import StableDiffusionPipeline
 from diffusers.utils import convert_state_dict_to_diffusers
-from peft import LoraConfig, get_peft_model_state_dict
+from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model
 
 from ..adapters import export_kohya_lora
 from ..subjects import rare_token
@@ -51,7 +51,9 @@ class DreamBoothLoRA(DreamBooth):
     def setup(self) -> None:
         self.components.unet.add_adapter(self.lora_config(UNET_LORA_TARGETS))
         if self.cfg.train_text_encoder:
-            self.components.text_encoder.add_adapter(self.lora_config(TEXT_LORA_TARGETS))
+            # peft directly, not transformers' add_adapter: that one refuses peft releases older than the
+            # transformers release expects (transformers 5.24 wants peft 0.22, which was not published yet)
+            inject_adapter_in_model(self.lora_config(TEXT_LORA_TARGETS), self.components.text_encoder)
         for module in self.trainable_modules().values():
             module.train()
             for p in module.parameters():  # LoRA weights train in fp32 even when the base runs in fp16
