@@ -146,7 +146,7 @@ def test_score_names_a_missing_folder(capsys, subject_dir, tmp_path):
 
 def test_world_train_refuses_bad_steps_before_rendering(capsys, tmp_path):
     out = tmp_path / "world"
-    assert "--unet-steps must be at least 1" in error_of(capsys, ["world", "train", "--out", str(out),
+    assert "--unet-steps: must be an integer >= 1" in error_of(capsys, ["world", "train", "--out", str(out),
                                                                   "--unet-steps", "0"])
     assert "past --unet-steps" in error_of(capsys, ["world", "train", "--out", str(out), "--unet-steps", "10",
                                                     "--stop-step", "11"])
@@ -157,6 +157,6 @@ def test_subject_start_errors(capsys, tiny_model, tmp_path):
     out = tmp_path / "images"
     assert "applies to run folders" in error_of(capsys, ["generate", tiny_model, "a dog", "--subject-start", "0.2",
                                                          "--out", str(out)])
-    assert "below 1" in error_of(capsys, ["generate", tiny_model, "a dog", "--subject-start", "1", "--out", str(out)])
-    assert "below 1" in error_of(capsys, ["bench", "--out", str(tmp_path / "b"), "--subject-start", "-0.1"])
+    assert "--subject-start: must be a finite number in [0, 1)" in error_of(capsys, ["generate", tiny_model, "a dog", "--subject-start", "1", "--out", str(out)])
+    assert "in [0, 1)" in error_of(capsys, ["bench", "--out", str(tmp_path / "b"), "--subject-start", "-0.1"])
     assert not out.exists() and not (tmp_path / "b").exists()

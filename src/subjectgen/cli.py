@@ -12,8 +12,26 @@ from pathlib import Path
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 
-from .config import TrainConfig  # noqa: E402
+from .config import BenchConfig, SampleSettings, TrainConfig  # noqa: E402
 from .errors import UserError  # noqa: E402
+from .settings import AT_LEAST_1, arg_type, number_type  # noqa: E402
+from .world.config import EvaluatorTrainConfig, WorldTrainConfig  # noqa: E402
+
+
+def train_type(name: str):
+    return arg_type(TrainConfig, name)
+
+
+def sample_type(name: str):
+    return arg_type(SampleSettings, name)
+
+
+def bench_type(name: str):
+    return arg_type(BenchConfig, name)
+
+
+def world_type(name: str):
+    return arg_type(WorldTrainConfig, name)
 
 TRAIN_HELP = {
     "lora": "DreamBooth with LoRA adapters on the UNet attention (small files, fast)",
@@ -42,31 +60,31 @@ def add_train_parser(sub) -> None:
         p.add_argument("--token", help="identifier (DreamBooth; default: a rare token) or placeholder (TI; <s*>)")
         p.add_argument("--instance-prompt", default="a {token} {class}", help="training prompt (DreamBooth)")
         p.add_argument("--class-prompt", default="a {class}", help="prompt for class images")
-        p.add_argument("--steps", type=int, help="training steps (default: the method's, by model size)")
-        p.add_argument("--lr", type=float, help="learning rate (default: the method's, by model size)")
-        p.add_argument("--batch-size", type=int, default=1)
-        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--steps", type=train_type("steps"), help="training steps (default: the method's, by model size)")
+        p.add_argument("--lr", type=train_type("lr"), help="learning rate (default: the method's, by model size)")
+        p.add_argument("--batch-size", type=train_type("batch_size"), default=1)
+        p.add_argument("--seed", type=train_type("seed"), default=0)
         prior = p.add_mutually_exclusive_group()
         prior.add_argument("--prior-preservation", dest="prior_preservation", action="store_true", default=None,
                            help="class-specific prior preservation (default: on for dreambooth, off otherwise)")
         prior.add_argument("--no-prior-preservation", dest="prior_preservation", action="store_false")
-        p.add_argument("--prior-weight", type=float, default=1.0, help="λ, the weight of the prior loss")
-        p.add_argument("--num-class-images", type=int, help="class images to generate and cache")
-        p.add_argument("--snr-gamma", type=float, help="min-SNR loss weighting γ (e.g. 5.0); off by default")
+        p.add_argument("--prior-weight", type=train_type("prior_weight"), default=1.0, help="λ, the weight of the prior loss")
+        p.add_argument("--num-class-images", type=train_type("num_class_images"), help="class images to generate and cache")
+        p.add_argument("--snr-gamma", type=train_type("snr_gamma"), help="min-SNR loss weighting γ (e.g. 5.0); off by default")
         p.add_argument("--masked-loss", action="store_true",
                        help="learn only the subject, not the photos' background: the loss counts the pixels of a mask "
                             "per photo (SUBJECT/masks/NAME.png, white on the subject; else the photo's alpha)")
-        p.add_argument("--rank", type=int, default=4, help="LoRA rank")
-        p.add_argument("--lora-alpha", type=float, help="LoRA alpha (default: the rank)")
+        p.add_argument("--rank", type=train_type("rank"), default=4, help="LoRA rank")
+        p.add_argument("--lora-alpha", type=train_type("lora_alpha"), help="LoRA alpha (default: the rank)")
         p.add_argument("--train-text-encoder", action="store_true", help="also train the text encoder (LoRA/full)")
-        p.add_argument("--num-vectors", type=int, default=1, help="TI: vectors in the learned embedding")
+        p.add_argument("--num-vectors", type=train_type("num_vectors"), default=1, help="TI: vectors in the learned embedding")
         p.add_argument("--init-word", help="TI: word the embedding starts from (default: the class)")
-        p.add_argument("--lr-warmup-steps", type=int, default=0)
-        p.add_argument("--max-grad-norm", type=float, default=1.0)
+        p.add_argument("--lr-warmup-steps", type=train_type("lr_warmup_steps"), default=0)
+        p.add_argument("--max-grad-norm", type=train_type("max_grad_norm"), default=1.0)
         p.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default="no")
         p.add_argument("--gradient-checkpointing", action="store_true")
-        p.add_argument("--checkpoint-every", type=int, default=0, help="save a resumable checkpoint every N steps")
-        p.add_argument("--validate-every", type=int, default=0, help="write a validation grid every N steps")
+        p.add_argument("--checkpoint-every", type=train_type("checkpoint_every"), default=0, help="save a resumable checkpoint every N steps")
+        p.add_argument("--validate-every", type=train_type("validate_every"), default=0, help="write a validation grid every N steps")
         p.add_argument("--validation-prompt", action="append", dest="validation_prompts",
                        help="prompt with {subject} for validation grids (repeatable)")
         p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
@@ -79,15 +97,15 @@ def add_generate_parser(sub) -> None:
     p = sub.add_parser("generate", help="generate images from a trained run (or a plain model)")
     p.add_argument("run", help="run folder from 'subjectgen train' (or a model reference for baselines)")
     p.add_argument("prompts", nargs="+", metavar="PROMPT", help="prompts; {subject} becomes the learned subject")
-    p.add_argument("-n", type=int, default=4, help="images per prompt")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=int, help="sampler steps (default 50 for SD, 25 for small models)")
-    p.add_argument("--guidance", type=float, default=7.5)
+    p.add_argument("-n", type=sample_type("n"), default=4, help="images per prompt")
+    p.add_argument("--seed", type=sample_type("seed"), default=0)
+    p.add_argument("--steps", type=sample_type("steps"), help="sampler steps (default 50 for SD, 25 for small models)")
+    p.add_argument("--guidance", type=sample_type("guidance"), default=7.5)
     p.add_argument("--negative-prompt", default="")
-    p.add_argument("--lora-scale", type=float, default=1.0,
+    p.add_argument("--lora-scale", type=sample_type("lora_scale"), default=1.0,
                    help="weight of a LoRA run's update (kohya's network multiplier): below 1 follows the prompt "
                         "more and the subject less; 0 is the base model")
-    p.add_argument("--subject-start", type=float, default=0.0, metavar="FRACTION",
+    p.add_argument("--subject-start", type=sample_type("subject_start"), default=0.0, metavar="FRACTION",
                    help="sample this fraction of the steps without the subject (the class noun on the base "
                         "weights) before it comes in, so the scene follows the prompt; like A1111's "
                         "[a dog:a sks dog:0.2] with the LoRA switched on at the same step. Default 0")
@@ -100,7 +118,7 @@ def add_demo_parser(sub) -> None:
     p.add_argument("--out", default="demo", help="folder for the report (replaced if it exists)")
     p.add_argument("--subject", default="dog", help="EmojiBench subject to personalize on (default: dog)")
     p.add_argument("--model", default="builtin")
-    p.add_argument("--steps", type=int, help="LoRA training steps (default: the method's)")
+    p.add_argument("--steps", type=train_type("steps"), help="LoRA training steps (default: the method's)")
 
 
 def add_world_parser(sub) -> None:
@@ -112,26 +130,26 @@ def add_world_parser(sub) -> None:
     b.add_argument("--set", choices=("emojibench", "validation"), default="emojibench",
                    help="which subjects to render: EmojiBench (the test set) or the validation subjects, which are "
                         "neither in training nor in EmojiBench and are where settings get chosen (needs --out)")
-    b.add_argument("--seeds", type=int, default=6, help="renders per (instance, context) for plain captions")
+    b.add_argument("--seeds", type=arg_type(WorldTrainConfig, "render_seeds"), default=6, help="renders per (instance, context) for plain captions")
     t = world.add_parser("train", help="train the built-in model from a seed; writes a diffusers folder")
     t.add_argument("--out", required=True, help="folder for the pipeline (copy it to assets/builtin to ship it)")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--vae-steps", type=int, default=3000)
-    t.add_argument("--unet-steps", type=int, default=12000)
-    t.add_argument("--vae-batch", type=int, default=128)
-    t.add_argument("--unet-batch", type=int, default=256)
-    t.add_argument("--stop-step", type=int, help="stop UNet training after this step; the learning-rate schedule "
+    t.add_argument("--seed", type=world_type("seed"), default=0)
+    t.add_argument("--vae-steps", type=world_type("vae_steps"), default=3000)
+    t.add_argument("--unet-steps", type=world_type("unet_steps"), default=12000)
+    t.add_argument("--vae-batch", type=world_type("vae_batch"), default=128)
+    t.add_argument("--unet-batch", type=world_type("unet_batch"), default=256)
+    t.add_argument("--stop-step", type=world_type("unet_stop_step"), help="stop UNet training after this step; the learning-rate schedule "
                    "still spans --unet-steps (how a run cut by --max-seconds is reproduced)")
-    t.add_argument("--max-seconds", type=float, help="stop UNet training after this long; the record's "
+    t.add_argument("--max-seconds", type=world_type("unet_max_seconds"), help="stop UNet training after this long; the record's "
                    "unet_stop_step says where, so the run can be reproduced with --stop-step")
-    t.add_argument("--workers", type=int, default=2, help="processes rendering the world")
+    t.add_argument("--workers", type=number_type(AT_LEAST_1), default=2, help="processes rendering the world")
     t.add_argument("--device", help="cuda or cpu (default: cuda if available)")
     e = world.add_parser("train-evaluators", help="train the built-in CLIP and DINO evaluators (CPU)")
     e.add_argument("--out", required=True, help="folder for clip/ and dino/ (copy it to assets/evaluators to ship it)")
-    e.add_argument("--seed", type=int, default=7)
-    e.add_argument("--clip-steps", type=int, default=1500)
-    e.add_argument("--dino-steps", type=int, default=2000)
-    e.add_argument("--workers", type=int, default=2, help="processes rendering the world")
+    e.add_argument("--seed", type=arg_type(EvaluatorTrainConfig, "seed"), default=7)
+    e.add_argument("--clip-steps", type=arg_type(EvaluatorTrainConfig, "clip_steps"), default=1500)
+    e.add_argument("--dino-steps", type=arg_type(EvaluatorTrainConfig, "dino_steps"), default=2000)
+    e.add_argument("--workers", type=number_type(AT_LEAST_1), default=2, help="processes rendering the world")
 
 
 def add_score_parser(sub) -> None:
@@ -158,17 +176,17 @@ def add_bench_parser(sub) -> None:
     p.add_argument("--model", default="builtin", help="base model (default: builtin)")
     p.add_argument("--quick", action="store_true", help="subjects dog,backpack, 4 prompts, 2 images per prompt")
     p.add_argument("--subjects", help="comma-separated subject names (default: all)")
-    p.add_argument("--prompts", type=int, help="use the first N prompts of each list (default: all 25)")
-    p.add_argument("--images-per-prompt", type=int, help="images per prompt (default: 4)")
-    p.add_argument("--train-steps", type=int, help="training steps (default: each method's)")
+    p.add_argument("--prompts", type=bench_type("prompts"), help="use the first N prompts of each list (default: all 25)")
+    p.add_argument("--images-per-prompt", type=bench_type("images_per_prompt"), help="images per prompt (default: 4)")
+    p.add_argument("--train-steps", type=bench_type("train_steps"), help="training steps (default: each method's)")
     p.add_argument("--masked-loss", action="store_true", help="train every method with a masked loss, from each "
                    "subject's masks/ folder (EmojiBench ships them)")
-    p.add_argument("--sample-steps", type=int, help="sampler steps (default: 25 below 256 px, else 50)")
-    p.add_argument("--subject-start", type=float, default=0.0, metavar="FRACTION",
+    p.add_argument("--sample-steps", type=bench_type("sample_steps"), help="sampler steps (default: 25 below 256 px, else 50)")
+    p.add_argument("--subject-start", type=bench_type("subject_start"), default=0.0, metavar="FRACTION",
                    help="sample this fraction of the steps without the subject, as generate --subject-start "
                         "(default 0)")
-    p.add_argument("--guidance", type=float, default=7.5)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--guidance", type=bench_type("guidance"), default=7.5)
+    p.add_argument("--seed", type=bench_type("seed"), default=0)
     p.add_argument("--dino", help="DINO ViT folder or hub id (default: built-in for emoji, facebook/dino-vits16)")
     p.add_argument("--clip", help="CLIP folder or hub id (default: built-in for emoji, openai/clip-vit-base-patch32)")
     p.add_argument("--runs-from", metavar="DIR",
@@ -232,13 +250,6 @@ def run_demo(args) -> None:
     print(f"report: {out / 'report.html'}\ngrid:   {out / 'grid.png'}")
 
 
-def at_least_one(values: dict) -> None:
-    """A one-line error naming the first option (by its dest name) set below 1; None means not given."""
-    for name, value in values.items():
-        if value is not None and value < 1:
-            raise UserError(f"--{name.replace('_', '-')} must be at least 1")
-
-
 def run_world(args) -> None:
     if args.world_command == "build":
         from .world.build import EMOJIBENCH, write_emojibench, write_training_set
@@ -256,16 +267,14 @@ def run_world(args) -> None:
             print(f"training set: {args.training_set} ({info['count']} images, hash {info['hash']})")
         return
     if args.world_command == "train-evaluators":
-        from .world.evaluators import EvaluatorTrainConfig, train_evaluators
+        from .world.evaluators import train_evaluators
 
         cfg = EvaluatorTrainConfig(seed=args.seed, clip_steps=args.clip_steps, dino_steps=args.dino_steps)
         record = train_evaluators(Path(args.out), cfg, args.workers)
         print(f"trained in {record['seconds']:.0f}s; evaluators: {args.out}/clip, {args.out}/dino")
         return
-    from .world.pretrain import WorldTrainConfig, train_world
+    from .world.pretrain import train_world
 
-    at_least_one({name: getattr(args, name) for name in ("vae_steps", "unet_steps", "vae_batch", "unet_batch",
-                                                         "stop_step")})
     if args.stop_step is not None and args.stop_step > args.unet_steps:
         raise UserError(f"--stop-step {args.stop_step} is past --unet-steps {args.unet_steps}; "
                         "give a step inside the schedule")
@@ -296,18 +305,13 @@ def run_score(args) -> None:
 
 
 def bench_config(args):
-    from .eval.bench import QUICK, BenchConfig
+    from .eval.bench import QUICK
 
     chosen = {"subjects": args.subjects.split(",") if args.subjects else None, "prompts": args.prompts,
               "images_per_prompt": args.images_per_prompt}
     if args.quick:  # the quick subset, where a flag does not say otherwise
         chosen = {k: v if v is not None else QUICK[k] for k, v in chosen.items()}
     chosen["images_per_prompt"] = chosen["images_per_prompt"] or 4
-    at_least_one({name: chosen.get(name, getattr(args, name))
-                  for name in ("prompts", "images_per_prompt", "train_steps", "sample_steps")})
-    from .sampling import check_subject_start
-
-    check_subject_start(args.subject_start)
     return BenchConfig(bench=args.bench, out=args.out, methods=[m for m in args.methods.split(",") if m],
                        model=args.model, **chosen, seed=args.seed, sample_steps=args.sample_steps,
                        guidance=args.guidance, train_steps=args.train_steps, masked_loss=args.masked_loss,

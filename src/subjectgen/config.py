@@ -1,10 +1,16 @@
-"""Training settings: one dataclass, serialisable to the run's manifest."""
+"""Settings of training, sampling and the benchmark: dataclasses serialisable to the manifests, with the allowed
+range beside each number (settings.py), so the CLI and the Python API check them the same way."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 
+from .errors import UserError
+from .settings import (ANY_FINITE, AT_LEAST_1, FRACTION_BELOW_1, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE,
+                       SAMPLER_STEPS, SEED, Bound, check_settings, ranged)
+
 METHODS = ("lora", "dreambooth", "textual-inversion")
+MIXED_PRECISION = ("no", "fp16", "bf16")
 
 
 @dataclass
@@ -19,30 +25,36 @@ class TrainConfig:
     token: str | None = None            # DreamBooth identifier ('sks'-like) or TI placeholder ('<s*>')
     instance_prompt: str = "a {token} {class}"
     class_prompt: str = "a {class}"
-    steps: int | None = None
-    lr: float | None = None
-    batch_size: int = 1
-    seed: int = 0
+    steps: int | None = ranged(None, AT_LEAST_1)
+    lr: float | None = ranged(None, POSITIVE)
+    batch_size: int = ranged(1, AT_LEAST_1)
+    seed: int = ranged(0, SEED)
     prior_preservation: bool | None = None
-    prior_weight: float = 1.0
-    num_class_images: int | None = None
-    snr_gamma: float | None = None
+    prior_weight: float = ranged(1.0, NON_NEGATIVE)
+    num_class_images: int | None = ranged(None, NON_NEGATIVE_INT)
+    snr_gamma: float | None = ranged(None, POSITIVE)
     masked_loss: bool = False           # learn only the subject's pixels (masks/ beside the photos, or alpha)
-    rank: int = 4
-    lora_alpha: float | None = None     # defaults to rank (scale 1)
+    rank: int = ranged(4, AT_LEAST_1)
+    lora_alpha: float | None = ranged(None, POSITIVE)  # defaults to rank (scale 1)
     train_text_encoder: bool = False
-    num_vectors: int = 1
+    num_vectors: int = ranged(1, Bound(low=1, high=64, integer=True))  # a prompt holds 77 tokens in all
     init_word: str | None = None        # TI: defaults to the class noun
-    lr_warmup_steps: int = 0
-    max_grad_norm: float = 1.0
+    lr_warmup_steps: int = ranged(0, NON_NEGATIVE_INT)
+    max_grad_norm: float = ranged(1.0, NON_NEGATIVE)  # 0: no clipping
     mixed_precision: str = "no"         # "no", "fp16", "bf16" (GPU)
     gradient_checkpointing: bool = False
-    checkpoint_every: int = 0
-    validate_every: int = 0
+    checkpoint_every: int = ranged(0, NON_NEGATIVE_INT)
+    validate_every: int = ranged(0, NON_NEGATIVE_INT)
     validation_prompts: list[str] = field(default_factory=lambda: ["a {subject}", "a {subject} on the beach"])
-    sample_steps: int | None = None     # sampler steps for class images and validation
-    guidance: float = 7.5
+    sample_steps: int | None = ranged(None, SAMPLER_STEPS)  # sampler steps for class images and validation
+    guidance: float = ranged(7.5, NON_NEGATIVE)
     allow_pickle: bool = False
+
+    def __post_init__(self) -> None:
+        check_settings(self)
+        if self.mixed_precision not in MIXED_PRECISION:
+            raise UserError(f"--mixed-precision must be one of {', '.join(MIXED_PRECISION)}, "
+                            f"got {self.mixed_precision!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -77,4 +89,54 @@ def resolve_defaults(cfg: TrainConfig, resolution: int) -> TrainConfig:
     for name, value in values.items():
         if data[name] is None:
             data[name] = value
+    if data["prior_preservation"] and data["num_class_images"] < 1:
+        raise UserError("--num-class-images must be at least 1 with prior preservation (or pass --no-prior-preservation)")
     return TrainConfig.from_dict(data)
+
+
+@dataclass
+class SampleSettings:
+    """How `generate` samples: images per prompt, seeds, steps, guidance, and how much of the subject."""
+
+    n: int = ranged(4, AT_LEAST_1)
+    seed: int = ranged(0, SEED)
+    steps: int | None = ranged(None, SAMPLER_STEPS)   # default: 50 for SD, 25 for small models
+    guidance: float = ranged(7.5, NON_NEGATIVE)
+    lora_scale: float = ranged(1.0, ANY_FINITE)
+    subject_start: float = ranged(0.0, FRACTION_BELOW_1)
+
+    def __post_init__(self) -> None:
+        check_settings(self)
+
+
+@dataclass
+class BenchConfig:
+    bench: str                      # a folder in DreamBench's layout, or "emoji"
+    out: str
+    methods: list[str] = field(default_factory=lambda: list(METHODS))
+    model: str = "builtin"
+    subjects: list[str] | None = None
+    prompts: int | None = ranged(None, AT_LEAST_1)      # the first N prompts of each list
+    images_per_prompt: int = ranged(4, AT_LEAST_1)
+    seed: int = ranged(0, SEED)
+    sample_steps: int | None = ranged(None, SAMPLER_STEPS)  # default: 25 below 256 px, else 50
+    guidance: float = ranged(7.5, NON_NEGATIVE)
+    train_steps: int | None = ranged(None, AT_LEAST_1)  # default: each method's own
+    masked_loss: bool = False       # train on the subject's masks only (SUBJECT/masks/, as EmojiBench ships)
+    subject_start: float = ranged(0.0, FRACTION_BELOW_1)  # sample this fraction of the steps without the subject (generate --subject-start)
+    dino: str | None = None         # default: built-in for EmojiBench, the real ones otherwise
+    clip: str | None = None
+    runs_from: str | None = None    # an earlier bench folder whose runs and baseline to reuse (reusable())
+    # Content hashes of the model and evaluators (models.fingerprint), filled in by resolve_config: a folder
+    # must not resume with other weights under the same name, as `builtin` gets after a retrain.
+    model_hash: str | None = None
+    dino_hash: str | None = None
+    clip_hash: str | None = None
+
+    def __post_init__(self) -> None:
+        check_settings(self)
+
+    def protocol(self) -> dict:
+        """What decides the numbers; a rerun in the same folder must match it. The methods do not: a
+        later run may add a method to a finished benchmark."""
+        return {k: v for k, v in asdict(self).items() if k not in ("out", "methods", "runs_from")}

@@ -7,11 +7,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .adapters import MANIFEST, Run, load_run
+from .config import SampleSettings
 from .errors import UserError
 from .models import inference_device, load_model
 from .outdir import RUN_SPEC
 from .safeio import atomic_save_image, atomic_write_json
-from .sampling import check_subject_start, generate, make_grid
+from .sampling import generate, make_grid
 
 
 @dataclass
@@ -35,7 +36,7 @@ def generate_to_folder(ref: str, prompts: list[str], out: Path, n: int = 4, seed
                        lora_scale: float = 1.0, subject_start: float = 0.0) -> GenerateResult:
     """n images per prompt (seeds seed..seed+n-1), saved as p{prompt}-{k}.png, plus grid.png (a row per prompt).
     `subject_start`: the fraction of the steps sampled before the subject comes in (Run.early_steps)."""
-    check_subject_start(subject_start)
+    SampleSettings(n, seed, steps, guidance, lora_scale, subject_start)  # a one-line error for any out of range
     run = open_run_or_model(ref, allow_pickle, lora_scale)
     if subject_start and not run.subject:
         raise UserError(f"--subject-start applies to run folders; {ref} is a model")

@@ -1,4 +1,9 @@
-"""Checks on a run's --out folder before any work, and the record of what the run was started with."""
+"""Run folders: the checks on --out before any work, one writer at a time, and the record of the settings.
+
+A run folder (and a bench folder) has one writer: `hold(folder)` takes an advisory lock (flock on
+FOLDER/.subjectgen.lock, holding the writer's pid) before the first write. The kernel drops it when the
+holder dies, so a lock left by a killed process is simply taken over.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +12,64 @@ import os
 import shutil
 from pathlib import Path
 
+from .checkpoints import list_checkpoints
 from .config import TrainConfig
 from .errors import UserError
 from .safeio import atomic_write_json
 
 RUN_SPEC = "run.json"  # the settings a run was started with; a resume checks them
+LOCK = ".subjectgen.lock"
+# Settings a --resume may change (the way out of a diverged run); run.json records each change.
+RESUME_MAY_CHANGE = ("lr", "mixed_precision", "max_grad_norm")
+
+_held: dict[str, list] = {}  # lock path -> [fd, holds], so a holder may take its own lock again (bench -> report)
+
+
+def hold(folder: Path, what: str = "--out") -> None:
+    """Make `folder` and take its writer lock; a one-line error naming the pid of a live holder."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = str((folder / LOCK).resolve())
+    if path in _held:
+        _held[path][1] += 1
+        return
+    import fcntl
+
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise UserError(f"{what} {folder} is being written by another subjectgen process (pid {holder}); wait for "
+                        "it to finish or choose another folder") from None
+    os.ftruncate(fd, 0)  # a dead holder's pid, if any, is replaced by ours
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    _held[path] = [fd, 1]
+
+
+def release(folder: Path) -> None:
+    """Give back one hold of `folder`'s lock (the lock file stays; its pid is only informative)."""
+    path = str((Path(folder) / LOCK).resolve())
+    entry = _held.get(path)
+    if entry is None:
+        return
+    entry[1] -= 1
+    if entry[1] == 0:
+        del _held[path]
+        os.close(entry[0])  # closing the descriptor drops the flock
+
+
+def contents(folder: Path) -> list[Path]:
+    """What a folder holds besides its lock file."""
+    return [p for p in Path(folder).iterdir() if p.name != LOCK]
+
+
+def same_run(saved: dict, cfg: TrainConfig, resume: bool) -> bool:
+    """Whether run.json's settings are this command's; a resume may change RESUME_MAY_CHANGE."""
+    ignore = {"resumes"} | (set(RESUME_MAY_CHANGE) if resume else set())
+    mine = cfg.identity()
+    return {k: v for k, v in saved.items() if k not in ignore} == {k: v for k, v in mine.items() if k not in ignore}
 
 
 def check_out_dir(out: Path, cfg: TrainConfig, resume: bool, overwrite: bool) -> None:
@@ -19,18 +77,19 @@ def check_out_dir(out: Path, cfg: TrainConfig, resume: bool, overwrite: bool) ->
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; give a folder for the run")
-    if out.is_dir() and any(out.iterdir()):
+    if out.is_dir() and contents(out):
         spec_file = out / RUN_SPEC
         if not spec_file.is_file():
             raise UserError(f"--out {out} is not empty and holds no subjectgen run; choose a new or empty folder")
-        same = json.loads(spec_file.read_text()) == cfg.identity()
-        if resume and not same and not overwrite:
+        saved = json.loads(spec_file.read_text())
+        if resume and not same_run(saved, cfg, resume=True) and not overwrite:
             raise UserError(f"--out {out} holds a run with different settings; --resume needs the same "
-                            "command, or choose another --out")
+                            f"command (it may change only {', '.join('--' + k.replace('_', '-') for k in RESUME_MAY_CHANGE)}), "
+                            "or choose another --out")
         if not resume and not overwrite:
             finished = (out / "subject.json").is_file()
             what = ("this finished run" if finished else "an unfinished run of these settings (pass --resume)") \
-                if same else "a different run"
+                if same_run(saved, cfg, resume=False) else "a different run"
             raise UserError(f"--out {out} already holds {what}; choose another folder or pass --overwrite")
     ancestor = out
     while not ancestor.exists():
@@ -40,9 +99,18 @@ def check_out_dir(out: Path, cfg: TrainConfig, resume: bool, overwrite: bool) ->
 
 
 def record_run(out: Path, cfg: TrainConfig, resume: bool, overwrite: bool) -> None:
-    """Start the run folder: clear it for --overwrite, then write the settings."""
+    """Start the run folder (its lock already held): clear it for --overwrite, then write the settings. A resume
+    that changes a setting appends {"step", "changed": {name: [old, new]}} to run.json's "resumes"."""
     out = Path(out)
+    spec_file = out / RUN_SPEC
+    saved = json.loads(spec_file.read_text()) if resume and spec_file.is_file() else {}
     if overwrite and not resume and out.is_dir():
-        shutil.rmtree(out)
+        for entry in contents(out):
+            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / RUN_SPEC, cfg.identity())
+    spec = cfg.identity()
+    changed = {k: [saved[k], spec[k]] for k in RESUME_MAY_CHANGE if k in saved and saved[k] != spec[k]}
+    checkpoints = list_checkpoints(out / "checkpoints") if resume else []
+    step = int(checkpoints[-1].name.split("-")[1]) if checkpoints else 0
+    resumes = saved.get("resumes", []) + ([{"step": step, "changed": changed}] if changed else [])
+    atomic_write_json(spec_file, {**spec, **({"resumes": resumes} if resumes else {})})

@@ -41,12 +41,6 @@ class EarlySteps:
     base_weights: Callable[[], AbstractContextManager] = nullcontext
 
 
-def check_subject_start(fraction: float) -> None:
-    """A one-line error unless the fraction of steps sampled before the subject is in [0, 1)."""
-    if not 0 <= fraction < 1:
-        raise UserError(f"--subject-start {fraction}: give a fraction of the steps, at least 0 and below 1")
-
-
 def _guided_steps(components: Components, scheduler, timesteps, latents: torch.Tensor, cond: torch.Tensor,
                   uncond: torch.Tensor, guidance: float) -> torch.Tensor:
     unet = components.unet  # looked up per phase: a base_weights() context may have swapped it

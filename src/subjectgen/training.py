@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import os
 import platform
 import shutil
@@ -24,8 +25,8 @@ from .errors import TrainingDiverged
 from .losses import diffusion_loss, training_target
 from .methods import make_method
 from .models import load_model
-from .outdir import check_out_dir, record_run
-from .safeio import atomic_save_image, atomic_write_json
+from .outdir import check_out_dir, hold, record_run, release
+from .safeio import atomic_save_image, atomic_write_bytes, atomic_write_json
 from .sampling import encode_prompts, generate, make_grid
 from .subjects import expand_subject, load_subject
 
@@ -75,7 +76,19 @@ class Trainer:
         self.subject = load_subject(Path(cfg.subject_dir), cfg.class_noun, self.components.resolution,
                                     masks=cfg.masked_loss)
         if self.accelerator.is_main_process:  # only now, with every input valid, does the run folder appear
-            record_run(self.out, cfg, resume, overwrite)
+            hold(self.out)  # one writer; then the checks again, since another writer may have finished meanwhile
+        try:
+            if self.accelerator.is_main_process:
+                check_out_dir(self.out, cfg, resume, overwrite)
+                record_run(self.out, cfg, resume, overwrite)
+            self.prepare(resume)
+        except BaseException:
+            if self.accelerator.is_main_process:
+                release(self.out)
+            raise
+
+    def prepare(self, resume: bool) -> None:
+        """Everything after the run folder is ours: seeds, caches, the method, the optimizer, a resume."""
         self.accelerator.wait_for_everyone()
         torch.manual_seed(self.cfg.seed)
         self.generator = torch.Generator().manual_seed(self.cfg.seed * 1000 + self.accelerator.process_index)
@@ -141,10 +154,19 @@ class Trainer:
         self.method.load_state_tensors(state["trainable"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.lr_scheduler.load_state_dict(state["lr_scheduler"])
+        self.apply_learning_rate()
         self.generator.set_state(state["generators"][self.accelerator.process_index].clone())
         torch.set_rng_state(state["torch_rng"])
-        truncate_loss_log(self.out / "loss.csv", state["step"])
         return state["step"]
+
+    def apply_learning_rate(self) -> None:
+        """After loading a checkpoint: --lr as given (a resume may lower it), at the schedule's current factor."""
+        scheduler = self.lr_scheduler
+        factors = [group["lr"] / base if base else 1.0
+                   for group, base in zip(self.optimizer.param_groups, scheduler.base_lrs)]
+        scheduler.base_lrs = [self.cfg.lr] * len(scheduler.base_lrs)
+        for group, factor in zip(self.optimizer.param_groups, factors):
+            group["initial_lr"], group["lr"] = self.cfg.lr, self.cfg.lr * factor
 
     # --- one step -----------------------------------------------------------------------------------
     def batch(self) -> tuple[torch.Tensor, list[str], int, torch.Tensor | None]:
@@ -194,15 +216,21 @@ class Trainer:
         total = self.accelerator.reduce(loss.detach().clone(), "mean")
         if not torch.isfinite(total):
             last = list_checkpoints(self.out / "checkpoints")
-            kept = f"the last good checkpoint is {last[-1]}" if last else "no checkpoint was written yet"
-            raise TrainingDiverged(f"loss became {total.item()} at step {self.current_step + 1}; {kept}; "
-                                   "lower --lr or use --mixed-precision no, then --resume")
+            lower = f"--lr {self.cfg.lr / 10:g}"
+            todo = (f"the last good checkpoint is {last[-1]}; continue from it with a lower learning rate: add "
+                    f"--resume {lower} to the same command" if last else
+                    f"no checkpoint was written yet; start again with a lower learning rate: add --overwrite {lower} "
+                    "to the same command")
+            if self.cfg.mixed_precision == "fp16":
+                todo += " (or --mixed-precision bf16 / no)"
+            raise TrainingDiverged(f"loss became {total.item()} at step {self.current_step + 1}; {todo}")
 
     # --- the loop -----------------------------------------------------------------------------------
     def run(self) -> TrainResult:
         cfg, acc = self.cfg, self.accelerator
         bar = tqdm(total=cfg.steps, initial=self.start_step, desc=f"train {cfg.method}", disable=not self.progress)
-        started, log = time.perf_counter(), LossLog(self.out / "loss.csv", acc.is_main_process)
+        started = time.perf_counter()
+        log = LossLog(self.out / "loss.csv", acc.is_main_process, self.start_step)
         record = {"loss": float("nan")}
         for self.current_step in range(self.start_step, cfg.steps):
             record = self.step()
@@ -275,15 +303,27 @@ class Trainer:
 
 
 class LossLog:
-    """loss.csv: one row per step (main process only)."""
+    """loss.csv: one row per step (main process only). Opened at the step a run starts or resumes from, it keeps
+    the rows up to that step and drops the rest (a killed run's later rows, a half-written last line), so the
+    log after any kills and resumes equals an uninterrupted run's."""
 
     FIELDS = ["step", "loss", "instance", "prior", "lr"]
 
-    def __init__(self, path: Path, enabled: bool):
+    def __init__(self, path: Path, enabled: bool, start_step: int = 0):
         self.path, self.enabled = path, enabled
-        if enabled and not path.exists():
-            with path.open("w", newline="") as f:
-                csv.writer(f).writerow(self.FIELDS)
+        if enabled:
+            kept = [r for r in self.rows() if int(r[0]) <= start_step]
+            text = io.StringIO()
+            csv.writer(text).writerows([self.FIELDS] + kept)
+            atomic_write_bytes(path, text.getvalue().encode())
+
+    def rows(self) -> list[list[str]]:
+        """The complete rows on disk (every field present, the step a number)."""
+        if not self.path.is_file():
+            return []
+        lines = self.path.read_text().splitlines(keepends=True)
+        complete = [line for line in lines[1:] if line.endswith("\n")]
+        return [r for r in csv.reader(complete) if len(r) == len(self.FIELDS) and r[0].isdigit()]
 
     def write(self, step: int, record: dict, lr: float) -> None:
         if self.enabled:
@@ -291,18 +331,13 @@ class LossLog:
                 csv.writer(f).writerow([step, record["loss"], record.get("instance", ""), record.get("prior", ""), lr])
 
 
-def truncate_loss_log(path: Path, step: int) -> None:
-    """Drop rows logged after the checkpoint we resume from (they will be logged again)."""
-    if not path.exists():
-        return
-    rows = list(csv.reader(path.open()))
-    kept = [rows[0]] + [r for r in rows[1:] if r and int(r[0]) <= step]
-    with path.open("w", newline="") as f:
-        csv.writer(f).writerows(kept)
-
-
 def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progress: bool = True,
           distributed: bool = True) -> TrainResult:
     """Personalize `cfg.model` on the photos in `cfg.subject_dir` with `cfg.method`; returns the run folder.
     distributed=False keeps the run in this process even under `accelerate launch`."""
-    return Trainer(cfg, resume, overwrite, progress, distributed).run()
+    trainer = Trainer(cfg, resume, overwrite, progress, distributed)
+    try:
+        return trainer.run()
+    finally:
+        if trainer.accelerator.is_main_process:
+            release(trainer.out)

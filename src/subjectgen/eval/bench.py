@@ -13,47 +13,17 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..config import METHODS as TRAINED, BenchConfig
 from ..errors import UserError
 from ..safeio import atomic_save_image, atomic_write_json
 from ..subjects import load_subject
 from .prompts import Benchmark, read_benchmark
 
-TRAINED = ("lora", "dreambooth", "textual-inversion")
 QUICK = {"subjects": ["dog", "backpack"], "prompts": 4, "images_per_prompt": 2}
 DEFAULT_EVALUATORS = {"dino": "facebook/dino-vits16", "clip": "openai/clip-vit-base-patch32"}
-
-
-@dataclass
-class BenchConfig:
-    bench: str                      # a folder in DreamBench's layout, or "emoji"
-    out: str
-    methods: list[str] = field(default_factory=lambda: list(TRAINED))
-    model: str = "builtin"
-    subjects: list[str] | None = None
-    prompts: int | None = None      # the first N prompts of each list
-    images_per_prompt: int = 4
-    seed: int = 0
-    sample_steps: int | None = None  # default: 25 below 256 px, else 50
-    guidance: float = 7.5
-    train_steps: int | None = None  # default: each method's own
-    masked_loss: bool = False       # train on the subject's masks only (SUBJECT/masks/, as EmojiBench ships)
-    subject_start: float = 0.0      # sample this fraction of the steps without the subject (generate --subject-start)
-    dino: str | None = None         # default: built-in for EmojiBench, the real ones otherwise
-    clip: str | None = None
-    runs_from: str | None = None    # an earlier bench folder whose runs and baseline to reuse (reusable())
-    # Content hashes of the model and evaluators (models.fingerprint), filled in by resolve_config: a folder
-    # must not resume with other weights under the same name, as `builtin` gets after a retrain.
-    model_hash: str | None = None
-    dino_hash: str | None = None
-    clip_hash: str | None = None
-
-    def protocol(self) -> dict:
-        """What decides the numbers; a rerun in the same folder must match it. The methods do not: a
-        later run may add a method to a finished benchmark."""
-        return {k: v for k, v in asdict(self).items() if k not in ("out", "methods", "runs_from")}
 
 
 def resolve_bench(name: str) -> Path:

@@ -20,7 +20,7 @@ import json
 import math
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -30,27 +30,9 @@ from torch import nn
 
 from ..eval.metrics import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD
 from ..safeio import atomic_dir
+from .config import EvaluatorTrainConfig
 
 EVALUATORS = Path(__file__).resolve().parents[1] / "assets" / "evaluators"
-
-
-@dataclass
-class EvaluatorTrainConfig:
-    seed: int = 7           # not the generator's seed
-    render_seeds: int = 4
-    clip_steps: int = 1500
-    clip_batch: int = 256
-    clip_lr: float = 1e-3
-    dino_steps: int = 2000
-    dino_batch: int = 64
-    dino_lr: float = 5e-4
-    dino_prototypes: int = 512
-    merges: int = 4000      # BPE merges the eval tokenizer keeps
-    width: int = 96         # both image towers
-    layers: int = 4
-    text_width: int = 64
-    text_layers: int = 3
-    patch: int = 8
 
 
 def eval_tokenizer(cfg: EvaluatorTrainConfig, folder: Path):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -21,27 +21,8 @@ from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNe
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from ..safeio import atomic_dir
+from .config import WorldTrainConfig
 from ..tiny import clip_tokenizer, sd_scheduler
-
-
-@dataclass
-class WorldTrainConfig:
-    seed: int = 0
-    render_seeds: int = 6
-    vae_steps: int = 3000
-    vae_batch: int = 128
-    vae_lr: float = 1e-3
-    vae_kl: float = 1e-6
-    unet_steps: int = 12000
-    unet_batch: int = 256
-    unet_lr: float = 4e-4
-    text_lr: float = 2e-4
-    unet_stop_step: int | None = None  # stop after this step; the learning-rate schedule still spans unet_steps
-    unet_max_seconds: float | None = None  # stop early on a wall-clock budget; the record's unet_stop_step says where
-    uncond_prob: float = 0.1    # caption dropout, so classifier-free guidance has an unconditional model
-    text_width: int = 96
-    text_layers: int = 4
-    unet_channels: tuple = (64, 128, 192)
 
 
 def build_models(cfg: WorldTrainConfig):

@@ -1,0 +1,116 @@
+"""Allowed ranges for numeric settings, declared once beside each setting and checked before any work.
+
+A dataclass field declares its range with `ranged(default, Bound(...))`; `check_settings(obj)` checks
+every such field of an instance (the Python API), and `arg_type(cls, name)` turns the same declaration
+into an argparse `type=` (the CLI), so a value out of range is a one-line error naming the flag and the
+range before anything is imported or written. A method added later is checked by the same code.
+Stdlib only: the CLI parses before torch is imported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from dataclasses import dataclass, field, fields
+from typing import Any, Callable
+
+from .errors import UserError
+
+
+@dataclass(frozen=True)
+class Bound:
+    """A closed or half-open interval of ints or floats; floats must also be finite."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False     # low itself not allowed (e.g. a learning rate > 0)
+    high_open: bool = False
+    integer: bool = False
+
+    def describe(self) -> str:
+        kind = "an integer" if self.integer else "a finite number"
+        if self.low is not None and self.high is not None:
+            left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
+            return f"{kind} in {left}{_show(self.low)}, {_show(self.high)}{right}"
+        if self.low is not None:
+            return f"{kind} {'>' if self.low_open else '>='} {_show(self.low)}"
+        if self.high is not None:
+            return f"{kind} {'<' if self.high_open else '<='} {_show(self.high)}"
+        return kind
+
+    def allows(self, value: Any) -> bool:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False
+        if self.integer and not float(value).is_integer():
+            return False
+        if not math.isfinite(value):
+            return False
+        if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
+            return False
+        if self.high is not None and (value > self.high or (self.high_open and value == self.high)):
+            return False
+        return True
+
+    def check(self, flag: str, value: Any) -> None:
+        if not self.allows(value):
+            raise UserError(f"{flag} must be {self.describe()}, got {value!r}")
+
+
+def _show(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else repr(x)
+
+
+AT_LEAST_1 = Bound(low=1, integer=True)
+NON_NEGATIVE_INT = Bound(low=0, integer=True)
+POSITIVE = Bound(low=0, low_open=True)
+NON_NEGATIVE = Bound(low=0)
+FRACTION_BELOW_1 = Bound(low=0, high=1, high_open=True)
+SEED = Bound(low=0, high=2**32 - 1, integer=True)  # numpy's and torch's seed range (seed * 1000 stays in it for torch)
+SAMPLER_STEPS = Bound(low=1, high=1000, integer=True)  # a sampler step per training timestep at most
+ANY_FINITE = Bound()
+
+
+def ranged(default: Any, bound: Bound, **kwargs) -> Any:
+    """A dataclass field with its allowed range (None, "not given", is always allowed)."""
+    return field(default=default, metadata={"bound": bound}, **kwargs)
+
+
+def bound_of(cls: type, name: str) -> Bound:
+    for f in fields(cls):
+        if f.name == name:
+            return f.metadata["bound"]
+    raise KeyError(f"{cls.__name__} has no field {name}")
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def check_settings(obj: Any, flags: dict[str, str] | None = None) -> None:
+    """A one-line UserError for the first declared-range field of `obj` out of its range."""
+    for f in fields(obj):
+        bound = f.metadata.get("bound")
+        value = getattr(obj, f.name)
+        if bound is not None and value is not None:
+            bound.check((flags or {}).get(f.name, flag(f.name)), value)
+
+
+def number_type(bound: Bound) -> Callable[[str], float]:
+    """An argparse type: parse the text as the bound's kind, then check the range."""
+
+    def parse(text: str):
+        try:
+            value = int(text) if bound.integer else float(text)
+        except ValueError:
+            value = None
+        if value is None or not bound.allows(value):  # argparse prefixes "argument --flag: "
+            raise argparse.ArgumentTypeError(f"must be {bound.describe()}, got {text!r}")
+        return value
+
+    parse.__name__ = "integer" if bound.integer else "number"
+    return parse
+
+
+def arg_type(cls: type, name: str) -> Callable[[str], float]:
+    """The argparse type of a dataclass field's declared range."""
+    return number_type(bound_of(cls, name))
