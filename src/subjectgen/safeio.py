@@ -1,7 +1,13 @@
-"""Writing weights, images and JSON atomically (temporary name, then rename); which suffixes are pickles."""
+"""Writing weights, images and JSON atomically (temporary name, then rename); which suffixes are pickles.
+
+Every writer runs inside `writing(target, tmp)`: a full disk (ENOSPC, a quota) or a read-only place is a
+one-line UserError naming the target, and the temporary file or folder is removed, so nothing is
+half-written.
+"""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -13,31 +19,69 @@ from typing import Any, Iterator
 import torch
 from safetensors.torch import save_file
 
+from .errors import UserError
+
 PICKLE_SUFFIXES = {".ckpt", ".bin", ".pt", ".pth", ".pkl"}
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+def disk_errno(exc: BaseException) -> int | None:
+    """The errno of a write failure, also when a library wraps it (safetensors raises its own error type)."""
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return exc.errno
+    text = str(exc)
+    if "No space left on device" in text or "os error 28" in text:
+        return errno.ENOSPC
+    return None
+
+
+@contextmanager
+def writing(target: Path, tmp: Path | None = None) -> Iterator[None]:
+    """Translate a full or read-only disk into a one-line UserError naming `target`; remove `tmp` on any failure."""
+    try:
+        yield
+    except BaseException as exc:
+        if tmp is not None:
+            remove(tmp)
+        code = disk_errno(exc)
+        if code in DISK_FULL:
+            raise UserError(f"no space left on the device while writing {target}; free some space (or choose "
+                            "another folder) and run the command again") from None
+        if code in NOT_WRITABLE:
+            raise UserError(f"cannot write {target} ({os.strerror(code)}); choose a folder you can write to") from None
+        raise
+
+
+def remove(path: Path) -> None:
+    path = Path(path)
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists() or path.is_symlink():
+        path.unlink(missing_ok=True)
 
 
 @contextmanager
 def atomic_dir(final: Path) -> Iterator[Path]:
     """Yield a temporary folder beside `final`; on success it replaces `final` in one rename."""
     final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
-    try:
+    with writing(final):
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    with writing(final, tmp):
         yield tmp
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    with writing(path, tmp):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
@@ -46,15 +90,17 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 
 def atomic_save_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
+    with writing(path, tmp):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+        os.replace(tmp, path)
 
 
 def atomic_save_image(path: Path, image) -> None:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}{path.suffix}")
-    image.save(tmp)
-    os.replace(tmp, path)
+    with writing(path, tmp):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        image.save(tmp)
+        os.replace(tmp, path)

@@ -13,7 +13,10 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import UserError
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".avif"}
+HEIF_SUFFIXES = {".heic", ".heif"}  # read when the pillow-heif plugin is installed, refused by name otherwise
+MIN_SIDE = 32            # px on the short side: below it a photo holds too little of the subject to learn from
+MANY_PHOTOS = 10         # the methods are made for 3-5 photos; more is allowed, with a warning
 MAX_PIXELS = 64_000_000  # larger than any photo a user would give; bigger ones are decompression bombs
 MASK_FOLDER = "masks"    # SUBJECT/masks/NAME.png: white where photo NAME shows the subject (kohya's mask images)
 
@@ -44,25 +47,57 @@ def load_subject(folder: Path, class_noun: str, resolution: int, masks: bool = F
         raise UserError("the subject's class is missing; pass --class, e.g. --class dog")
     if not folder.is_dir():
         raise UserError(f"subject folder {folder} does not exist; give a folder of photos of your subject")
-    paths = photo_paths(folder)
+    paths = photo_paths(folder, warn=True)
     if not paths:
-        raise UserError(f"subject folder {folder} holds no images (jpg, png, webp); add 1-5 photos of the subject")
+        raise UserError(f"subject folder {folder} holds no images ({', '.join(sorted(readable_suffixes()))}); "
+                        "add 1-5 photos of the subject")
+    if len(paths) > MANY_PHOTOS:
+        warnings.warn(f"subject folder {folder} holds {len(paths)} photos; the methods are made for 3-5 "
+                      "(all are used)", stacklevel=2)
     photos = [open_photo(p) for p in paths]
+    for path, photo in zip(paths, photos):
+        if min(photo.size) < MIN_SIDE:
+            raise UserError(f"{path} is {photo.width}x{photo.height} px; a photo needs at least {MIN_SIDE} px on its "
+                            "short side; replace it with a larger photo or remove it")
     subject_masks = [center_crop(open_mask(p, im.size), resolution) for p, im in zip(paths, photos)] if masks else None
     images = [center_crop(im, resolution) for im in photos]
     return SubjectSet(images=images, paths=paths, class_noun=class_noun.strip(), masks=subject_masks)
 
 
-def photo_paths(folder: Path) -> list[Path]:
-    """The subject's photos in a folder, sorted: image files only, not hidden ones, not masks/."""
-    return sorted(p for p in Path(folder).iterdir()
-                  if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+def readable_suffixes() -> set[str]:
+    """The photo suffixes this Pillow reads (HEIC/HEIF only with the pillow-heif plugin)."""
+    return IMAGE_SUFFIXES | (HEIF_SUFFIXES if heif_plugin() else set())
+
+
+def heif_plugin() -> bool:
+    try:
+        from pillow_heif import register_heif_opener
+    except ImportError:
+        return False
+    register_heif_opener()
+    return True
+
+
+def photo_paths(folder: Path, warn: bool = False) -> list[Path]:
+    """The subject's photos in a folder, sorted: image files only, not hidden ones, not masks/. A HEIC photo
+    without the plugin to read it is a one-line error; with `warn`, every other file left out is named."""
+    files = sorted(p for p in Path(folder).iterdir() if p.is_file() and not p.name.startswith("."))
+    suffixes = readable_suffixes()
+    for p in files:
+        if p.suffix.lower() in HEIF_SUFFIXES - suffixes:
+            raise UserError(f"{p} is a HEIC/HEIF photo, which needs a plugin: pip install pillow-heif, or convert "
+                            "it to JPEG or PNG")
+    if warn:
+        for p in files:
+            if p.suffix.lower() not in suffixes:
+                warnings.warn(f"skipping {p}: not a photo ({', '.join(sorted(suffixes))})", stacklevel=3)
+    return [p for p in files if p.suffix.lower() in suffixes]
 
 
 def open_mask(photo: Path, photo_size: tuple[int, int]) -> Image.Image:
     """The subject mask of one photo: masks/<name>.<image suffix> beside it, else the photo's alpha channel."""
     files = sorted(p for p in (photo.parent / MASK_FOLDER).glob(f"{glob.escape(photo.stem)}.*")
-                   if p.suffix.lower() in IMAGE_SUFFIXES)
+                   if p.suffix.lower() in readable_suffixes())
     source = files[0] if files else photo
     image = read_image(source)
     if files:

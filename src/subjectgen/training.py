@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 import platform
 import shutil
@@ -25,8 +26,8 @@ from .errors import TrainingDiverged
 from .losses import diffusion_loss, training_target
 from .methods import make_method
 from .models import load_model
-from .outdir import check_out_dir, hold, record_run, release
-from .safeio import atomic_save_image, atomic_write_bytes, atomic_write_json
+from .outdir import RUN_SPEC, check_out_dir, hold, record_run, release
+from .safeio import atomic_save_image, atomic_write_bytes, atomic_write_json, writing
 from .sampling import encode_prompts, generate, make_grid
 from .subjects import expand_subject, load_subject
 
@@ -273,14 +274,15 @@ class Trainer:
         """Write the weights, then the manifest (last: its presence marks a finished run)."""
         staging = self.out / ".final"
         shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir()
-        files = self.method.save(staging)
-        for entry in staging.iterdir():
-            target = self.out / entry.name
-            if target.is_dir():
-                shutil.rmtree(target)
-            entry.replace(target)
-        staging.rmdir()
+        with writing(self.out, staging):  # a full disk: a one-line error, no half-saved weights left behind
+            staging.mkdir()
+            files = self.method.save(staging)
+            for entry in staging.iterdir():
+                target = self.out / entry.name
+                if target.is_dir():
+                    shutil.rmtree(target)
+                entry.replace(target)
+            staging.rmdir()
         manifest = self.manifest(files, final_loss, seconds)
         atomic_write_json(self.out / MANIFEST, manifest)
         return manifest
@@ -293,6 +295,7 @@ class Trainer:
             "method": self.cfg.method, "model": self.cfg.model, "class": self.cfg.class_noun,
             **self.method.manifest(), "files": files, "settings": self.cfg.to_dict(),
             "subject_photos": [p.name for p in self.subject.paths], "resolution": self.components.resolution,
+            "resumes": json.loads((self.out / RUN_SPEC).read_text()).get("resumes", []),  # settings a resume changed
             "metrics": {"final_loss": final_loss, "train_seconds": round(seconds, 3),
                         "steps_per_second": round(done / seconds, 3) if seconds else None,
                         "world_size": self.accelerator.num_processes},
@@ -327,7 +330,7 @@ class LossLog:
 
     def write(self, step: int, record: dict, lr: float) -> None:
         if self.enabled:
-            with self.path.open("a", newline="") as f:
+            with writing(self.path), self.path.open("a", newline="") as f:
                 csv.writer(f).writerow([step, record["loss"], record.get("instance", ""), record.get("prior", ""), lr])
 
 

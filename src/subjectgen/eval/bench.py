@@ -18,6 +18,7 @@ from pathlib import Path
 
 from ..config import METHODS as TRAINED, BenchConfig
 from ..errors import UserError
+from ..outdir import contents, hold, release
 from ..safeio import atomic_save_image, atomic_write_json
 from ..subjects import load_subject
 from .prompts import Benchmark, read_benchmark
@@ -97,7 +98,7 @@ def check_out(out: Path, protocol: dict) -> None:
         if differ:
             raise UserError(f"--out {out} holds a benchmark with other settings ({', '.join(differ)}); rerun its "
                             "command with the same model and evaluators, or choose another --out")
-    elif out.is_dir() and any(out.iterdir()):
+    elif out.is_dir() and contents(out):
         raise UserError(f"--out {out} is not empty and holds no benchmark; choose a new or empty folder")
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(spec, protocol)
@@ -130,15 +131,26 @@ class Context:
 
 def run_bench(cfg: BenchConfig, progress: bool = True) -> dict | None:
     """Run every (method, subject) pair this process owns; rank 0 merges and returns the results."""
-    from .metrics import load_evaluators
-    from .report import write_outputs
-
     bench = read_benchmark(resolve_bench(cfg.bench))
     cfg = resolve_config(cfg, bench)
     out = Path(cfg.out)
     rank, world = process_rank()
     group = start_group(world)
     reuse = reusable(Path(cfg.runs_from), cfg.protocol()) if cfg.runs_from else set()
+    if rank == 0:  # one writer per bench folder (the job's other ranks write only their own pairs)
+        hold(out)
+    try:
+        return run_pairs(cfg, bench, out, reuse, rank, world, group, progress)
+    finally:
+        if rank == 0:
+            release(out)
+
+
+def run_pairs(cfg: BenchConfig, bench: Benchmark, out: Path, reuse: set, rank: int, world: int, group,
+              progress: bool) -> dict | None:
+    from .metrics import load_evaluators
+    from .report import write_outputs
+
     if rank == 0:
         check_out(out, cfg.protocol())  # if this refuses, rank 0 exits and the others' barrier fails
     if group:

@@ -3,6 +3,7 @@ DINO-against-CLIP-T trade-off (one dot per subject, a ring at each method's mean
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from PIL import Image, ImageDraw
@@ -35,28 +36,39 @@ def _legend(draw: ImageDraw.ImageDraw, names: list[str]) -> None:
         draw.text((x + 14, TOP + 14 * i), name, fill="black")
 
 
-def bar_chart(path: Path, values: dict[str, list[float]], groups: list[str]) -> None:
-    """Grouped bars: one group per metric, one bar per method."""
+def bar_chart(path: Path, values: dict[str, list[float | None]], groups: list[str]) -> None:
+    """Grouped bars: one group per metric, one bar per method, from 0 up or down to any finite score
+    (a cosine similarity can be negative); a missing or non-finite score draws no bar."""
     image = Image.new("RGB", (W, H), "white")
     draw = ImageDraw.Draw(image)
-    hi = max(max(v) for v in values.values()) * 1.1 or 1.0
-    _axes(draw, 0.0, hi, "score")
+    finite = [v for vs in values.values() for v in vs if _finite(v)] or [0.0]
+    lo, hi = min(0.0, min(finite)) * 1.1, max(0.0, max(finite)) * 1.1
+    hi = hi if hi > lo else lo + 1.0
+    _axes(draw, lo, hi, "score")
     slot = (W - LEFT - 170) / len(groups)
-    width = slot * 0.8 / len(values)
+    width = slot * 0.8 / max(len(values), 1)
     for g, group in enumerate(groups):
         x0 = LEFT + 10 + g * slot
         draw.text((x0, H - BOTTOM + 6), group, fill="black")
         for m, scores in enumerate(values.values()):
+            if not _finite(scores[g]):
+                continue
             x = x0 + m * width
-            draw.rectangle([x, _y(scores[g], 0.0, hi), x + width - 2, H - BOTTOM], fill=COLOURS[m % len(COLOURS)])
+            top, bottom = sorted((_y(scores[g], lo, hi), _y(0.0, lo, hi)))
+            draw.rectangle([x, top, x + width - 2, bottom], fill=COLOURS[m % len(COLOURS)])
     _legend(draw, list(values))
     atomic_save_image(Path(path), image)
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
 
 
 def scatter_plot(path: Path, points: dict[str, list[tuple[float, float]]], x_label: str, y_label: str) -> None:
     """One dot per (x, y) point, coloured by method; a ring marks each method's mean."""
     image = Image.new("RGB", (W, H), "white")
     draw = ImageDraw.Draw(image)
+    points = {m: [(x, y) for x, y in pts if _finite(x) and _finite(y)] for m, pts in points.items()}
     xs = [x for pts in points.values() for x, _ in pts] or [0.0]
     ys = [y for pts in points.values() for _, y in pts] or [0.0]
     (x_lo, x_hi), (y_lo, y_hi) = _span(xs), _span(ys)

@@ -9,9 +9,11 @@ from __future__ import annotations
 import html
 import json
 import platform
+import warnings
 from pathlib import Path
 
 from ..errors import UserError
+from ..outdir import hold, release
 from ..safeio import atomic_write_bytes, atomic_write_json
 from .plots import bar_chart, scatter_plot
 
@@ -59,20 +61,39 @@ def write_outputs(out: Path) -> dict:
     out = Path(out)
     if not (out / "bench.json").is_file():
         raise UserError(f"{out} holds no benchmark (no bench.json); run 'subjectgen bench --out {out}' first")
+    hold(out)  # the bench that runs this holds it already; a second process gets a one-line error
+    try:
+        return merge(out)
+    finally:
+        release(out)
+
+
+def merge(out: Path) -> dict:
+    """The merge itself; write_outputs holds the folder's lock around it."""
     pairs = collect(out)
     protocol = json.loads((out / "bench.json").read_text())
     results = {"protocol": protocol | protocol_notes(pairs), "versions": versions(),
                "summary": {m: summarize(m, subjects) for m, subjects in pairs.items()}, "pairs": pairs}
     atomic_write_json(out / "results.json", results)
     atomic_write_bytes(out / "table.md", table(results["summary"]).encode())
-    trained = {m: s for m, s in results["summary"].items() if m != "oracle"}
-    if trained:
-        bar_chart(out / "scores.png", {m: [s[k] for k in METRICS] for m, s in trained.items()},
-                  ["DINO", "CLIP-I", "CLIP-T"])
-        scatter_plot(out / "tradeoff.png", {m: [(p["clip_t"], p["dino"]) for p in pairs[m].values()]
-                                            for m in trained}, "CLIP-T", "DINO")
+    draw_plots(out, results)
     atomic_write_bytes(out / "report.html", page(out, results).encode())
     return results
+
+
+def draw_plots(out: Path, results: dict) -> None:
+    """scores.png and tradeoff.png. Pictures only: a failure here is a warning, never the loss of the results."""
+    trained = {m: s for m, s in results["summary"].items() if m != "oracle"}
+    if not trained:
+        return
+    try:
+        bar_chart(out / "scores.png", {m: [s.get(k) for k in METRICS] for m, s in trained.items()},
+                  ["DINO", "CLIP-I", "CLIP-T"])
+        scatter_plot(out / "tradeoff.png", {m: [(p["clip_t"], p["dino"]) for p in results["pairs"][m].values()]
+                                            for m in trained}, "CLIP-T", "DINO")
+    except Exception as exc:  # noqa: BLE001 - any drawing bug; the table and the report must still be written
+        warnings.warn(f"could not draw the plots of {out} ({type(exc).__name__}: {exc}); results.json, table.md "
+                      "and report.html are complete", stacklevel=2)
 
 
 def protocol_notes(pairs: dict) -> dict:
