@@ -63,3 +63,13 @@ def subject_dir(tmp_path) -> Path:
     for i in range(3):
         draw_subject(folder / f"{i:02d}.png", shift=2 * i)
     return folder
+
+
+def pytest_terminal_summary(terminalreporter):
+    """How many CLI invocations the fuzz suite generated, for the record."""
+    import sys
+
+    fuzz = sys.modules.get("test_fuzz")
+    if fuzz is not None:
+        terminalreporter.write_line(f"fuzz: {next(fuzz.RUN_COUNT)} generated CLI invocations, by exit code "
+                                    f"{dict(sorted(fuzz.OUTCOMES.items()))}")

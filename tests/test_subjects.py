@@ -138,11 +138,11 @@ def test_masks_come_from_the_masks_folder_and_are_cropped_like_the_photos(tmp_pa
 
 
 def test_mask_from_the_alpha_channel(tmp_path):
-    photo = Image.new("RGBA", (16, 16), (0, 0, 0, 0))
-    photo.paste((10, 200, 10, 255), (0, 0, 8, 16))
+    photo = Image.new("RGBA", (32, 32), (0, 0, 0, 0))  # the smallest photo accepted (subjects.MIN_SIDE)
+    photo.paste((10, 200, 10, 255), (0, 0, 16, 32))
     photo.save(tmp_path / "cutout.png")
-    mask = load_subject(tmp_path, "dog", 16, masks=True).mask_tensor()[0, 0]
-    assert mask[:, :8].min() == 1 and mask[:, 8:].max() == 0
+    mask = load_subject(tmp_path, "dog", 32, masks=True).mask_tensor()[0, 0]
+    assert mask[:, :16].min() == 1 and mask[:, 16:].max() == 0
 
 
 def test_mask_errors_are_one_line_and_name_the_file(tmp_path):

@@ -18,7 +18,7 @@ import torch
 
 from .errors import UserError
 from .models import Components, load_model, quiet_loading
-from .safeio import atomic_save_safetensors
+from .safeio import atomic_save_safetensors, check_safetensors
 from .sampling import EarlySteps
 from .subjects import expand_subject
 
@@ -142,6 +142,9 @@ def load_run(run_dir: Path, allow_pickle: bool = False, lora_scale: float = 1.0)
         raise UserError(f"--lora-scale applies to LoRA runs; {run_dir} is a {method} run")
     if method == "dreambooth":
         return Run(manifest, load_model(str(run_dir / "pipeline"), allow_pickle))
+    for name in manifest.get("files", []):  # before the base model loads: a damaged run fails in a second
+        if name.endswith(".safetensors"):
+            check_safetensors(run_dir / name, f"{method} weights")
     components = load_model(manifest["model"], allow_pickle)
     pipe = components.pipeline()
     if method == "lora":

@@ -30,15 +30,16 @@ def run_demo(out: Path, subject: str = "dog", model: str = "builtin", steps: int
     from .world.build import EMOJIBENCH, subject_class
 
     out = Path(out)
-    if out.is_dir() and any(out.iterdir()):
+    class_noun = subject_class(subject)
+    # the settings are checked before anything is touched: a bad flag never costs the previous demo
+    cfg = TrainConfig(method="lora", model=model, subject_dir=str(EMOJIBENCH / subject), class_noun=class_noun,
+                      out=str(out / "run"), steps=steps)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
         if not (out / "report.html").is_file():
             raise UserError(f"--out {out} is not empty and holds no demo; choose a new folder")
         shutil.rmtree(out)  # a previous demo: replace it
-    class_noun = subject_class(subject)
-    shutil.copytree(EMOJIBENCH / subject, out / "photos")
-    cfg = TrainConfig(method="lora", model=model, subject_dir=str(out / "photos"), class_noun=class_noun,
-                      out=str(out / "run"), steps=steps)
     result = train(cfg, progress=progress)
+    shutil.copytree(EMOJIBENCH / subject, out / "photos")
     base_prompts = [expand_subject(p, class_noun) for p in PROMPTS]
     base = generate_to_folder(model, base_prompts, out / "base", n=2)
     mine = generate_to_folder(str(result.run_dir), PROMPTS, out / "personalized", n=2)

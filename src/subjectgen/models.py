@@ -20,7 +20,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 
 from . import builtin
 from .errors import UserError
-from .safeio import PICKLE_SUFFIXES
+from .safeio import PICKLE_SUFFIXES, check_safetensors
 
 COMPONENTS = ("tokenizer", "text_encoder", "vae", "unet", "scheduler")
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -163,6 +163,9 @@ def _load_folder(path: Path, ref: str, allow_pickle: bool) -> Components:
 def _check_weights_format(folder: Path, allow_pickle: bool) -> None:
     files = [f for f in folder.iterdir() if f.is_file()]
     if any(f.suffix == ".safetensors" for f in files):
+        for f in files:
+            if f.suffix == ".safetensors":
+                check_safetensors(f)
         return
     if any(f.suffix in PICKLE_SUFFIXES for f in files):
         if allow_pickle:

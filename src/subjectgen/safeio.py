@@ -104,3 +104,19 @@ def atomic_save_image(path: Path, image) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         image.save(tmp)
         os.replace(tmp, path)
+
+
+def check_safetensors(path: Path, what: str = "weights file") -> None:
+    """A one-line UserError unless `path` is a complete safetensors file (its header read, its size checked)."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{what} {path} is missing; restore it, or train (or download) again")
+    try:
+        with safe_open(str(path), framework="pt"):
+            pass
+    except Exception as exc:  # safetensors raises its own error type for every kind of damage
+        reason = str(exc).split(": ", 1)[-1]
+        raise UserError(f"{what} {path} is damaged or truncated ({reason}); restore it, or train (or download) "
+                        "again") from None

@@ -9,7 +9,6 @@ from typing import Callable
 import torch
 from PIL import Image
 
-from .errors import UserError
 from .models import Components
 from .subjects import to_image
 

@@ -49,7 +49,9 @@ def load_subject(folder: Path, class_noun: str, resolution: int, masks: bool = F
         raise UserError(f"subject folder {folder} does not exist; give a folder of photos of your subject")
     paths = photo_paths(folder, warn=True)
     if not paths:
-        raise UserError(f"subject folder {folder} holds no images ({', '.join(sorted(readable_suffixes()))}); "
+        others = sorted(p.name for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+        seen = f"; it has only {', '.join(others[:5])}{' ...' if len(others) > 5 else ''}" if others else ""
+        raise UserError(f"subject folder {folder} holds no images ({', '.join(sorted(readable_suffixes()))}){seen}; "
                         "add 1-5 photos of the subject")
     if len(paths) > MANY_PHOTOS:
         warnings.warn(f"subject folder {folder} holds {len(paths)} photos; the methods are made for 3-5 "
@@ -87,11 +89,12 @@ def photo_paths(folder: Path, warn: bool = False) -> list[Path]:
         if p.suffix.lower() in HEIF_SUFFIXES - suffixes:
             raise UserError(f"{p} is a HEIC/HEIF photo, which needs a plugin: pip install pillow-heif, or convert "
                             "it to JPEG or PNG")
-    if warn:
+    chosen = [p for p in files if p.suffix.lower() in suffixes]
+    if warn and chosen:  # with no photo at all, the caller's error names the folder instead
         for p in files:
             if p.suffix.lower() not in suffixes:
                 warnings.warn(f"skipping {p}: not a photo ({', '.join(sorted(suffixes))})", stacklevel=3)
-    return [p for p in files if p.suffix.lower() in suffixes]
+    return chosen
 
 
 def open_mask(photo: Path, photo_size: tuple[int, int]) -> Image.Image:

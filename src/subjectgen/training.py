@@ -44,6 +44,12 @@ def make_accelerator(mixed_precision: str, distributed: bool = True) -> Accelera
     distributed=False: this process trains alone even under a launcher (the benchmark gives each process
     its own subjects), so the launcher's variables are hidden while accelerate reads them."""
     several = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    from accelerate.state import AcceleratorState
+
+    if AcceleratorState._shared_state.get("_mixed_precision", mixed_precision) != mixed_precision:
+        # accelerate keeps one precision per process; a later run in it (a bench, a UI) may ask for another.
+        # Its private reset keeps the process group (PartialState) and drops only the precision state.
+        AcceleratorState._reset_state()
     if distributed or not several:
         return Accelerator(mixed_precision=mixed_precision, cpu=several and not torch.cuda.is_available())
     saved = {k: os.environ.pop(k) for k in LAUNCHER_VARIABLES if k in os.environ}
