@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from subjectgen.losses import diffusion_loss, min_snr_weights, snr
+from subjectgen.training.losses import diffusion_loss, min_snr_weights, snr
 
 
 def test_prior_split_without_snr():

@@ -158,7 +158,7 @@ def test_builtin_run_loads_in_plain_diffusers(photos, tmp_path):
     """The shipped model stores fp16 weights: plain diffusers loads it with an explicit torch_dtype."""
     cfg = TrainConfig(method="lora", subject_dir=str(photos), class_noun="dog", out=str(tmp_path / "b"), steps=2)
     run_dir = train(cfg, progress=False).run_dir
-    from subjectgen.builtin import SHIPPED
+    from subjectgen.assets import SHIPPED
 
     pipe = StableDiffusionPipeline.from_pretrained(str(SHIPPED), torch_dtype=torch.float32)
     pipe.load_lora_weights(str(run_dir))
@@ -167,14 +167,16 @@ def test_builtin_run_loads_in_plain_diffusers(photos, tmp_path):
 
 
 @pytest.mark.parametrize("method", ["lora", "dreambooth", "textual-inversion"])
-def test_base_weights_give_the_base_models_images_and_then_the_runs_again(runs, tiny_model, method):
+def test_base_networks_give_the_base_models_images_and_then_the_runs_again(runs, tiny_model, method):
+    from subjectgen.sampling import EarlySteps
+
     run = load_run(runs[method].run_dir)
     prompt = "a dog on the beach"  # the class prompt, as the steps before the subject use it
     base = as_array(generate(load_model(tiny_model), [prompt], [0], steps=4))
     own = as_array(generate(run.components, [prompt], [0], steps=4))
     trainable = [p.requires_grad for p in run.components.unet.parameters()]
-    with run.base_weights():
-        off = as_array(generate(run.components, [prompt], [0], steps=4))
+    all_steps_on_base = EarlySteps(4, [prompt], *run.method.base_networks(run))
+    off = as_array(generate(run.components, [prompt], [0], steps=4, early=all_steps_on_base))
     assert np.abs(off - base).max() <= 1
     assert np.array_equal(as_array(generate(run.components, [prompt], [0], steps=4)), own)
     assert [p.requires_grad for p in run.components.unet.parameters()] == trainable
@@ -193,8 +195,8 @@ def test_subject_start_samples_the_first_steps_on_the_class_prompt_then_the_subj
     prompt = run.prompt_for_model(template)
     full = as_array(generate(run.components, [prompt], [0], steps=8))
     # an early phase that changes nothing changes nothing: the scheduler runs on across the switch
-    assert np.array_equal(as_array(generate(run.components, [prompt], [0], steps=8, early=EarlySteps(3, [prompt]))),
-                          full)
+    same_networks = EarlySteps(3, [prompt], run.components.unet, run.components.text_encoder)
+    assert np.array_equal(as_array(generate(run.components, [prompt], [0], steps=8, early=same_networks)), full)
     late = as_array(generate(run.components, [prompt], [0], steps=8, early=early))
     assert np.abs(late - full).max() > 0
     assert np.array_equal(as_array(generate(run.components, [prompt], [0], steps=8)), full)  # the LoRA is back on

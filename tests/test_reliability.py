@@ -20,7 +20,7 @@ from PIL import Image
 from subjectgen.cli import main
 from subjectgen.config import BenchConfig, SampleSettings, TrainConfig
 from subjectgen.errors import TrainingDiverged, UserError
-from subjectgen.outdir import LOCK, hold, release
+from subjectgen.training.outdir import LOCK, hold, release
 from subjectgen.settings import Bound
 from subjectgen.world.config import EvaluatorTrainConfig, WorldTrainConfig
 
@@ -57,7 +57,7 @@ def test_every_declared_range_is_enforced_by_the_api(cls):
 @pytest.mark.parametrize("argv,flag", [
     (["--steps", "0"], "--steps"), (["--steps", "-1"], "--steps"), (["--lr", "nan"], "--lr"),
     (["--lr", "0"], "--lr"), (["--rank", "0"], "--rank"), (["--batch-size", "0"], "--batch-size"),
-    (["--prior-weight", "-1"], "--prior-weight"), (["--num-vectors", "0"], "--num-vectors"),
+    (["--prior-weight", "-1"], "--prior-weight"), (["--lr-warmup-steps", "-1"], "--lr-warmup-steps"),
     (["--seed", "-3"], "--seed"), (["--snr-gamma", "inf"], "--snr-gamma"), (["--steps", "ten"], "--steps"),
 ])
 def test_train_flags_out_of_range_are_one_line_errors_and_write_nothing(capsys, tmp_path, subject_dir, argv, flag):
@@ -77,7 +77,7 @@ def test_prior_preservation_needs_class_images(capsys, tiny_model, subject_dir, 
 def test_the_lock_names_a_live_holder_and_a_dead_ones_lock_is_taken_over(tmp_path):
     folder = tmp_path / "run"
     code = (f"import os, sys, time; sys.path.insert(0, {str(Path(__file__).parents[1] / 'src')!r});"
-            f"from subjectgen.outdir import hold; hold({str(folder)!r}); print('held', flush=True); time.sleep(60)")
+            f"from subjectgen.training.outdir import hold; hold({str(folder)!r}); print('held', flush=True); time.sleep(60)")
     holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"
     with pytest.raises(UserError, match=f"pid {holder.pid}"):
@@ -154,9 +154,9 @@ def diverging(tiny_model, subject_dir, out, *extra):
 
 def test_a_diverged_run_continues_from_its_checkpoint_with_the_suggested_command(capsys, monkeypatch, tiny_model,
                                                                                  subject_dir, tmp_path):
-    import subjectgen.training as training
+    import subjectgen.methods.base as base  # the method's loss hook computes it
 
-    real_loss, calls = training.diffusion_loss, []
+    real_loss, calls = base.diffusion_loss, []
 
     def diverges_at_step_7(*args, **kwargs):  # the loss of a run gone bad after good checkpoints at steps 3 and 6
         calls.append(1)
@@ -165,7 +165,7 @@ def test_a_diverged_run_continues_from_its_checkpoint_with_the_suggested_command
 
     out = tmp_path / "nan"
     argv = train_args(tiny_model, subject_dir, out, "--steps", "12", "--checkpoint-every", "3", "--lr", "1e-3")
-    monkeypatch.setattr(training, "diffusion_loss", diverges_at_step_7)
+    monkeypatch.setattr(base, "diffusion_loss", diverges_at_step_7)
     err = error_of(capsys, argv)
     assert "loss became nan at step 7" in err and "step-000006" in err
     assert "add --resume --lr 0.0001 to the same command" in err
@@ -252,7 +252,7 @@ def no_space(*args, **kwargs):
 
 
 @pytest.mark.parametrize("target", ["pathlib.Path.write_bytes", "PIL.Image.Image.save",
-                                    "subjectgen.safeio.save_file", "subjectgen.checkpoints.save_file",
+                                    "subjectgen.safeio.save_file", "subjectgen.training.checkpoints.save_file",
                                     "diffusers.StableDiffusionPipeline.save_lora_weights"])
 def test_a_full_disk_is_a_one_line_error_and_leaves_no_partial_file(capsys, monkeypatch, tiny_model, subject_dir,
                                                                     tmp_path, target):

@@ -94,7 +94,7 @@ def test_ddp_on_two_cpu_processes(tiny_model, subject_dir, tmp_path):
 def test_latent_cache_draws_each_latent_with_its_own_mask(tiny_model):
     from PIL import Image
 
-    from subjectgen.data import LatentCache
+    from subjectgen.training.data import LatentCache
     from subjectgen.models import load_model
 
     components = load_model(tiny_model)

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from subjectgen import generate, load_model
-from subjectgen.builtin import SHIPPED
+from subjectgen.assets import SHIPPED
 from subjectgen.subjects import load_subject
 from subjectgen.world.catalog import EDITS, OUTFITS, SCENES, SUBJECTS, contexts_for, training_instances
 from subjectgen.world.emoji import sources_available

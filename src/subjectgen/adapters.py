@@ -10,14 +10,14 @@ beside weights in the ecosystem's formats:
 from __future__ import annotations
 
 import json
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from .errors import UserError
-from .models import Components, load_model, quiet_loading
+from .models import Components, load_model
 from .safeio import atomic_save_safetensors, check_safetensors
 from .sampling import EarlySteps
 from .subjects import expand_subject
@@ -52,52 +52,53 @@ def export_kohya_lora(layers: dict[str, dict[str, torch.Tensor]], alpha: float, 
 
 @dataclass
 class Run:
-    """A finished run: its manifest and its base model with the adapter applied."""
+    """A finished run (or, with an empty subject, a plain base model): its manifest and its base model with
+    the adapter applied. What is special about each method (its base networks for --subject-start, how a
+    prompt reaches its tokenizer) is asked of the method's class, from the registry."""
 
     manifest: dict
     components: Components
     base: Components | None = None  # a DreamBooth run's base model, loaded when first needed
 
+    @classmethod
+    def of_model(cls, ref: str, allow_pickle: bool = False) -> "Run":
+        """A plain model as a run with no subject: the baseline."""
+        return cls({"subject": "", "model": ref}, load_model(ref, allow_pickle))
+
     @property
     def subject(self) -> str:
         return self.manifest["subject"]
 
+    @property
+    def method(self):
+        """The Method class of this run (None for a plain model)."""
+        from .methods import registry
+
+        name = self.manifest.get("method")
+        return registry.get(name).load() if name else None
+
     def early_steps(self, prompts: list[str], fraction: float, steps: int) -> EarlySteps | None:
         """Sample the first round(fraction * steps) steps without the subject (sampling.EarlySteps): the
-        prompts with {subject} as the plain class noun, on the base model's weights. None when there are none."""
+        prompts with {subject} as the plain class noun, on the base model's networks. None when there are none."""
         n = round(fraction * steps)
         if not n or not self.subject:
             return None
-        return EarlySteps(n, [expand_subject(p, self.manifest["class"]) for p in prompts], self.base_weights)
+        unet, text_encoder, context = self.method.base_networks(self)
+        return EarlySteps(n, [expand_subject(p, self.manifest["class"]) for p in prompts], unet, text_encoder, context)
 
-    def base_weights(self) -> AbstractContextManager:
-        """A context in which the run's own weights are off: a LoRA disabled, a DreamBooth run's fine-tuned
-        networks swapped for its base model's. Textual Inversion changes no weights (a prompt without its
-        token is the base model's prompt)."""
-        method = self.manifest.get("method")
-        if method == "lora":
-            return lora_off(self.components.unet, self.components.text_encoder)
-        if method == "dreambooth":
-            return self._base_networks()
-        return nullcontext()
-
-    @contextmanager
-    def _base_networks(self):
-        c = self.components
+    def base_model(self) -> Components:
+        """The run's base model, loaded once, on the run's device and dtype."""
         if self.base is None:
+            c = self.components
             self.base = load_model(self.manifest["model"]).to(c.unet.device)
-        tuned = c.unet, c.text_encoder
-        c.unet, c.text_encoder = self.base.unet.to(c.unet.dtype), self.base.text_encoder.to(c.text_encoder.dtype)
-        try:
-            yield
-        finally:
-            c.unet, c.text_encoder = tuned
+            self.base.unet.to(c.unet.dtype)
+            self.base.text_encoder.to(c.text_encoder.dtype)
+        return self.base
 
     def prompt_for_model(self, prompt: str) -> str:
-        """Expand `{subject}` and a multi-vector TI placeholder into what the tokenizer must see."""
+        """`{subject}` expanded, and whatever else the method's tokenizer must see (TI's extra vectors)."""
         prompt = expand_subject(prompt, self.subject)
-        tokens = self.manifest.get("placeholder_tokens")
-        return prompt.replace(tokens[0], " ".join(tokens)) if tokens else prompt
+        return self.method.prompt_for_run(self.manifest, prompt) if self.method else prompt
 
 
 @contextmanager
@@ -119,6 +120,15 @@ def lora_off(*modules: torch.nn.Module):
             param.requires_grad_(flag)
 
 
+def check_assets(run_dir: Path, manifest: dict) -> None:
+    """Refuse a run whose recorded assets (its base model, ...) now have other weights under the same name.
+    Runs from before assets were recorded have none to check."""
+    from .assets import check_recorded
+
+    for entry in manifest.get("assets", []):
+        check_recorded(entry, f"run {run_dir}")
+
+
 def read_manifest(run_dir: Path) -> dict:
     path = Path(run_dir) / MANIFEST
     if not path.is_file():
@@ -130,31 +140,23 @@ def read_manifest(run_dir: Path) -> dict:
 
 
 def load_run(run_dir: Path, allow_pickle: bool = False, lora_scale: float = 1.0) -> Run:
-    """The base model of a finished run with its adapter applied, through diffusers' own loaders.
+    """The base model of a finished run with its adapter applied, by the run's method (its `load_run`).
 
     `lora_scale` weights a LoRA's update (diffusers' `set_adapters` weight, kohya's network multiplier):
     below 1 trades likeness of the subject for following the prompt; 0 gives the base model.
     """
+    from .methods import registry
+
     run_dir = Path(run_dir)
     manifest = read_manifest(run_dir)
     method = manifest.get("method")
-    if lora_scale != 1.0 and method != "lora":
+    if method not in registry.names():
+        raise UserError(f"{run_dir / MANIFEST} names an unknown method '{method}'")
+    cls = registry.get(method).load()
+    if lora_scale != 1.0 and not cls.scalable:
         raise UserError(f"--lora-scale applies to LoRA runs; {run_dir} is a {method} run")
-    if method == "dreambooth":
-        return Run(manifest, load_model(str(run_dir / "pipeline"), allow_pickle))
     for name in manifest.get("files", []):  # before the base model loads: a damaged run fails in a second
         if name.endswith(".safetensors"):
             check_safetensors(run_dir / name, f"{method} weights")
-    components = load_model(manifest["model"], allow_pickle)
-    pipe = components.pipeline()
-    if method == "lora":
-        with quiet_loading():
-            pipe.load_lora_weights(str(run_dir), weight_name="pytorch_lora_weights.safetensors",
-                                   adapter_name="subject")
-        if lora_scale != 1.0:
-            pipe.set_adapters(["subject"], adapter_weights=[lora_scale])
-    elif method == "textual-inversion":
-        pipe.load_textual_inversion(str(run_dir / "learned_embeds.safetensors"))
-    else:
-        raise UserError(f"{run_dir / MANIFEST} names an unknown method '{method}'")
-    return Run(manifest, components)
+    check_assets(run_dir, manifest)
+    return cls.load_run(run_dir, manifest, allow_pickle, lora_scale)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from dataclasses import MISSING, fields
 import sys
 import warnings
 from pathlib import Path
@@ -14,6 +15,7 @@ os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 
 from .config import BenchConfig, SampleSettings, TrainConfig  # noqa: E402
 from .errors import UserError  # noqa: E402
+from .methods import registry  # noqa: E402
 from .settings import AT_LEAST_1, arg_type, number_type  # noqa: E402
 from .world.config import EvaluatorTrainConfig, WorldTrainConfig  # noqa: E402
 
@@ -33,13 +35,6 @@ def bench_type(name: str):
 def world_type(name: str):
     return arg_type(WorldTrainConfig, name)
 
-TRAIN_HELP = {
-    "lora": "DreamBooth with LoRA adapters on the UNet attention (small files, fast)",
-    "dreambooth": "DreamBooth full fine-tune of the UNet, with class prior preservation",
-    "textual-inversion": "learn a new word embedding; the model stays frozen",
-}
-
-
 class Parser(argparse.ArgumentParser):
     """argparse with one-line errors (the usage block is one --help away)."""
 
@@ -48,49 +43,53 @@ class Parser(argparse.ArgumentParser):
 
 
 def add_train_parser(sub) -> None:
+    """`train METHOD`: one parser per registered method, offering the shared settings and its own, built from
+    the settings' declarations (config.TrainConfig) and the method's spec (methods/registry.py)."""
     train = sub.add_parser("train", help="personalize a model on photos of one subject")
     methods = train.add_subparsers(dest="method", metavar="METHOD", required=True, parser_class=Parser)
-    for name, text in TRAIN_HELP.items():
-        p = methods.add_parser(name, help=text, description=text)
-        p.add_argument("--model", default="builtin", help="diffusers folder, .safetensors checkpoint, hub id, "
-                       "or a built-in name: builtin, tiny (default: builtin)")
-        p.add_argument("--subject", required=True, help="folder of 1-5 photos of the subject")
-        p.add_argument("--class", dest="class_noun", required=True, help="the subject's class noun, e.g. dog")
-        p.add_argument("--out", required=True, help="run folder to write")
-        p.add_argument("--token", help="identifier (DreamBooth; default: a rare token) or placeholder (TI; <s*>)")
-        p.add_argument("--instance-prompt", default="a {token} {class}", help="training prompt (DreamBooth)")
-        p.add_argument("--class-prompt", default="a {class}", help="prompt for class images")
-        p.add_argument("--steps", type=train_type("steps"), help="training steps (default: the method's, by model size)")
-        p.add_argument("--lr", type=train_type("lr"), help="learning rate (default: the method's, by model size)")
-        p.add_argument("--batch-size", type=train_type("batch_size"), default=1)
-        p.add_argument("--seed", type=train_type("seed"), default=0)
-        prior = p.add_mutually_exclusive_group()
-        prior.add_argument("--prior-preservation", dest="prior_preservation", action="store_true", default=None,
-                           help="class-specific prior preservation (default: on for dreambooth, off otherwise)")
-        prior.add_argument("--no-prior-preservation", dest="prior_preservation", action="store_false")
-        p.add_argument("--prior-weight", type=train_type("prior_weight"), default=1.0, help="λ, the weight of the prior loss")
-        p.add_argument("--num-class-images", type=train_type("num_class_images"), help="class images to generate and cache")
-        p.add_argument("--snr-gamma", type=train_type("snr_gamma"), help="min-SNR loss weighting γ (e.g. 5.0); off by default")
-        p.add_argument("--masked-loss", action="store_true",
-                       help="learn only the subject, not the photos' background: the loss counts the pixels of a mask "
-                            "per photo (SUBJECT/masks/NAME.png, white on the subject; else the photo's alpha)")
-        p.add_argument("--rank", type=train_type("rank"), default=4, help="LoRA rank")
-        p.add_argument("--lora-alpha", type=train_type("lora_alpha"), help="LoRA alpha (default: the rank)")
-        p.add_argument("--train-text-encoder", action="store_true", help="also train the text encoder (LoRA/full)")
-        p.add_argument("--num-vectors", type=train_type("num_vectors"), default=1, help="TI: vectors in the learned embedding")
-        p.add_argument("--init-word", help="TI: word the embedding starts from (default: the class)")
-        p.add_argument("--lr-warmup-steps", type=train_type("lr_warmup_steps"), default=0)
-        p.add_argument("--max-grad-norm", type=train_type("max_grad_norm"), default=1.0)
-        p.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default="no")
-        p.add_argument("--gradient-checkpointing", action="store_true")
-        p.add_argument("--checkpoint-every", type=train_type("checkpoint_every"), default=0, help="save a resumable checkpoint every N steps")
-        p.add_argument("--validate-every", type=train_type("validate_every"), default=0, help="write a validation grid every N steps")
-        p.add_argument("--validation-prompt", action="append", dest="validation_prompts",
-                       help="prompt with {subject} for validation grids (repeatable)")
-        p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    for spec in registry.REGISTRY.values():
+        p = methods.add_parser(spec.name, help=spec.help, description=spec.help)
+        for f in fields(TrainConfig):
+            if f.name in shared_settings() or f.name in spec.own_settings:
+                add_setting(p, f, spec)
+        p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint "
+                       "(it may lower --lr, e.g. after a diverged run)")
         p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
-        p.add_argument("--allow-pickle", action="store_true", help="allow loading pickled weights (.ckpt/.bin)")
         p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def shared_settings() -> set[str]:
+    """The TrainConfig settings every method takes: those with a flag that no method claims as its own."""
+    own = {name for spec in registry.REGISTRY.values() for name in spec.own_settings}
+    return {f.name for f in fields(TrainConfig) if "help" in f.metadata and f.name not in own}
+
+
+def add_setting(parser, f, spec) -> None:
+    """One flag from a setting's declaration: its name, type and range, choices, help with its default."""
+    meta, name = f.metadata, f.metadata.get("flag", "--" + f.name.replace("_", "-"))
+    text = spec.token_help if f.name == "token" else meta["help"]
+    per_size = spec.defaults_text(f.name)
+    text = f"{text} ({per_size})" if per_size else text
+    kwargs = {"dest": f.name, "help": text}
+    if str(f.type).startswith("str") or f.default_factory is not MISSING:
+        kwargs["metavar"] = meta.get("metavar", name.lstrip("-").split("-")[-1].upper())
+    if f.default is MISSING and f.default_factory is MISSING:
+        kwargs["required"] = True
+    elif f.name == "prior_preservation":
+        kwargs.update(action=argparse.BooleanOptionalAction, default=None)
+    elif f.type in ("bool", bool):
+        kwargs["action"] = "store_true"
+    elif f.default_factory is not MISSING:
+        kwargs["action"] = "append"
+        kwargs["metavar"] = "PROMPT"
+    else:
+        kwargs["default"] = None if f.default is None else f.default
+        if "bound" in meta:
+            kwargs["type"] = number_type(meta["bound"])
+            kwargs["metavar"] = "N" if meta["bound"].integer else "X"
+        if "choices" in meta:
+            kwargs["choices"] = meta["choices"]
+    parser.add_argument(name, **kwargs)
 
 
 def add_generate_parser(sub) -> None:
@@ -214,7 +213,6 @@ def run_train(args) -> None:
     from .training import train
 
     options = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__ and v is not None}
-    options["subject_dir"] = args.subject
     cfg = TrainConfig(**options)
     result = train(cfg, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
     if result.manifest:
@@ -336,8 +334,24 @@ def run_report(args) -> None:
     print(f"report: {Path(args.out) / 'report.html'}")
 
 
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    """Parse; an unknown flag that belongs to another method says so ("--rank is a flag of lora")."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if not extra:
+        return args
+    if getattr(args, "command", None) == "train":
+        for word in extra:
+            flag = word.split("=", 1)[0]
+            owners = [spec.name for spec in registry.REGISTRY.values()
+                      if any(flag == "--" + name.replace("_", "-") for name in spec.own_settings)]
+            if owners:
+                parser.error(f"{flag} is a flag of {' and '.join(owners)}, not of {args.method}")
+    parser.error(f"unrecognized arguments: {' '.join(extra)}")
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse(argv)
     quiet_libraries()
     warnings.formatwarning = lambda message, category, *rest: f"warning: {message}\n"
     try:

@@ -3,52 +3,65 @@ range beside each number (settings.py), so the CLI and the Python API check them
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 
 from .errors import UserError
+from .methods import registry
 from .settings import (ANY_FINITE, AT_LEAST_1, FRACTION_BELOW_1, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE,
-                       SAMPLER_STEPS, SEED, Bound, check_settings, ranged)
+                       SAMPLER_STEPS, SEED, Bound, check_settings, ranged, setting)
 
-METHODS = ("lora", "dreambooth", "textual-inversion")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 
 
 @dataclass
 class TrainConfig:
-    """Everything that decides a training run. `None` means: the method's default for this model."""
+    """Everything that decides a training run. `None` means: the method's default for this model. Which
+    methods take which of these (and their defaults) is the method registry's (methods/registry.py)."""
 
     method: str
-    subject_dir: str
-    class_noun: str
-    out: str
-    model: str = "builtin"
-    token: str | None = None            # DreamBooth identifier ('sks'-like) or TI placeholder ('<s*>')
-    instance_prompt: str = "a {token} {class}"
-    class_prompt: str = "a {class}"
-    steps: int | None = ranged(None, AT_LEAST_1)
-    lr: float | None = ranged(None, POSITIVE)
-    batch_size: int = ranged(1, AT_LEAST_1)
-    seed: int = ranged(0, SEED)
-    prior_preservation: bool | None = None
-    prior_weight: float = ranged(1.0, NON_NEGATIVE)
-    num_class_images: int | None = ranged(None, NON_NEGATIVE_INT)
-    snr_gamma: float | None = ranged(None, POSITIVE)
-    masked_loss: bool = False           # learn only the subject's pixels (masks/ beside the photos, or alpha)
-    rank: int = ranged(4, AT_LEAST_1)
-    lora_alpha: float | None = ranged(None, POSITIVE)  # defaults to rank (scale 1)
-    train_text_encoder: bool = False
-    num_vectors: int = ranged(1, Bound(low=1, high=64, integer=True))  # a prompt holds 77 tokens in all
-    init_word: str | None = None        # TI: defaults to the class noun
-    lr_warmup_steps: int = ranged(0, NON_NEGATIVE_INT)
-    max_grad_norm: float = ranged(1.0, NON_NEGATIVE)  # 0: no clipping
-    mixed_precision: str = "no"         # "no", "fp16", "bf16" (GPU)
-    gradient_checkpointing: bool = False
-    checkpoint_every: int = ranged(0, NON_NEGATIVE_INT)
-    validate_every: int = ranged(0, NON_NEGATIVE_INT)
-    validation_prompts: list[str] = field(default_factory=lambda: ["a {subject}", "a {subject} on the beach"])
+    subject_dir: str = setting(MISSING, help="folder of 1-5 photos of the subject", flag="--subject")
+    class_noun: str = setting(MISSING, help="the subject's class noun, e.g. dog", flag="--class")
+    out: str = setting(MISSING, help="run folder to write")
+    model: str = setting("builtin", help="diffusers folder, .safetensors checkpoint, hub id, or a built-in name: "
+                         "builtin, tiny (default: builtin)")
+    token: str | None = setting(None, help="identifier")  # each method's spec says what it means there
+    instance_prompt: str = setting("a {token} {class}", help="training prompt (default: 'a {token} {class}')")
+    class_prompt: str = setting("a {class}", help="prompt for class images (default: 'a {class}')")
+    steps: int | None = setting(None, AT_LEAST_1, help="training steps")
+    lr: float | None = setting(None, POSITIVE, help="learning rate")
+    batch_size: int = setting(1, AT_LEAST_1, help="photos per step (default: 1)")
+    seed: int = setting(0, SEED, help="seed of the noise, timesteps and photo order (default: 0)")
+    prior_preservation: bool | None = setting(None, help="class-specific prior preservation: also train on class "
+                                              "images from the frozen model, keeping the class's variety")
+    prior_weight: float = setting(1.0, NON_NEGATIVE, help="λ, the weight of the prior loss (default: 1)")
+    num_class_images: int | None = setting(None, NON_NEGATIVE_INT, help="class images to generate and cache")
+    snr_gamma: float | None = setting(None, POSITIVE, help="min-SNR loss weighting γ (e.g. 5): steadier training; "
+                                      "off by default")
+    masked_loss: bool = setting(False, help="learn only the subject, not the photos' background: the loss counts "
+                                "the pixels of a mask per photo (SUBJECT/masks/NAME.png, white on the subject; "
+                                "else the photo's alpha)")
+    rank: int = setting(4, AT_LEAST_1, help="LoRA rank: higher learns more detail, in larger files (default: 4)")
+    lora_alpha: float | None = setting(None, POSITIVE, help="LoRA alpha; the update is scaled by alpha/rank "
+                                       "(default: the rank)")
+    train_text_encoder: bool = setting(False, help="also train the text encoder: stronger binding, more drift")
+    num_vectors: int = setting(1, Bound(low=1, high=64, integer=True),  # a prompt holds 77 tokens in all
+                               help="vectors in the learned embedding: more capacity, slower (default: 1)")
+    init_word: str | None = setting(None, help="word the embedding starts from (default: the class)")
+    lr_warmup_steps: int = setting(0, NON_NEGATIVE_INT, help="steps of linear learning-rate warm-up (default: 0)")
+    max_grad_norm: float = setting(1.0, NON_NEGATIVE, help="gradient clipping norm; 0 turns it off (default: 1)")
+    mixed_precision: str = setting("no", choices=MIXED_PRECISION, help="fp16/bf16 on a GPU: faster, less memory "
+                                   "(default: no)")
+    gradient_checkpointing: bool = setting(False, help="recompute activations: less memory, slower")
+    checkpoint_every: int = setting(0, NON_NEGATIVE_INT, help="save a resumable checkpoint every N steps "
+                                    "(default: 0, none)")
+    validate_every: int = setting(0, NON_NEGATIVE_INT, help="write a validation grid every N steps (default: 0)")
+    validation_prompts: list[str] = setting(help="prompt with {subject} for validation grids (repeatable; "
+                                            "default: 'a {subject}', 'a {subject} on the beach')",
+                                            flag="--validation-prompt",
+                                            factory=lambda: ["a {subject}", "a {subject} on the beach"])
     sample_steps: int | None = ranged(None, SAMPLER_STEPS)  # sampler steps for class images and validation
     guidance: float = ranged(7.5, NON_NEGATIVE)
-    allow_pickle: bool = False
+    allow_pickle: bool = setting(False, help="allow loading pickled weights (.ckpt/.bin): they can run code")
 
     def __post_init__(self) -> None:
         check_settings(self)
@@ -68,27 +81,26 @@ class TrainConfig:
         """The settings that make two runs the same run (for --resume and --out checks)."""
         return {k: v for k, v in self.to_dict().items() if k not in ("out", "checkpoint_every", "validate_every")}
 
+    @property
+    def alpha(self) -> float:
+        """LoRA's alpha: the given one, else the rank (scale 1)."""
+        return self.lora_alpha or self.rank
 
-# Defaults that work: (Stable Diffusion at 512 px, the small built-in/tiny models)
-DEFAULTS = {
-    "lora": {"steps": (500, 300), "lr": (1e-4, 1e-3), "prior_preservation": (False, False),
-             "num_class_images": (100, 32)},
-    "dreambooth": {"steps": (800, 300), "lr": (5e-6, 1e-4), "prior_preservation": (True, True),
-                   "num_class_images": (100, 32)},
-    "textual-inversion": {"steps": (3000, 500), "lr": (5e-4, 5e-3), "prior_preservation": (False, False),
-                          "num_class_images": (0, 0)},
-}
+
+def default_sample_steps(resolution: int) -> int:
+    """Sampler steps when none are given: 50 for Stable Diffusion, 25 for the small models."""
+    return 50 if resolution >= 256 else 25
 
 
 def resolve_defaults(cfg: TrainConfig, resolution: int) -> TrainConfig:
     """Fill every `None` setting with the method's default for a model of this resolution."""
-    small = resolution < 256
-    values = {name: pair[int(small)] for name, pair in DEFAULTS[cfg.method].items()}
-    values["sample_steps"] = (50, 25)[int(small)]
+    spec, small = registry.get(cfg.method), resolution < 256
     data = cfg.to_dict()
-    for name, value in values.items():
+    for name in ("steps", "lr", "prior_preservation", "num_class_images"):
         if data[name] is None:
-            data[name] = value
+            data[name] = spec.default(name, small)
+    if data["sample_steps"] is None:
+        data["sample_steps"] = default_sample_steps(resolution)
     if data["prior_preservation"] and data["num_class_images"] < 1:
         raise UserError("--num-class-images must be at least 1 with prior preservation (or pass --no-prior-preservation)")
     return TrainConfig.from_dict(data)
@@ -113,7 +125,7 @@ class SampleSettings:
 class BenchConfig:
     bench: str                      # a folder in DreamBench's layout, or "emoji"
     out: str
-    methods: list[str] = field(default_factory=lambda: list(METHODS))
+    methods: list[str] = field(default_factory=lambda: registry.names())  # default: every registered method
     model: str = "builtin"
     subjects: list[str] | None = None
     prompts: int | None = ranged(None, AT_LEAST_1)      # the first N prompts of each list
@@ -127,7 +139,7 @@ class BenchConfig:
     dino: str | None = None         # default: built-in for EmojiBench, the real ones otherwise
     clip: str | None = None
     runs_from: str | None = None    # an earlier bench folder whose runs and baseline to reuse (reusable())
-    # Content hashes of the model and evaluators (models.fingerprint), filled in by resolve_config: a folder
+    # Content hashes of the model and evaluators (assets.fingerprint), filled in by resolve_config: a folder
     # must not resume with other weights under the same name, as `builtin` gets after a retrain.
     model_hash: str | None = None
     dino_hash: str | None = None

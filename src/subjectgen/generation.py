@@ -7,10 +7,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .adapters import MANIFEST, Run, load_run
-from .config import SampleSettings
+from .config import SampleSettings, default_sample_steps
 from .errors import UserError
-from .models import inference_device, load_model
-from .outdir import RUN_SPEC
+from .models import inference_device
+from .training.outdir import RUN_SPEC
 from .safeio import atomic_save_image, atomic_write_json
 from .sampling import generate, make_grid
 
@@ -28,7 +28,7 @@ def open_run_or_model(ref: str, allow_pickle: bool = False, lora_scale: float = 
         return load_run(Path(ref), allow_pickle, lora_scale)
     if lora_scale != 1.0:
         raise UserError(f"--lora-scale applies to LoRA run folders; {ref} is a model")
-    return Run({"subject": "", "model": ref}, load_model(ref, allow_pickle))
+    return Run.of_model(ref, allow_pickle)
 
 
 def generate_to_folder(ref: str, prompts: list[str], out: Path, n: int = 4, seed: int = 0, steps: int | None = None,
@@ -44,7 +44,7 @@ def generate_to_folder(ref: str, prompts: list[str], out: Path, n: int = 4, seed
     for prompt in prompts:
         if run.subject and "{subject}" not in prompt:
             warnings.warn(f"prompt {prompt!r} has no {{subject}}; it will not show the learned subject", stacklevel=2)
-    steps = steps or (50 if run.components.resolution >= 256 else 25)
+    steps = steps or default_sample_steps(run.components.resolution)
     expanded = [run.prompt_for_model(p) for p in prompts for _ in range(n)]
     seeds = [seed + k for _ in prompts for k in range(n)]
     early = run.early_steps([p for p in prompts for _ in range(n)], subject_start, steps)

@@ -5,9 +5,7 @@ A reference is a built-in name, a local diffusers folder, a single-file checkpoi
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import re
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -18,7 +16,7 @@ import torch
 from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from . import builtin
+from . import assets
 from .errors import UserError
 from .safeio import PICKLE_SUFFIXES, check_safetensors
 
@@ -88,14 +86,10 @@ def inference_device() -> torch.device:
     return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("SUBJECTGEN_CACHE", Path.home() / ".cache" / "subjectgen"))
-
-
 def load_model(ref: str, allow_pickle: bool = False) -> Components:
     """Load the components of the model named by `ref` (see the module docstring)."""
     ref = str(ref)
-    named = builtin.resolve(ref)
+    named = assets.builtin_path("model", ref)
     if named is not None:
         return _load_folder(named, ref, allow_pickle)
     path = Path(ref).expanduser()
@@ -105,30 +99,8 @@ def load_model(ref: str, allow_pickle: bool = False) -> Components:
         return _load_single_file(path, allow_pickle)
     if HUB_ID.match(ref) and not ref.startswith((".", "/")):
         return _load_folder(_download(ref, allow_pickle), ref, allow_pickle)
-    names = ", ".join(builtin.names())
+    names = ", ".join(assets.builtin_names("model"))
     raise UserError(f"model '{ref}': no such folder or file, and not a hub id; give a diffusers folder or one of: {names}")
-
-
-def fingerprint(ref: str) -> str | None:
-    """A short hash of a local model's files (weights and configs), so that results can say which weights made
-    them: a built-in name, a folder or a single file. None for a hub id, whose files are not read here."""
-    path = builtin.resolve(str(ref)) or Path(ref).expanduser()
-    if path.is_dir():
-        files = sorted(f for f in path.rglob("*")  # not hidden ones, e.g. a hub download's .cache/ metadata
-                       if f.is_file() and not any(part.startswith(".") for part in f.relative_to(path).parts))
-    elif path.is_file():
-        files = [path]
-    else:
-        return None
-    digest = hashlib.sha256()
-    for f in files:
-        digest.update(str(f.relative_to(path)).encode() if f != path else b"")
-        one = hashlib.sha256()
-        with open(f, "rb") as handle:  # in chunks: a checkpoint can be gigabytes (file_digest is 3.11+)
-            for chunk in iter(lambda: handle.read(1 << 24), b""):
-                one.update(chunk)
-        digest.update(one.digest())
-    return digest.hexdigest()[:16]
 
 
 def _load_folder(path: Path, ref: str, allow_pickle: bool) -> Components:

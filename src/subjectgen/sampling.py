@@ -28,47 +28,58 @@ def initial_latents(components: Components, seeds: list[int]) -> torch.Tensor:
     return torch.stack(noise)
 
 
-@dataclass
-class EarlySteps:
-    """The first `steps` sampling steps without the subject: on `prompts` (the subject phrase replaced by its
-    class noun) and inside `base_weights()` (the subject's weights off). The base model lays out the scene
-    that the prompt asks for, then the subject is drawn into it; A1111's prompt editing
-    `[a dog:a sks dog:0.2]` with the LoRA switched on at the same step."""
-
-    steps: int
-    prompts: list[str]
-    base_weights: Callable[[], AbstractContextManager] = nullcontext
+Denoiser = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]  # (x, t, step index) -> predicted noise
 
 
-def _guided_steps(components: Components, scheduler, timesteps, latents: torch.Tensor, cond: torch.Tensor,
-                  uncond: torch.Tensor, guidance: float) -> torch.Tensor:
-    unet = components.unet  # looked up per phase: a base_weights() context may have swapped it
-    context = torch.cat([uncond, cond]).to(unet.dtype)
-    for t in timesteps:
-        model_in = scheduler.scale_model_input(torch.cat([latents, latents]), t)
-        noise_uncond, noise_cond = unet(model_in, t, encoder_hidden_states=context).sample.chunk(2)
-        noise = noise_uncond + guidance * (noise_cond - noise_uncond)
+def cfg_denoiser(unet, cond: dict[str, torch.Tensor], uncond: dict[str, torch.Tensor], guidance: float,
+                 context: Callable[[], AbstractContextManager] = nullcontext) -> Denoiser:
+    """Classifier-free guidance over any UNet inputs (encoder_hidden_states, and whatever a method adds):
+    one batched call on [uncond; cond], then uncond + guidance * (cond - uncond). `context` wraps each call
+    (e.g. a LoRA switched off)."""
+    inputs = {k: torch.cat([uncond[k], cond[k]]).to(unet.dtype) for k in cond}
+
+    def denoise(x: torch.Tensor, t: torch.Tensor, i: int) -> torch.Tensor:
+        with context():
+            noise_uncond, noise_cond = unet(torch.cat([x, x]), t, **inputs).sample.chunk(2)
+        return noise_uncond + guidance * (noise_cond - noise_uncond)
+
+    return denoise
+
+
+def switch_at(n: int, first: Denoiser, then: Denoiser) -> Denoiser:
+    """`first` for the steps before index n, `then` from n on (A1111's prompt editing, for any denoiser)."""
+    return lambda x, t, i: first(x, t, i) if i < n else then(x, t, i)
+
+
+@torch.no_grad()
+def sample(denoiser: Denoiser, scheduler, latents: torch.Tensor) -> torch.Tensor:
+    """The denoising loop, written out: from noise at the scheduler's first timestep to clean latents."""
+    latents = latents * scheduler.init_noise_sigma
+    for i, t in enumerate(scheduler.timesteps):
+        noise = denoiser(scheduler.scale_model_input(latents, t), t, i)
         latents = scheduler.step(noise, t, latents).prev_sample
     return latents
 
 
-@torch.no_grad()
-def denoise(components: Components, cond: torch.Tensor, uncond: torch.Tensor, latents: torch.Tensor,
-            steps: int, guidance: float,
-            early: tuple[int, torch.Tensor, torch.Tensor, Callable[[], AbstractContextManager]] | None = None
-            ) -> torch.Tensor:
-    """Run the scheduler from noise to clean latents with classifier-free guidance. `early` = (n, cond, uncond,
-    base_weights): the first n steps use that conditioning inside base_weights()."""
+def fresh_scheduler(components: Components, steps: int):
+    """A new scheduler of the model's own kind, set to `steps` (state is per sampling run)."""
     scheduler = type(components.scheduler).from_config(components.scheduler.config)
     scheduler.set_timesteps(steps)
-    latents = latents.to(components.unet.device, components.unet.dtype) * scheduler.init_noise_sigma
-    n = 0
-    if early:
-        n, cond_early, uncond_early, base_weights = early
-        with base_weights():
-            latents = _guided_steps(components, scheduler, scheduler.timesteps[:n], latents, cond_early,
-                                    uncond_early, guidance)
-    return _guided_steps(components, scheduler, scheduler.timesteps[n:], latents, cond, uncond, guidance)
+    return scheduler
+
+
+@dataclass
+class EarlySteps:
+    """The first `steps` sampling steps without the subject: on `prompts` (the subject phrase replaced by its
+    class noun), with the base model's networks (`unet`, `text_encoder`, each called inside `context`):
+    the base model lays out the scene that the prompt asks for, then the subject is drawn into it.
+    A1111's prompt editing `[a dog:a sks dog:0.2]` with the LoRA switched on at the same step."""
+
+    steps: int
+    prompts: list[str]
+    unet: torch.nn.Module
+    text_encoder: torch.nn.Module
+    context: Callable[[], AbstractContextManager] = nullcontext
 
 
 @torch.no_grad()
@@ -87,21 +98,26 @@ def generate(components: Components, prompts: list[str], seeds: list[int], steps
         raise ValueError("generate() needs one seed (and one early prompt, if any) per prompt")
     images: list[Image.Image] = []
     for start in range(0, len(prompts), batch_size):
-        chunk = prompts[start:start + batch_size]
-        cond = encode_prompts(components.tokenizer, components.text_encoder, chunk)
-        uncond = encode_prompts(components.tokenizer, components.text_encoder, [negative_prompt] * len(chunk))
-        phase = None
+        chunk = slice(start, start + batch_size)
+        denoiser = prompt_denoiser(components.unet, components.text_encoder, components.tokenizer,
+                                   prompts[chunk], negative_prompt, guidance)
         if early and early.steps:
-            with early.base_weights():  # a trained text encoder is the subject's too
-                cond_early = encode_prompts(components.tokenizer, components.text_encoder,
-                                            early.prompts[start:start + batch_size])
-                uncond_early = encode_prompts(components.tokenizer, components.text_encoder,
-                                              [negative_prompt] * len(chunk))
-            phase = (early.steps, cond_early, uncond_early, early.base_weights)
-        latents = denoise(components, cond, uncond, initial_latents(components, seeds[start:start + len(chunk)]),
-                          steps, guidance, phase)
-        images += decode(components, latents)
+            with early.context():  # a trained text encoder is the subject's too
+                base = prompt_denoiser(early.unet, early.text_encoder, components.tokenizer, early.prompts[chunk],
+                                       negative_prompt, guidance, early.context)
+            denoiser = switch_at(early.steps, base, denoiser)
+        unet = components.unet
+        noise = initial_latents(components, seeds[chunk]).to(unet.device, unet.dtype)
+        images += decode(components, sample(denoiser, fresh_scheduler(components, steps), noise))
     return images
+
+
+def prompt_denoiser(unet, text_encoder, tokenizer, prompts: list[str], negative_prompt: str, guidance: float,
+                    context: Callable[[], AbstractContextManager] = nullcontext) -> Denoiser:
+    """Guidance between the prompts and the negative prompt, on this UNet and text encoder."""
+    cond = encode_prompts(tokenizer, text_encoder, prompts)
+    uncond = encode_prompts(tokenizer, text_encoder, [negative_prompt] * len(prompts))
+    return cfg_denoiser(unet, {"encoder_hidden_states": cond}, {"encoder_hidden_states": uncond}, guidance, context)
 
 
 def make_grid(images: list[Image.Image], columns: int | None = None) -> Image.Image:

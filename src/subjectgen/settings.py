@@ -72,7 +72,18 @@ ANY_FINITE = Bound()
 
 def ranged(default: Any, bound: Bound, **kwargs) -> Any:
     """A dataclass field with its allowed range (None, "not given", is always allowed)."""
-    return field(default=default, metadata={"bound": bound}, **kwargs)
+    return setting(default, bound, **kwargs)
+
+
+def setting(default: Any = None, bound: Bound | None = None, help: str = "", flag: str | None = None,
+            choices: tuple | None = None, metavar: str | None = None, factory: Callable | None = None) -> Any:
+    """A dataclass field that is also a command-line flag: its range, help text, flag name and choices live
+    here, beside the setting, and the CLI's parsers are built from them."""
+    metadata = {"bound": bound, "help": help, "flag": flag, "choices": choices, "metavar": metavar}
+    metadata = {k: v for k, v in metadata.items() if v not in (None, "")}
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 def bound_of(cls: type, name: str) -> Bound:
@@ -92,7 +103,7 @@ def check_settings(obj: Any, flags: dict[str, str] | None = None) -> None:
         bound = f.metadata.get("bound")
         value = getattr(obj, f.name)
         if bound is not None and value is not None:
-            bound.check((flags or {}).get(f.name, flag(f.name)), value)
+            bound.check((flags or {}).get(f.name, f.metadata.get("flag", flag(f.name))), value)
 
 
 def number_type(bound: Bound) -> Callable[[str], float]:

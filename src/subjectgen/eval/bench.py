@@ -16,9 +16,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config import METHODS as TRAINED, BenchConfig
+from ..config import BenchConfig
+from ..methods import registry
 from ..errors import UserError
-from ..outdir import contents, hold, release
+from ..training.outdir import contents, hold, release
 from ..safeio import atomic_save_image, atomic_write_json
 from ..subjects import load_subject
 from .prompts import Benchmark, read_benchmark
@@ -39,21 +40,20 @@ def resolve_bench(name: str) -> Path:
 
 def resolve_config(cfg: BenchConfig, bench: Benchmark) -> BenchConfig:
     """Fill the evaluator defaults and the weights' hashes; check the subjects and methods against the benchmark."""
-    from ..models import fingerprint
-    from .metrics import evaluator_path
+    from ..assets import fingerprint
 
     builtin = cfg.bench == "emoji"
     cfg.dino = cfg.dino or ("builtin" if builtin else DEFAULT_EVALUATORS["dino"])
     cfg.clip = cfg.clip or ("builtin" if builtin else DEFAULT_EVALUATORS["clip"])
-    cfg.model_hash = fingerprint(cfg.model)
-    cfg.dino_hash = fingerprint(evaluator_path(cfg.dino, "dino"))
-    cfg.clip_hash = fingerprint(evaluator_path(cfg.clip, "clip"))
+    cfg.model_hash = fingerprint("model", cfg.model)
+    cfg.dino_hash = fingerprint("dino", cfg.dino)
+    cfg.clip_hash = fingerprint("clip", cfg.clip)
     unknown = [s for s in cfg.subjects or [] if s not in bench.classes]
     if unknown:
         raise UserError(f"--subjects: {', '.join(unknown)} not in {bench.root} (it has {', '.join(bench.classes)})")
-    bad = [m for m in cfg.methods if m not in TRAINED]
+    bad = [m for m in cfg.methods if m not in registry.names()]
     if bad:
-        raise UserError(f"--methods: unknown {', '.join(bad)}; choose from {', '.join(TRAINED)}")
+        raise UserError(f"--methods: unknown {', '.join(bad)}; choose from {', '.join(registry.names())}")
     for name in cfg.subjects or bench.classes:
         if not (bench.root / name).is_dir():
             raise UserError(f"{bench.root} lists subject '{name}' but has no folder {bench.root / name}")
@@ -123,7 +123,9 @@ class Context:
         return self.bench.prompts_for(subject)[: self.cfg.prompts]
 
     def steps(self, run) -> int:
-        return self.cfg.sample_steps or (50 if run.components.resolution >= 256 else 25)
+        from ..config import default_sample_steps
+
+        return self.cfg.sample_steps or default_sample_steps(run.components.resolution)
 
     def pair_dir(self, method: str, subject: str) -> Path:
         return self.out / "pairs" / method / subject
@@ -242,12 +244,13 @@ def prepare_run(ctx: Context, method: str, subject: str, pair: Path):
     """The Run to sample from and the seconds its training took (0 for the baseline)."""
     from ..adapters import MANIFEST, Run, load_run
     from ..config import TrainConfig
-    from ..models import inference_device, load_model
+    from ..models import inference_device
     from ..training import train
 
     if method == "baseline":
         if ctx.base is None:
-            ctx.base = Run({"subject": "", "model": ctx.cfg.model}, load_model(ctx.cfg.model).to(inference_device()))
+            ctx.base = Run.of_model(ctx.cfg.model)
+            ctx.base.components.to(inference_device())
         return ctx.base, 0.0
     run_dir, timing = pair / "run", pair / "train_seconds.json"
     if not (run_dir / MANIFEST).is_file() and "runs" in ctx.reuse:

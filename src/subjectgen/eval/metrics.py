@@ -79,15 +79,6 @@ def _as_tensor(features) -> torch.Tensor:
     return features if torch.is_tensor(features) else features.pooler_output
 
 
-def evaluator_path(ref: str, kind: str) -> str:
-    """'builtin' names the evaluators trained on the built-in world; anything else is a folder or hub id."""
-    if ref != "builtin":
-        return ref
-    from ..world.evaluators import EVALUATORS
-
-    return str(EVALUATORS / kind)
-
-
 def load_evaluators(dino_ref: str, clip_ref: str) -> Evaluators:
     """Any transformers ViT (DINO) and CLIPModel, in fp32 whatever their storage dtype."""
     from transformers import AutoModel, CLIPModel, CLIPTokenizer
@@ -95,7 +86,9 @@ def load_evaluators(dino_ref: str, clip_ref: str) -> Evaluators:
     from ..errors import UserError
     from ..models import inference_device, quiet_loading
 
-    dino_ref, clip_ref = evaluator_path(dino_ref, "dino"), evaluator_path(clip_ref, "clip")
+    from ..assets import resolve
+
+    dino_ref, clip_ref = resolve("dino", dino_ref), resolve("clip", clip_ref)
     try:
         with quiet_loading():
             dino = AutoModel.from_pretrained(dino_ref, use_safetensors=True, dtype=torch.float32).eval()

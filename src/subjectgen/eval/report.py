@@ -13,12 +13,13 @@ import warnings
 from pathlib import Path
 
 from ..errors import UserError
-from ..outdir import hold, release
+from ..methods import registry
+from ..training.outdir import hold, release
 from ..safeio import atomic_write_bytes, atomic_write_json
 from .plots import bar_chart, scatter_plot
 
 METRICS = ("dino", "clip_i", "clip_t")
-ORDER = ("oracle", "baseline", "lora", "dreambooth", "textual-inversion")
+FIRST = ("oracle", "baseline")  # then the methods in the registry's order
 
 
 def collect(out: Path) -> dict[str, dict[str, dict]]:
@@ -26,7 +27,8 @@ def collect(out: Path) -> dict[str, dict[str, dict]]:
     pairs: dict[str, dict[str, dict]] = {}
     for done in sorted((out / "pairs").glob("*/*/scores.json")):
         pairs.setdefault(done.parent.parent.name, {})[done.parent.name] = json.loads(done.read_text())
-    return dict(sorted(pairs.items(), key=lambda kv: ORDER.index(kv[0]) if kv[0] in ORDER else len(ORDER)))
+    order = [*FIRST, *registry.names()]
+    return dict(sorted(pairs.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))
 
 
 def summarize(method: str, subjects: dict[str, dict]) -> dict:

@@ -1,19 +1,11 @@
-"""Method families. Each module states only what is special: what trains, the prompts, what is saved."""
+"""Method families. Each module states only what is special: what trains, the batch, the loss, what is
+saved, how its run folder loads, its denoiser at generation. Which methods exist: registry.py."""
 
 from __future__ import annotations
 
-from ..config import METHODS, TrainConfig
-from ..errors import UserError
-from ..models import Components
-from ..subjects import SubjectSet
-from .base import Method
+from .registry import REGISTRY, MethodSpec, get, names, register  # noqa: F401
 
 
-def make_method(cfg: TrainConfig, components: Components, subject: SubjectSet) -> Method:
-    from .dreambooth import DreamBooth, DreamBoothLoRA
-    from .textual_inversion import TextualInversion
-
-    classes = {"dreambooth": DreamBooth, "lora": DreamBoothLoRA, "textual-inversion": TextualInversion}
-    if cfg.method not in classes:
-        raise UserError(f"unknown method '{cfg.method}'; choose one of: {', '.join(METHODS)}")
-    return classes[cfg.method](cfg, components, subject)
+def make_method(cfg, components, subject):
+    """The registered method of `cfg.method`, set up on these components and this subject."""
+    return get(cfg.method).load()(cfg, components, subject)

@@ -1,20 +1,43 @@
-"""The interface every method implements; the one training loop calls only this."""
+"""The interface every method implements; the one training loop, run loading and the sampler call only this.
+
+A method owns its family: which parameters train (`setup`, `trainable_modules`), what a batch is (`batch`),
+the UNet's inputs for a step (`predict`), the loss (`loss`), which text embeddings may be cached
+(`cached_prompts`), what is saved (`save`), how its run folder loads (`load_run`) and what its base
+networks are at generation (`base_networks`, for --subject-start). The defaults are DreamBooth's shape;
+a method overrides what is special about it. kohya's NetworkTrainer hooks are the model.
+"""
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 
 from ..config import TrainConfig
+from ..training.losses import diffusion_loss
 from ..models import Components, freeze
 from ..subjects import SubjectSet
+
+
+@dataclass
+class Batch:
+    """One training step's samples: [instance; class] latents, their prompts, how many are instances, and the
+    instance samples' latent masks (with a masked loss)."""
+
+    latents: torch.Tensor
+    prompts: list[str]
+    n_instance: int
+    masks: torch.Tensor | None = None
 
 
 class Method:
     """A personalization method: which modules train, which prompts teach the subject, what is saved."""
 
-    name = "method"
+    spec = None          # its MethodSpec, set by the registry
+    scalable = False     # whether --lora-scale weights its update
 
     def __init__(self, cfg: TrainConfig, components: Components, subject: SubjectSet):
         self.cfg, self.components, self.subject = cfg, components, subject
@@ -56,6 +79,55 @@ class Method:
 
     def prompt_for_model(self, prompt: str) -> str:
         """A prompt as the tokenizer must see it (TI expands a multi-vector placeholder)."""
+        return self.prompt_for_run(self.manifest(), prompt)
+
+    # --- the training step's hooks (the loop calls these) ----------------------------------------------
+    def cached_prompts(self, class_prompt: str) -> list[str] | None:
+        """The prompts whose text embeddings the loop may compute once; None: encode every step (the text
+        encoder trains, or the conditioning depends on the step)."""
+        if "text_encoder" in self.trainable_modules():
+            return None
+        return [self.prompt_for_model(p) for p in self.instance_prompts()] + [class_prompt]
+
+    def batch(self, data, generator: torch.Generator, batch_size: int) -> Batch:
+        """Instance samples with prompts drawn from instance_prompts(); then class samples, if any."""
+        latents, masks = data.instance.draw(batch_size, generator)
+        prompts = self.instance_prompts()
+        chosen = [prompts[i] for i in torch.randint(len(prompts), (batch_size,), generator=generator).tolist()]
+        chosen = [self.prompt_for_model(p) for p in chosen]
+        if data.classes is not None:
+            latents = torch.cat([latents, data.classes.draw(batch_size, generator)[0]])
+            chosen += [data.class_prompt] * batch_size
+        return Batch(latents, chosen, batch_size, masks)
+
+    def predict(self, unet, noisy: torch.Tensor, timesteps: torch.Tensor, batch: Batch,
+                encode: Callable[[list[str]], torch.Tensor]) -> torch.Tensor:
+        """The UNet's prediction for a step: conditioned on the batch's prompts."""
+        device = noisy.device
+        return unet(noisy, timesteps.to(device), encoder_hidden_states=encode(batch.prompts).to(device)).sample
+
+    def loss(self, pred: torch.Tensor, target: torch.Tensor, timesteps: torch.Tensor, batch: Batch,
+             scheduler) -> tuple[torch.Tensor, dict]:
+        """The denoising loss with the prior-preservation split, min-SNR and a mask (losses.diffusion_loss)."""
+        return diffusion_loss(pred, target, timesteps, scheduler.alphas_cumprod, scheduler.config.prediction_type,
+                              batch.n_instance, self.cfg.prior_weight, self.cfg.snr_gamma, batch.masks)
+
+    # --- a finished run (class methods: no training state) ---------------------------------------------
+    @classmethod
+    def load_run(cls, run_dir: Path, manifest: dict, allow_pickle: bool, lora_scale: float):
+        """The run's base model with the method's weights applied (adapters.Run)."""
+        raise NotImplementedError
+
+    @classmethod
+    def base_networks(cls, run) -> tuple[torch.nn.Module, torch.nn.Module,
+                                         Callable[[], AbstractContextManager]]:
+        """(unet, text_encoder, context) that sample as the base model would, for --subject-start. By default
+        the run's own networks (a method that changes no weights, such as Textual Inversion)."""
+        return run.components.unet, run.components.text_encoder, nullcontext
+
+    @classmethod
+    def prompt_for_run(cls, manifest: dict, prompt: str) -> str:
+        """A prompt (with the subject phrase in it) as the run's tokenizer must see it."""
         return prompt
 
     # --- shared by all methods ------------------------------------------------------------------

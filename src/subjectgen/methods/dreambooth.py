@@ -6,6 +6,7 @@ loss; what is special here is which weights train and how they are saved.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -13,7 +14,8 @@ from diffusers import StableDiffusionPipeline
 from diffusers.utils import convert_state_dict_to_diffusers
 from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model
 
-from ..adapters import export_kohya_lora
+from ..adapters import export_kohya_lora, lora_off
+from ..models import load_model, quiet_loading
 from ..subjects import rare_token
 from .base import Method
 
@@ -23,8 +25,6 @@ TEXT_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
 
 class DreamBooth(Method):
     """Full fine-tune of the UNet (and optionally the text encoder); saves a whole diffusers pipeline."""
-
-    name = "dreambooth"
 
     def choose_token(self) -> str:
         return self.cfg.token or rare_token(self.components.tokenizer, avoid={self.subject.class_noun})
@@ -38,15 +38,27 @@ class DreamBooth(Method):
         self.components.pipeline().save_pretrained(run_dir / "pipeline", safe_serialization=True)
         return ["pipeline/"]
 
+    @classmethod
+    def load_run(cls, run_dir: Path, manifest: dict, allow_pickle: bool, lora_scale: float):
+        from ..adapters import Run
+
+        return Run(manifest, load_model(str(run_dir / "pipeline"), allow_pickle))
+
+    @classmethod
+    def base_networks(cls, run):
+        """The base model's own UNet and text encoder, beside the fine-tuned ones (nothing swapped in place)."""
+        base = run.base_model()
+        return base.unet, base.text_encoder, nullcontext
+
 
 class DreamBoothLoRA(DreamBooth):
     """DreamBooth with low-rank adapters (peft) on the UNet attention (and optionally the text encoder)."""
 
-    name = "lora"
+    scalable = True
 
     def lora_config(self, targets: list[str]) -> LoraConfig:
-        alpha = self.cfg.lora_alpha or self.cfg.rank
-        return LoraConfig(r=self.cfg.rank, lora_alpha=alpha, init_lora_weights="gaussian", target_modules=targets)
+        return LoraConfig(r=self.cfg.rank, lora_alpha=self.cfg.alpha, init_lora_weights="gaussian",
+                          target_modules=targets)
 
     def setup(self) -> None:
         self.components.unet.add_adapter(self.lora_config(UNET_LORA_TARGETS))
@@ -74,9 +86,28 @@ class DreamBoothLoRA(DreamBooth):
                                                 if "text_encoder" in layers else None),
             safe_serialization=True,
         )
-        alpha = self.cfg.lora_alpha or self.cfg.rank
-        export_kohya_lora(layers, alpha, run_dir / "kohya_lora.safetensors")
+        export_kohya_lora(layers, self.cfg.alpha, run_dir / "kohya_lora.safetensors")
         return ["pytorch_lora_weights.safetensors", "kohya_lora.safetensors"]
 
     def manifest(self) -> dict:
-        return {**super().manifest(), "rank": self.cfg.rank, "lora_alpha": self.cfg.lora_alpha or self.cfg.rank}
+        return {**super().manifest(), "rank": self.cfg.rank, "lora_alpha": self.cfg.alpha}
+
+    @classmethod
+    def load_run(cls, run_dir: Path, manifest: dict, allow_pickle: bool, lora_scale: float):
+        """The base model with the LoRA loaded by diffusers' own loader, weighted by `lora_scale`."""
+        from ..adapters import Run
+
+        components = load_model(manifest["model"], allow_pickle)
+        pipe = components.pipeline()
+        with quiet_loading():
+            pipe.load_lora_weights(str(run_dir), weight_name="pytorch_lora_weights.safetensors",
+                                   adapter_name="subject")
+        if lora_scale != 1.0:
+            pipe.set_adapters(["subject"], adapter_weights=[lora_scale])
+        return Run(manifest, components)
+
+    @classmethod
+    def base_networks(cls, run):
+        """The same networks, each call made with the LoRA switched off (peft's enable_adapters)."""
+        c = run.components
+        return c.unet, c.text_encoder, lambda: lora_off(c.unet, c.text_encoder)

@@ -41,7 +41,7 @@ def placeholder_tokens(token: str, num_vectors: int) -> list[str]:
 
 
 class TextualInversion(Method):
-    name = "textual-inversion"
+    """New word vectors S* in the frozen text encoder's embedding; saved in diffusers' and A1111's formats."""
 
     def choose_token(self) -> str:
         return self.cfg.token or "<s*>"
@@ -70,9 +70,6 @@ class TextualInversion(Method):
     def instance_prompts(self) -> list[str]:
         return [template.format(self.subject_phrase) for template in TEMPLATES]
 
-    def prompt_for_model(self, prompt: str) -> str:
-        return prompt.replace(self.token, " ".join(self.tokens))
-
     @property
     def vectors(self) -> torch.Tensor:
         return self.components.text_encoder.get_input_embeddings().vectors
@@ -87,3 +84,18 @@ class TextualInversion(Method):
 
     def manifest(self) -> dict:
         return {**super().manifest(), "placeholder_tokens": self.tokens, "num_vectors": len(self.tokens)}
+
+    @classmethod
+    def prompt_for_run(cls, manifest: dict, prompt: str) -> str:
+        """The placeholder becomes all its vectors' tokens ('<s*>' -> '<s*> <s*>_1 <s*>_2')."""
+        tokens = manifest.get("placeholder_tokens")
+        return prompt.replace(tokens[0], " ".join(tokens)) if tokens else prompt
+
+    @classmethod
+    def load_run(cls, run_dir: Path, manifest: dict, allow_pickle: bool, lora_scale: float):
+        from ..adapters import Run
+        from ..models import load_model
+
+        components = load_model(manifest["model"], allow_pickle)
+        components.pipeline().load_textual_inversion(str(run_dir / "learned_embeds.safetensors"))
+        return Run(manifest, components)

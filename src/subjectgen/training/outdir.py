@@ -13,9 +13,9 @@ import shutil
 from pathlib import Path
 
 from .checkpoints import list_checkpoints
-from .config import TrainConfig
-from .errors import UserError
-from .safeio import atomic_write_json
+from ..config import TrainConfig
+from ..errors import UserError
+from ..safeio import atomic_write_json
 
 RUN_SPEC = "run.json"  # the settings a run was started with; a resume checks them
 LOCK = ".subjectgen.lock"

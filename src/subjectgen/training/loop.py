@@ -18,18 +18,19 @@ from diffusers import DDPMScheduler
 from diffusers.optimization import get_scheduler
 from tqdm.auto import tqdm
 
-from .adapters import MANIFEST
+from .. import assets
+from ..adapters import MANIFEST
+from ..config import TrainConfig, resolve_defaults
+from ..errors import TrainingDiverged
+from ..methods import make_method
+from ..models import load_model
+from ..safeio import atomic_save_image, atomic_write_bytes, atomic_write_json, writing
+from ..sampling import encode_prompts, generate, make_grid
+from ..subjects import expand_subject, load_subject
 from .checkpoints import list_checkpoints, load_checkpoint, save_checkpoint
-from .config import TrainConfig, resolve_defaults
-from .data import LatentCache, TextCache, class_images
-from .errors import TrainingDiverged
-from .losses import diffusion_loss, training_target
-from .methods import make_method
-from .models import load_model
+from .data import LatentCache, SubjectData, TextCache, class_images
+from .losses import training_target
 from .outdir import RUN_SPEC, check_out_dir, hold, record_run, release
-from .safeio import atomic_save_image, atomic_write_bytes, atomic_write_json, writing
-from .sampling import encode_prompts, generate, make_grid
-from .subjects import expand_subject, load_subject
 
 DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -102,8 +103,8 @@ class Trainer:
         self.noise_scheduler = DDPMScheduler.from_config(self.components.scheduler.config)
         self.components.vae.to(self.accelerator.device)
         self.components.text_encoder.to(self.accelerator.device)
-        self.instance_latents = LatentCache(self.components, self.subject.images, self.subject.mask_tensor())
-        self.class_latents = self.make_class_latents()
+        self.data = SubjectData(LatentCache(self.components, self.subject.images, self.subject.mask_tensor()),
+                                self.make_class_latents(), self.class_prompt)
         self.method = make_method(self.cfg, self.components, self.subject)
         self.place_modules()
         self.text_cache = self.make_text_cache()
@@ -115,8 +116,7 @@ class Trainer:
         if not cfg.prior_preservation:
             return None
         self.components.unet.to(acc.device)
-        prompt = cfg.class_prompt.format(**{"class": cfg.class_noun})
-        images, self.class_dir = class_images(self.components, prompt, cfg.num_class_images, cfg.seed,
+        images, self.class_dir = class_images(self.components, self.class_prompt, cfg.num_class_images, cfg.seed,
                                               cfg.sample_steps, cfg.guidance, acc.is_main_process,
                                               acc.wait_for_everyone, self.progress)
         return LatentCache(self.components, images)
@@ -134,10 +134,8 @@ class Trainer:
             self.components.text_encoder.gradient_checkpointing_enable()
 
     def make_text_cache(self) -> TextCache | None:
-        if "text_encoder" in self.method.trainable_modules():
-            return None
-        prompts = [self.method.prompt_for_model(p) for p in self.method.instance_prompts()] + [self.class_prompt]
-        return TextCache(self.components, prompts)
+        prompts = self.method.cached_prompts(self.class_prompt)  # the method says what may be cached
+        return None if prompts is None else TextCache(self.components, prompts)
 
     @property
     def class_prompt(self) -> str:
@@ -176,26 +174,16 @@ class Trainer:
             group["initial_lr"], group["lr"] = self.cfg.lr, self.cfg.lr * factor
 
     # --- one step -----------------------------------------------------------------------------------
-    def batch(self) -> tuple[torch.Tensor, list[str], int, torch.Tensor | None]:
-        """Latents and prompts: [instance samples; class samples if prior preservation]; the instance
-        samples' latent masks with a masked loss."""
-        bs, g = self.cfg.batch_size, self.generator
-        latents, masks = self.instance_latents.draw(bs, g)
-        prompts = self.method.instance_prompts()
-        chosen = [prompts[i] for i in torch.randint(len(prompts), (bs,), generator=g).tolist()]
-        chosen = [self.method.prompt_for_model(p) for p in chosen]
-        if self.class_latents is not None:
-            latents = torch.cat([latents, self.class_latents.draw(bs, g)[0]])
-            chosen += [self.class_prompt] * bs
-        return latents, chosen, bs, masks
-
     def encode(self, prompts: list[str]) -> torch.Tensor:
         if self.text_cache is not None:
             return self.text_cache(prompts)
-        return encode_prompts(self.components.tokenizer, self.forward_modules["text_encoder"], prompts)
+        return encode_prompts(self.components.tokenizer, self.forward_modules.get("text_encoder",
+                                                                                  self.components.text_encoder), prompts)
 
     def step(self) -> dict:
-        latents, prompts, n_instance, masks = self.batch()
+        """One optimizer step; the method's hooks say what the batch is, how the UNet is called, the loss."""
+        batch = self.method.batch(self.data, self.generator, self.cfg.batch_size)
+        latents = batch.latents
         noise = torch.randn(latents.shape, generator=self.generator)
         timesteps = torch.randint(self.noise_scheduler.config.num_train_timesteps, (len(latents),),
                                   generator=self.generator)
@@ -204,11 +192,8 @@ class Trainer:
         device = self.accelerator.device
         unet = self.forward_modules.get("unet", self.components.unet)
         with self.accelerator.autocast():
-            hidden = self.encode(prompts).to(device)
-            pred = unet(noisy.to(device), timesteps.to(device), encoder_hidden_states=hidden).sample
-        loss, parts = diffusion_loss(pred, target.to(device), timesteps, self.noise_scheduler.alphas_cumprod,
-                                     self.noise_scheduler.config.prediction_type, n_instance,
-                                     self.cfg.prior_weight, self.cfg.snr_gamma, masks)
+            pred = self.method.predict(unet, noisy.to(device), timesteps, batch, self.encode)
+        loss, parts = self.method.loss(pred, target.to(device), timesteps, batch, self.noise_scheduler)
         self.guard_finite(loss)
         self.accelerator.backward(loss)
         if self.accelerator.sync_gradients and self.cfg.max_grad_norm:
@@ -302,6 +287,7 @@ class Trainer:
             **self.method.manifest(), "files": files, "settings": self.cfg.to_dict(),
             "subject_photos": [p.name for p in self.subject.paths], "resolution": self.components.resolution,
             "resumes": json.loads((self.out / RUN_SPEC).read_text()).get("resumes", []),  # settings a resume changed
+            "assets": [assets.record("model", self.cfg.model)],  # each asset's fingerprint: loading checks it
             "metrics": {"final_loss": final_loss, "train_seconds": round(seconds, 3),
                         "steps_per_second": round(done / seconds, 3) if seconds else None,
                         "world_size": self.accelerator.num_processes},

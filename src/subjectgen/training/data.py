@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -11,10 +12,22 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .models import Components, cache_dir
-from .safeio import atomic_dir
-from .sampling import encode_prompts, generate
-from .subjects import center_crop, open_photo, to_tensor
+from ..assets import cache_dir
+from ..models import Components
+from ..safeio import atomic_dir
+from ..sampling import encode_prompts, generate
+from ..subjects import center_crop, open_photo, to_tensor
+
+
+@dataclass
+class SubjectData:
+    """What a subject method's steps draw from: the photos' latents, and the class images' with their prompt
+    when prior preservation is on. A method's `batch` hook turns a data source into a Batch; other sources
+    (an image-caption dataset, demonstration triples) plug into the same loop the same way."""
+
+    instance: "LatentCache"
+    classes: "LatentCache | None" = None
+    class_prompt: str = ""
 
 
 class LatentCache:

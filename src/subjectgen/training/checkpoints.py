@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from .safeio import atomic_dir
+from ..safeio import atomic_dir
 
 KEEP = 2  # checkpoints kept on disk; older ones are removed
 

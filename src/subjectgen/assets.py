@@ -1,0 +1,96 @@
+"""Every pretrained thing subjectgen uses, resolved by kind and reference in one place, with its fingerprint.
+
+Kinds: "model" (a base model: a built-in name, a diffusers folder, a single file, a hub id), "dino" and
+"clip" (evaluators), and any kind a method adds for its own pretrained network (register_builtin). A
+built-in name resolves to a folder shipped in the package (or, for `tiny`, built into the cache on first
+use); anything else is returned as given, for its loader to open. `fingerprint` hashes a local asset's
+files, so a run can record exactly which weights it stood on and refuse to load onto others.
+
+`tiny`: random weights at toy size, built in code (for tests and trying the code paths).
+`builtin`: the model trained on the built-in emoji world, shipped in the package.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+from .errors import UserError
+
+ASSETS = Path(__file__).parent / "assets"
+SHIPPED = ASSETS / "builtin"   # the built-in base model
+EVALUATORS = ASSETS / "evaluators"
+DEFAULT_MODEL = "builtin"
+BUILTIN: dict[str, dict[str, Path]] = {"model": {"builtin": SHIPPED},
+                                       "dino": {"builtin": EVALUATORS / "dino"},
+                                       "clip": {"builtin": EVALUATORS / "clip"}}
+
+
+def register_builtin(kind: str, name: str, folder: Path) -> None:
+    """A method's own shipped network (e.g. a PromptNet) under a short name."""
+    BUILTIN.setdefault(kind, {})[name] = Path(folder)
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("SUBJECTGEN_CACHE", Path.home() / ".cache" / "subjectgen"))
+
+
+def builtin_names(kind: str = "model") -> list[str]:
+    return list(BUILTIN.get(kind, {})) + (["tiny"] if kind == "model" else [])
+
+
+def builtin_path(kind: str, ref: str) -> Path | None:
+    """The folder of a built-in asset; None if `ref` is not a built-in name of that kind."""
+    if kind == "model" and ref == "tiny":
+        from .tiny import save_tiny_pipeline
+
+        folder = cache_dir() / "models" / "tiny"
+        if not (folder / "model_index.json").is_file():
+            save_tiny_pipeline(folder)
+        return folder
+    return BUILTIN.get(kind, {}).get(ref)
+
+
+def resolve(kind: str, ref: str) -> str:
+    """What a loader opens for this reference: a built-in name's folder, else the reference unchanged."""
+    if kind not in BUILTIN:
+        raise UserError(f"unknown asset kind '{kind}'")
+    path = builtin_path(kind, str(ref))
+    return str(path) if path is not None else str(ref)
+
+
+def fingerprint(kind: str, ref: str) -> str | None:
+    """A short hash of a local asset's files (weights and configs): a built-in name, a folder or a single
+    file. None for a hub id, whose files are not read here."""
+    path = Path(resolve(kind, ref)).expanduser()
+    if path.is_dir():
+        files = sorted(f for f in path.rglob("*")  # not hidden ones, e.g. a hub download's .cache/ metadata
+                       if f.is_file() and not any(part.startswith(".") for part in f.relative_to(path).parts))
+    elif path.is_file():
+        files = [path]
+    else:
+        return None
+    digest = hashlib.sha256()
+    for f in files:
+        digest.update(str(f.relative_to(path)).encode() if f != path else b"")
+        one = hashlib.sha256()
+        with open(f, "rb") as handle:  # in chunks: a checkpoint can be gigabytes (file_digest is 3.11+)
+            for chunk in iter(lambda: handle.read(1 << 24), b""):
+                one.update(chunk)
+        digest.update(one.digest())
+    return digest.hexdigest()[:16]
+
+
+def record(kind: str, ref: str) -> dict:
+    """How a manifest records an asset it used."""
+    return {"kind": kind, "ref": str(ref), "fingerprint": fingerprint(kind, ref)}
+
+
+def check_recorded(entry: dict, what: str) -> None:
+    """A one-line error when a recorded asset's weights are no longer the ones it was recorded with."""
+    now = fingerprint(entry["kind"], entry["ref"])
+    if entry.get("fingerprint") and now and now != entry["fingerprint"]:
+        raise UserError(f"{what} was made with {entry['kind']} '{entry['ref']}' (fingerprint {entry['fingerprint']}), "
+                        f"whose files have changed since (now {now}); train it again on the current weights, "
+                        "or restore the ones it was made with")

@@ -1,0 +1,103 @@
+"""The one registry of method families: what the CLI, the bench, the report and run loading read.
+
+A method is registered once, by a `MethodSpec`: its name, one line of help, which TrainConfig settings are
+its own (the CLI's `train NAME` parser offers the common settings plus these), its defaults per model size,
+and where its implementation lives (a `Method` subclass, imported only when a run needs it, so parsing a
+command never imports torch). Registering a spec is all it takes for a new method to train, save, load,
+generate and be benchmarked:
+
+    register(MethodSpec("bitfit", "tune only the UNet's biases", "mypkg.bitfit:BitFit",
+                        defaults={"steps": (500, 200), "lr": (1e-4, 1e-3)}))
+
+Stdlib only.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import UserError
+
+# The settings every method shares get these defaults unless the method says otherwise:
+# (Stable Diffusion at 512 px, the small built-in/tiny models).
+COMMON_DEFAULTS = {"prior_preservation": (False, False), "num_class_images": (100, 32)}
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    name: str
+    help: str
+    implementation: Any                          # "package.module:Class", or the Method subclass itself
+    own_settings: tuple[str, ...] = ()           # TrainConfig fields only this method takes
+    defaults: dict[str, tuple] = field(default_factory=dict)  # field -> (SD 512 px, small models)
+    token_help: str = "the word that names the subject in prompts"
+
+    def load(self) -> type:
+        """The Method subclass (imported on first use), which knows its spec."""
+        cls = self.implementation
+        if isinstance(cls, str):
+            module, _, name = cls.partition(":")
+            cls = getattr(importlib.import_module(module), name)
+        cls.spec = self  # a class attribute of this very class: a subclass registered apart keeps its own
+        return cls
+
+    def default(self, name: str, small: bool):
+        pair = self.defaults.get(name, COMMON_DEFAULTS.get(name))
+        return None if pair is None else pair[int(small)]
+
+    def defaults_text(self, name: str) -> str:
+        pair = self.defaults.get(name, COMMON_DEFAULTS.get(name))
+        if pair is None:
+            return ""
+        sd, small = (_show(v) for v in pair)
+        return f"default: {sd}" if sd == small else f"default: {sd} on Stable Diffusion, {small} on the built-in model"
+
+
+def _show(value) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+REGISTRY: dict[str, MethodSpec] = {}
+
+
+def register(spec: MethodSpec) -> MethodSpec:
+    REGISTRY[spec.name] = spec
+    return spec
+
+
+def unregister(name: str) -> None:
+    REGISTRY.pop(name, None)
+
+
+def names() -> list[str]:
+    return list(REGISTRY)
+
+
+def get(name: str) -> MethodSpec:
+    if name not in REGISTRY:
+        raise UserError(f"unknown method '{name}'; choose one of: {', '.join(REGISTRY)}")
+    return REGISTRY[name]
+
+
+register(MethodSpec(
+    "lora", "DreamBooth with LoRA adapters on the UNet attention (small files, fast)",
+    "subjectgen.methods.dreambooth:DreamBoothLoRA",
+    own_settings=("instance_prompt", "rank", "lora_alpha", "train_text_encoder"),
+    defaults={"steps": (500, 300), "lr": (1e-4, 1e-3)},
+    token_help="identifier (default: a rare token from the tokenizer, 'sks'-like)"))
+register(MethodSpec(
+    "dreambooth", "DreamBooth full fine-tune of the UNet, with class prior preservation",
+    "subjectgen.methods.dreambooth:DreamBooth",
+    own_settings=("instance_prompt", "train_text_encoder"),
+    defaults={"steps": (800, 300), "lr": (5e-6, 1e-4), "prior_preservation": (True, True)},
+    token_help="identifier (default: a rare token from the tokenizer, 'sks'-like)"))
+register(MethodSpec(
+    "textual-inversion", "learn a new word embedding; the model stays frozen",
+    "subjectgen.methods.textual_inversion:TextualInversion",
+    own_settings=("num_vectors", "init_word"),
+    defaults={"steps": (3000, 500), "lr": (5e-4, 5e-3), "num_class_images": (0, 0)},
+    token_help="placeholder token (default: <s*>)"))
