@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
-from subjectgen.builtin import SHIPPED
-from subjectgen.world.evaluators import EVALUATORS
+from subjectgen.assets import SHIPPED
+from subjectgen.assets import EVALUATORS
 
 
 def main() -> None:

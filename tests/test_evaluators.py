@@ -9,11 +9,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from subjectgen.assets import EVALUATORS
 from subjectgen.eval.metrics import load_evaluators, zero_shot_predictions
 from subjectgen.world.build import EMOJIBENCH
 from subjectgen.world.catalog import DREAMBENCH_CLASSES, SUBJECTS
 from subjectgen.world.emoji import sources_available
-from subjectgen.world.evaluators import EVALUATORS, EvaluatorTrainConfig, dino_loss, random_crops, train_evaluators
+from subjectgen.world.evaluators import EvaluatorTrainConfig, dino_loss, random_crops, train_evaluators
 
 
 @pytest.fixture(scope="module")

@@ -3,9 +3,7 @@ saved, how its run folder loads, its denoiser at generation. Which methods exist
 
 from __future__ import annotations
 
-from .registry import REGISTRY, MethodSpec, get, names, register  # noqa: F401
+from .registry import REGISTRY, MethodSpec, get, names, register
 
 
-def make_method(cfg, components, subject):
-    """The registered method of `cfg.method`, set up on these components and this subject."""
-    return get(cfg.method).load()(cfg, components, subject)
+__all__ = ["REGISTRY", "MethodSpec", "get", "names", "register"]

@@ -82,6 +82,13 @@ class Method:
         return self.prompt_for_run(self.manifest(), prompt)
 
     # --- the training step's hooks (the loop calls these) ----------------------------------------------
+    @classmethod
+    def data_source(cls, trainer):
+        """What the steps draw from, built before the method is set up. Default: the subject's photos and class
+        images (training.data.SubjectData); a method trained on a dataset returns its own source, which its
+        `batch` turns into a Batch."""
+        return trainer.subject_data()
+
     def cached_prompts(self, class_prompt: str) -> list[str] | None:
         """The prompts whose text embeddings the loop may compute once; None: encode every step (the text
         encoder trains, or the conditioning depends on the step)."""

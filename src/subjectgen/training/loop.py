@@ -22,7 +22,7 @@ from .. import assets
 from ..adapters import MANIFEST
 from ..config import TrainConfig, resolve_defaults
 from ..errors import TrainingDiverged
-from ..methods import make_method
+from ..methods import registry
 from ..models import load_model
 from ..safeio import atomic_save_image, atomic_write_bytes, atomic_write_json, writing
 from ..sampling import encode_prompts, generate, make_grid
@@ -103,13 +103,18 @@ class Trainer:
         self.noise_scheduler = DDPMScheduler.from_config(self.components.scheduler.config)
         self.components.vae.to(self.accelerator.device)
         self.components.text_encoder.to(self.accelerator.device)
-        self.data = SubjectData(LatentCache(self.components, self.subject.images, self.subject.mask_tensor()),
-                                self.make_class_latents(), self.class_prompt)
-        self.method = make_method(self.cfg, self.components, self.subject)
+        method = registry.get(self.cfg.method).load()
+        self.data = method.data_source(self)  # before the method changes any weights: class images are the base's
+        self.method = method(self.cfg, self.components, self.subject)
         self.place_modules()
         self.text_cache = self.make_text_cache()
         self.make_optimizer()
         self.start_step = self.maybe_resume() if resume else 0
+
+    def subject_data(self) -> SubjectData:
+        """The photos' latents and, with prior preservation, the class images' (the default data source)."""
+        return SubjectData(LatentCache(self.components, self.subject.images, self.subject.mask_tensor()),
+                           self.make_class_latents(), self.class_prompt)
 
     def make_class_latents(self) -> LatentCache | None:
         cfg, acc = self.cfg, self.accelerator

@@ -32,7 +32,6 @@ from ..eval.metrics import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD
 from ..safeio import atomic_dir
 from .config import EvaluatorTrainConfig
 
-from ..assets import EVALUATORS  # noqa: E402,F401  (where the shipped evaluators live)
 
 
 def eval_tokenizer(cfg: EvaluatorTrainConfig, folder: Path):
