@@ -307,3 +307,16 @@ def test_a_plot_failure_keeps_the_results_and_the_report(monkeypatch, tmp_path):
     monkeypatch.undo()
     report.write_outputs(out)  # the real plot draws the negative scores
     assert (out / "scores.png").is_file()
+
+
+def test_argument_errors_come_before_torch_is_imported():
+    code = ("import sys\nfrom subjectgen.cli import main\n"
+            "for argv in (['train', 'lora', '--steps', '0', '--subject', 'p', '--class', 'dog', '--out', 'o'],\n"
+            "             ['train', 'textual-inversion', '--rank', '4', '--subject', 'p', '--class', 'dog', '--out', 'o'],\n"
+            "             ['generate', 'run', 'a dog', '--out', 'o', '-n', '0'],\n"
+            "             ['bench', '--out', 'o', '--subject-start', '2']):\n"
+            "    try:\n        main(argv)\n    except SystemExit as exc:\n        assert exc.code == 2, exc.code\n"
+            "print('torch' in sys.modules)\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False" and result.stderr.count("error:") == 4
