@@ -128,3 +128,13 @@ def test_a_run_whose_base_model_changed_is_refused_and_an_older_run_still_loads(
     del manifest["assets"]  # a run from before assets were recorded: nothing to check, it loads
     (run / "subject.json").write_text(json.dumps(manifest))
     assert main(generate) == 0
+
+
+def test_a_flag_of_another_method_is_a_one_line_error(capsys, tmp_path):
+    common = ["--subject", "p", "--class", "dog", "--out", str(tmp_path / "o")]
+    err = error_of(capsys, ["train", "textual-inversion", "--rank", "16", *common])
+    assert "--rank is a flag of lora, not of textual-inversion" in err
+    err = error_of(capsys, ["train", "dreambooth", "--num-vectors=2", *common])
+    assert "--num-vectors is a flag of textual-inversion" in err
+    assert "unrecognized arguments: --bogus" in error_of(capsys, ["train", "lora", "--bogus", *common])
+    assert not (tmp_path / "o").exists()

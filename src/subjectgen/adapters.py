@@ -95,6 +95,12 @@ class Run:
             self.base.text_encoder.to(c.text_encoder.dtype)
         return self.base
 
+    def denoiser_for(self, negative_prompt: str, guidance: float):
+        """For sampling.generate: the method's denoiser for a batch of prompts (None: the plain one)."""
+        if self.method is None:
+            return None
+        return lambda prompts: self.method.denoiser(self, prompts, negative_prompt, guidance)
+
     def prompt_for_model(self, prompt: str) -> str:
         """`{subject}` expanded, and whatever else the method's tokenizer must see (TI's extra vectors)."""
         prompt = expand_subject(prompt, self.subject)

@@ -48,7 +48,8 @@ def generate_to_folder(ref: str, prompts: list[str], out: Path, n: int = 4, seed
     expanded = [run.prompt_for_model(p) for p in prompts for _ in range(n)]
     seeds = [seed + k for _ in prompts for k in range(n)]
     early = run.early_steps([p for p in prompts for _ in range(n)], subject_start, steps)
-    images = generate(run.components, expanded, seeds, steps, guidance, negative_prompt, early=early)
+    images = generate(run.components, expanded, seeds, steps, guidance, negative_prompt, early=early,
+                      denoiser_for=run.denoiser_for(negative_prompt, guidance))
     names = [f"p{i:02d}-{k}.png" for i in range(len(prompts)) for k in range(n)]
     out = Path(out)
     files = []

@@ -14,7 +14,7 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 from safetensors.torch import save_file
@@ -75,13 +75,18 @@ def atomic_dir(final: Path) -> Iterator[Path]:
         os.replace(tmp, final)
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
+def atomic_file(path: Path, write: Callable[[Path], None]) -> None:
+    """`write(tmp)` to a temporary name beside `path`, then one rename: a reader sees the old file or the new."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}{path.suffix}")  # the suffix tells Pillow the format
     with writing(path, tmp):
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_bytes(data)
+        write(tmp)
         os.replace(tmp, path)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    atomic_file(path, lambda tmp: tmp.write_bytes(data))
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
@@ -89,21 +94,12 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 
 
 def atomic_save_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with writing(path, tmp):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-        os.replace(tmp, path)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    atomic_file(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
 
 def atomic_save_image(path: Path, image) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}{path.suffix}")
-    with writing(path, tmp):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        image.save(tmp)
-        os.replace(tmp, path)
+    atomic_file(path, image.save)
 
 
 def check_safetensors(path: Path, what: str = "weights file") -> None:

@@ -92,15 +92,18 @@ def decode(components: Components, latents: torch.Tensor) -> list[Image.Image]:
 @torch.no_grad()
 def generate(components: Components, prompts: list[str], seeds: list[int], steps: int = 25,
              guidance: float = 7.5, negative_prompt: str = "", batch_size: int = 8,
-             early: EarlySteps | None = None) -> list[Image.Image]:
-    """One image per (prompt, seed) pair, in order; `early`: begin without the subject (EarlySteps)."""
+             early: EarlySteps | None = None,
+             denoiser_for: Callable[[list[str]], Denoiser] | None = None) -> list[Image.Image]:
+    """One image per (prompt, seed) pair, in order; `early`: begin without the subject (EarlySteps);
+    `denoiser_for(prompts)`: a method's own denoiser for a batch of prompts (default: guidance on the text)."""
     if len(prompts) != len(seeds) or (early and len(early.prompts) != len(prompts)):
         raise ValueError("generate() needs one seed (and one early prompt, if any) per prompt")
+    denoiser_for = denoiser_for or (lambda batch: prompt_denoiser(
+        components.unet, components.text_encoder, components.tokenizer, batch, negative_prompt, guidance))
     images: list[Image.Image] = []
     for start in range(0, len(prompts), batch_size):
         chunk = slice(start, start + batch_size)
-        denoiser = prompt_denoiser(components.unet, components.text_encoder, components.tokenizer,
-                                   prompts[chunk], negative_prompt, guidance)
+        denoiser = denoiser_for(prompts[chunk])
         if early and early.steps:
             with early.context():  # a trained text encoder is the subject's too
                 base = prompt_denoiser(early.unet, early.text_encoder, components.tokenizer, early.prompts[chunk],

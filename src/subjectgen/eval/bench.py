@@ -314,7 +314,7 @@ def generate_missing(ctx: Context, run, method: str, subject: str, pair: Path) -
         early = run.early_steps([p for p in shown for _ in range(k)], cfg.subject_start, ctx.steps(run))
         images = generate(run.components, [run.prompt_for_model(p) for p in shown for _ in range(k)],
                           [cfg.seed + j for _ in chunk for j in range(k)], ctx.steps(run), cfg.guidance,
-                          batch_size=len(chunk) * k, early=early)
+                          batch_size=len(chunk) * k, early=early, denoiser_for=run.denoiser_for("", cfg.guidance))
         for n, (i, _) in enumerate(chunk):
             for j in range(k):
                 atomic_save_image(pair / "images" / f"p{i:02d}-{j}.png", images[n * k + j])

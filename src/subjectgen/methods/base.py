@@ -133,6 +133,16 @@ class Method:
         return run.components.unet, run.components.text_encoder, nullcontext
 
     @classmethod
+    def denoiser(cls, run, prompts: list[str], negative_prompt: str, guidance: float):
+        """The denoiser that samples this run's images (sampling.Denoiser): by default classifier-free
+        guidance on the prompts' text embeddings. A method with other UNet inputs (image embeddings, a
+        per-step S*) returns its own."""
+        from ..sampling import prompt_denoiser
+
+        c = run.components
+        return prompt_denoiser(c.unet, c.text_encoder, c.tokenizer, prompts, negative_prompt, guidance)
+
+    @classmethod
     def prompt_for_run(cls, manifest: dict, prompt: str) -> str:
         """A prompt (with the subject phrase in it) as the run's tokenizer must see it."""
         return prompt
