@@ -17,6 +17,7 @@ from subjectgen.models import load_model
 
 
 def error_of(capsys, argv) -> str:
+    capsys.readouterr()  # what earlier commands of the test printed is not this command's error
     with pytest.raises(SystemExit) as exit_info:
         code = main(argv)
         raise SystemExit(code)
@@ -160,3 +161,18 @@ def test_subject_start_errors(capsys, tiny_model, tmp_path):
     assert "--subject-start: must be a finite number in [0, 1)" in error_of(capsys, ["generate", tiny_model, "a dog", "--subject-start", "1", "--out", str(out)])
     assert "in [0, 1)" in error_of(capsys, ["bench", "--out", str(tmp_path / "b"), "--subject-start", "-0.1"])
     assert not out.exists() and not (tmp_path / "b").exists()
+
+
+def test_generate_on_a_missing_run_talks_about_a_run(capsys, tmp_path):
+    err = error_of(capsys, ["generate", str(tmp_path / "runs" / "dog"), "a {subject}", "--out", str(tmp_path / "g")])
+    assert err.startswith(f"error: no run folder at {tmp_path / 'runs' / 'dog'}") and "subjectgen train" in err
+    assert not (tmp_path / "g").exists()
+
+
+def test_generate_shows_progress_unless_quiet(capsys, tiny_model, tmp_path):
+    argv = ["generate", tiny_model, "a dog", "-n", "2", "--steps", "2", "--out", str(tmp_path / "g")]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert "generate: 100%" in captured.err and "2/2" in captured.err and "wrote 2 images" in captured.out
+    assert main(argv[:-1] + [str(tmp_path / "q"), "--quiet"]) == 0
+    assert "generate" not in capsys.readouterr().err

@@ -268,7 +268,8 @@ def test_a_full_disk_is_a_one_line_error_and_leaves_no_partial_file(capsys, monk
 
 def test_a_full_disk_while_generating_is_a_one_line_error(capsys, monkeypatch, tiny_model, tmp_path):
     monkeypatch.setattr("PIL.Image.Image.save", no_space)
-    err = error_of(capsys, ["generate", tiny_model, "a dog", "-n", "1", "--steps", "2", "--out", str(tmp_path / "g")])
+    err = error_of(capsys, ["generate", tiny_model, "a dog", "-n", "1", "--steps", "2", "--quiet",
+                            "--out", str(tmp_path / "g")])
     assert "no space left" in err and "p00-0.png" in err
     assert not list((tmp_path / "g").glob("*")) if (tmp_path / "g").exists() else True
 

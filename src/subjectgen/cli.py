@@ -6,6 +6,7 @@ import argparse
 import os
 from dataclasses import MISSING, fields
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -109,7 +110,9 @@ def add_generate_parser(sub) -> None:
                         "weights) before it comes in, so the scene follows the prompt; like A1111's "
                         "[a dog:a sks dog:0.2] with the LoRA switched on at the same step. Default 0")
     p.add_argument("--out", required=True, help="folder for the PNGs and grid.png")
-    p.add_argument("--allow-pickle", action="store_true")
+    p.add_argument("--allow-pickle", action="store_true", help="allow loading pickled weights (.ckpt/.bin): they "
+                   "can run code")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def add_demo_parser(sub) -> None:
@@ -223,9 +226,11 @@ def run_train(args) -> None:
 def run_generate(args) -> None:
     from .generation import generate_to_folder
 
+    started = time.perf_counter()
     result = generate_to_folder(args.run, args.prompts, args.out, args.n, args.seed, args.steps, args.guidance,
-                                args.negative_prompt, args.allow_pickle, args.lora_scale, args.subject_start)
-    print(f"wrote {len(result.files)} images and {result.grid}")
+                                args.negative_prompt, args.allow_pickle, args.lora_scale, args.subject_start,
+                                progress=not args.quiet)
+    print(f"wrote {len(result.files)} images and {result.grid} in {time.perf_counter() - started:.1f}s")
 
 
 def quiet_libraries() -> None:

@@ -6,6 +6,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import assets
 from .adapters import MANIFEST, Run, load_run
 from .config import SampleSettings, default_sample_steps
 from .errors import UserError
@@ -28,12 +29,18 @@ def open_run_or_model(ref: str, allow_pickle: bool = False, lora_scale: float = 
         return load_run(Path(ref), allow_pickle, lora_scale)
     if lora_scale != 1.0:
         raise UserError(f"--lora-scale applies to LoRA run folders; {ref} is a model")
-    return Run.of_model(ref, allow_pickle)
+    try:
+        return Run.of_model(ref, allow_pickle)
+    except UserError as exc:  # the user most likely meant a run: say so before what the model loader found
+        if Path(ref).exists() or ref in assets.builtin_names("model"):
+            raise
+        raise UserError(f"no run folder at {ref} (a folder written by 'subjectgen train'), and not a model "
+                        f"either: {exc}") from None
 
 
 def generate_to_folder(ref: str, prompts: list[str], out: Path, n: int = 4, seed: int = 0, steps: int | None = None,
                        guidance: float = 7.5, negative_prompt: str = "", allow_pickle: bool = False,
-                       lora_scale: float = 1.0, subject_start: float = 0.0) -> GenerateResult:
+                       lora_scale: float = 1.0, subject_start: float = 0.0, progress: bool = False) -> GenerateResult:
     """n images per prompt (seeds seed..seed+n-1), saved as p{prompt}-{k}.png, plus grid.png (a row per prompt).
     `subject_start`: the fraction of the steps sampled before the subject comes in (Run.early_steps)."""
     SampleSettings(n, seed, steps, guidance, lora_scale, subject_start)  # a one-line error for any out of range
@@ -49,7 +56,7 @@ def generate_to_folder(ref: str, prompts: list[str], out: Path, n: int = 4, seed
     seeds = [seed + k for _ in prompts for k in range(n)]
     early = run.early_steps([p for p in prompts for _ in range(n)], subject_start, steps)
     images = generate(run.components, expanded, seeds, steps, guidance, negative_prompt, early=early,
-                      denoiser_for=run.denoiser_for(negative_prompt, guidance))
+                      denoiser_for=run.denoiser_for(negative_prompt, guidance), progress=progress)
     names = [f"p{i:02d}-{k}.png" for i in range(len(prompts)) for k in range(n)]
     out = Path(out)
     files = []

@@ -8,6 +8,7 @@ from typing import Callable
 
 import torch
 from PIL import Image
+from tqdm.auto import tqdm
 
 from .models import Components
 from .subjects import to_image
@@ -93,7 +94,8 @@ def decode(components: Components, latents: torch.Tensor) -> list[Image.Image]:
 def generate(components: Components, prompts: list[str], seeds: list[int], steps: int = 25,
              guidance: float = 7.5, negative_prompt: str = "", batch_size: int = 8,
              early: EarlySteps | None = None,
-             denoiser_for: Callable[[list[str]], Denoiser] | None = None) -> list[Image.Image]:
+             denoiser_for: Callable[[list[str]], Denoiser] | None = None,
+             progress: bool = False) -> list[Image.Image]:
     """One image per (prompt, seed) pair, in order; `early`: begin without the subject (EarlySteps);
     `denoiser_for(prompts)`: a method's own denoiser for a batch of prompts (default: guidance on the text)."""
     if len(prompts) != len(seeds) or (early and len(early.prompts) != len(prompts)):
@@ -101,6 +103,7 @@ def generate(components: Components, prompts: list[str], seeds: list[int], steps
     denoiser_for = denoiser_for or (lambda batch: prompt_denoiser(
         components.unet, components.text_encoder, components.tokenizer, batch, negative_prompt, guidance))
     images: list[Image.Image] = []
+    bar = tqdm(total=len(prompts), desc="generate", unit="image", disable=not progress)
     for start in range(0, len(prompts), batch_size):
         chunk = slice(start, start + batch_size)
         denoiser = denoiser_for(prompts[chunk])
@@ -112,6 +115,8 @@ def generate(components: Components, prompts: list[str], seeds: list[int], steps
         unet = components.unet
         noise = initial_latents(components, seeds[chunk]).to(unet.device, unet.dtype)
         images += decode(components, sample(denoiser, fresh_scheduler(components, steps), noise))
+        bar.update(len(prompts[chunk]))
+    bar.close()
     return images
 
 
