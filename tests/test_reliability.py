@@ -321,3 +321,16 @@ def test_argument_errors_come_before_torch_is_imported():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "False" and result.stderr.count("error:") == 4
+
+
+def test_real_photos_on_the_built_in_model_get_a_warning(tmp_path):
+    from subjectgen.subjects import load_subject
+
+    folder = photos(tmp_path / "p", size=(512, 384))
+    with pytest.warns(UserWarning, match="up to 384 px and are scaled down to 64 px.*use a Stable Diffusion model"):
+        load_subject(folder, "dog", 64)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_subject(photos(tmp_path / "small", size=(128, 128)), "dog", 64)  # 2x: no warning

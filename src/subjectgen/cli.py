@@ -98,10 +98,12 @@ def add_generate_parser(sub) -> None:
     p.add_argument("run", help="run folder from 'subjectgen train' (or a model reference for baselines)")
     p.add_argument("prompts", nargs="+", metavar="PROMPT", help="prompts; {subject} becomes the learned subject")
     p.add_argument("-n", type=sample_type("n"), default=4, help="images per prompt")
-    p.add_argument("--seed", type=sample_type("seed"), default=0)
+    p.add_argument("--seed", type=sample_type("seed"), default=0, metavar="N",
+                   help="image k of each prompt uses seed N+k, so a seed gives the same image again (default: 0)")
     p.add_argument("--steps", type=sample_type("steps"), help="sampler steps (default 50 for SD, 25 for small models)")
-    p.add_argument("--guidance", type=sample_type("guidance"), default=7.5)
-    p.add_argument("--negative-prompt", default="")
+    p.add_argument("--guidance", type=sample_type("guidance"), default=7.5, metavar="X",
+                   help="classifier-free guidance: higher follows the prompt more, with less variety (default: 7.5)")
+    p.add_argument("--negative-prompt", default="", metavar="TEXT", help="what to steer away from (default: none)")
     p.add_argument("--lora-scale", type=sample_type("lora_scale"), default=1.0,
                    help="weight of a LoRA run's update (kohya's network multiplier): below 1 follows the prompt "
                         "more and the subject less; 0 is the base model")
@@ -119,7 +121,7 @@ def add_demo_parser(sub) -> None:
     p = sub.add_parser("demo", help="personalize the built-in model on an EmojiBench subject (CPU, minutes)")
     p.add_argument("--out", default="demo", help="folder for the report (replaced if it exists)")
     p.add_argument("--subject", default="dog", help="EmojiBench subject to personalize on (default: dog)")
-    p.add_argument("--model", default="builtin")
+    p.add_argument("--model", default="builtin", help="base model to personalize (default: builtin)")
     p.add_argument("--steps", type=train_type("steps"), help="LoRA training steps (default: the method's)")
 
 
@@ -135,11 +137,12 @@ def add_world_parser(sub) -> None:
     b.add_argument("--seeds", type=arg_type(WorldTrainConfig, "render_seeds"), default=6, help="renders per (instance, context) for plain captions")
     t = world.add_parser("train", help="train the built-in model from a seed; writes a diffusers folder")
     t.add_argument("--out", required=True, help="folder for the pipeline (copy it to assets/builtin to ship it)")
-    t.add_argument("--seed", type=world_type("seed"), default=0)
-    t.add_argument("--vae-steps", type=world_type("vae_steps"), default=3000)
-    t.add_argument("--unet-steps", type=world_type("unet_steps"), default=12000)
-    t.add_argument("--vae-batch", type=world_type("vae_batch"), default=128)
-    t.add_argument("--unet-batch", type=world_type("unet_batch"), default=256)
+    t.add_argument("--seed", type=world_type("seed"), default=0, help="seed of the weights and data order (default: 0)")
+    t.add_argument("--vae-steps", type=world_type("vae_steps"), default=3000, help="VAE steps (default: 3000)")
+    t.add_argument("--unet-steps", type=world_type("unet_steps"), default=12000,
+                   help="UNet steps: the length of its learning-rate schedule (default: 12000)")
+    t.add_argument("--vae-batch", type=world_type("vae_batch"), default=128, help="VAE batch (default: 128)")
+    t.add_argument("--unet-batch", type=world_type("unet_batch"), default=256, help="UNet batch (default: 256)")
     t.add_argument("--stop-step", type=world_type("unet_stop_step"), help="stop UNet training after this step; the learning-rate schedule "
                    "still spans --unet-steps (how a run cut by --max-seconds is reproduced)")
     t.add_argument("--max-seconds", type=world_type("unet_max_seconds"), help="stop UNet training after this long; the record's "
@@ -148,9 +151,12 @@ def add_world_parser(sub) -> None:
     t.add_argument("--device", help="cuda or cpu (default: cuda if available)")
     e = world.add_parser("train-evaluators", help="train the built-in CLIP and DINO evaluators (CPU)")
     e.add_argument("--out", required=True, help="folder for clip/ and dino/ (copy it to assets/evaluators to ship it)")
-    e.add_argument("--seed", type=arg_type(EvaluatorTrainConfig, "seed"), default=7)
-    e.add_argument("--clip-steps", type=arg_type(EvaluatorTrainConfig, "clip_steps"), default=1500)
-    e.add_argument("--dino-steps", type=arg_type(EvaluatorTrainConfig, "dino_steps"), default=2000)
+    e.add_argument("--seed", type=arg_type(EvaluatorTrainConfig, "seed"), default=7,
+                   help="the evaluators' own seed, not the generator's (default: 7)")
+    e.add_argument("--clip-steps", type=arg_type(EvaluatorTrainConfig, "clip_steps"), default=1500,
+                   help="CLIP steps (default: 1500)")
+    e.add_argument("--dino-steps", type=arg_type(EvaluatorTrainConfig, "dino_steps"), default=2000,
+                   help="DINO steps (default: 2000)")
     e.add_argument("--workers", type=number_type(AT_LEAST_1), default=2, help="processes rendering the world")
 
 
@@ -173,8 +179,8 @@ def add_bench_parser(sub) -> None:
     p.add_argument("--bench", default="emoji", help="folder in DreamBench's layout, or 'emoji' (the built-in "
                    "EmojiBench; default)")
     p.add_argument("--out", required=True, help="folder for results.json, table.md, report.html, plots, images")
-    p.add_argument("--methods", default="lora,dreambooth,textual-inversion", help="comma-separated methods "
-                   "(default: all three; a later run may add methods to the same --out)")
+    p.add_argument("--methods", help=f"comma-separated methods (default: every one, {','.join(registry.names())}; "
+                   "a later run may add methods to the same --out)")
     p.add_argument("--model", default="builtin", help="base model (default: builtin)")
     p.add_argument("--quick", action="store_true", help="subjects dog,backpack, 4 prompts, 2 images per prompt")
     p.add_argument("--subjects", help="comma-separated subject names (default: all)")
@@ -187,8 +193,9 @@ def add_bench_parser(sub) -> None:
     p.add_argument("--subject-start", type=bench_type("subject_start"), default=0.0, metavar="FRACTION",
                    help="sample this fraction of the steps without the subject, as generate --subject-start "
                         "(default 0)")
-    p.add_argument("--guidance", type=bench_type("guidance"), default=7.5)
-    p.add_argument("--seed", type=bench_type("seed"), default=0)
+    p.add_argument("--guidance", type=bench_type("guidance"), default=7.5, help="classifier-free guidance (default: 7.5)")
+    p.add_argument("--seed", type=bench_type("seed"), default=0, help="training seed; image k of each prompt uses "
+                   "seed+k (default: 0)")
     p.add_argument("--dino", help="DINO ViT folder or hub id (default: built-in for emoji, facebook/dino-vits16)")
     p.add_argument("--clip", help="CLIP folder or hub id (default: built-in for emoji, openai/clip-vit-base-patch32)")
     p.add_argument("--runs-from", metavar="DIR",
@@ -315,11 +322,11 @@ def bench_config(args):
     if args.quick:  # the quick subset, where a flag does not say otherwise
         chosen = {k: v if v is not None else QUICK[k] for k, v in chosen.items()}
     chosen["images_per_prompt"] = chosen["images_per_prompt"] or 4
-    return BenchConfig(bench=args.bench, out=args.out, methods=[m for m in args.methods.split(",") if m],
-                       model=args.model, **chosen, seed=args.seed, sample_steps=args.sample_steps,
-                       guidance=args.guidance, train_steps=args.train_steps, masked_loss=args.masked_loss,
-                       subject_start=args.subject_start, dino=args.dino, clip=args.clip,
-                       runs_from=args.runs_from)
+    methods = registry.names() if args.methods is None else [m for m in args.methods.split(",") if m]
+    return BenchConfig(bench=args.bench, out=args.out, methods=methods, model=args.model, **chosen, seed=args.seed,
+                       sample_steps=args.sample_steps, guidance=args.guidance, train_steps=args.train_steps,
+                       masked_loss=args.masked_loss, subject_start=args.subject_start, dino=args.dino,
+                       clip=args.clip, runs_from=args.runs_from)
 
 
 def run_bench(args) -> None:
