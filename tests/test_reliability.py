@@ -334,3 +334,27 @@ def test_real_photos_on_the_built_in_model_get_a_warning(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         load_subject(photos(tmp_path / "small", size=(128, 128)), "dog", 64)  # 2x: no warning
+
+
+def test_the_thread_policy_uses_the_allowed_cores_shared_by_a_launch_and_obeys_threads(monkeypatch, capsys,
+                                                                                      tiny_model, tmp_path):
+    import torch
+
+    from subjectgen import threads
+
+    for name in ("SUBJECTGEN_THREADS", "OMP_NUM_THREADS", "LOCAL_WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(threads.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5}, raising=False)
+    assert threads.choose_threads() == 6
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    assert threads.choose_threads() == 1  # 6 cores over 4 processes: 1 each, never more threads than cores
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert threads.choose_threads() == 3 and threads.choose_threads(2) == 2
+    before = torch.get_num_threads()
+    try:
+        argv = ["--threads", "1", "generate", tiny_model, "a dog", "-n", "1", "--steps", "2", "--quiet",
+                "--out", str(tmp_path / "g")]
+        assert main(argv) == 0 and torch.get_num_threads() == 1
+        assert "--threads: must be an integer >= 1" in error_of(capsys, ["--threads", "0", "report", "x"])
+    finally:
+        torch.set_num_threads(before)

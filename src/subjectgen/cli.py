@@ -209,6 +209,10 @@ def add_bench_parser(sub) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="subjectgen", description="Subject-driven text-to-image generation.")
+    parser.add_argument("--threads", type=number_type(AT_LEAST_1), metavar="N",
+                        help="CPU threads for torch (default: the cores this process may use, shared among the "
+                             "processes of one launch; or SUBJECTGEN_THREADS / OMP_NUM_THREADS). On a busy "
+                             "machine, fewer threads than cores avoid threads waiting on each other")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=Parser)
     add_train_parser(sub)
     add_generate_parser(sub)
@@ -367,6 +371,10 @@ def main(argv: list[str] | None = None) -> int:
     quiet_libraries()
     warnings.formatwarning = lambda message, category, *rest: f"warning: {message}\n"
     try:
+        if args.command != "report":  # everything else runs torch
+            from .threads import apply_threads
+
+            apply_threads(args.threads)
         {"train": run_train, "generate": run_generate, "demo": run_demo, "world": run_world, "score": run_score,
          "bench": run_bench, "report": run_report}[args.command](args)
     except UserError as exc:
