@@ -328,12 +328,16 @@ def test_real_photos_on_the_built_in_model_get_a_warning(tmp_path):
 
     folder = photos(tmp_path / "p", size=(512, 384))
     with pytest.warns(UserWarning, match="up to 384 px and are scaled down to 64 px.*use a Stable Diffusion model"):
-        load_subject(folder, "dog", 64)
+        load_subject(folder, "dog", 64, model="builtin")
+    with pytest.warns(UserWarning) as caught:  # another small model: the scale, not the emoji-world advice
+        load_subject(folder, "dog", 64, model="tiny")
+    assert "scaled down" in str(caught[0].message) and "emoji" not in str(caught[0].message)
     import warnings
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        load_subject(photos(tmp_path / "small", size=(128, 128)), "dog", 64)  # 2x: no warning
+        load_subject(photos(tmp_path / "small", size=(128, 128)), "dog", 64, model="builtin")  # 2x: no warning
+        load_subject(folder, "dog", 64)  # a check of the photos alone (bench's mask check) warns of nothing
 
 
 def test_the_thread_policy_uses_the_allowed_cores_shared_by_a_launch_and_obeys_threads(monkeypatch, capsys,

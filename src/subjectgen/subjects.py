@@ -41,7 +41,10 @@ class SubjectSet:
         return torch.stack([torch.from_numpy(np.asarray(m, dtype=np.float32) / 255.0)[None] for m in self.masks])
 
 
-def load_subject(folder: Path, class_noun: str, resolution: int, masks: bool = False) -> SubjectSet:
+def load_subject(folder: Path, class_noun: str, resolution: int, masks: bool = False,
+                 model: str | None = None) -> SubjectSet:
+    """The photos of a subject, validated and cropped to `resolution`; with `model` (the base model's reference)
+    a warning when they are far larger than that model sees them."""
     folder = Path(folder)
     if not class_noun or not class_noun.strip():
         raise UserError("the subject's class is missing; pass --class, e.g. --class dog")
@@ -61,20 +64,21 @@ def load_subject(folder: Path, class_noun: str, resolution: int, masks: bool = F
         if min(photo.size) < MIN_SIDE:
             raise UserError(f"{path} is {photo.width}x{photo.height} px; a photo needs at least {MIN_SIDE} px on its "
                             "short side; replace it with a larger photo or remove it")
-    warn_if_scaled_down(folder, photos, resolution)
+    if model is not None:
+        warn_if_scaled_down(folder, photos, resolution, model)
     subject_masks = [center_crop(open_mask(p, im.size), resolution) for p, im in zip(paths, photos)] if masks else None
     images = [center_crop(im, resolution) for im in photos]
     return SubjectSet(images=images, paths=paths, class_noun=class_noun.strip(), masks=subject_masks)
 
 
-def warn_if_scaled_down(folder: Path, photos: list[Image.Image], resolution: int) -> None:
-    """Say so when the photos are far larger than the model sees them, and, on the small built-in models,
-    that a real photo is outside the emoji world they know."""
+def warn_if_scaled_down(folder: Path, photos: list[Image.Image], resolution: int, model: str) -> None:
+    """Say so when the photos are far larger than the model sees them, and, on the built-in model, that a
+    real photo is outside the emoji world it knows."""
     side = max(min(photo.size) for photo in photos)
     if side < 4 * resolution:
         return
     text = f"the photos in {folder} are up to {side} px and are scaled down to {resolution} px for this model"
-    if resolution < 256:
+    if model == "builtin":
         text += ("; the built-in model knows a small emoji world: for your own photos use a Stable Diffusion model, "
                  "e.g. --model stable-diffusion-v1-5/stable-diffusion-v1-5")
     warnings.warn(text, stacklevel=3)

@@ -82,7 +82,7 @@ class Trainer:
         self.components = load_model(cfg.model, cfg.allow_pickle)
         self.cfg = resolve_defaults(cfg, self.components.resolution)
         self.subject = load_subject(Path(cfg.subject_dir), cfg.class_noun, self.components.resolution,
-                                    masks=cfg.masked_loss)
+                                    masks=cfg.masked_loss, model=cfg.model)
         if self.accelerator.is_main_process:  # only now, with every input valid, does the run folder appear
             hold(self.out)  # one writer; then the checks again, since another writer may have finished meanwhile
         try:
