@@ -267,3 +267,18 @@ def test_runs_from_reuses_what_was_made_the_same_way(finished, tiny_model, evalu
     assert "prompts" in err and err.count("\n") == 1 and not (tmp_path / "other").exists()
     assert main(bench_args(tiny_model, evaluator_dirs, tmp_path / "x") + ["--runs-from", str(tmp_path)]) == 2
     assert "not a bench folder" in capsys.readouterr().err
+
+
+def test_workers_split_the_subjects_and_give_the_same_scores(finished, tiny_model, evaluator_dirs, tmp_path):
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "subjectgen.cli", *bench_args(tiny_model, evaluator_dirs, out), "--workers", "2"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    got, want = (json.loads((f / "results.json").read_text())["pairs"] for f in (out, finished))
+    for method in ("baseline", "lora"):
+        for subject in ("dog", "backpack"):
+            assert got[method][subject]["clip_i"] == pytest.approx(want[method][subject]["clip_i"], abs=1e-5)
+    assert "| lora |" in result.stdout  # rank 0 prints the table once
+    bad = subprocess.run(cmd[:-2] + ["--subjects", "unicorn", "--workers", "2"], capture_output=True, text=True,
+                         timeout=300)
+    assert bad.returncode == 2 and bad.stderr.count("error:") == 1  # checked once, before any worker starts

@@ -202,6 +202,11 @@ def add_bench_parser(sub) -> None:
                    help="copy from an earlier bench folder what it made the same way: its trained runs (same model, "
                         "subjects, seed and training settings) and its baseline (same settings but the methods' "
                         "own), to sweep a setting without retraining")
+    p.add_argument("--workers", type=number_type(AT_LEAST_1), default=1, metavar="N",
+                   help="run the bench as N local processes, the subjects split among them, each with its share of "
+                        "the cores; on a CPU, small models use cores better this way than as threads of one "
+                        "process (the quick LoRA bench on 2 cores: 1.3x faster with 2), at N times the memory; "
+                        "the scores are the same (default: 1)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     r = sub.add_parser("report", help="rebuild results.json, table.md, plots and report.html of a bench folder")
     r.add_argument("out", help="a folder written by 'subjectgen bench'")
@@ -334,9 +339,14 @@ def bench_config(args):
 
 
 def run_bench(args) -> None:
-    from .eval.bench import run_bench
+    from .eval.bench import launch_workers, run_bench
 
-    results = run_bench(bench_config(args), progress=not args.quiet)
+    cfg = bench_config(args)
+    if args.workers > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        argv = sys.argv[1:] if args.argv is None else args.argv
+        launch_workers(cfg, without_flag(argv, "--workers"), args.workers)
+        return
+    results = run_bench(cfg, progress=not args.quiet)
     if results is not None:
         print((Path(args.out) / "table.md").read_text(), end="")
         print(f"report: {Path(args.out) / 'report.html'}")
@@ -350,10 +360,24 @@ def run_report(args) -> None:
     print(f"report: {Path(args.out) / 'report.html'}")
 
 
+def without_flag(argv: list[str], flag: str) -> list[str]:
+    """argv with `flag` and its value removed (either spelling: '--flag N' or '--flag=N')."""
+    out, skip = [], False
+    for word in argv:
+        if skip:
+            skip = False
+        elif word == flag:
+            skip = True
+        elif not word.startswith(flag + "="):
+            out.append(word)
+    return out
+
+
 def parse(argv: list[str] | None) -> argparse.Namespace:
     """Parse; an unknown flag that belongs to another method says so ("--rank is a flag of lora")."""
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
+    args.argv = argv
     if not extra:
         return args
     if getattr(args, "command", None) == "train":

@@ -75,7 +75,7 @@ def warn_if_scaled_down(folder: Path, photos: list[Image.Image], resolution: int
     """Say so when the photos are far larger than the model sees them, and, on the built-in model, that a
     real photo is outside the emoji world it knows."""
     side = max(min(photo.size) for photo in photos)
-    if side < 4 * resolution:
+    if side < max(4 * resolution, 256):  # real photos (256 px and up) on a model that sees a quarter of them or less
         return
     text = f"the photos in {folder} are up to {side} px and are scaled down to {resolution} px for this model"
     if model == "builtin":
