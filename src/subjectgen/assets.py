@@ -13,6 +13,7 @@ files, so a run can record exactly which weights it stood on and refuse to load 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -62,7 +63,8 @@ def resolve(kind: str, ref: str) -> str:
 
 def fingerprint(kind: str, ref: str) -> str | None:
     """A short hash of a local asset's files (weights and configs): a built-in name, a folder or a single
-    file. None for a hub id, whose files are not read here."""
+    file. None for a hub id, whose files are not read here. Hashing a Stable Diffusion folder takes seconds,
+    so the hash is kept (in the cache folder) under the files' names, sizes and modification times."""
     path = Path(resolve(kind, ref)).expanduser()
     if path.is_dir():
         files = sorted(f for f in path.rglob("*")  # not hidden ones, e.g. a hub download's .cache/ metadata
@@ -71,15 +73,45 @@ def fingerprint(kind: str, ref: str) -> str | None:
         files = [path]
     else:
         return None
+    stamp = hashlib.sha256(repr([(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files]).encode()).hexdigest()
+    known = _read_fingerprints()
+    if stamp not in known:
+        known[stamp] = _hash_files(path, files)
+        _write_fingerprints(known)
+    return known[stamp]
+
+
+def _hash_files(root: Path, files: list[Path]) -> str:
     digest = hashlib.sha256()
     for f in files:
-        digest.update(str(f.relative_to(path)).encode() if f != path else b"")
+        digest.update(str(f.relative_to(root)).encode() if f != root else b"")
         one = hashlib.sha256()
         with open(f, "rb") as handle:  # in chunks: a checkpoint can be gigabytes (file_digest is 3.11+)
             for chunk in iter(lambda: handle.read(1 << 24), b""):
                 one.update(chunk)
         digest.update(one.digest())
     return digest.hexdigest()[:16]
+
+
+def _fingerprints_file() -> Path:
+    return cache_dir() / "fingerprints.json"
+
+
+def _read_fingerprints() -> dict[str, str]:
+    try:
+        return json.loads(_fingerprints_file().read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_fingerprints(known: dict[str, str]) -> None:
+    """Best effort: an unwritable cache only means hashing again next time."""
+    from .safeio import atomic_write_json
+
+    try:
+        atomic_write_json(_fingerprints_file(), known)
+    except (OSError, UserError):
+        pass
 
 
 def record(kind: str, ref: str) -> dict:

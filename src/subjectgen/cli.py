@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import MISSING, fields
 import sys
 import time
 import warnings
+from dataclasses import MISSING, fields
 from pathlib import Path
 
 # Quiet the libraries' import-time chatter (e.g. transformers on a missing torchvision) for CLI users.
@@ -17,7 +17,7 @@ os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 from .config import BenchConfig, SampleSettings, TrainConfig  # noqa: E402
 from .errors import UserError  # noqa: E402
 from .methods import registry  # noqa: E402
-from .settings import AT_LEAST_1, arg_type, number_type  # noqa: E402
+from .settings import AT_LEAST_1, arg_type, flag_of, number_type  # noqa: E402
 from .world.config import EvaluatorTrainConfig, WorldTrainConfig  # noqa: E402
 
 
@@ -36,6 +36,7 @@ def bench_type(name: str):
 def world_type(name: str):
     return arg_type(WorldTrainConfig, name)
 
+
 class Parser(argparse.ArgumentParser):
     """argparse with one-line errors (the usage block is one --help away)."""
 
@@ -48,10 +49,11 @@ def add_train_parser(sub) -> None:
     the settings' declarations (config.TrainConfig) and the method's spec (methods/registry.py)."""
     train = sub.add_parser("train", help="personalize a model on photos of one subject")
     methods = train.add_subparsers(dest="method", metavar="METHOD", required=True, parser_class=Parser)
+    shared = shared_settings()
     for spec in registry.REGISTRY.values():
         p = methods.add_parser(spec.name, help=spec.help, description=spec.help)
         for f in fields(TrainConfig):
-            if f.name in shared_settings() or f.name in spec.own_settings:
+            if f.name in shared or f.name in spec.own_settings:
                 add_setting(p, f, spec)
         p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint "
                        "(it may lower --lr, e.g. after a diverged run)")
@@ -67,7 +69,7 @@ def shared_settings() -> set[str]:
 
 def add_setting(parser, f, spec) -> None:
     """One flag from a setting's declaration: its name, type and range, choices, help with its default."""
-    meta, name = f.metadata, f.metadata.get("flag", "--" + f.name.replace("_", "-"))
+    meta, name = f.metadata, flag_of(f)
     text = spec.token_help if f.name == "token" else meta["help"]
     per_size = spec.defaults_text(f.name)
     text = f"{text} ({per_size})" if per_size else text
@@ -100,7 +102,8 @@ def add_generate_parser(sub) -> None:
     p.add_argument("-n", type=sample_type("n"), default=4, help="images per prompt")
     p.add_argument("--seed", type=sample_type("seed"), default=0, metavar="N",
                    help="image k of each prompt uses seed N+k, so a seed gives the same image again (default: 0)")
-    p.add_argument("--steps", type=sample_type("steps"), help="sampler steps (default 50 for SD, 25 for small models)")
+    p.add_argument("--steps", type=sample_type("steps"),
+                   help="sampler steps (default 50 for SD, 25 for small models)")
     p.add_argument("--guidance", type=sample_type("guidance"), default=7.5, metavar="X",
                    help="classifier-free guidance: higher follows the prompt more, with less variety (default: 7.5)")
     p.add_argument("--negative-prompt", default="", metavar="TEXT", help="what to steer away from (default: none)")
@@ -134,19 +137,21 @@ def add_world_parser(sub) -> None:
     b.add_argument("--set", choices=("emojibench", "validation"), default="emojibench",
                    help="which subjects to render: EmojiBench (the test set) or the validation subjects, which are "
                         "neither in training nor in EmojiBench and are where settings get chosen (needs --out)")
-    b.add_argument("--seeds", type=arg_type(WorldTrainConfig, "render_seeds"), default=6, help="renders per (instance, context) for plain captions")
+    b.add_argument("--seeds", type=arg_type(WorldTrainConfig, "render_seeds"), default=6,
+                   help="renders per (instance, context) for plain captions (default: 6)")
     t = world.add_parser("train", help="train the built-in model from a seed; writes a diffusers folder")
     t.add_argument("--out", required=True, help="folder for the pipeline (copy it to assets/builtin to ship it)")
-    t.add_argument("--seed", type=world_type("seed"), default=0, help="seed of the weights and data order (default: 0)")
+    t.add_argument("--seed", type=world_type("seed"), default=0,
+                   help="seed of the weights and data order (default: 0)")
     t.add_argument("--vae-steps", type=world_type("vae_steps"), default=3000, help="VAE steps (default: 3000)")
     t.add_argument("--unet-steps", type=world_type("unet_steps"), default=12000,
                    help="UNet steps: the length of its learning-rate schedule (default: 12000)")
     t.add_argument("--vae-batch", type=world_type("vae_batch"), default=128, help="VAE batch (default: 128)")
     t.add_argument("--unet-batch", type=world_type("unet_batch"), default=256, help="UNet batch (default: 256)")
-    t.add_argument("--stop-step", type=world_type("unet_stop_step"), help="stop UNet training after this step; the learning-rate schedule "
-                   "still spans --unet-steps (how a run cut by --max-seconds is reproduced)")
-    t.add_argument("--max-seconds", type=world_type("unet_max_seconds"), help="stop UNet training after this long; the record's "
-                   "unet_stop_step says where, so the run can be reproduced with --stop-step")
+    t.add_argument("--stop-step", type=world_type("unet_stop_step"), help="stop UNet training after this step; the "
+                   "learning-rate schedule still spans --unet-steps (how a run cut by --max-seconds is reproduced)")
+    t.add_argument("--max-seconds", type=world_type("unet_max_seconds"), help="stop UNet training after this long; the "
+                   "record's unet_stop_step says where, so the run can be reproduced with --stop-step")
     t.add_argument("--workers", type=number_type(AT_LEAST_1), default=2, help="processes rendering the world")
     t.add_argument("--device", help="cuda or cpu (default: cuda if available)")
     e = world.add_parser("train-evaluators", help="train the built-in CLIP and DINO evaluators (CPU)")
@@ -184,16 +189,20 @@ def add_bench_parser(sub) -> None:
     p.add_argument("--model", default="builtin", help="base model (default: builtin)")
     p.add_argument("--quick", action="store_true", help="subjects dog,backpack, 4 prompts, 2 images per prompt")
     p.add_argument("--subjects", help="comma-separated subject names (default: all)")
-    p.add_argument("--prompts", type=bench_type("prompts"), help="use the first N prompts of each list (default: all 25)")
-    p.add_argument("--images-per-prompt", type=bench_type("images_per_prompt"), help="images per prompt (default: 4)")
+    p.add_argument("--prompts", type=bench_type("prompts"),
+                   help="use the first N prompts of each list (default: all 25)")
+    p.add_argument("--images-per-prompt", type=bench_type("images_per_prompt"),
+                   help="images per prompt (default: 4)")
     p.add_argument("--train-steps", type=bench_type("train_steps"), help="training steps (default: each method's)")
     p.add_argument("--masked-loss", action="store_true", help="train every method with a masked loss, from each "
                    "subject's masks/ folder (EmojiBench ships them)")
-    p.add_argument("--sample-steps", type=bench_type("sample_steps"), help="sampler steps (default: 25 below 256 px, else 50)")
+    p.add_argument("--sample-steps", type=bench_type("sample_steps"),
+                   help="sampler steps (default: 25 below 256 px, else 50)")
     p.add_argument("--subject-start", type=bench_type("subject_start"), default=0.0, metavar="FRACTION",
                    help="sample this fraction of the steps without the subject, as generate --subject-start "
                         "(default 0)")
-    p.add_argument("--guidance", type=bench_type("guidance"), default=7.5, help="classifier-free guidance (default: 7.5)")
+    p.add_argument("--guidance", type=bench_type("guidance"), default=7.5,
+                   help="classifier-free guidance (default: 7.5)")
     p.add_argument("--seed", type=bench_type("seed"), default=0, help="training seed; image k of each prompt uses "
                    "seed+k (default: 0)")
     p.add_argument("--dino", help="DINO ViT folder or hub id (default: built-in for emoji, facebook/dino-vits16)")
@@ -381,10 +390,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     if not extra:
         return args
     if getattr(args, "command", None) == "train":
+        own_flags = {spec.name: {flag_of(f) for f in fields(TrainConfig) if f.name in spec.own_settings}
+                     for spec in registry.REGISTRY.values()}
         for word in extra:
             flag = word.split("=", 1)[0]
-            owners = [spec.name for spec in registry.REGISTRY.values()
-                      if any(flag == "--" + name.replace("_", "-") for name in spec.own_settings)]
+            owners = [name for name, flags in own_flags.items() if flag in flags]
             if owners:
                 parser.error(f"{flag} is a flag of {' and '.join(owners)}, not of {args.method}")
     parser.error(f"unrecognized arguments: {' '.join(extra)}")
@@ -395,10 +405,9 @@ def main(argv: list[str] | None = None) -> int:
     quiet_libraries()
     warnings.formatwarning = lambda message, category, *rest: f"warning: {message}\n"
     try:
-        if args.command != "report":  # everything else runs torch
-            from .threads import apply_threads
+        from .threads import apply_threads
 
-            apply_threads(args.threads)
+        apply_threads(args.threads)
         {"train": run_train, "generate": run_generate, "demo": run_demo, "world": run_world, "score": run_score,
          "bench": run_bench, "report": run_report}[args.command](args)
     except UserError as exc:

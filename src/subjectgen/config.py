@@ -8,7 +8,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from .errors import UserError
 from .methods import registry
 from .settings import (ANY_FINITE, AT_LEAST_1, FRACTION_BELOW_1, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE,
-                       SAMPLER_STEPS, SEED, Bound, check_settings, ranged, setting)
+                       SAMPLER_STEPS, SEED, Bound, check_settings, setting)
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
 
@@ -59,8 +59,8 @@ class TrainConfig:
                                             "default: 'a {subject}', 'a {subject} on the beach')",
                                             flag="--validation-prompt",
                                             factory=lambda: ["a {subject}", "a {subject} on the beach"])
-    sample_steps: int | None = ranged(None, SAMPLER_STEPS)  # sampler steps for class images and validation
-    guidance: float = ranged(7.5, NON_NEGATIVE)
+    sample_steps: int | None = setting(None, SAMPLER_STEPS)  # sampler steps for class images and validation
+    guidance: float = setting(7.5, NON_NEGATIVE)
     allow_pickle: bool = setting(False, help="allow loading pickled weights (.ckpt/.bin): they can run code")
 
     def __post_init__(self) -> None:
@@ -102,7 +102,8 @@ def resolve_defaults(cfg: TrainConfig, resolution: int) -> TrainConfig:
     if data["sample_steps"] is None:
         data["sample_steps"] = default_sample_steps(resolution)
     if data["prior_preservation"] and data["num_class_images"] < 1:
-        raise UserError("--num-class-images must be at least 1 with prior preservation (or pass --no-prior-preservation)")
+        raise UserError("--num-class-images must be at least 1 with prior preservation "
+                        "(or pass --no-prior-preservation)")
     return TrainConfig.from_dict(data)
 
 
@@ -110,12 +111,12 @@ def resolve_defaults(cfg: TrainConfig, resolution: int) -> TrainConfig:
 class SampleSettings:
     """How `generate` samples: images per prompt, seeds, steps, guidance, and how much of the subject."""
 
-    n: int = ranged(4, AT_LEAST_1)
-    seed: int = ranged(0, SEED)
-    steps: int | None = ranged(None, SAMPLER_STEPS)   # default: 50 for SD, 25 for small models
-    guidance: float = ranged(7.5, NON_NEGATIVE)
-    lora_scale: float = ranged(1.0, ANY_FINITE)
-    subject_start: float = ranged(0.0, FRACTION_BELOW_1)
+    n: int = setting(4, AT_LEAST_1)
+    seed: int = setting(0, SEED)
+    steps: int | None = setting(None, SAMPLER_STEPS)   # default: 50 for SD, 25 for small models
+    guidance: float = setting(7.5, NON_NEGATIVE)
+    lora_scale: float = setting(1.0, ANY_FINITE)
+    subject_start: float = setting(0.0, FRACTION_BELOW_1)
 
     def __post_init__(self) -> None:
         check_settings(self)
@@ -128,14 +129,14 @@ class BenchConfig:
     methods: list[str] = field(default_factory=lambda: registry.names())  # default: every registered method
     model: str = "builtin"
     subjects: list[str] | None = None
-    prompts: int | None = ranged(None, AT_LEAST_1)      # the first N prompts of each list
-    images_per_prompt: int = ranged(4, AT_LEAST_1)
-    seed: int = ranged(0, SEED)
-    sample_steps: int | None = ranged(None, SAMPLER_STEPS)  # default: 25 below 256 px, else 50
-    guidance: float = ranged(7.5, NON_NEGATIVE)
-    train_steps: int | None = ranged(None, AT_LEAST_1)  # default: each method's own
+    prompts: int | None = setting(None, AT_LEAST_1)      # the first N prompts of each list
+    images_per_prompt: int = setting(4, AT_LEAST_1)
+    seed: int = setting(0, SEED)
+    sample_steps: int | None = setting(None, SAMPLER_STEPS)  # default: 25 below 256 px, else 50
+    guidance: float = setting(7.5, NON_NEGATIVE)
+    train_steps: int | None = setting(None, AT_LEAST_1)  # default: each method's own
     masked_loss: bool = False       # train on the subject's masks only (SUBJECT/masks/, as EmojiBench ships)
-    subject_start: float = ranged(0.0, FRACTION_BELOW_1)  # sample this fraction of the steps without the subject (generate --subject-start)
+    subject_start: float = setting(0.0, FRACTION_BELOW_1)  # steps sampled without the subject (generate's flag)
     dino: str | None = None         # default: built-in for EmojiBench, the real ones otherwise
     clip: str | None = None
     runs_from: str | None = None    # an earlier bench folder whose runs and baseline to reuse (reusable())

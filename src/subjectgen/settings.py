@@ -1,6 +1,6 @@
 """Allowed ranges for numeric settings, declared once beside each setting and checked before any work.
 
-A dataclass field declares its range with `ranged(default, Bound(...))`; `check_settings(obj)` checks
+A dataclass field declares its range with `setting(default, Bound(...))`; `check_settings(obj)` checks
 every such field of an instance (the Python API), and `arg_type(cls, name)` turns the same declaration
 into an argparse `type=` (the CLI), so a value out of range is a one-line error naming the flag and the
 range before anything is imported or written. A method added later is checked by the same code.
@@ -70,11 +70,6 @@ SAMPLER_STEPS = Bound(low=1, high=1000, integer=True)  # a sampler step per trai
 ANY_FINITE = Bound()
 
 
-def ranged(default: Any, bound: Bound, **kwargs) -> Any:
-    """A dataclass field with its allowed range (None, "not given", is always allowed)."""
-    return setting(default, bound, **kwargs)
-
-
 def setting(default: Any = None, bound: Bound | None = None, help: str = "", flag: str | None = None,
             choices: tuple | None = None, metavar: str | None = None, factory: Callable | None = None) -> Any:
     """A dataclass field that is also a command-line flag: its range, help text, flag name and choices live
@@ -93,17 +88,18 @@ def bound_of(cls: type, name: str) -> Bound:
     raise KeyError(f"{cls.__name__} has no field {name}")
 
 
-def flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
+def flag_of(f) -> str:
+    """A setting's command-line flag: the one it declares, else --its-name."""
+    return f.metadata.get("flag", "--" + f.name.replace("_", "-"))
 
 
-def check_settings(obj: Any, flags: dict[str, str] | None = None) -> None:
+def check_settings(obj: Any) -> None:
     """A one-line UserError for the first declared-range field of `obj` out of its range."""
     for f in fields(obj):
         bound = f.metadata.get("bound")
         value = getattr(obj, f.name)
         if bound is not None and value is not None:
-            bound.check((flags or {}).get(f.name, f.metadata.get("flag", flag(f.name))), value)
+            bound.check(flag_of(f), value)
 
 
 def number_type(bound: Bound) -> Callable[[str], float]:

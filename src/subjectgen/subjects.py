@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import glob
 import warnings
 from dataclasses import dataclass
@@ -89,7 +90,9 @@ def readable_suffixes() -> set[str]:
     return IMAGE_SUFFIXES | (HEIF_SUFFIXES if heif_plugin() else set())
 
 
+@functools.lru_cache(maxsize=None)
 def heif_plugin() -> bool:
+    """Whether pillow-heif is installed (registered with Pillow once, on first use)."""
     try:
         from pillow_heif import register_heif_opener
     except ImportError:

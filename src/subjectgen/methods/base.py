@@ -9,6 +9,7 @@ a method overrides what is special about it. kohya's NetworkTrainer hooks are th
 
 from __future__ import annotations
 
+import functools
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,19 +90,23 @@ class Method:
         `batch` turns into a Batch."""
         return trainer.subject_data()
 
+    @functools.cached_property
+    def model_prompts(self) -> list[str]:
+        """The instance prompts as the tokenizer sees them, expanded once (not every step)."""
+        return [self.prompt_for_model(p) for p in self.instance_prompts()]
+
     def cached_prompts(self, class_prompt: str) -> list[str] | None:
         """The prompts whose text embeddings the loop may compute once; None: encode every step (the text
         encoder trains, or the conditioning depends on the step)."""
         if "text_encoder" in self.trainable_modules():
             return None
-        return [self.prompt_for_model(p) for p in self.instance_prompts()] + [class_prompt]
+        return self.model_prompts + [class_prompt]
 
     def batch(self, data, generator: torch.Generator, batch_size: int) -> Batch:
         """Instance samples with prompts drawn from instance_prompts(); then class samples, if any."""
         latents, masks = data.instance.draw(batch_size, generator)
-        prompts = self.instance_prompts()
+        prompts = self.model_prompts
         chosen = [prompts[i] for i in torch.randint(len(prompts), (batch_size,), generator=generator).tolist()]
-        chosen = [self.prompt_for_model(p) for p in chosen]
         if data.classes is not None:
             latents = torch.cat([latents, data.classes.draw(batch_size, generator)[0]])
             chosen += [data.class_prompt] * batch_size

@@ -182,8 +182,8 @@ class Trainer:
     def encode(self, prompts: list[str]) -> torch.Tensor:
         if self.text_cache is not None:
             return self.text_cache(prompts)
-        return encode_prompts(self.components.tokenizer, self.forward_modules.get("text_encoder",
-                                                                                  self.components.text_encoder), prompts)
+        encoder = self.forward_modules.get("text_encoder", self.components.text_encoder)
+        return encode_prompts(self.components.tokenizer, encoder, prompts)
 
     def step(self) -> dict:
         """One optimizer step; the method's hooks say what the batch is, how the UNet is called, the loss."""

@@ -83,9 +83,9 @@ def check_out_dir(out: Path, cfg: TrainConfig, resume: bool, overwrite: bool) ->
             raise UserError(f"--out {out} is not empty and holds no subjectgen run; choose a new or empty folder")
         saved = json.loads(spec_file.read_text())
         if resume and not same_run(saved, cfg, resume=True) and not overwrite:
+            changeable = ", ".join("--" + k.replace("_", "-") for k in RESUME_MAY_CHANGE)
             raise UserError(f"--out {out} holds a run with different settings; --resume needs the same "
-                            f"command (it may change only {', '.join('--' + k.replace('_', '-') for k in RESUME_MAY_CHANGE)}), "
-                            "or choose another --out")
+                            f"command (it may change only {changeable}), or choose another --out")
         if not resume and not overwrite:
             finished = (out / "subject.json").is_file()
             what = ("this finished run" if finished else "an unfinished run of these settings (pass --resume)") \
