@@ -17,7 +17,7 @@ os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 from .config import BenchConfig, SampleSettings, TrainConfig  # noqa: E402
 from .errors import UserError  # noqa: E402
 from .methods import registry  # noqa: E402
-from .settings import AT_LEAST_1, arg_type, flag_of, number_type  # noqa: E402
+from .settings import AT_LEAST_1, SEED, arg_type, flag_of, number_type  # noqa: E402
 from .world.config import EvaluatorTrainConfig, WorldTrainConfig  # noqa: E402
 
 
@@ -139,6 +139,13 @@ def add_world_parser(sub) -> None:
                         "neither in training nor in EmojiBench and are where settings get chosen (needs --out)")
     b.add_argument("--seeds", type=arg_type(WorldTrainConfig, "render_seeds"), default=6,
                    help="renders per (instance, context) for plain captions (default: 6)")
+    r = world.add_parser("reserved", help="sample fresh held-out subjects from the reserved region (instances no "
+                         "training or evaluator set renders) and write them as a bench folder")
+    r.add_argument("--count", type=number_type(AT_LEAST_1), default=15, help="how many subjects (default: 15)")
+    r.add_argument("--seed", type=number_type(SEED), default=0, help="which sample (default: 0)")
+    r.add_argument("--classes", help="comma-separated class nouns to cycle through (default: DreamBench's 15)")
+    r.add_argument("--out", help="bench folder to write (DreamBench's layout, with subjects.json); without it, the "
+                   "sample is only listed")
     t = world.add_parser("train", help="train the built-in model from a seed; writes a diffusers folder")
     t.add_argument("--out", required=True, help="folder for the pipeline (copy it to assets/builtin to ship it)")
     t.add_argument("--seed", type=world_type("seed"), default=0,
@@ -278,6 +285,23 @@ def run_demo(args) -> None:
     print(f"report: {out / 'report.html'}\ngrid:   {out / 'grid.png'}")
 
 
+def run_reserved(args) -> None:
+    from .world.catalog import CLASSES, held_out_set
+
+    classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
+    unknown = [c for c in classes or [] if c not in CLASSES]
+    if unknown:
+        raise UserError(f"--classes: unknown {', '.join(unknown)}; the world's classes are {', '.join(CLASSES)}")
+    subjects = held_out_set(args.count, args.seed, classes)
+    for name, (noun, inst) in subjects.items():
+        attributes = ", ".join(f"{k} {v}" for k, v in inst.attributes().items())
+        print(f"{name}: {noun}, {inst.emoji} ({inst.style}) {attributes}")
+    if args.out:
+        from .world.build import write_emojibench
+
+        print(f"held-out subjects: {write_emojibench(Path(args.out), subjects)}")
+
+
 def run_world(args) -> None:
     if args.world_command == "build":
         from .world.build import EMOJIBENCH, write_emojibench, write_training_set
@@ -294,6 +318,8 @@ def run_world(args) -> None:
             info = write_training_set(Path(args.training_set), args.seeds)
             print(f"training set: {args.training_set} ({info['count']} images, hash {info['hash']})")
         return
+    if args.world_command == "reserved":
+        return run_reserved(args)
     if args.world_command == "train-evaluators":
         from .world.evaluators import train_evaluators
 

@@ -1,53 +1,62 @@
 """`subjectgen world build`: render the training set of the built-in world and the EmojiBench subjects.
 
 Training pairs: every class instance x (plain + DreamBench's contexts for its class) x seeds, captioned in
-DreamBench's wording ("a dog on the beach", "a red dog", "a dog wearing a santa hat"). EmojiBench subjects
-and the validation subjects (catalog.VALIDATION) are never rendered into the training set.
+DreamBench's wording ("a dog on the beach", "a red dog", "a dog wearing a santa hat"), now and then naming an
+attribute ("a striped dog"). Nothing of the reserved region (EmojiBench, the validation subjects, any later
+test set) is ever rendered into the training or evaluator sets.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import random
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
 from ..safeio import atomic_dir
 from ..subjects import MASK_FOLDER
-from .catalog import SUBJECTS, caption, contexts_for, training_instances
-from .scene import render_photo, render_scene
+from .catalog import SUBJECTS, attribute_phrase, caption, contexts_for, training_instances
+from .render import PHOTO_SETTINGS, colour_name
+from .scene import photo_count, render_photo, render_scene
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 PROMPTS_FILE = ASSETS / "dreambench_prompts_and_classes.txt"  # DreamBench's file, verbatim (CC-BY-4.0)
 EMOJIBENCH = ASSETS / "emojibench"
-PHOTOS_PER_SUBJECT = 5
 
 
 def training_items(seeds: int, instances: dict | None = None, first_seed: int = 0) -> list[tuple]:
-    """(class, instance, context, seed) for every instance x (plain + its class's contexts) x seeds."""
+    """(class, instance, context, seed): each class's plain emoji in plain + every context of its class + every
+    photo place (`seeds` plain renders, half as many per context), and each composed instance `seeds` times in a
+    context drawn for it. Never a reserved instance (catalog.training_instances)."""
     items = []
     for noun, insts in (instances or training_instances()).items():
+        contexts = contexts_for(noun) + PHOTO_SETTINGS
         for inst in insts:
-            for context in [None] + contexts_for(noun):
-                for s in range(seeds if context is None else max(1, seeds // 2)):
-                    items.append((noun, inst, context, first_seed + s))
+            if not inst.attributes():
+                for context in [None] + contexts:
+                    for s in range(seeds if context is None else max(1, seeds // 2)):
+                        items.append((noun, inst, context, first_seed + s))
+                continue
+            rng = random.Random(f"contexts|{inst}|{first_seed}")
+            for s in range(seeds):
+                items.append((noun, inst, rng.choice([None, None, *contexts]), first_seed + s))
     return items
 
 
 def evaluator_items(seeds: int) -> list[tuple]:
-    """The evaluators' data: the whole world, EmojiBench subjects included (an evaluator should know
-    every object, as real CLIP and DINO have seen dogs), rendered with seeds the generator never used."""
-    instances = training_instances()
-    for noun, inst in SUBJECTS.values():
-        instances[noun] = instances[noun] + [inst]
-    return training_items(seeds, instances, first_seed=1000)
+    """The evaluators' data: the training world rendered with seeds the generator never used. No benchmark
+    subject and nothing else from the reserved region, as no real CLIP or DINO saw the DreamBench subjects."""
+    return training_items(seeds, first_seed=1000)
 
 
 def _render(item) -> tuple[np.ndarray, str]:
     noun, inst, context, seed = item
-    return np.asarray(render_scene(inst, context, seed)), caption(noun, context)
+    named = attribute_phrase(inst, colour_name(inst), random.Random(f"caption|{inst}|{context}|{seed}"))
+    return np.asarray(render_scene(inst, context, seed)), caption(noun, context, named=named)
 
 
 def render_training_set(seeds: int = 4, workers: int = 2, items: list[tuple] | None = None) -> tuple[np.ndarray, list[str]]:
@@ -91,13 +100,12 @@ def write_emojibench(out: Path = EMOJIBENCH, subjects: dict | None = None) -> Pa
     with atomic_dir(Path(out)) as tmp:
         for name, (_, inst) in subjects.items():
             (tmp / name / MASK_FOLDER).mkdir(parents=True)
-            for k in range(PHOTOS_PER_SUBJECT):
+            for k in range(photo_count(inst)):
                 photo, mask = render_photo(inst, k)
                 photo.save(tmp / name / f"{k:02d}.png", optimize=True)
                 mask.save(tmp / name / MASK_FOLDER / f"{k:02d}.png", optimize=True)
         (tmp / "prompts_and_classes.txt").write_text(prompts_file(subjects))
-        mapping = {name: {"class": noun, "emoji": inst.emoji, "style": inst.style, "hue": inst.hue,
-                          "overlay": inst.overlay} for name, (noun, inst) in subjects.items()}
+        mapping = {name: {"class": noun, **asdict(inst)} for name, (noun, inst) in subjects.items()}
         (tmp / "subjects.json").write_text(json.dumps(mapping, indent=1))
     return Path(out)
 
@@ -110,3 +118,47 @@ def prompts_file(subjects: dict) -> str:
     _, rest = text.split("\nPrompts\n", 1)
     rows = "".join(f"{name},{noun}\n" for name, (noun, _) in subjects.items())
     return f"Classes\n\nsubject_name,class\n{rows}\nPrompts\n{rest}"
+
+
+def bench_instances(root: Path) -> dict[str, tuple[str, object]] | None:
+    """A world-made bench folder's subjects as (class, Instance), from its subjects.json; None for a folder the
+    world did not make (no subjects.json, or one that names no instances). A one-line error for an instance
+    the world cannot render."""
+    from ..errors import UserError
+    from .catalog import CLASSES, STYLES, Instance
+    from .emoji import catalog as emoji_catalog
+
+    path = Path(root) / "subjects.json"
+    if not path.is_file():
+        return None
+    try:
+        mapping = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path} is not valid JSON ({exc}); rebuild it with 'subjectgen world reserved'") from None
+    if not isinstance(mapping, dict) or not all(isinstance(v, dict) and "emoji" in v for v in mapping.values()):
+        return None
+    out = {}
+    for name, entry in mapping.items():
+        fields = {k: v for k, v in entry.items() if k != "class"}
+        try:
+            inst = Instance(**fields)
+        except TypeError:
+            raise UserError(f"{path}: subject '{name}' has fields the world does not know "
+                            f"({', '.join(sorted(fields))})") from None
+        if entry.get("class") not in CLASSES or inst.style not in STYLES or inst.emoji not in emoji_catalog():
+            raise UserError(f"{path}: subject '{name}' names an instance the world cannot render (class "
+                            f"{entry.get('class')!r}, emoji {inst.emoji!r}, style {inst.style!r})")
+        out[name] = (entry["class"], inst)
+    return out
+
+
+def render_prompt(noun: str, inst, prompt: str, seed: int):
+    """The world's own picture of this instance in a DreamBench prompt's context ('a dog on the beach'): what a
+    perfect method would draw."""
+    from ..errors import UserError
+
+    context_of = {caption(noun, c): c for c in [None, *contexts_for(noun)]}
+    if prompt not in context_of:
+        raise UserError(f"the prompt '{prompt}' is not one of the world's contexts for a {noun}; a perfect render "
+                        "needs DreamBench's prompts")
+    return render_scene(inst, context_of[prompt], seed)

@@ -1,12 +1,15 @@
 """What exists in the built-in world: classes and their instances, the EmojiBench subjects, the contexts.
 
-An instance is (emoji, style, hue shift). EmojiBench subjects are instances the base model never sees:
-each subject's (emoji, style) pair is held out of training, or it wears a hue no training instance has.
+An instance is an emoji in a style, made particular along a few axes (hue, pattern, sticker, two-tone
+colouring, an accessory for live classes). A fixed rule reserves a region of the instance space that no
+training or evaluator set renders; EmojiBench and the validation subjects are drawn from it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+import random
+from dataclasses import asdict, dataclass, replace
 
 # class noun -> emoji short names. The 15 DreamBench classes first, then classes for a richer prior.
 CLASSES: dict[str, list[str]] = {
@@ -33,8 +36,24 @@ CLASSES: dict[str, list[str]] = {
 }
 DREAMBENCH_CLASSES = list(CLASSES)[:15]
 LIVE_CLASSES = {"cat", "dog"}
-TRAIN_HUES = (0, 60, 150, 270)  # colour variants that thin classes get in training
-THIN = 2  # classes with at most this many emoji get the colour variants
+STYLES = ("twemoji", "noto")
+
+# The axes along which an instance is particular (World v3): every class in many instances, so that the prior
+# composes ("this dog, but green with a star sticker" is near things seen, not outside everything).
+HUES = tuple(range(0, 360, 15))                # degrees of hue rotation of the whole emoji
+PATTERNS = ("", "stripes", "dots", "checks")   # a texture over the object
+STICKERS = ("", "star", "heart", "four_leaf_clover", "zap", "cherries", "dog", "strawberry")  # a sticker on it
+TONES = (0, 90, 180)                           # two-tone: the lower half's extra hue rotation
+ACCESSORIES = ("", "collar", "bandana", "bow")  # live classes only
+# (emoji, style) pairs with under 20 % saturated pixels: a hue rotation of them is the same picture, so they
+# take no hue or two-tone axis (a test recomputes this list from the emoji).
+ACHROMATIC = {("sloth", "twemoji"), ("sloth", "noto"), ("wolf", "twemoji"), ("wolf", "noto"),
+              ("black_cat", "twemoji"), ("black_cat", "noto"), ("clock3", "twemoji"), ("clock3", "noto"),
+              ("clock9", "twemoji"), ("clock9", "noto"), ("stopwatch", "twemoji"), ("stopwatch", "noto"),
+              ("poodle", "twemoji"), ("poodle", "noto"), ("robot_face", "noto"), ("dark_sunglasses", "twemoji"),
+              ("dark_sunglasses", "noto"), ("goggles", "twemoji"), ("alien", "twemoji"), ("ghost", "twemoji"),
+              ("ghost", "noto"), ("soccer", "twemoji"), ("soccer", "noto"), ("rabbit2", "twemoji"),
+              ("rabbit2", "noto"), ("penguin", "twemoji"), ("penguin", "noto")}
 
 
 @dataclass(frozen=True)
@@ -42,61 +61,147 @@ class Instance:
     emoji: str
     style: str
     hue: int = 0            # degrees of hue rotation
-    overlay: str = ""       # a second emoji stuck on it (a unique, never-seen instance)
+    overlay: str = ""       # a sticker: a second emoji stuck on it
+    pattern: str = ""
+    tone: int = 0           # two-tone colouring: the lower half rotated this much further
+    accessory: str = ""     # worn by live subjects: collar, bandana, bow
+
+    def attributes(self) -> dict:
+        """The fields that make it particular (those not at their plain value)."""
+        plain = Instance(self.emoji, self.style)
+        return {k: v for k, v in asdict(self).items() if v != getattr(plain, k)}
 
 
-# EmojiBench: DreamBench's 30 subject names and classes, each mapped to a never-seen instance.
+# --- the reserved region ---------------------------------------------------------------------------
+# A fixed rule: an instance is in the reserved core when a hash of its attributes (hue taken in 30-degree bins)
+# falls in the lowest 10 %. The reserved region is the core plus its near neighbours: the same instance 15 degrees
+# of hue away. No training or evaluator set ever renders a reserved instance; EmojiBench, the validation subjects
+# and every later test set are drawn from the core.
+RESERVED_FRACTION = 0.10
+NEIGHBOUR_HUES = (-15, 0, 15)
+
+
+def _bucket(inst: Instance) -> float:
+    key = "|".join(str(v) for v in (inst.emoji, inst.style, inst.hue % 360 // 30, inst.overlay, inst.pattern,
+                                    inst.tone, inst.accessory))
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") / 2 ** 64
+
+
+def in_reserved_core(inst: Instance) -> bool:
+    return _bucket(inst) < RESERVED_FRACTION
+
+
+def is_reserved(inst: Instance) -> bool:
+    """In the core, or a near neighbour of a core instance (a few degrees of hue away)."""
+    return any(in_reserved_core(replace(inst, hue=(inst.hue + d) % 360)) for d in NEIGHBOUR_HUES)
+
+
+def class_of(emoji: str) -> str:
+    return next(noun for noun, names in CLASSES.items() if emoji in names)
+
+
+def random_instance(emoji: str, style: str, rng: random.Random) -> Instance:
+    """A composed instance: each axis away from plain with its own probability."""
+    live, coloured = class_of(emoji) in LIVE_CLASSES, (emoji, style) not in ACHROMATIC
+    hue = rng.choice(HUES[1:]) if rng.random() < 0.6 else 0
+    overlay = rng.choice(STICKERS[1:]) if rng.random() < 0.35 else ""
+    pattern = rng.choice(PATTERNS[1:]) if rng.random() < 0.35 else ""
+    tone = rng.choice(TONES[1:]) if rng.random() < 0.25 else 0
+    wears = rng.choice(ACCESSORIES[1:]) if rng.random() < 0.5 else ""
+    return Instance(emoji, style, hue if coloured else 0, overlay, pattern, tone if coloured else 0,
+                    wears if live else "")
+
+
+COMPOSED_PER_EMOJI = 12  # composed training instances per (emoji, style), besides the plain one
+
+
+def training_instances(per_emoji: int = COMPOSED_PER_EMOJI) -> dict[str, list[Instance]]:
+    """Every class's instances for training (the base model, the evaluators): per (emoji, style) the plain
+    emoji and `per_emoji` composed ones, never a reserved instance."""
+    out = {}
+    for noun, names in CLASSES.items():
+        insts = []
+        for name, style in ((n, s) for n in names for s in STYLES):
+            rng = random.Random(f"train|{name}|{style}")
+            found = [] if is_reserved(Instance(name, style)) else [Instance(name, style)]
+            for _ in range(per_emoji * 20):
+                if len(found) > per_emoji:
+                    break
+                inst = random_instance(name, style, rng)
+                if inst not in found and not is_reserved(inst):
+                    found.append(inst)
+            insts += found
+        out[noun] = insts
+    return out
+
+
+def sample_reserved(noun: str, rng: random.Random, emoji: str | None = None, min_attributes: int = 2) -> Instance:
+    """An instance of the reserved core of this class (of one emoji if given), particular along at least
+    `min_attributes` axes, as a real subject is (a hue and a sticker, a pattern and a collar)."""
+    names = [emoji] if emoji else CLASSES[noun]
+    while True:
+        inst = random_instance(rng.choice(names), rng.choice(STYLES), rng)
+        if len(inst.attributes()) >= min_attributes and in_reserved_core(inst):
+            return inst
+
+
+# EmojiBench (v3): DreamBench's 30 subject names and classes, each an instance of the reserved core drawn by
+# sample_reserved(class, random.Random(f"emojibench-v3|{name}"), emoji) with the emoji its name suggests, so that
+# no training or evaluator set has seen it (a test checks both the rule and the draw).
 SUBJECTS: dict[str, tuple[str, Instance]] = {
-    "backpack": ("backpack", Instance("school_satchel", "noto")),
-    "backpack_dog": ("backpack", Instance("school_satchel", "twemoji", 200, overlay="dog")),
-    "bear_plushie": ("stuffed animal", Instance("teddy_bear", "noto")),
-    "berry_bowl": ("bowl", Instance("bowl_with_spoon", "twemoji", 0, overlay="strawberry")),
-    "can": ("can", Instance("canned_food", "noto")),
-    "candle": ("candle", Instance("candle", "noto")),
-    "cat": ("cat", Instance("cat2", "noto")),
-    "cat2": ("cat", Instance("cat", "twemoji", 200)),
-    "clock": ("clock", Instance("mantelpiece_clock", "noto")),
-    "colorful_sneaker": ("sneaker", Instance("athletic_shoe", "twemoji", 110)),
-    "dog": ("dog", Instance("dog2", "noto")),
-    "dog2": ("dog", Instance("poodle", "twemoji")),
-    "dog3": ("dog", Instance("dog", "noto", 200)),
-    "dog5": ("dog", Instance("guide_dog", "noto")),
-    "dog6": ("dog", Instance("dog", "twemoji", 110)),
-    "dog7": ("dog", Instance("dog2", "twemoji", 300)),
-    "dog8": ("dog", Instance("service_dog", "twemoji", 200)),
-    "duck_toy": ("toy", Instance("duck", "noto")),
-    "fancy_boot": ("boot", Instance("boot", "noto")),
-    "grey_sloth_plushie": ("stuffed animal", Instance("sloth", "noto")),
-    "monster_toy": ("toy", Instance("space_invader", "noto")),
-    "pink_sunglasses": ("glasses", Instance("dark_sunglasses", "noto", 300)),
-    "poop_emoji": ("toy", Instance("hankey", "noto")),
-    "rc_car": ("toy", Instance("racing_car", "noto")),
-    "red_cartoon": ("cartoon", Instance("japanese_ogre", "noto")),
-    "robot_toy": ("toy", Instance("robot_face", "noto")),
-    "shiny_sneaker": ("sneaker", Instance("mans_shoe", "noto", 200)),
-    "teapot": ("teapot", Instance("teapot", "noto")),
-    "vase": ("vase", Instance("amphora", "noto")),
-    "wolf_plushie": ("stuffed animal", Instance("wolf", "noto")),
+    "backpack": ("backpack", Instance("school_satchel", "twemoji", hue=15, overlay="dog")),
+    "backpack_dog": ("backpack", Instance("school_satchel", "twemoji", hue=45, overlay="heart", tone=90)),
+    "bear_plushie": ("stuffed animal", Instance("teddy_bear", "noto", hue=210, overlay="cherries")),
+    "berry_bowl": ("bowl", Instance("bowl_with_spoon", "noto", hue=15, overlay="dog")),
+    "can": ("can", Instance("canned_food", "twemoji", hue=45, pattern="dots")),
+    "candle": ("candle", Instance("candle", "noto", hue=45, overlay="zap")),
+    "cat": ("cat", Instance("cat2", "twemoji", hue=30, accessory="bow")),
+    "cat2": ("cat", Instance("cat", "twemoji", hue=120, pattern="stripes", accessory="collar")),
+    "clock": ("clock", Instance("mantelpiece_clock", "noto", hue=45, overlay="four_leaf_clover", pattern="checks")),
+    "colorful_sneaker": ("sneaker", Instance("athletic_shoe", "noto", hue=240, overlay="dog", pattern="dots",
+                                             tone=180)),
+    "dog": ("dog", Instance("dog2", "noto", pattern="dots", accessory="bow")),
+    "dog2": ("dog", Instance("poodle", "twemoji", pattern="stripes", accessory="collar")),
+    "dog3": ("dog", Instance("dog", "twemoji", hue=45, tone=90, accessory="bow")),
+    "dog5": ("dog", Instance("guide_dog", "twemoji", hue=180, overlay="strawberry", pattern="dots",
+                             accessory="collar")),
+    "dog6": ("dog", Instance("dog", "twemoji", hue=120, tone=90)),
+    "dog7": ("dog", Instance("dog2", "noto", hue=165, pattern="dots", accessory="collar")),
+    "dog8": ("dog", Instance("service_dog", "twemoji", hue=270, overlay="heart", accessory="bandana")),
+    "duck_toy": ("toy", Instance("duck", "twemoji", overlay="star", pattern="stripes")),
+    "fancy_boot": ("boot", Instance("boot", "noto", hue=105, pattern="checks", tone=90)),
+    "grey_sloth_plushie": ("stuffed animal", Instance("sloth", "noto", overlay="cherries", pattern="dots")),
+    "monster_toy": ("toy", Instance("space_invader", "noto", hue=45, overlay="four_leaf_clover", pattern="checks")),
+    "pink_sunglasses": ("glasses", Instance("dark_sunglasses", "twemoji", overlay="heart", pattern="checks")),
+    "poop_emoji": ("toy", Instance("hankey", "noto", hue=150, pattern="dots", tone=180)),
+    "rc_car": ("toy", Instance("racing_car", "twemoji", hue=345, pattern="stripes")),
+    "red_cartoon": ("cartoon", Instance("japanese_ogre", "noto", hue=30, overlay="strawberry")),
+    "robot_toy": ("toy", Instance("robot_face", "twemoji", hue=285, pattern="stripes")),
+    "shiny_sneaker": ("sneaker", Instance("mans_shoe", "twemoji", overlay="four_leaf_clover", pattern="dots")),
+    "teapot": ("teapot", Instance("teapot", "twemoji", hue=300, overlay="cherries", pattern="dots")),
+    "vase": ("vase", Instance("amphora", "noto", hue=255, overlay="zap")),
+    "wolf_plushie": ("stuffed animal", Instance("wolf", "twemoji", overlay="strawberry", pattern="dots")),
 }
 
-# Validation subjects: never-seen instances that are neither EmojiBench subjects nor in training (a hue no
-# training instance wears, or an overlay), with DreamBench's mix of live and object classes. Settings such as
-# sampling defaults are chosen on these, so that EmojiBench stays a test set.
+# Validation subjects (v3): drawn the same way (sample_reserved(class, random.Random(f"validation-v3|{name}"))),
+# with DreamBench's mix of live and object classes. Settings are chosen on these, so EmojiBench stays a test set.
 VALIDATION: dict[str, tuple[str, Instance]] = {
-    "val_dog": ("dog", Instance("poodle", "noto", 0, overlay="star")),
-    "val_dog2": ("dog", Instance("guide_dog", "twemoji", 250)),
-    "val_dog3": ("dog", Instance("dog", "twemoji", 250)),
-    "val_cat": ("cat", Instance("smiley_cat", "noto", 120)),
-    "val_cat2": ("cat", Instance("cat2", "twemoji", 240)),
-    "val_sneaker": ("sneaker", Instance("athletic_shoe", "noto", 200)),
-    "val_boot": ("boot", Instance("hiking_boot", "twemoji", 200)),
-    "val_kite": ("toy", Instance("kite", "noto", 200)),
-    "val_dolls": ("toy", Instance("nesting_dolls", "twemoji", 0, overlay="star")),
-    "val_teddy": ("stuffed animal", Instance("teddy_bear", "twemoji", 100)),
-    "val_bowl": ("bowl", Instance("ramen", "noto", 0, overlay="strawberry")),
-    "val_ogre": ("cartoon", Instance("japanese_ogre", "twemoji", 120)),
-    "val_clock": ("clock", Instance("alarm_clock", "twemoji", 160)),
-    "val_glasses": ("glasses", Instance("eyeglasses", "noto", 160)),
+    "val_dog": ("dog", Instance("service_dog", "noto", overlay="heart", accessory="collar")),
+    "val_dog2": ("dog", Instance("dog", "twemoji", hue=90, pattern="checks", accessory="collar")),
+    "val_dog3": ("dog", Instance("dog2", "noto", hue=180, overlay="heart", accessory="collar")),
+    "val_cat": ("cat", Instance("smiley_cat", "twemoji", hue=345, overlay="dog")),
+    "val_cat2": ("cat", Instance("cat2", "twemoji", pattern="dots", accessory="collar")),
+    "val_sneaker": ("sneaker", Instance("athletic_shoe", "noto", hue=90, overlay="cherries")),
+    "val_boot": ("boot", Instance("boot", "noto", hue=315, overlay="dog")),
+    "val_toy": ("toy", Instance("pinata", "twemoji", hue=105, overlay="dog", pattern="dots")),
+    "val_toy2": ("toy", Instance("pinata", "noto", hue=195, pattern="dots", tone=90)),
+    "val_plushie": ("stuffed animal", Instance("wolf", "noto", overlay="strawberry", pattern="checks")),
+    "val_bowl": ("bowl", Instance("ramen", "noto", hue=270, overlay="zap")),
+    "val_cartoon": ("cartoon", Instance("joy", "noto", hue=195, tone=180)),
+    "val_clock": ("clock", Instance("mantelpiece_clock", "noto", hue=75, pattern="checks")),
+    "val_glasses": ("glasses", Instance("dark_sunglasses", "twemoji", overlay="cherries", pattern="checks")),
+    "val_backpack": ("backpack", Instance("school_satchel", "noto", hue=225, pattern="stripes", tone=180)),
+    "val_candle": ("candle", Instance("diya_lamp", "noto", hue=135, overlay="four_leaf_clover")),
 }
 
 # DreamBench's contexts: the phrase that follows "a {class}" in its prompts, by kind.
@@ -117,27 +222,44 @@ OUTFITS = [
 EDITS = ["red", "purple", "shiny", "wet", "cube shaped"]  # these go before the class: "a red dog"
 
 
-def caption(class_noun: str, context: str | None, article: str = "a") -> str:
-    """'a dog on the beach', 'a red dog', 'a dog' — DreamBench's wording."""
+def caption(class_noun: str, context: str | None, article: str = "a", named: str = "") -> str:
+    """'a dog on the beach', 'a red dog', 'a dog' — DreamBench's wording; `named` (from attribute_phrase) puts
+    one of the instance's attributes in: 'a striped dog on the beach', 'a dog with a star sticker'."""
     if context in EDITS:
         return f"{article} {context} {class_noun}"
-    return f"{article} {class_noun} {context}" if context else f"{article} {class_noun}"
+    noun = f"{named[1:]} {class_noun}" if named.startswith("<") else f"{class_noun} {named}".strip()
+    return f"{article} {noun} {context}" if context else f"{article} {noun}"
 
 
-def held_out() -> set[tuple[str, str]]:
-    """(emoji, style) pairs that training never shows at hue 0 or at a subject's hue."""
-    return {(inst.emoji, inst.style) for _, inst in SUBJECTS.values() if inst.hue == 0 and not inst.overlay}
+PATTERN_WORDS = {"stripes": "striped", "dots": "polka-dot", "checks": "checked"}
+STICKER_WORDS = {"four_leaf_clover": "clover", "zap": "lightning", "cherries": "cherry"}
+ACCESSORY_WORDS = {"collar": "with a red collar", "bandana": "with a blue bandana", "bow": "with a pink bow"}
 
 
-def training_instances() -> dict[str, list[Instance]]:
-    """Every class's instances for base-model training; no EmojiBench subject among them."""
-    subjects = {inst for _, inst in SUBJECTS.values()}
-    hidden = held_out()
-    out = {}
-    for noun, names in CLASSES.items():
-        hues = TRAIN_HUES if len(names) <= THIN else (0,)
-        out[noun] = [Instance(n, s, h) for n in names for s in ("twemoji", "noto") for h in hues
-                     if (n, s) not in hidden and Instance(n, s, h) not in subjects]
+def attribute_phrase(inst: Instance, colour: str | None, rng: random.Random, p_named: float = 0.3) -> str:
+    """Now and then one attribute in words, as web captions sometimes say it ('<green' goes before the noun,
+    'with a star sticker' after it); mostly '' (the class noun must cover its variety)."""
+    if rng.random() >= p_named:
+        return ""
+    said = {"hue": f"<{colour}" if colour else "", "pattern": f"<{PATTERN_WORDS.get(inst.pattern, '')}",
+            "overlay": f"with a {STICKER_WORDS.get(inst.overlay, inst.overlay)} sticker", "tone": "<two-tone",
+            "accessory": ACCESSORY_WORDS.get(inst.accessory, "")}
+    choices = [said[k] for k in inst.attributes() if k in said and said[k].strip("<")]
+    return rng.choice(choices) if choices else ""
+
+
+def held_out_set(count: int, seed: int, classes: list[str] | None = None) -> dict[str, tuple[str, Instance]]:
+    """`count` fresh subjects from the reserved core, cycling through `classes` (DreamBench's by default), none of
+    them an EmojiBench or validation subject: a new held-out set built the way the validation subjects are."""
+    classes = classes or DREAMBENCH_CLASSES
+    known = {inst for _, inst in [*SUBJECTS.values(), *VALIDATION.values()]}
+    rng, out = random.Random(f"held-out|{seed}"), {}
+    while len(out) < count:
+        noun = classes[len(out) % len(classes)]
+        inst = sample_reserved(noun, rng)
+        if inst not in known:
+            known.add(inst)
+            out[f"{noun.replace(' ', '_')}_{len(out):02d}"] = (noun, inst)
     return out
 
 

@@ -8,8 +8,8 @@
   matches the teacher's centred, sharpened distribution over prototypes. The teacher's backbone is
   what ships, as DINO releases it.
 
-Both see the whole world, EmojiBench subjects included, rendered with seeds the generator never saw,
-and start from their own seed. Saved as ordinary transformers folders, so the code that loads
+Both see the training world and nothing of its reserved region (no benchmark subject), rendered with
+seeds the generator never uses, and start from their own seed. Saved as ordinary transformers folders, so the code that loads
 openai/clip-vit-base-patch32 and facebook/dino-vits16 loads them too.
 """
 
@@ -31,7 +31,6 @@ from torch import nn
 from ..eval.metrics import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD
 from ..safeio import atomic_dir
 from .config import EvaluatorTrainConfig
-
 
 
 def eval_tokenizer(cfg: EvaluatorTrainConfig, folder: Path):

@@ -8,6 +8,7 @@ object; edits change the object itself (colour, shine, wetness, shape). Same (in
 from __future__ import annotations
 
 import random
+from functools import lru_cache
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -42,15 +43,93 @@ def set_hue(image: Image.Image, hue_degrees: int) -> Image.Image:
     return out
 
 
+def two_tone(image: Image.Image, degrees: int) -> Image.Image:
+    """The lower half of the object rotated `degrees` further in hue."""
+    if degrees % 360 == 0:
+        return image
+    out = image.copy()
+    half = image.height // 2
+    out.paste(hue_shift(image.crop((0, half, image.width, image.height)), degrees), (0, half))
+    return out
+
+
+def patterned(image: Image.Image, pattern: str) -> Image.Image:
+    """A texture over the object's own pixels: stripes, dots or checks, darker than what they cover."""
+    if not pattern:
+        return image
+    w, h = image.size
+    period = max(4, min(w, h) // 6)
+    yy, xx = np.mgrid[0:h, 0:w]
+    if pattern == "stripes":
+        on = ((xx + yy) // (period // 2)) % 2 == 0
+    elif pattern == "checks":
+        on = ((xx // period) + (yy // period)) % 2 == 0
+    else:  # dots
+        cx, cy = xx % period - period / 2, yy % period - period / 2
+        on = cx ** 2 + cy ** 2 < (period * 0.28) ** 2
+    rgba = np.asarray(image).astype(np.float32)
+    dark = rgba[..., :3].mean(-1, keepdims=True) < 110  # on a dark object the marks are light, else dark
+    ink = np.where(dark, np.array([235, 235, 245]), np.array([20, 20, 40]))
+    shade = np.where(on[..., None], 0.45, 1.0)
+    rgba[..., :3] = rgba[..., :3] * shade + (1 - shade) * ink
+    return Image.fromarray(rgba.clip(0, 255).astype(np.uint8), "RGBA")
+
+
+def accessory(image: Image.Image, kind: str) -> Image.Image:
+    """What a live subject wears as part of itself: a red collar with a tag, a blue bandana, a pink bow."""
+    if not kind:
+        return image
+    out = image.copy()
+    draw = ImageDraw.Draw(out)
+    w, h = out.size
+    if kind == "collar":
+        draw.rectangle((w * 0.22, h * 0.62, w * 0.78, h * 0.70), fill=(220, 30, 40, 255))
+        draw.ellipse((w * 0.46, h * 0.68, w * 0.56, h * 0.78), fill=(250, 210, 40, 255))
+    elif kind == "bandana":
+        draw.polygon([(w * 0.2, h * 0.6), (w * 0.8, h * 0.6), (w * 0.5, h * 0.9)], fill=(40, 90, 220, 255))
+    else:  # bow
+        cx, cy, r = w * 0.78, h * 0.16, w * 0.13
+        draw.polygon([(cx, cy), (cx - r, cy - r), (cx - r, cy + r)], fill=(250, 90, 180, 255))
+        draw.polygon([(cx, cy), (cx + r, cy - r), (cx + r, cy + r)], fill=(250, 90, 180, 255))
+    return out
+
+
 def object_image(instance: Instance) -> Image.Image:
+    return _object_image(instance).copy()
+
+
+@lru_cache(maxsize=4096)
+def _object_image(instance: Instance) -> Image.Image:
+    """The instance's own picture: the emoji, hue-rotated, two-toned, patterned, with its sticker and accessory."""
     image = hue_shift(emoji_image(instance.emoji, instance.style), instance.hue)
+    image = patterned(two_tone(image, instance.tone), instance.pattern)
+    alpha = emoji_image(instance.emoji, instance.style).getchannel("A")
+    image.putalpha(alpha)
     if instance.overlay:
         badge = emoji_image(instance.overlay, instance.style)
-        side = max(8, int(min(image.size) * 0.45))
+        side = max(8, int(min(image.size) * 0.45), int(max(image.size) * 0.3))  # seen on wide objects too
         badge = badge.resize((side, side), Image.Resampling.LANCZOS)
         image = image.copy()
         image.alpha_composite(badge, ((image.width - side) // 2, (image.height - side) // 2 + image.height // 8))
-    return image
+    return accessory(image, instance.accessory)
+
+
+COLOUR_NAMES = ((15, "red"), (40, "orange"), (70, "yellow"), (160, "green"), (250, "blue"), (290, "purple"),
+                (340, "pink"), (360, "red"))
+
+
+@lru_cache(maxsize=4096)
+def colour_name(instance: Instance) -> str | None:
+    """The object's dominant colour in a word, when most of it is one saturated hue; else None."""
+    hsv = np.asarray(_object_image(instance).convert("RGB").convert("HSV")).astype(float)
+    alpha = np.asarray(_object_image(instance).getchannel("A")) > 128
+    hue, sat = hsv[..., 0][alpha] * 360 / 255, hsv[..., 1][alpha]
+    coloured = hue[sat > 80]
+    if len(coloured) < 0.5 * len(hue):
+        return None
+    angle = np.degrees(np.arctan2(np.sin(np.radians(coloured)).mean(), np.cos(np.radians(coloured)).mean())) % 360
+    spread = np.hypot(np.sin(np.radians(coloured)).mean(), np.cos(np.radians(coloured)).mean())
+    return next(name for limit, name in COLOUR_NAMES if angle < limit) if spread > 0.8 else None
 
 
 # --- backgrounds -----------------------------------------------------------------------------------
@@ -235,3 +314,68 @@ PLAIN_COLORS = [(245, 245, 245), (235, 230, 220), (220, 235, 245), (230, 245, 22
 
 def plain_background(rng) -> Image.Image:
     return Image.new("RGBA", (SIZE, SIZE), rng.choice(PLAIN_COLORS))
+
+
+# --- the places where a subject's photos are taken (none of them a prompt's context) ---------------
+def wall_and_surface(wall, surface, horizon, rng) -> Image.Image:
+    return split(tuple(c + rng.randint(-8, 8) for c in wall), tuple(c + rng.randint(-8, 8) for c in surface),
+                 horizon)
+
+
+def photo_tiled_floor(rng):
+    image = noise_texture((200, 200, 195), 4, rng)
+    step = rng.choice([10, 12, 14])
+    return lines(lines(image, (150, 150, 150), step, start=rng.randint(0, 6)), (150, 150, 150), step, False,
+                 rng.randint(0, 6))
+
+
+def photo_table_top(rng):
+    image = wall_and_surface((225, 215, 200), (190, 140, 95), rng.randint(22, 32), rng)
+    draw = ImageDraw.Draw(image)
+    for y in range(36, SIZE, 7):
+        draw.line((0, y, SIZE, y + rng.randint(-2, 2)), fill=(170, 120, 80), width=1)
+    return image
+
+
+def photo_lawn(rng):
+    image = wall_and_surface((185, 215, 235), (95, 165, 70), rng.randint(16, 26), rng)
+    draw = ImageDraw.Draw(image)
+    for x in range(-8, SIZE, 16):  # mowing stripes
+        draw.polygon([(x, SIZE), (x + 8, SIZE), (x + 12, 26), (x + 8, 26)], fill=(110, 180, 80))
+    ImageDraw.Draw(image).rectangle((0, 14, SIZE, 22), fill=(60, 120, 50))  # a hedge
+    return image
+
+
+def photo_kitchen_counter(rng):
+    image = wall_and_surface((235, 235, 230), (225, 225, 220), rng.randint(26, 34), rng)
+    draw = ImageDraw.Draw(image)
+    for y in range(0, 26, 6):  # backsplash tiles
+        for x in range(-3 * (y // 6 % 2), SIZE, 8):
+            draw.rectangle((x, y, x + 7, y + 5), outline=(190, 205, 215))
+    for _ in range(6):  # marble veins
+        x, y = rng.randint(0, SIZE), rng.randint(34, SIZE)
+        draw.line((x, y, x + rng.randint(-14, 14), y + rng.randint(2, 8)), fill=(180, 180, 185), width=1)
+    return image
+
+
+def photo_sofa(rng):
+    image = wall_and_surface((120, 90, 140), (140, 105, 160), rng.randint(30, 38), rng)
+    draw = ImageDraw.Draw(image)
+    draw.rounded_rectangle((2, 4, 30, 34), 6, fill=(155, 120, 175))
+    draw.rounded_rectangle((34, 4, 62, 34), 6, fill=(155, 120, 175))
+    return image
+
+
+def photo_carpet(rng):
+    image = noise_texture((175, 150, 120), 5, rng)
+    draw = ImageDraw.Draw(image)
+    for r in range(6, 60, 10):
+        draw.rectangle((32 - r, 32 - r, 32 + r, 32 + r), outline=(140, 110, 85), width=2)
+    return image
+
+
+PHOTO_PAINTERS = {
+    "on a tiled floor": photo_tiled_floor, "on a table top": photo_table_top, "on a lawn": photo_lawn,
+    "on a kitchen counter": photo_kitchen_counter, "on a sofa": photo_sofa, "on a carpet": photo_carpet,
+}
+PHOTO_SETTINGS = list(PHOTO_PAINTERS)
