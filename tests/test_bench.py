@@ -11,10 +11,12 @@ import time
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from subjectgen.adapters import MANIFEST
 from subjectgen.cli import main
 from subjectgen.world.build import EMOJIBENCH
+from subjectgen.world.emoji import sources_available
 
 SMALL = ["--subjects", "dog,backpack", "--prompts", "2", "--images-per-prompt", "2", "--train-steps", "4"]
 
@@ -34,7 +36,7 @@ def finished(tiny_model, evaluator_dirs, tmp_path_factory) -> Path:
 
 def test_bench_writes_every_output(finished):
     results = json.loads((finished / "results.json").read_text())
-    assert set(results["pairs"]) == {"oracle", "baseline", "lora"}
+    assert set(results["pairs"]) == {"oracle", "baseline", "lora"} | ({"perfect"} if sources_available() else set())
     pair = results["pairs"]["lora"]["dog"]
     assert [p["prompt"] for p in pair["prompts"]] == ["a dog in the jungle", "a dog in the snow"]  # identifier removed
     assert pair["identifier"] and pair["identifier"] != "dog" and pair["train_seconds"] > 0
@@ -282,3 +284,62 @@ def test_workers_split_the_subjects_and_give_the_same_scores(finished, tiny_mode
     bad = subprocess.run(cmd[:-2] + ["--subjects", "unicorn", "--workers", "2"], capture_output=True, text=True,
                          timeout=300)
     assert bad.returncode == 2 and bad.stderr.count("error:") == 1  # checked once, before any worker starts
+
+
+def test_gain_score_matches_a_hand_computation():
+    from subjectgen.eval.report import add_gains, table
+
+    def pair(dino, clip_t=0.5):
+        return {"dino": dino, "clip_t": clip_t}
+
+    pairs = {"baseline": {"a": pair(0.2, 0.8), "b": pair(0.3, 0.6)}, "perfect": {"a": pair(0.6, 0.8), "b": pair(0.31)},
+             "lora": {"a": pair(0.4, 0.6), "b": pair(0.4, 0.5)}}
+    summary = {m: {"dino": sum(p["dino"] for p in v.values()) / 2, "clip_t": sum(p["clip_t"] for p in v.values()) / 2,
+                   "subjects": 2} for m, v in pairs.items()}
+    add_gains(summary, pairs)
+    # means: baseline 0.25, perfect 0.455, lora 0.40 -> (0.40 - 0.25) / (0.455 - 0.25)
+    assert summary["lora"]["gain"] == pytest.approx(0.15 / 0.205)
+    # per subject: a = 0.2 / 0.4 = 0.5; b = 0.1 / 0.01 = 10, clipped to 2 -> mean 1.25
+    assert summary["lora"]["gain_per_subject"] == pytest.approx(1.25)
+    assert summary["lora"]["clip_t_vs_baseline"] == pytest.approx(0.55 / 0.7 - 1)
+    assert "gain" not in summary["perfect"] and "gain" not in summary["baseline"]
+    summary["lora"]["gain"] = 1.3
+    text = table(summary)
+    assert "| gain |" in text and "1.30 (copies the photos)" in text and "-21.4%" in text
+
+
+@pytest.mark.skipif(not sources_available(), reason="emoji sources not installed (see .ci/run)")
+def test_a_world_made_bench_gets_a_perfect_row_and_gain_scores(finished):
+    from subjectgen.world.build import render_prompt
+    from subjectgen.world.catalog import SUBJECTS
+
+    results = json.loads((finished / "results.json").read_text())
+    perfect = results["pairs"]["perfect"]["dog"]
+    noun, inst = SUBJECTS["dog"]
+    first = perfect["prompts"][0]  # the world's render of the subject in the prompt's context, seed + k
+    assert first["prompt"] == "a dog in the jungle"
+    rendered = render_prompt(noun, inst, "a dog in the jungle", 1)
+    assert (finished / first["files"][1]).read_bytes() and \
+        list(Image.open(finished / first["files"][1]).getdata()) == list(rendered.getdata())
+    s = results["summary"]
+    assert s["lora"]["gain"] == pytest.approx((s["lora"]["dino"] - s["baseline"]["dino"]) /
+                                              (s["perfect"]["dino"] - s["baseline"]["dino"]))
+    assert "| perfect |" in (finished / "table.md").read_text()
+
+
+@pytest.mark.skipif(not sources_available(), reason="emoji sources not installed (see .ci/run)")
+def test_a_bench_folder_naming_an_unknown_instance_is_a_one_line_error(tiny_model, evaluator_dirs, tmp_path, capsys):
+    import shutil
+
+    folder = tmp_path / "bench"
+    shutil.copytree(EMOJIBENCH, folder)
+    mapping = json.loads((folder / "subjects.json").read_text())
+    mapping["dog"]["emoji"] = "unicorn_of_nowhere"
+    (folder / "subjects.json").write_text(json.dumps(mapping))
+    dino, clip = evaluator_dirs
+    args = ["bench", "--bench", str(folder), "--model", tiny_model, "--out", str(tmp_path / "out"), "--dino", dino,
+            "--clip", clip, "--quiet", *SMALL]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert "subject 'dog' names an instance the world cannot render" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "out").exists()

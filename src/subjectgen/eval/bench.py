@@ -54,6 +54,7 @@ def resolve_config(cfg: BenchConfig, bench: Benchmark) -> BenchConfig:
     bad = [m for m in cfg.methods if m not in registry.names()]
     if bad:
         raise UserError(f"--methods: unknown {', '.join(bad)}; choose from {', '.join(registry.names())}")
+    world_subjects(bench, warn=False)  # a subjects.json naming an unknown instance stops the bench before it starts
     for name in cfg.subjects or bench.classes:
         if not (bench.root / name).is_dir():
             raise UserError(f"{bench.root} lists subject '{name}' but has no folder {bench.root / name}")
@@ -118,6 +119,7 @@ class Context:
     subjects: list[str]
     reuse: set = field(default_factory=set)  # what to copy from cfg.runs_from: 'runs', 'baseline' (reusable())
     base: object = None  # the base model's Run, loaded on first use
+    instances: dict | None = None  # a world-made bench's subjects as (class, Instance): the perfect row's renders
 
     def prompts(self, subject: str) -> list[str]:
         return self.bench.prompts_for(subject)[: self.cfg.prompts]
@@ -158,9 +160,10 @@ def run_pairs(cfg: BenchConfig, bench: Benchmark, out: Path, reuse: set, rank: i
     if group:
         group.barrier()
     subjects = cfg.subjects or list(bench.classes)
-    ctx = Context(cfg, bench, out, load_evaluators(cfg.dino, cfg.clip), subjects, reuse)
+    instances = world_subjects(bench)
+    ctx = Context(cfg, bench, out, load_evaluators(cfg.dino, cfg.clip), subjects, reuse, instances=instances)
     mine = subjects[rank::world]
-    methods = ["oracle", "baseline"] + cfg.methods
+    methods = ["oracle", "baseline"] + (["perfect"] if ctx.instances else []) + cfg.methods
     bar = make_bar(sum(len(ctx.prompts(s)) for s in mine) * (len(methods) - 1), rank, progress)
     for method in methods:
         for subject in mine:
@@ -171,6 +174,29 @@ def run_pairs(cfg: BenchConfig, bench: Benchmark, out: Path, reuse: set, rank: i
     if rank != 0:
         return None
     return write_outputs(out)
+
+
+def world_subjects(bench: Benchmark, warn: bool = True) -> dict | None:
+    """The instances of a world-made bench folder (its subjects.json), for the perfect row; None for other folders,
+    or with a warning when the emoji sources that render them are not installed."""
+    import warnings
+
+    from ..world.build import bench_instances
+    from ..world.emoji import INSTALL_HINT, sources_available
+
+    if not (bench.root / "subjects.json").is_file():
+        return None
+    if not sources_available():
+        if warn:
+            warnings.warn(f"{bench.root} names world instances, but the emoji sources are missing, so the bench has no "
+                          f"perfect row and no gain score; {INSTALL_HINT}", stacklevel=2)
+        return None
+    instances = bench_instances(bench.root)
+    missing = [s for s in bench.classes if instances is not None and s not in instances]
+    if missing:
+        raise UserError(f"{bench.root / 'subjects.json'} does not name the instance of {', '.join(missing)}; rebuild "
+                        "the folder with 'subjectgen world reserved' or 'world build'")
+    return instances
 
 
 def launch_workers(cfg: BenchConfig, argv: list[str], workers: int) -> None:
@@ -237,7 +263,11 @@ def run_pair(ctx: Context, method: str, subject: str, bar) -> dict:
         bar.update(0 if method == "oracle" else len(ctx.prompts(subject)))
         return json.loads(done.read_text())
     photos = subject_photos(ctx, subject)
-    if method == "oracle":
+    if method == "perfect":
+        render_perfect(ctx, subject, pair)
+        result = score_pair(ctx, "perfect", subject, photos, pair, bar)
+        result.update(train_seconds=0.0, steps=None, identifier=None)
+    elif method == "oracle":
         for i, photo in enumerate(photos):  # the report shows them; small copies keep it self-contained
             thumb = photo.copy()
             thumb.thumbnail((128, 128))
@@ -353,14 +383,33 @@ def generate_missing(ctx: Context, run, method: str, subject: str, pair: Path) -
         atomic_write_json(timing_file, timing)  # after the images: a kill re-samples at most this batch
 
 
+def render_perfect(ctx: Context, subject: str, pair: Path) -> None:
+    """A perfect method's images: the world renders the subject itself in each prompt's context (seed + k)."""
+    from ..subjects import expand_subject
+    from ..world.build import render_prompt
+
+    noun, inst = ctx.instances[subject]
+    started = time.perf_counter()
+    for i, template in enumerate(ctx.prompts(subject)):
+        for j in range(ctx.cfg.images_per_prompt):
+            image = render_prompt(noun, inst, expand_subject(template, noun), ctx.cfg.seed + j)
+            atomic_save_image(pair / "images" / f"p{i:02d}-{j}.png", image)
+    atomic_write_json(pair / "generate_seconds.json", {"0": time.perf_counter() - started})
+
+
 def generate_and_score(ctx: Context, run, method: str, subject: str, photos: list, pair: Path, bar) -> dict:
+    generate_missing(ctx, run, method, subject, pair)
+    return {**score_pair(ctx, method, subject, photos, pair, bar), "steps": ctx.steps(run), "identifier": run.subject}
+
+
+def score_pair(ctx: Context, method: str, subject: str, photos: list, pair: Path, bar) -> dict:
+    """Score the pair's images on disk, prompt by prompt; its grid.png."""
     from PIL import Image
 
     from ..sampling import make_grid
     from ..subjects import expand_subject
     from .metrics import score_images
 
-    generate_missing(ctx, run, method, subject, pair)
     noun, k = ctx.bench.classes[subject], ctx.cfg.images_per_prompt
     rows, images_all = [], []
     for i, template in enumerate(ctx.prompts(subject)):
@@ -375,5 +424,5 @@ def generate_and_score(ctx: Context, run, method: str, subject: str, photos: lis
     atomic_save_image(pair / "grid.png", make_grid(images_all, k))
     mean = {m: sum(r[m] for r in rows) / len(rows) for m in ("dino", "clip_i", "clip_t")}
     timing = json.loads((pair / "generate_seconds.json").read_text())
-    return {"method": method, "subject": subject, "class": noun, **mean, "prompts": rows, "steps": ctx.steps(run),
-            "generate_seconds": round(sum(timing.values()), 3), "identifier": run.subject}
+    return {"method": method, "subject": subject, "class": noun, **mean, "prompts": rows,
+            "generate_seconds": round(sum(timing.values()), 3)}

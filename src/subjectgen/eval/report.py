@@ -19,7 +19,10 @@ from ..safeio import atomic_write_bytes, atomic_write_json
 from .plots import bar_chart, scatter_plot
 
 METRICS = ("dino", "clip_i", "clip_t")
-FIRST = ("oracle", "baseline")  # then the methods in the registry's order
+FIRST = ("oracle", "baseline", "perfect")  # then the methods in the registry's order
+REFERENCES = FIRST  # rows that are not methods a user trains
+GAIN_CLIP = (-1.0, 2.0)  # a per-subject gain is clipped to this: it explodes where the perfect render is barely
+                         # closer to the photos than the baseline
 
 
 def collect(out: Path) -> dict[str, dict[str, dict]]:
@@ -45,6 +48,28 @@ def summarize(method: str, subjects: dict[str, dict]) -> dict:
         summary["train_seconds_per_subject"] = sum(s["train_seconds"] for s in rows) / len(rows)
         summary["generate_seconds_per_subject"] = sum(s["generate_seconds"] for s in rows) / len(rows)
     return summary
+
+
+def gain(dino: float, baseline: float, perfect: float) -> float | None:
+    """The share of the reachable likeness a method gets: 0 is the baseline's DINO, 1 the perfect render's."""
+    return None if perfect == baseline else (dino - baseline) / (perfect - baseline)
+
+
+def add_gains(summary: dict, pairs: dict) -> None:
+    """Each method's gain score (on the means over subjects; and the mean of per-subject gains, each clipped to
+    GAIN_CLIP) and its CLIP-T against the baseline's, where the bench has baseline and perfect rows."""
+    base, perfect = summary.get("baseline", {}), summary.get("perfect", {})
+    for method, s in summary.items():
+        if method in ("oracle", "baseline") or base.get("clip_t") is None or s.get("clip_t") is None:
+            continue
+        s["clip_t_vs_baseline"] = s["clip_t"] / base["clip_t"] - 1
+        if method == "perfect" or perfect.get("dino") is None:
+            continue
+        s["gain"] = gain(s["dino"], base["dino"], perfect["dino"])
+        per_subject = [gain(p["dino"], pairs["baseline"][n]["dino"], pairs["perfect"][n]["dino"])
+                       for n, p in pairs[method].items() if n in pairs["baseline"] and n in pairs["perfect"]]
+        clipped = [min(max(g, GAIN_CLIP[0]), GAIN_CLIP[1]) for g in per_subject if g is not None]
+        s["gain_per_subject"] = sum(clipped) / len(clipped) if clipped else None
 
 
 def versions() -> dict:
@@ -74,8 +99,10 @@ def merge(out: Path) -> dict:
     """The merge itself; write_outputs holds the folder's lock around it."""
     pairs = collect(out)
     protocol = json.loads((out / "bench.json").read_text())
-    results = {"protocol": protocol | protocol_notes(pairs), "versions": versions(),
-               "summary": {m: summarize(m, subjects) for m, subjects in pairs.items()}, "pairs": pairs}
+    summary = {m: summarize(m, subjects) for m, subjects in pairs.items()}
+    add_gains(summary, pairs)
+    results = {"protocol": protocol | protocol_notes(pairs), "versions": versions(), "summary": summary,
+               "pairs": pairs}
     atomic_write_json(out / "results.json", results)
     atomic_write_bytes(out / "table.md", table(results["summary"]).encode())
     draw_plots(out, results)
@@ -107,20 +134,44 @@ def protocol_notes(pairs: dict) -> dict:
             "clip_preprocessing": "Resize and CenterCrop to the model's size, bicubic; CLIP mean/std",
             "clip_t_prompt": "the prompt with the identifier removed ('a dog on the beach')",
             "averaging": "per image -> per prompt -> per subject -> mean over subjects",
-            "oracle": "each real photo against the subject's other photos"}
+            "oracle": "each real photo against the subject's other photos",
+            "perfect": "the world's own render of the subject in each prompt's context (world-made benches only)",
+            "gain": "(DINO_method - DINO_baseline) / (DINO_perfect - DINO_baseline) on the means over subjects; "
+                    f"per subject clipped to [{GAIN_CLIP[0]:g}, {GAIN_CLIP[1]:g}]; above 1 the method copies the "
+                    "photos (backdrop, pose) rather than placing the subject in the scene"}
 
 
 def fmt(value, digits: int = 3) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
 
 
+def gain_text(s: dict) -> str:
+    value = s.get("gain")
+    return fmt(value, 2) + (" (copies the photos)" if value is not None and value > 1 else "")
+
+
+def percent(value) -> str:
+    return "–" if value is None else f"{value:+.1%}"
+
+
 def table(summary: dict) -> str:
-    lines = ["| method | DINO | CLIP-I | CLIP-T | subjects | train s/subject | generate s/subject |",
-             "|---|---|---|---|---|---|---|"]
+    """The bench table; the gain columns appear when the bench has a perfect row."""
+    gains = "perfect" in summary
+    head = "| method | DINO | CLIP-I | CLIP-T | " + ("gain | gain per subject | " if gains else "") + \
+        "CLIP-T vs baseline | subjects | train s/subject | generate s/subject |"
+    lines = [head, "|" + "---|" * head.count(" | ") + "---|"]
     for method, s in summary.items():
+        gain_cells = f"{gain_text(s)} | {fmt(s.get('gain_per_subject'), 2)} | " if gains else ""
         lines.append(f"| {method} | {fmt(s.get('dino'))} | {fmt(s.get('clip_i'))} | {fmt(s.get('clip_t'))} | "
-                     f"{s['subjects']} | {fmt(s.get('train_seconds_per_subject'), 1)} | "
+                     f"{gain_cells}{percent(s.get('clip_t_vs_baseline'))} | {s['subjects']} | "
+                     f"{fmt(s.get('train_seconds_per_subject'), 1)} | "
                      f"{fmt(s.get('generate_seconds_per_subject'), 1)} |")
+    if gains:
+        lines.append(f"\nGain: the share of the reachable likeness, (DINO − baseline) / (perfect − baseline): 0 is "
+                     "the un-personalized baseline, 1 the world's own render of the subject in each prompt's context "
+                     "(the perfect row). Above 1 a method copies the photos (their backdrop and pose) rather than "
+                     f"placing the subject in the scene. Per subject: each subject's gain clipped to "
+                     f"[{GAIN_CLIP[0]:g}, {GAIN_CLIP[1]:g}], then the mean.")
     return "\n".join(lines) + "\n"
 
 
@@ -155,9 +206,11 @@ def photos_html(out: Path, subject: str) -> str:
 
 
 def md_table_html(summary: dict) -> str:
-    head = "<tr><th>method</th><th>DINO</th><th>CLIP-I</th><th>CLIP-T</th><th>train s/subject</th>" \
-           "<th>generate s/subject</th></tr>"
+    head = "<tr><th>method</th><th>DINO</th><th>CLIP-I</th><th>CLIP-T</th><th>gain</th><th>CLIP-T vs baseline</th>" \
+           "<th>train s/subject</th><th>generate s/subject</th></tr>"
     rows = "".join(f"<tr><td>{html.escape(m)}</td><td>{fmt(s.get('dino'))}</td><td>{fmt(s.get('clip_i'))}</td>"
-                   f"<td>{fmt(s.get('clip_t'))}</td><td>{fmt(s.get('train_seconds_per_subject'), 1)}</td>"
+                   f"<td>{fmt(s.get('clip_t'))}</td><td>{html.escape(gain_text(s))}</td>"
+                   f"<td>{percent(s.get('clip_t_vs_baseline'))}</td>"
+                   f"<td>{fmt(s.get('train_seconds_per_subject'), 1)}</td>"
                    f"<td>{fmt(s.get('generate_seconds_per_subject'), 1)}</td></tr>" for m, s in summary.items())
     return f"<table border=1 style='border-collapse:collapse'>{head}{rows}</table>"
