@@ -33,50 +33,6 @@ def wins(results: dict, method: str) -> tuple[int, int]:
     return won, len(mine)
 
 
-def perfect_method(images_per_prompt: int, heights: list[tuple[float, float] | None]) -> list[dict[str, dict]]:
-    """For each subject-height range (None: the training set's), per subject: the world's renders of the
-    subject itself in each prompt's context, scored like a method."""
-    from subjectgen.eval.metrics import load_evaluators, score_images
-    from subjectgen.eval.prompts import read_benchmark
-    from subjectgen.subjects import expand_subject, open_photo, photo_paths
-    from subjectgen.world.build import EMOJIBENCH
-    from subjectgen.world.catalog import SUBJECTS, caption, contexts_for
-    from subjectgen.world.scene import render_scene
-
-    bench, evaluators = read_benchmark(EMOJIBENCH), load_evaluators("builtin", "builtin")
-    scores: list[dict[str, dict]] = [{} for _ in heights]
-    for subject, (noun, instance) in SUBJECTS.items():
-        photos = [open_photo(p) for p in photo_paths(EMOJIBENCH / subject)]
-        context_of = {caption(noun, c): c for c in contexts_for(noun)}
-        prompts = [expand_subject(template, noun) for template in bench.prompts_for(subject)]
-        for by_subject, height in zip(scores, heights):
-            rows = [score_images(evaluators, [render_scene(instance, context_of[prompt], seed, height)
-                                              for seed in range(images_per_prompt)], photos, prompt)
-                    for prompt in prompts]
-            by_subject[subject] = {m: sum(r[m] for r in rows) / len(rows) for m in ("dino", "clip_i", "clip_t")}
-    return scores
-
-
-def print_perfect_method(results: dict) -> None:
-    from subjectgen.world.scene import PHOTO_HEIGHT
-
-    base, k = results["pairs"]["baseline"], results["protocol"]["images_per_prompt"]
-    rows = {"subject at the training set's scale": None, "subject at the photos' scale": PHOTO_HEIGHT}
-    print("\nA perfect method, for scale: the world renders each subject itself in each prompt's context "
-          "(the renderer of the base model's training set), scored under the same protocol:\n")
-    print("| images | DINO | CLIP-I | CLIP-T | CLIP-T vs baseline | beats baseline on DINO and CLIP-I | loses on |")
-    print("|---|---|---|---|---|---|---|")
-    for label, scores in zip(rows, perfect_method(k, list(rows.values()))):
-        mean = {m: sum(s[m] for s in scores.values()) / len(scores) for m in ("dino", "clip_i", "clip_t")}
-        lost = [s for s in scores if not (scores[s]["dino"] > base[s]["dino"] and scores[s]["clip_i"] > base[s]["clip_i"])]
-        ratio = mean["clip_t"] / results["summary"]["baseline"]["clip_t"] - 1
-        print(f"| {label} | {mean['dino']:.3f} | {mean['clip_i']:.3f} | {mean['clip_t']:.3f} | {ratio:+.1%} | "
-              f"{len(scores) - len(lost)}/{len(scores)} subjects | {', '.join(lost) or '–'} |")
-    print("\nWhere even the perfect method loses, the base model's generic images of the class are as close to "
-          "the photos (DINO, CLIP-I) as the subject itself in context: these subjects are hue variants or "
-          "near relatives of emoji the base model was trained on (dog3 is a training dog in another hue).")
-
-
 def chosen_row(choice_file: Path, out: str) -> tuple[str, str | None, list[str] | None]:
     """LoRA's extra row from validation.py's choice: its options, its --out and its bench arguments (None, None
     when no setting met the rule)."""
@@ -145,8 +101,6 @@ def main() -> None:
           "subjects. Time per method = the sum over subjects of training (loading, class images, the loop) and "
           f"generation; scoring excluded. This invocation's wall clock: {wall / 60:.1f} min (pairs finished "
           f"earlier are reused). `subjectgen bench --bench emoji --quick` from scratch: {quick / 60:.1f} min.")
-    if len(results["pairs"].get("baseline", {})) == 30:
-        print_perfect_method(results)
 
 
 if __name__ == "__main__":
