@@ -362,3 +362,28 @@ def test_the_thread_policy_uses_the_allowed_cores_shared_by_a_launch_and_obeys_t
         assert "--threads: must be an integer >= 1" in error_of(capsys, ["--threads", "0", "report", "x"])
     finally:
         torch.set_num_threads(before)
+
+
+def test_path_and_photo_errors_come_before_torch_and_diffusers_are_imported(tmp_path):
+    """A typo in a path, a folder without photos, a broken photo: the one-line error without loading torch."""
+    empty, broken = tmp_path / "empty", tmp_path / "broken"
+    empty.mkdir()
+    broken.mkdir()
+    (broken / "a.png").write_bytes(b"not a png")
+    cases = [["train", "lora", "--subject", str(tmp_path / "nope"), "--class", "dog", "--out", str(tmp_path / "o")],
+             ["train", "lora", "--subject", str(empty), "--class", "dog", "--out", str(tmp_path / "o")],
+             ["train", "dreambooth", "--subject", str(broken), "--class", "dog", "--out", str(tmp_path / "o")],
+             ["generate", str(tmp_path / "no" / "run"), "a dog", "--out", str(tmp_path / "g")],
+             ["bench", "--bench", str(tmp_path / "nope"), "--out", str(tmp_path / "b")],
+             ["score", str(tmp_path / "nope"), "--subject", str(empty), "--prompt", "a dog"],
+             ["report", str(tmp_path / "nope")]]
+    code = ("import json, sys\nfrom subjectgen.cli import main\n"
+            f"codes = [main(argv) for argv in json.loads({json.dumps(json.dumps(cases))})]\n"
+            "print(codes, 'torch' in sys.modules, 'diffusers' in sys.modules)\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.stdout.strip() == f"{[2] * len(cases)} False False", result.stderr
+    errors = result.stderr.strip().splitlines()
+    assert len(errors) == len(cases) and all(line.startswith("error: ") for line in errors), errors
+    assert "does not exist" in errors[0] and "holds no images" in errors[1] and "not an image" in errors[2]
+    assert "no run folder at" in errors[3] and "is not a folder" in errors[4] and "no bench.json" in errors[6]
+    assert not (tmp_path / "o").exists() and not (tmp_path / "g").exists() and not (tmp_path / "b").exists()

@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 from subjectgen.errors import UserError
-from subjectgen.subjects import load_subject, open_photo, rare_token, strip_identifier
+from subjectgen.photos import open_photo
+from subjectgen.subjects import load_subject, rare_token, strip_identifier
 from subjectgen.tiny import clip_tokenizer
 
 
@@ -138,7 +139,7 @@ def test_masks_come_from_the_masks_folder_and_are_cropped_like_the_photos(tmp_pa
 
 
 def test_mask_from_the_alpha_channel(tmp_path):
-    photo = Image.new("RGBA", (32, 32), (0, 0, 0, 0))  # the smallest photo accepted (subjects.MIN_SIDE)
+    photo = Image.new("RGBA", (32, 32), (0, 0, 0, 0))  # the smallest photo accepted (photos.MIN_SIDE)
     photo.paste((10, 200, 10, 255), (0, 0, 16, 32))
     photo.save(tmp_path / "cutout.png")
     mask = load_subject(tmp_path, "dog", 32, masks=True).mask_tensor()[0, 0]

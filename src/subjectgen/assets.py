@@ -22,6 +22,7 @@ from .errors import UserError
 ASSETS = Path(__file__).parent / "assets"
 SHIPPED = ASSETS / "builtin"   # the built-in base model
 EVALUATORS = ASSETS / "evaluators"
+EMOJIBENCH = ASSETS / "emojibench"  # the built-in benchmark (subjectgen world build writes it)
 DEFAULT_MODEL = "builtin"
 BUILTIN: dict[str, dict[str, Path]] = {"model": {"builtin": SHIPPED},
                                        "dino": {"builtin": EVALUATORS / "dino"},

@@ -343,7 +343,7 @@ def run_score(args) -> None:
     import json
 
     from .eval.metrics import load_evaluators, score_images
-    from .subjects import open_photo, photo_paths
+    from .photos import open_photo, photo_paths
 
     def photos(folder: str, what: str) -> list:
         if not Path(folder).is_dir():
@@ -426,11 +426,42 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.error(f"unrecognized arguments: {' '.join(extra)}")
 
 
+def check_before_imports(args) -> None:
+    """What a user most often gets wrong — a path, a photo, a benchmark folder — checked before torch and
+    diffusers load (seconds on a busy machine), so the one-line error comes at once. The API checks again."""
+    if args.command == "train":
+        from .photos import check_subject_folder, open_mask
+
+        paths, photos = check_subject_folder(Path(args.subject_dir), args.class_noun)
+        if getattr(args, "masked_loss", False):
+            for path, photo in zip(paths, photos):
+                open_mask(path, photo.size)
+    elif args.command == "generate":
+        from .assets import builtin_names
+
+        ref = args.run
+        hub_like = ref.count("/") == 1 and not ref.startswith((".", "/", "~"))  # owner/name: the loader decides
+        if not Path(ref).exists() and ref not in builtin_names("model") and not hub_like:
+            raise UserError(f"no run folder at {ref} (a folder written by 'subjectgen train'), and no model of that "
+                            "name; check the path")
+    elif args.command == "bench":
+        from .eval.prompts import read_benchmark, resolve_bench
+
+        read_benchmark(resolve_bench(args.bench))
+    elif args.command == "score":
+        for folder, what in ((args.images, "images"), (args.subject, "subject")):
+            if not Path(folder).is_dir():
+                raise UserError(f"{what} folder {folder} does not exist")
+    elif args.command == "report" and not (Path(args.out) / "bench.json").is_file():
+        raise UserError(f"{args.out} holds no benchmark (no bench.json); run 'subjectgen bench --out {args.out}' first")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
-    quiet_libraries()
     warnings.formatwarning = lambda message, category, *rest: f"warning: {message}\n"
     try:
+        check_before_imports(args)
+        quiet_libraries()
         from .threads import apply_threads
 
         apply_threads(args.threads)

@@ -6,7 +6,6 @@ DIR/grid.png (rows: base model, personalized) and DIR/report.html.
 
 from __future__ import annotations
 
-import html
 import shutil
 from pathlib import Path
 
@@ -64,22 +63,28 @@ def score_prompts(images: list, photos: list, prompts: list[str], n: int) -> dic
 
 
 def write_report(out: Path, manifest: dict, prompts: list[str], scores: dict) -> None:
-    def imgs(folder: str) -> str:
-        return "".join(f'<img src="{folder}/{p.name}" width="128">' for p in sorted((out / folder).glob("*.png"))
-                       if p.name != "grid.png")
+    """The photos first, the scores (which way is better), then per prompt the base model's images beside the
+    personalized ones, same seeds, each labelled with its prompt and seed."""
+    from .eval.html import esc, figure, metric_table, page, strip
 
-    def table() -> str:
-        head = "<tr><th></th>" + "".join(f"<th>{h}</th>" for h in ("DINO", "CLIP-I", "CLIP-T")) + "</tr>"
-        rows = "".join(f"<tr><td>{name}</td>" + "".join(f"<td>{s['mean'][m]:.3f}</td>" for m in METRICS) + "</tr>"
-                       for name, s in scores.items())
-        return f"<table border=1 style='border-collapse:collapse'>{head}{rows}</table>"
-
-    body = [f"<h1>subjectgen demo</h1><p>method: LoRA on <code>{html.escape(manifest['model'])}</code>, "
-            f"subject phrase <code>{html.escape(manifest['subject'])}</code>, "
-            f"{manifest['settings']['steps']} steps in {manifest['metrics']['train_seconds']:.0f} s</p>",
-            f"<h2>Subject photos</h2>{imgs('photos')}",
-            "<h2>Scores</h2><p>Built-in evaluators, DreamBench's protocol: DINO and CLIP-I against every photo, "
-            f"CLIP-T against the prompt without the identifier.</p>{table()}",
-            f"<h2>Base model, class prompt</h2><p>{html.escape(', '.join(prompts))}</p>{imgs('base')}",
-            f"<h2>Personalized</h2>{imgs('personalized')}"]
-    atomic_write_bytes(out / "report.html", ("<!doctype html><meta charset='utf-8'>" + "".join(body)).encode())
+    photos = [figure(f"photos/{p.name}", f"photo {k + 1}") for k, p in enumerate(sorted((out / "photos").glob("*.png")))]
+    rows = {"baseline (base model, class prompt)": scores["base"]["mean"], "personalized": scores["personalized"]["mean"]}
+    lines = []
+    for i, template in enumerate(prompts):
+        shown = expand_subject(template, manifest["subject"])
+        figures = [figure(f"{folder}/p{i:02d}-{k}.png", f"{label} · seed {k}") for folder, label in
+                   (("base", "base"), ("personalized", "personalized")) for k in range(2)]
+        per = "<br>".join(f"{label}: DINO {scores[key]['prompts'][i]['dino']:.3f}, CLIP-T "
+                          f"{scores[key]['prompts'][i]['clip_t']:.3f}" for key, label in
+                          (("base", "base"), ("personalized", "personalized")))
+        lines.append(f"<div class='row'><div class='label'><b>{esc(shown)}</b><br>{per}</div>{strip(figures)}</div>")
+    parts = [f"<h1>subjectgen demo</h1><p class='lede'>LoRA on <code>{esc(manifest['model'])}</code> · subject "
+             f"phrase <code>{esc(manifest['subject'])}</code> · {manifest['settings']['steps']} steps in "
+             f"{manifest['metrics']['train_seconds']:.0f} s</p>",
+             f"<div class='card'><h2>The subject's photos</h2>{strip(photos)}</div>",
+             f"<div class='card'><h2>Scores (built-in evaluators, DreamBench's protocol)</h2>"
+             f"{metric_table(rows, references=('baseline (base model, class prompt)',))}</div>",
+             "<div class='card'><h2>Base model against personalized, same prompts and seeds</h2><p class='note'>The "
+             "base model gets the class prompt; the personalized one the same prompt with the subject phrase.</p>"
+             f"{''.join(lines)}</div>"]
+    atomic_write_bytes(out / "report.html", page("subjectgen demo", parts).encode())

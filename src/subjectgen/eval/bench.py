@@ -22,20 +22,10 @@ from ..errors import UserError
 from ..training.outdir import contents, hold, release
 from ..safeio import atomic_save_image, atomic_write_json
 from ..subjects import load_subject
-from .prompts import Benchmark, read_benchmark
+from .prompts import Benchmark, read_benchmark, resolve_bench
 
 QUICK = {"subjects": ["dog", "backpack"], "prompts": 4, "images_per_prompt": 2}
 DEFAULT_EVALUATORS = {"dino": "facebook/dino-vits16", "clip": "openai/clip-vit-base-patch32"}
-
-
-def resolve_bench(name: str) -> Path:
-    if name == "emoji":
-        from ..world.build import EMOJIBENCH
-
-        return EMOJIBENCH
-    if not Path(name).is_dir():
-        raise UserError(f"--bench {name} is not a folder; give a folder in DreamBench's layout or 'emoji'")
-    return Path(name)
 
 
 def resolve_config(cfg: BenchConfig, bench: Benchmark) -> BenchConfig:
@@ -282,7 +272,7 @@ def run_pair(ctx: Context, method: str, subject: str, bar) -> dict:
 
 
 def subject_photos(ctx: Context, subject: str) -> list:
-    from ..subjects import open_photo, photo_paths
+    from ..photos import open_photo, photo_paths
 
     folder = ctx.bench.root / subject
     paths = photo_paths(folder)

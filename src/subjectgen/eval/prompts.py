@@ -46,3 +46,14 @@ def read_benchmark(root: Path) -> Benchmark:
     if not classes or not object_prompts or not live_prompts:
         raise UserError(f"{path} is not in DreamBench's format (classes, object and live prompt lists)")
     return Benchmark(root, classes, object_prompts, live_prompts)
+
+
+def resolve_bench(name: str) -> Path:
+    """The folder of `--bench`: 'emoji' (the built-in EmojiBench) or a folder in DreamBench's layout."""
+    if name == "emoji":
+        from ..assets import EMOJIBENCH
+
+        return EMOJIBENCH
+    if not Path(name).is_dir():
+        raise UserError(f"--bench {name} is not a folder; give a folder in DreamBench's layout or 'emoji'")
+    return Path(name)

@@ -6,7 +6,6 @@ pairs finish) without generating anything.
 
 from __future__ import annotations
 
-import html
 import json
 import platform
 import warnings
@@ -16,6 +15,8 @@ from ..errors import UserError
 from ..methods import registry
 from ..training.outdir import hold, release
 from ..safeio import atomic_write_bytes, atomic_write_json
+from .html import esc, figure, fmt, metric_table, strip
+from .html import page as html_page
 from .plots import bar_chart, scatter_plot
 
 METRICS = ("dino", "clip_i", "clip_t")
@@ -141,10 +142,6 @@ def protocol_notes(pairs: dict) -> dict:
                     "photos (backdrop, pose) rather than placing the subject in the scene"}
 
 
-def fmt(value, digits: int = 3) -> str:
-    return "–" if value is None else f"{value:.{digits}f}"
-
-
 def gain_text(s: dict) -> str:
     value = s.get("gain")
     return fmt(value, 2) + (" (copies the photos)" if value is not None and value > 1 else "")
@@ -176,41 +173,61 @@ def table(summary: dict) -> str:
 
 
 def page(out: Path, results: dict) -> str:
-    """One self-contained page: the table, the plots, then per method and subject the grid and scores."""
-    esc = html.escape
-    parts = ["<!doctype html><meta charset='utf-8'><title>subjectgen bench</title>",
-             "<style>body{font-family:sans-serif;max-width:1100px}td,th{padding:2px 8px}"
-             "img{image-rendering:pixelated}</style><h1>subjectgen bench</h1>",
-             f"<pre>{esc(json.dumps(results['protocol'], indent=1))}</pre>",
-             md_table_html(results["summary"]),
-             "<p><img src='scores.png'> <img src='tradeoff.png'></p>" if (out / "scores.png").is_file() else ""]
-    for method, subjects in results["pairs"].items():
-        if method == "oracle":
-            continue
-        parts.append(f"<h2>{esc(method)}</h2>")
-        for name, pair in subjects.items():
-            rows = "".join(f"<tr><td>{esc(p['prompt'])}</td><td>{fmt(p['dino'])}</td><td>{fmt(p['clip_i'])}</td>"
-                           f"<td>{fmt(p['clip_t'])}</td></tr>" for p in pair["prompts"])
-            parts.append(f"<h3>{esc(name)} ({esc(pair['class'])}): DINO {fmt(pair['dino'])}, CLIP-I "
-                         f"{fmt(pair['clip_i'])}, CLIP-T {fmt(pair['clip_t'])}; train {pair['train_seconds']:.1f} s,"
-                         f" generate {pair['generate_seconds']:.1f} s</h3>"
-                         f"{photos_html(out, name)}<div style='display:flex;gap:12px'><img src='pairs/{esc(method)}/{esc(name)}/grid.png' "
-                         f"height='{64 * len(pair['prompts'])}'><table><tr><th>prompt</th><th>DINO</th><th>CLIP-I</th>"
-                         f"<th>CLIP-T</th></tr>{rows}</table></div>")
-    return "".join(parts)
+    """report.html: the summary table (arrows, reference rows explained), the plots, and every subject with its
+    photos, linking to its own page (subjects/NAME.html, written here too)."""
+    protocol, pairs = results["protocol"], results["pairs"]
+    methods = [m for m in pairs if m not in REFERENCES]
+    subjects = sorted({name for m in pairs.values() for name in m})
+    for name in subjects:
+        atomic_write_bytes(out / "subjects" / f"{name}.html", subject_page(out, name, results).encode())
+    extra = {"gain": gain_text, "CLIP-T vs baseline": lambda s: percent(s.get("clip_t_vs_baseline")),
+             "train s/subject": lambda s: fmt(s.get("train_seconds_per_subject"), 1),
+             "generate s/subject": lambda s: fmt(s.get("generate_seconds_per_subject"), 1)}
+    parts = [f"<h1>subjectgen bench</h1><p class='lede'>{esc(protocol.get('bench'))} · model "
+             f"<code>{esc(protocol.get('model'))}</code> · {len(subjects)} subjects · "
+             f"{esc(protocol.get('images_per_prompt'))} image(s) per prompt · methods: {esc(', '.join(methods))}</p>",
+             f"<div class='card'><h2>Scores (mean over subjects)</h2>{metric_table(results['summary'], extra)}</div>"]
+    if (out / "scores.png").is_file():
+        parts.append("<div class='card plots'><h2>Per metric, and the trade-off (each dot a subject: CLIP-T "
+                     "against DINO; up and right is better)</h2><img src='scores.png' alt='scores per metric'> "
+                     "<img src='tradeoff.png' alt='CLIP-T against DINO per subject'></div>")
+    rows = []
+    for name in subjects:
+        noun = next((m[name].get("class") for m in pairs.values() if name in m and m[name].get("class")), "")
+        cells = " ".join(f"<span class='tag'>{esc(m)}: DINO {fmt(pairs[m][name].get('dino'))}, CLIP-T "
+                         f"{fmt(pairs[m][name].get('clip_t'))}</span>" for m in methods if name in pairs[m])
+        rows.append(f"<div class='row'><div class='label'><a href='subjects/{esc(name)}.html'><b>{esc(name)}</b></a>"
+                    f" ({esc(noun)})<br>{cells}</div>{photo_strip(out, name, '', 64)}</div>")
+    parts.append(f"<div class='card'><h2>Subjects</h2><p class='note'>Each subject's photos; its page shows every "
+                 f"prompt's images, labelled, method by method.</p>{''.join(rows)}</div>")
+    parts.append(f"<details class='card'><summary>Protocol</summary><pre>{esc(json.dumps(protocol, indent=1))}</pre>"
+                 f"<pre>{esc(json.dumps(results['versions'], indent=1))}</pre></details>")
+    return html_page("subjectgen bench", parts)
 
 
-def photos_html(out: Path, subject: str) -> str:
+def subject_page(out: Path, name: str, results: dict) -> str:
+    """One subject: its photos first, its scores per method, then per prompt every method's images with seeds."""
+    pairs, seed = results["pairs"], results["protocol"].get("seed", 0)
+    mine = {m: subjects[name] for m, subjects in pairs.items() if name in subjects}
+    noun = next((p.get("class") for p in mine.values() if p.get("class")), "")
+    extra = {"train s": lambda s: fmt(s.get("train_seconds"), 1), "generate s": lambda s: fmt(s.get("generate_seconds"), 1)}
+    parts = [f"<p><a href='../report.html'>← all subjects</a></p><h1>{esc(name)}</h1><p class='lede'>class: "
+             f"{esc(noun)}</p><div class='card'><h2>The subject's photos</h2>{photo_strip(out, name, '../', 128)}</div>",
+             f"<div class='card'><h2>Scores</h2>{metric_table(mine, extra)}</div>"]
+    with_images = [m for m, p in mine.items() if p.get("prompts")]
+    prompts = mine[with_images[0]]["prompts"] if with_images else []
+    rows = []
+    for i, prompt in enumerate(prompts):
+        figures = [figure(f"../{f}", f"{m} · seed {seed + j}") for m in with_images
+                   for j, f in enumerate(mine[m]["prompts"][i]["files"])]
+        rows.append(f"<div class='row'><div class='label'><b>{esc(prompt['prompt'])}</b><br>"
+                    + "<br>".join(f"{esc(m)}: DINO {fmt(mine[m]['prompts'][i]['dino'])}, CLIP-T "
+                                  f"{fmt(mine[m]['prompts'][i]['clip_t'])}" for m in with_images)
+                    + f"</div>{strip(figures)}</div>")
+    parts.append(f"<div class='card'><h2>Images, prompt by prompt</h2>{''.join(rows)}</div>")
+    return html_page(f"subjectgen bench: {name}", parts)
+
+
+def photo_strip(out: Path, subject: str, prefix: str, size: int) -> str:
     files = sorted((out / "photos" / subject).glob("*.png"))
-    return "<p>" + "".join(f"<img src='photos/{html.escape(subject)}/{f.name}' height='64'>" for f in files) + "</p>"
-
-
-def md_table_html(summary: dict) -> str:
-    head = "<tr><th>method</th><th>DINO</th><th>CLIP-I</th><th>CLIP-T</th><th>gain</th><th>CLIP-T vs baseline</th>" \
-           "<th>train s/subject</th><th>generate s/subject</th></tr>"
-    rows = "".join(f"<tr><td>{html.escape(m)}</td><td>{fmt(s.get('dino'))}</td><td>{fmt(s.get('clip_i'))}</td>"
-                   f"<td>{fmt(s.get('clip_t'))}</td><td>{html.escape(gain_text(s))}</td>"
-                   f"<td>{percent(s.get('clip_t_vs_baseline'))}</td>"
-                   f"<td>{fmt(s.get('train_seconds_per_subject'), 1)}</td>"
-                   f"<td>{fmt(s.get('generate_seconds_per_subject'), 1)}</td></tr>" for m, s in summary.items())
-    return f"<table border=1 style='border-collapse:collapse'>{head}{rows}</table>"
+    return strip([figure(f"{prefix}photos/{subject}/{f.name}", f"photo {k + 1}", size) for k, f in enumerate(files)])

@@ -16,7 +16,8 @@ from ..assets import cache_dir
 from ..models import Components
 from ..safeio import atomic_dir
 from ..sampling import encode_prompts, generate
-from ..subjects import center_crop, open_photo, to_tensor
+from ..photos import center_crop, open_photo
+from ..subjects import to_tensor
 
 
 @dataclass

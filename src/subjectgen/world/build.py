@@ -17,15 +17,14 @@ from pathlib import Path
 
 import numpy as np
 
+from ..assets import ASSETS, EMOJIBENCH  # noqa: F401 - EMOJIBENCH is world.build's to name
 from ..safeio import atomic_dir
-from ..subjects import MASK_FOLDER
+from ..photos import MASK_FOLDER
 from .catalog import SUBJECTS, attribute_phrase, caption, contexts_for, training_instances
 from .render import PHOTO_SETTINGS, colour_name
 from .scene import photo_count, render_photo, render_scene
 
-ASSETS = Path(__file__).resolve().parents[1] / "assets"
 PROMPTS_FILE = ASSETS / "dreambench_prompts_and_classes.txt"  # DreamBench's file, verbatim (CC-BY-4.0)
-EMOJIBENCH = ASSETS / "emojibench"
 
 
 def training_items(seeds: int, instances: dict | None = None, first_seed: int = 0) -> list[tuple]:
