@@ -126,6 +126,7 @@ def add_demo_parser(sub) -> None:
     p.add_argument("--subject", default="dog", help="EmojiBench subject to personalize on (default: dog)")
     p.add_argument("--model", default="builtin", help="base model to personalize (default: builtin)")
     p.add_argument("--steps", type=train_type("steps"), help="LoRA training steps (default: the method's)")
+    p.add_argument("--quiet", action="store_true", help="no phases and progress bars")
 
 
 def add_world_parser(sub) -> None:
@@ -279,10 +280,12 @@ def run_demo(args) -> None:
 
     import json
 
-    out = run_demo(args.out, args.subject, args.model, args.steps)
+    started = time.perf_counter()
+    out = run_demo(args.out, args.subject, args.model, args.steps, progress=not args.quiet)
     for name, score in json.loads((out / "scores.json").read_text()).items():
         print(f"{name:>12}: " + ", ".join(f"{k.upper().replace('_', '-')} {v:.3f}" for k, v in score["mean"].items()))
-    print(f"report: {out / 'report.html'}\ngrid:   {out / 'grid.png'}")
+    print(f"report: {out / 'report.html'}\ngrid:   {out / 'grid.png'}\ndemo finished in "
+          f"{time.perf_counter() - started:.0f} s")
 
 
 def run_reserved(args) -> None:

@@ -7,6 +7,7 @@ DIR/grid.png (rows: base model, personalized) and DIR/report.html.
 from __future__ import annotations
 
 import shutil
+import sys
 from pathlib import Path
 
 from PIL import Image
@@ -37,11 +38,19 @@ def run_demo(out: Path, subject: str = "dog", model: str = "builtin", steps: int
         if not (out / "report.html").is_file():
             raise UserError(f"--out {out} is not empty and holds no demo; choose a new folder")
         shutil.rmtree(out)  # a previous demo: replace it
+    def phase(text: str) -> None:
+        if progress:
+            print(f"demo: {text}", file=sys.stderr, flush=True)
+
+    phase(f"1/4 training LoRA on EmojiBench '{subject}' ({class_noun})")
     result = train(cfg, progress=progress)
     shutil.copytree(EMOJIBENCH / subject, out / "photos")
     base_prompts = [expand_subject(p, class_noun) for p in PROMPTS]
-    base = generate_to_folder(model, base_prompts, out / "base", n=2)
-    mine = generate_to_folder(str(result.run_dir), PROMPTS, out / "personalized", n=2)
+    phase("2/4 the base model's images (class prompts)")
+    base = generate_to_folder(model, base_prompts, out / "base", n=2, progress=progress)
+    phase("3/4 the personalized images (same prompts and seeds)")
+    mine = generate_to_folder(str(result.run_dir), PROMPTS, out / "personalized", n=2, progress=progress)
+    phase("4/4 scoring with the built-in evaluators")
     base_rows, mine_rows = [Image.open(p) for p in base.files], [Image.open(p) for p in mine.files]
     atomic_save_image(out / "grid.png", make_grid(base_rows + mine_rows, len(base.files)))
     photos = [Image.open(p) for p in sorted((out / "photos").glob("*.png"))]
