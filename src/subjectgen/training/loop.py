@@ -148,7 +148,8 @@ class Trainer:
 
     def make_optimizer(self) -> None:
         cfg, acc = self.cfg, self.accelerator
-        self.optimizer = torch.optim.AdamW(self.method.trainable_parameters(), lr=cfg.lr, weight_decay=1e-2)
+        self.trainable = self.method.trainable_parameters()  # once: walking the whole UNet each step cost ~6 % (profile)
+        self.optimizer = torch.optim.AdamW(self.trainable, lr=cfg.lr, weight_decay=1e-2)
         self.lr_scheduler = get_scheduler("constant_with_warmup", self.optimizer,
                                           num_warmup_steps=cfg.lr_warmup_steps, num_training_steps=cfg.steps)
         modules = self.method.trainable_modules()
@@ -202,7 +203,7 @@ class Trainer:
         self.guard_finite(loss)
         self.accelerator.backward(loss)
         if self.accelerator.sync_gradients and self.cfg.max_grad_norm:
-            self.accelerator.clip_grad_norm_(self.method.trainable_parameters(), self.cfg.max_grad_norm)
+            self.accelerator.clip_grad_norm_(self.trainable, self.cfg.max_grad_norm)
         self.optimizer.step()
         self.lr_scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
