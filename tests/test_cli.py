@@ -103,9 +103,9 @@ def test_generate_on_an_unfinished_run_is_an_error(capsys, tmp_path):
                                                       str(tmp_path / "g")])
 
 
-def test_a_real_process_exits_2_without_traceback(tmp_path):
+def test_a_real_process_exits_2_without_traceback(tmp_path, subject_dir):
     result = subprocess.run([sys.executable, "-m", "subjectgen.cli", "train", "lora", "--model", str(tmp_path / "x"),
-                             "--subject", str(tmp_path), "--class", "dog", "--out", str(tmp_path / "o")],
+                             "--subject", str(subject_dir), "--class", "dog", "--out", str(tmp_path / "o")],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 2
     assert result.stderr.strip().startswith("error: model") and "Traceback" not in result.stderr

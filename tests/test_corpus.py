@@ -62,9 +62,9 @@ def test_corpus_case(name, capsys, monkeypatch, tmp_path, tiny_model, finished_r
     if "run" in case:
         places["run"] = build(finished_run, tmp_path / "run", case["run"], folder / "run")
     if case.get("heif_plugin") is False:
-        import subjectgen.subjects as subjects
+        import subjectgen.photos as photos_module
 
-        monkeypatch.setattr(subjects, "heif_plugin", lambda: False)
+        monkeypatch.setattr(photos_module, "heif_plugin", lambda: False)
     argv = [arg.replace("{" + key + "}", str(value)) if key != "subject" else arg
             for arg in case["args"] for key, value in [next(((k, v) for k, v in places.items()
                                                             if "{" + k + "}" in arg), ("subject", None))]]

@@ -224,9 +224,9 @@ def test_avif_photos_are_read(tiny_model, tmp_path):
 
 
 def test_heic_is_refused_by_name_without_its_plugin(capsys, tiny_model, tmp_path, monkeypatch):
-    import subjectgen.subjects as subjects
+    import subjectgen.photos as photos_module
 
-    monkeypatch.setattr(subjects, "heif_plugin", lambda: False)
+    monkeypatch.setattr(photos_module, "heif_plugin", lambda: False)
     folder = photos(tmp_path / "p")
     (folder / "phone.heic").write_bytes(b"\0\0\0\x18ftypheic")
     err = error_of(capsys, train_args(tiny_model, folder, tmp_path / "run"))

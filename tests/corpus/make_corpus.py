@@ -83,7 +83,7 @@ f = case("model-single-file-not-a-checkpoint", ["train", "lora", "--model", "{ca
 (f / "weights.txt").write_text("nothing")
 
 # --- run folders (overlays on a finished tiny LoRA run) -------------------------------------------------
-case("run-missing", ["generate", "{tmp}/nowhere", "a {subject}", "--out", "{tmp}/images"], 2, "no such folder")
+case("run-missing", ["generate", "{tmp}/nowhere", "a {subject}", "--out", "{tmp}/images"], 2, "no run folder at")
 case("run-unfinished", GENERATE, 2, "not a finished run", run={"remove": ["subject.json"]})
 f = case("run-manifest-not-json", GENERATE, 2, "is not valid JSON", run={})
 (f / "run").mkdir(); (f / "run/subject.json").write_text("{")
