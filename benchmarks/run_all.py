@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SECTIONS = [
     ("Training speed and memory (tiny test model)", ["benchmarks/train_speed.py", "--steps", "200"]),
     ("The demo and the built-in model", ["benchmarks/demo_time.py"]),
+    ("A newcomer's first minutes: the times the README quotes", ["benchmarks/newcomer.py"]),
     ("Built-in model: prompt fidelity", ["benchmarks/base_fidelity.py"]),
     ("Built-in evaluators: do they generalize to held-out instances?", ["benchmarks/evaluators.py"]),
     ("World v3: the starting point (the v2 model on EmojiBench v3 and the validation subjects)",
