@@ -222,3 +222,23 @@ def test_a_run_cut_by_the_clock_records_how_to_reproduce_it(capsys):
     assert all(torch.equal(timed_weights[k], again_weights[k]) for k in timed_weights)
     _, longer = run(unet_stop_step=2)
     assert not all(torch.equal(timed_weights[k], longer[k]) for k in timed_weights)
+
+
+@needs_sources
+def test_photos_are_deterministic_and_taken_in_a_few_places_none_a_prompt_context():
+    from subjectgen.world.catalog import contexts_for
+    from subjectgen.world.render import PHOTO_SETTINGS
+    from subjectgen.world.scene import photo_count, photo_settings, render_photo
+
+    assert not set(PHOTO_SETTINGS) & set(contexts_for("dog"))
+    for name in ("dog", "teapot", "backpack"):
+        inst = SUBJECTS[name][1]
+        places = photo_settings(inst)
+        assert 2 <= len(places) <= 3 and 4 <= photo_count(inst) <= 6
+        first, mask = render_photo(inst, 0)
+        again, _ = render_photo(inst, 0)
+        assert np.array_equal(np.asarray(first), np.asarray(again))
+        background = np.asarray(first).astype(int)[np.asarray(mask) < 10]
+        assert background.std(axis=0).mean() > 8  # a place with texture and structure, not a plain backdrop
+        sizes = [(np.asarray(render_photo(inst, k)[1]) > 128).mean() for k in range(photo_count(inst))]
+        assert max(sizes) > 1.3 * min(sizes)  # varied scale
