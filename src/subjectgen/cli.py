@@ -123,7 +123,8 @@ def add_generate_parser(sub) -> None:
 def add_demo_parser(sub) -> None:
     p = sub.add_parser("demo", help="personalize the built-in model on an EmojiBench subject (CPU, minutes)")
     p.add_argument("--out", default="demo", help="folder for the report (replaced if it exists)")
-    p.add_argument("--subject", default="dog", help="EmojiBench subject to personalize on (default: dog)")
+    p.add_argument("--subject", help="an EmojiBench subject to personalize on instead of the demo's own (a validation "
+                   "subject chosen, with its prompts, on the validation set: benchmarks/demo_choice.py)")
     p.add_argument("--model", default="builtin", help="base model to personalize (default: builtin)")
     p.add_argument("--steps", type=train_type("steps"), help="LoRA training steps (default: the method's)")
     p.add_argument("--quiet", action="store_true", help="no phases and progress bars")

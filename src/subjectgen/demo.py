@@ -6,12 +6,14 @@ DIR/grid.png (rows: base model, personalized) and DIR/report.html.
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 from pathlib import Path
 
 from PIL import Image
 
+from .assets import ASSETS
 from .config import TrainConfig
 from .errors import UserError
 from .generation import generate_to_folder
@@ -22,17 +24,29 @@ from .training import train
 
 METRICS = ("dino", "clip_i", "clip_t")
 PROMPTS = ["a {subject}", "a {subject} on the beach", "a {subject} in the snow", "a red {subject}"]
+DEMO = ASSETS / "demo"  # demo.json and the demo subject's photos: benchmarks/demo_choice.py --ship writes them
 
 
-def run_demo(out: Path, subject: str = "dog", model: str = "builtin", steps: int | None = None,
-             progress: bool = True) -> Path:
-    """DreamBooth-LoRA on one EmojiBench subject; base-model vs personalized images side by side."""
+def demo_subject(subject: str | None) -> tuple[Path, str, list[str], str]:
+    """(photo folder, class noun, prompts, what it is) of the shipped demo subject (None: chosen with its
+    prompts on the validation subjects) or of an EmojiBench subject by name."""
     from .world.build import EMOJIBENCH, subject_class
 
+    if subject is None:
+        spec = json.loads((DEMO / "demo.json").read_text())
+        return (DEMO / spec["subject"], spec["class"], spec["prompts"],
+                f"validation subject '{spec['subject']}' ({spec['class']}), chosen on the validation set")
+    return EMOJIBENCH / subject, subject_class(subject), PROMPTS, f"EmojiBench '{subject}'"
+
+
+def run_demo(out: Path, subject: str | None = None, model: str = "builtin", steps: int | None = None,
+             progress: bool = True) -> Path:
+    """DreamBooth-LoRA on the demo subject (or an EmojiBench one); base-model vs personalized images side by
+    side, same prompts and seeds."""
     out = Path(out)
-    class_noun = subject_class(subject)
+    photos_dir, class_noun, prompts, what = demo_subject(subject)
     # the settings are checked before anything is touched: a bad flag never costs the previous demo
-    cfg = TrainConfig(method="lora", model=model, subject_dir=str(EMOJIBENCH / subject), class_noun=class_noun,
+    cfg = TrainConfig(method="lora", model=model, subject_dir=str(photos_dir), class_noun=class_noun,
                       out=str(out / "run"), steps=steps)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         if not (out / "report.html").is_file():
@@ -42,14 +56,14 @@ def run_demo(out: Path, subject: str = "dog", model: str = "builtin", steps: int
         if progress:
             print(f"demo: {text}", file=sys.stderr, flush=True)
 
-    phase(f"1/4 training LoRA on EmojiBench '{subject}' ({class_noun})")
+    phase(f"1/4 training LoRA on {what}")
     result = train(cfg, progress=progress)
-    shutil.copytree(EMOJIBENCH / subject, out / "photos")
-    base_prompts = [expand_subject(p, class_noun) for p in PROMPTS]
+    shutil.copytree(photos_dir, out / "photos", ignore=shutil.ignore_patterns("masks"))
+    base_prompts = [expand_subject(p, class_noun) for p in prompts]
     phase("2/4 the base model's images (class prompts)")
     base = generate_to_folder(model, base_prompts, out / "base", n=2, progress=progress)
     phase("3/4 the personalized images (same prompts and seeds)")
-    mine = generate_to_folder(str(result.run_dir), PROMPTS, out / "personalized", n=2, progress=progress)
+    mine = generate_to_folder(str(result.run_dir), prompts, out / "personalized", n=2, progress=progress)
     phase("4/4 scoring with the built-in evaluators")
     base_rows, mine_rows = [Image.open(p) for p in base.files], [Image.open(p) for p in mine.files]
     atomic_save_image(out / "grid.png", make_grid(base_rows + mine_rows, len(base.files)))
@@ -57,7 +71,7 @@ def run_demo(out: Path, subject: str = "dog", model: str = "builtin", steps: int
     scores = {"base": score_prompts(base_rows, photos, base_prompts, n=2),
               "personalized": score_prompts(mine_rows, photos, base_prompts, n=2)}
     atomic_write_json(out / "scores.json", scores)
-    write_report(out, result.manifest, PROMPTS, scores)
+    write_report(out, result.manifest, prompts, scores, what)
     return out
 
 
@@ -71,13 +85,15 @@ def score_prompts(images: list, photos: list, prompts: list[str], n: int) -> dic
     return {"mean": {m: sum(r[m] for r in rows) / len(rows) for m in METRICS}, "prompts": per_prompt}
 
 
-def write_report(out: Path, manifest: dict, prompts: list[str], scores: dict) -> None:
+def write_report(out: Path, manifest: dict, prompts: list[str], scores: dict, what: str) -> None:
     """The photos first, the scores (which way is better), then per prompt the base model's images beside the
     personalized ones, same seeds, each labelled with its prompt and seed."""
     from .eval.html import esc, figure, metric_table, page, strip
 
-    photos = [figure(f"photos/{p.name}", f"photo {k + 1}") for k, p in enumerate(sorted((out / "photos").glob("*.png")))]
-    rows = {"baseline (base model, class prompt)": scores["base"]["mean"], "personalized": scores["personalized"]["mean"]}
+    files = sorted((out / "photos").glob("*.png"))
+    photos = [figure(f"photos/{p.name}", f"photo {k + 1}") for k, p in enumerate(files)]
+    baseline = "baseline (base model, class prompt)"
+    rows = {baseline: scores["base"]["mean"], "personalized": scores["personalized"]["mean"]}
     lines = []
     for i, template in enumerate(prompts):
         shown = expand_subject(template, manifest["subject"])
@@ -87,12 +103,12 @@ def write_report(out: Path, manifest: dict, prompts: list[str], scores: dict) ->
                           f"{scores[key]['prompts'][i]['clip_t']:.3f}" for key, label in
                           (("base", "base"), ("personalized", "personalized")))
         lines.append(f"<div class='row'><div class='label'><b>{esc(shown)}</b><br>{per}</div>{strip(figures)}</div>")
-    parts = [f"<h1>subjectgen demo</h1><p class='lede'>LoRA on <code>{esc(manifest['model'])}</code> · subject "
-             f"phrase <code>{esc(manifest['subject'])}</code> · {manifest['settings']['steps']} steps in "
+    parts = [f"<h1>subjectgen demo</h1><p class='lede'>{esc(what)} · LoRA on <code>{esc(manifest['model'])}</code> · "
+             f"subject phrase <code>{esc(manifest['subject'])}</code> · {manifest['settings']['steps']} steps in "
              f"{manifest['metrics']['train_seconds']:.0f} s</p>",
              f"<div class='card'><h2>The subject's photos</h2>{strip(photos)}</div>",
              f"<div class='card'><h2>Scores (built-in evaluators, DreamBench's protocol)</h2>"
-             f"{metric_table(rows, references=('baseline (base model, class prompt)',))}</div>",
+             f"{metric_table(rows, references=(baseline,))}</div>",
              "<div class='card'><h2>Base model against personalized, same prompts and seeds</h2><p class='note'>The "
              "base model gets the class prompt; the personalized one the same prompt with the subject phrase.</p>"
              f"{''.join(lines)}</div>"]
