@@ -15,6 +15,7 @@ import torch
 
 from subjectgen.assets import SHIPPED
 from subjectgen.assets import EVALUATORS
+from subjectgen.demo import DEMO
 
 
 def main() -> None:
@@ -27,7 +28,9 @@ def main() -> None:
         scores = json.loads(Path(f"{tmp}/demo/scores.json").read_text())
     record = json.loads((SHIPPED / "training.json").read_text())
     cfg = record["config"]
-    print(f"`subjectgen demo` (EmojiBench 'dog', LoRA {manifest['settings']['steps']} steps, 4 prompts x 2 images "
+    spec = json.loads((DEMO / "demo.json").read_text())
+    print(f"`subjectgen demo` (validation subject '{spec['subject']}', {spec['class']}, LoRA "
+          f"{manifest['settings']['steps']} steps, {len(spec['prompts'])} prompts x 2 images "
           f"for base and personalized): **{seconds:.0f} s** wall clock on {torch.get_num_threads()} CPU threads, "
           f"of which training {manifest['metrics']['train_seconds']:.0f} s "
           f"({manifest['metrics']['steps_per_second']:.1f} steps/s).\n")

@@ -1,0 +1,148 @@
+"""Training speed against the peer: diffusers' own examples/dreambooth/train_dreambooth_lora.py, run beside
+`subjectgen train lora` on identical settings, in interleaved pairs.
+
+Settings shared by both: the built-in model saved in fp32 (a plain diffusers folder), one subject's photos (its
+masks left out: the peer cannot read a masks/ folder), "a sks dog", rank 4, lr 1e-4 constant, no warm-up,
+gradient clipping 1.0, seed 0, `--steps` steps, one thread each (OMP_NUM_THREADS=1), for each batch size and
+with and without prior preservation (class images made once beforehand by each tool, outside the timings).
+Reported: wall clock per run (process start to exit), the training loop's steps/s (ours: the manifest; the
+peer: its progress bar's final rate), peak RSS (the process's maximum resident set), and ours / peer ratios.
+
+The peer's venv is made by ../shared/peers/setup_peer.sh (`--setup`); without it the benchmark says so and
+exits 0, so `benchmarks/run_all.py` can run where the peer is absent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PEERS = ROOT.parent / "shared" / "peers"
+SCRIPT = PEERS / "diffusers_train_dreambooth_lora.py"
+SUBJECT = "dog"
+CLASS_IMAGES = 50
+
+
+def fp32_model(folder: Path) -> Path:
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    from subjectgen.assets import SHIPPED
+
+    pipe = StableDiffusionPipeline.from_pretrained(SHIPPED, torch_dtype=torch.float32, safety_checker=None)
+    pipe.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def photos(folder: Path) -> Path:
+    from subjectgen.assets import EMOJIBENCH
+
+    folder.mkdir(parents=True)
+    for photo in sorted((EMOJIBENCH / SUBJECT).glob("*.png")):
+        shutil.copy(photo, folder / photo.name)
+    return folder
+
+
+def measure(command: list[str], env: dict) -> tuple[float, float, str]:
+    """(wall seconds, peak RSS in MiB, stderr) of one process."""
+    started = time.perf_counter()
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    err = proc.stderr.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    seconds = time.perf_counter() - started
+    if proc.returncode:
+        sys.exit(f"{' '.join(command[:3])} ... failed ({proc.returncode}): {err[-1500:]}")
+    return seconds, usage.ru_maxrss / 1024, err
+
+
+def ours(model: Path, subject: Path, out: Path, steps: int, batch: int, prior: bool) -> list[str]:
+    return [sys.executable, "-m", "subjectgen.cli", "train", "lora", "--model", str(model), "--subject",
+            str(subject), "--class", "dog", "--instance-prompt", "a {token} {class}", "--token", "sks", "--out",
+            str(out), "--steps", str(steps), "--lr", "1e-4", "--rank", "4", "--batch-size", str(batch),
+            "--lr-warmup-steps", "0", "--max-grad-norm", "1", "--seed", "0", "--quiet", "--overwrite",
+            *(["--prior-preservation", "--num-class-images", str(CLASS_IMAGES)] if prior else
+              ["--no-prior-preservation"])]
+
+
+def peer(python: Path, model: Path, subject: Path, classes: Path, out: Path, steps: int, batch: int,
+         prior: bool) -> list[str]:
+    return [str(python), str(SCRIPT), "--pretrained_model_name_or_path", str(model), "--instance_data_dir",
+            str(subject), "--instance_prompt", "a sks dog", "--output_dir", str(out), "--resolution", "64",
+            "--train_batch_size", str(batch), "--max_train_steps", str(steps), "--learning_rate", "1e-4",
+            "--lr_scheduler", "constant", "--lr_warmup_steps", "0", "--rank", "4", "--seed", "0",
+            "--max_grad_norm", "1.0", "--checkpointing_steps", "1000000",
+            *(["--with_prior_preservation", "--class_data_dir", str(classes), "--class_prompt", "a dog",
+               "--num_class_images", str(CLASS_IMAGES)] if prior else [])]
+
+
+def peer_rate(stderr: str) -> float | None:
+    """Steps/s from the peer's training progress bar ('Steps: ...'), its last 'N.NNit/s' or 's/it'."""
+    bars = [line for line in re.split(r"[\r\n]", stderr) if line.lstrip().startswith("Steps")]
+    rates = re.findall(r"(\d+(?:\.\d+)?)(it/s|s/it)", "".join(bars[-1:]))
+    if not rates:
+        return None
+    value, unit = rates[-1]
+    return float(value) if unit == "it/s" else 1 / float(value)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--peer-venv", default="benchmarks/out/peer-venv")
+    parser.add_argument("--setup", action="store_true", help="make the peer's venv first (setup_peer.sh)")
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--pairs", type=int, default=3)
+    parser.add_argument("--batch-sizes", default="1,4")
+    parser.add_argument("--prior", default="no,yes", help="prior preservation settings to run: no, yes or both")
+    args = parser.parse_args()
+    python = Path(args.peer_venv) / "bin" / "python"
+    if args.setup and not python.is_file():
+        subprocess.run(["bash", str(PEERS / "setup_peer.sh"), args.peer_venv, str(ROOT)], check=True)
+    if not python.is_file():
+        print(f"The peer's venv ({args.peer_venv}) is absent: no peer table (make it with --setup).")
+        return
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "SUBJECTGEN_THREADS": "1", "TRANSFORMERS_VERBOSITY": "error"}
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        env["SUBJECTGEN_CACHE"] = str(tmp / "cache")
+        model, subject = fp32_model(tmp / "fp32"), photos(tmp / "photos")
+        for prior in [p == "yes" for p in args.prior.split(",")]:
+            for batch in [int(b) for b in args.batch_sizes.split(",")]:
+                if prior:  # class images once per tool, outside the timings
+                    measure(ours(model, subject, tmp / "warm", 1, batch, True), env)
+                    measure(peer(python, model, subject, tmp / "classes", tmp / "warm-peer", 1, batch, True), env)
+                runs = {"ours": [], "peer": []}
+                for _ in range(args.pairs):
+                    wall, rss, _ = measure(ours(model, subject, tmp / "ours", args.steps, batch, prior), env)
+                    sps = json.loads((tmp / "ours" / "subject.json").read_text())["metrics"]["steps_per_second"]
+                    runs["ours"].append((wall, rss, sps))
+                    wall, rss, err = measure(peer(python, model, subject, tmp / "classes", tmp / "peer", args.steps,
+                                                  batch, prior), env)
+                    runs["peer"].append((wall, rss, peer_rate(err)))
+                rows.append((batch, prior, runs))
+    print(f"`subjectgen train lora` against diffusers' train_dreambooth_lora.py, the built-in model in fp32, "
+          f"{args.steps} steps, one thread each, {args.pairs} interleaved pairs per row (medians):\n")
+    print("| batch | prior preservation | ours: wall s / steps/s / peak MiB | peer: wall s / steps/s / peak MiB | "
+          "steps/s ours ÷ peer | wall ours ÷ peer | peak RSS ours ÷ peer |")
+    print("|---|---|---|---|---|---|---|")
+    for batch, prior, runs in rows:
+        med = {k: [sorted(x[i] for x in v if x[i] is not None)[len(v) // 2] if any(x[i] is not None for x in v)
+                   else None for i in range(3)] for k, v in runs.items()}
+        o, p = med["ours"], med["peer"]
+        speed = f"{o[2] / p[2]:.2f}" if o[2] and p[2] else "–"
+        print(f"| {batch} | {'yes' if prior else 'no'} | {o[0]:.1f} / {o[2]:.1f} / {o[1]:.0f} | {p[0]:.1f} / "
+              f"{p[2] or 0:.1f} / {p[1]:.0f} | {speed} | {o[0] / p[0]:.2f} | {o[1] / p[1]:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
