@@ -16,6 +16,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 SECTIONS = [
     ("Training speed and memory (tiny test model)", ["benchmarks/train_speed.py", "--steps", "200"]),
+    ("Training speed against the peer (diffusers' train_dreambooth_lora.py)", ["benchmarks/peer.py"]),
     ("The demo and the built-in model", ["benchmarks/demo_time.py"]),
     ("A newcomer's first minutes: the times the README quotes", ["benchmarks/newcomer.py"]),
     ("Built-in model: prompt fidelity", ["benchmarks/base_fidelity.py"]),
