@@ -4,9 +4,9 @@ Held-out instances: fresh draws from the world's reserved region (`catalog.held_
 evaluator ever saw; training instances: composed instances from the evaluators' own training list. Both: the
 same classes (DreamBench's 15), the same number per class, rendered with seeds no training set used (5000+).
 
-- Instance retrieval (DINO): each instance's photo 0 against photo 1 of every instance of its class (the photos
-  are in different places, at another scale); top-1 = its own instance is the nearest. Chance: 1 / instances per
-  class.
+- Instance retrieval (DINO): each instance's photo against another photo of every instance of its class, taken
+  in another of its places (and, for scale, in the same place), at another scale and position; top-1 = its own
+  instance is the nearest. Chance: 1 / instances per class.
 - Zero-shot class (CLIP): the instance on a plain background and in a scene, among the world's 35 class captions.
 - Zero-shot context (CLIP): the instance in one of its class's contexts, among all of them ("a dog on the beach",
   "a dog wearing a santa hat", "a red dog", ...).
@@ -36,11 +36,13 @@ def instance_sets(per_class: int) -> dict[str, list[tuple[str, object]]]:
     return {"held-out (reserved region)": list(held.values()), "training instances": trained}
 
 
-def retrieval(ev, instances: list[tuple[str, object]]) -> float:
+def retrieval(ev, instances: list[tuple[str, object]], same_place: bool) -> float:
+    """Photo k and photo k+1 (another place: every subject has 2-3) or k+6 (the same place, another shot)."""
     from subjectgen.world.scene import render_photo
 
+    other = EVAL_SEED + (6 if same_place else 1)
     queries = F.normalize(ev.dino_embed([render_photo(i, EVAL_SEED)[0] for _, i in instances]), dim=-1)
-    gallery = F.normalize(ev.dino_embed([render_photo(i, EVAL_SEED + 1)[0] for _, i in instances]), dim=-1)
+    gallery = F.normalize(ev.dino_embed([render_photo(i, other)[0] for _, i in instances]), dim=-1)
     hits = 0
     for q, (noun, _) in enumerate(instances):
         same = [g for g, (other, _) in enumerate(instances) if other == noun]
@@ -85,13 +87,13 @@ def main() -> None:
     sets = instance_sets(args.per_class)
     print(f"Built-in evaluators (`{Path(args.evaluators).name}`), {args.per_class} instances per DreamBench class "
           f"(15 classes), rendered with seeds no training set used:\n")
-    print(f"| instances | DINO instance retrieval, top-1 (chance {1 / args.per_class:.1%}) | CLIP zero-shot class "
-          f"(of 35) | CLIP zero-shot context (of 25–35) |")
-    print("|---|---|---|---|")
+    print(f"| instances | DINO instance retrieval, top-1, photos in another place (chance {1 / args.per_class:.1%}) "
+          "| the same, photos in the same place | CLIP zero-shot class (of 35) | CLIP zero-shot context (of 25–35) |")
+    print("|---|---|---|---|---|")
     for label, instances in sets.items():
-        top1 = retrieval(ev, instances)
+        across, same = retrieval(ev, instances, False), retrieval(ev, instances, True)
         cls, ctx = zero_shot(ev, instances)
-        print(f"| {label} | {top1:.1%} | {cls:.1%} | {ctx:.1%} |")
+        print(f"| {label} | {across:.1%} | {same:.1%} | {cls:.1%} | {ctx:.1%} |")
 
 
 if __name__ == "__main__":

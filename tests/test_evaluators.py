@@ -77,4 +77,32 @@ def test_train_evaluators_writes_loadable_models(tmp_path):
     record = train_evaluators(tmp_path / "ev", cfg)
     evaluators = load_evaluators(str(tmp_path / "ev" / "dino"), str(tmp_path / "ev" / "clip"))
     assert evaluators.clip_text_embed(["a dog on the beach"]).shape == (1, 64)
-    assert record["images"] > 5000 and len(record["data_hash"]) == 16
+    assert record["images"] > 5000 and len(record["data_hash"]) == 16 and record["config"]["dino_instance_views"]
+
+
+def test_dino_instance_views_pair_two_renders_of_one_instance():
+    import numpy as np
+
+    from subjectgen.world.evaluators import instance_ids, partners
+
+    items = [("dog", "a", None, 0), ("dog", "b", None, 0), ("dog", "a", "in the snow", 1), ("cat", "c", None, 0)]
+    ids = instance_ids(items)
+    assert ids.tolist() == [0, 1, 0, 2]
+    g = torch.Generator().manual_seed(0)
+    drawn = torch.tensor([0, 1, 2, 3] * 8)
+    other = partners(ids, drawn, g)
+    assert (ids[other.numpy()] == ids[drawn.numpy()]).all()   # always the same instance
+    assert set(other[drawn == 0].tolist()) == {0, 2}            # and sometimes another render of it
+    assert other[drawn == 3].tolist() == [3] * 8                # itself when it has no other render
+
+
+@pytest.mark.skipif(not sources_available(), reason="emoji sources not installed (see .ci/run)")
+def test_keep_clip_refuses_a_clip_trained_on_other_data(tmp_path):
+    from subjectgen.errors import UserError
+
+    (tmp_path / "old" / "clip").mkdir(parents=True)
+    (tmp_path / "old" / "training.json").write_text(json.dumps({"data_hash": "0000", "clip_loss": 1, "clip_seconds": 1}))
+    cfg = EvaluatorTrainConfig(render_seeds=1, clip_steps=2, dino_steps=2, clip_batch=8, dino_batch=4)
+    with pytest.raises(UserError, match="trained on other data"):
+        train_evaluators(tmp_path / "ev", cfg, keep_clip=tmp_path / "old")
+    assert not (tmp_path / "ev").exists()

@@ -172,6 +172,8 @@ def add_world_parser(sub) -> None:
     e.add_argument("--dino-steps", type=arg_type(EvaluatorTrainConfig, "dino_steps"), default=2000,
                    help="DINO steps (default: 2000)")
     e.add_argument("--workers", type=number_type(AT_LEAST_1), default=2, help="processes rendering the world")
+    e.add_argument("--keep-clip", metavar="DIR", help="reuse the CLIP of an earlier run on the same data (DIR/clip, "
+                   "DIR/training.json) and train DINO only")
 
 
 def add_score_parser(sub) -> None:
@@ -328,7 +330,7 @@ def run_world(args) -> None:
         from .world.evaluators import train_evaluators
 
         cfg = EvaluatorTrainConfig(seed=args.seed, clip_steps=args.clip_steps, dino_steps=args.dino_steps)
-        record = train_evaluators(Path(args.out), cfg, args.workers)
+        record = train_evaluators(Path(args.out), cfg, args.workers, args.keep_clip)
         print(f"trained in {record['seconds']:.0f}s; evaluators: {args.out}/clip, {args.out}/dino")
         return
     from .world.pretrain import train_world

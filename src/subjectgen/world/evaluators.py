@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import shutil
 import tempfile
 import time
 from dataclasses import asdict
@@ -141,13 +142,24 @@ class DinoHead(nn.Module):
         return self.last(F.normalize(self.mlp(x), dim=-1))
 
 
-def dino_views(x: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Two global 64 px crops and four local 32 px crops per image, jittered and normalised."""
-    def view(size, scale):
-        return normalise(jitter(random_crops(x, size, scale, g), g), IMAGENET_MEAN, IMAGENET_STD)
+def dino_views(x: torch.Tensor, other: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two global 64 px crops and four local 32 px crops per sample, jittered and normalised: one global and two
+    local views of each of two renders of the same instance (`x`, `other`; the same render when it has only one),
+    so the two views the student must agree on can differ in scene, not only in crop."""
+    def view(images, size, scale):
+        return normalise(jitter(random_crops(images, size, scale, g), g), IMAGENET_MEAN, IMAGENET_STD)
 
-    return (torch.cat([view(64, (0.35, 1.0)) for _ in range(2)]),
-            torch.cat([view(32, (0.1, 0.35)) for _ in range(4)]))
+    return (torch.cat([view(x, 64, (0.35, 1.0)), view(other, 64, (0.35, 1.0))]),
+            torch.cat([view(images, 32, (0.1, 0.35)) for images in (x, x, other, other)]))
+
+
+def partners(instance_ids: np.ndarray, index: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """For each drawn image, another render of the same instance (itself when it has no other)."""
+    out = []
+    for i in index.tolist():
+        same = np.flatnonzero(instance_ids == instance_ids[i])
+        out.append(int(same[torch.randint(len(same), (1,), generator=g).item()]))
+    return torch.tensor(out)
 
 
 def dino_loss(student: torch.Tensor, teacher: torch.Tensor, center: torch.Tensor, n_global: int = 2,
@@ -159,8 +171,10 @@ def dino_loss(student: torch.Tensor, teacher: torch.Tensor, center: torch.Tensor
     return sum(terms) / len(terms)
 
 
-def train_dino(backbone, images: np.ndarray, cfg: EvaluatorTrainConfig) -> tuple[object, float]:
-    """Self-distillation; returns the EMA teacher's backbone and the last loss."""
+def train_dino(backbone, images: np.ndarray, cfg: EvaluatorTrainConfig,
+               instance_ids: np.ndarray | None = None) -> tuple[object, float]:
+    """Self-distillation; returns the EMA teacher's backbone and the last loss. With `instance_ids` (one per image)
+    the two global views come from two renders of the same instance (cfg.dino_instance_views)."""
     head = DinoHead(cfg.width, cfg.dino_prototypes)
     student = nn.ModuleDict({"backbone": backbone, "head": head})
     teacher = copy.deepcopy(student).requires_grad_(False)
@@ -171,7 +185,8 @@ def train_dino(backbone, images: np.ndarray, cfg: EvaluatorTrainConfig) -> tuple
     g, started = torch.Generator().manual_seed(cfg.seed + 3), time.time()
     for step in range(1, cfg.dino_steps + 1):
         index = torch.randint(len(images), (cfg.dino_batch,), generator=g)
-        globals_, locals_ = dino_views(unit_batch(images, index), g)
+        other = partners(instance_ids, index, g) if instance_ids is not None else index
+        globals_, locals_ = dino_views(unit_batch(images, index), unit_batch(images, other), g)
         with torch.no_grad():
             t_out = teacher["head"](teacher["backbone"](pixel_values=globals_).last_hidden_state[:, 0])
         s_global = student["head"](backbone(pixel_values=globals_).last_hidden_state[:, 0])
@@ -191,27 +206,58 @@ def train_dino(backbone, images: np.ndarray, cfg: EvaluatorTrainConfig) -> tuple
     return teacher["backbone"], loss.item()
 
 
-def train_evaluators(out: Path, cfg: EvaluatorTrainConfig, workers: int = 2) -> dict:
-    """Render the world, train CLIP then DINO on the CPU, save both (fp16) under out/clip and out/dino."""
+def train_evaluators(out: Path, cfg: EvaluatorTrainConfig, workers: int = 2, keep_clip: Path | None = None) -> dict:
+    """Render the world, train CLIP then DINO on the CPU, save both (fp16) under out/clip and out/dino.
+    `keep_clip`: an earlier output folder whose CLIP was trained on the same data; only DINO trains."""
     from .build import data_hash, evaluator_items, render_training_set
 
     started = time.time()
-    images, captions = render_training_set(items=evaluator_items(cfg.render_seeds), workers=workers)
+    items = evaluator_items(cfg.render_seeds)
+    images, captions = render_training_set(items=items, workers=workers)
     print(f"rendered {len(images)} images ({time.time() - started:.0f}s)", flush=True)
+    digest = data_hash(images, captions)
     with tempfile.TemporaryDirectory() as tok_dir:
         tokenizer = eval_tokenizer(cfg, Path(tok_dir))
-        clip = build_clip(cfg, tokenizer)
-        clip_started = time.time()
-        clip_loss = train_clip(clip, tokenizer, images, captions, cfg)
-        clip_seconds = time.time() - clip_started
-        dino, dino_loss_value = train_dino(build_dino(cfg), images, cfg)
-        record = {"config": asdict(cfg), "data_hash": data_hash(images, captions), "images": len(images),
-                  "clip_loss": clip_loss, "dino_loss": dino_loss_value, "clip_seconds": round(clip_seconds, 1),
-                  "dino_seconds": round(time.time() - clip_started - clip_seconds, 1),
+        if keep_clip is not None:
+            clip, clip_record = None, kept_clip_record(Path(keep_clip), digest)
+        else:
+            clip = build_clip(cfg, tokenizer)
+            clip_started = time.time()
+            clip_record = {"clip_loss": train_clip(clip, tokenizer, images, captions, cfg),
+                           "clip_seconds": round(time.time() - clip_started, 1)}
+        dino_started = time.time()
+        ids = instance_ids(items) if cfg.dino_instance_views else None
+        dino, dino_loss_value = train_dino(build_dino(cfg), images, cfg, ids)
+        record = {"config": asdict(cfg), "data_hash": digest, "images": len(images), **clip_record,
+                  "dino_loss": dino_loss_value, "dino_seconds": round(time.time() - dino_started, 1),
                   "seconds": round(time.time() - started, 1), "device": "cpu", "torch": torch.__version__}
         with atomic_dir(Path(out)) as tmp:
-            clip.half().save_pretrained(tmp / "clip", safe_serialization=True)
-            tokenizer.save_pretrained(tmp / "clip")
+            if clip is None:
+                shutil.copytree(Path(keep_clip) / "clip", tmp / "clip")
+            else:
+                clip.half().save_pretrained(tmp / "clip", safe_serialization=True)
+                tokenizer.save_pretrained(tmp / "clip")
             dino.half().save_pretrained(tmp / "dino", safe_serialization=True)
             (tmp / "training.json").write_text(json.dumps(record, indent=1))
     return record
+
+
+def instance_ids(items: list[tuple]) -> np.ndarray:
+    """One integer per rendered item naming its instance, so DINO can pair two renders of one instance."""
+    ids: dict = {}
+    return np.array([ids.setdefault(item[1], len(ids)) for item in items])
+
+
+def kept_clip_record(folder: Path, digest: str) -> dict:
+    """The CLIP half of an earlier run's record; a one-line error unless it was trained on this same data."""
+    from ..errors import UserError
+
+    path = folder / "training.json"
+    if not path.is_file() or not (folder / "clip").is_dir():
+        raise UserError(f"--keep-clip {folder} holds no trained evaluators (clip/ and training.json)")
+    record = json.loads(path.read_text())
+    if record.get("data_hash") != digest:
+        raise UserError(f"--keep-clip {folder} was trained on other data (hash {record.get('data_hash')}, this "
+                        f"world's is {digest}); train both, without --keep-clip")
+    return {"clip_loss": record["clip_loss"], "clip_seconds": record["clip_seconds"],
+            "clip_kept_from": {"config": record["config"], "seconds": record["seconds"]}}
