@@ -175,6 +175,23 @@ def test_demo_report_scores_base_and_personalized(tiny_model, tmp_path):
     assert (out / "grid.png").is_file()
 
 
+def test_the_default_demo_is_the_subject_and_prompts_chosen_on_the_validation_set(tiny_model, tmp_path):
+    from subjectgen.demo import DEMO, run_demo
+    from subjectgen.world.catalog import VALIDATION
+
+    spec = json.loads((DEMO / "demo.json").read_text())
+    assert spec["subject"] in VALIDATION and VALIDATION[spec["subject"]][0] == spec["class"]
+    assert len(spec["prompts"]) == 4 and all("{subject}" in p for p in spec["prompts"])
+    out = run_demo(tmp_path / "demo", model=tiny_model, steps=2, progress=False)
+    scores = json.loads((out / "scores.json").read_text())
+    assert [p["prompt"] for p in scores["base"]["prompts"]] == [p.replace("{subject}", spec["class"])
+                                                               for p in spec["prompts"]]
+    photos = sorted(p.name for p in (DEMO / spec["subject"]).glob("*.png"))
+    assert sorted(p.name for p in (out / "photos").glob("*.png")) == photos
+    page = (out / "report.html").read_text()
+    assert "chosen on the validation set" in page and "personalized · seed 1" in page
+
+
 def test_a_method_can_be_added_to_a_finished_bench(finished, tiny_model, evaluator_dirs):
     args = bench_args(tiny_model, evaluator_dirs, finished, methods="textual-inversion")
     assert main(args) == 0

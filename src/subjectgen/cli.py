@@ -172,6 +172,8 @@ def add_world_parser(sub) -> None:
     e.add_argument("--dino-steps", type=arg_type(EvaluatorTrainConfig, "dino_steps"), default=2000,
                    help="DINO steps (default: 2000)")
     e.add_argument("--workers", type=number_type(AT_LEAST_1), default=2, help="processes rendering the world")
+    e.add_argument("--dino-instance-views", action="store_true", help="DINO's two global views from two renders of "
+                   "one instance, not one image's crops (experimental: it collapsed in its first try)")
     e.add_argument("--keep-clip", metavar="DIR", help="reuse the CLIP of an earlier run on the same data (DIR/clip, "
                    "DIR/training.json) and train DINO only")
 
@@ -329,7 +331,8 @@ def run_world(args) -> None:
     if args.world_command == "train-evaluators":
         from .world.evaluators import train_evaluators
 
-        cfg = EvaluatorTrainConfig(seed=args.seed, clip_steps=args.clip_steps, dino_steps=args.dino_steps)
+        cfg = EvaluatorTrainConfig(seed=args.seed, clip_steps=args.clip_steps, dino_steps=args.dino_steps,
+                                   dino_instance_views=args.dino_instance_views)
         record = train_evaluators(Path(args.out), cfg, args.workers, args.keep_clip)
         print(f"trained in {record['seconds']:.0f}s; evaluators: {args.out}/clip, {args.out}/dino")
         return
