@@ -48,15 +48,23 @@ def choose(results: dict) -> dict | None:
                        for t in prompts}}
 
 
-def ship(choice: dict) -> None:
-    from subjectgen.demo import DEMO
+def ship(choice: dict | None) -> None:
+    """The chosen validation subject's photos and prompts into the package; with no choice, the demo stays on
+    EmojiBench's dog with its earlier prompts, and its report says that no validation subject met the rule."""
+    from subjectgen.demo import DEMO, PROMPTS
     from subjectgen.world.build import write_emojibench
-    from subjectgen.world.catalog import VALIDATION
+    from subjectgen.world.catalog import SUBJECTS, VALIDATION
 
-    name = choice["subject"]
-    write_emojibench(DEMO, {name: VALIDATION[name]})
-    spec = {"subject": name, "class": choice["class"], "prompts": choice["prompts"],
-            "chosen_by": "benchmarks/demo_choice.py on the validation bench of benchmarks/starting_point.py"}
+    chooser = "benchmarks/demo_choice.py on the validation bench of benchmarks/starting_point.py"
+    if choice is None:
+        write_emojibench(DEMO, {"dog": SUBJECTS["dog"]})
+        spec = {"subject": "dog", "class": "dog", "prompts": PROMPTS, "chosen_by": chooser,
+                "note": "EmojiBench's dog: no validation subject met the rule (LoRA beating the baseline on DINO "
+                        "and CLIP-I with CLIP-T at 90 % of the baseline's or more)"}
+    else:
+        write_emojibench(DEMO, {choice["subject"]: VALIDATION[choice["subject"]]})
+        spec = {"subject": choice["subject"], "class": choice["class"], "prompts": choice["prompts"],
+                "chosen_by": chooser, "note": "a validation subject, chosen with its prompts on the validation set"}
     (DEMO / "demo.json").write_text(json.dumps(spec, indent=1) + "\n")
 
 
@@ -69,7 +77,7 @@ def main() -> None:
     args = parser.parse_args()
     choice = choose(json.loads((Path(args.bench) / "results.json").read_text()))
     (Path(args.out) / "demo_choice.json").write_text(json.dumps(choice, indent=1) + "\n")
-    if args.ship and choice:
+    if args.ship:
         ship(choice)
     if choice is None:
         print("No validation subject meets the rule: LoRA never beats the baseline on likeness while keeping "

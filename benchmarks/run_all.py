@@ -18,7 +18,7 @@ SECTIONS = [
     ("Training speed and memory (tiny test model)", ["benchmarks/train_speed.py", "--steps", "200"]),
     ("Training speed against the peer (diffusers' train_dreambooth_lora.py)", ["benchmarks/peer.py"]),
     ("The demo and the built-in model", ["benchmarks/demo_time.py"]),
-    ("A newcomer's first minutes: the times the README quotes", ["benchmarks/newcomer.py"]),
+    ("A newcomer's first minutes: the times the README quotes", ["benchmarks/newcomer.py", "--skip-tests"]),
     ("Built-in model: prompt fidelity", ["benchmarks/base_fidelity.py"]),
     ("Built-in evaluators: do they generalize to held-out instances?", ["benchmarks/evaluators.py"]),
     ("World v3: the starting point (the v2 model on EmojiBench v3 and the validation subjects)",

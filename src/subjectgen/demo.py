@@ -34,8 +34,7 @@ def demo_subject(subject: str | None) -> tuple[Path, str, list[str], str]:
 
     if subject is None:
         spec = json.loads((DEMO / "demo.json").read_text())
-        return (DEMO / spec["subject"], spec["class"], spec["prompts"],
-                f"validation subject '{spec['subject']}' ({spec['class']}), chosen on the validation set")
+        return DEMO / spec["subject"], spec["class"], spec["prompts"], f"'{spec['subject']}': {spec['note']}"
     return EMOJIBENCH / subject, subject_class(subject), PROMPTS, f"EmojiBench '{subject}'"
 
 
