@@ -29,7 +29,7 @@ def main() -> None:
     record = json.loads((SHIPPED / "training.json").read_text())
     cfg = record["config"]
     spec = json.loads((DEMO / "demo.json").read_text())
-    print(f"`subjectgen demo` (validation subject '{spec['subject']}', {spec['class']}, LoRA "
+    print(f"`subjectgen demo` ('{spec['subject']}', {spec['class']}: {spec['note']}; LoRA "
           f"{manifest['settings']['steps']} steps, {len(spec['prompts'])} prompts x 2 images "
           f"for base and personalized): **{seconds:.0f} s** wall clock on {torch.get_num_threads()} CPU threads, "
           f"of which training {manifest['metrics']['train_seconds']:.0f} s "
