@@ -81,8 +81,6 @@ def test_train_evaluators_writes_loadable_models(tmp_path):
 
 
 def test_dino_instance_views_pair_two_renders_of_one_instance():
-    import numpy as np
-
     from subjectgen.world.evaluators import instance_ids, partners
 
     items = [("dog", "a", None, 0), ("dog", "b", None, 0), ("dog", "a", "in the snow", 1), ("cat", "c", None, 0)]
