@@ -26,13 +26,15 @@ def is_scene(template: str) -> bool:
 
 
 def choose(results: dict) -> dict | None:
+    from subjectgen.eval.report import gain
+
     pairs = results["pairs"]
     base, perfect, lora = pairs["baseline"], pairs["perfect"], pairs["lora"]
     candidates = {}
     for name, mine in lora.items():
         b, p = base[name], perfect[name]
         if mine["dino"] > b["dino"] and mine["clip_i"] > b["clip_i"] and mine["clip_t"] >= 0.9 * b["clip_t"]:
-            candidates[name] = min(1.0, (mine["dino"] - b["dino"]) / max(1e-6, p["dino"] - b["dino"]))
+            candidates[name] = min(1.0, gain(mine["dino"], b["dino"], p["dino"]) or 0.0)
     if not candidates:
         return None
     subject = max(sorted(candidates), key=lambda n: candidates[n])

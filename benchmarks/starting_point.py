@@ -29,6 +29,8 @@ def bench(args: list[str]) -> None:
 
 
 def report(title: str, folder: Path, methods: list[str]) -> None:
+    from subjectgen.eval.report import gain
+
     results = json.loads((folder / "results.json").read_text())
     pairs, summary = results["pairs"], results["summary"]
     print(f"### {title}\n")
@@ -40,10 +42,9 @@ def report(title: str, folder: Path, methods: list[str]) -> None:
     for method in methods:
         mine = pairs[method]
         won = sum(mine[s]["dino"] > base[s]["dino"] and mine[s]["clip_i"] > base[s]["clip_i"] for s in mine)
-        gains = {s: (mine[s]["dino"] - base[s]["dino"]) / max(1e-6, perfect[s]["dino"] - base[s]["dino"])
-                 for s in mine}
-        over = [s for s, g in gains.items() if g > 1]
-        under = [s for s, g in gains.items() if g < 0.25]
+        gains = {s: gain(mine[s]["dino"], base[s]["dino"], perfect[s]["dino"]) for s in mine}
+        over = [s for s, g in gains.items() if g is not None and g > 1]
+        under = [s for s, g in gains.items() if g is not None and g < 0.25]
         print(f"| {method} | {won}/{len(mine)} subjects | {len(over)}: {', '.join(over) or '–'} | "
               f"{len(under)}: {', '.join(under) or '–'} |")
     s = summary["perfect"]

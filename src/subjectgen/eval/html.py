@@ -68,8 +68,8 @@ def metric_table(rows: dict[str, dict], extra: dict[str, callable] | None = None
         "".join(f"<th>{esc(h)}</th>" for h in extra) + "</tr>"
     body = []
     for name, s in rows.items():
-        cells = "".join(f"<td class='{'best' if name in methods and s.get(k) is not None and s.get(k) == best[k] else ''}'>"
-                        f"{fmt(s.get(k))}</td>" for k in ARROWS)
+        bold = {k: name in methods and s.get(k) is not None and s.get(k) == best[k] for k in ARROWS}
+        cells = "".join(f"<td class='{'best' if bold[k] else ''}'>{fmt(s.get(k))}</td>" for k in ARROWS)
         cells += "".join(f"<td>{esc(f(s))}</td>" for f in extra.values())
         body.append(f"<tr class='{'ref' if name in references else ''}'><td>{esc(name)}</td>{cells}</tr>")
     return f"<table>{head}{''.join(body)}</table><p class='note'>{LEGEND}</p>"

@@ -210,9 +210,11 @@ def subject_page(out: Path, name: str, results: dict) -> str:
     pairs, seed = results["pairs"], results["protocol"].get("seed", 0)
     mine = {m: subjects[name] for m, subjects in pairs.items() if name in subjects}
     noun = next((p.get("class") for p in mine.values() if p.get("class")), "")
-    extra = {"train s": lambda s: fmt(s.get("train_seconds"), 1), "generate s": lambda s: fmt(s.get("generate_seconds"), 1)}
+    extra = {"train s": lambda s: fmt(s.get("train_seconds"), 1),
+             "generate s": lambda s: fmt(s.get("generate_seconds"), 1)}
     parts = [f"<p><a href='../report.html'>← all subjects</a></p><h1>{esc(name)}</h1><p class='lede'>class: "
-             f"{esc(noun)}</p><div class='card'><h2>The subject's photos</h2>{photo_strip(out, name, '../', 128)}</div>",
+             f"{esc(noun)}</p><div class='card'><h2>The subject's photos</h2>"
+             f"{photo_strip(out, name, '../', 128)}</div>",
              f"<div class='card'><h2>Scores</h2>{metric_table(mine, extra)}</div>"]
     with_images = [m for m, p in mine.items() if p.get("prompts")]
     prompts = mine[with_images[0]]["prompts"] if with_images else []
