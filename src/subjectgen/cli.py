@@ -121,7 +121,7 @@ def add_generate_parser(sub) -> None:
 
 
 def add_demo_parser(sub) -> None:
-    p = sub.add_parser("demo", help="personalize the built-in model on an EmojiBench subject (CPU, minutes)")
+    p = sub.add_parser("demo", help="personalize the built-in model on its sample subject (CPU, under a minute)")
     p.add_argument("--out", default="demo", help="folder for the report (replaced if it exists)")
     p.add_argument("--subject", help="an EmojiBench subject to personalize on instead of the demo's own (a validation "
                    "subject chosen, with its prompts, on the validation set: benchmarks/demo_choice.py)")
