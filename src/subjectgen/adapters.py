@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -59,6 +59,7 @@ class Run:
     manifest: dict
     components: Components
     base: Components | None = None  # a DreamBooth run's base model, loaded when first needed
+    options: dict = field(default_factory=dict)  # the method's own generation settings (Method.sample_options)
 
     @classmethod
     def of_model(cls, ref: str, allow_pickle: bool = False) -> "Run":
@@ -156,7 +157,7 @@ def load_run(run_dir: Path, allow_pickle: bool = False, lora_scale: float = 1.0)
     run_dir = Path(run_dir)
     manifest = read_manifest(run_dir)
     method = manifest.get("method")
-    if method not in registry.names():
+    if method not in registry.names(all_methods=True):
         raise UserError(f"{run_dir / MANIFEST} names an unknown method '{method}'")
     cls = registry.get(method).load()
     if lora_scale != 1.0 and not cls.scalable:

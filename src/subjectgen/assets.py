@@ -23,10 +23,14 @@ ASSETS = Path(__file__).parent / "assets"
 SHIPPED = ASSETS / "builtin"   # the built-in base model
 EVALUATORS = ASSETS / "evaluators"
 EMOJIBENCH = ASSETS / "emojibench"  # the built-in benchmark (subjectgen world build writes it)
+IMAGE_ENCODER = ASSETS / "image_encoder"  # the generator side's CLIP image tower (world train-image-encoder)
+PROMPTNET = ASSETS / "promptnet"  # ProFusion's PromptNet for the built-in model (profusion pretrain)
 DEFAULT_MODEL = "builtin"
 BUILTIN: dict[str, dict[str, Path]] = {"model": {"builtin": SHIPPED},
                                        "dino": {"builtin": EVALUATORS / "dino"},
-                                       "clip": {"builtin": EVALUATORS / "clip"}}
+                                       "clip": {"builtin": EVALUATORS / "clip"},
+                                       "image_encoder": {"builtin": IMAGE_ENCODER},
+                                       "promptnet": {"builtin": PROMPTNET}}
 
 
 def register_builtin(kind: str, name: str, folder: Path) -> None:

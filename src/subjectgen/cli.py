@@ -14,7 +14,7 @@ from pathlib import Path
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 
-from .config import BenchConfig, SampleSettings, TrainConfig  # noqa: E402
+from .config import BenchConfig, FusionSettings, SampleSettings, TrainConfig  # noqa: E402
 from .errors import UserError  # noqa: E402
 from .methods import registry  # noqa: E402
 from .settings import AT_LEAST_1, SEED, arg_type, flag_of, number_type  # noqa: E402
@@ -50,7 +50,7 @@ def add_train_parser(sub) -> None:
     train = sub.add_parser("train", help="personalize a model on photos of one subject")
     methods = train.add_subparsers(dest="method", metavar="METHOD", required=True, parser_class=Parser)
     shared = shared_settings()
-    for spec in registry.REGISTRY.values():
+    for spec in map(registry.get, registry.names()):
         p = methods.add_parser(spec.name, help=spec.help, description=spec.help)
         for f in fields(TrainConfig):
             if f.name in shared or f.name in spec.own_settings:
@@ -87,9 +87,10 @@ def add_setting(parser, f, spec) -> None:
         kwargs["metavar"] = "PROMPT"
     else:
         kwargs["default"] = None if f.default is None else f.default
-        if "bound" in meta:
-            kwargs["type"] = number_type(meta["bound"])
-            kwargs["metavar"] = "N" if meta["bound"].integer else "X"
+        bound = spec.bounds.get(f.name, meta.get("bound"))
+        if bound is not None:
+            kwargs["type"] = number_type(bound)
+            kwargs["metavar"] = "N" if bound.integer else "X"
         if "choices" in meta:
             kwargs["choices"] = meta["choices"]
     parser.add_argument(name, **kwargs)
@@ -118,6 +119,23 @@ def add_generate_parser(sub) -> None:
     p.add_argument("--allow-pickle", action="store_true", help="allow loading pickled weights (.ckpt/.bin): they "
                    "can run code")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_fusion_flags(p)
+
+
+def add_fusion_flags(parser) -> None:
+    """Fusion Sampling's flags (config.FusionSettings), for generate and bench; unset ones keep the defaults."""
+    fusion = parser.add_argument_group("profusion runs (Fusion Sampling)")
+    fusion.add_argument("--no-fusion", dest="fusion", action="store_false", default=None,
+                        help="sample plainly with S*, without Fusion Sampling")
+    for f in fields(FusionSettings):
+        if f.name != "fusion":
+            fusion.add_argument(flag_of(f), dest=f.name, type=arg_type(FusionSettings, f.name), metavar="N" if
+                                f.metadata["bound"].integer else "X", help=f.metadata["help"])
+
+
+def sample_options(args) -> dict:
+    """The method's own generation settings given on the command line (only those given)."""
+    return {f.name: getattr(args, f.name) for f in fields(FusionSettings) if getattr(args, f.name, None) is not None}
 
 
 def add_demo_parser(sub) -> None:
@@ -163,6 +181,13 @@ def add_world_parser(sub) -> None:
                    "record's unet_stop_step says where, so the run can be reproduced with --stop-step")
     t.add_argument("--workers", type=number_type(AT_LEAST_1), default=2, help="processes rendering the world")
     t.add_argument("--device", help="cuda or cpu (default: cuda if available)")
+    i = world.add_parser("train-image-encoder", help="train the generator side's CLIP image tower (ProFusion's "
+                         "PromptNet reads it) against the built-in model's frozen text encoder (CPU)")
+    i.add_argument("--out", required=True, help="folder for the transformers model (copy it to assets/image_encoder "
+                   "to ship it)")
+    i.add_argument("--model", default="builtin", help="the base model whose text encoder it learns to match")
+    i.add_argument("--steps", type=number_type(AT_LEAST_1), default=800, help="training steps (default: 800)")
+    i.add_argument("--workers", type=number_type(AT_LEAST_1), default=1, help="processes rendering the world")
     e = world.add_parser("train-evaluators", help="train the built-in CLIP and DINO evaluators (CPU)")
     e.add_argument("--out", required=True, help="folder for clip/ and dino/ (copy it to assets/evaluators to ship it)")
     e.add_argument("--seed", type=arg_type(EvaluatorTrainConfig, "seed"), default=7,
@@ -176,6 +201,38 @@ def add_world_parser(sub) -> None:
                    "one instance, not one image's crops (experimental: it collapsed in its first try)")
     e.add_argument("--keep-clip", metavar="DIR", help="reuse the CLIP of an earlier run on the same data (DIR/clip, "
                    "DIR/training.json) and train DINO only")
+
+
+def add_profusion_parser(sub) -> None:
+    p = sub.add_parser("profusion", help="ProFusion's own steps: pretrain a PromptNet for a base model")
+    steps = p.add_subparsers(dest="profusion_command", metavar="STEP", required=True, parser_class=Parser)
+    spec = registry.get("profusion-pretrain")
+    t = steps.add_parser("pretrain", help="pretrain a PromptNet (the encoder from a photo to S*) for any SD model",
+                         description="PromptNet from the base UNet's encoder half, trained on images with everything "
+                         "else frozen; the plain denoising loss on 'a photo of S*', no regularization. Writes a "
+                         "PromptNet folder for 'train profusion --promptnet'.")
+    t.add_argument("--images", default=None, help="folder of images to pretrain on, or 'world': the built-in world's "
+                   "training split (default: world on the built-in model)")
+    for f in fields(TrainConfig):
+        if f.name in ("out", "model", "steps", "lr", "batch_size", "seed", "num_vectors", "image_encoder",
+                      "mixed_precision", "checkpoint_every", "lr_warmup_steps", "max_grad_norm"):
+            add_setting(t, f, spec)
+    t.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
+    t.add_argument("--overwrite", action="store_true", help="replace what --out holds")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def run_profusion(args) -> None:
+    from .training import train
+
+    if args.images is None and args.model != "builtin":
+        raise UserError("--images is needed for a model other than the built-in one (a folder of photos)")
+    options = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__ and v is not None}
+    cfg = TrainConfig(method="profusion-pretrain", subject_dir=None, class_noun=None, **options)
+    result = train(cfg, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
+    if result.manifest:
+        print(f"pretrained a PromptNet in {result.seconds:.1f}s, final loss {result.final_loss:.4f}: {result.run_dir} "
+              f"(use it with 'subjectgen train profusion --promptnet {result.run_dir}')")
 
 
 def add_score_parser(sub) -> None:
@@ -207,6 +264,7 @@ def add_bench_parser(sub) -> None:
     p.add_argument("--images-per-prompt", type=bench_type("images_per_prompt"),
                    help="images per prompt (default: 4)")
     p.add_argument("--train-steps", type=bench_type("train_steps"), help="training steps (default: each method's)")
+    p.add_argument("--train-lr", type=bench_type("train_lr"), help="learning rate (default: each method's)")
     p.add_argument("--masked-loss", action="store_true", help="train every method with a masked loss, from each "
                    "subject's masks/ folder (EmojiBench ships them)")
     p.add_argument("--sample-steps", type=bench_type("sample_steps"),
@@ -224,6 +282,7 @@ def add_bench_parser(sub) -> None:
                    help="copy from an earlier bench folder what it made the same way: its trained runs (same model, "
                         "subjects, seed and training settings) and its baseline (same settings but the methods' "
                         "own), to sweep a setting without retraining")
+    add_fusion_flags(p)
     p.add_argument("--workers", type=number_type(AT_LEAST_1), default=1, metavar="N",
                    help="run the bench as N local processes, the subjects split among them, each with its share of "
                         "the cores; on a CPU, small models use cores better this way than as threads of one "
@@ -245,6 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_generate_parser(sub)
     add_demo_parser(sub)
     add_world_parser(sub)
+    add_profusion_parser(sub)
     add_score_parser(sub)
     add_bench_parser(sub)
     return parser
@@ -257,8 +317,9 @@ def run_train(args) -> None:
     cfg = TrainConfig(**options)
     result = train(cfg, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
     if result.manifest:
-        print(f"trained {cfg.method} in {result.seconds:.1f}s, final loss {result.final_loss:.4f}; "
-              f"run: {result.run_dir}; prompts use {{subject}} = '{result.manifest['subject']}'")
+        trained = (f"trained {cfg.method} in {result.seconds:.1f}s, final loss {result.final_loss:.4f}"
+                   if result.steps else f"{cfg.method} with no training steps (--steps 0)")
+        print(f"{trained}; run: {result.run_dir}; prompts use {{subject}} = '{result.manifest['subject']}'")
 
 
 def run_generate(args) -> None:
@@ -267,7 +328,7 @@ def run_generate(args) -> None:
     started = time.perf_counter()
     result = generate_to_folder(args.run, args.prompts, args.out, args.n, args.seed, args.steps, args.guidance,
                                 args.negative_prompt, args.allow_pickle, args.lora_scale, args.subject_start,
-                                progress=not args.quiet)
+                                progress=not args.quiet, options=sample_options(args))
     print(f"wrote {len(result.files)} images and {result.grid} in {time.perf_counter() - started:.1f}s")
 
 
@@ -328,6 +389,12 @@ def run_world(args) -> None:
         return
     if args.world_command == "reserved":
         return run_reserved(args)
+    if args.world_command == "train-image-encoder":
+        from .world.image_encoder import ImageEncoderConfig, train_image_encoder
+
+        record = train_image_encoder(Path(args.out), args.model, ImageEncoderConfig(steps=args.steps), args.workers)
+        print(f"trained in {record['seconds']:.0f}s, final loss {record['loss']:.3f}; image encoder: {args.out}")
+        return
     if args.world_command == "train-evaluators":
         from .world.evaluators import train_evaluators
 
@@ -378,8 +445,9 @@ def bench_config(args):
     methods = registry.names() if args.methods is None else [m for m in args.methods.split(",") if m]
     return BenchConfig(bench=args.bench, out=args.out, methods=methods, model=args.model, **chosen, seed=args.seed,
                        sample_steps=args.sample_steps, guidance=args.guidance, train_steps=args.train_steps,
+                       train_lr=args.train_lr,
                        masked_loss=args.masked_loss, subject_start=args.subject_start, dino=args.dino,
-                       clip=args.clip, runs_from=args.runs_from)
+                       clip=args.clip, runs_from=args.runs_from, sample_options=sample_options(args))
 
 
 def run_bench(args) -> None:
@@ -453,6 +521,8 @@ def check_before_imports(args) -> None:
         if not Path(ref).exists() and ref not in builtin_names("model") and not hub_like:
             raise UserError(f"no run folder at {ref} (a folder written by 'subjectgen train'), and no model of that "
                             "name; check the path")
+    elif args.command == "profusion" and args.images not in (None, "world") and not Path(args.images).is_dir():
+        raise UserError(f"--images {args.images} is not a folder; give a folder of photos, or 'world'")
     elif args.command == "bench":
         from .eval.prompts import read_benchmark, resolve_bench
 
@@ -475,7 +545,7 @@ def main(argv: list[str] | None = None) -> int:
 
         apply_threads(args.threads)
         {"train": run_train, "generate": run_generate, "demo": run_demo, "world": run_world, "score": run_score,
-         "bench": run_bench, "report": run_report}[args.command](args)
+         "bench": run_bench, "report": run_report, "profusion": run_profusion}[args.command](args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

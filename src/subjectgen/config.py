@@ -29,7 +29,7 @@ class TrainConfig:
     class_prompt: str = setting("a {class}", help="prompt for class images (default: 'a {class}')")
     steps: int | None = setting(None, AT_LEAST_1, help="training steps")
     lr: float | None = setting(None, POSITIVE, help="learning rate")
-    batch_size: int = setting(1, AT_LEAST_1, help="photos per step (default: 1)")
+    batch_size: int | None = setting(None, AT_LEAST_1, help="samples per step")
     seed: int = setting(0, SEED, help="seed of the noise, timesteps and photo order (default: 0)")
     prior_preservation: bool | None = setting(None, help="class-specific prior preservation: also train on class "
                                               "images from the frozen model, keeping the class's variety")
@@ -47,6 +47,14 @@ class TrainConfig:
     num_vectors: int = setting(1, Bound(low=1, high=64, integer=True),  # a prompt holds 77 tokens in all
                                help="vectors in the learned embedding: more capacity, slower (default: 1)")
     init_word: str | None = setting(None, help="word the embedding starts from (default: the class)")
+    photo: str | None = setting(None, help="the one photo (a file name in --subject) the encoder reads (default: "
+                                "the first)", metavar="NAME")
+    promptnet: str = setting("builtin", help="the pretrained PromptNet: a folder from 'subjectgen profusion "
+                             "pretrain', or builtin (default: builtin)")
+    image_encoder: str = setting("builtin", help="the image encoder PromptNet reads: a transformers CLIP vision "
+                                 "model folder or hub id, or builtin (default: builtin; on SD 1.x e.g. "
+                                 "openai/clip-vit-large-patch14)")
+    images: str | None = None  # a dataset method's images: a folder, or 'world' (the built-in training world)
     lr_warmup_steps: int = setting(0, NON_NEGATIVE_INT, help="steps of linear learning-rate warm-up (default: 0)")
     max_grad_norm: float = setting(1.0, NON_NEGATIVE, help="gradient clipping norm; 0 turns it off (default: 1)")
     mixed_precision: str = setting("no", choices=MIXED_PRECISION, help="fp16/bf16 on a GPU: faster, less memory "
@@ -64,7 +72,7 @@ class TrainConfig:
     allow_pickle: bool = setting(False, help="allow loading pickled weights (.ckpt/.bin): they can run code")
 
     def __post_init__(self) -> None:
-        check_settings(self)
+        check_settings(self, registry.get(self.method).bounds if self.method in registry.names(True) else {})
         if self.mixed_precision not in MIXED_PRECISION:
             raise UserError(f"--mixed-precision must be one of {', '.join(MIXED_PRECISION)}, "
                             f"got {self.mixed_precision!r}")
@@ -96,7 +104,7 @@ def resolve_defaults(cfg: TrainConfig, resolution: int) -> TrainConfig:
     """Fill every `None` setting with the method's default for a model of this resolution."""
     spec, small = registry.get(cfg.method), resolution < 256
     data = cfg.to_dict()
-    for name in ("steps", "lr", "prior_preservation", "num_class_images"):
+    for name in (*registry.COMMON_DEFAULTS, *spec.defaults):
         if data[name] is None:
             data[name] = spec.default(name, small)
     if data["sample_steps"] is None:
@@ -123,6 +131,23 @@ class SampleSettings:
 
 
 @dataclass
+class FusionSettings:
+    """ProFusion's Fusion Sampling at generation (its `generate` flags). The defaults are the reference notebook's
+    (ref cfg 5, one fusion stage, emb scale 0.6, refine cfg 7, η 1); --guidance is s₁."""
+
+    fusion: bool = setting(True, help="Fusion Sampling (--no-fusion: plain guidance with S*)")
+    refine_steps: int = setting(1, NON_NEGATIVE_INT, help="fusion stages per step (default: 1)")
+    refine_emb_scale: float = setting(0.6, NON_NEGATIVE, help="S*'s weight in the fusion stage's prompt (default: 0.6)")
+    ref_guidance: float = setting(5.0, NON_NEGATIVE, help="s₂: guidance toward the prompt with the class noun in S*'s "
+                                  "place (default: 5)")
+    refine_guidance: float = setting(7.0, NON_NEGATIVE, help="the fusion stage's guidance (default: 7)")
+    eta: float = setting(1.0, Bound(low=0, high=1), help="DDIM η of the steps (default: 1)")
+
+    def __post_init__(self) -> None:
+        check_settings(self)
+
+
+@dataclass
 class BenchConfig:
     bench: str                      # a folder in DreamBench's layout, or "emoji"
     out: str
@@ -134,9 +159,11 @@ class BenchConfig:
     seed: int = setting(0, SEED)
     sample_steps: int | None = setting(None, SAMPLER_STEPS)  # default: 25 below 256 px, else 50
     guidance: float = setting(7.5, NON_NEGATIVE)
-    train_steps: int | None = setting(None, AT_LEAST_1)  # default: each method's own
+    train_steps: int | None = setting(None, NON_NEGATIVE_INT)  # default: each method's own (0: profusion's encoder)
+    train_lr: float | None = setting(None, POSITIVE)  # default: each method's own
     masked_loss: bool = False       # train on the subject's masks only (SUBJECT/masks/, as EmojiBench ships)
     subject_start: float = setting(0.0, FRACTION_BELOW_1)  # steps sampled without the subject (generate's flag)
+    sample_options: dict = field(default_factory=dict)  # a method's own generation settings (FusionSettings' flags)
     dino: str | None = None         # default: built-in for EmojiBench, the real ones otherwise
     clip: str | None = None
     runs_from: str | None = None    # an earlier bench folder whose runs and baseline to reuse (reusable())
@@ -148,6 +175,7 @@ class BenchConfig:
 
     def __post_init__(self) -> None:
         check_settings(self)
+        FusionSettings(**self.sample_options)
 
     def protocol(self) -> dict:
         """What decides the numbers; a rerun in the same folder must match it. The methods do not: a

@@ -40,11 +40,21 @@ def open_run_or_model(ref: str, allow_pickle: bool = False, lora_scale: float = 
 
 def generate_to_folder(ref: str, prompts: list[str], out: Path, n: int = 4, seed: int = 0, steps: int | None = None,
                        guidance: float = 7.5, negative_prompt: str = "", allow_pickle: bool = False,
-                       lora_scale: float = 1.0, subject_start: float = 0.0, progress: bool = False) -> GenerateResult:
+                       lora_scale: float = 1.0, subject_start: float = 0.0, progress: bool = False,
+                       options: dict | None = None) -> GenerateResult:
     """n images per prompt (seeds seed..seed+n-1), saved as p{prompt}-{k}.png, plus grid.png (a row per prompt).
     `subject_start`: the fraction of the steps sampled before the subject comes in (Run.early_steps)."""
     SampleSettings(n, seed, steps, guidance, lora_scale, subject_start)  # a one-line error for any out of range
     run = open_run_or_model(ref, allow_pickle, lora_scale)
+    if options:
+        own = run.method.sample_options if run.method else None
+        if own is None:
+            name = next(iter(options))
+            flag = "--no-fusion" if name == "fusion" else "--" + name.replace("_", "-")
+            what = f"a {run.manifest['method']} run" if run.method else "a model"
+            raise UserError(f"{flag} applies to profusion runs; {ref} is {what}")
+        own(**options)  # a one-line error for any out of range
+        run.options = dict(options)
     if subject_start and not run.subject:
         raise UserError(f"--subject-start applies to run folders; {ref} is a model")
     run.components.to(inference_device())
@@ -67,5 +77,6 @@ def generate_to_folder(ref: str, prompts: list[str], out: Path, n: int = 4, seed
     atomic_write_json(out / "prompts.json", {"prompts": prompts, "n": n, "seed": seed, "steps": steps,
                                              "guidance": guidance, "lora_scale": lora_scale,
                                              "subject_start": subject_start, "source": str(ref),
+                                             "options": run.options,
                                              "files": names})
     return GenerateResult(out, files, out / "grid.png")

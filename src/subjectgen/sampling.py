@@ -62,6 +62,51 @@ def sample(denoiser: Denoiser, scheduler, latents: torch.Tensor) -> torch.Tensor
     return latents
 
 
+@dataclass
+class FusionLoop:
+    """ProFusion's Fusion Sampling, the second small loop beside `sample` (DDIM). At each step, first
+    `refine_steps` times the *fusion* stage: a stochastic DDIM step t -> t-1 with `fuse`'s guidance, re-noised
+    back to t (the paper's closed form: one update, one noise draw); then the *refinement* step with `refine`
+    (ε_u + s₁(ε_c - ε_u) + s₂(ε_ref - ε_u)) and a DDIM step with η. With refine_steps 0 and η 0 it is `sample`
+    with `refine`, bit for bit."""
+
+    refine: Denoiser
+    fuse: Denoiser | None
+    refine_steps: int
+    eta: float
+
+    @torch.no_grad()
+    def __call__(self, scheduler, latents: torch.Tensor, seeds: list[int]) -> torch.Tensor:
+        from diffusers import DDIMScheduler
+
+        if not isinstance(scheduler, DDIMScheduler):  # the fusion stage's closed form is DDIM's
+            steps = len(scheduler.timesteps)
+            scheduler = DDIMScheduler.from_config(scheduler.config)
+            scheduler.set_timesteps(steps)
+        generators = [torch.Generator().manual_seed(s + 7_919) for s in seeds]  # the steps' noise, per image
+        latents = latents * scheduler.init_noise_sigma
+        stride = scheduler.config.num_train_timesteps // scheduler.num_inference_steps
+        for i, t in enumerate(scheduler.timesteps):
+            for _ in range(self.refine_steps if self.fuse else 0):
+                latents = self.fusion_stage(scheduler, latents, t, int(t) - stride, i, generators)
+            noise = self.refine(scheduler.scale_model_input(latents, t), t, i)
+            latents = scheduler.step(noise, t, latents, eta=self.eta, generator=generators).prev_sample
+        return latents
+
+    def fusion_stage(self, scheduler, x: torch.Tensor, t, prev: int, i: int, generators) -> torch.Tensor:
+        from diffusers.utils.torch_utils import randn_tensor
+
+        alphas = scheduler.alphas_cumprod
+        a_t = alphas[int(t)].to(x.device, torch.float32)
+        a_prev = alphas[prev].to(x.device, torch.float32) if prev >= 0 else scheduler.final_alpha_cumprod.to(x.device)
+        sigma2 = self.eta ** 2 * (1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)
+        eps = self.fuse(scheduler.scale_model_input(x, t), t, i).float()
+        z = randn_tensor(x.shape, generator=generators, device=x.device, dtype=torch.float32)
+        out = x.float() - eps * sigma2 * (1 - a_t).sqrt() / (1 - a_prev) \
+            + sigma2.sqrt() * z * ((1 - a_t) * (2 - 2 * a_prev - sigma2)).sqrt() / (1 - a_prev)
+        return out.to(x.dtype)
+
+
 def fresh_scheduler(components: Components, steps: int):
     """A new scheduler of the model's own kind, set to `steps` (state is per sampling run)."""
     scheduler = type(components.scheduler).from_config(components.scheduler.config)
@@ -114,7 +159,14 @@ def generate(components: Components, prompts: list[str], seeds: list[int], steps
             denoiser = switch_at(early.steps, base, denoiser)
         unet = components.unet
         noise = initial_latents(components, seeds[chunk]).to(unet.device, unet.dtype)
-        images += decode(components, sample(denoiser, fresh_scheduler(components, steps), noise))
+        scheduler = fresh_scheduler(components, steps)
+        if isinstance(denoiser, FusionLoop):  # a method's own loop (it draws each step's noise from the seeds)
+            if early and early.steps:
+                raise ValueError("early steps need a plain denoiser, not a FusionLoop")
+            latents = denoiser(scheduler, noise, seeds[chunk])
+        else:
+            latents = sample(denoiser, scheduler, noise)
+        images += decode(components, latents)
         bar.update(len(prompts[chunk]))
     bar.close()
     return images

@@ -93,10 +93,11 @@ def flag_of(f) -> str:
     return f.metadata.get("flag", "--" + f.name.replace("_", "-"))
 
 
-def check_settings(obj: Any) -> None:
-    """A one-line UserError for the first declared-range field of `obj` out of its range."""
+def check_settings(obj: Any, bounds: dict | None = None) -> None:
+    """A one-line UserError for the first declared-range field of `obj` out of its range (`bounds`: a method's own
+    range for a field, where it differs from the declared one)."""
     for f in fields(obj):
-        bound = f.metadata.get("bound")
+        bound = (bounds or {}).get(f.name, f.metadata.get("bound"))
         value = getattr(obj, f.name)
         if bound is not None and value is not None:
             bound.check(flag_of(f), value)

@@ -62,8 +62,8 @@ def differing_settings(spec: Path, protocol: dict) -> list[str]:
 
 # The protocol keys that decide a trained run, and those that change only a method's images: another folder's
 # runs are reusable when the first match, its baseline images when all but the second match.
-TRAINING_KEYS = ("bench", "model", "model_hash", "seed", "train_steps", "masked_loss")
-METHOD_ONLY_KEYS = ("train_steps", "masked_loss", "subject_start")
+TRAINING_KEYS = ("bench", "model", "model_hash", "seed", "train_steps", "train_lr", "masked_loss")
+METHOD_ONLY_KEYS = ("train_steps", "train_lr", "masked_loss", "subject_start", "sample_options")
 
 
 def reusable(folder: Path, protocol: dict) -> set[str]:
@@ -309,12 +309,14 @@ def prepare_run(ctx: Context, method: str, subject: str, pair: Path):
     if not (run_dir / MANIFEST).is_file():  # never trained, or killed while training: train afresh
         cfg = TrainConfig(method=method, model=ctx.cfg.model, subject_dir=str(ctx.bench.root / subject),
                           class_noun=ctx.bench.classes[subject], out=str(run_dir), steps=ctx.cfg.train_steps,
-                          seed=ctx.cfg.seed, masked_loss=ctx.cfg.masked_loss)
+                          lr=ctx.cfg.train_lr, seed=ctx.cfg.seed, masked_loss=ctx.cfg.masked_loss)
         started = time.perf_counter()
         train(cfg, overwrite=True, progress=False, distributed=False)
         # the user's wait: loading, class images and caching count, not only the loop
         atomic_write_json(timing, {"seconds": round(time.perf_counter() - started, 3)})
     run = load_run(run_dir)
+    if run.method.sample_options is not None:  # e.g. Fusion Sampling's settings, for the methods that take them
+        run.options = dict(ctx.cfg.sample_options)
     run.components.to(inference_device())
     seconds = json.loads(timing.read_text())["seconds"] if timing.is_file() else run.manifest["metrics"]["train_seconds"]
     return run, float(seconds)

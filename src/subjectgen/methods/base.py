@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -32,6 +32,7 @@ class Batch:
     prompts: list[str]
     n_instance: int
     masks: torch.Tensor | None = None
+    inputs: dict = field(default_factory=dict)  # whatever else a method's `predict` needs (ProFusion's reference)
 
 
 class Method:
@@ -39,9 +40,10 @@ class Method:
 
     spec = None          # its MethodSpec, set by the registry
     scalable = False     # whether --lora-scale weights its update
+    sample_options = None  # a dataclass of the method's own generation settings (ProFusion's Fusion Sampling)
 
-    def __init__(self, cfg: TrainConfig, components: Components, subject: SubjectSet):
-        self.cfg, self.components, self.subject = cfg, components, subject
+    def __init__(self, cfg: TrainConfig, components: Components, subject: SubjectSet | None, data=None):
+        self.cfg, self.components, self.subject, self.data = cfg, components, subject, data
         freeze(components.unet, components.text_encoder, components.vae)
         self.token = self.choose_token()
         self.setup()
@@ -75,6 +77,10 @@ class Method:
     def manifest(self) -> dict:
         return {"token": self.token, "subject": self.subject_phrase}
 
+    def asset_records(self) -> list[dict]:
+        """The pretrained things this run used besides its base model (assets.record each), for the manifest."""
+        return []
+
     def after_step(self) -> None:
         """Called after each optimizer step (a method that must restore something does it here)."""
 
@@ -83,6 +89,11 @@ class Method:
         return self.prompt_for_run(self.manifest(), prompt)
 
     # --- the training step's hooks (the loop calls these) ----------------------------------------------
+    @classmethod
+    def check_inputs(cls, cfg: TrainConfig, components: Components, subject: SubjectSet | None) -> None:
+        """A one-line UserError for a bad input of this method's own (a flag naming a missing file), raised before
+        the run folder appears."""
+
     @classmethod
     def data_source(cls, trainer):
         """What the steps draw from, built before the method is set up. Default: the subject's photos and class
@@ -123,6 +134,11 @@ class Method:
         """The denoising loss with the prior-preservation split, min-SNR and a mask (losses.diffusion_loss)."""
         return diffusion_loss(pred, target, timesteps, scheduler.alphas_cumprod, scheduler.config.prediction_type,
                               batch.n_instance, self.cfg.prior_weight, self.cfg.snr_gamma, batch.masks)
+
+    def validation_denoiser_for(self, guidance: float):
+        """For the loop's validation grids: a denoiser for a batch of prompts from the training state, or None for
+        plain guidance on the prompts (right for every method whose subject lives in the weights)."""
+        return None
 
     # --- a finished run (class methods: no training state) ---------------------------------------------
     @classmethod

@@ -19,10 +19,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import UserError
+from ..settings import Bound
 
 # The settings every method shares get these defaults unless the method says otherwise:
 # (Stable Diffusion at 512 px, the small built-in/tiny models).
-COMMON_DEFAULTS = {"prior_preservation": (False, False), "num_class_images": (100, 32)}
+COMMON_DEFAULTS = {"batch_size": (1, 1),
+                   "prior_preservation": (False, False), "num_class_images": (100, 32)}
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,8 @@ class MethodSpec:
     own_settings: tuple[str, ...] = ()           # TrainConfig fields only this method takes
     defaults: dict[str, tuple] = field(default_factory=dict)  # field -> (SD 512 px, small models)
     token_help: str = "the word that names the subject in prompts"
+    bounds: dict = field(default_factory=dict)   # a setting's range where this method's differs (settings.Bound)
+    listed: bool = True                          # False: not a `train` method (a pretraining step has its own command)
 
     def load(self) -> type:
         """The Method subclass (imported on first use), which knows its spec."""
@@ -73,13 +77,14 @@ def unregister(name: str) -> None:
     REGISTRY.pop(name, None)
 
 
-def names() -> list[str]:
-    return list(REGISTRY)
+def names(all_methods: bool = False) -> list[str]:
+    """The methods `train` and the bench offer (with all_methods, also those only other commands run)."""
+    return [name for name, spec in REGISTRY.items() if all_methods or spec.listed]
 
 
 def get(name: str) -> MethodSpec:
     if name not in REGISTRY:
-        raise UserError(f"unknown method '{name}'; choose one of: {', '.join(REGISTRY)}")
+        raise UserError(f"unknown method '{name}'; choose one of: {', '.join(names())}")
     return REGISTRY[name]
 
 
@@ -101,3 +106,15 @@ register(MethodSpec(
     own_settings=("num_vectors", "init_word"),
     defaults={"steps": (3000, 500), "lr": (5e-4, 5e-3), "num_class_images": (0, 0)},
     token_help="placeholder token (default: <s*>)"))
+register(MethodSpec(
+    "profusion", "ProFusion: a pretrained encoder maps one photo to S*, a brief tune, Fusion Sampling at generation",
+    "subjectgen.methods.profusion:ProFusion",
+    own_settings=("photo", "promptnet", "image_encoder"),
+    defaults={"steps": (100, 100), "lr": (2e-5, 2e-5), "batch_size": (4, 4), "num_class_images": (0, 0)},
+    bounds={"steps": Bound(low=0, integer=True)},  # --steps 0: the encoder alone, no tuning
+    token_help="placeholder token for S* (default: <s*>)"))
+register(MethodSpec(
+    "profusion-pretrain", "pretrain ProFusion's PromptNet on a dataset of images (subjectgen profusion pretrain)",
+    "subjectgen.methods.profusion:PromptNetPretraining",
+    defaults={"steps": (20000, 1200), "lr": (1e-5, 2e-4), "batch_size": (8, 32), "num_class_images": (0, 0)},
+    listed=False))

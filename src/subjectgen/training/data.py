@@ -55,9 +55,13 @@ class LatentCache:
     def draw(self, count: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
         """`count` latents sampled from random images' posteriors, and those images' latent masks (or None)."""
         index = torch.randint(len(self), (count,), generator=generator)
-        noise = torch.randn(self.mean[index].shape, generator=generator)
         masks = None if self.masks is None else self.masks[index]
-        return (self.mean[index] + self.std[index] * noise) * self.scale, masks
+        return self.sample(index, generator), masks
+
+    def sample(self, index: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """One latent from each indexed image's posterior, scaled as the UNet sees latents."""
+        noise = torch.randn(self.mean[index].shape, generator=generator)
+        return (self.mean[index] + self.std[index] * noise) * self.scale
 
 
 class TextCache:

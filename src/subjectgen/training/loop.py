@@ -74,6 +74,7 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progress: bool = True,
                  distributed: bool = True):
+        self.started = time.perf_counter()  # time to subject: loading, caching and training, before any image
         self.accelerator = make_accelerator(cfg.mixed_precision, distributed)
         self.progress = progress and self.accelerator.is_main_process
         self.out = Path(cfg.out)
@@ -81,8 +82,9 @@ class Trainer:
             check_out_dir(self.out, cfg, resume, overwrite)
         self.components = load_model(cfg.model, cfg.allow_pickle)
         self.cfg = resolve_defaults(cfg, self.components.resolution)
-        self.subject = load_subject(Path(cfg.subject_dir), cfg.class_noun, self.components.resolution,
-                                    masks=cfg.masked_loss, model=cfg.model)
+        self.subject = None if cfg.subject_dir is None else load_subject(  # None: a dataset method (pretraining)
+            Path(cfg.subject_dir), cfg.class_noun, self.components.resolution, masks=cfg.masked_loss, model=cfg.model)
+        registry.get(self.cfg.method).load().check_inputs(self.cfg, self.components, self.subject)
         if self.accelerator.is_main_process:  # only now, with every input valid, does the run folder appear
             hold(self.out)  # one writer; then the checks again, since another writer may have finished meanwhile
         try:
@@ -105,7 +107,7 @@ class Trainer:
         self.components.text_encoder.to(self.accelerator.device)
         method = registry.get(self.cfg.method).load()
         self.data = method.data_source(self)  # before the method changes any weights: class images are the base's
-        self.method = method(self.cfg, self.components, self.subject)
+        self.method = method(self.cfg, self.components, self.subject, self.data)
         self.place_modules()
         self.text_cache = self.make_text_cache()
         self.make_optimizer()
@@ -262,7 +264,7 @@ class Trainer:
         for module in self.method.trainable_modules().values():
             module.eval()
         images = generate(self.components, prompts, [self.cfg.seed] * len(prompts), self.cfg.sample_steps,
-                          self.cfg.guidance)
+                          self.cfg.guidance, denoiser_for=self.method.validation_denoiser_for(self.cfg.guidance))
         for module in self.method.trainable_modules().values():
             module.train()
         atomic_save_image(self.out / "validation" / f"step-{step:06d}.png", make_grid(images, len(images)))
@@ -291,11 +293,14 @@ class Trainer:
         return {
             "method": self.cfg.method, "model": self.cfg.model, "class": self.cfg.class_noun,
             **self.method.manifest(), "files": files, "settings": self.cfg.to_dict(),
-            "subject_photos": [p.name for p in self.subject.paths], "resolution": self.components.resolution,
+            "subject_photos": [p.name for p in self.subject.paths] if self.subject else [],
+            "resolution": self.components.resolution,
             "resumes": json.loads((self.out / RUN_SPEC).read_text()).get("resumes", []),  # settings a resume changed
-            "assets": [assets.record("model", self.cfg.model)],  # each asset's fingerprint: loading checks it
+            # each asset's fingerprint: loading checks it
+            "assets": [assets.record("model", self.cfg.model)] + self.method.asset_records(),
             "metrics": {"final_loss": final_loss, "train_seconds": round(seconds, 3),
-                        "steps_per_second": round(done / seconds, 3) if seconds else None,
+                        "time_to_subject_seconds": round(time.perf_counter() - self.started, 3),
+                        "steps_per_second": round(done / seconds, 3) if seconds and done else None,
                         "world_size": self.accelerator.num_processes},
             "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__,
                          "transformers": transformers.__version__, "peft": peft.__version__,

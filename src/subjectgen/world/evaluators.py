@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..augment import random_crops
 from ..eval.metrics import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD
 from ..safeio import atomic_dir
 from .config import EvaluatorTrainConfig
@@ -65,21 +66,6 @@ def build_dino(cfg: EvaluatorTrainConfig):
                               num_attention_heads=4, intermediate_size=4 * cfg.width), add_pooling_layer=False)
 
 
-def random_crops(x: torch.Tensor, size: int, scale: tuple[float, float], g: torch.Generator) -> torch.Tensor:
-    """Batched random-resized crops with flips (one affine grid per image), output size x size."""
-    n = len(x)
-    area = torch.empty(n).uniform_(*scale, generator=g)
-    aspect = torch.exp(torch.empty(n).uniform_(math.log(3 / 4), math.log(4 / 3), generator=g))
-    sx, sy = (area * aspect).sqrt().clamp(max=1), (area / aspect).sqrt().clamp(max=1)
-    tx = (torch.rand(n, generator=g) * 2 - 1) * (1 - sx)
-    ty = (torch.rand(n, generator=g) * 2 - 1) * (1 - sy)
-    flip = torch.where(torch.rand(n, generator=g) < 0.5, -1.0, 1.0)
-    theta = torch.zeros(n, 2, 3)
-    theta[:, 0, 0], theta[:, 0, 2], theta[:, 1, 1], theta[:, 1, 2] = sx * flip, tx, sy, ty
-    grid = F.affine_grid(theta, [n, 3, size, size], align_corners=False)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
-
-
 def jitter(x: torch.Tensor, g: torch.Generator, amount: float = 0.2) -> torch.Tensor:
     """Brightness and contrast jitter; no hue jitter, because colour is part of an instance's identity here."""
     n = len(x)
@@ -102,6 +88,13 @@ def progress(stage: str, step: int, total: int, loss: float, started: float) -> 
         print(f"[{stage}] step {step}/{total} loss {loss:.4f} ({time.time() - started:.0f}s)", flush=True)
 
 
+def caption_contrastive_loss(logits_per_image: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """CLIP's symmetric cross-entropy, where every image with the same caption (row) is a positive."""
+    same = (rows[:, None] == rows[None, :]).float()
+    targets = same / same.sum(1, keepdim=True)
+    return (F.cross_entropy(logits_per_image, targets) + F.cross_entropy(logits_per_image.t(), targets)) / 2
+
+
 def train_clip(model, tokenizer, images: np.ndarray, captions: list[str], cfg: EvaluatorTrainConfig) -> float:
     vocab = sorted(set(captions))
     tokens = tokenizer(vocab, padding=True, return_tensors="pt")
@@ -116,9 +109,7 @@ def train_clip(model, tokenizer, images: np.ndarray, captions: list[str], cfg: E
         pixels = normalise(random_crops(unit_batch(images, index), 64, (0.6, 1.0), g), CLIP_MEAN, CLIP_STD)
         rows = row[index]
         out = model(input_ids=tokens.input_ids[rows], attention_mask=tokens.attention_mask[rows], pixel_values=pixels)
-        same = (rows[:, None] == rows[None, :]).float()  # every image with the same caption is a positive
-        targets = same / same.sum(1, keepdim=True)
-        loss = (F.cross_entropy(out.logits_per_image, targets) + F.cross_entropy(out.logits_per_text, targets)) / 2
+        loss = caption_contrastive_loss(out.logits_per_image, rows)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
