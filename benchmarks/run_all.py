@@ -25,6 +25,8 @@ SECTIONS = [
      ["benchmarks/starting_point.py"]),
     ("Validation subjects: choosing LoRA's sampling setting", ["benchmarks/validation.py"]),
     ("EmojiBench: the DreamBench protocol on the built-in world", ["benchmarks/emojibench.py"]),
+    ("ProFusion on the built-in world: defaults chosen on validation, EmojiBench, ablation, time to subject",
+     ["benchmarks/profusion.py"]),
 ]
 
 

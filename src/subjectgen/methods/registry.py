@@ -115,6 +115,6 @@ register(MethodSpec(
     token_help="placeholder token for S* (default: <s*>)"))
 register(MethodSpec(
     "profusion-pretrain", "pretrain ProFusion's PromptNet on a dataset of images (subjectgen profusion pretrain)",
-    "subjectgen.methods.profusion:PromptNetPretraining",
+    "subjectgen.methods.profusion_pretrain:PromptNetPretraining",
     defaults={"steps": (20000, 1200), "lr": (1e-5, 2e-4), "batch_size": (8, 32), "num_class_images": (0, 0)},
     listed=False))

@@ -1,0 +1,91 @@
+"""ProFusion's pretraining (`subjectgen profusion pretrain`): PromptNet from the base UNet's encoder half, trained on a
+dataset of images through the one training loop (a data source with no subject)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .. import assets
+from ..errors import UserError
+from .profusion import ProFusion, ReferenceViews, SplicedText, encode_views
+from .promptnet import PromptNet
+
+
+class PromptNetPretraining(ProFusion):
+    """PromptNet from the base UNet's encoder half, trained on a dataset of images; everything else frozen (UNet,
+    VAE, text encoder, image encoder). What it writes is a PromptNet folder (`--promptnet DIR` for a tune)."""
+
+    @classmethod
+    def check_inputs(cls, cfg, components, subject) -> None:
+        if cfg.images not in (None, "world"):
+            dataset_paths(cfg.images)
+
+    @classmethod
+    def data_source(cls, trainer) -> ReferenceViews:
+        from ..vision import load_image_encoder
+
+        cfg = trainer.cfg
+        images, digest = dataset_images(cfg.images, trainer.components.resolution)
+        print(f"profusion pretrain: {len(images)} images (hash {digest}); encoding them", flush=True)
+        encoder = load_image_encoder(cfg.image_encoder, trainer.accelerator.device)
+        views = encode_views(trainer.components, encoder, images)
+        views.photo = digest
+        return views
+
+    def setup(self) -> None:
+        c = self.components
+        self.promptnet = PromptNet.from_unet(c.unet, self.data.states.shape[-1], c.text_encoder.config.hidden_size,
+                                             self.cfg.num_vectors).train()
+        self.text = SplicedText(c.tokenizer, c.text_encoder, self.token, self.cfg.num_vectors)
+
+    def trainable_modules(self) -> dict[str, torch.nn.Module]:
+        return {"promptnet": self.promptnet}
+
+    def save(self, run_dir: Path) -> list[str]:
+        self.promptnet.save_pretrained(run_dir, safe_serialization=True)
+        return ["config.json", "diffusion_pytorch_model.safetensors"]
+
+    def manifest(self) -> dict:
+        return {"token": self.token, "subject": "", "data_hash": self.data.photo, "images": len(self.data.states),
+                "num_vectors": self.cfg.num_vectors}
+
+    def asset_records(self) -> list[dict]:
+        return [assets.record("image_encoder", self.cfg.image_encoder)]
+
+    @classmethod
+    def load_run(cls, run_dir: Path, manifest: dict, allow_pickle: bool, lora_scale: float):
+        raise UserError(f"{run_dir} is a pretrained PromptNet, not a subject's run; use it with 'subjectgen train "
+                        f"profusion --promptnet {run_dir}'")
+
+
+def dataset_paths(ref: str) -> list[Path]:
+    from ..photos import IMAGE_SUFFIXES
+
+    folder = Path(ref)
+    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES) if folder.is_dir() else []
+    if not paths:
+        raise UserError(f"--images {ref} holds no images; give a folder of photos, or 'world' on the built-in model")
+    return paths
+
+
+def dataset_images(ref: str | None, resolution: int) -> tuple[list, str]:
+    """A pretraining set: 'world' (the built-in world's training split, rendered: never a reserved instance) or a
+    folder of images; with a short hash of what was read."""
+    import hashlib
+
+    from ..photos import center_crop, open_photo
+
+    if ref in (None, "world"):
+        from PIL import Image
+
+        from ..world.build import data_hash, render_training_set, training_items
+
+        pixels, captions = render_training_set(items=training_items(2), workers=1)
+        return [center_crop(Image.fromarray(p), resolution) for p in pixels], data_hash(pixels, captions)
+    paths = dataset_paths(ref)
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(path.read_bytes())
+    return [center_crop(open_photo(p), resolution) for p in paths], digest.hexdigest()[:16]
