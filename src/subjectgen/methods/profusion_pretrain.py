@@ -44,7 +44,10 @@ class PromptNetPretraining(ProFusion):
         return {"promptnet": self.promptnet}
 
     def save(self, run_dir: Path) -> list[str]:
-        self.promptnet.save_pretrained(run_dir, safe_serialization=True)
+        """The PromptNet in fp16, as the built-in model is stored (a tune loads it as fp32); checkpoints stay fp32."""
+        import copy
+
+        copy.deepcopy(self.promptnet).half().save_pretrained(run_dir, safe_serialization=True)
         return ["config.json", "diffusion_pytorch_model.safetensors"]
 
     def manifest(self) -> dict:
