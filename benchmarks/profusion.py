@@ -1,18 +1,23 @@
 """ProFusion on the built-in world: its defaults chosen on the validation subjects, its EmojiBench rows beside
 the other methods, an ablation of Fusion Sampling, time-to-subject against DreamBooth's, the pretraining record.
 
-The rule, fixed before the first ProFusion number existed (this docstring was committed before the runs):
-- Validation: the 16 validation subjects (never in training, never in EmojiBench), the first 10 prompts,
+The rule, fixed before the first ProFusion number existed (this docstring was committed before the runs; amended
+once, still before any number: the pretraining prompt became a choice, after the first PromptNet's images at
+step 600 were blobs that ignored the prompt, and the prompts went from 10 to 5 for time):
+- Validation: the 16 validation subjects (never in training, never in EmojiBench), the first 5 prompts,
   1 image per prompt, the built-in evaluators.
-- First the tune, sampled with full Fusion Sampling at the reference notebook's settings: the encoder alone
-  (`--train-steps 0`), and 100 steps at batch 4 with lr 2e-5 (the reference's) and with lr 2e-4.
-- Then, on the chosen tune, the sampling: no fusion (`--no-fusion`), the fusion stage only
+- First the PromptNet and the tune, sampled with full Fusion Sampling at the reference notebook's settings.
+  PromptNets: "template" (S* in "a S*", the reference's "a photo of S*" in the world's wording) and "captions"
+  (`profusion pretrain --captions`: S* in each training image's own caption, in its class noun's place).
+  Tunes: the encoder alone (`--train-steps 0`), and 100 steps at batch 4 with lr 2e-4; for the template
+  PromptNet also lr 2e-5 (the reference's).
+- Then, on the chosen row, the sampling: no fusion (`--no-fusion`), the fusion stage only
   (`--ref-guidance 0`), full Fusion Sampling (the reference's settings). This is also the ablation.
 - Choice, each time: among the rows whose CLIP-T is within 10 % of the baseline's (as for LoRA), the one that
   beats the baseline on DINO and CLIP-I for the most subjects; a tie goes to the earlier row. When no row is
   within the budget, the row with the highest CLIP-T (keeping the prompt is ProFusion's claim).
-- EmojiBench then runs ProFusion at the chosen settings, which become the built-in defaults (methods/registry.py,
-  config.FusionSettings), and `--train-steps 0`; 25 prompts x 1 image, beside the starting point's rows.
+- The chosen PromptNet ships as `builtin` and the chosen settings become the built-in defaults; EmojiBench then
+  runs ProFusion at them and with `--train-steps 0`, 25 prompts x 1 image, beside the starting point's rows.
 - Time to subject (load + encode + tune, before the first image; subject.json's metrics.time_to_subject_seconds):
   ProFusion and DreamBooth-full trained alternately on the same subjects in one run of this script.
 """
@@ -30,8 +35,12 @@ import torch
 
 VALIDATION = "benchmarks/out/v3/validation-subjects"
 EMOJIBENCH = "benchmarks/out/v3/emojibench"      # the starting point's folder: ProFusion joins its rows
-TUNES = {"encoder only": ["--train-steps", "0"], "100 steps, lr 2e-5": ["--train-lr", "2e-5"],
-         "100 steps, lr 2e-4": ["--train-lr", "2e-4"]}
+PROMPTNETS = {"template": "benchmarks/out/v3/promptnet-template", "captions": "benchmarks/out/v3/promptnet-captions"}
+TUNES = {"template, encoder only": ["--promptnet", PROMPTNETS["template"], "--train-steps", "0"],
+         "template, 100 steps, lr 2e-5": ["--promptnet", PROMPTNETS["template"], "--train-lr", "2e-5"],
+         "template, 100 steps, lr 2e-4": ["--promptnet", PROMPTNETS["template"], "--train-lr", "2e-4"],
+         "captions, encoder only": ["--promptnet", PROMPTNETS["captions"], "--train-steps", "0"],
+         "captions, 100 steps, lr 2e-4": ["--promptnet", PROMPTNETS["captions"], "--train-lr", "2e-4"]}
 SAMPLINGS = {"no fusion": ["--no-fusion"], "fusion stage only": ["--ref-guidance", "0"],
              "full Fusion Sampling": None}  # None: the chosen tune's own row (it was sampled this way)
 CLIP_T_BUDGET = -0.10
@@ -71,7 +80,7 @@ def grid(out: Path, labels: dict, fixed: dict | None, workers: str, source: Path
             rows.append({**fixed, "label": label, "args": []})
             continue
         folder = out / label.replace(" ", "-").replace(",", "")
-        bench(["--bench", VALIDATION, "--methods", "profusion", "--prompts", "10", "--images-per-prompt", "1",
+        bench(["--bench", VALIDATION, "--methods", "profusion", "--prompts", "5", "--images-per-prompt", "1",
                "--out", str(folder), "--workers", workers, *(fixed["args"] if fixed else []), *args,
                *(["--runs-from", str(source)] if source else [])])
         source = source or folder
@@ -99,8 +108,9 @@ def validation(out: Path, workers: str) -> dict:
     samplings = grid(out / "sampling", SAMPLINGS, tune, workers, Path(tune["folder"]))
     sampling = choose(samplings)
     base = tunes[0]["baseline"]
-    print(f"On the {tunes[0]['subjects']} validation subjects, 10 prompts x 1 image; baseline DINO {base['dino']:.3f}, "
-          f"CLIP-I {base['clip_i']:.3f}, CLIP-T {base['clip_t']:.3f}. The tune, with full Fusion Sampling:\n")
+    print(f"On the {tunes[0]['subjects']} validation subjects, 5 prompts x 1 image; baseline DINO {base['dino']:.3f}, "
+          f"CLIP-I {base['clip_i']:.3f}, CLIP-T {base['clip_t']:.3f}. The PromptNet and the tune, with full Fusion "
+          "Sampling:\n")
     table(tunes, tune)
     print("\nThe sampling on the chosen tune (the ablation of Fusion Sampling):\n")
     table(samplings, sampling)
@@ -189,7 +199,7 @@ def records() -> None:
 
 
 @torch.no_grad()
-def encoder_check(promptnet: str = "builtin") -> None:
+def encoder_check(promptnet: str = "builtin", name: str = "builtin") -> None:
     """Does the pretrained PromptNet's S* carry the subject? On each validation subject, S* from its first photo
     conditions the denoising of its *other* photos (fixed noise, t = 200..800); compared with the class noun's
     prompt and with S* from another subject's photo (the next one in the list, a control)."""
@@ -233,8 +243,8 @@ def encoder_check(promptnet: str = "builtin") -> None:
                 hidden = method.text([f"a {subject.class_noun}"], vectors)
                 losses["the class noun"].append(((unet(xt, tt, encoder_hidden_states=hidden).sample - noise) ** 2)
                                                 .mean())
-    print("Does S* carry the subject? The denoising loss of each validation subject's other photos (t = 200, 400, "
-          "600, 800; fixed noise), conditioned on:\n")
+    print(f"Does the {name} PromptNet's S* carry the subject? The denoising loss of each validation subject's other "
+          "photos (t = 200, 400, 600, 800; fixed noise), conditioned on:\n")
     print("| condition | mean ε-MSE |\n|---|---|")
     for name, values in losses.items():
         print(f"| {name} | {torch.stack(values).mean():.5f} |")
@@ -251,7 +261,8 @@ def main() -> None:
     parts = args.only or ["check", "validation", "emojibench", "time"]
     records()
     if "check" in parts:
-        encoder_check()
+        for name, folder in PROMPTNETS.items():
+            encoder_check(folder, name)
     if "validation" in parts:
         validation(out, args.workers)
     if "emojibench" in parts:

@@ -217,6 +217,9 @@ def add_profusion_parser(sub) -> None:
         if f.name in ("out", "model", "steps", "lr", "batch_size", "seed", "num_vectors", "image_encoder",
                       "mixed_precision", "checkpoint_every", "lr_warmup_steps", "max_grad_norm"):
             add_setting(t, f, spec)
+    t.add_argument("--captions", action="store_true", help="splice S* into each image's own caption in place of its "
+                   "class noun ('a striped S* on the beach'), not into the template 'a photo of S*', so S* learns the "
+                   "subject and the words the scene (needs --images world)")
     t.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
     t.add_argument("--overwrite", action="store_true", help="replace what --out holds")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -265,6 +268,7 @@ def add_bench_parser(sub) -> None:
                    help="images per prompt (default: 4)")
     p.add_argument("--train-steps", type=bench_type("train_steps"), help="training steps (default: each method's)")
     p.add_argument("--train-lr", type=bench_type("train_lr"), help="learning rate (default: each method's)")
+    p.add_argument("--promptnet", default="builtin", help="ProFusion's pretrained PromptNet (default: builtin)")
     p.add_argument("--masked-loss", action="store_true", help="train every method with a masked loss, from each "
                    "subject's masks/ folder (EmojiBench ships them)")
     p.add_argument("--sample-steps", type=bench_type("sample_steps"),
@@ -445,7 +449,7 @@ def bench_config(args):
     methods = registry.names() if args.methods is None else [m for m in args.methods.split(",") if m]
     return BenchConfig(bench=args.bench, out=args.out, methods=methods, model=args.model, **chosen, seed=args.seed,
                        sample_steps=args.sample_steps, guidance=args.guidance, train_steps=args.train_steps,
-                       train_lr=args.train_lr,
+                       train_lr=args.train_lr, promptnet=args.promptnet,
                        masked_loss=args.masked_loss, subject_start=args.subject_start, dino=args.dino,
                        clip=args.clip, runs_from=args.runs_from, sample_options=sample_options(args))
 

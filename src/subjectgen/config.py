@@ -55,6 +55,7 @@ class TrainConfig:
                                  "model folder or hub id, or builtin (default: builtin; on SD 1.x e.g. "
                                  "openai/clip-vit-large-patch14)")
     images: str | None = None  # a dataset method's images: a folder, or 'world' (the built-in training world)
+    captions: bool = False     # profusion pretrain: S* in each world image's caption, not the template
     lr_warmup_steps: int = setting(0, NON_NEGATIVE_INT, help="steps of linear learning-rate warm-up (default: 0)")
     max_grad_norm: float = setting(1.0, NON_NEGATIVE, help="gradient clipping norm; 0 turns it off (default: 1)")
     mixed_precision: str = setting("no", choices=MIXED_PRECISION, help="fp16/bf16 on a GPU: faster, less memory "
@@ -161,6 +162,7 @@ class BenchConfig:
     guidance: float = setting(7.5, NON_NEGATIVE)
     train_steps: int | None = setting(None, NON_NEGATIVE_INT)  # default: each method's own (0: profusion's encoder)
     train_lr: float | None = setting(None, POSITIVE)  # default: each method's own
+    promptnet: str = "builtin"      # ProFusion's pretrained PromptNet (train profusion --promptnet)
     masked_loss: bool = False       # train on the subject's masks only (SUBJECT/masks/, as EmojiBench ships)
     subject_start: float = setting(0.0, FRACTION_BELOW_1)  # steps sampled without the subject (generate's flag)
     sample_options: dict = field(default_factory=dict)  # a method's own generation settings (FusionSettings' flags)

@@ -62,8 +62,8 @@ def differing_settings(spec: Path, protocol: dict) -> list[str]:
 
 # The protocol keys that decide a trained run, and those that change only a method's images: another folder's
 # runs are reusable when the first match, its baseline images when all but the second match.
-TRAINING_KEYS = ("bench", "model", "model_hash", "seed", "train_steps", "train_lr", "masked_loss")
-METHOD_ONLY_KEYS = ("train_steps", "train_lr", "masked_loss", "subject_start", "sample_options")
+TRAINING_KEYS = ("bench", "model", "model_hash", "seed", "train_steps", "train_lr", "promptnet", "masked_loss")
+METHOD_ONLY_KEYS = ("train_steps", "train_lr", "promptnet", "masked_loss", "subject_start", "sample_options")
 
 
 def reusable(folder: Path, protocol: dict) -> set[str]:
@@ -309,7 +309,8 @@ def prepare_run(ctx: Context, method: str, subject: str, pair: Path):
     if not (run_dir / MANIFEST).is_file():  # never trained, or killed while training: train afresh
         cfg = TrainConfig(method=method, model=ctx.cfg.model, subject_dir=str(ctx.bench.root / subject),
                           class_noun=ctx.bench.classes[subject], out=str(run_dir), steps=ctx.cfg.train_steps,
-                          lr=ctx.cfg.train_lr, seed=ctx.cfg.seed, masked_loss=ctx.cfg.masked_loss)
+                          lr=ctx.cfg.train_lr, seed=ctx.cfg.seed, masked_loss=ctx.cfg.masked_loss,
+                          promptnet=ctx.cfg.promptnet)
         started = time.perf_counter()
         train(cfg, overwrite=True, progress=False, distributed=False)
         # the user's wait: loading, class images and caching count, not only the loop

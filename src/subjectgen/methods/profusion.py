@@ -101,10 +101,11 @@ class ReferenceViews:
     states: torch.Tensor            # (N, L, width), fp16
     reference: torch.Tensor | None = None   # the one photo of a tune, (1, 3, H, W) in [-1, 1]
     photo: str = ""
+    prompts: list[str] | None = None  # each image's own prompt with '{token}' for S* (else the method's template)
 
-    def draw(self, count: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def draw(self, count: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         index = torch.randint(len(self.states), (count,), generator=generator)
-        return self.latents.sample(index, generator), self.states[index].float()
+        return self.latents.sample(index, generator), self.states[index].float(), index
 
 
 def encode_views(components, encoder, images: list, batch: int = 64, progress=None) -> ReferenceViews:
@@ -176,7 +177,7 @@ class ProFusion(Method):
 
     def load_promptnet(self) -> PromptNet:
         folder = promptnet_folder(self.cfg.promptnet, self.cfg.model, self.components)
-        return PromptNet.from_pretrained(str(folder), use_safetensors=True).float().train()
+        return PromptNet.from_pretrained(str(folder), use_safetensors=True, torch_dtype=torch.float32).train()
 
     def trainable_modules(self) -> dict[str, torch.nn.Module]:
         return {"promptnet": self.promptnet, "unet": self.components.unet}
@@ -189,9 +190,12 @@ class ProFusion(Method):
         return None  # the conditioning holds S*, computed each step
 
     def batch(self, data: ReferenceViews, generator: torch.Generator, batch_size: int) -> Batch:
-        latents, states = data.draw(batch_size, generator)
-        prompts = self.instance_prompts()
-        chosen = [prompts[i] for i in torch.randint(len(prompts), (batch_size,), generator=generator).tolist()]
+        latents, states, index = data.draw(batch_size, generator)
+        if data.prompts is not None:
+            chosen = [data.prompts[i].format(token=self.token) for i in index.tolist()]
+        else:
+            prompts = self.instance_prompts()
+            chosen = [prompts[i] for i in torch.randint(len(prompts), (batch_size,), generator=generator).tolist()]
         return Batch(latents, chosen, batch_size, inputs={"reference": latents, "image_states": states})
 
     def predict(self, unet, noisy, timesteps, batch: Batch, encode) -> torch.Tensor:
@@ -264,7 +268,8 @@ class ProFusion(Method):
         unexpected = components.unet.load_state_dict(state, strict=False).unexpected_keys
         if unexpected:
             raise UserError(f"{run_dir / ATTENTION_WEIGHTS} does not fit this run's base model ({unexpected[0]})")
-        promptnet = PromptNet.from_pretrained(str(run_dir / "promptnet"), use_safetensors=True).float().eval()
+        promptnet = PromptNet.from_pretrained(str(run_dir / "promptnet"), use_safetensors=True,
+                                             torch_dtype=torch.float32).eval()
         settings = manifest["settings"]
         encoder = load_image_encoder(settings["image_encoder"])
         reference = to_tensor(open_photo(run_dir / REFERENCE)).unsqueeze(0)

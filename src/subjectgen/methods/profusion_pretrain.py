@@ -21,17 +21,19 @@ class PromptNetPretraining(ProFusion):
     def check_inputs(cls, cfg, components, subject) -> None:
         if cfg.images not in (None, "world"):
             dataset_paths(cfg.images)
+            if cfg.captions:
+                raise UserError("--captions needs --images world (a folder of photos has no captions here)")
 
     @classmethod
     def data_source(cls, trainer) -> ReferenceViews:
         from ..vision import load_image_encoder
 
         cfg = trainer.cfg
-        images, digest = dataset_images(cfg.images, trainer.components.resolution)
+        images, digest, captions = dataset_images(cfg.images, trainer.components.resolution)
         print(f"profusion pretrain: {len(images)} images (hash {digest}); encoding them", flush=True)
         encoder = load_image_encoder(cfg.image_encoder, trainer.accelerator.device)
         views = encode_views(trainer.components, encoder, images)
-        views.photo = digest
+        views.photo, views.prompts = digest, captions if cfg.captions else None
         return views
 
     def setup(self) -> None:
@@ -73,9 +75,10 @@ def dataset_paths(ref: str) -> list[Path]:
     return paths
 
 
-def dataset_images(ref: str | None, resolution: int) -> tuple[list, str]:
+def dataset_images(ref: str | None, resolution: int) -> tuple[list, str, list[str] | None]:
     """A pretraining set: 'world' (the built-in world's training split, rendered: never a reserved instance) or a
-    folder of images; with a short hash of what was read."""
+    folder of images; with a short hash of what was read and, for the world, each image's caption with '{token}' in
+    place of its class noun ('a striped {token} on the beach')."""
     import hashlib
 
     from ..photos import center_crop, open_photo
@@ -85,10 +88,23 @@ def dataset_images(ref: str | None, resolution: int) -> tuple[list, str]:
 
         from ..world.build import data_hash, render_training_set, training_items
 
-        pixels, captions = render_training_set(items=training_items(2), workers=1)
-        return [center_crop(Image.fromarray(p), resolution) for p in pixels], data_hash(pixels, captions)
+        items = training_items(2)
+        pixels, captions = render_training_set(items=items, workers=1)
+        spliced = [splice_noun(c, item[0]) for c, item in zip(captions, items)]
+        return [center_crop(Image.fromarray(p), resolution) for p in pixels], data_hash(pixels, captions), spliced
     paths = dataset_paths(ref)
     digest = hashlib.sha256()
     for path in paths:
         digest.update(path.read_bytes())
-    return [center_crop(open_photo(p), resolution) for p in paths], digest.hexdigest()[:16]
+    return [center_crop(open_photo(p), resolution) for p in paths], digest.hexdigest()[:16], None
+
+
+def splice_noun(caption: str, noun: str) -> str:
+    """The caption with '{token}' for its class noun (the last whole-word match: 'a red dog' -> 'a red {token}')."""
+    import re
+
+    spots = list(re.finditer(rf"\b{re.escape(noun)}\b", caption))
+    if not spots:
+        return caption + " {token}"  # a caption that does not name its class (none in the world): S* at the end
+    last = spots[-1]
+    return caption[:last.start()] + "{token}" + caption[last.end():]
