@@ -234,3 +234,15 @@ def test_a_promptnet_for_another_base_model_is_refused(capsys, tiny_model, subje
     err = capsys.readouterr().err
     assert "was pretrained for" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "run" / "run.json").exists()
+
+
+def test_captions_put_s_star_in_the_class_nouns_place(capsys, tiny_model, subject_dir, image_encoder, tmp_path):
+    from subjectgen.methods.profusion_pretrain import splice_noun
+
+    assert splice_noun("a striped dog on the beach", "dog") == "a striped {token} on the beach"
+    assert splice_noun("a stuffed animal with a red collar", "stuffed animal") == "a {token} with a red collar"
+    assert splice_noun("a hotdog dog", "dog") == "a hotdog {token}"
+    assert exit_code(["profusion", "pretrain", "--model", tiny_model, "--images", str(subject_dir), "--captions",
+                      "--image-encoder", image_encoder, "--out", str(tmp_path / "p")]) == 2
+    assert "--captions needs --images world" in capsys.readouterr().err
+    assert not (tmp_path / "p" / "run.json").exists()
