@@ -114,7 +114,12 @@ def validation(out: Path, workers: str) -> dict:
     table(tunes, tune)
     print("\nThe sampling on the chosen tune (the ablation of Fusion Sampling):\n")
     table(samplings, sampling)
-    choice = {"tune": tune["args"], "sampling": sampling["args"]}
+    ti = ti_file_row(Path(tune["folder"]))
+    print(f"\nS* alone, its Textual Inversion file in plain diffusers on the base model (the chosen tune's runs, no "
+          f"tuned attention, no Fusion Sampling): DINO {ti['dino']:.3f}, CLIP-I {ti['clip_i']:.3f}, CLIP-T "
+          f"{ti['clip_t']:.3f}, against the chosen row's {tune['dino']:.3f}, {tune['clip_i']:.3f}, "
+          f"{tune['clip_t']:.3f}.")
+    choice = {"tune": tune["args"], "sampling": sampling["args"], "ti_file": ti}
     (out / "choice.json").write_text(json.dumps({"chosen": choice, "tunes": tunes, "samplings": samplings},
                                                 indent=1) + "\n")
     print(f"\nChosen by the rule: tune `{' '.join(tune['args']) or 'defaults'}`, sampling "
@@ -122,22 +127,50 @@ def validation(out: Path, workers: str) -> dict:
     return choice
 
 
-def emojibench(workers: str) -> None:
+@torch.no_grad()
+def ti_file_row(folder: Path) -> dict:
+    """S* alone, as its Textual Inversion file loads in plain diffusers: the base model with learned_embeds.safetensors
+    (no tuned attention, no per-step S*, no Fusion Sampling), plain guidance, the same prompts and seeds as `folder`."""
+    from subjectgen.eval.metrics import load_evaluators, score_images
+    from subjectgen.eval.prompts import read_benchmark
+    from subjectgen.models import load_model
+    from subjectgen.photos import open_photo, photo_paths
+    from subjectgen.sampling import generate
+    from subjectgen.subjects import expand_subject
+
+    bench, evaluators = read_benchmark(Path(VALIDATION)), load_evaluators("builtin", "builtin")
+    rows = []
+    for subject in sorted(bench.classes):
+        noun, run = bench.classes[subject], folder / "pairs" / "profusion" / subject / "run"
+        components = load_model("builtin")
+        components.pipeline().load_textual_inversion(str(run / "learned_embeds.safetensors"))
+        templates = bench.prompts_for(subject)[:5]
+        images = generate(components, [expand_subject(t, "<s*>") for t in templates], [0] * len(templates))
+        photos = [open_photo(p) for p in photo_paths(Path(VALIDATION) / subject)]
+        scores = [score_images(evaluators, [im], photos, expand_subject(t, noun)) for im, t in zip(images, templates)]
+        rows.append({m: sum(sc[m] for sc in scores) / len(scores) for m in ("dino", "clip_i", "clip_t")})
+    return {m: sum(r[m] for r in rows) / len(rows) for m in ("dino", "clip_i", "clip_t")}
+
+
+def emojibench(workers: str, encoder_only_row: bool) -> None:
     from subjectgen.eval.report import gain
 
     bench(["--bench", "emoji", "--methods", "profusion", "--images-per-prompt", "1", "--out", EMOJIBENCH,
            "--workers", workers])
     encoder_only = Path(EMOJIBENCH + "-profusion-steps-0")
-    bench(["--bench", "emoji", "--methods", "profusion", "--images-per-prompt", "1", "--train-steps", "0",
-           "--out", str(encoder_only), "--runs-from", EMOJIBENCH, "--workers", workers])
+    if encoder_only_row:
+        bench(["--bench", "emoji", "--methods", "profusion", "--images-per-prompt", "1", "--train-steps", "0",
+               "--out", str(encoder_only), "--runs-from", EMOJIBENCH, "--workers", workers])
     results = json.loads((Path(EMOJIBENCH) / "results.json").read_text())
     print("EmojiBench, 25 prompts x 1 image, the built-in evaluators; ProFusion at the defaults chosen above "
           "beside the starting point's rows:\n")
-    print((Path(EMOJIBENCH) / "table.md").read_text().split("\nGain:")[0])
-    steps0 = row(encoder_only, "profusion --steps 0", ["--train-steps", "0"])
-    print(f"| profusion --steps 0 (encoder only) | {steps0['dino']:.3f} | {steps0['clip_i']:.3f} | "
-          f"{steps0['clip_t']:.3f} | {steps0['gain']:.2f} | | {steps0['clip_t_vs_baseline']:+.1%} | "
-          f"{steps0['subjects']} | {steps0['train_seconds']:.1f} | {steps0['generate_seconds']:.1f} |\n")
+    print((Path(EMOJIBENCH) / "table.md").read_text().split("\nGain:")[0].rstrip())
+    if encoder_only_row:
+        steps0 = row(encoder_only, "profusion --steps 0", ["--train-steps", "0"])
+        print(f"| profusion --steps 0 (encoder only) | {steps0['dino']:.3f} | {steps0['clip_i']:.3f} | "
+              f"{steps0['clip_t']:.3f} | {steps0['gain']:.2f} | | {steps0['clip_t_vs_baseline']:+.1%} | "
+              f"{steps0['subjects']} | {steps0['train_seconds']:.1f} | {steps0['generate_seconds']:.1f} |")
+    print()
     pairs = results["pairs"]
     base, perfect = pairs["baseline"], pairs["perfect"]
     print("| method | beats baseline on DINO and CLIP-I | gain above 1 on | CLIP-T vs DreamBooth's, TI's |")
@@ -186,6 +219,9 @@ def subject_class(name: str) -> str:
 def records() -> None:
     from subjectgen.assets import IMAGE_ENCODER, PROMPTNET
 
+    if not (PROMPTNET / "training.json").is_file():
+        print("No PromptNet is shipped yet (src/subjectgen/assets/promptnet).\n")
+        return
     pre = json.loads((PROMPTNET / "training.json").read_text())
     enc = json.loads((IMAGE_ENCODER / "training.json").read_text())
     s = pre["settings"]
@@ -255,10 +291,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="benchmarks/out/v3/profusion")
     parser.add_argument("--workers", default="2")
-    parser.add_argument("--only", choices=("check", "validation", "emojibench", "time"), action="append")
+    parser.add_argument("--only", choices=("check", "validation", "emojibench", "emojibench-steps-0", "time"),
+                        action="append", help="run these parts (default: all)")
     args = parser.parse_args()
     out, started = Path(args.out), time.perf_counter()
-    parts = args.only or ["check", "validation", "emojibench", "time"]
+    parts = args.only or ["check", "validation", "emojibench", "emojibench-steps-0", "time"]
     records()
     if "check" in parts:
         for name, folder in PROMPTNETS.items():
@@ -267,7 +304,7 @@ def main() -> None:
         validation(out, args.workers)
     if "emojibench" in parts:
         print()
-        emojibench(args.workers)
+        emojibench(args.workers, "emojibench-steps-0" in parts)
     if "time" in parts:
         time_to_subject(out)
     print(f"\nWall clock of this invocation: {(time.perf_counter() - started) / 60:.1f} min (finished pairs are "

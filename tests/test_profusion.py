@@ -118,8 +118,9 @@ def test_fusion_with_no_stage_and_no_reference_guidance_is_plain_guidance_bit_fo
 def test_a_tune_writes_its_run_and_generates_with_and_without_fusion(tiny_model, subject_dir, promptnet_dir,
                                                                       image_encoder, tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(tune_cmd(tiny_model, subject_dir, out, promptnet_dir, image_encoder, "--steps", "3",
-                         "--photo", "01.png", "--validate-every", "3")) == 0
+    argv = tune_cmd(tiny_model, subject_dir, out, promptnet_dir, image_encoder, "--steps", "3", "--photo", "01.png",
+                    "--validate-every", "3")
+    assert main([a for a in argv if a != "--quiet"]) == 0
     assert "reference photo is 01.png" in capsys.readouterr().out
     assert (out / "validation" / "step-000003.png").is_file()
     manifest = json.loads((out / "subject.json").read_text())

@@ -32,6 +32,9 @@ from .textual_inversion import placeholder_tokens
 ATTENTION_WEIGHTS = "unet_attention.safetensors"
 REFERENCE = "reference.png"
 VIEWS = 32  # augmented views of the one photo a tune draws from
+# Fusion Sampling on the small built-in models, where it differs from the reference notebook's (config.FusionSettings):
+# chosen on the validation subjects by benchmarks/profusion.py's rule.
+SMALL_MODEL_FUSION: dict = {}
 # The timesteps whose S* are averaged into the Textual Inversion file (which has one S*, not one per step).
 TI_TIMESTEPS = (100, 300, 500, 700, 900)
 
@@ -149,7 +152,8 @@ class ProFusion(Method):
 
         cfg, subject = trainer.cfg, trainer.subject
         index = choose_photo(subject, cfg.photo)
-        print(f"profusion: the reference photo is {subject.paths[index].name}", flush=True)
+        if trainer.progress:  # the manifest records it too ("photo")
+            print(f"profusion: the reference photo is {subject.paths[index].name}", flush=True)
         photo = subject.tensor()[index]
         encoder = load_image_encoder(cfg.image_encoder, trainer.accelerator.device)
         views = encode_views(trainer.components, encoder, photo_views(photo, VIEWS, cfg.seed))
@@ -287,7 +291,8 @@ class ProFusion(Method):
     def denoiser(cls, run, prompts: list[str], negative_prompt: str, guidance: float):
         """Fusion Sampling (sampling.FusionLoop) by default; with run.options fusion=False, plain guidance on the
         prompt with the per-step S*."""
-        fusion = FusionSettings(**run.options)
+        small = run.components.resolution < 256
+        fusion = FusionSettings(**{**(SMALL_MODEL_FUSION if small else {}), **run.options})
         refine = run.stepwise_denoiser(prompts, negative_prompt, guidance, fusion.ref_guidance if fusion.fusion
                                        else 0.0, run.manifest["class_prompt_for_fusion"])
         if not fusion.fusion:

@@ -30,7 +30,8 @@ class PromptNetPretraining(ProFusion):
 
         cfg = trainer.cfg
         images, digest, captions = dataset_images(cfg.images, trainer.components.resolution)
-        print(f"profusion pretrain: {len(images)} images (hash {digest}); encoding them", flush=True)
+        if trainer.progress:
+            print(f"profusion pretrain: {len(images)} images (hash {digest}); encoding them", flush=True)
         encoder = load_image_encoder(cfg.image_encoder, trainer.accelerator.device)
         views = encode_views(trainer.components, encoder, images)
         views.photo, views.prompts = digest, captions if cfg.captions else None
