@@ -99,6 +99,14 @@ def table(rows: list[dict], chosen: dict) -> None:
               f"{r['train_seconds']:.1f} | {r['generate_seconds']:.1f} |")
 
 
+def pretrain_missing() -> None:
+    """The two PromptNets the validation compares, pretrained here when absent (about 40 min each at one thread)."""
+    for name, folder in PROMPTNETS.items():
+        if not (Path(folder) / "config.json").is_file():
+            subprocess.run([sys.executable, "-m", "subjectgen.cli", "profusion", "pretrain", "--out", folder,
+                            "--quiet", *(["--captions"] if name == "captions" else [])], check=True)
+
+
 def validation(out: Path, workers: str) -> dict:
     if not (Path(VALIDATION) / "prompts_and_classes.txt").is_file():
         subprocess.run([sys.executable, "-m", "subjectgen.cli", "world", "build", "--set", "validation", "--out",
@@ -297,6 +305,8 @@ def main() -> None:
     out, started = Path(args.out), time.perf_counter()
     parts = args.only or ["check", "validation", "emojibench", "emojibench-steps-0", "time"]
     records()
+    if "check" in parts or "validation" in parts:
+        pretrain_missing()
     if "check" in parts:
         for name, folder in PROMPTNETS.items():
             encoder_check(folder, name)
