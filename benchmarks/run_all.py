@@ -26,7 +26,7 @@ SECTIONS = [
     ("Validation subjects: choosing LoRA's sampling setting", ["benchmarks/validation.py"]),
     ("EmojiBench: the DreamBench protocol on the built-in world", ["benchmarks/emojibench.py"]),
     ("ProFusion on the built-in world: defaults chosen on validation, EmojiBench, ablation, time to subject",
-     ["benchmarks/profusion.py"]),
+     ["benchmarks/profusion.py", "--only", "check", "--only", "validation", "--only", "emojibench", "--only", "time"]),
 ]
 
 
