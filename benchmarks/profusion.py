@@ -287,18 +287,19 @@ def encoder_check(promptnet: str = "builtin", name: str = "builtin") -> None:
                 xt = scheduler.add_noise(x0, noise, tt)
                 conds = {"S* of its own first photo": (z[:1], view.states[:1]),
                          "S* of another subject": (other.latents.mean[:1] * other.latents.scale, other.states[:1])}
-                for name, (ref, states) in conds.items():
+                for condition, (ref, states) in conds.items():
                     vectors = method.promptnet(ref, tt, states.float(), xt)
                     hidden = method.text(["a <s*>"], vectors)
-                    losses[name].append(((unet(xt, tt, encoder_hidden_states=hidden).sample - noise) ** 2).mean())
+                    losses[condition].append(((unet(xt, tt, encoder_hidden_states=hidden).sample - noise) ** 2)
+                                             .mean())
                 hidden = method.text([f"a {subject.class_noun}"], vectors)
                 losses["the class noun"].append(((unet(xt, tt, encoder_hidden_states=hidden).sample - noise) ** 2)
                                                 .mean())
     print(f"Does the {name} PromptNet's S* carry the subject? The denoising loss of each validation subject's other "
           "photos (t = 200, 400, 600, 800; fixed noise), conditioned on:\n")
     print("| condition | mean ε-MSE |\n|---|---|")
-    for name, values in losses.items():
-        print(f"| {name} | {torch.stack(values).mean():.5f} |")
+    for condition, values in losses.items():
+        print(f"| {condition} | {torch.stack(values).mean():.5f} |")
     print()
 
 
