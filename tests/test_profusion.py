@@ -202,6 +202,8 @@ def test_bad_input_is_a_one_line_error(capsys, tiny_model, subject_dir, promptne
         (["generate", promptnet_dir, "a {subject}", "--out", str(tmp_path / "g")], "is a pretrained PromptNet"),
         (["generate", tiny_model, "a dog", "--no-fusion", "--out", str(tmp_path / "i")],
          "--no-fusion applies to profusion runs"),
+        (["bench", "--model", tiny_model, "--methods", "lora,profusion", "--train-steps", "0", "--out",
+          str(tmp_path / "j")], "--train-steps 0: lora needs an integer >= 1"),
         (["generate", promptnet_dir.replace("promptnet", "nothing"), "a {subject}", "--refine-steps", "-1", "--out",
           str(tmp_path / "h")], "--refine-steps: must be an integer >= 0"),
     ]
@@ -210,6 +212,7 @@ def test_bad_input_is_a_one_line_error(capsys, tiny_model, subject_dir, promptne
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1, (argv, err)
     assert not any((tmp_path / name / "run.json").exists() for name in "abcdef")
+    assert not (tmp_path / "j").exists()
 
 
 def exit_code(argv: list[str]) -> int:

@@ -8,7 +8,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from .errors import UserError
 from .methods import registry
 from .settings import (ANY_FINITE, AT_LEAST_1, FRACTION_BELOW_1, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE,
-                       SAMPLER_STEPS, SEED, Bound, check_settings, setting)
+                       SAMPLER_STEPS, SEED, Bound, bound_of, check_settings, setting)
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
 
@@ -178,6 +178,11 @@ class BenchConfig:
     def __post_init__(self) -> None:
         check_settings(self)
         FusionSettings(**self.sample_options)
+        for name in self.methods:  # --train-steps within each method's own range (0 only where it means something)
+            if name in registry.names() and self.train_steps is not None:
+                bound = registry.get(name).bounds.get("steps", bound_of(TrainConfig, "steps"))
+                if not bound.allows(self.train_steps):
+                    raise UserError(f"--train-steps {self.train_steps}: {name} needs {bound.describe()}")
 
     def protocol(self) -> dict:
         """What decides the numbers; a rerun in the same folder must match it. The methods do not: a
