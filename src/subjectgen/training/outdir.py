@@ -41,11 +41,32 @@ def hold(folder: Path, what: str = "--out") -> None:
     except BlockingIOError:
         holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
         os.close(fd)
-        raise UserError(f"{what} {folder} is being written by another subjectgen process (pid {holder}); wait for "
-                        "it to finish or choose another folder") from None
+        raise busy(what, folder, holder) from None
     os.ftruncate(fd, 0)  # a dead holder's pid, if any, is replaced by ours
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     _held[path] = [fd, 1]
+
+
+def busy(what: str, folder: Path, holder: str) -> UserError:
+    return UserError(f"{what} {folder} is being written by another subjectgen process (pid {holder}); wait for it "
+                     "to finish or choose another folder")
+
+
+def live_holder(folder: Path) -> str | None:
+    """The pid of another live process holding `folder`'s writer lock, without taking it; None when free."""
+    path = Path(folder) / LOCK
+    if not path.is_file() or str(path.resolve()) in _held:
+        return None
+    import fcntl
+
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+    finally:
+        os.close(fd)  # closing drops the shared lock, if it was taken
+    return None
 
 
 def release(folder: Path) -> None:
@@ -77,6 +98,9 @@ def check_out_dir(out: Path, cfg: TrainConfig, resume: bool, overwrite: bool) ->
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; give a folder for the run")
+    holder = live_holder(out) if out.is_dir() else None
+    if holder is not None:  # a run in progress: say so, not "unfinished" (a --resume would be refused too)
+        raise busy("--out", out, holder)
     if out.is_dir() and contents(out):
         spec_file = out / RUN_SPEC
         if not spec_file.is_file():
