@@ -25,12 +25,14 @@ EVALUATORS = ASSETS / "evaluators"
 EMOJIBENCH = ASSETS / "emojibench"  # the built-in benchmark (subjectgen world build writes it)
 IMAGE_ENCODER = ASSETS / "image_encoder"  # the generator side's CLIP image tower (world train-image-encoder)
 PROMPTNET = ASSETS / "promptnet"  # ProFusion's PromptNet for the built-in model (profusion pretrain)
+APPRENTICE = ASSETS / "apprentice"  # the SuTI apprentice for the built-in model (apprentice train), IP-Adapter format
 DEFAULT_MODEL = "builtin"
 BUILTIN: dict[str, dict[str, Path]] = {"model": {"builtin": SHIPPED},
                                        "dino": {"builtin": EVALUATORS / "dino"},
                                        "clip": {"builtin": EVALUATORS / "clip"},
                                        "image_encoder": {"builtin": IMAGE_ENCODER},
-                                       "promptnet": {"builtin": PROMPTNET}}
+                                       "promptnet": {"builtin": PROMPTNET},
+                                       "apprentice": {"builtin": APPRENTICE}}
 
 
 def register_builtin(kind: str, name: str, folder: Path) -> None:

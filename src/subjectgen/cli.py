@@ -14,7 +14,8 @@ from pathlib import Path
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 
-from .config import BenchConfig, FusionSettings, SampleSettings, TrainConfig  # noqa: E402
+from .config import (FILTER_TAU_S, FILTER_TAU_T, SAMPLE_OPTIONS, ApprenticeSettings, BenchConfig,  # noqa: E402
+                     FarmSettings, FusionSettings, SampleSettings, TrainConfig)
 from .errors import UserError  # noqa: E402
 from .methods import registry  # noqa: E402
 from .settings import AT_LEAST_1, SEED, arg_type, flag_of, number_type  # noqa: E402
@@ -53,7 +54,7 @@ def add_train_parser(sub) -> None:
     for spec in map(registry.get, registry.names()):
         p = methods.add_parser(spec.name, help=spec.help, description=spec.help)
         for f in fields(TrainConfig):
-            if f.name in shared or f.name in spec.own_settings:
+            if (f.name in shared and f.name not in spec.drops) or f.name in spec.own_settings:
                 add_setting(p, f, spec)
         p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint "
                        "(it may lower --lr, e.g. after a diverged run)")
@@ -119,23 +120,28 @@ def add_generate_parser(sub) -> None:
     p.add_argument("--allow-pickle", action="store_true", help="allow loading pickled weights (.ckpt/.bin): they "
                    "can run code")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    add_fusion_flags(p)
+    add_method_sample_flags(p)
 
 
-def add_fusion_flags(parser) -> None:
-    """Fusion Sampling's flags (config.FusionSettings), for generate and bench; unset ones keep the defaults."""
-    fusion = parser.add_argument_group("profusion runs (Fusion Sampling)")
-    fusion.add_argument("--no-fusion", dest="fusion", action="store_false", default=None,
-                        help="sample plainly with S*, without Fusion Sampling")
-    for f in fields(FusionSettings):
-        if f.name != "fusion":
-            fusion.add_argument(flag_of(f), dest=f.name, type=arg_type(FusionSettings, f.name), metavar="N" if
-                                f.metadata["bound"].integer else "X", help=f.metadata["help"])
+def add_method_sample_flags(parser) -> None:
+    """The methods' own generation flags (config.SAMPLE_OPTIONS: Fusion Sampling's, the apprentice's), for
+    generate and bench; unset ones keep the defaults."""
+    groups = {FusionSettings: "profusion runs (Fusion Sampling)", ApprenticeSettings: "apprentice runs"}
+    for settings_class in SAMPLE_OPTIONS.values():
+        group = parser.add_argument_group(groups[settings_class])
+        for f in fields(settings_class):
+            if f.name == "fusion":
+                group.add_argument("--no-fusion", dest="fusion", action="store_false", default=None,
+                                   help="sample plainly with S*, without Fusion Sampling")
+            else:
+                group.add_argument(flag_of(f), dest=f.name, type=arg_type(settings_class, f.name), metavar="N" if
+                                   f.metadata["bound"].integer else "X", help=f.metadata["help"])
 
 
 def sample_options(args) -> dict:
-    """The method's own generation settings given on the command line (only those given)."""
-    return {f.name: getattr(args, f.name) for f in fields(FusionSettings) if getattr(args, f.name, None) is not None}
+    """The methods' own generation settings given on the command line (only those given)."""
+    return {f.name: getattr(args, f.name) for c in SAMPLE_OPTIONS.values() for f in fields(c)
+            if getattr(args, f.name, None) is not None}
 
 
 def add_demo_parser(sub) -> None:
@@ -198,7 +204,10 @@ def add_world_parser(sub) -> None:
                    help="DINO steps (default: 2000)")
     e.add_argument("--workers", type=number_type(AT_LEAST_1), default=2, help="processes rendering the world")
     e.add_argument("--dino-instance-views", action="store_true", help="DINO's two global views from two renders of "
-                   "one instance, not one image's crops (experimental: it collapsed in its first try)")
+                   "one instance (another scene or place), not one image's crops")
+    e.add_argument("--dino-instance-nce", type=arg_type(EvaluatorTrainConfig, "dino_instance_nce"), default=0.0,
+                   metavar="X", help="with --dino-instance-views: the weight of an InfoNCE term on the two global views "
+                   "(each finds its partner render in the batch; default: 0, DINO's loss alone)")
     e.add_argument("--keep-clip", metavar="DIR", help="reuse the CLIP of an earlier run on the same data (DIR/clip, "
                    "DIR/training.json) and train DINO only")
 
@@ -238,6 +247,77 @@ def run_profusion(args) -> None:
               f"(use it with 'subjectgen train profusion --promptnet {result.run_dir}')")
 
 
+def add_apprentice_parser(sub) -> None:
+    p = sub.add_parser("apprentice", help="SuTI's steps: an expert farm, its ΔCLIP filter, the apprentice's training")
+    steps = p.add_subparsers(dest="apprentice_command", metavar="STEP", required=True, parser_class=Parser)
+    e = steps.add_parser("experts", help="train one DreamBooth-LoRA expert per cluster and let each draw its subject "
+                         "in new scenes (resumable; split across 'accelerate launch' processes)")
+    e.add_argument("--out", required=True, metavar="FARM", help="the farm's folder")
+    e.add_argument("--model", default="builtin", help="the base model the experts and the apprentice stand on")
+    e.add_argument("--clusters", default="world", help="'world' (the built-in world's subjects outside its reserved "
+                   "region) or a folder in DreamBench's layout, one subject folder of 3+ photos each")
+    for name, text in (("count", "experts, on the world (default: 64)"), ("seed", "which clusters and seeds "
+                       "(default: 0)"), ("expert_steps", "each expert's LoRA steps (default: the lora method's)"),
+                       ("images", "prompts each expert draws, one image each (default: 8)"),
+                       ("sample_steps", "sampler steps (default: 25 on the small models, 50 on SD)"),
+                       ("guidance", "classifier-free guidance (default: 7.5)")):
+        e.add_argument("--" + name.replace("_", "-"), type=arg_type(FarmSettings, name), help=text)
+    e.add_argument("--quiet", action="store_true", help="no progress lines")
+    f = steps.add_parser("filter", help="keep the expert images that follow their prompt better than the "
+                         "demonstrations and are still the subject (SuTI's ΔCLIP rule); writes filter.json and sheets")
+    f.add_argument("farm", help="the farm's folder")
+    f.add_argument("--tau-t", type=float, default=FILTER_TAU_T, metavar="X", help="the least CLIP-T(image, prompt) "
+                   f"- CLIP-T(demos, prompt) kept (default: {FILTER_TAU_T:g}, chosen on the validation subjects)")
+    f.add_argument("--tau-s", type=float, default=FILTER_TAU_S, metavar="X", help="the least image similarity to "
+                   f"the demonstrations kept (default: {FILTER_TAU_S:g}, chosen on the validation subjects)")
+    f.add_argument("--image-encoder", default="builtin", help="the generator side's image encoder, with its "
+                   "text_projection.safetensors (default: builtin)")
+    t = steps.add_parser("train", help="train the apprentice (IP-Adapter Plus's architecture) on a farm's kept "
+                         "images; writes an IP-Adapter folder for 'train apprentice --apprentice' and diffusers")
+    t.add_argument("farm", help="the farm's folder (filtered)")
+    t.add_argument("--objective", choices=("apprenticeship", "reconstruction"), default="apprenticeship",
+                   help="apprenticeship: the experts' images are the targets (SuTI); reconstruction: each photo is its "
+                        "own target, conditioned on views of itself (IP-Adapter's way, the ablation)")
+    t.add_argument("--num-tokens", type=train_type("num_tokens"), default=16, metavar="N",
+                   help="tokens per demonstration (default: 16, IP-Adapter Plus's)")
+    spec = registry.get("apprentice-train")
+    for fld in fields(TrainConfig):
+        if fld.name in ("out", "steps", "lr", "batch_size", "seed", "image_encoder", "mixed_precision",
+                        "checkpoint_every", "lr_warmup_steps", "max_grad_norm"):
+            add_setting(t, fld, spec)
+    t.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
+    t.add_argument("--overwrite", action="store_true", help="replace what --out holds")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def run_apprentice(args) -> None:
+    if args.apprentice_command == "experts":
+        from .methods.farm import run_farm
+
+        given = {k: getattr(args, k) for k in FarmSettings.__dataclass_fields__ if getattr(args, k, None) is not None}
+        made = run_farm(Path(args.out), FarmSettings(**given), progress=not args.quiet)
+        print(f"farm {args.out}: {made['experts']} experts, {made['images']} images "
+              f"({made['experts_per_hour']} experts/h, {made['images_per_hour']} images/h in one process)")
+    elif args.apprentice_command == "filter":
+        from .methods.farm import filter_farm
+
+        kept = filter_farm(Path(args.farm), args.tau_t, args.tau_s, args.image_encoder)
+        print(f"kept {kept['kept']} of {kept['total']} expert images ({kept['kept_fraction']:.0%}); "
+              f"{args.farm}/filter.json, kept.png, dropped.png")
+    else:
+        from .methods.farm import read_farm
+        from .training import train
+
+        farm = read_farm(Path(args.farm), need_filter=args.objective == "apprenticeship")
+        options = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__ and v is not None}
+        cfg = TrainConfig(method="apprentice-train", subject_dir=None, class_noun=None, model=farm["model"],
+                          images=args.farm, **options)
+        result = train(cfg, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
+        if result.manifest:
+            print(f"trained the apprentice in {result.seconds:.1f}s, final loss {result.final_loss:.4f}: "
+                  f"{result.run_dir} (use it with 'subjectgen train apprentice --apprentice {result.run_dir}')")
+
+
 def add_score_parser(sub) -> None:
     p = sub.add_parser("score", help="DINO, CLIP-I and CLIP-T of a folder of images against a subject (JSON)")
     p.add_argument("images", help="folder of generated images")
@@ -269,6 +349,7 @@ def add_bench_parser(sub) -> None:
     p.add_argument("--train-steps", type=bench_type("train_steps"), help="training steps (default: each method's)")
     p.add_argument("--train-lr", type=bench_type("train_lr"), help="learning rate (default: each method's)")
     p.add_argument("--promptnet", default="builtin", help="ProFusion's pretrained PromptNet (default: builtin)")
+    p.add_argument("--apprentice", default="builtin", help="the apprentice of apprentice runs (default: builtin)")
     p.add_argument("--masked-loss", action="store_true", help="train every method with a masked loss, from each "
                    "subject's masks/ folder (EmojiBench ships them)")
     p.add_argument("--sample-steps", type=bench_type("sample_steps"),
@@ -286,7 +367,7 @@ def add_bench_parser(sub) -> None:
                    help="copy from an earlier bench folder what it made the same way: its trained runs (same model, "
                         "subjects, seed and training settings) and its baseline (same settings but the methods' "
                         "own), to sweep a setting without retraining")
-    add_fusion_flags(p)
+    add_method_sample_flags(p)
     p.add_argument("--workers", type=number_type(AT_LEAST_1), default=1, metavar="N",
                    help="run the bench as N local processes, the subjects split among them, each with its share of "
                         "the cores; on a CPU, small models use cores better this way than as threads of one "
@@ -309,6 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_demo_parser(sub)
     add_world_parser(sub)
     add_profusion_parser(sub)
+    add_apprentice_parser(sub)
     add_score_parser(sub)
     add_bench_parser(sub)
     return parser
@@ -403,7 +485,8 @@ def run_world(args) -> None:
         from .world.evaluators import train_evaluators
 
         cfg = EvaluatorTrainConfig(seed=args.seed, clip_steps=args.clip_steps, dino_steps=args.dino_steps,
-                                   dino_instance_views=args.dino_instance_views)
+                                   dino_instance_views=args.dino_instance_views,
+                                   dino_instance_nce=args.dino_instance_nce)
         record = train_evaluators(Path(args.out), cfg, args.workers, args.keep_clip)
         print(f"trained in {record['seconds']:.0f}s; evaluators: {args.out}/clip, {args.out}/dino")
         return
@@ -449,7 +532,7 @@ def bench_config(args):
     methods = registry.names() if args.methods is None else [m for m in args.methods.split(",") if m]
     return BenchConfig(bench=args.bench, out=args.out, methods=methods, model=args.model, **chosen, seed=args.seed,
                        sample_steps=args.sample_steps, guidance=args.guidance, train_steps=args.train_steps,
-                       train_lr=args.train_lr, promptnet=args.promptnet,
+                       train_lr=args.train_lr, promptnet=args.promptnet, apprentice=args.apprentice,
                        masked_loss=args.masked_loss, subject_start=args.subject_start, dino=args.dino,
                        clip=args.clip, runs_from=args.runs_from, sample_options=sample_options(args))
 
@@ -499,8 +582,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     if getattr(args, "command", None) == "train":
         own_flags = {spec.name: {flag_of(f) for f in fields(TrainConfig) if f.name in spec.own_settings}
                      for spec in registry.REGISTRY.values()}
+        dropped = {flag_of(f) for f in fields(TrainConfig) if f.name in registry.get(args.method).drops}
         for word in extra:
             flag = word.split("=", 1)[0]
+            if flag in dropped:
+                parser.error(f"{flag} does not apply to {args.method} (it is not a setting of that method)")
             owners = [name for name, flags in own_flags.items() if flag in flags]
             if owners:
                 parser.error(f"{flag} is a flag of {' and '.join(owners)}, not of {args.method}")
@@ -527,6 +613,10 @@ def check_before_imports(args) -> None:
                             "name; check the path")
     elif args.command == "profusion" and args.images not in (None, "world") and not Path(args.images).is_dir():
         raise UserError(f"--images {args.images} is not a folder; give a folder of photos, or 'world'")
+    elif args.command == "apprentice" and args.apprentice_command == "experts" and args.clusters != "world":
+        from .eval.prompts import read_benchmark
+
+        read_benchmark(Path(args.clusters))
     elif args.command == "bench":
         from .eval.prompts import read_benchmark, resolve_bench
 
@@ -549,7 +639,8 @@ def main(argv: list[str] | None = None) -> int:
 
         apply_threads(args.threads)
         {"train": run_train, "generate": run_generate, "demo": run_demo, "world": run_world, "score": run_score,
-         "bench": run_bench, "report": run_report, "profusion": run_profusion}[args.command](args)
+         "bench": run_bench, "report": run_report, "profusion": run_profusion,
+         "apprentice": run_apprentice}[args.command](args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

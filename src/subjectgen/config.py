@@ -54,8 +54,12 @@ class TrainConfig:
     image_encoder: str = setting("builtin", help="the image encoder PromptNet reads: a transformers CLIP vision "
                                  "model folder or hub id, or builtin (default: builtin; on SD 1.x e.g. "
                                  "openai/clip-vit-large-patch14)")
-    images: str | None = None  # a dataset method's images: a folder, or 'world' (the built-in training world)
+    apprentice: str = setting("builtin", help="the apprentice: a folder from 'subjectgen apprentice train', or builtin "
+                              "(default: builtin)")
+    images: str | None = None  # a dataset method's images: a folder, or 'world' (the built-in training world); a farm
     captions: bool = False     # profusion pretrain: S* in each world image's caption, not the template
+    objective: str = "apprenticeship"  # apprentice train: expert images as targets, or "reconstruction" (IP-Adapter's)
+    num_tokens: int = setting(16, Bound(low=1, high=64, integer=True))  # apprentice train: tokens per demonstration
     lr_warmup_steps: int = setting(0, NON_NEGATIVE_INT, help="steps of linear learning-rate warm-up (default: 0)")
     max_grad_norm: float = setting(1.0, NON_NEGATIVE, help="gradient clipping norm; 0 turns it off (default: 1)")
     mixed_precision: str = setting("no", choices=MIXED_PRECISION, help="fp16/bf16 on a GPU: faster, less memory "
@@ -149,6 +153,61 @@ class FusionSettings:
 
 
 @dataclass
+class ApprenticeSettings:
+    """The apprentice's generation setting (its `generate` flag)."""
+
+    ip_scale: float = setting(1.0, NON_NEGATIVE, help="the demonstrations' weight in every cross-attention layer "
+                              "(IP-Adapter's scale): lower follows the prompt more and the subject less (default: 1)")
+
+    def __post_init__(self) -> None:
+        check_settings(self)
+
+
+# A method's own generation settings, by method (Method.sample_options): the flags of generate and bench.
+SAMPLE_OPTIONS = {"profusion": FusionSettings, "apprentice": ApprenticeSettings}
+
+
+def options_for(settings_class, options: dict) -> dict:
+    """The given generation options that belong to `settings_class` (None: a method with none)."""
+    own = {f.name for f in fields(settings_class)} if settings_class else set()
+    return {k: v for k, v in options.items() if k in own}
+
+
+def check_sample_options(options: dict) -> None:
+    """Each option within its range (a one-line error), and each one some method's."""
+    for settings_class in SAMPLE_OPTIONS.values():
+        settings_class(**options_for(settings_class, options))
+    known = {f.name for c in SAMPLE_OPTIONS.values() for f in fields(c)}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise UserError(f"unknown generation option {unknown[0]}")
+
+
+@dataclass
+class FarmSettings:
+    """The apprentice's expert farm (`subjectgen apprentice experts`, methods/farm.py)."""
+
+    model: str = "builtin"
+    clusters: str = "world"          # the built-in world's, or a folder in DreamBench's layout
+    count: int = setting(64, AT_LEAST_1)   # the world's clusters (a folder's are all its subjects)
+    seed: int = setting(0, SEED)
+    expert_steps: int | None = setting(None, AT_LEAST_1)  # each expert's LoRA steps (default: the LoRA method's)
+    images: int = setting(8, AT_LEAST_1)   # prompts each expert draws, one image each
+    sample_steps: int | None = setting(None, SAMPLER_STEPS)
+    guidance: float = setting(7.5, NON_NEGATIVE)
+
+    def __post_init__(self) -> None:
+        check_settings(self)
+
+
+# The ΔCLIP filter's thresholds on the built-in model (methods/farm.py), chosen on the validation subjects by
+# benchmarks/apprentice.py's rule (--only thresholds): each the cut that best separates the world's own renders of
+# a subject in a scene from renders that are not that (tau_s: another instance of its class in the same scene;
+# tau_t: a new photo of the subject in its own places, which follows no prompt).
+FILTER_TAU_T, FILTER_TAU_S = 0.0, 0.0
+
+
+@dataclass
 class BenchConfig:
     bench: str                      # a folder in DreamBench's layout, or "emoji"
     out: str
@@ -163,6 +222,7 @@ class BenchConfig:
     train_steps: int | None = setting(None, NON_NEGATIVE_INT)  # default: each method's own (0: profusion's encoder)
     train_lr: float | None = setting(None, POSITIVE)  # default: each method's own
     promptnet: str = "builtin"      # ProFusion's pretrained PromptNet (train profusion --promptnet)
+    apprentice: str = "builtin"     # the apprentice (train apprentice --apprentice)
     masked_loss: bool = False       # train on the subject's masks only (SUBJECT/masks/, as EmojiBench ships)
     subject_start: float = setting(0.0, FRACTION_BELOW_1)  # steps sampled without the subject (generate's flag)
     sample_options: dict = field(default_factory=dict)  # a method's own generation settings (FusionSettings' flags)
@@ -177,7 +237,7 @@ class BenchConfig:
 
     def __post_init__(self) -> None:
         check_settings(self)
-        FusionSettings(**self.sample_options)
+        check_sample_options(self.sample_options)
         for name in self.methods:  # --train-steps within each method's own range (0 only where it means something)
             if name in registry.names() and self.train_steps is not None:
                 bound = registry.get(name).bounds.get("steps", bound_of(TrainConfig, "steps"))

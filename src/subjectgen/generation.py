@@ -47,14 +47,7 @@ def generate_to_folder(ref: str, prompts: list[str], out: Path, n: int = 4, seed
     SampleSettings(n, seed, steps, guidance, lora_scale, subject_start)  # a one-line error for any out of range
     run = open_run_or_model(ref, allow_pickle, lora_scale)
     if options:
-        own = run.method.sample_options if run.method else None
-        if own is None:
-            name = next(iter(options))
-            flag = "--no-fusion" if name == "fusion" else "--" + name.replace("_", "-")
-            what = f"a {run.manifest['method']} run" if run.method else "a model"
-            raise UserError(f"{flag} applies to profusion runs; {ref} is {what}")
-        own(**options)  # a one-line error for any out of range
-        run.options = dict(options)
+        run.options = own_options(run, ref, options)
     if subject_start and not run.subject:
         raise UserError(f"--subject-start applies to run folders; {ref} is a model")
     run.components.to(inference_device())
@@ -80,3 +73,19 @@ def generate_to_folder(ref: str, prompts: list[str], out: Path, n: int = 4, seed
                                              "options": run.options,
                                              "files": names})
     return GenerateResult(out, files, out / "grid.png")
+
+
+def own_options(run: Run, ref: str, options: dict) -> dict:
+    """The generation options given for this run, checked: each one its method's (a one-line error naming the
+    method it belongs to otherwise) and within its range."""
+    from .config import SAMPLE_OPTIONS, options_for
+
+    own = run.method.sample_options if run.method else None
+    for name in options:
+        if name not in options_for(own, options):
+            flag = "--no-fusion" if name == "fusion" else "--" + name.replace("_", "-")
+            owner = next(m for m, c in SAMPLE_OPTIONS.items() if name in options_for(c, options))
+            what = f"a {run.manifest['method']} run" if run.method else "a model"
+            raise UserError(f"{flag} applies to {owner} runs; {ref} is {what}")
+    own(**options)  # a one-line error for any out of range
+    return dict(options)

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config import BenchConfig
+from ..config import BenchConfig, options_for
 from ..methods import registry
 from ..errors import UserError
 from ..training.outdir import contents, hold, release
@@ -62,8 +62,10 @@ def differing_settings(spec: Path, protocol: dict) -> list[str]:
 
 # The protocol keys that decide a trained run, and those that change only a method's images: another folder's
 # runs are reusable when the first match, its baseline images when all but the second match.
-TRAINING_KEYS = ("bench", "model", "model_hash", "seed", "train_steps", "train_lr", "promptnet", "masked_loss")
-METHOD_ONLY_KEYS = ("train_steps", "train_lr", "promptnet", "masked_loss", "subject_start", "sample_options")
+TRAINING_KEYS = ("bench", "model", "model_hash", "seed", "train_steps", "train_lr", "promptnet", "apprentice",
+                 "masked_loss")
+METHOD_ONLY_KEYS = ("train_steps", "train_lr", "promptnet", "apprentice", "masked_loss", "subject_start",
+                    "sample_options")
 
 
 def reusable(folder: Path, protocol: dict) -> set[str]:
@@ -310,14 +312,14 @@ def prepare_run(ctx: Context, method: str, subject: str, pair: Path):
         cfg = TrainConfig(method=method, model=ctx.cfg.model, subject_dir=str(ctx.bench.root / subject),
                           class_noun=ctx.bench.classes[subject], out=str(run_dir), steps=ctx.cfg.train_steps,
                           lr=ctx.cfg.train_lr, seed=ctx.cfg.seed, masked_loss=ctx.cfg.masked_loss,
-                          promptnet=ctx.cfg.promptnet)
+                          promptnet=ctx.cfg.promptnet, apprentice=ctx.cfg.apprentice)
         started = time.perf_counter()
         train(cfg, overwrite=True, progress=False, distributed=False)
         # the user's wait: loading, class images and caching count, not only the loop
         atomic_write_json(timing, {"seconds": round(time.perf_counter() - started, 3)})
     run = load_run(run_dir)
     if run.method.sample_options is not None:  # e.g. Fusion Sampling's settings, for the methods that take them
-        run.options = dict(ctx.cfg.sample_options)
+        run.options = options_for(run.method.sample_options, ctx.cfg.sample_options)
     run.components.to(inference_device())
     seconds = json.loads(timing.read_text())["seconds"] if timing.is_file() else run.manifest["metrics"]["train_seconds"]
     return run, float(seconds)

@@ -21,6 +21,13 @@ from typing import Any
 from ..errors import UserError
 from ..settings import Bound
 
+# The shared settings of class images and prior preservation, which a method without them drops.
+PRIOR_SETTINGS = ("class_prompt", "prior_preservation", "prior_weight", "num_class_images")
+# Every shared setting of optimization: a method that trains nothing (the zero-shot apprentice) drops them all.
+TRAINING_SETTINGS = (*PRIOR_SETTINGS, "token", "steps", "lr", "batch_size", "seed", "snr_gamma", "masked_loss",
+                     "lr_warmup_steps", "max_grad_norm", "mixed_precision", "gradient_checkpointing",
+                     "checkpoint_every", "validate_every", "validation_prompts")
+
 # The settings every method shares get these defaults unless the method says otherwise:
 # (Stable Diffusion at 512 px, the small built-in/tiny models).
 COMMON_DEFAULTS = {"batch_size": (1, 1),
@@ -37,6 +44,7 @@ class MethodSpec:
     token_help: str = "the word that names the subject in prompts"
     bounds: dict = field(default_factory=dict)   # a setting's range where this method's differs (settings.Bound)
     listed: bool = True                          # False: not a `train` method (a pretraining step has its own command)
+    drops: tuple[str, ...] = ()                  # shared settings that do nothing for this method (no flag for them)
 
     def load(self) -> type:
         """The Method subclass (imported on first use), which knows its spec."""
@@ -113,9 +121,24 @@ register(MethodSpec(
     # On the built-in model the encoder alone (steps 0) was chosen on the validation subjects (benchmarks/profusion.py)
     defaults={"steps": (100, 0), "lr": (2e-5, 2e-5), "batch_size": (4, 4), "num_class_images": (0, 0)},
     bounds={"steps": Bound(low=0, integer=True)},  # --steps 0: the encoder alone, no tuning
+    drops=(*PRIOR_SETTINGS, "masked_loss"),
     token_help="placeholder token for S* (default: <s*>)"))
 register(MethodSpec(
     "profusion-pretrain", "pretrain ProFusion's PromptNet on a dataset of images (subjectgen profusion pretrain)",
     "subjectgen.methods.profusion_pretrain:PromptNetPretraining",
     defaults={"steps": (20000, 1200), "lr": (1e-5, 2e-4), "batch_size": (8, 32), "num_class_images": (0, 0)},
+    listed=False))
+register(MethodSpec(
+    "apprentice", "SuTI's apprentice: a new subject from its 3-5 photos in context, zero-shot (nothing trains; "
+    "IP-Adapter format)",
+    "subjectgen.methods.apprentice:Apprentice",
+    own_settings=("apprentice",),
+    defaults={"steps": (0, 0), "num_class_images": (0, 0)},
+    bounds={"steps": Bound(low=0, high=0, integer=True)},
+    drops=TRAINING_SETTINGS))
+register(MethodSpec(
+    "apprentice-train", "train the apprentice on an expert farm (subjectgen apprentice train)",
+    "subjectgen.methods.apprentice:ApprenticeTraining",
+    # IP-Adapter's lr 1e-4 and batch 8 on SD; the small models at 10x, as the other methods' are.
+    defaults={"steps": (20000, 1500), "lr": (1e-4, 1e-3), "batch_size": (8, 32), "num_class_images": (0, 0)},
     listed=False))

@@ -151,6 +151,9 @@ class Trainer:
     def make_optimizer(self) -> None:
         cfg, acc = self.cfg, self.accelerator
         self.trainable = self.method.trainable_parameters()  # once: a walk of the UNet per step cost ~6 %
+        if not cfg.steps:  # nothing trains (profusion's encoder alone, the zero-shot apprentice): no optimizer
+            self.forward_modules, self.optimizer, self.lr_scheduler = self.method.trainable_modules(), None, None
+            return
         self.optimizer = torch.optim.AdamW(self.trainable, lr=cfg.lr, weight_decay=1e-2)
         self.lr_scheduler = get_scheduler("constant_with_warmup", self.optimizer,
                                           num_warmup_steps=cfg.lr_warmup_steps, num_training_steps=cfg.steps)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..settings import AT_LEAST_1, POSITIVE, SEED, Bound, check_settings, setting
+from ..settings import AT_LEAST_1, NON_NEGATIVE, POSITIVE, SEED, Bound, check_settings, setting
 
 
 @dataclass
@@ -44,9 +44,12 @@ class EvaluatorTrainConfig:
     dino_batch: int = setting(64, AT_LEAST_1)
     dino_lr: float = setting(5e-4, POSITIVE)
     dino_prototypes: int = 512
-    # the two global views from two renders of one instance (else one image's crops, as DINO on ImageNet); tried
-    # for World v3 and not shipped: its loss stayed at ~6.03 (ln 512 = 6.24, a near-uniform teacher) for 900 steps
+    # the two global views from two renders of one instance (else one image's crops, as DINO on ImageNet), with
+    # DINO's norm_last_layer (without it, the first try's teacher went near-uniform: loss ~6.03, ln 512 = 6.24)
     dino_instance_views: bool = False
+    # with instance views: the weight of an InfoNCE term on the two global views (each must find its partner render
+    # in the batch); 0 is DINO's loss alone
+    dino_instance_nce: float = setting(0.0, NON_NEGATIVE)
     merges: int = 4000      # BPE merges the eval tokenizer keeps
     width: int = 96         # both image towers
     layers: int = 4

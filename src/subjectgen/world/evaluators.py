@@ -123,14 +123,21 @@ def train_clip(model, tokenizer, images: np.ndarray, captions: list[str], cfg: E
 class DinoHead(nn.Module):
     """DINO's projection head: MLP, L2-normalised bottleneck, weight-normalised prototype layer."""
 
-    def __init__(self, width: int, prototypes: int, hidden: int = 256, bottleneck: int = 64):
+    def __init__(self, width: int, prototypes: int, hidden: int = 256, bottleneck: int = 64,
+                 norm_last_layer: bool = False):
         super().__init__()
         self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(),
                                  nn.Linear(hidden, bottleneck))
         self.last = nn.utils.parametrizations.weight_norm(nn.Linear(bottleneck, prototypes, bias=False))
+        if norm_last_layer:  # DINO's default: the prototypes' norms fixed at 1, so the logits cannot flatten out
+            self.last.parametrizations.weight.original0.data.fill_(1.0)
+            self.last.parametrizations.weight.original0.requires_grad_(False)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.mlp(x), dim=-1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.last(F.normalize(self.mlp(x), dim=-1))
+        return self.last(self.embed(x))
 
 
 def dino_views(x: torch.Tensor, other: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -153,6 +160,18 @@ def partners(instance_ids: np.ndarray, index: torch.Tensor, g: torch.Generator) 
     return torch.tensor(out)
 
 
+def instance_nce(z: torch.Tensor, ids: np.ndarray, temperature: float = 0.1) -> torch.Tensor:
+    """InfoNCE between the two global views' embeddings (z: [first views; partner views]): each view must pick its
+    partner (another render of its instance) out of the batch; other renders of the same instance are no negatives."""
+    n = len(z) // 2
+    logits = z[:n] @ z[n:].t() / temperature
+    ids = torch.as_tensor(ids)
+    same = (ids[:n, None] == ids[None, n:]) & ~torch.eye(n, dtype=torch.bool)
+    logits = logits.masked_fill(same, float("-inf"))
+    target = torch.arange(n)
+    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)) / 2
+
+
 def dino_loss(student: torch.Tensor, teacher: torch.Tensor, center: torch.Tensor, n_global: int = 2,
               t_student: float = 0.1, t_teacher: float = 0.04) -> torch.Tensor:
     """Cross-entropy of every student view against every *other* view's teacher distribution."""
@@ -166,7 +185,7 @@ def train_dino(backbone, images: np.ndarray, cfg: EvaluatorTrainConfig,
                instance_ids: np.ndarray | None = None) -> tuple[object, float]:
     """Self-distillation; returns the EMA teacher's backbone and the last loss. With `instance_ids` (one per image)
     the two global views come from two renders of the same instance (cfg.dino_instance_views)."""
-    head = DinoHead(cfg.width, cfg.dino_prototypes)
+    head = DinoHead(cfg.width, cfg.dino_prototypes, norm_last_layer=instance_ids is not None)
     student = nn.ModuleDict({"backbone": backbone, "head": head})
     teacher = copy.deepcopy(student).requires_grad_(False)
     center = torch.zeros(cfg.dino_prototypes)
@@ -180,9 +199,12 @@ def train_dino(backbone, images: np.ndarray, cfg: EvaluatorTrainConfig,
         globals_, locals_ = dino_views(unit_batch(images, index), unit_batch(images, other), g)
         with torch.no_grad():
             t_out = teacher["head"](teacher["backbone"](pixel_values=globals_).last_hidden_state[:, 0])
-        s_global = student["head"](backbone(pixel_values=globals_).last_hidden_state[:, 0])
-        s_local = student["head"](backbone(pixel_values=locals_, interpolate_pos_encoding=True).last_hidden_state[:, 0])
-        loss = dino_loss(torch.cat([s_global, s_local]), t_out, center)
+        z_global = head.embed(backbone(pixel_values=globals_).last_hidden_state[:, 0])
+        s_local = head(backbone(pixel_values=locals_, interpolate_pos_encoding=True).last_hidden_state[:, 0])
+        loss = dino_loss(torch.cat([head.last(z_global), s_local]), t_out, center)
+        if instance_ids is not None and cfg.dino_instance_nce:
+            pair_ids = np.concatenate([instance_ids[index.numpy()], instance_ids[other.numpy()]])
+            loss = loss + cfg.dino_instance_nce * instance_nce(z_global, pair_ids)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(student.parameters(), 3.0)

@@ -1,0 +1,172 @@
+"""The SuTI apprentice on the built-in world: the filter's thresholds chosen on the validation subjects, the
+expert farm's record, the apprentice and its reconstruction ablation on EmojiBench and the validation subjects
+beside the other methods, scaling with the number of experts, time to subject against DreamBooth-LoRA's.
+
+The rules, fixed before the first apprentice number existed (this docstring was committed before the runs):
+- Thresholds (`--only thresholds`): on the 16 validation subjects, with the filter's own CLIP (the generator
+  side's: the built-in image encoder and the base text encoder; never the evaluators), against each subject's
+  bench photos as the demonstrations, over every context of its class (the farm's prompts):
+  positives are the world's own render of the subject in the context (what a perfect expert draws);
+  tau_s separates them from the same context with another training instance of the class in it (the scene
+  without the subject), tau_t from a new photo of the subject in its own places (the subject without the
+  scene). Each threshold is the cut on its score (image similarity to the demos; CLIP-T gain over the demos)
+  with the best balanced accuracy (mean of the two pass rates). The values become config.FILTER_TAU_T/_S.
+- The farm (`--only farm`): `apprentice experts --count 64` at the defaults (the lora method's 300 steps, 8
+  prompts per expert); filtered at those thresholds.
+- The apprentice (`--only train`): `apprentice train` at its defaults on the whole farm (apprenticeship), and
+  the same architecture, steps and batch on reconstruction (`--objective reconstruction`); for scaling, the
+  apprenticeship on the first quarter and half of the experts (same steps). The whole-farm apprentice ships as
+  `builtin`.
+- Measured (`--only emojibench`, `--only validation`): 25 prompts x 1 image, the built-in evaluators, beside the
+  starting point's rows in the same bench folders; the apprentice at --ip-scale 1 (its default, not tuned).
+- Time to subject (`--only time`): `train apprentice` and `train lora` alternately on the same four EmojiBench
+  subjects in one run of this script (subject.json's metrics.time_to_subject_seconds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+OUT = Path("benchmarks/out/v3")
+VALIDATION = OUT / "validation-subjects"
+FARM = OUT / "farm"
+APPRENTICES = {"apprenticeship": OUT / "apprentice", "reconstruction": OUT / "apprentice-reconstruction"}
+SCALING = (0.25, 0.5)
+TIMED_SUBJECTS = ("dog", "backpack", "cat", "teapot")
+
+
+def cli(*args: str, quiet: bool = True) -> None:
+    subprocess.run([sys.executable, "-m", "subjectgen.cli", *args], check=True,
+                   stdout=subprocess.DEVNULL if quiet else None)
+
+
+# --- the filter's thresholds ------------------------------------------------------------------------------------
+def best_cut(positives: list[float], negatives: list[float]) -> tuple[float, float]:
+    """The threshold (keep >= it) with the best balanced accuracy, and that accuracy."""
+    best = (float("-inf"), 0.0)
+    for cut in sorted(set(positives + negatives)):
+        accuracy = (sum(p >= cut for p in positives) / len(positives) + sum(n < cut for n in negatives)
+                    / len(negatives)) / 2
+        if accuracy > best[1]:
+            best = (cut, accuracy)
+    return best
+
+
+def thresholds() -> tuple[float, float]:
+    from PIL import Image
+
+    from subjectgen.config import FILTER_TAU_S, FILTER_TAU_T
+    from subjectgen.methods.farm import GeneratorClip, delta_clip
+    from subjectgen.models import load_model
+    from subjectgen.world.build import bench_instances
+    from subjectgen.world.catalog import caption, contexts_for, training_instances
+    from subjectgen.world.scene import render_photo, render_scene
+
+    if not (VALIDATION / "subjects.json").is_file():
+        cli("world", "build", "--set", "validation", "--out", str(VALIDATION))
+    subjects = bench_instances(VALIDATION)
+    clip = GeneratorClip("builtin", load_model("builtin"))
+    trained, rng = training_instances(), random.Random("thresholds")
+    scores = {"positive": ([], []), "other instance": ([], []), "new photo": ([], [])}
+    for name, (noun, inst) in sorted(subjects.items()):
+        demos = [Image.open(p).convert("RGB") for p in sorted((VALIDATION / name).glob("*.png"))]
+        contexts = contexts_for(noun)
+        prompts = [caption(noun, c) for c in contexts]
+        others = [rng.choice([i for i in trained[noun] if i.attributes()]) for _ in contexts]
+        renders = {"positive": [render_scene(inst, c, 40_000 + k) for k, c in enumerate(contexts)],
+                   "other instance": [render_scene(o, c, 40_000 + k) for k, (o, c) in enumerate(zip(others, contexts))],
+                   "new photo": [render_photo(inst, 40_000 + k)[0] for k in range(len(contexts))]}
+        for label, images in renders.items():
+            follows, likeness = delta_clip(clip, images, demos, prompts)
+            scores[label][0].extend(follows)
+            scores[label][1].extend(likeness)
+    tau_s, acc_s = best_cut(scores["positive"][1], scores["other instance"][1])
+    tau_t, acc_t = best_cut(scores["positive"][0], scores["new photo"][0])
+    print(f"The filter's thresholds, chosen on the {len(subjects)} validation subjects (every context of each "
+          "subject's class), with the generator side's CLIP:\n")
+    print("| renders | CLIP-T gain over the demos (mean) | similarity to the demos (mean) | passes tau_t | passes "
+          "tau_s | kept (both) |")
+    print("|---|---|---|---|---|---|")
+    for label, (follows, likeness) in scores.items():
+        n = len(follows)
+        both = sum(t >= tau_t and s >= tau_s for t, s in zip(follows, likeness))
+        print(f"| {label} | {sum(follows) / n:+.3f} | {sum(likeness) / n:.3f} | "
+              f"{sum(t >= tau_t for t in follows) / n:.0%} | {sum(s >= tau_s for s in likeness) / n:.0%} | "
+              f"{both / n:.0%} |")
+    print(f"\ntau_t = {tau_t:.3f} (balanced accuracy {acc_t:.0%} against new photos), tau_s = {tau_s:.3f} (balanced "
+          f"accuracy {acc_s:.0%} against another instance in the scene).")
+    if (round(tau_t, 3), round(tau_s, 3)) != (round(FILTER_TAU_T, 3), round(FILTER_TAU_S, 3)):
+        print(f"\n**config.FILTER_TAU_T/_S are {FILTER_TAU_T:.3f}/{FILTER_TAU_S:.3f}: set them to these.**")
+    print()
+    return tau_t, tau_s
+
+
+# --- the farm and the apprentices --------------------------------------------------------------------------------
+def farm(count: int) -> None:
+    cli("apprentice", "experts", "--out", str(FARM), "--count", str(count), quiet=False)
+    cli("apprentice", "filter", str(FARM))
+    record = json.loads((FARM / "filter.json").read_text())
+    from subjectgen.methods.farm import throughput
+
+    made = throughput(FARM)
+    print(f"The farm: {made['experts']} experts on the built-in model (v2), {made['images']} images; one process at "
+          f"one thread made {made['experts_per_hour']} experts/h, {made['images_per_hour']} images/h. The filter kept "
+          f"{record['kept']} of {record['total']} images ({record['kept_fraction']:.0%}), from "
+          f"{record['experts_with_a_kept_image']} experts. Sheets: {FARM}/kept.png, {FARM}/dropped.png.\n")
+
+
+def subset(fraction: float) -> Path:
+    """A farm with the first `fraction` of the experts (links, and the filter's rows for those)."""
+    out = OUT / f"farm-{int(fraction * 100)}"
+    experts = sorted((FARM / "experts").iterdir())[: max(1, int(len(list((FARM / "experts").iterdir())) * fraction))]
+    if out.exists():
+        shutil.rmtree(out)
+    (out / "experts").mkdir(parents=True)
+    shutil.copy(FARM / "farm.json", out / "farm.json")
+    for e in experts:
+        (out / "experts" / e.name).symlink_to(e.resolve())
+    record = json.loads((FARM / "filter.json").read_text())
+    names = {e.name for e in experts}
+    record["images"] = [r for r in record["images"] if r["expert"] in names]
+    (out / "filter.json").write_text(json.dumps(record))
+    return out
+
+
+def train_apprentices(threads: str) -> None:
+    jobs = [(FARM, APPRENTICES["apprenticeship"], "apprenticeship"),
+            (FARM, APPRENTICES["reconstruction"], "reconstruction")]
+    jobs += [(subset(f), OUT / f"apprentice-{int(f * 100)}", "apprenticeship") for f in SCALING]
+    for farm_dir, out, objective in jobs:
+        if not (out / "subject.json").is_file():
+            cli("--threads", threads, "apprentice", "train", str(farm_dir), "--out", str(out), "--objective",
+                objective, "--resume", "--checkpoint-every", "100", quiet=False)
+        manifest = json.loads((out / "subject.json").read_text())
+        print(f"- {out.name}: {objective}, {manifest['experts']} experts, {manifest['targets']} targets, "
+              f"{manifest['settings']['steps']} steps at batch {manifest['settings']['batch_size']}, final loss "
+              f"{manifest['metrics']['final_loss']:.4f}, {manifest['metrics']['train_seconds'] / 60:.1f} min")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", action="append", choices=("thresholds", "farm", "train", "emojibench",
+                                                             "validation", "time"))
+    parser.add_argument("--count", type=int, default=64, help="experts in the farm")
+    parser.add_argument("--threads", default="1")
+    args = parser.parse_args()
+    parts = args.only or ["thresholds", "farm", "train", "emojibench", "validation", "time"]
+    if "thresholds" in parts:
+        thresholds()
+    if "farm" in parts:
+        farm(args.count)
+    if "train" in parts:
+        train_apprentices(args.threads)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,287 @@
+"""SuTI's training data: the expert farm and its ΔCLIP filter (`subjectgen apprentice experts`, `... filter`).
+
+The farm's layout (an expert is done when its expert.json exists; it is written last, so a killed farm resumes
+where it stopped, an unfinished expert from its LoRA run's last checkpoint):
+
+    FARM/farm.json                     the farm's settings and base model
+    FARM/experts/NAME/photos/NN.png    the cluster's 3-5 photos: the apprentice's demonstrations
+    FARM/experts/NAME/run/             the expert: an ordinary LoRA run folder (subjectgen's own method and loop)
+    FARM/experts/NAME/images/          what it drew, one image per prompt (generate's layout)
+    FARM/experts/NAME/expert.json      its prompts, seeds and timings
+    FARM/filter.json                   the filter's thresholds, every image's scores, which were kept
+
+The filter is SuTI's rule made concrete: keep an expert image when it follows its prompt clearly better than the
+demonstrations do, CLIP-T(image, prompt) - mean CLIP-T(demos, prompt) >= tau_t, and is still the subject, its
+mean image similarity to the demonstrations >= tau_s. Its CLIP is the generator side's (the built-in image
+encoder and the base model's own text encoder), never the evaluators', so the apprentice is not taught the judge.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from ..config import FILTER_TAU_S, FILTER_TAU_T, FarmSettings
+from ..errors import UserError
+from ..safeio import atomic_save_image, atomic_write_json
+
+FARM, EXPERTS, EXPERT, FILTER = "farm.json", "experts", "expert.json", "filter.json"
+
+
+@dataclass
+class Cluster:
+    name: str
+    noun: str
+    photos: Callable[[], list]       # rendered or read when its expert runs
+    prompts: list[str]               # templates with {subject}
+
+
+def clusters_of(settings: FarmSettings) -> list[Cluster]:
+    if settings.clusters == "world":
+        from ..world.experts import expert_photos, expert_prompts, expert_subjects
+
+        return [Cluster(name, noun, lambda inst=inst: expert_photos(inst), expert_prompts(noun))
+                for name, noun, inst in expert_subjects(settings.count, settings.seed)]
+    from ..eval.prompts import read_benchmark
+    from ..photos import check_subject_folder
+
+    bench = read_benchmark(Path(settings.clusters))
+    return [Cluster(name, noun, lambda name=name, noun=noun: check_subject_folder(bench.root / name, noun)[1],
+                    bench.prompts_for(name)) for name, noun in bench.classes.items()]
+
+
+# --- the experts --------------------------------------------------------------------------------------------------
+def run_farm(out: Path, settings: FarmSettings, progress: bool = True) -> dict:
+    """Train and sample every cluster's expert that is not done; under a launcher (RANK / WORLD_SIZE) this process
+    takes clusters rank, rank + world, ... . Returns the farm's throughput so far."""
+    from ..eval.bench import process_rank
+
+    out = Path(out)
+    check_farm_settings(out, settings)
+    rank, world = process_rank()
+    clusters = clusters_of(settings)
+    mine = [(i, c) for i, c in enumerate(clusters) if i % world == rank]
+    for done, (index, cluster) in enumerate(mine):
+        record = run_expert(out / EXPERTS / cluster.name, cluster, settings, index, rank)
+        if progress:
+            print(f"[farm {rank}/{world}] {done + 1}/{len(mine)} {cluster.name}: "
+                  f"{record['train_seconds'] + record['generate_seconds']:.0f}s", flush=True)
+    return throughput(out)
+
+
+def check_farm_settings(out: Path, settings: FarmSettings) -> None:
+    """farm.json: written once; a later call may grow --count, and must otherwise be the same farm."""
+    from .. import assets
+
+    path = out / FARM
+    wanted = {**asdict(settings), "assets": [assets.record("model", settings.model)]}
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        differ = [k for k in wanted if k != "count" and saved.get(k) != wanted[k]]
+        if differ:
+            raise UserError(f"{out} holds a farm with another {differ[0]} ({saved.get(differ[0])!r}, not "
+                            f"{wanted[differ[0]]!r}); use the same settings to resume or grow it, or another --out")
+        if saved["count"] >= settings.count:
+            return
+    elif out.exists() and any(out.iterdir()):
+        raise UserError(f"--out {out} is not empty and holds no farm; choose a new or empty folder")
+    atomic_write_json(path, wanted)
+
+
+def run_expert(folder: Path, cluster: Cluster, settings: FarmSettings, index: int, rank: int = 0) -> dict:
+    """One cluster's expert: its photos, a LoRA run on them (resumed if it was cut off), then its images."""
+    from ..config import TrainConfig
+    from ..generation import generate_to_folder
+    from ..training import train
+
+    if (folder / EXPERT).is_file():
+        return json.loads((folder / EXPERT).read_text())
+    photos = cluster.photos()
+    for k, photo in enumerate(photos):
+        atomic_save_image(folder / "photos" / f"{k:02d}.png", photo)
+    started = time.perf_counter()
+    if not (folder / "run" / "subject.json").is_file():
+        cfg = TrainConfig(method="lora", model=settings.model, subject_dir=str(folder / "photos"),
+                          class_noun=cluster.noun, out=str(folder / "run"), steps=settings.expert_steps,
+                          seed=settings.seed + index, checkpoint_every=100)
+        train(cfg, resume=True, progress=False, distributed=False)
+    trained = time.perf_counter()
+    rng = random.Random(f"prompts|{cluster.name}|{settings.seed}")
+    templates = rng.sample(cluster.prompts, min(settings.images, len(cluster.prompts)))
+    seed = 1000 * index
+    result = generate_to_folder(str(folder / "run"), templates, folder / "images", n=1, seed=seed,
+                                steps=settings.sample_steps, guidance=settings.guidance)
+    record = {"name": cluster.name, "class": cluster.noun, "photos": len(photos), "templates": templates,
+              "prompts": [t.replace("{subject}", cluster.noun) for t in templates],
+              "images": [f"images/{f.name}" for f in result.files], "seed": seed, "rank": rank,
+              "train_seconds": round(trained - started, 2), "generate_seconds": round(time.perf_counter() - trained, 2)}
+    atomic_write_json(folder / EXPERT, record)
+    return record
+
+
+def done_experts(out: Path) -> list[tuple[Path, dict]]:
+    folder = Path(out) / EXPERTS
+    paths = sorted(folder.glob(f"*/{EXPERT}")) if folder.is_dir() else []
+    return [(p.parent, json.loads(p.read_text())) for p in paths]
+
+
+def throughput(out: Path) -> dict:
+    """Experts and images per hour of one process, from the finished experts' own timings."""
+    experts = [r for _, r in done_experts(out)]
+    seconds = sum(r["train_seconds"] + r["generate_seconds"] for r in experts)
+    images = sum(len(r["images"]) for r in experts)
+    return {"experts": len(experts), "images": images, "seconds": round(seconds, 1),
+            "experts_per_hour": round(3600 * len(experts) / seconds, 1) if seconds else None,
+            "images_per_hour": round(3600 * images / seconds, 1) if seconds else None}
+
+
+def read_farm(out: Path, need_filter: bool = True) -> dict:
+    """The farm's settings; one-line errors for a folder that is no farm, has no expert yet, or is unfiltered."""
+    out = Path(out)
+    if not (out / FARM).is_file():
+        raise UserError(f"{out} is not an expert farm (no {FARM}); make one with 'subjectgen apprentice experts "
+                        f"--out {out}'")
+    if not done_experts(out):
+        raise UserError(f"the farm {out} has no finished expert yet; run 'subjectgen apprentice experts --out {out}'")
+    if need_filter and not (out / FILTER).is_file():
+        raise UserError(f"the farm {out} is not filtered yet; run 'subjectgen apprentice filter {out}' first")
+    return json.loads((out / FARM).read_text())
+
+
+# --- the filter ---------------------------------------------------------------------------------------------------
+class GeneratorClip:
+    """The generator side's CLIP: the image encoder's projected features against the base text encoder's pooled
+    state through the projection trained with it (world train-image-encoder's text_projection.safetensors)."""
+
+    def __init__(self, encoder_ref: str, components):
+        from safetensors.torch import load_file
+
+        from ..assets import resolve
+        from ..vision import load_image_encoder
+
+        self.encoder = load_image_encoder(encoder_ref)
+        path = Path(resolve("image_encoder", encoder_ref)) / "text_projection.safetensors"
+        if not path.is_file() or not hasattr(self.encoder, "visual_projection"):
+            raise UserError(f"the image encoder {encoder_ref} has no text projection beside it (text_projection."
+                            "safetensors, as 'subjectgen world train-image-encoder' writes); the filter needs both")
+        self.projection = load_file(str(path))["weight"].float()
+        self.components = components
+
+    @torch.no_grad()
+    def images(self, images: list) -> torch.Tensor:
+        from .apprentice import image_processor
+
+        pixels = image_processor(self.encoder)(images, return_tensors="pt").pixel_values
+        return torch.nn.functional.normalize(self.encoder(pixel_values=pixels).image_embeds.float(), dim=-1)
+
+    @torch.no_grad()
+    def texts(self, texts: list[str]) -> torch.Tensor:
+        c = self.components
+        ids = c.tokenizer(texts, padding="max_length", max_length=c.tokenizer.model_max_length, truncation=True,
+                          return_tensors="pt").input_ids
+        pooled = c.text_encoder(ids.to(c.text_encoder.device)).pooler_output.float().cpu()
+        return torch.nn.functional.normalize(pooled @ self.projection.t(), dim=-1)
+
+
+def delta_clip(clip: GeneratorClip, images: list, demos: list, prompts: list[str]) -> tuple[list, list]:
+    """Per image: CLIP-T(image, prompt) - mean CLIP-T(demos, prompt), and mean cosine(image, demos)."""
+    out, ref, text = clip.images(images), clip.images(demos), clip.texts(prompts)
+    follows = (out * text).sum(-1) - (text @ ref.t()).mean(-1)
+    likeness = (out @ ref.t()).mean(-1)
+    return follows.tolist(), likeness.tolist()
+
+
+def keep(delta_t: float, similarity: float, tau_t: float, tau_s: float) -> bool:
+    return delta_t >= tau_t and similarity >= tau_s
+
+
+def filter_farm(out: Path, tau_t: float = FILTER_TAU_T, tau_s: float = FILTER_TAU_S, image_encoder: str = "builtin") -> dict:
+    """Score every expert image, keep those that pass both thresholds; filter.json and kept/dropped sheets."""
+    from PIL import Image
+
+    from .. import assets
+    from ..models import load_model
+    from ..sampling import make_grid
+
+    settings = read_farm(out, need_filter=False)
+    clip = GeneratorClip(image_encoder, load_model(settings["model"]))
+    rows = []
+    for folder, record in done_experts(out):
+        images = [Image.open(folder / name).convert("RGB") for name in record["images"]]
+        demos = [Image.open(p).convert("RGB") for p in sorted((folder / "photos").glob("*.png"))]
+        follows, likeness = delta_clip(clip, images, demos, record["prompts"])
+        for name, prompt, t, s in zip(record["images"], record["prompts"], follows, likeness):
+            rows.append({"expert": folder.name, "image": name, "prompt": prompt, "delta_t": round(t, 4),
+                         "similarity": round(s, 4), "kept": keep(t, s, tau_t, tau_s)})
+    kept = [r for r in rows if r["kept"]]
+    result = {"tau_t": tau_t, "tau_s": tau_s, "image_encoder": assets.record("image_encoder", image_encoder),
+              "total": len(rows), "kept": len(kept), "kept_fraction": round(len(kept) / len(rows), 4),
+              "experts_with_a_kept_image": len({r["expert"] for r in kept}), "images": rows}
+    for label, chosen in (("kept", kept), ("dropped", [r for r in rows if not r["kept"]])):
+        picked = random.Random(label).sample(chosen, min(64, len(chosen)))
+        if picked:
+            sheet = make_grid([Image.open(Path(out) / EXPERTS / r["expert"] / r["image"]) for r in picked], 8)
+            atomic_save_image(Path(out) / f"{label}.png", sheet)
+    atomic_write_json(Path(out) / FILTER, result)
+    return result
+
+
+# --- what the apprentice learns from -----------------------------------------------------------------------------
+RECONSTRUCTION_VIEWS = 8  # views of each photo, the conditioning of IP-Adapter's reconstruction objective
+
+
+def triples(out: Path, objective: str, components, encoder, seed: int = 0, progress: bool = False):
+    """The farm as (demonstrations, prompt, target) triples (methods.apprentice.Triples). apprenticeship: each kept
+    expert image with its prompt and its cluster's photos; reconstruction (IP-Adapter's way, the ablation): each
+    photo is the target, with views of itself as the demonstrations and 'a {class}' as its prompt."""
+    import hashlib
+
+    from PIL import Image
+
+    from ..photos import center_crop
+    from ..subjects import to_tensor
+    from ..training.data import LatentCache
+    from .apprentice import Triples, demo_states
+    from .profusion import photo_views
+
+    size = components.resolution
+    kept = {(r["expert"], r["image"]) for r in json.loads((Path(out) / FILTER).read_text())["images"] if r["kept"]} \
+        if objective == "apprenticeship" else set()
+    targets, prompts, demos_of, demo_sets, digest, zero = [], [], [], [], hashlib.sha256(), None
+    experts = done_experts(out)
+    for folder, record in experts:
+        photos = [center_crop(Image.open(p).convert("RGB"), size) for p in sorted((folder / "photos").glob("*.png"))]
+        if objective == "apprenticeship":
+            chosen = [(n, p) for n, p in zip(record["images"], record["prompts"]) if (folder.name, n) in kept]
+            if not chosen:
+                continue
+            states, zero = demo_states(encoder, photos)
+            demo_sets.append(states.half())
+            for name, prompt in chosen:
+                targets.append(center_crop(Image.open(folder / name).convert("RGB"), size))
+                prompts.append(prompt)
+                demos_of.append(len(demo_sets) - 1)
+                digest.update(f"{folder.name}/{name}|{prompt}".encode())
+        else:
+            for k, photo in enumerate(photos):
+                views = photo_views(to_tensor(photo), RECONSTRUCTION_VIEWS, seed + k)
+                states, zero = demo_states(encoder, views)
+                demo_sets.append(states.half())
+                targets.append(photo)
+                prompts.append(f"a {record['class']}")
+                demos_of.append(len(demo_sets) - 1)
+                digest.update(f"{folder.name}/{k}".encode())
+    if not targets:
+        raise UserError(f"the farm {out} has no kept image to learn from (filter.json keeps none); lower the "
+                        "filter's thresholds or grow the farm")
+    if progress:
+        print(f"apprentice: {len(targets)} {objective} triples from {len(experts)} experts", flush=True)
+    record = {"farm": str(out), "objective": objective, "experts": len(experts), "targets": len(targets),
+              "data_hash": digest.hexdigest()[:16]}
+    return Triples(LatentCache(components, targets), prompts, demos_of, demo_sets, zero[0].half(), record)

@@ -1,0 +1,233 @@
+"""The SuTI apprentice: the expert farm (resume, a 2-process split), the ΔCLIP filter, apprentice training, the
+IP-Adapter export in plain diffusers, zero-shot runs, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from subjectgen.cli import main
+
+EXPERTS = ["--count", "2", "--expert-steps", "3", "--images", "2", "--sample-steps", "2"]
+
+
+@pytest.fixture(scope="session")
+def encoder_dir(tmp_path_factory, tiny_model) -> str:
+    """A tiny CLIP vision tower with a text projection beside it, as 'world train-image-encoder' writes (its
+    projection the width of the tiny model's text encoder, so the filter can compare the two)."""
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    from subjectgen.models import load_model
+
+    width = load_model(tiny_model).text_encoder.config.hidden_size
+    folder = tmp_path_factory.mktemp("encoder")
+    torch.manual_seed(0)
+    CLIPVisionModelWithProjection(CLIPVisionConfig(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64,
+                                                   num_hidden_layers=2, num_attention_heads=2,
+                                                   projection_dim=width)).save_pretrained(folder)
+    save_file({"weight": torch.eye(width), "logit_scale": torch.ones(1)}, str(folder / "text_projection.safetensors"))
+    return str(folder)
+
+
+@pytest.fixture(scope="session")
+def clusters(tmp_path_factory) -> Path:
+    """Two subjects of 3 photos in DreamBench's layout: the clusters of a farm for any model."""
+    from conftest import draw_subject
+
+    root = tmp_path_factory.mktemp("clusters")
+    for name, shift in (("red_ball", 0), ("other_ball", 6)):
+        (root / name).mkdir()
+        for i in range(3):
+            draw_subject(root / name / f"{i}.png", shift=shift + i)
+    (root / "prompts_and_classes.txt").write_text(
+        "Classes\nsubject_name,class\nred_ball,toy\nother_ball,toy\n\nPrompts\nObject Prompts\n"
+        "'a {0} {1} on the beach'.format(unique_token, class_token)\n'a {0} {1} in the snow'.format(unique_token, "
+        "class_token)\n\nLive Subject Prompts\n'a {0} {1} on the beach'.format(unique_token, class_token)\n")
+    return root
+
+
+@pytest.fixture(scope="session")
+def farm(tmp_path_factory, tiny_model, clusters, encoder_dir) -> Path:
+    out = tmp_path_factory.mktemp("farm") / "farm"
+    assert main(["apprentice", "experts", "--model", tiny_model, "--clusters", str(clusters), "--out", str(out),
+                 *EXPERTS, "--quiet"]) == 0
+    assert main(["apprentice", "filter", str(out), "--tau-t", "-1", "--tau-s", "-1",
+                 "--image-encoder", encoder_dir]) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def apprentice_dir(tmp_path_factory, farm, encoder_dir) -> Path:
+    out = tmp_path_factory.mktemp("apprentice") / "ap"
+    assert main(["apprentice", "train", str(farm), "--out", str(out), "--steps", "4", "--batch-size", "2",
+                 "--num-tokens", "4", "--image-encoder", encoder_dir, "--quiet"]) == 0
+    return out
+
+
+def test_farm_layout_and_what_the_filter_keeps(farm):
+    experts = sorted(p.parent.name for p in farm.glob("experts/*/expert.json"))
+    assert experts == ["other_ball", "red_ball"]
+    record = json.loads((farm / "experts" / "red_ball" / "expert.json").read_text())
+    assert record["prompts"] == [t.replace("{subject}", "toy") for t in record["templates"]]
+    assert all((farm / "experts" / "red_ball" / name).is_file() for name in record["images"])
+    assert (farm / "experts" / "red_ball" / "run" / "subject.json").is_file()  # the expert is an ordinary LoRA run
+    kept = json.loads((farm / "filter.json").read_text())
+    assert kept["total"] == 4 and kept["kept"] == 4 and (farm / "kept.png").is_file()
+
+
+def test_the_filter_keeps_and_drops_by_each_threshold():
+    from subjectgen.methods.farm import keep
+
+    assert keep(0.05, 0.6, tau_t=0.04, tau_s=0.5)
+    assert not keep(0.03, 0.6, tau_t=0.04, tau_s=0.5)   # follows the prompt no better than the demonstrations
+    assert not keep(0.05, 0.4, tau_t=0.04, tau_s=0.5)   # no longer the subject
+    assert keep(0.04, 0.5, tau_t=0.04, tau_s=0.5)       # the thresholds themselves are kept
+
+
+def test_delta_clip_is_the_image_score_minus_the_demonstrations(tiny_model, encoder_dir, clusters):
+    from PIL import Image
+
+    from subjectgen.methods.farm import GeneratorClip, delta_clip
+    from subjectgen.models import load_model
+
+    clip = GeneratorClip(encoder_dir, load_model(tiny_model))
+    demos = [Image.open(p).convert("RGB") for p in sorted((clusters / "red_ball").glob("*.png"))]
+    image = [Image.open(clusters / "other_ball" / "0.png").convert("RGB")]
+    follows, likeness = delta_clip(clip, image, demos, ["a toy on the beach"])
+    out, ref, text = clip.images(image), clip.images(demos), clip.texts(["a toy on the beach"])
+    assert follows[0] == pytest.approx(float(out[0] @ text[0] - (ref @ text[0]).mean()), abs=1e-6)
+    assert likeness[0] == pytest.approx(float((ref @ out[0]).mean()), abs=1e-6)
+    assert delta_clip(clip, demos[:1], demos[:1], ["a toy"])[1][0] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_a_killed_farm_resumes_without_training_finished_experts_again(farm, tmp_path, tiny_model, clusters):
+    import shutil
+
+    copy = tmp_path / "farm"
+    shutil.copytree(farm, copy)
+    (copy / "experts" / "other_ball" / "expert.json").unlink()  # as if killed while drawing its images
+    done = (copy / "experts" / "red_ball" / "expert.json").read_text()
+    weights = copy / "experts" / "other_ball" / "run" / "pytorch_lora_weights.safetensors"
+    before = weights.stat().st_mtime_ns
+    assert main(["apprentice", "experts", "--model", tiny_model, "--clusters", str(clusters), "--out", str(copy),
+                 *EXPERTS, "--quiet"]) == 0
+    assert (copy / "experts" / "red_ball" / "expert.json").read_text() == done   # untouched
+    assert weights.stat().st_mtime_ns == before  # its finished LoRA run was reused, not trained again
+    assert (copy / "experts" / "other_ball" / "expert.json").is_file()
+
+
+def test_two_processes_split_the_clusters_with_no_overlap(tmp_path, tiny_model, clusters):
+    out = tmp_path / "farm"
+    env = {**os.environ, "WORLD_SIZE": "2", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "subjectgen.cli", "apprentice", "experts", "--model", tiny_model, "--clusters",
+           str(clusters), "--out", str(out), *EXPERTS, "--quiet"]
+    subprocess.run(cmd, env={**env, "RANK": "0"}, check=True, capture_output=True)  # one after the other: a split,
+    subprocess.run(cmd, env={**env, "RANK": "1"}, check=True, capture_output=True)  # not a race, is what is tested
+    ranks = {p.parent.name: json.loads(p.read_text())["rank"] for p in out.glob("experts/*/expert.json")}
+    assert ranks == {"red_ball": 0, "other_ball": 1}
+
+
+def test_apprentice_training_changes_only_its_own_weights(farm, tiny_model, encoder_dir, tmp_path):
+    from subjectgen.config import TrainConfig
+    from subjectgen.training.loop import Trainer
+
+    cfg = TrainConfig(method="apprentice-train", model=tiny_model, subject_dir=None, class_noun=None,
+                      out=str(tmp_path / "ap"), images=str(farm), image_encoder=encoder_dir, steps=5, batch_size=2,
+                      num_tokens=4, lr=1e-2)
+    trainer = Trainer(cfg, progress=False)
+    unet = trainer.components.unet
+    adapter = {n for n, p in unet.named_parameters() if p.requires_grad}
+    assert adapter and all("encoder_hid_proj" in n or "_ip." in n for n in adapter)
+    before = {n: p.detach().clone() for n, p in unet.named_parameters()}
+    text = {n: p.detach().clone() for n, p in trainer.components.text_encoder.named_parameters()}
+    trainer.run()
+    changed = {n for n, p in unet.named_parameters() if not torch.equal(p, before[n])}
+    assert changed and changed <= adapter
+    assert all(torch.equal(p, text[n]) for n, p in trainer.components.text_encoder.named_parameters())
+
+
+def test_the_ip_adapter_export_loads_in_plain_diffusers_and_generates_our_images(apprentice_dir, tiny_model,
+                                                                                tmp_path, subject_dir):
+    from diffusers import StableDiffusionPipeline
+    from PIL import Image
+
+    from subjectgen.models import load_model
+    from subjectgen.sampling import initial_latents
+
+    flat = load_file(str(apprentice_dir / "ip_adapter.safetensors"))
+    assert {k.split(".")[0] for k in flat} == {"image_proj", "ip_adapter"} and "image_proj.latents" in flat
+    run = tmp_path / "run"
+    assert main(["train", "apprentice", "--model", tiny_model, "--subject", str(subject_dir), "--class", "toy",
+                 "--out", str(run), "--apprentice", str(apprentice_dir), "--quiet"]) == 0
+    assert main(["generate", str(run), "a {subject} on the beach", "-n", "1", "--seed", "3", "--steps", "4",
+                 "--out", str(tmp_path / "ours"), "--quiet"]) == 0
+    ours = np.asarray(Image.open(tmp_path / "ours" / "p00-0.png"), dtype=np.int16)
+
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_model)
+    pipe.load_ip_adapter(str(run), subfolder="", weight_name="ip_adapter.safetensors")
+    demos = [Image.open(p) for p in sorted((run / "demos").glob("*.png"))]
+    latents = initial_latents(load_model(tiny_model), [3])
+    theirs = pipe("a toy on the beach", ip_adapter_image=[demos], num_inference_steps=4, guidance_scale=7.5,
+                  latents=latents, output_type="np").images[0]
+    assert np.abs(ours - np.round(theirs * 255).astype(np.int16)).max() <= 1
+    base = np.asarray(Image.open(tmp_path / "ours" / "p00-0.png"))
+    assert main(["generate", str(run), "a {subject} on the beach", "-n", "1", "--seed", "3", "--steps", "4",
+                 "--ip-scale", "0", "--out", str(tmp_path / "scale0"), "--quiet"]) == 0
+    assert not np.array_equal(base, np.asarray(Image.open(tmp_path / "scale0" / "p00-0.png")))  # the demos matter
+
+
+def test_a_zero_shot_run_is_an_ordinary_run_folder(apprentice_dir, tiny_model, tmp_path, subject_dir):
+    run = tmp_path / "run"
+    assert main(["train", "apprentice", "--model", tiny_model, "--subject", str(subject_dir), "--class", "toy",
+                 "--out", str(run), "--apprentice", str(apprentice_dir), "--quiet"]) == 0
+    manifest = json.loads((run / "subject.json").read_text())
+    assert manifest["method"] == "apprentice" and manifest["subject"] == "toy" and len(manifest["demos"]) == 3
+    assert manifest["metrics"]["time_to_subject_seconds"] > 0 and manifest["settings"]["steps"] == 0
+    states = load_file(str(run / "demo_states.safetensors"))
+    assert states["states"].shape[0] == 3 and states["zero"].shape == states["states"].shape
+    assert {e["kind"] for e in manifest["assets"]} == {"model", "apprentice"}
+
+
+def test_bad_input_is_one_line_and_writes_nothing(apprentice_dir, tiny_model, tmp_path, subject_dir, capsys, farm):
+    two = tmp_path / "two"
+    two.mkdir()
+    for p in sorted(subject_dir.glob("*.png"))[:2]:
+        (two / p.name).write_bytes(p.read_bytes())
+    out = tmp_path / "run"
+    cases = [
+        (["train", "apprentice", "--model", tiny_model, "--subject", str(two), "--class", "toy", "--out", str(out),
+          "--apprentice", str(apprentice_dir)], "at least 3 photos"),
+        (["train", "apprentice", "--model", "builtin", "--subject", str(subject_dir), "--class", "toy", "--out",
+          str(out), "--apprentice", str(apprentice_dir)], "another base model"),
+        (["train", "apprentice", "--model", tiny_model, "--subject", str(subject_dir), "--class", "toy", "--out",
+          str(out), "--apprentice", str(tmp_path)], "no apprentice there"),
+        (["apprentice", "train", str(tmp_path), "--out", str(out)], "not an expert farm"),
+        (["train", "apprentice", "--subject", str(subject_dir), "--class", "toy", "--out", str(out), "--lr", "1"],
+         "does not apply to apprentice"),
+    ]
+    for argv, expected in cases:
+        assert exit_code(argv) == 2
+        err = capsys.readouterr().err
+        assert expected in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+        assert not out.exists()
+    empty = tmp_path / "empty-farm"
+    empty.mkdir()
+    (empty / "farm.json").write_text(json.dumps({"model": tiny_model}))
+    assert main(["apprentice", "filter", str(empty)]) == 2
+    assert "no finished expert" in capsys.readouterr().err
+
+
+def exit_code(argv: list[str]) -> int:
+    """main's exit code, also for an argument error (argparse exits)."""
+    try:
+        return main(argv)
+    except SystemExit as exc:
+        return exc.code
