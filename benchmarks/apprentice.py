@@ -152,6 +152,129 @@ def train_apprentices(threads: str) -> None:
               f"{manifest['metrics']['final_loss']:.4f}, {manifest['metrics']['train_seconds'] / 60:.1f} min")
 
 
+def ship() -> None:
+    """The whole-farm apprentice becomes `builtin`: its adapter file and its record (the image encoder is the
+    built-in one, kept once in the package)."""
+    from subjectgen.assets import APPRENTICE
+
+    source = APPRENTICES["apprenticeship"]
+    manifest = json.loads((source / "subject.json").read_text())
+    settings = manifest["settings"]
+    if settings["image_encoder"] != "builtin":
+        raise SystemExit(f"{source} was trained with image encoder {settings['image_encoder']}, not the built-in one")
+    farm_record, kept = json.loads((FARM / "farm.json").read_text()), json.loads((FARM / "filter.json").read_text())
+    record = {"model": manifest["model"], "image_encoder": "builtin", "assets": manifest["assets"],
+              "farm": {"experts": manifest["experts"], "expert_steps": farm_record["expert_steps"],
+                       "images_per_expert": farm_record["images"], "images": kept["total"], "kept": kept["kept"],
+                       "kept_fraction": kept["kept_fraction"], "tau_t": kept["tau_t"], "tau_s": kept["tau_s"]},
+              "objective": manifest["objective"], "targets": manifest["targets"], "data_hash": manifest["data_hash"],
+              "steps": settings["steps"], "batch_size": settings["batch_size"], "lr": settings["lr"],
+              "num_tokens": manifest["num_tokens"], "final_loss": manifest["metrics"]["final_loss"],
+              "train_seconds": manifest["metrics"]["train_seconds"], "torch": manifest["versions"]["torch"],
+              "command": f"subjectgen apprentice train {FARM} --out {source}"}
+    APPRENTICE.mkdir(exist_ok=True)
+    shutil.copy(source / "ip_adapter.safetensors", APPRENTICE / "ip_adapter.safetensors")
+    (APPRENTICE / "training.json").write_text(json.dumps(record, indent=1))
+    print(f"Shipped {source} as the built-in apprentice ({(APPRENTICE / 'ip_adapter.safetensors').stat().st_size / 1e6:.1f}"
+          " MB).\n")
+
+
+def bench(*args: str) -> None:
+    cli("bench", "--quiet", "--dino", "builtin", "--clip", "builtin", "--images-per-prompt", "1", *args)
+
+
+def row(folder: Path, method: str, label: str) -> str:
+    from subjectgen.eval.report import gain
+
+    results = json.loads((folder / "results.json").read_text())
+    pairs, summary = results["pairs"], results["summary"]
+    base, perfect, mine, mean = pairs["baseline"], pairs["perfect"], pairs[method], summary[method]
+    won = sum(mine[s]["dino"] > base[s]["dino"] and mine[s]["clip_i"] > base[s]["clip_i"] for s in mine)
+    if method in ("baseline", "perfect"):
+        vs = f"{mean['clip_t_vs_baseline']:+.1%}" if method == "perfect" else "–"
+        return f"| {label} | {mean['dino']:.3f} | {mean['clip_i']:.3f} | {mean['clip_t']:.3f} | – | {vs} | – | – |"
+    g = gain(mean["dino"], summary["baseline"]["dino"], summary["perfect"]["dino"])
+    over = sum((gain(mine[s]["dino"], base[s]["dino"], perfect[s]["dino"]) or 0) > 1 for s in mine)
+    return (f"| {label} | {mean['dino']:.3f} | {mean['clip_i']:.3f} | {mean['clip_t']:.3f} | {g:.2f} | "
+            f"{mean['clip_t_vs_baseline']:+.1%} | {won}/{len(mine)} | {over} |")
+
+
+HEADER = ("| method | DINO | CLIP-I | CLIP-T | gain | CLIP-T vs baseline | beats baseline on DINO and CLIP-I | "
+          "gain above 1 on |\n|---|---|---|---|---|---|---|---|")
+
+
+def measure(name: str, source: str, folder: Path, others: tuple[str, ...], scaling: bool) -> None:
+    """The apprentice in the starting point's folder, beside its rows; the reconstruction ablation (and the
+    scaling apprentices) in folders of their own that reuse its baseline."""
+    bench("--bench", source, "--methods", "apprentice", "--apprentice", str(APPRENTICES["apprenticeship"]),
+          "--out", str(folder))
+    variants = {"apprentice, reconstruction (IP-Adapter's objective)": APPRENTICES["reconstruction"]}
+    if scaling:
+        variants.update({f"apprentice, {int(f * 100)} % of the experts": OUT / f"apprentice-{int(f * 100)}"
+                         for f in SCALING})
+    rows = [row(folder, m, m) for m in ("baseline", "perfect", *others, "apprentice")]
+    for label, apprentice in variants.items():
+        out = folder.parent / f"{folder.name}-{apprentice.name}"
+        bench("--bench", source, "--methods", "apprentice", "--apprentice", str(apprentice), "--out", str(out),
+              "--runs-from", str(folder))
+        rows.append(row(out, "apprentice", label))
+    print(f"{name}, 25 prompts x 1 image, the built-in evaluators; the apprentice's rows beside the starting "
+          "point's:\n")
+    print(HEADER)
+    print("\n".join(rows))
+    print()
+    if scaling:
+        scaling_plot(folder)
+
+
+def scaling_plot(folder: Path) -> None:
+    """Apprentice quality against the number of experts it learned from (validation subjects)."""
+    from subjectgen.eval.plots import bar_chart
+    from subjectgen.eval.report import gain
+
+    values, lines = {}, []
+    for apprentice in [OUT / f"apprentice-{int(f * 100)}" for f in SCALING] + [APPRENTICES["apprenticeship"]]:
+        bench_dir = folder if apprentice == APPRENTICES["apprenticeship"] else \
+            folder.parent / f"{folder.name}-{apprentice.name}"
+        summary = json.loads((bench_dir / "results.json").read_text())["summary"]
+        experts = json.loads((apprentice / "subject.json").read_text())["experts"]
+        mean = summary["apprentice"]
+        g = gain(mean["dino"], summary["baseline"]["dino"], summary["perfect"]["dino"])
+        values[f"{experts} experts"] = [mean["dino"], mean["clip_i"], mean["clip_t"], g]
+        lines.append(f"| {experts} | {mean['dino']:.3f} | {mean['clip_i']:.3f} | {mean['clip_t']:.3f} | {g:.2f} |")
+    bar_chart(Path("docs/images/apprentice_scaling.png"), values, ["DINO", "CLIP-I", "CLIP-T", "gain"])
+    print("Scaling (validation subjects): the apprentice against the number of experts it learned from, same steps "
+          "(docs/images/apprentice_scaling.png):\n")
+    print("| experts | DINO | CLIP-I | CLIP-T | gain |\n|---|---|---|---|---|")
+    print("\n".join(lines) + "\n")
+
+
+def time_to_subject() -> None:
+    """DreamBooth-LoRA and the apprentice, alternately on the same subjects, in this one process's runs."""
+    from subjectgen.world.build import subject_class
+
+    rows, out = [], OUT / "apprentice-timed"
+    for subject in TIMED_SUBJECTS:
+        for method in ("lora", "apprentice"):
+            run = out / f"{method}-{subject}"
+            if not (run / "subject.json").is_file():
+                extra = ["--apprentice", str(APPRENTICES["apprenticeship"])] if method == "apprentice" else []
+                cli("--threads", "1", "train", method, "--subject", f"src/subjectgen/assets/emojibench/{subject}",
+                    "--class", subject_class(subject), "--out", str(run), "--overwrite", "--quiet", *extra)
+            manifest = json.loads((run / "subject.json").read_text())
+            rows.append((method, subject, manifest["metrics"]["time_to_subject_seconds"]))
+    print("Time to subject (load + encode or train, before the first image), trained alternately in this run, one "
+          "thread:\n")
+    print("| subject | DreamBooth-LoRA s | apprentice s | ratio |\n|---|---|---|---|")
+    totals = {"lora": 0.0, "apprentice": 0.0}
+    for subject in TIMED_SUBJECTS:
+        lora, ap = (next(t for m, s, t in rows if m == method and s == subject) for method in totals)
+        totals["lora"] += lora
+        totals["apprentice"] += ap
+        print(f"| {subject} | {lora:.1f} | {ap:.1f} | {lora / ap:.1f}x |")
+    print(f"| all | {totals['lora']:.1f} | {totals['apprentice']:.1f} | {totals['lora'] / totals['apprentice']:.1f}x |\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", action="append", choices=("thresholds", "farm", "train", "emojibench",
@@ -166,6 +289,15 @@ def main() -> None:
         farm(args.count)
     if "train" in parts:
         train_apprentices(args.threads)
+        ship()
+    if "emojibench" in parts:
+        measure("EmojiBench", "emoji", OUT / "emojibench", ("lora", "dreambooth", "textual-inversion", "profusion"),
+                scaling=False)
+    if "validation" in parts:
+        measure("Validation subjects", str(VALIDATION), OUT / "validation", ("lora", "textual-inversion"),
+                scaling=True)
+    if "time" in parts:
+        time_to_subject()
 
 
 if __name__ == "__main__":

@@ -292,6 +292,30 @@ def test_runs_from_reuses_what_was_made_the_same_way(finished, tiny_model, evalu
     assert "not a bench folder" in capsys.readouterr().err
 
 
+def test_new_evaluators_score_the_same_images_again_without_training_or_sampling(finished, tiny_model,
+                                                                                 evaluator_dirs, tmp_path):
+    import torch
+    from transformers import ViTConfig, ViTModel
+
+    torch.manual_seed(1)  # another DINO: only the evaluators differ from `finished`
+    dino = tmp_path / "dino"
+    ViTModel(ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                       intermediate_size=64), add_pooling_layer=False).save_pretrained(dino)
+    out = tmp_path / "rescored"
+    args = bench_args(tiny_model, (str(dino), evaluator_dirs[1]), out) + ["--runs-from", str(finished)]
+    assert main(args) == 0
+    for method in ("baseline", "lora"):
+        for subject in ("dog", "backpack"):
+            mine, theirs = (folder / "pairs" / method / subject for folder in (out, finished))
+            assert all(a.read_bytes() == b.read_bytes() for a, b in zip(sorted((mine / "images").iterdir()),
+                                                                         sorted((theirs / "images").iterdir())))
+            assert (mine / "generate_seconds.json").read_bytes() == (theirs / "generate_seconds.json").read_bytes()
+            old, new = (json.loads((f / "scores.json").read_text()) for f in (theirs, mine))
+            assert new["clip_t"] == pytest.approx(old["clip_t"]) and new["dino"] != pytest.approx(old["dino"])
+    assert (out / "pairs" / "lora" / "dog" / "run" / MANIFEST).read_bytes() == \
+        (finished / "pairs" / "lora" / "dog" / "run" / MANIFEST).read_bytes()  # not trained again
+
+
 def test_workers_split_the_subjects_and_give_the_same_scores(finished, tiny_model, evaluator_dirs, tmp_path):
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "subjectgen.cli", *bench_args(tiny_model, evaluator_dirs, out), "--workers", "2"]

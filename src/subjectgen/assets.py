@@ -133,3 +133,24 @@ def check_recorded(entry: dict, what: str) -> None:
         raise UserError(f"{what} was made with {entry['kind']} '{entry['ref']}' (fingerprint {entry['fingerprint']}), "
                         f"whose files have changed since (now {now}); train it again on the current weights, "
                         "or restore the ones it was made with")
+
+
+# The methods whose runs need a pretrained network of their own, made for one base model: (asset kind, flag).
+PRETRAINED = {"profusion": ("promptnet", "--promptnet"), "apprentice": ("apprentice", "--apprentice")}
+
+
+def unfit_pretrained(method: str, ref: str, model: str) -> str | None:
+    """Why `method` cannot run on `model` with its pretrained network `ref` (missing, or made for another base
+    model by its record's fingerprint); None when it can, or the method needs none."""
+    if method not in PRETRAINED:
+        return None
+    kind, flag = PRETRAINED[method]
+    folder = Path(resolve(kind, ref))
+    if not folder.is_dir():
+        return f"its {flag} {ref} does not exist"
+    records = [folder / n for n in ("training.json", "subject.json") if (folder / n).is_file()]
+    made = next((e for r in records for e in json.loads(r.read_text()).get("assets", []) if e["kind"] == "model"),
+                None)
+    if made and made.get("fingerprint") and made["fingerprint"] != fingerprint("model", model):
+        return f"its {flag} {ref} was made for {made['ref']}, not for --model {model}"
+    return None

@@ -366,7 +366,8 @@ def add_bench_parser(sub) -> None:
     p.add_argument("--runs-from", metavar="DIR",
                    help="copy from an earlier bench folder what it made the same way: its trained runs (same model, "
                         "subjects, seed and training settings) and its baseline (same settings but the methods' "
-                        "own), to sweep a setting without retraining")
+                        "own), to sweep a setting without retraining; when only --dino or --clip differ, every "
+                        "pair's images, scored again by the new evaluators (nothing is trained or sampled)")
     add_method_sample_flags(p)
     p.add_argument("--workers", type=number_type(AT_LEAST_1), default=1, metavar="N",
                    help="run the bench as N local processes, the subjects split among them, each with its share of "
@@ -403,8 +404,10 @@ def run_train(args) -> None:
     cfg = TrainConfig(**options)
     result = train(cfg, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
     if result.manifest:
-        trained = (f"trained {cfg.method} in {result.seconds:.1f}s, final loss {result.final_loss:.4f}"
-                   if result.steps else f"{cfg.method} with no training steps (--steps 0)")
+        zero_shot = "steps" in registry.get(cfg.method).drops
+        trained = (f"trained {cfg.method} in {result.seconds:.1f}s, final loss {result.final_loss:.4f}" if result.steps
+                   else f"{cfg.method}: zero-shot, ready in {result.manifest['metrics']['time_to_subject_seconds']:.1f}s"
+                   if zero_shot else f"{cfg.method} with no training steps (--steps 0)")
         print(f"{trained}; run: {result.run_dir}; prompts use {{subject}} = '{result.manifest['subject']}'")
 
 
@@ -529,12 +532,27 @@ def bench_config(args):
     if args.quick:  # the quick subset, where a flag does not say otherwise
         chosen = {k: v if v is not None else QUICK[k] for k, v in chosen.items()}
     chosen["images_per_prompt"] = chosen["images_per_prompt"] or 4
-    methods = registry.names() if args.methods is None else [m for m in args.methods.split(",") if m]
+    methods = default_bench_methods(args) if args.methods is None else [m for m in args.methods.split(",") if m]
     return BenchConfig(bench=args.bench, out=args.out, methods=methods, model=args.model, **chosen, seed=args.seed,
                        sample_steps=args.sample_steps, guidance=args.guidance, train_steps=args.train_steps,
                        train_lr=args.train_lr, promptnet=args.promptnet, apprentice=args.apprentice,
                        masked_loss=args.masked_loss, subject_start=args.subject_start, dino=args.dino,
                        clip=args.clip, runs_from=args.runs_from, sample_options=sample_options(args))
+
+
+def default_bench_methods(args) -> list[str]:
+    """Every registered method that can run on --model; one whose pretrained network was made for another model
+    (the built-in PromptNet or apprentice on a Stable Diffusion model) is left out, with a warning."""
+    from .assets import unfit_pretrained
+
+    methods = []
+    for method in registry.names():
+        reason = unfit_pretrained(method, args.promptnet if method == "profusion" else args.apprentice, args.model)
+        if reason:
+            warnings.warn(f"leaving {method} out of the bench: {reason} (name it in --methods with one that fits)")
+        else:
+            methods.append(method)
+    return methods
 
 
 def run_bench(args) -> None:

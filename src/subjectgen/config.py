@@ -204,7 +204,7 @@ class FarmSettings:
 # benchmarks/apprentice.py's rule (--only thresholds): each the cut that best separates the world's own renders of
 # a subject in a scene from renders that are not that (tau_s: another instance of its class in the same scene;
 # tau_t: a new photo of the subject in its own places, which follows no prompt).
-FILTER_TAU_T, FILTER_TAU_S = 0.0, 0.0
+FILTER_TAU_T, FILTER_TAU_S = 0.257, 0.012
 
 
 @dataclass
@@ -239,7 +239,7 @@ class BenchConfig:
         check_settings(self)
         check_sample_options(self.sample_options)
         for name in self.methods:  # --train-steps within each method's own range (0 only where it means something)
-            if name in registry.names() and self.train_steps is not None:
+            if name in registry.names() and self.train_steps is not None and "steps" not in registry.get(name).drops:
                 bound = registry.get(name).bounds.get("steps", bound_of(TrainConfig, "steps"))
                 if not bound.allows(self.train_steps):
                     raise UserError(f"--train-steps {self.train_steps}: {name} needs {bound.describe()}")

@@ -50,7 +50,20 @@ def resolve_config(cfg: BenchConfig, bench: Benchmark) -> BenchConfig:
             raise UserError(f"{bench.root} lists subject '{name}' but has no folder {bench.root / name}")
         if cfg.masked_loss:  # a missing mask must stop the bench now, not after hours of other pairs
             load_subject(bench.root / name, bench.classes[name], resolution=8, masks=True)
+    check_pretrained_assets(cfg)
     return cfg
+
+
+def check_pretrained_assets(cfg: BenchConfig) -> None:
+    """A method's pretrained network (the PromptNet, the apprentice) made for another base model is a one-line
+    error now, not after hours of the other methods' pairs."""
+    from ..assets import unfit_pretrained
+
+    for method in cfg.methods:
+        reason = unfit_pretrained(method, cfg.promptnet if method == "profusion" else cfg.apprentice, cfg.model)
+        if reason:
+            raise UserError(f"--methods includes {method}, but {reason}; give one made for this model, or leave "
+                            f"{method} out of --methods")
 
 
 def differing_settings(spec: Path, protocol: dict) -> list[str]:
@@ -68,8 +81,13 @@ METHOD_ONLY_KEYS = ("train_steps", "train_lr", "promptnet", "apprentice", "maske
                     "sample_options")
 
 
+# The keys of the evaluators only: a folder that differs from another only in these has the same images.
+EVALUATOR_KEYS = ("dino", "clip", "dino_hash", "clip_hash")
+
+
 def reusable(folder: Path, protocol: dict) -> set[str]:
-    """What --runs-from may copy from `folder`: {'runs'} (trained runs), {'baseline'} (its pairs); never empty."""
+    """What --runs-from may copy from `folder`: {'runs'} (trained runs), {'baseline'} (its pairs), {'images'} (every
+    pair's runs and images, to be scored again: only the evaluators differ); never empty."""
     spec = folder / "bench.json"
     if not spec.is_file():
         raise UserError(f"--runs-from {folder} is not a bench folder (no bench.json); give an earlier --out")
@@ -77,6 +95,8 @@ def reusable(folder: Path, protocol: dict) -> set[str]:
     found = set() if set(differ) & set(TRAINING_KEYS) else {"runs"}
     if not set(differ) - set(METHOD_ONLY_KEYS):
         found.add("baseline")
+    if differ and not set(differ) - set(EVALUATOR_KEYS):
+        found.add("images")
     if not found:
         raise UserError(f"--runs-from {folder} was benchmarked with other settings ({', '.join(differ)}); give a "
                         "folder with the same model, subjects and training or sampling settings")
@@ -251,6 +271,8 @@ def run_pair(ctx: Context, method: str, subject: str, bar) -> dict:
     done = pair / "scores.json"
     if method == "baseline" and "baseline" in ctx.reuse and not done.is_file():
         copy_pair(Path(ctx.cfg.runs_from) / "pairs" / method / subject, pair)
+    if "images" in ctx.reuse and not done.is_file() and method != "oracle":
+        copy_images(Path(ctx.cfg.runs_from) / "pairs" / method / subject, pair)
     if done.is_file():
         bar.update(0 if method == "oracle" else len(ctx.prompts(subject)))
         return json.loads(done.read_text())
@@ -309,9 +331,11 @@ def prepare_run(ctx: Context, method: str, subject: str, pair: Path):
     if not (run_dir / MANIFEST).is_file() and "runs" in ctx.reuse:
         copy_run(Path(ctx.cfg.runs_from) / "pairs" / method / subject, pair)
     if not (run_dir / MANIFEST).is_file():  # never trained, or killed while training: train afresh
+        trains = "steps" not in registry.get(method).drops  # a zero-shot method takes no training settings
         cfg = TrainConfig(method=method, model=ctx.cfg.model, subject_dir=str(ctx.bench.root / subject),
-                          class_noun=ctx.bench.classes[subject], out=str(run_dir), steps=ctx.cfg.train_steps,
-                          lr=ctx.cfg.train_lr, seed=ctx.cfg.seed, masked_loss=ctx.cfg.masked_loss,
+                          class_noun=ctx.bench.classes[subject], out=str(run_dir),
+                          steps=ctx.cfg.train_steps if trains else None, lr=ctx.cfg.train_lr if trains else None,
+                          seed=ctx.cfg.seed, masked_loss=ctx.cfg.masked_loss and trains,
                           promptnet=ctx.cfg.promptnet, apprentice=ctx.cfg.apprentice)
         started = time.perf_counter()
         train(cfg, overwrite=True, progress=False, distributed=False)
@@ -339,6 +363,16 @@ def copy_pair(source: Path, pair: Path) -> None:
     """Copy a finished pair (images and scores; their paths are relative to the bench folder), if it is one."""
     if (source / "scores.json").is_file():
         copy_dir(source, pair)
+
+
+def copy_images(source: Path, pair: Path) -> None:
+    """Another folder's pair without its scores (same images, other evaluators): only scoring is left to do."""
+    import shutil
+
+    if (source / "scores.json").is_file():
+        copy_dir(source, pair)
+        (pair / "scores.json").unlink()
+        shutil.rmtree(pair / "run" / "checkpoints", ignore_errors=True)
 
 
 def copy_dir(source: Path, target: Path) -> None:

@@ -12,6 +12,7 @@ Two methods share this module, both through the one training loop:
 
 from __future__ import annotations
 
+import json
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,12 +55,25 @@ def demo_states(encoder, images: list) -> tuple[torch.Tensor, torch.Tensor]:
 def apprentice_folder(ref: str, components=None) -> Path:
     """The apprentice `ref` names (a folder from 'subjectgen apprentice train', or builtin), checked."""
     folder = Path(assets.resolve("apprentice", ref))
-    if not (folder / ipa.WEIGHTS).is_file() or not (folder / ipa.IMAGE_ENCODER).is_dir():
+    if not (folder / ipa.WEIGHTS).is_file() or encoder_dir(folder) is None:
         raise UserError(f"--apprentice {ref}: no apprentice there ({ipa.WEIGHTS} and {ipa.IMAGE_ENCODER}/); train "
                         "one with 'subjectgen apprentice train'")
     if components is not None:
         ipa.check_fits(ipa.load_state(folder / ipa.WEIGHTS), components.unet)
     return folder
+
+
+def encoder_dir(folder: Path) -> Path | None:
+    """An apprentice's image encoder: its image_encoder/ (IP-Adapter's layout), or, for the shipped one, the
+    built-in image encoder its record names (kept once in the package, not twice)."""
+    if (folder / ipa.IMAGE_ENCODER).is_dir():
+        return folder / ipa.IMAGE_ENCODER
+    record = folder / "training.json"
+    if record.is_file():
+        ref = json.loads(record.read_text()).get("image_encoder")
+        if ref in assets.builtin_names("image_encoder"):
+            return Path(assets.resolve("image_encoder", ref))
+    return None
 
 
 def install(unet, state: dict) -> None:
@@ -101,7 +115,7 @@ class Apprentice(Method):
         from ..vision import load_image_encoder
 
         folder = apprentice_folder(trainer.cfg.apprentice)
-        encoder = load_image_encoder(str(folder / ipa.IMAGE_ENCODER), trainer.accelerator.device)
+        encoder = load_image_encoder(str(encoder_dir(folder)), trainer.accelerator.device)
         subject = trainer.subject
         images, names = subject.images[:MAX_DEMOS], [p.name for p in subject.paths[:MAX_DEMOS]]
         if trainer.progress:
@@ -122,7 +136,7 @@ class Apprentice(Method):
         return None  # no step runs
 
     def save(self, run_dir: Path) -> list[str]:
-        ipa.save(run_dir, ipa.installed_state(self.components.unet), self.data.folder / ipa.IMAGE_ENCODER)
+        ipa.save(run_dir, ipa.installed_state(self.components.unet), encoder_dir(self.data.folder))
         names = [f"{DEMOS}/{i:02d}.png" for i in range(len(self.data.images))]
         for name, image in zip(names, self.data.images):
             atomic_save_image(run_dir / name, image)

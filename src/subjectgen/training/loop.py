@@ -231,7 +231,8 @@ class Trainer:
     # --- the loop -----------------------------------------------------------------------------------
     def run(self) -> TrainResult:
         cfg, acc = self.cfg, self.accelerator
-        bar = tqdm(total=cfg.steps, initial=self.start_step, desc=f"train {cfg.method}", disable=not self.progress)
+        bar = tqdm(total=cfg.steps, initial=self.start_step, desc=f"train {cfg.method}",
+                   disable=not self.progress or not cfg.steps)
         started = time.perf_counter()
         log = LossLog(self.out / "loss.csv", acc.is_main_process, self.start_step)
         record = {"loss": float("nan")}
@@ -301,7 +302,7 @@ class Trainer:
             "resumes": json.loads((self.out / RUN_SPEC).read_text()).get("resumes", []),  # settings a resume changed
             # each asset's fingerprint: loading checks it
             "assets": [assets.record("model", self.cfg.model)] + self.method.asset_records(),
-            "metrics": {"final_loss": final_loss, "train_seconds": round(seconds, 3),
+            "metrics": {"final_loss": final_loss if self.cfg.steps else None, "train_seconds": round(seconds, 3),
                         "time_to_subject_seconds": round(time.perf_counter() - self.started, 3),
                         "steps_per_second": round(done / seconds, 3) if seconds and done else None,
                         "world_size": self.accelerator.num_processes},
