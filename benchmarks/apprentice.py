@@ -251,28 +251,11 @@ def scaling_plot(folder: Path) -> None:
 
 def time_to_subject() -> None:
     """DreamBooth-LoRA and the apprentice, alternately on the same subjects, in this one process's runs."""
-    from subjectgen.world.build import subject_class
+    from timing import alternate
 
-    rows, out = [], OUT / "apprentice-timed"
-    for subject in TIMED_SUBJECTS:
-        for method in ("lora", "apprentice"):
-            run = out / f"{method}-{subject}"
-            if not (run / "subject.json").is_file():
-                extra = ["--apprentice", str(APPRENTICES["apprenticeship"])] if method == "apprentice" else []
-                cli("--threads", "1", "train", method, "--subject", f"src/subjectgen/assets/emojibench/{subject}",
-                    "--class", subject_class(subject), "--out", str(run), "--overwrite", "--quiet", *extra)
-            manifest = json.loads((run / "subject.json").read_text())
-            rows.append((method, subject, manifest["metrics"]["time_to_subject_seconds"]))
-    print("Time to subject (load + encode or train, before the first image), trained alternately in this run, one "
-          "thread:\n")
-    print("| subject | DreamBooth-LoRA s | apprentice s | ratio |\n|---|---|---|---|")
-    totals = {"lora": 0.0, "apprentice": 0.0}
-    for subject in TIMED_SUBJECTS:
-        lora, ap = (next(t for m, s, t in rows if m == method and s == subject) for method in totals)
-        totals["lora"] += lora
-        totals["apprentice"] += ap
-        print(f"| {subject} | {lora:.1f} | {ap:.1f} | {lora / ap:.1f}x |")
-    print(f"| all | {totals['lora']:.1f} | {totals['apprentice']:.1f} | {totals['lora'] / totals['apprentice']:.1f}x |\n")
+    alternate(OUT / "apprentice-timed", TIMED_SUBJECTS,
+              {"lora": [], "apprentice": ["--apprentice", str(APPRENTICES["apprenticeship"])]},
+              ("DreamBooth-LoRA", "apprentice"))
 
 
 def main() -> None:

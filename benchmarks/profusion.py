@@ -202,27 +202,9 @@ def emojibench(workers: str, tuned_row: bool) -> None:
 
 def time_to_subject(out: Path) -> None:
     """DreamBooth-full and ProFusion, alternately on the same subjects, in this one process's runs."""
-    rows = []
-    for subject in TIMED_SUBJECTS:
-        for method in ("dreambooth", "profusion"):
-            run = out / "timed" / f"{method}-{subject}"
-            if not (run / "subject.json").is_file():  # a rerun reports the runs made alternately the first time
-                subprocess.run([sys.executable, "-m", "subjectgen.cli", "train", method, "--subject",
-                                f"src/subjectgen/assets/emojibench/{subject}", "--class", subject_class(subject),
-                                "--out", str(run), "--overwrite", "--quiet"], check=True, stdout=subprocess.DEVNULL)
-            manifest = json.loads((run / "subject.json").read_text())
-            rows.append((method, subject, manifest["metrics"]["time_to_subject_seconds"]))
-    print("\nTime to subject (load + encode + tune, before the first image), trained alternately in this run:\n")
-    print("| subject | DreamBooth-full s | ProFusion s | ratio |")
-    print("|---|---|---|---|")
-    totals = {"dreambooth": 0.0, "profusion": 0.0}
-    for subject in TIMED_SUBJECTS:
-        db, pf = (next(t for m, s, t in rows if m == method and s == subject) for method in totals)
-        totals["dreambooth"] += db
-        totals["profusion"] += pf
-        print(f"| {subject} | {db:.1f} | {pf:.1f} | {db / pf:.1f}x |")
-    print(f"| all | {totals['dreambooth']:.1f} | {totals['profusion']:.1f} | "
-          f"{totals['dreambooth'] / totals['profusion']:.1f}x |")
+    from timing import alternate
+
+    alternate(out / "timed", TIMED_SUBJECTS, {"dreambooth": [], "profusion": []}, ("DreamBooth-full", "ProFusion"))
 
 
 def subject_class(name: str) -> str:

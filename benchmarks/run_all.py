@@ -27,6 +27,8 @@ SECTIONS = [
     ("EmojiBench: the DreamBench protocol on the built-in world", ["benchmarks/emojibench.py"]),
     ("ProFusion on the built-in world: defaults chosen on validation, EmojiBench, ablation, time to subject",
      ["benchmarks/profusion.py", "--only", "check", "--only", "validation", "--only", "emojibench", "--only", "time"]),
+    ("The SuTI apprentice on the built-in world: the filter, the farm, EmojiBench, the ablation, scaling, time",
+     ["benchmarks/apprentice.py"]),
 ]
 
 

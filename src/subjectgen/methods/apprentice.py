@@ -96,6 +96,7 @@ class DemoSet:
     states: torch.Tensor   # (n, L, width)
     zero: torch.Tensor     # (n, L, width), the zero images'
     folder: Path           # the apprentice
+    encoder: object        # its image encoder
 
 
 class Apprentice(Method):
@@ -120,7 +121,7 @@ class Apprentice(Method):
         images, names = subject.images[:MAX_DEMOS], [p.name for p in subject.paths[:MAX_DEMOS]]
         if trainer.progress:
             print(f"apprentice: demonstrations {', '.join(names)}", flush=True)
-        return DemoSet(images, names, *demo_states(encoder, images), folder)
+        return DemoSet(images, names, *demo_states(encoder, images), folder, encoder)
 
     def choose_token(self) -> str:
         return ""
@@ -136,7 +137,7 @@ class Apprentice(Method):
         return None  # no step runs
 
     def save(self, run_dir: Path) -> list[str]:
-        ipa.save(run_dir, ipa.installed_state(self.components.unet), encoder_dir(self.data.folder))
+        ipa.save(run_dir, ipa.installed_state(self.components.unet), self.data.encoder)
         names = [f"{DEMOS}/{i:02d}.png" for i in range(len(self.data.images))]
         for name, image in zip(names, self.data.images):
             atomic_save_image(run_dir / name, image)
@@ -203,6 +204,7 @@ class Triples:
     demo_sets: list[torch.Tensor]    # each (n_views, L, width), fp16
     zero: torch.Tensor               # (L, width): a zero image's states, the dropped image
     record: dict                     # what the manifest says about the data
+    encoder: object = None           # the image encoder the states come from (saved beside the adapter)
 
     def draw(self, count: int, generator: torch.Generator) -> tuple[torch.Tensor, list[str], torch.Tensor]:
         """`count` triples, each with the same number (3-5, drawn) of demonstrations, picked from its set."""
@@ -233,7 +235,9 @@ class ApprenticeTraining(Apprentice):
 
         cfg = trainer.cfg
         encoder = load_image_encoder(cfg.image_encoder, trainer.accelerator.device)
-        return triples(Path(cfg.images), cfg.objective, trainer.components, encoder, cfg.seed, trainer.progress)
+        data = triples(Path(cfg.images), cfg.objective, trainer.components, encoder, cfg.seed, trainer.progress)
+        data.encoder = encoder
+        return data
 
     def setup(self) -> None:
         width = self.data.zero.shape[-1]
@@ -259,10 +263,7 @@ class ApprenticeTraining(Apprentice):
                     added_cond_kwargs=added).sample
 
     def save(self, run_dir: Path) -> list[str]:
-        from ..assets import resolve
-
-        ipa.save(run_dir, ipa.installed_state(self.components.unet), Path(resolve("image_encoder",
-                                                                                   self.cfg.image_encoder)))
+        ipa.save(run_dir, ipa.installed_state(self.components.unet), self.data.encoder)
         return [ipa.WEIGHTS]
 
     def manifest(self) -> dict:

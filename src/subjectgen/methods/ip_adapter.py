@@ -97,16 +97,16 @@ def to_file_names(diffusers_state: dict[str, torch.Tensor]) -> dict[str, torch.T
     return out
 
 
-def save(folder: Path, state: dict[str, dict], image_encoder_dir: Path, dtype=torch.float16) -> None:
-    """The adapter file and a copy of its image encoder (the layout of h94/IP-Adapter's models/ folder)."""
+def save(folder: Path, state: dict[str, dict], image_encoder, dtype=torch.float16) -> None:
+    """The adapter file and its image encoder (a loaded transformers model, saved in safetensors): the layout of
+    h94/IP-Adapter's models/ folder, which pipe.load_ip_adapter(folder, subfolder="", ...) reads."""
     from ..safeio import atomic_save_safetensors
 
     flat = {f"{part}.{k}": v.to(dtype).contiguous() for part, tensors in state.items() for k, v in tensors.items()}
     atomic_save_safetensors(folder / WEIGHTS, flat)
     if (folder / IMAGE_ENCODER).exists():
         shutil.rmtree(folder / IMAGE_ENCODER)
-    shutil.copytree(image_encoder_dir, folder / IMAGE_ENCODER,
-                    ignore=shutil.ignore_patterns("training.json", "text_projection.safetensors"))
+    image_encoder.save_pretrained(folder / IMAGE_ENCODER, safe_serialization=True)
 
 
 def load_state(path: Path) -> dict[str, dict]:
