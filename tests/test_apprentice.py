@@ -163,7 +163,8 @@ def test_the_ip_adapter_export_loads_in_plain_diffusers_and_generates_our_images
     from subjectgen.sampling import initial_latents
 
     flat = load_file(str(apprentice_dir / "ip_adapter.safetensors"))
-    assert {k.split(".")[0] for k in flat} == {"image_proj", "ip_adapter"} and "image_proj.latents" in flat
+    assert {k.split(".")[0] for k in flat} == {"image_proj", "ip_adapter"}
+    assert flat["image_proj.latents"].shape[1] == 4  # --num-tokens 4 per demonstration
     run = tmp_path / "run"
     assert main(["train", "apprentice", "--model", tiny_model, "--subject", str(subject_dir), "--class", "toy",
                  "--out", str(run), "--apprentice", str(apprentice_dir), "--quiet"]) == 0

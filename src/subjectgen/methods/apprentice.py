@@ -241,7 +241,7 @@ class ApprenticeTraining(Apprentice):
 
     def setup(self) -> None:
         width = self.data.zero.shape[-1]
-        install(self.components.unet, ipa.new_state(self.components.unet, width, self.cfg.num_vectors,
+        install(self.components.unet, ipa.new_state(self.components.unet, width, self.cfg.num_tokens,
                                                     seed=self.cfg.seed))
 
     def cached_prompts(self, class_prompt: str) -> list[str] | None:
@@ -267,7 +267,7 @@ class ApprenticeTraining(Apprentice):
         return [ipa.WEIGHTS]
 
     def manifest(self) -> dict:
-        return {"token": "", "subject": "", **self.data.record, "num_tokens": self.cfg.num_vectors}
+        return {"token": "", "subject": "", **self.data.record, "num_tokens": self.cfg.num_tokens}
 
     def asset_records(self) -> list[dict]:
         return [assets.record("image_encoder", self.cfg.image_encoder)]

@@ -26,13 +26,15 @@ DEPTH = 4        # diffusers' loader builds the Plus resampler with its default 
 DIM_HEAD = 64    # ... and reads its heads as to_q's width / 64
 
 
-def new_state(unet, image_width: int, num_tokens: int = 16, heads: int = 2, seed: int = 0) -> dict[str, dict]:
-    """A fresh adapter in the file's layout: a resampler from `seed`, to_k_ip / to_v_ip copied from each
+def new_state(unet, image_width: int, num_tokens: int = 16, seed: int = 0) -> dict[str, dict]:
+    """A fresh adapter in the file's layout: a resampler from `seed` (IP-Adapter Plus's shape: 4 blocks, the UNet's
+    cross-attention width, heads of 64, so SD 1.x's 768 gets its 12), to_k_ip / to_v_ip copied from each
     cross-attention layer's to_k / to_v (so the image branch starts as a second look through the text's keys)."""
     from diffusers.models.embeddings import IPAdapterPlusImageProjection
 
     torch.manual_seed(seed)
     cross = unet.config.cross_attention_dim
+    heads = max(2, cross // DIM_HEAD)
     projection = IPAdapterPlusImageProjection(embed_dims=image_width, output_dims=cross, hidden_dims=cross,
                                               depth=DEPTH, dim_head=DIM_HEAD, heads=heads, num_queries=num_tokens)
     ip = {}
