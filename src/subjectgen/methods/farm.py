@@ -89,7 +89,7 @@ def check_farm_settings(out: Path, settings: FarmSettings) -> None:
                             f"{wanted[differ[0]]!r}); use the same settings to resume or grow it, or another --out")
         if saved["count"] >= settings.count:
             return
-    elif out.exists() and any(out.iterdir()):
+    elif out.exists() and any(not e.name.startswith(".") for e in out.iterdir()):  # another rank's temp is fine
         raise UserError(f"--out {out} is not empty and holds no farm; choose a new or empty folder")
     atomic_write_json(path, wanted)
 
