@@ -94,6 +94,25 @@ def test_dino_instance_views_pair_two_renders_of_one_instance():
     assert other[drawn == 3].tolist() == [3] * 8                # itself when it has no other render
 
 
+def test_instance_nce_finds_each_partner_and_ignores_other_renders_of_the_instance():
+    import numpy as np
+    import torch.nn.functional as F
+
+    from subjectgen.world.evaluators import DinoHead, instance_nce
+
+    z = F.normalize(torch.eye(4)[:3], dim=-1)
+    ids = np.array([0, 1, 2, 0, 1, 2])
+    matched = instance_nce(torch.cat([z, z]), ids)
+    shuffled = instance_nce(torch.cat([z, z[[1, 2, 0]]]), ids)
+    assert matched < 0.01 < shuffled
+    same = np.array([0, 0, 1, 0, 0, 1])  # rows 0 and 1 are one instance: neither is the other's negative
+    both = torch.cat([F.normalize(torch.tensor([[1.0, 0], [1.0, 0], [0, 1.0]]), dim=-1)] * 2)
+    assert instance_nce(both, same) < 0.01 and instance_nce(both, np.arange(6) % 3) > 0.4  # ln 2 on two rows
+    head = DinoHead(8, 16, norm_last_layer=True)  # DINO's norm_last_layer: the prototypes' norms stay 1
+    assert torch.allclose(head.last.weight.norm(dim=1), torch.ones(16)) and not any(
+        p.requires_grad for n, p in head.last.named_parameters() if "original0" in n)
+
+
 @pytest.mark.skipif(not sources_available(), reason="emoji sources not installed (see .ci/run)")
 def test_keep_clip_refuses_a_clip_trained_on_other_data(tmp_path):
     from subjectgen.errors import UserError

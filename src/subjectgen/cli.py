@@ -254,14 +254,15 @@ def add_apprentice_parser(sub) -> None:
                          "in new scenes (resumable; split across 'accelerate launch' processes)")
     e.add_argument("--out", required=True, metavar="FARM", help="the farm's folder")
     e.add_argument("--model", default="builtin", help="the base model the experts and the apprentice stand on")
-    e.add_argument("--clusters", default="world", help="'world' (the built-in world's subjects outside its reserved "
+    e.add_argument("--clusters", default="world", metavar="world|DIR", help="'world' (the built-in world's subjects outside its reserved "
                    "region) or a folder in DreamBench's layout, one subject folder of 3+ photos each")
     for name, text in (("count", "experts, on the world (default: 64)"), ("seed", "which clusters and seeds "
                        "(default: 0)"), ("expert_steps", "each expert's LoRA steps (default: the lora method's)"),
                        ("images", "prompts each expert draws, one image each (default: 8)"),
                        ("sample_steps", "sampler steps (default: 25 on the small models, 50 on SD)"),
                        ("guidance", "classifier-free guidance (default: 7.5)")):
-        e.add_argument("--" + name.replace("_", "-"), type=arg_type(FarmSettings, name), help=text)
+        e.add_argument("--" + name.replace("_", "-"), type=arg_type(FarmSettings, name), help=text,
+                       metavar="X" if name == "guidance" else "N")
     e.add_argument("--quiet", action="store_true", help="no progress lines")
     f = steps.add_parser("filter", help="keep the expert images that follow their prompt better than the "
                          "demonstrations and are still the subject (SuTI's ΔCLIP rule); writes filter.json and sheets")
