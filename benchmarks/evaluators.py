@@ -17,6 +17,7 @@ same classes (DreamBench's 15), the same number per class, rendered with seeds n
 from __future__ import annotations
 
 import argparse
+import json
 import random
 from pathlib import Path
 
@@ -75,25 +76,35 @@ def zero_shot(ev, instances: list[tuple[str, object]]) -> tuple[float, float]:
     return class_accuracy, sum(p == t for p, t in zip(picks, truth)) / len(truth)
 
 
+PREVIOUS = Path("benchmarks/out/v3/evaluators-previous")  # the evaluators shipped before the last retrain, if kept
+
+
 def main() -> None:
     from subjectgen.assets import EVALUATORS
     from subjectgen.eval.metrics import load_evaluators
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--evaluators", default=str(EVALUATORS), help="folder with clip/ and dino/")
+    parser.add_argument("--evaluators", action="append", help="folder with clip/ and dino/ (repeatable; default: the "
+                        f"shipped ones, and {PREVIOUS} when it exists)")
     parser.add_argument("--per-class", type=int, default=PER_CLASS)
     args = parser.parse_args()
-    ev = load_evaluators(str(Path(args.evaluators) / "dino"), str(Path(args.evaluators) / "clip"))
+    folders = args.evaluators or [str(EVALUATORS)] + ([str(PREVIOUS)] if PREVIOUS.is_dir() else [])
     sets = instance_sets(args.per_class)
-    print(f"Built-in evaluators (`{Path(args.evaluators).name}`), {args.per_class} instances per DreamBench class "
-          f"(15 classes), rendered with seeds no training set used:\n")
-    print(f"| instances | DINO instance retrieval, top-1, photos in another place (chance {1 / args.per_class:.1%}) "
-          "| the same, photos in the same place | CLIP zero-shot class (of 35) | CLIP zero-shot context (of 25–35) |")
-    print("|---|---|---|---|---|")
-    for label, instances in sets.items():
-        across, same = retrieval(ev, instances, False), retrieval(ev, instances, True)
-        cls, ctx = zero_shot(ev, instances)
-        print(f"| {label} | {across:.1%} | {same:.1%} | {cls:.1%} | {ctx:.1%} |")
+    print(f"{args.per_class} instances per DreamBench class (15 classes), rendered with seeds no training set used; "
+          f"the shipped evaluators (`{EVALUATORS.name}`) first:\n")
+    print(f"| evaluators | instances | DINO instance retrieval, top-1, photos in another place (chance "
+          f"{1 / args.per_class:.1%}) | the same, photos in the same place | CLIP zero-shot class (of 35) | "
+          "CLIP zero-shot context (of 25–35) |")
+    print("|---|---|---|---|---|---|")
+    for folder in folders:
+        ev = load_evaluators(str(Path(folder) / "dino"), str(Path(folder) / "clip"))
+        record = json.loads((Path(folder) / "training.json").read_text())["config"]
+        name = "DINO with instance views + InfoNCE" if record.get("dino_instance_nce") else \
+            "DINO with instance views" if record.get("dino_instance_views") else "DINO on one image's crops"
+        for label, instances in sets.items():
+            across, same = retrieval(ev, instances, False), retrieval(ev, instances, True)
+            cls, ctx = zero_shot(ev, instances)
+            print(f"| {Path(folder).name}: {name} | {label} | {across:.1%} | {same:.1%} | {cls:.1%} | {ctx:.1%} |")
 
 
 if __name__ == "__main__":

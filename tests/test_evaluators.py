@@ -77,7 +77,7 @@ def test_train_evaluators_writes_loadable_models(tmp_path):
     record = train_evaluators(tmp_path / "ev", cfg)
     evaluators = load_evaluators(str(tmp_path / "ev" / "dino"), str(tmp_path / "ev" / "clip"))
     assert evaluators.clip_text_embed(["a dog on the beach"]).shape == (1, 64)
-    assert record["images"] > 5000 and len(record["data_hash"]) == 16 and not record["config"]["dino_instance_views"]
+    assert record["images"] > 5000 and len(record["data_hash"]) == 16 and record["config"]["dino_instance_views"]
 
 
 def test_dino_instance_views_pair_two_renders_of_one_instance():

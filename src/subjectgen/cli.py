@@ -203,11 +203,12 @@ def add_world_parser(sub) -> None:
     e.add_argument("--dino-steps", type=arg_type(EvaluatorTrainConfig, "dino_steps"), default=2000,
                    help="DINO steps (default: 2000)")
     e.add_argument("--workers", type=number_type(AT_LEAST_1), default=2, help="processes rendering the world")
-    e.add_argument("--dino-instance-views", action="store_true", help="DINO's two global views from two renders of "
-                   "one instance (another scene or place), not one image's crops")
-    e.add_argument("--dino-instance-nce", type=arg_type(EvaluatorTrainConfig, "dino_instance_nce"), default=0.0,
-                   metavar="X", help="with --dino-instance-views: the weight of an InfoNCE term on the two global views "
-                   "(each finds its partner render in the batch; default: 0, DINO's loss alone)")
+    e.add_argument("--dino-instance-views", action=argparse.BooleanOptionalAction, default=True,
+                   help="DINO's two global views from two renders of one instance (another scene or place); "
+                   "--no-dino-instance-views: one image's crops, as DINO on ImageNet (default: on)")
+    e.add_argument("--dino-instance-nce", type=arg_type(EvaluatorTrainConfig, "dino_instance_nce"), default=1.0,
+                   metavar="X", help="with instance views: the weight of an InfoNCE term on the two global views "
+                   "(each finds its partner render in the batch; 0: DINO's loss alone; default: 1)")
     e.add_argument("--keep-clip", metavar="DIR", help="reuse the CLIP of an earlier run on the same data (DIR/clip, "
                    "DIR/training.json) and train DINO only")
 

@@ -46,10 +46,10 @@ class EvaluatorTrainConfig:
     dino_prototypes: int = 512
     # the two global views from two renders of one instance (else one image's crops, as DINO on ImageNet), with
     # DINO's norm_last_layer (without it, the first try's teacher went near-uniform: loss ~6.03, ln 512 = 6.24)
-    dino_instance_views: bool = False
+    dino_instance_views: bool = True
     # with instance views: the weight of an InfoNCE term on the two global views (each must find its partner render
-    # in the batch); 0 is DINO's loss alone
-    dino_instance_nce: float = setting(0.0, NON_NEGATIVE)
+    # in the batch); 0 is DINO's loss alone. Both as shipped since stop 14 (docs/WORLD.md)
+    dino_instance_nce: float = setting(1.0, NON_NEGATIVE)
     merges: int = 4000      # BPE merges the eval tokenizer keeps
     width: int = 96         # both image towers
     layers: int = 4
