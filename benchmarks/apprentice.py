@@ -206,8 +206,7 @@ HEADER = ("| method | DINO | CLIP-I | CLIP-T | gain | CLIP-T vs baseline | beats
 def measure(name: str, source: str, folder: Path, others: tuple[str, ...], scaling: bool) -> None:
     """The apprentice in the starting point's folder, beside its rows; the reconstruction ablation (and the
     scaling apprentices) in folders of their own that reuse its baseline."""
-    bench("--bench", source, "--methods", "apprentice", "--apprentice", str(APPRENTICES["apprenticeship"]),
-          "--out", str(folder))
+    bench("--bench", source, "--methods", "apprentice", "--out", str(folder))  # builtin: the shipped whole-farm one
     variants = {"apprentice, reconstruction (IP-Adapter's objective)": APPRENTICES["reconstruction"]}
     if scaling:
         variants.update({f"apprentice, {int(f * 100)} % of the experts": OUT / f"apprentice-{int(f * 100)}"

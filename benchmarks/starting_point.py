@@ -70,7 +70,9 @@ def main() -> None:
                *(["--runs-from", str(runs)] if runs and runs.is_dir() else [])])
     print(f"`subjectgen bench --images-per-prompt {args.images_per_prompt}` on the built-in model (v2, trained on "
           "World v2) and the built-in evaluators (World v3), 25 prompts per subject; on the validation subjects "
-          "without DreamBooth-full (the slowest method; time):\n")
+          "without DreamBooth-full (the slowest method; time). Since stop 14 the built-in DINO is the one with "
+          "instance views (docs/WORLD.md); these are the same runs and images as before, scored again by it "
+          "(`benchmarks/rescore.py`, bench's evaluator-only `--runs-from`):\n")
     for title, (_, name) in sets.items():
         report(title, out / name, METHODS[name].split(","))
     print(f"Wall clock of this invocation: {(time.perf_counter() - started) / 60:.1f} min (finished pairs are "
