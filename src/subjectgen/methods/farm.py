@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import random
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -251,8 +252,14 @@ def triples(out: Path, objective: str, components, encoder, seed: int = 0, progr
     from .profusion import photo_views
 
     size = components.resolution
-    kept = {(r["expert"], r["image"]) for r in json.loads((Path(out) / FILTER).read_text())["images"] if r["kept"]} \
-        if objective == "apprenticeship" else set()
+    kept = set()
+    if objective == "apprenticeship":
+        rows = json.loads((Path(out) / FILTER).read_text())["images"]
+        kept = {(r["expert"], r["image"]) for r in rows if r["kept"]}
+        unfiltered = {f.name for f, _ in done_experts(out)} - {r["expert"] for r in rows}
+        if unfiltered:
+            warnings.warn(f"{len(unfiltered)} experts of {out} finished after its filter ran and are left out; run "
+                          f"'subjectgen apprentice filter {out}' again to use them")
     targets, prompts, demos_of, demo_sets, digest, zero = [], [], [], [], hashlib.sha256(), None
     experts = done_experts(out)
     for folder, record in experts:
