@@ -245,3 +245,23 @@ def test_the_bench_runs_the_apprentice_like_any_method(apprentice_dir, tiny_mode
     pair = json.loads((out / "results.json").read_text())["pairs"]["apprentice"]["dog"]
     assert pair["identifier"] == "dog" and pair["train_seconds"] > 0 and (out / pair["prompts"][0]["files"][0]).is_file()
     assert "| apprentice |" in (out / "table.md").read_text()
+
+
+def test_a_fresh_adapter_starts_as_a_no_op_and_round_trips_through_the_file(tiny_model, tmp_path):
+    from subjectgen.methods import ip_adapter as ipa
+    from subjectgen.models import load_model
+
+    base, adapted = load_model(tiny_model).unet, load_model(tiny_model).unet
+    state = ipa.new_state(adapted, image_width=32, num_tokens=4, seed=0)
+    ipa.install(adapted, state)
+    for part in state:  # diffusers' loader and our inverse agree on every name and value
+        back = ipa.installed_state(adapted)[part]
+        assert set(back) == set(state[part]) and all(torch.equal(back[k], state[part][k]) for k in back)
+    size, width = base.config.sample_size, base.config.cross_attention_dim
+    x, text = torch.randn(1, 4, size, size), torch.randn(1, 7, width)
+    demos = {"image_embeds": [torch.randn(1, 3, 5, 32)]}
+    with torch.no_grad():
+        assert torch.equal(adapted(x, 10, text, added_cond_kwargs=demos).sample, base(x, 10, text).sample)
+    ipa.install(adapted, ipa.new_state(adapted, 32, 4, seed=0, values="to_v"))  # IP-Adapter's own init is not
+    with torch.no_grad():
+        assert not torch.equal(adapted(x, 10, text, added_cond_kwargs=demos).sample, base(x, 10, text).sample)

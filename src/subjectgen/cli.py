@@ -282,6 +282,9 @@ def add_apprentice_parser(sub) -> None:
                         "own target, conditioned on views of itself (IP-Adapter's way, the ablation)")
     t.add_argument("--num-tokens", type=train_type("num_tokens"), default=16, metavar="N",
                    help="tokens per demonstration (default: 16, IP-Adapter Plus's)")
+    t.add_argument("--ip-values", choices=("zero", "to_v"), default="zero",
+                   help="to_v_ip's start: zero (the image branch starts as a no-op and grows; default) or to_v "
+                        "(IP-Adapter's own init, a copy of the text's values)")
     spec = registry.get("apprentice-train")
     for fld in fields(TrainConfig):
         if fld.name in ("out", "steps", "lr", "batch_size", "seed", "image_encoder", "mixed_precision",

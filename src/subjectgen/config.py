@@ -60,6 +60,7 @@ class TrainConfig:
     captions: bool = False     # profusion pretrain: S* in each world image's caption, not the template
     objective: str = "apprenticeship"  # apprentice train: expert images as targets, or "reconstruction" (IP-Adapter's)
     num_tokens: int = setting(16, Bound(low=1, high=64, integer=True))  # apprentice train: tokens per demonstration
+    ip_values: str = "zero"  # apprentice train: to_v_ip's init, "zero" or "to_v" (IP-Adapter's; ip_adapter.new_state)
     lr_warmup_steps: int = setting(0, NON_NEGATIVE_INT, help="steps of linear learning-rate warm-up (default: 0)")
     max_grad_norm: float = setting(1.0, NON_NEGATIVE, help="gradient clipping norm; 0 turns it off (default: 1)")
     mixed_precision: str = setting("no", choices=MIXED_PRECISION, help="fp16/bf16 on a GPU: faster, less memory "

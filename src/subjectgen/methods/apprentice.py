@@ -242,7 +242,7 @@ class ApprenticeTraining(Apprentice):
     def setup(self) -> None:
         width = self.data.zero.shape[-1]
         install(self.components.unet, ipa.new_state(self.components.unet, width, self.cfg.num_tokens,
-                                                    seed=self.cfg.seed))
+                                                    seed=self.cfg.seed, values=self.cfg.ip_values))
 
     def cached_prompts(self, class_prompt: str) -> list[str] | None:
         return sorted(set(self.data.prompts)) + [""]

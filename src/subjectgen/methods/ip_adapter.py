@@ -26,10 +26,12 @@ DEPTH = 4        # diffusers' loader builds the Plus resampler with its default 
 DIM_HEAD = 64    # ... and reads its heads as to_q's width / 64
 
 
-def new_state(unet, image_width: int, num_tokens: int = 16, seed: int = 0) -> dict[str, dict]:
+def new_state(unet, image_width: int, num_tokens: int = 16, seed: int = 0, values: str = "zero") -> dict[str, dict]:
     """A fresh adapter in the file's layout: a resampler from `seed` (IP-Adapter Plus's shape: 4 blocks, the UNet's
-    cross-attention width, heads of 64, so SD 1.x's 768 gets its 12), to_k_ip / to_v_ip copied from each
-    cross-attention layer's to_k / to_v (so the image branch starts as a second look through the text's keys)."""
+    cross-attention width, heads of 64, so SD 1.x's 768 gets its 12), to_k_ip copied from each cross-attention
+    layer's to_k. to_v_ip: zeros (values="zero": the image branch starts as a no-op and grows, as a LoRA's B or a
+    ControlNet's zero convolution), or to_v's copy (values="to_v", IP-Adapter's own init: the branch starts as a
+    second look through the text's weights, a large change to every layer until training tames it)."""
     from diffusers.models.embeddings import IPAdapterPlusImageProjection
 
     torch.manual_seed(seed)
@@ -41,7 +43,8 @@ def new_state(unet, image_width: int, num_tokens: int = 16, seed: int = 0) -> di
     for n, name in enumerate(cross_attention_names(unet)):
         attn = unet.get_submodule(name)
         ip[f"{2 * n + 1}.to_k_ip.weight"] = attn.to_k.weight.detach().float().clone()
-        ip[f"{2 * n + 1}.to_v_ip.weight"] = attn.to_v.weight.detach().float().clone()
+        to_v = attn.to_v.weight.detach().float()
+        ip[f"{2 * n + 1}.to_v_ip.weight"] = torch.zeros_like(to_v) if values == "zero" else to_v.clone()
     return {"image_proj": to_file_names(projection.state_dict()), "ip_adapter": ip}
 
 
