@@ -185,7 +185,8 @@ def ship(source: Path) -> None:
     APPRENTICE.mkdir(exist_ok=True)
     shutil.copy(source / "ip_adapter.safetensors", APPRENTICE / "ip_adapter.safetensors")
     (APPRENTICE / "training.json").write_text(json.dumps(record, indent=1))
-    print(f"Shipped {source} as the built-in apprentice ({(APPRENTICE / 'ip_adapter.safetensors').stat().st_size / 1e6:.1f}"
+    size = (APPRENTICE / "ip_adapter.safetensors").stat().st_size / 1e6
+    print(f"Shipped {source} as the built-in apprentice ({size:.1f}"
           " MB).\n")
 
 
@@ -240,7 +241,8 @@ def chosen_init() -> Path:
 
     scores = {}
     for key in ("apprenticeship", "apprenticeship, to_v init"):
-        summary = json.loads((variant_dir(OUT / "validation", APPRENTICES[key]) / "results.json").read_text())["summary"]
+        folder = variant_dir(OUT / "validation", APPRENTICES[key])
+        summary = json.loads((folder / "results.json").read_text())["summary"]
         mean = summary["apprentice"]
         scores[key] = (gain(mean["dino"], summary["baseline"]["dino"], summary["perfect"]["dino"]), mean["clip_t"])
     (g0, t0), (g1, t1) = scores["apprenticeship"], scores["apprenticeship, to_v init"]
@@ -310,10 +312,11 @@ def main() -> None:
         scaling_plot(OUT / "validation")
         ship(chosen_init())
     if "emojibench" in parts:
+        chosen = chosen_init()
+        same_init = "reconstruction" if chosen == APPRENTICES["apprenticeship"] else "reconstruction, to_v init"
         measure("EmojiBench", "emoji", OUT / "emojibench", ("lora", "dreambooth", "textual-inversion", "profusion"),
-                {"apprentice (shipped)": chosen_init(),
-                 "apprentice, reconstruction (IP-Adapter's objective), the same init": APPRENTICES[
-                     "reconstruction" if chosen_init() == APPRENTICES["apprenticeship"] else "reconstruction, to_v init"]})
+                {"apprentice (shipped)": chosen,
+                 "apprentice, reconstruction (IP-Adapter's objective), the same init": APPRENTICES[same_init]})
     if "time" in parts:
         time_to_subject()
 

@@ -255,7 +255,8 @@ def add_apprentice_parser(sub) -> None:
                          "in new scenes (resumable; split across 'accelerate launch' processes)")
     e.add_argument("--out", required=True, metavar="FARM", help="the farm's folder")
     e.add_argument("--model", default="builtin", help="the base model the experts and the apprentice stand on")
-    e.add_argument("--clusters", default="world", metavar="world|DIR", help="'world' (the built-in world's subjects outside its reserved "
+    e.add_argument("--clusters", default="world", metavar="world|DIR",
+                   help="'world' (the built-in world's subjects outside its reserved "
                    "region) or a folder in DreamBench's layout, one subject folder of 3+ photos each")
     for name, text in (("count", "experts, on the world (default: 64)"), ("seed", "which clusters and seeds "
                        "(default: 0)"), ("expert_steps", "each expert's LoRA steps (default: the lora method's)"),
@@ -411,7 +412,8 @@ def run_train(args) -> None:
     if result.manifest:
         zero_shot = "steps" in registry.get(cfg.method).drops
         trained = (f"trained {cfg.method} in {result.seconds:.1f}s, final loss {result.final_loss:.4f}" if result.steps
-                   else f"{cfg.method}: zero-shot, ready in {result.manifest['metrics']['time_to_subject_seconds']:.1f}s"
+                   else f"{cfg.method}: zero-shot, ready in "
+                   f"{result.manifest['metrics']['time_to_subject_seconds']:.1f}s"
                    if zero_shot else f"{cfg.method} with no training steps (--steps 0)")
         print(f"{trained}; run: {result.run_dir}; prompts use {{subject}} = '{result.manifest['subject']}'")
 

@@ -181,7 +181,8 @@ class Apprentice(Method):
         added = image_embeds(states, unet.device, unet.dtype)
 
         def denoise(x: torch.Tensor, t: torch.Tensor, i: int) -> torch.Tensor:
-            uncond, cond = unet(torch.cat([x, x]), t, encoder_hidden_states=text, added_cond_kwargs=added).sample.chunk(2)
+            eps = unet(torch.cat([x, x]), t, encoder_hidden_states=text, added_cond_kwargs=added).sample
+            uncond, cond = eps.chunk(2)
             return uncond + guidance * (cond - uncond)
 
         return denoise

@@ -202,7 +202,8 @@ def keep(delta_t: float, similarity: float, tau_t: float, tau_s: float) -> bool:
     return delta_t >= tau_t and similarity >= tau_s
 
 
-def filter_farm(out: Path, tau_t: float = FILTER_TAU_T, tau_s: float = FILTER_TAU_S, image_encoder: str = "builtin") -> dict:
+def filter_farm(out: Path, tau_t: float = FILTER_TAU_T, tau_s: float = FILTER_TAU_S,
+                image_encoder: str = "builtin") -> dict:
     """Score every expert image, keep those that pass both thresholds; filter.json and kept/dropped sheets."""
     from PIL import Image
 
