@@ -116,7 +116,7 @@ def thresholds() -> tuple[float, float]:
 
 # --- the farm and the apprentices --------------------------------------------------------------------------------
 def farm(count: int) -> None:
-    cli("apprentice", "experts", "--out", str(FARM), "--count", str(count), quiet=False)
+    cli("apprentice", "experts", "--out", str(FARM), "--count", str(count))
     cli("apprentice", "filter", str(FARM))
     record = json.loads((FARM / "filter.json").read_text())
     from subjectgen.methods.farm import throughput
@@ -159,6 +159,7 @@ def train_apprentices(threads: str, scaling: bool) -> None:
         print(f"- {out.name}: {objective}, {manifest['experts']} experts, {manifest['targets']} targets, "
               f"{manifest['settings']['steps']} steps at batch {manifest['settings']['batch_size']}, final loss "
               f"{manifest['metrics']['final_loss']:.4f}, {manifest['metrics']['train_seconds'] / 60:.1f} min")
+    print()
 
 
 def ship(source: Path) -> None:
@@ -238,7 +239,7 @@ def ablation_of(chosen: Path) -> Path:
     return APPRENTICES["reconstruction" if chosen == APPRENTICES["apprenticeship"] else "reconstruction, to_v init"]
 
 
-def chosen_init() -> Path:
+def chosen_init(report: bool = False) -> Path:
     """The rule: of the two inits of to_v_ip, the one with the higher validation gain (a tie within 0.02: the
     higher CLIP-T)."""
     from subjectgen.eval.report import gain
@@ -251,9 +252,10 @@ def chosen_init() -> Path:
         scores[key] = (gain(mean["dino"], summary["baseline"]["dino"], summary["perfect"]["dino"]), mean["clip_t"])
     (g0, t0), (g1, t1) = scores["apprenticeship"], scores["apprenticeship, to_v init"]
     pick = "apprenticeship" if g0 > g1 + 0.02 or (abs(g0 - g1) <= 0.02 and t0 >= t1) else "apprenticeship, to_v init"
-    print(f"The init rule: zero to_v_ip gain {g0:.2f}, CLIP-T {t0:.3f}; IP-Adapter's to_v copy gain {g1:.2f}, "
-          f"CLIP-T {t1:.3f} on the validation subjects: {'zeros' if pick == 'apprenticeship' else 'the to_v copy'} "
-          "ship.\n")
+    if report:
+        print(f"The init rule: zero to_v_ip gain {g0:.2f}, CLIP-T {t0:.3f}; IP-Adapter's to_v copy gain {g1:.2f}, "
+              f"CLIP-T {t1:.3f} on the validation subjects (a tie within 0.02 goes to the higher CLIP-T): "
+              f"{'zeros ship' if pick == 'apprenticeship' else 'the to_v copy ships'}.\n")
     return APPRENTICES[pick]
 
 
@@ -312,7 +314,7 @@ def main() -> None:
              "apprentice (IP-Adapter's to_v init)": APPRENTICES["apprenticeship, to_v init"]}
     if "validation" in parts:
         measure("Validation subjects", str(VALIDATION), OUT / "validation", ("lora", "textual-inversion"), inits)
-        chosen = chosen_init()
+        chosen = chosen_init(report=True)
         same_init = ablation_of(chosen)
         scaled = {f"apprentice, {int(f * 100)} % of the experts": OUT / f"apprentice-{int(f * 100)}" for f in SCALING}
         measure("Validation subjects, the shipped apprentice's ablation", str(VALIDATION), OUT / "validation", (),

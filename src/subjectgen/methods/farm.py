@@ -69,8 +69,9 @@ def run_farm(out: Path, settings: FarmSettings, progress: bool = True) -> dict:
     clusters = clusters_of(settings)
     mine = [(i, c) for i, c in enumerate(clusters) if i % world == rank]
     for done, (index, cluster) in enumerate(mine):
+        fresh = not (out / EXPERTS / cluster.name / EXPERT).is_file()
         record = run_expert(out / EXPERTS / cluster.name, cluster, settings, index, rank)
-        if progress:
+        if progress and fresh:  # a resumed farm reports only what it made now
             print(f"[farm {rank}/{world}] {done + 1}/{len(mine)} {cluster.name}: "
                   f"{record['train_seconds'] + record['generate_seconds']:.0f}s", flush=True)
     return throughput(out)
