@@ -139,12 +139,14 @@ def check_recorded(entry: dict, what: str) -> None:
 PRETRAINED = {"profusion": ("promptnet", "--promptnet"), "apprentice": ("apprentice", "--apprentice")}
 
 
-def unfit_pretrained(method: str, ref: str, model: str) -> str | None:
-    """Why `method` cannot run on `model` with its pretrained network `ref` (missing, or made for another base
-    model by its record's fingerprint); None when it can, or the method needs none."""
+def unfit_pretrained(method: str, settings, model: str) -> str | None:
+    """Why `method` cannot run on `model` with its pretrained network (named by `settings`' attribute of that
+    kind: a BenchConfig's or parsed arguments' `promptnet`, `apprentice`), missing or made for another base model
+    by its record's fingerprint; None when it can, or the method needs none."""
     if method not in PRETRAINED:
         return None
     kind, flag = PRETRAINED[method]
+    ref = getattr(settings, kind)
     folder = Path(resolve(kind, ref))
     if not folder.is_dir():
         return f"its {flag} {ref} does not exist"

@@ -554,7 +554,7 @@ def default_bench_methods(args) -> list[str]:
 
     methods = []
     for method in registry.names():
-        reason = unfit_pretrained(method, args.promptnet if method == "profusion" else args.apprentice, args.model)
+        reason = unfit_pretrained(method, args, args.model)
         if reason:
             warnings.warn(f"leaving {method} out of the bench: {reason} (name it in --methods with one that fits)")
         else:

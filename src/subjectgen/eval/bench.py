@@ -60,7 +60,7 @@ def check_pretrained_assets(cfg: BenchConfig) -> None:
     from ..assets import unfit_pretrained
 
     for method in cfg.methods:
-        reason = unfit_pretrained(method, cfg.promptnet if method == "profusion" else cfg.apprentice, cfg.model)
+        reason = unfit_pretrained(method, cfg, cfg.model)
         if reason:
             raise UserError(f"--methods includes {method}, but {reason}; give one made for this model, or leave "
                             f"{method} out of --methods")
