@@ -24,6 +24,12 @@ The rules, fixed before the first apprentice number existed (this docstring was 
   goes to the higher CLIP-T); the ablation and scaling use its init.
 - Measured (`--only emojibench`, `--only validation`): 25 prompts x 1 image, the built-in evaluators, beside the
   starting point's rows in the same bench folders; the apprentice at --ip-scale 1 (its default, not tuned).
+- Amended before the runs of scaling and of equal DINO (after the numbers above): scaling (`--scaling`) trains the
+  quarter- and half-farm apprentices with the shipped apprentice's init, the whole-farm point being the shipped
+  apprentice. "At equal DINO" (`--equal-dino`): the reconstruction ablation sampled at --ip-scale 0.75 and 0.5 on
+  the validation subjects besides 1; its CLIP-T at the shipped apprentice's DINO is interpolated linearly
+  between the two neighbouring scales whose DINO brackets it (none if no two do: no extrapolation) and set
+  against the shipped apprentice's CLIP-T at --ip-scale 1.
 - Time to subject (`--only time`): `train apprentice` and `train lora` alternately on the same four EmojiBench
   subjects in one run of this script (subject.json's metrics.time_to_subject_seconds).
 """
@@ -45,6 +51,7 @@ APPRENTICES = {"apprenticeship": OUT / "apprentice", "reconstruction": OUT / "ap
                "apprenticeship, to_v init": OUT / "apprentice-v1-to-v",  # the first one, IP-Adapter's init
                "reconstruction, to_v init": OUT / "apprentice-reconstruction-v1-to-v"}
 SCALING = (0.25, 0.5)
+EQUAL_DINO_SCALES = (0.75, 0.5)
 TIMED_SUBJECTS = ("dog", "backpack", "cat", "teapot")
 
 
@@ -145,12 +152,20 @@ def subset(fraction: float) -> Path:
     return out
 
 
-def train_apprentices(threads: str, scaling: bool) -> None:
+def scaled(chosen: Path) -> dict[float, Path]:
+    """The quarter- and half-farm apprentices with the chosen apprentice's init."""
+    init = "" if chosen == APPRENTICES["apprenticeship"] else "-to-v"
+    return {f: OUT / f"apprentice-{int(f * 100)}{init}" for f in SCALING}
+
+
+def train_apprentices(threads: str, chosen: Path | None = None) -> None:
+    """The two inits and the reconstruction ablation; with `chosen`, the scaling apprentices of its init."""
     jobs = [(FARM, APPRENTICES["apprenticeship"], "apprenticeship", []),
             (FARM, APPRENTICES["apprenticeship, to_v init"], "apprenticeship", ["--ip-values", "to_v"]),
             (FARM, APPRENTICES["reconstruction, to_v init"], "reconstruction", ["--ip-values", "to_v"])]
-    if scaling:
-        jobs += [(subset(f), OUT / f"apprentice-{int(f * 100)}", "apprenticeship", []) for f in SCALING]
+    if chosen:
+        init = json.loads((chosen / "subject.json").read_text())["settings"].get("ip_values", "to_v")
+        jobs = [(subset(f), out, "apprenticeship", ["--ip-values", init]) for f, out in scaled(chosen).items()]
     for farm_dir, out, objective, extra in jobs:
         if not (out / "subject.json").is_file():
             cli("--threads", threads, "apprentice", "train", str(farm_dir), "--out", str(out), "--objective",
@@ -259,13 +274,13 @@ def chosen_init(report: bool = False) -> Path:
     return APPRENTICES[pick]
 
 
-def scaling_plot(folder: Path) -> None:
+def scaling_plot(folder: Path, chosen: Path) -> None:
     """Apprentice quality against the number of experts it learned from (validation subjects)."""
     from subjectgen.eval.plots import bar_chart
     from subjectgen.eval.report import gain
 
     values, lines = {}, []
-    for apprentice in [OUT / f"apprentice-{int(f * 100)}" for f in SCALING] + [APPRENTICES["apprenticeship"]]:
+    for apprentice in [*scaled(chosen).values(), chosen]:
         bench_dir = variant_dir(folder, apprentice)
         if not (bench_dir / "results.json").is_file():
             print(f"(Scaling: {apprentice.name} was not trained and measured yet: `--scaling`.)\n")
@@ -281,6 +296,41 @@ def scaling_plot(folder: Path) -> None:
           "(docs/images/apprentice_scaling.png):\n")
     print("| experts | DINO | CLIP-I | CLIP-T | gain |\n|---|---|---|---|---|")
     print("\n".join(lines) + "\n")
+
+
+def equal_dino(folder: Path, chosen: Path) -> None:
+    """The reconstruction ablation's CLIP-T at the shipped apprentice's DINO (validation subjects): sampled at
+    lower --ip-scale, interpolated between the two neighbouring scales whose DINO brackets the apprentice's."""
+    ablation = ablation_of(chosen)
+    points = []
+    for scale in (1.0, *EQUAL_DINO_SCALES):
+        out = variant_dir(folder, ablation)
+        if scale != 1.0:
+            out = out.with_name(f"{out.name}-ip-scale-{scale}")
+            bench("--bench", str(VALIDATION), "--methods", "apprentice", "--apprentice", str(ablation), "--out",
+                  str(out), "--runs-from", str(folder), "--ip-scale", str(scale))
+        mean = json.loads((out / "results.json").read_text())["summary"]["apprentice"]
+        points.append((scale, mean["dino"], mean["clip_t"]))
+    mine = json.loads((variant_dir(folder, chosen) / "results.json").read_text())["summary"]["apprentice"]
+    print("At equal DINO (validation subjects): the reconstruction ablation at lower --ip-scale, against the "
+          "shipped apprentice at --ip-scale 1:\n")
+    print("| apprentice | --ip-scale | DINO | CLIP-T |\n|---|---|---|---|")
+    print(f"| apprenticeship (shipped) | 1 | {mine['dino']:.3f} | {mine['clip_t']:.3f} |")
+    for scale, dino, clip_t in points:
+        print(f"| reconstruction | {scale:g} | {dino:.3f} | {clip_t:.3f} |")
+    at = None
+    for (s1, d1, t1), (s2, d2, t2) in zip(points, points[1:]):
+        if min(d1, d2) <= mine["dino"] <= max(d1, d2) and d1 != d2:
+            at = t1 + (t2 - t1) * (mine["dino"] - d1) / (d2 - d1)
+            break
+    if at is None:
+        print(f"\nNo two neighbouring scales bracket the apprentice's DINO {mine['dino']:.3f}: no CLIP-T at equal "
+              "DINO (the rule does not extrapolate).\n")
+        return
+    verdict = "beats" if mine["clip_t"] > at else "does not beat"
+    print(f"\nAt DINO {mine['dino']:.3f} reconstruction's CLIP-T is {at:.3f} (interpolated between --ip-scale {s1:g} "
+          f"and {s2:g}); the apprentice's is {mine['clip_t']:.3f}: apprenticeship {verdict} reconstruction on CLIP-T "
+          "at equal DINO.\n")
 
 
 def time_to_subject() -> None:
@@ -300,6 +350,8 @@ def main() -> None:
     parser.add_argument("--threads", default="1")
     parser.add_argument("--scaling", action="store_true", help="also train and measure the quarter- and half-farm "
                         "apprentices")
+    parser.add_argument("--equal-dino", action="store_true", help="also sample the reconstruction ablation at lower "
+                        "--ip-scale on the validation subjects, for CLIP-T at the apprentice's DINO")
     parser.add_argument("--ablation-on-emojibench", action="store_true", help="also bench the reconstruction "
                         "ablation on EmojiBench (it is measured on the validation subjects)")
     args = parser.parse_args()
@@ -309,20 +361,23 @@ def main() -> None:
     if "farm" in parts:
         farm(args.count)
     if "train" in parts:
-        train_apprentices(args.threads, args.scaling)
+        train_apprentices(args.threads)
     inits = {"apprentice (zero to_v_ip)": APPRENTICES["apprenticeship"],
              "apprentice (IP-Adapter's to_v init)": APPRENTICES["apprenticeship, to_v init"]}
     if "validation" in parts:
         measure("Validation subjects", str(VALIDATION), OUT / "validation", ("lora", "textual-inversion"), inits)
         chosen = chosen_init(report=True)
-        same_init = ablation_of(chosen)
-        scaled = {f"apprentice, {int(f * 100)} % of the experts": OUT / f"apprentice-{int(f * 100)}" for f in SCALING}
+        if args.scaling:
+            train_apprentices(args.threads, chosen)
         measure("Validation subjects, the shipped apprentice's ablation", str(VALIDATION), OUT / "validation", (),
                 {"apprentice (shipped)": chosen,
-                 "apprentice, reconstruction (IP-Adapter's objective), the same init": same_init,
-                 **({k: v for k, v in scaled.items() if args.scaling})})
+                 "apprentice, reconstruction (IP-Adapter's objective), the same init": ablation_of(chosen),
+                 **({f"apprentice, {int(f * 100)} % of the experts": out for f, out in scaled(chosen).items()}
+                    if args.scaling else {})})
         if args.scaling:
-            scaling_plot(OUT / "validation")
+            scaling_plot(OUT / "validation", chosen)
+        if args.equal_dino:
+            equal_dino(OUT / "validation", chosen)
         ship(chosen)
     if "emojibench" in parts:
         chosen = chosen_init()

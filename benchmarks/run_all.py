@@ -17,6 +17,9 @@ ROOT = Path(__file__).resolve().parents[1]
 SECTIONS = [
     ("Training speed and memory (tiny test model)", ["benchmarks/train_speed.py", "--steps", "200"]),
     ("Training speed against the peer (diffusers' train_dreambooth_lora.py)", ["benchmarks/peer.py"]),
+    ("Generation speed against the plain diffusers pipeline", ["benchmarks/generation_speed.py"]),
+    ("The physical limit: FLOPs per step against one thread's matmul rate, and the profile",
+     ["benchmarks/compute_limit.py"]),
     ("The demo and the built-in model", ["benchmarks/demo_time.py"]),
     ("A newcomer's first minutes: the times the README quotes", ["benchmarks/newcomer.py", "--skip-tests"]),
     ("Built-in model: prompt fidelity", ["benchmarks/base_fidelity.py"]),
@@ -28,7 +31,7 @@ SECTIONS = [
     ("ProFusion on the built-in world: defaults chosen on validation, EmojiBench, ablation, time to subject",
      ["benchmarks/profusion.py", "--only", "check", "--only", "validation", "--only", "emojibench", "--only", "time"]),
     ("The SuTI apprentice on the built-in world: the filter, the farm, EmojiBench, the ablation, scaling, time",
-     ["benchmarks/apprentice.py"]),
+     ["benchmarks/apprentice.py", "--scaling", "--equal-dino", "--ablation-on-emojibench"]),
 ]
 
 
