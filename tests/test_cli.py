@@ -97,6 +97,23 @@ def test_generate_writes_images_and_grid(capsys, tiny_model, subject_dir, tmp_pa
     assert not (tmp_path / "g4").exists()
 
 
+def test_a_seed_gives_the_same_image_at_any_batch_size(capsys, tiny_model, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    for batch in (1, 3, 8):
+        argv = ["generate", tiny_model, "a dog", "a cat", "-n", "3", "--steps", "3", "--batch-size", str(batch),
+                "--quiet", "--out", str(tmp_path / f"b{batch}")]
+        assert main(argv) == 0
+    for name in ("p00-0.png", "p00-2.png", "p01-1.png"):
+        one = np.asarray(Image.open(tmp_path / "b1" / name), dtype=int)
+        for batch in (3, 8):
+            assert np.abs(np.asarray(Image.open(tmp_path / f"b{batch}" / name), dtype=int) - one).max() <= 1
+    assert "--batch-size" in error_of(capsys, ["generate", tiny_model, "a dog", "--batch-size", "0", "--out",
+                                               str(tmp_path / "b0")])
+    assert not (tmp_path / "b0").exists()
+
+
 def test_generate_on_an_unfinished_run_is_an_error(capsys, tmp_path):
     (tmp_path / "run.json").write_text("{}")
     assert "not a finished run" in error_of(capsys, ["generate", str(tmp_path), "a {subject}", "--out",

@@ -140,7 +140,7 @@ def lora_run(tiny_model, tmp_path_factory) -> Path:
 
 
 SAMPLE_FLAGS = flag_values(SampleSettings, {"n": 2, "seed": 10, "steps": 3, "guidance": 20, "lora_scale": 3,
-                                            "subject_start": 1}, rename={"n": "-n"})
+                                            "subject_start": 1, "batch_size": 3}, rename={"n": "-n"})
 
 
 @FUZZ

@@ -131,6 +131,7 @@ class SampleSettings:
     guidance: float = setting(7.5, NON_NEGATIVE)
     lora_scale: float = setting(1.0, ANY_FINITE)
     subject_start: float = setting(0.0, FRACTION_BELOW_1)
+    batch_size: int = setting(8, AT_LEAST_1)  # images sampled at once (the pipeline's num_images_per_prompt)
 
     def __post_init__(self) -> None:
         check_settings(self)

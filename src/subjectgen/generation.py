@@ -41,10 +41,11 @@ def open_run_or_model(ref: str, allow_pickle: bool = False, lora_scale: float = 
 def generate_to_folder(ref: str, prompts: list[str], out: Path, n: int = 4, seed: int = 0, steps: int | None = None,
                        guidance: float = 7.5, negative_prompt: str = "", allow_pickle: bool = False,
                        lora_scale: float = 1.0, subject_start: float = 0.0, progress: bool = False,
-                       options: dict | None = None) -> GenerateResult:
+                       options: dict | None = None, batch_size: int = 8) -> GenerateResult:
     """n images per prompt (seeds seed..seed+n-1), saved as p{prompt}-{k}.png, plus grid.png (a row per prompt).
-    `subject_start`: the fraction of the steps sampled before the subject comes in (Run.early_steps)."""
-    SampleSettings(n, seed, steps, guidance, lora_scale, subject_start)  # a one-line error for any out of range
+    `subject_start`: the fraction of the steps sampled before the subject comes in (Run.early_steps);
+    `batch_size`: images sampled at once (the same images at any batch size, up to float rounding)."""
+    SampleSettings(n, seed, steps, guidance, lora_scale, subject_start, batch_size)  # a one-line error for any out of range
     run = open_run_or_model(ref, allow_pickle, lora_scale)
     if options:
         run.options = own_options(run, ref, options)
@@ -58,7 +59,7 @@ def generate_to_folder(ref: str, prompts: list[str], out: Path, n: int = 4, seed
     expanded = [run.prompt_for_model(p) for p in prompts for _ in range(n)]
     seeds = [seed + k for _ in prompts for k in range(n)]
     early = run.early_steps([p for p in prompts for _ in range(n)], subject_start, steps)
-    images = generate(run.components, expanded, seeds, steps, guidance, negative_prompt, early=early,
+    images = generate(run.components, expanded, seeds, steps, guidance, negative_prompt, batch_size, early=early,
                       denoiser_for=run.denoiser_for(negative_prompt, guidance), progress=progress)
     names = [f"p{i:02d}-{k}.png" for i in range(len(prompts)) for k in range(n)]
     out = Path(out)
