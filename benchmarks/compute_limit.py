@@ -8,6 +8,8 @@ At one thread (torch.set_num_threads(1)), in one process:
   GFLOP/s and share of the limit; batch 1 and batch 4;
 - generation's FLOPs per image (25 steps, guidance: the count of 16 images less 8, over 8) and images/s (16
   images at batch 16 on loaded networks), likewise;
+- the kernels alone (`floors`): the networks' forward (and backward) with no loop around them, the fastest any
+  loop on them can go;
 - the training loop's torch.profiler table: the ops with the most self CPU time per step, and the ops per step.
 """
 
@@ -80,6 +82,52 @@ def generation(images: int) -> tuple[float, float]:
     return flops, images / (time.perf_counter() - started)
 
 
+def floors(batches: tuple[int, ...], images: int, reps: int = 30) -> dict[str, float]:
+    """The kernels alone, the most any loop on them reaches: the built-in UNet with `train lora`'s adapters (rank
+    4 on to_q/k/v/out), forward and backward of an MSE at each batch (no data, no optimizer) -> steps/s; and
+    generation's networks alone, 25 UNet calls at twice the batch (guidance) and one VAE decode -> images/s."""
+    import torch
+    from peft import LoraConfig
+
+    from subjectgen.generation import open_run_or_model
+    from subjectgen.methods.dreambooth import UNET_LORA_TARGETS
+
+    components = open_run_or_model("builtin").components
+    unet, vae, config = components.unet, components.vae, components.unet.config
+    size, width = config.sample_size, config.cross_attention_dim
+    unet.requires_grad_(False)
+    unet.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian", target_modules=UNET_LORA_TARGETS))
+    rates = {}
+    for batch in batches:
+        x, text = torch.randn(batch, config.in_channels, size, size), torch.randn(batch, 77, width)
+        t = torch.randint(0, 1000, (batch,))
+
+        def step() -> None:
+            unet(x, t, encoder_hidden_states=text).sample.square().mean().backward()
+
+        rates[f"train {batch}"] = 1 / timed(step, reps)
+    unet.disable_adapters()
+    x, text = torch.randn(2 * images, config.in_channels, size, size), torch.randn(2 * images, 77, width)
+
+    @torch.no_grad()
+    def sample() -> None:
+        for step in range(25):
+            unet(x, torch.full((2 * images,), 999 - 40 * step), encoder_hidden_states=text)
+        vae.decode(x[:images] / vae.config.scaling_factor)
+
+    rates["generation"] = images / timed(sample, 2)
+    return rates
+
+
+def timed(fn, reps: int) -> float:
+    """Seconds per call, after two warm-up calls."""
+    fn(), fn()
+    started = time.perf_counter()
+    for _ in range(reps):
+        fn()
+    return (time.perf_counter() - started) / reps
+
+
 COMPUTE = ("conv", "mm", "attention", "bmm", "addmm", "baddbmm", "linear")
 
 
@@ -132,16 +180,20 @@ def main() -> None:
             rows.append((f"`train lora` step, batch {batch}", flops, rate, "steps/s"))
         flops, rate = generation(args.images)
         rows.append((f"generation, 25 steps with guidance, batch {args.images}", flops, rate, "images/s"))
+        floor = floors((1, 4), args.images)
         table = profile(work) if not args.no_profile else ""
     print(f"The limit: one thread's fp32 matmul rate on 1024 x 1024 matrices, {limit:.1f} GFLOP/s (torch "
           f"{torch.__version__}).\n")
-    print("| what | GFLOP each | measured rate | achieved GFLOP/s | share of the matmul rate | the limit's rate |")
-    print("|---|---|---|---|---|---|")
-    for what, flops, rate, unit in rows:
+    print("| what | GFLOP each | measured rate | achieved GFLOP/s | share of the matmul rate | the limit's rate | "
+          "the kernels alone | measured ÷ kernels alone |")
+    print("|---|---|---|---|---|---|---|---|")
+    for (what, flops, rate, unit), kernels in zip(rows, floor.values()):
         achieved = flops * rate / 1e9
         print(f"| {what} | {flops / 1e9:.3f} | {rate:.2f} {unit} | {achieved:.1f} | {achieved / limit:.1%} | "
-              f"{limit * 1e9 / flops:.1f} {unit} |")
-    print()
+              f"{limit * 1e9 / flops:.1f} {unit} | {kernels:.2f} {unit} | {rate / kernels:.0%} |")
+    print("\n(The kernels alone: the UNet with the same LoRA adapters, forward and backward at the batch, no data "
+          "and no optimizer; for generation, its 25 UNet calls at twice the batch and the VAE decode. No loop on "
+          "these kernels is faster: a faster tool needs faster kernels or fewer FLOPs.)\n")
     if table:
         print(table + "\n")
 
