@@ -45,7 +45,8 @@ def generate_to_folder(ref: str, prompts: list[str], out: Path, n: int = 4, seed
     """n images per prompt (seeds seed..seed+n-1), saved as p{prompt}-{k}.png, plus grid.png (a row per prompt).
     `subject_start`: the fraction of the steps sampled before the subject comes in (Run.early_steps);
     `batch_size`: images sampled at once (the same images at any batch size, up to float rounding)."""
-    SampleSettings(n, seed, steps, guidance, lora_scale, subject_start, batch_size)  # a one-line error for any out of range
+    # a one-line error for any out of range
+    SampleSettings(n, seed, steps, guidance, lora_scale, subject_start, batch_size)
     run = open_run_or_model(ref, allow_pickle, lora_scale)
     if options:
         run.options = own_options(run, ref, options)
