@@ -31,7 +31,7 @@ SECTIONS = [
     ("ProFusion on the built-in world: defaults chosen on validation, EmojiBench, ablation, time to subject",
      ["benchmarks/profusion.py", "--only", "check", "--only", "validation", "--only", "emojibench", "--only", "time"]),
     ("The SuTI apprentice on the built-in world: the filter, the farm, EmojiBench, the ablation, scaling, time",
-     ["benchmarks/apprentice.py", "--scaling", "--ablation-on-emojibench"]),
+     ["benchmarks/apprentice.py", "--scaling", "--equal-dino", "--ablation-on-emojibench"]),
 ]
 
 
