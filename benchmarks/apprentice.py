@@ -158,23 +158,32 @@ def scaled(chosen: Path) -> dict[float, Path]:
     return {f: OUT / f"apprentice-{int(f * 100)}{init}" for f in SCALING}
 
 
-def train_apprentices(threads: str, chosen: Path | None = None) -> None:
-    """The two inits and the reconstruction ablation; with `chosen`, the scaling apprentices of its init."""
-    jobs = [(FARM, APPRENTICES["apprenticeship"], "apprenticeship", []),
-            (FARM, APPRENTICES["apprenticeship, to_v init"], "apprenticeship", ["--ip-values", "to_v"]),
-            (FARM, APPRENTICES["reconstruction, to_v init"], "reconstruction", ["--ip-values", "to_v"])]
-    if chosen:
-        init = json.loads((chosen / "subject.json").read_text())["settings"].get("ip_values", "to_v")
-        jobs = [(subset(f), out, "apprenticeship", ["--ip-values", init]) for f, out in scaled(chosen).items()]
-    for farm_dir, out, objective, extra in jobs:
-        if not (out / "subject.json").is_file():
-            cli("--threads", threads, "apprentice", "train", str(farm_dir), "--out", str(out), "--objective",
-                objective, "--resume", "--checkpoint-every", "100", *extra, quiet=False)
-        manifest = json.loads((out / "subject.json").read_text())
-        print(f"- {out.name}: {objective}, {manifest['experts']} experts, {manifest['targets']} targets, "
-              f"{manifest['settings']['steps']} steps at batch {manifest['settings']['batch_size']}, final loss "
-              f"{manifest['metrics']['final_loss']:.4f}, {manifest['metrics']['train_seconds'] / 60:.1f} min")
+def train_apprentices(threads: str) -> None:
+    """The two inits and the reconstruction ablation, on the whole farm."""
+    for out, objective, init in ((APPRENTICES["apprenticeship"], "apprenticeship", "zero"),
+                                 (APPRENTICES["apprenticeship, to_v init"], "apprenticeship", "to_v"),
+                                 (APPRENTICES["reconstruction, to_v init"], "reconstruction", "to_v")):
+        train_one(FARM, out, objective, init, threads)
     print()
+
+
+def train_scaled(threads: str, chosen: Path) -> None:
+    """The quarter- and half-farm apprentices, with the chosen apprentice's init."""
+    init = json.loads((chosen / "subject.json").read_text())["settings"].get("ip_values", "to_v")
+    for fraction, out in scaled(chosen).items():
+        train_one(subset(fraction), out, "apprenticeship", init, threads)
+    print()
+
+
+def train_one(farm_dir: Path, out: Path, objective: str, init: str, threads: str) -> None:
+    """`apprentice train` unless `out` is finished (resumable), then its record's line."""
+    if not (out / "subject.json").is_file():
+        cli("--threads", threads, "apprentice", "train", str(farm_dir), "--out", str(out), "--objective", objective,
+            "--resume", "--checkpoint-every", "100", "--ip-values", init, quiet=False)
+    manifest = json.loads((out / "subject.json").read_text())
+    print(f"- {out.name}: {objective}, {manifest['experts']} experts, {manifest['targets']} targets, "
+          f"{manifest['settings']['steps']} steps at batch {manifest['settings']['batch_size']}, final loss "
+          f"{manifest['metrics']['final_loss']:.4f}, {manifest['metrics']['train_seconds'] / 60:.1f} min")
 
 
 def ship(source: Path) -> None:
@@ -368,7 +377,7 @@ def main() -> None:
         measure("Validation subjects", str(VALIDATION), OUT / "validation", ("lora", "textual-inversion"), inits)
         chosen = chosen_init(report=True)
         if args.scaling:
-            train_apprentices(args.threads, chosen)
+            train_scaled(args.threads, chosen)
         measure("Validation subjects, the shipped apprentice's ablation", str(VALIDATION), OUT / "validation", (),
                 {"apprentice (shipped)": chosen,
                  "apprentice, reconstruction (IP-Adapter's objective), the same init": ablation_of(chosen),

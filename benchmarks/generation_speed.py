@@ -17,7 +17,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 PROMPT = "a {subject} on the beach"
@@ -56,17 +55,10 @@ print(json.dumps({"seconds": time.perf_counter() - started}))
 
 def measure(code: str, args: list[str], env: dict) -> tuple[float, float, float]:
     """(process wall seconds, the call's seconds, peak RSS MiB) of one child."""
-    started = time.perf_counter()
-    with tempfile.TemporaryFile("w+") as err:
-        proc = subprocess.Popen([sys.executable, "-c", code, *args], env=env, stdout=subprocess.PIPE, stderr=err,
-                                text=True)
-        out = proc.stdout.read()
-        _, status, usage = os.wait4(proc.pid, 0)
-        wall = time.perf_counter() - started
-        if os.waitstatus_to_exitcode(status):
-            err.seek(0)
-            sys.exit(f"generation child failed: {err.read()[-1500:]}")
-    return wall, json.loads(out.strip().splitlines()[-1])["seconds"], usage.ru_maxrss / 1024
+    from peer import measure as run_process
+
+    wall, rss, _, out = run_process([sys.executable, "-c", code, *args], env)
+    return wall, json.loads(out.strip().splitlines()[-1])["seconds"], rss
 
 
 def median(values: list[float]) -> float:

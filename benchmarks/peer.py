@@ -52,17 +52,19 @@ def photos(folder: Path) -> Path:
     return folder
 
 
-def measure(command: list[str], env: dict) -> tuple[float, float, str]:
-    """(wall seconds, peak RSS in MiB, stderr) of one process."""
+def measure(command: list[str], env: dict) -> tuple[float, float, str, str]:
+    """(wall seconds, peak RSS in MiB, stderr, stdout) of one process."""
     started = time.perf_counter()
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    err = proc.stderr.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    seconds = time.perf_counter() - started
-    if proc.returncode:
-        sys.exit(f"{' '.join(command[:3])} ... failed ({proc.returncode}): {err[-1500:]}")
-    return seconds, usage.ru_maxrss / 1024, err
+    with tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=err, text=True)
+        out = proc.stdout.read()
+        _, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - started
+        err.seek(0)
+        errors = err.read()
+    if os.waitstatus_to_exitcode(status):
+        sys.exit(f"{' '.join(command[:3])} ... failed: {errors[-1500:]}")
+    return seconds, usage.ru_maxrss / 1024, errors, out
 
 
 def ours(model: Path, subject: Path, out: Path, steps: int, batch: int, prior: bool) -> list[str]:
@@ -123,10 +125,10 @@ def main() -> None:
                     measure(peer(python, model, subject, tmp / "classes", tmp / "warm-peer", 1, batch, True), env)
                 runs = {"ours": [], "peer": []}
                 for _ in range(args.pairs):
-                    wall, rss, _ = measure(ours(model, subject, tmp / "ours", args.steps, batch, prior), env)
+                    wall, rss, *_ = measure(ours(model, subject, tmp / "ours", args.steps, batch, prior), env)
                     sps = json.loads((tmp / "ours" / "subject.json").read_text())["metrics"]["steps_per_second"]
                     runs["ours"].append((wall, rss, sps))
-                    wall, rss, err = measure(peer(python, model, subject, tmp / "classes", tmp / "peer", args.steps,
+                    wall, rss, err, _ = measure(peer(python, model, subject, tmp / "classes", tmp / "peer", args.steps,
                                                   batch, prior), env)
                     runs["peer"].append((wall, rss, peer_rate(err)))
                 rows.append((batch, prior, runs))
