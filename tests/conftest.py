@@ -10,6 +10,8 @@ from PIL import Image, ImageDraw
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+# one bench / farm process unless a test asks for more (--workers auto would launch one per core)
+os.environ["SUBJECTGEN_WORKERS"] = "1"
 
 
 @pytest.fixture(scope="session")

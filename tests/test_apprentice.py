@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -133,6 +134,23 @@ def test_two_processes_split_the_clusters_with_no_overlap(tmp_path, tiny_model, 
     subprocess.run(cmd, env={**env, "RANK": "1"}, check=True, capture_output=True)  # not a race, is what is tested
     ranks = {p.parent.name: json.loads(p.read_text())["rank"] for p in out.glob("experts/*/expert.json")}
     assert ranks == {"red_ball": 0, "other_ball": 1}
+
+
+def test_workers_launch_the_farm_as_local_processes_that_split_the_clusters(tmp_path, tiny_model, clusters, farm):
+    out = tmp_path / "farm"
+    cmd = [sys.executable, "-m", "subjectgen.cli", "apprentice", "experts", "--model", tiny_model, "--clusters",
+           str(clusters), "--out", str(out), *EXPERTS, "--workers", "2"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "farm: 2 worker processes (--workers)" in result.stdout and "2 experts" in result.stdout
+    ranks = {p.parent.name: json.loads(p.read_text())["rank"] for p in out.glob("experts/*/expert.json")}
+    assert ranks == {"red_ball": 0, "other_ball": 1}
+    for name in ranks:  # the same experts as one process trains, so the same images (float rounding aside)
+        for mine in sorted((out / "experts" / name / "images").glob("*.png")):
+            theirs = farm / "experts" / name / "images" / mine.name
+            assert np.abs(np.asarray(Image.open(mine), float) - np.asarray(Image.open(theirs), float)).max() <= 2
+    bad = subprocess.run(cmd[:-2] + ["--seed", "5", "--workers", "2"], capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and bad.stderr.count("error:") == 1  # another farm's settings: refused once, up front
 
 
 def test_apprentice_training_changes_only_its_own_weights(farm, tiny_model, encoder_dir, tmp_path):

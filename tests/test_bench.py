@@ -317,10 +317,16 @@ def test_new_evaluators_score_the_same_images_again_without_training_or_sampling
 
 
 def test_workers_split_the_subjects_and_give_the_same_scores(finished, tiny_model, evaluator_dirs, tmp_path):
+    from subjectgen.threads import available_cores
+
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "subjectgen.cli", *bench_args(tiny_model, evaluator_dirs, out), "--workers", "2"]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    cmd = [sys.executable, "-m", "subjectgen.cli", *bench_args(tiny_model, evaluator_dirs, out), "--workers", "auto"]
+    env = {k: v for k, v in os.environ.items() if k not in ("SUBJECTGEN_WORKERS", "OMP_NUM_THREADS",
+                                                             "SUBJECTGEN_THREADS")}
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0, result.stderr[-2000:]
+    if available_cores() >= 2:  # a small model on a CPU, 2 subjects: one process each, at one thread
+        assert "bench: 2 worker processes (a small model on" in result.stdout
     got, want = (json.loads((f / "results.json").read_text())["pairs"] for f in (out, finished))
     for method in ("baseline", "lora"):
         for subject in ("dog", "backpack"):

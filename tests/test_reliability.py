@@ -364,6 +364,34 @@ def test_the_thread_policy_uses_the_allowed_cores_shared_by_a_launch_and_obeys_t
         torch.set_num_threads(before)
 
 
+def test_auto_workers_are_processes_for_a_small_model_on_a_cpu_and_one_otherwise(monkeypatch, capsys, tiny_model,
+                                                                                 tmp_path):
+    from subjectgen.workers import SMALL_UNET_BYTES, WORKER_BASE_BYTES, choose_workers, unet_bytes
+
+    for name in ("SUBJECTGEN_THREADS", "OMP_NUM_THREADS"):
+        monkeypatch.delenv(name, raising=False)
+    small = dict(cuda=False, cores=6, memory=None)
+    assert choose_workers("auto", 30, tiny_model, **small).workers == 6       # one per core, at one thread each
+    assert choose_workers("auto", 4, tiny_model, **small).workers == 4        # no more than the jobs
+    assert choose_workers("auto", 30, tiny_model, 2, **small).workers == 3    # --threads 2: 6 cores / 2
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert choose_workers("auto", 30, tiny_model, **small).workers == 2
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    size = unet_bytes(tiny_model)
+    assert 0 < size < SMALL_UNET_BYTES and unet_bytes("builtin") < SMALL_UNET_BYTES
+    assert choose_workers("auto", 30, tiny_model, cuda=False, cores=6,
+                          memory=2 * (WORKER_BASE_BYTES + 4 * size) + 1).workers == 2  # what the memory holds
+    assert choose_workers("auto", 30, tiny_model, cuda=True, cores=6, memory=None).workers == 1   # a GPU
+    assert choose_workers("auto", 30, "org/hub-model", **small).workers == 1  # unknown size: threads
+    big = tmp_path / "big"
+    (big / "unet").mkdir(parents=True)
+    with open(big / "unet" / "diffusion_pytorch_model.safetensors", "wb") as f:
+        f.truncate(SMALL_UNET_BYTES + 1)  # sparse: a Stable Diffusion-sized UNet without the disk
+    assert choose_workers("auto", 30, str(big), **small).workers == 1
+    assert choose_workers(3, 30, str(big), **small).workers == 3 and choose_workers(3, 2, str(big), **small).workers == 2
+    assert "--workers: must be 'auto' or an integer >= 1" in error_of(capsys, ["bench", "--workers", "0", "--out", "x"])
+
+
 def test_path_and_photo_errors_come_before_torch_and_diffusers_are_imported(tmp_path):
     """A typo in a path, a folder without photos, a broken photo: the one-line error without loading torch."""
     empty, broken = tmp_path / "empty", tmp_path / "broken"

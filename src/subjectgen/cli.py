@@ -19,6 +19,7 @@ from .config import (FILTER_TAU_S, FILTER_TAU_T, SAMPLE_OPTIONS, ApprenticeSetti
 from .errors import UserError  # noqa: E402
 from .methods import registry  # noqa: E402
 from .settings import AT_LEAST_1, SEED, arg_type, flag_of, number_type  # noqa: E402
+from .workers import default_workers, workers_type  # noqa: E402
 from .world.config import EvaluatorTrainConfig, WorldTrainConfig  # noqa: E402
 
 
@@ -268,6 +269,11 @@ def add_apprentice_parser(sub) -> None:
                        ("guidance", "classifier-free guidance (default: 7.5)")):
         e.add_argument("--" + name.replace("_", "-"), type=arg_type(FarmSettings, name), help=text,
                        metavar="X" if name == "guidance" else "N")
+    e.add_argument("--workers", type=workers_type, default=default_workers(), metavar="N|auto",
+                   help="train the experts in N local processes, the clusters split among them (as under accelerate "
+                        "launch); auto (the default): as bench --workers, one process per core at one thread each on "
+                        "a CPU with a small model, else one (on 2 cores a farm of 4: 1.51x faster than one process at two "
+                        "threads)")
     e.add_argument("--quiet", action="store_true", help="no progress lines")
     f = steps.add_parser("filter", help="keep the expert images that follow their prompt better than the "
                          "demonstrations and are still the subject (SuTI's ΔCLIP rule); writes filter.json and sheets")
@@ -301,10 +307,21 @@ def add_apprentice_parser(sub) -> None:
 
 def run_apprentice(args) -> None:
     if args.apprentice_command == "experts":
-        from .methods.farm import run_farm
+        from .methods.farm import check_farm_settings, clusters_of, run_farm, throughput
+        from .workers import choose_workers, launch_local
 
         given = {k: getattr(args, k) for k in FarmSettings.__dataclass_fields__ if getattr(args, k, None) is not None}
-        made = run_farm(Path(args.out), FarmSettings(**given), progress=not args.quiet)
+        settings = FarmSettings(**given)
+        choice = choose_workers(args.workers, len(clusters_of(settings)), settings.model, args.threads)
+        if choice.workers > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+            check_farm_settings(Path(args.out), settings)  # once, here: a refusal stops the farm before it starts
+            if not args.quiet:
+                print(f"farm: {choice.workers} worker processes ({choice.why})", flush=True)
+            argv = sys.argv[1:] if args.argv is None else args.argv
+            launch_local(without_flag(argv, "--workers"), choice.workers, "farm")
+            made = throughput(Path(args.out))
+        else:
+            made = run_farm(Path(args.out), settings, progress=not args.quiet)
         print(f"farm {args.out}: {made['experts']} experts, {made['images']} images "
               f"({made['experts_per_hour']} experts/h, {made['images_per_hour']} images/h in one process)")
     elif args.apprentice_command == "filter":
@@ -378,11 +395,15 @@ def add_bench_parser(sub) -> None:
                         "own), to sweep a setting without retraining; when only --dino or --clip differ, every "
                         "pair's images, scored again by the new evaluators (nothing is trained or sampled)")
     add_method_sample_flags(p)
-    p.add_argument("--workers", type=number_type(AT_LEAST_1), default=1, metavar="N",
+    p.add_argument("--workers", type=workers_type, default=default_workers(), metavar="N|auto",
                    help="run the bench as N local processes, the subjects split among them, each with its share of "
-                        "the cores; on a CPU, small models use cores better this way than as threads of one "
-                        "process (the quick LoRA bench on 2 cores: 1.3x faster with 2), at N times the memory; "
-                        "the scores are the same (default: 1)")
+                        "the cores; the scores are the same. auto (the default): on a CPU with a small model (the "
+                        "built-in one) as many processes as the cores, at one thread each (or --threads), capped by "
+                        "the subjects and the free memory, since a small model uses cores better this way than as "
+                        "threads of one process (on 2 cores the quick bench ran 1.26x faster than one process at two "
+                        "threads, docs/RESULTS.md); one process on a "
+                        "GPU or with a Stable Diffusion model, whose large matmuls use threads well "
+                        "(default: SUBJECTGEN_WORKERS, else auto)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     r = sub.add_parser("report", help="rebuild results.json, table.md, plots and report.html of a bench folder")
     r.add_argument("out", help="a folder written by 'subjectgen bench'")
@@ -566,13 +587,21 @@ def default_bench_methods(args) -> list[str]:
 
 
 def run_bench(args) -> None:
-    from .eval.bench import launch_workers, run_bench
+    from .eval.bench import resolve_config, run_bench
+    from .eval.prompts import read_benchmark, resolve_bench
+    from .workers import choose_workers, launch_local
 
     cfg = bench_config(args)
-    if args.workers > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
-        argv = sys.argv[1:] if args.argv is None else args.argv
-        launch_workers(cfg, without_flag(argv, "--workers"), args.workers)
-        return
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        bench = read_benchmark(resolve_bench(cfg.bench))
+        resolve_config(cfg, bench)  # a bad flag fails here, once, not in every worker
+        choice = choose_workers(args.workers, len(cfg.subjects or bench.classes), cfg.model, args.threads)
+        if choice.workers > 1:
+            if not args.quiet:
+                print(f"bench: {choice.workers} worker processes ({choice.why})", flush=True)
+            argv = sys.argv[1:] if args.argv is None else args.argv
+            launch_local(without_flag(argv, "--workers"), choice.workers, "bench")
+            return
     results = run_bench(cfg, progress=not args.quiet)
     if results is not None:
         print((Path(args.out) / "table.md").read_text(), end="")

@@ -211,37 +211,6 @@ def world_subjects(bench: Benchmark, warn: bool = True) -> dict | None:
     return instances
 
 
-def launch_workers(cfg: BenchConfig, argv: list[str], workers: int) -> None:
-    """Run this bench as `workers` local processes (the launcher's environment, as torchrun sets it), after
-    checking its settings here, so a bad flag fails once. If one process fails, the others are stopped."""
-    import socket
-    import subprocess
-    import sys
-
-    resolve_config(cfg, read_benchmark(resolve_bench(cfg.bench)))
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    env = {**os.environ, "WORLD_SIZE": str(workers), "LOCAL_WORLD_SIZE": str(workers), "MASTER_ADDR": "127.0.0.1",
-           "MASTER_PORT": str(port)}
-    procs = [subprocess.Popen([sys.executable, "-m", "subjectgen.cli", *argv],
-                              env={**env, "RANK": str(rank), "LOCAL_RANK": str(rank)}) for rank in range(workers)]
-    try:
-        while any(p.poll() is None for p in procs):
-            if any(p.poll() not in (None, 0) for p in procs):
-                break
-            time.sleep(0.2)
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.terminate()
-        codes = [p.wait() for p in procs]
-    failed = [c for c in codes if c]
-    if failed:
-        raise UserError(f"a bench worker stopped with exit code {failed[0]} (its message is above); rerun the same "
-                        "command to resume")
-
-
 def start_group(world: int):
     """A gloo group only to wait for every process at the end (each trains on its own)."""
     if world == 1:
