@@ -114,6 +114,35 @@ def test_a_seed_gives_the_same_image_at_any_batch_size(capsys, tiny_model, tmp_p
     assert not (tmp_path / "b0").exists()
 
 
+def test_compile_trains_the_same_weights_and_needs_a_compiler(capsys, monkeypatch, tiny_model, subject_dir,
+                                                                tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    from subjectgen.training import loop
+
+    # dynamo's graphs and AOTAutograd's backward as --compile runs them, without inductor's minutes of C++ builds
+    # (its kernels' rounding is torch's; benchmarks/compile_speed.py runs the real one)
+    monkeypatch.setattr(loop, "COMPILE_BACKEND", "aot_eager")
+    from torch._dynamo.utils import counters
+
+    counters.clear()
+    for way in ("eager", "compiled"):
+        extra = ["--compile"] if way == "compiled" else []
+        assert main(train_args(tiny_model, subject_dir, tmp_path / way, "--steps", "3", *extra)) == 0
+        assert (counters["stats"]["unique_graphs"] > 0) == (way == "compiled")  # the compiled forward ran
+    eager, compiled = (load_file(str(tmp_path / w / "pytorch_lora_weights.safetensors")) for w in ("eager", "compiled"))
+    assert eager.keys() == compiled.keys()  # the compiled wrapper changes no weight's name
+    ups = [v for k, v in eager.items() if "lora_B" in k or "lora.up" in k]
+    assert ups and any(v.abs().max() > 0 for v in ups)  # LoRA's up weights start at zero: the steps were taken
+    for k in eager:  # the same steps, in fused kernels: float rounding only
+        assert torch.allclose(eager[k], compiled[k], atol=1e-5, rtol=1e-4), k
+    monkeypatch.setattr(loop.shutil, "which", lambda name: None)
+    assert "--compile on a CPU needs a C++ compiler" in error_of(
+        capsys, train_args(tiny_model, subject_dir, tmp_path / "none", "--compile"))
+    assert not (tmp_path / "none").exists()
+
+
 def test_generate_on_an_unfinished_run_is_an_error(capsys, tmp_path):
     (tmp_path / "run.json").write_text("{}")
     assert "not a finished run" in error_of(capsys, ["generate", str(tmp_path), "a {subject}", "--out",

@@ -388,7 +388,8 @@ def test_auto_workers_are_processes_for_a_small_model_on_a_cpu_and_one_otherwise
     with open(big / "unet" / "diffusion_pytorch_model.safetensors", "wb") as f:
         f.truncate(SMALL_UNET_BYTES + 1)  # sparse: a Stable Diffusion-sized UNet without the disk
     assert choose_workers("auto", 30, str(big), **small).workers == 1
-    assert choose_workers(3, 30, str(big), **small).workers == 3 and choose_workers(3, 2, str(big), **small).workers == 2
+    assert choose_workers(3, 30, str(big), **small).workers == 3  # a number is taken as given,
+    assert choose_workers(3, 2, str(big), **small).workers == 2   # but no more than the jobs
     assert "--workers: must be 'auto' or an integer >= 1" in error_of(capsys, ["bench", "--workers", "0", "--out", "x"])
 
 

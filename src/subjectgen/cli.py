@@ -272,8 +272,8 @@ def add_apprentice_parser(sub) -> None:
     e.add_argument("--workers", type=workers_type, default=default_workers(), metavar="N|auto",
                    help="train the experts in N local processes, the clusters split among them (as under accelerate "
                         "launch); auto (the default): as bench --workers, one process per core at one thread each on "
-                        "a CPU with a small model, else one (on 2 cores a farm of 4: 1.51x faster than one process at two "
-                        "threads)")
+                        "a CPU with a small model, else one (on 2 cores a farm of 4: 1.51x faster than one process "
+                        "at two threads)")
     e.add_argument("--quiet", action="store_true", help="no progress lines")
     f = steps.add_parser("filter", help="keep the expert images that follow their prompt better than the "
                          "demonstrations and are still the subject (SuTI's ΔCLIP rule); writes filter.json and sheets")

@@ -66,6 +66,9 @@ class TrainConfig:
     mixed_precision: str = setting("no", choices=MIXED_PRECISION, help="fp16/bf16 on a GPU: faster, less memory "
                                    "(default: no)")
     gradient_checkpointing: bool = setting(False, help="recompute activations: less memory, slower")
+    compile: bool = setting(False, help="torch.compile the UNet's forward and backward: after minutes of start-up, "
+                            "steps may run faster, so only long runs can gain; on a 2-core CPU with the built-in "
+                            "model 1.03x, never worth it (docs/RESULTS.md). Needs a C++ compiler on a CPU")
     checkpoint_every: int = setting(0, NON_NEGATIVE_INT, help="save a resumable checkpoint every N steps "
                                     "(default: 0, none)")
     validate_every: int = setting(0, NON_NEGATIVE_INT, help="write a validation grid every N steps (default: 0)")
@@ -93,7 +96,8 @@ class TrainConfig:
 
     def identity(self) -> dict:
         """The settings that make two runs the same run (for --resume and --out checks)."""
-        return {k: v for k, v in self.to_dict().items() if k not in ("out", "checkpoint_every", "validate_every")}
+        return {k: v for k, v in self.to_dict().items()
+                if k not in ("out", "checkpoint_every", "validate_every", "compile")}
 
     @property
     def alpha(self) -> float:

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from .. import assets
 from ..adapters import MANIFEST
 from ..config import TrainConfig, resolve_defaults
-from ..errors import TrainingDiverged
+from ..errors import TrainingDiverged, UserError
 from ..methods import registry
 from ..models import load_model
 from ..safeio import atomic_save_image, atomic_write_bytes, atomic_write_json, writing
@@ -85,6 +85,8 @@ class Trainer:
         self.subject = None if cfg.subject_dir is None else load_subject(  # None: a dataset method (pretraining)
             Path(cfg.subject_dir), cfg.class_noun, self.components.resolution, masks=cfg.masked_loss, model=cfg.model)
         registry.get(self.cfg.method).load().check_inputs(self.cfg, self.components, self.subject)
+        if cfg.compile:
+            check_compiler(self.accelerator.device)
         if self.accelerator.is_main_process:  # only now, with every input valid, does the run folder appear
             hold(self.out)  # one writer; then the checks again, since another writer may have finished meanwhile
         try:
@@ -161,6 +163,9 @@ class Trainer:
         prepared = acc.prepare(*modules.values(), self.optimizer)
         self.forward_modules = dict(zip(modules, prepared[:-1]))
         self.optimizer = prepared[-1]
+        if cfg.compile:  # a wrapper for the forward only: the weights, their names and what is saved are the same
+            unet = self.forward_modules.get("unet", self.components.unet)
+            self.forward_modules["unet"] = torch.compile(unet, backend=COMPILE_BACKEND)
 
     def maybe_resume(self) -> int:
         checkpoints = list_checkpoints(self.out / "checkpoints")
@@ -339,6 +344,17 @@ class LossLog:
         if self.enabled:
             with writing(self.path), self.path.open("a", newline="") as f:
                 csv.writer(f).writerow([step, record["loss"], record.get("instance", ""), record.get("prior", ""), lr])
+
+
+COMPILE_BACKEND = "inductor"  # torch.compile's default; the tests use "aot_eager" (the same graphs, no C++ build)
+
+
+def check_compiler(device) -> None:
+    """torch.compile on a CPU builds C++: without a compiler it would fail at the first step, in a traceback."""
+    if torch.device(device).type == "cpu" and not any(shutil.which(c) for c in (os.environ.get("CXX", ""), "g++",
+                                                                               "clang++", "c++") if c):
+        raise UserError("--compile on a CPU needs a C++ compiler (g++ or clang++, or CXX); install one or leave "
+                        "--compile out")
 
 
 def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progress: bool = True,
