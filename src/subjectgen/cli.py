@@ -315,8 +315,7 @@ def run_apprentice(args) -> None:
         choice = choose_workers(args.workers, len(clusters_of(settings)), settings.model, args.threads)
         if choice.workers > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
             check_farm_settings(Path(args.out), settings)  # once, here: a refusal stops the farm before it starts
-            if not args.quiet:
-                print(f"farm: {choice.workers} worker processes ({choice.why})", flush=True)
+            print(f"farm: {choice.workers} worker processes ({choice.why})", flush=True)  # --quiet too: one line
             argv = sys.argv[1:] if args.argv is None else args.argv
             launch_local(without_flag(argv, "--workers"), choice.workers, "farm")
             made = throughput(Path(args.out))
@@ -597,8 +596,7 @@ def run_bench(args) -> None:
         resolve_config(cfg, bench)  # a bad flag fails here, once, not in every worker
         choice = choose_workers(args.workers, len(cfg.subjects or bench.classes), cfg.model, args.threads)
         if choice.workers > 1:
-            if not args.quiet:
-                print(f"bench: {choice.workers} worker processes ({choice.why})", flush=True)
+            print(f"bench: {choice.workers} worker processes ({choice.why})", flush=True)  # --quiet too: one line
             argv = sys.argv[1:] if args.argv is None else args.argv
             launch_local(without_flag(argv, "--workers"), choice.workers, "bench")
             return
