@@ -14,12 +14,20 @@ def available_cores() -> int:
     return os.cpu_count() or 1
 
 
-def choose_threads(requested: int | None = None) -> int:
-    """--threads if given; else SUBJECTGEN_THREADS or OMP_NUM_THREADS if set; else the available cores divided
-    among the processes of an `accelerate launch` / torchrun on this machine (LOCAL_WORLD_SIZE)."""
+def asked_threads(requested: int | None = None) -> int | None:
+    """The threads the user asked for: --threads, else SUBJECTGEN_THREADS or OMP_NUM_THREADS; None if not asked."""
     for value in (requested, os.environ.get("SUBJECTGEN_THREADS"), os.environ.get("OMP_NUM_THREADS")):
         if value:
             return max(1, int(value))
+    return None
+
+
+def choose_threads(requested: int | None = None) -> int:
+    """The threads asked for (asked_threads); else the available cores divided among the processes of an
+    `accelerate launch` / torchrun on this machine (LOCAL_WORLD_SIZE)."""
+    asked = asked_threads(requested)
+    if asked:
+        return asked
     processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
     return max(1, available_cores() // max(1, processes))
 

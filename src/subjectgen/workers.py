@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import UserError
-from .threads import available_cores
+from .threads import asked_threads, available_cores
 
 AUTO = "auto"
 SMALL_UNET_BYTES = 256 * 2**20  # above this (an SD UNet: 1.7-3.4 GB) threads use the cores well
@@ -93,8 +93,7 @@ def choose_workers(requested, jobs: int, model: str, threads: int | None = None,
     if size is None or size > SMALL_UNET_BYTES:
         return Choice(1, "a large model (or a hub id): one process, its threads")
     cores = available_cores() if cores is None else cores
-    given = [v for v in (threads, os.environ.get("SUBJECTGEN_THREADS"), os.environ.get("OMP_NUM_THREADS")) if v]
-    per = max(1, int(given[0])) if given else 1
+    per = asked_threads(threads) or 1
     n = min(jobs, max(1, cores // per))
     memory = available_memory() if memory == -1 else memory
     if memory is not None:
