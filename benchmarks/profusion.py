@@ -21,6 +21,20 @@ step 600 were blobs that ignored the prompt, and the prompts went from 10 to 5 f
   point's rows.
 - Time to subject (load + encode + tune, before the first image; subject.json's metrics.time_to_subject_seconds):
   ProFusion and DreamBooth-full trained alternately on the same subjects in one run of this script.
+
+Amended in stop 17, before any number of the PromptNet it adds (`--only references`):
+- Why: the images behind the rows above show that the shipped PromptNet's S* draws no subject at all, even in
+  'a S*' with no fusion: blobs in the photo's colours (val_dog, looked at before this amendment). Its
+  pretraining has reference = target, and PromptNet reads both the clean reference latent and x_t: together
+  they give away the noise, a shortcut S* can learn that does not exist when sampling (x_t is then not a noised
+  copy of the reference).
+- A third PromptNet, "instance" (`profusion pretrain --captions --references instance`, the others' schedule:
+  1200 steps, batch 32, lr 2e-4): each training image's reference is another image of its instance, and S*
+  stands in the image's own caption, so S* has to carry what stays the same across scenes.
+- Compared with the shipped "template" PromptNet on the validation subjects, each as the encoder alone and
+  tuned 100 steps at lr 2e-4, full Fusion Sampling, the protocol and the choice rule above (the template rows
+  run again beside the new ones). If an "instance" row is chosen it ships as builtin with its tune as the
+  default; the sampling ablation and the EmojiBench row then run again on it.
 """
 
 from __future__ import annotations
@@ -36,12 +50,18 @@ import torch
 
 VALIDATION = "benchmarks/out/v3/validation-subjects"
 EMOJIBENCH = "benchmarks/out/v3/emojibench"      # the starting point's folder: ProFusion joins its rows
-PROMPTNETS = {"template": "benchmarks/out/v3/promptnet-template", "captions": "benchmarks/out/v3/promptnet-captions"}
+PROMPTNETS = {"template": "benchmarks/out/v3/promptnet-template", "captions": "benchmarks/out/v3/promptnet-captions",
+              "instance": "benchmarks/out/v3/promptnet-instance"}
+PRETRAIN_FLAGS = {"template": [], "captions": ["--captions"], "instance": ["--captions", "--references", "instance"]}
 TUNES = {"template, encoder only": ["--promptnet", PROMPTNETS["template"], "--train-steps", "0"],
          "template, 100 steps, lr 2e-5": ["--promptnet", PROMPTNETS["template"], "--train-lr", "2e-5"],
          "template, 100 steps, lr 2e-4": ["--promptnet", PROMPTNETS["template"], "--train-lr", "2e-4"],
          "captions, encoder only": ["--promptnet", PROMPTNETS["captions"], "--train-steps", "0"],
          "captions, 100 steps, lr 2e-4": ["--promptnet", PROMPTNETS["captions"], "--train-lr", "2e-4"]}
+REFERENCE_TUNES = {"template, encoder only": TUNES["template, encoder only"],
+                   "template, 100 steps, lr 2e-4": TUNES["template, 100 steps, lr 2e-4"],
+                   "instance, encoder only": ["--promptnet", PROMPTNETS["instance"], "--train-steps", "0"],
+                   "instance, 100 steps, lr 2e-4": ["--promptnet", PROMPTNETS["instance"], "--train-lr", "2e-4"]}
 SAMPLINGS = {"no fusion": ["--no-fusion"], "fusion stage only": ["--ref-guidance", "0"],
              "full Fusion Sampling": None}  # None: the chosen tune's own row (it was sampled this way)
 CLIP_T_BUDGET = -0.10
@@ -100,12 +120,31 @@ def table(rows: list[dict], chosen: dict) -> None:
               f"{r['train_seconds']:.1f} | {r['generate_seconds']:.1f} |")
 
 
-def pretrain_missing() -> None:
-    """The two PromptNets the validation compares, pretrained here when absent (about 40 min each at one thread)."""
-    for name, folder in PROMPTNETS.items():
+def pretrain_missing(names) -> None:
+    """The PromptNets the validation compares, pretrained here when absent (about 40 min each at one thread)."""
+    for name in names:
+        folder = PROMPTNETS[name]
         if not (Path(folder) / "config.json").is_file():
             subprocess.run([sys.executable, "-m", "subjectgen.cli", "profusion", "pretrain", "--out", folder,
-                            "--quiet", *(["--captions"] if name == "captions" else [])], check=True)
+                            "--checkpoint-every", "200", "--quiet", *PRETRAIN_FLAGS[name],
+                            *(["--resume"] if (Path(folder) / "run.json").is_file() else [])], check=True)
+
+
+def references(out: Path, workers: str) -> dict:
+    """The stop-17 amendment: the instance PromptNet against the template one, on the validation subjects."""
+    pretrain_missing(["template", "instance"])
+    encoder_check(PROMPTNETS["instance"], "instance")
+    rows = grid(out / "references", REFERENCE_TUNES, None, workers, None)
+    chosen = choose(rows)
+    base = rows[0]["baseline"]
+    print(f"On the {rows[0]['subjects']} validation subjects, 5 prompts x 1 image; baseline DINO {base['dino']:.3f}, "
+          f"CLIP-I {base['clip_i']:.3f}, CLIP-T {base['clip_t']:.3f}. The template PromptNet (reference = target) "
+          "and the instance one (reference = another image of the instance, S* in the caption), full Fusion "
+          "Sampling:\n")
+    table(rows, chosen)
+    print(f"\nChosen by the rule: tune `{' '.join(chosen['args'])}`.")
+    (out / "references.json").write_text(json.dumps({"chosen": chosen, "rows": rows}, indent=1) + "\n")
+    return chosen
 
 
 def validation(out: Path, workers: str) -> dict:
@@ -289,19 +328,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="benchmarks/out/v3/profusion")
     parser.add_argument("--workers", default="2")
-    parser.add_argument("--only", choices=("check", "validation", "emojibench", "emojibench-tuned", "time"),
+    parser.add_argument("--only", choices=("check", "validation", "references", "emojibench", "emojibench-tuned",
+                                           "time"),
                         action="append", help="run these parts (default: all)")
     args = parser.parse_args()
     out, started = Path(args.out), time.perf_counter()
-    parts = args.only or ["check", "validation", "emojibench", "emojibench-tuned", "time"]
+    parts = args.only or ["check", "validation", "references", "emojibench", "emojibench-tuned", "time"]
     records()
     if "check" in parts or "validation" in parts:
-        pretrain_missing()
+        pretrain_missing(["template", "captions"])
     if "check" in parts:
-        for name, folder in PROMPTNETS.items():
-            encoder_check(folder, name)
+        for name in ("template", "captions"):
+            encoder_check(PROMPTNETS[name], name)
     if "validation" in parts:
         validation(out, args.workers)
+    if "references" in parts:
+        references(out, args.workers)
     if "emojibench" in parts:
         print()
         emojibench(args.workers, "emojibench-tuned" in parts)

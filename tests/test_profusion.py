@@ -250,3 +250,52 @@ def test_captions_put_s_star_in_the_class_nouns_place(capsys, tiny_model, subjec
                       "--image-encoder", image_encoder, "--out", str(tmp_path / "p")]) == 2
     assert "--captions needs --images world" in capsys.readouterr().err
     assert not (tmp_path / "p" / "run.json").exists()
+
+
+class IndexLatents:
+    """A LatentCache stand-in whose 'latent' of image i is the number i."""
+
+    def sample(self, index, generator):
+        return index.float().reshape(-1, 1, 1, 1)
+
+
+def test_instance_references_draw_another_image_of_the_same_identity(capsys, tiny_model, image_encoder, tmp_path):
+    from conftest import draw_subject
+
+    from subjectgen.methods.profusion import ReferenceViews
+    from subjectgen.methods.profusion_pretrain import identity_groups
+
+    groups = identity_groups(["a", "b", "a", "c", "b", "a"])
+    assert groups.tolist() == [0, 1, 0, 2, 1, 0]
+    views = ReferenceViews(IndexLatents(), torch.arange(6.0).reshape(6, 1, 1), groups=groups)
+    target, reference, states, index = views.draw(600, torch.Generator().manual_seed(0))
+    target, reference = target.flatten().long(), reference.flatten().long()
+    assert torch.equal(target, index) and torch.equal(states.flatten().long(), reference)
+    assert torch.equal(groups[reference], groups[target])
+    alone = target == 3  # the only image of its identity is its own reference
+    assert torch.equal(reference[alone], target[alone]) and bool((reference[~alone] != target[~alone]).all())
+    assert {(t, r) for t, r in zip(target.tolist(), reference.tolist())} == {
+        (0, 2), (0, 5), (2, 0), (2, 5), (5, 0), (5, 2), (1, 4), (4, 1), (3, 3)}
+    views.groups = None  # the paper's pretraining: reference = target
+    target, reference, _, _ = views.draw(8, torch.Generator().manual_seed(0))
+    assert torch.equal(target, reference)
+
+    images = tmp_path / "identities"
+    for who in ("a", "b"):
+        for i in range(2):
+            (images / who).mkdir(parents=True, exist_ok=True)
+            draw_subject(images / who / f"{i}.png", shift=i + (3 if who == "b" else 0))
+    out = tmp_path / "pn"
+    assert main(["profusion", "pretrain", "--model", tiny_model, "--images", str(images), "--references", "instance",
+                 "--steps", "2", "--batch-size", "2", "--image-encoder", image_encoder, "--out", str(out)]) == 0
+    assert "each reference is an image of the target's identity (2 identities)" in capsys.readouterr().out
+    assert json.loads((out / "subject.json").read_text())["references"] == "instance"
+    flat = tmp_path / "flat"  # images directly in the folder: each its own identity, so nothing to pair
+    flat.mkdir()
+    for i in range(3):
+        draw_subject(flat / f"{i}.png", shift=i)
+    assert exit_code(["profusion", "pretrain", "--model", tiny_model, "--images", str(flat), "--references",
+                      "instance", "--image-encoder", image_encoder, "--out", str(tmp_path / "q")]) == 2
+    err = capsys.readouterr().err
+    assert "--references instance needs --images" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "q").exists()

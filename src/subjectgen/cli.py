@@ -234,6 +234,11 @@ def add_profusion_parser(sub) -> None:
     t.add_argument("--captions", action="store_true", help="splice S* into each image's own caption in place of its "
                    "class noun ('a striped S* on the beach'), not into the template 'a photo of S*', so S* learns the "
                    "subject and the words the scene (needs --images world)")
+    t.add_argument("--references", choices=("self", "instance"), default="self",
+                   help="what PromptNet reads for each training image: 'self', the image itself (the paper's "
+                   "pretraining), or 'instance', another image of the same identity (the world's instance; for "
+                   "--images DIR, its subfolder), so S* must carry what stays the same across scenes, not the "
+                   "image's noise or layout (default: self)")
     t.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
     t.add_argument("--overwrite", action="store_true", help="replace what --out holds")
     t.add_argument("--quiet", action="store_true", help="no progress bar")

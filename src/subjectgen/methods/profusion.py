@@ -105,10 +105,34 @@ class ReferenceViews:
     reference: torch.Tensor | None = None   # the one photo of a tune, (1, 3, H, W) in [-1, 1]
     photo: str = ""
     prompts: list[str] | None = None  # each image's own prompt with '{token}' for S* (else the method's template)
+    groups: torch.Tensor | None = None  # each image's identity (int): its reference is drawn from its own group
 
-    def draw(self, count: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def draw(self, count: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                                                    torch.Tensor]:
+        """(target latents, reference latents, reference states, target indices). Without groups the reference is
+        the target's own latent (reference = target, the paper's pretraining); with groups, another image of the
+        target's group (the reference code's `ref_img` lists, less the target itself: seeing the target's clean
+        latent and x_t, PromptNet could read off the noise), the target only when it is alone in its group."""
         index = torch.randint(len(self.states), (count,), generator=generator)
-        return self.latents.sample(index, generator), self.states[index].float(), index
+        target = self.latents.sample(index, generator)
+        if self.groups is None:
+            return target, target, self.states[index].float(), index
+        reference = self.group_partners(index, generator)
+        return target, self.latents.sample(reference, generator), self.states[reference].float(), index
+
+    def group_partners(self, index: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """For each index, a uniformly drawn other member of its group (itself when it has none)."""
+        order = torch.argsort(self.groups, stable=True)
+        rank = torch.empty_like(order)
+        rank[order] = torch.arange(len(order))
+        sizes = torch.bincount(self.groups)
+        starts = torch.cumsum(sizes, 0) - sizes
+        group = self.groups[index]
+        others = (sizes[group] - 1).clamp(min=1)
+        offset = (torch.rand(len(index), generator=generator) * others).long().clamp(max=others - 1)
+        own = rank[index] - starts[group]
+        offset = torch.where((offset >= own) & (sizes[group] > 1), offset + 1, offset)
+        return order[starts[group] + offset]
 
 
 def encode_views(components, encoder, images: list, batch: int = 64, progress=None) -> ReferenceViews:
@@ -194,13 +218,13 @@ class ProFusion(Method):
         return None  # the conditioning holds S*, computed each step
 
     def batch(self, data: ReferenceViews, generator: torch.Generator, batch_size: int) -> Batch:
-        latents, states, index = data.draw(batch_size, generator)
+        latents, reference, states, index = data.draw(batch_size, generator)
         if data.prompts is not None:
             chosen = [data.prompts[i].format(token=self.token) for i in index.tolist()]
         else:
             prompts = self.instance_prompts()
             chosen = [prompts[i] for i in torch.randint(len(prompts), (batch_size,), generator=generator).tolist()]
-        return Batch(latents, chosen, batch_size, inputs={"reference": latents, "image_states": states})
+        return Batch(latents, chosen, batch_size, inputs={"reference": reference, "image_states": states})
 
     def predict(self, unet, noisy, timesteps, batch: Batch, encode) -> torch.Tensor:
         device = noisy.device

@@ -23,18 +23,25 @@ class PromptNetPretraining(ProFusion):
             dataset_paths(cfg.images)
             if cfg.captions:
                 raise UserError("--captions needs --images world (a folder of photos has no captions here)")
+            if cfg.references == "instance" and not shared_identities(dataset_paths(cfg.images), cfg.images):
+                raise UserError(f"--references instance needs --images {cfg.images} to hold one subfolder per "
+                                "identity with 2 or more images in some; or use --references self")
 
     @classmethod
     def data_source(cls, trainer) -> ReferenceViews:
         from ..vision import load_image_encoder
 
         cfg = trainer.cfg
-        images, digest, captions = dataset_images(cfg.images, trainer.components.resolution)
+        images, digest, captions, groups = dataset_images(cfg.images, trainer.components.resolution)
         if trainer.progress:
             print(f"profusion pretrain: {len(images)} images (hash {digest}); encoding them", flush=True)
+            if cfg.references == "instance":
+                print(f"profusion pretrain: each reference is an image of the target's identity "
+                      f"({int(groups.max()) + 1} identities)", flush=True)
         encoder = load_image_encoder(cfg.image_encoder, trainer.accelerator.device)
         views = encode_views(trainer.components, encoder, images)
         views.photo, views.prompts = digest, captions if cfg.captions else None
+        views.groups = groups if cfg.references == "instance" else None
         return views
 
     def setup(self) -> None:
@@ -55,7 +62,7 @@ class PromptNetPretraining(ProFusion):
 
     def manifest(self) -> dict:
         return {"token": self.token, "subject": "", "data_hash": self.data.photo, "images": len(self.data.states),
-                "num_vectors": self.cfg.num_vectors}
+                "num_vectors": self.cfg.num_vectors, "references": self.cfg.references}
 
     def asset_records(self) -> list[dict]:
         return [assets.record("image_encoder", self.cfg.image_encoder)]
@@ -76,10 +83,28 @@ def dataset_paths(ref: str) -> list[Path]:
     return paths
 
 
-def dataset_images(ref: str | None, resolution: int) -> tuple[list, str, list[str] | None]:
+def identity_groups(keys: list) -> torch.Tensor:
+    """Each key's group number, in order of first appearance."""
+    numbers: dict = {}
+    return torch.tensor([numbers.setdefault(k, len(numbers)) for k in keys], dtype=torch.long)
+
+
+def identity_keys(paths: list[Path], root: str) -> list[str]:
+    """A pretraining folder's identities: each subfolder is one; an image directly in the folder is its own."""
+    return [str(p.relative_to(root) if p.parent == Path(root) else p.parent.relative_to(root)) for p in paths]
+
+
+def shared_identities(paths: list[Path], root: str) -> bool:
+    """Whether some identity (a subfolder) of a pretraining folder holds two or more of its images."""
+    keys = identity_keys(paths, root)
+    return len(set(keys)) < len(keys)
+
+
+def dataset_images(ref: str | None, resolution: int) -> tuple[list, str, list[str] | None, torch.Tensor]:
     """A pretraining set: 'world' (the built-in world's training split, rendered: never a reserved instance) or a
-    folder of images; with a short hash of what was read and, for the world, each image's caption with '{token}' in
-    place of its class noun ('a striped {token} on the beach')."""
+    folder of images; with a short hash of what was read, for the world each image's caption with '{token}' in
+    place of its class noun ('a striped {token} on the beach'), and each image's identity: the world's instance,
+    a folder's subfolder."""
     import hashlib
 
     from ..photos import center_crop, open_photo
@@ -92,12 +117,15 @@ def dataset_images(ref: str | None, resolution: int) -> tuple[list, str, list[st
         items = training_items(2)
         pixels, captions = render_training_set(items=items, workers=1)
         spliced = [splice_noun(c, item[0]) for c, item in zip(captions, items)]
-        return [center_crop(Image.fromarray(p), resolution) for p in pixels], data_hash(pixels, captions), spliced
+        groups = identity_groups([(item[0], str(item[1])) for item in items])
+        return ([center_crop(Image.fromarray(p), resolution) for p in pixels], data_hash(pixels, captions), spliced,
+                groups)
     paths = dataset_paths(ref)
     digest = hashlib.sha256()
     for path in paths:
         digest.update(path.read_bytes())
-    return [center_crop(open_photo(p), resolution) for p in paths], digest.hexdigest()[:16], None
+    groups = identity_groups(identity_keys(paths, ref))
+    return [center_crop(open_photo(p), resolution) for p in paths], digest.hexdigest()[:16], None, groups
 
 
 def splice_noun(caption: str, noun: str) -> str:
