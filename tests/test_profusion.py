@@ -299,3 +299,23 @@ def test_instance_references_draw_another_image_of_the_same_identity(capsys, tin
     err = capsys.readouterr().err
     assert "--references instance needs --images" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "q").exists()
+
+
+def test_the_shipped_promptnet_was_pretrained_for_the_shipped_model_and_encoder_by_its_command():
+    """The built-in PromptNet's record (its subject.json, shipped as training.json) names the shipped base model and
+    image encoder by fingerprint, and settings `subjectgen profusion pretrain` reproduces (docs/RESULTS.md)."""
+    from subjectgen import assets
+    from subjectgen.config import TrainConfig
+
+    record = json.loads((assets.PROMPTNET / "training.json").read_text())
+    prints = {e["kind"]: e for e in record["assets"]}
+    assert prints["model"]["fingerprint"] == assets.fingerprint("model", "builtin")
+    assert prints["image_encoder"]["fingerprint"] == assets.fingerprint("image_encoder", "builtin")
+    assert record["method"] == "profusion-pretrain" and record["images"] > 1000 and record["resumes"] is not None
+    settings = record["settings"]
+    defaults = TrainConfig(method="profusion-pretrain", subject_dir=None, class_noun=None, out="unused")
+    assert settings["images"] in (None, "world") and settings["model"] == "builtin"
+    assert settings["num_vectors"] == json.loads((assets.PROMPTNET / "config.json").read_text())["num_vectors"]
+    assert record.get("references", "self") in ("self", "instance")
+    assert {k: settings[k] for k in ("seed", "max_grad_norm", "lr_warmup_steps")} == {
+        k: getattr(defaults, k) for k in ("seed", "max_grad_norm", "lr_warmup_steps")}
