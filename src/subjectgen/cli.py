@@ -239,6 +239,9 @@ def add_profusion_parser(sub) -> None:
                    "pretraining), or 'instance', another image of the same identity (the world's instance; for "
                    "--images DIR, its subfolder), so S* must carry what stays the same across scenes, not the "
                    "image's noise or layout (default: self)")
+    t.add_argument("--no-noisy-input", dest="noisy_input", action="store_false", default=True,
+                   help="PromptNet reads the reference alone, not also the noisy latent x_t (the paper's PromptNet "
+                   "reads both; x_t lets S* carry the sample being denoised rather than the reference's subject)")
     t.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
     t.add_argument("--overwrite", action="store_true", help="replace what --out holds")
     t.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -59,6 +59,7 @@ class TrainConfig:
     images: str | None = None  # a dataset method's images: a folder, or 'world' (the built-in training world); a farm
     captions: bool = False     # profusion pretrain: S* in each world image's caption, not the template
     references: str = "self"   # profusion pretrain: each reference is the target itself, or "instance": an image of it
+    noisy_input: bool = True   # profusion pretrain: PromptNet reads x_t beside the reference (the paper's), or not
     objective: str = "apprenticeship"  # apprentice train: expert images as targets, or "reconstruction" (IP-Adapter's)
     num_tokens: int = setting(16, Bound(low=1, high=64, integer=True))  # apprentice train: tokens per demonstration
     ip_values: str = "zero"  # apprentice train: to_v_ip's init, "zero" or "to_v" (IP-Adapter's; ip_adapter.new_state)

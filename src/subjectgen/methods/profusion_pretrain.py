@@ -47,7 +47,7 @@ class PromptNetPretraining(ProFusion):
     def setup(self) -> None:
         c = self.components
         self.promptnet = PromptNet.from_unet(c.unet, self.data.states.shape[-1], c.text_encoder.config.hidden_size,
-                                             self.cfg.num_vectors).train()
+                                             self.cfg.num_vectors, noisy_input=self.cfg.noisy_input).train()
         self.text = SplicedText(c.tokenizer, c.text_encoder, self.token, self.cfg.num_vectors)
 
     def trainable_modules(self) -> dict[str, torch.nn.Module]:
@@ -62,7 +62,8 @@ class PromptNetPretraining(ProFusion):
 
     def manifest(self) -> dict:
         return {"token": self.token, "subject": "", "data_hash": self.data.photo, "images": len(self.data.states),
-                "num_vectors": self.cfg.num_vectors, "references": self.cfg.references}
+                "num_vectors": self.cfg.num_vectors, "references": self.cfg.references,
+                "noisy_input": self.cfg.noisy_input}
 
     def asset_records(self) -> list[dict]:
         return [assets.record("image_encoder", self.cfg.image_encoder)]
