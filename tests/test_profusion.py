@@ -66,6 +66,18 @@ def test_promptnet_shapes_and_save_pretrained_round_trip(tiny_model, tmp_path):
     assert (tmp_path / "pn" / "diffusion_pytorch_model.safetensors").is_file()
     again = PromptNet.from_pretrained(str(tmp_path / "pn"), use_safetensors=True)
     assert torch.equal(again(z, torch.tensor([10, 900]), states, x), out)
+    with torch.no_grad():  # a trained x_t path: S* follows x_t, unless the PromptNet reads the reference alone
+        for p in net.noisy_embedding.parameters():
+            p.normal_(0, 0.5)
+    assert not torch.allclose(net(z, torch.tensor([10, 900]), states, x), out)
+    clean = PromptNet.from_unet(unet, image_width=32, text_width=32, num_vectors=3, noisy_input=False)
+    assert clean.noisy_embedding is None and not any("noisy" in k for k in clean.state_dict())
+    s_star = clean(z, torch.tensor([10, 900]), states, x)
+    assert torch.equal(s_star, clean(z, torch.tensor([10, 900]), states, 3 * torch.randn_like(x)))  # reference alone
+    clean.save_pretrained(tmp_path / "clean", safe_serialization=True)
+    loaded = PromptNet.from_pretrained(str(tmp_path / "clean"), use_safetensors=True)
+    assert loaded.config.noisy_input is False and loaded.noisy_embedding is None
+    assert torch.equal(loaded(z, torch.tensor([10, 900]), states, x), s_star)
 
 
 def test_pretraining_changes_only_promptnet_and_its_loss_falls(tiny_model, image_encoder, subject_dir, tmp_path):
