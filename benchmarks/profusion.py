@@ -141,6 +141,24 @@ def pretrain_missing(names) -> None:
                             *(["--resume"] if (Path(folder) / "run.json").is_file() else [])], check=True)
 
 
+CLEAN_TUNES = {"clean, encoder only": ["--promptnet", PROMPTNETS["clean"], "--train-steps", "0"]}
+
+
+def clean(out: Path, workers: str) -> dict:
+    """The second stop-17 amendment: the clean PromptNet (the reference alone, no x_t), chosen among all rows."""
+    pretrain_missing(["clean"])
+    encoder_check(PROMPTNETS["clean"], "clean")
+    earlier = json.loads((out / "references.json").read_text())["rows"]
+    new = grid(out / "references", CLEAN_TUNES, None, workers, Path(earlier[0]["folder"]))
+    rows = earlier + new
+    chosen = choose(rows)
+    print("Beside the rows above, the clean PromptNet (the reference alone: no x_t input), full Fusion Sampling:\n")
+    table(rows, chosen)
+    print(f"\nChosen by the rule among all of them: tune `{' '.join(chosen['args'])}`.")
+    (out / "clean.json").write_text(json.dumps({"chosen": chosen, "rows": rows}, indent=1) + "\n")
+    return chosen
+
+
 def references(out: Path, workers: str) -> dict:
     """The stop-17 amendment: the instance PromptNet against the template one, on the validation subjects."""
     pretrain_missing(["template", "instance"])
@@ -339,12 +357,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="benchmarks/out/v3/profusion")
     parser.add_argument("--workers", default="2")
-    parser.add_argument("--only", choices=("check", "validation", "references", "emojibench", "emojibench-tuned",
-                                           "time"),
+    parser.add_argument("--only", choices=("check", "validation", "references", "clean", "emojibench",
+                                           "emojibench-tuned", "time"),
                         action="append", help="run these parts (default: all)")
     args = parser.parse_args()
     out, started = Path(args.out), time.perf_counter()
-    parts = args.only or ["check", "validation", "references", "emojibench", "emojibench-tuned", "time"]
+    parts = args.only or ["check", "validation", "references", "clean", "emojibench", "emojibench-tuned", "time"]
     records()
     if "check" in parts or "validation" in parts:
         pretrain_missing(["template", "captions"])
@@ -355,6 +373,8 @@ def main() -> None:
         validation(out, args.workers)
     if "references" in parts:
         references(out, args.workers)
+    if "clean" in parts:
+        clean(out, args.workers)
     if "emojibench" in parts:
         print()
         emojibench(args.workers, "emojibench-tuned" in parts)
