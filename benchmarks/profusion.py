@@ -64,15 +64,18 @@ PROMPTNETS = {"template": "benchmarks/out/v3/promptnet-template", "captions": "b
               "instance": "benchmarks/out/v3/promptnet-instance", "clean": "benchmarks/out/v3/promptnet-clean"}
 PRETRAIN_FLAGS = {"template": [], "captions": ["--captions"], "instance": ["--captions", "--references", "instance"],
                   "clean": ["--captions", "--references", "instance", "--no-noisy-input", "--steps", "600"]}
+# The tuned rows name their steps: the built-in default became 0 (the encoder alone) once it was chosen here.
+STEPS_100 = ["--train-steps", "100"]
 TUNES = {"template, encoder only": ["--promptnet", PROMPTNETS["template"], "--train-steps", "0"],
-         "template, 100 steps, lr 2e-5": ["--promptnet", PROMPTNETS["template"], "--train-lr", "2e-5"],
-         "template, 100 steps, lr 2e-4": ["--promptnet", PROMPTNETS["template"], "--train-lr", "2e-4"],
+         "template, 100 steps, lr 2e-5": ["--promptnet", PROMPTNETS["template"], *STEPS_100, "--train-lr", "2e-5"],
+         "template, 100 steps, lr 2e-4": ["--promptnet", PROMPTNETS["template"], *STEPS_100, "--train-lr", "2e-4"],
          "captions, encoder only": ["--promptnet", PROMPTNETS["captions"], "--train-steps", "0"],
-         "captions, 100 steps, lr 2e-4": ["--promptnet", PROMPTNETS["captions"], "--train-lr", "2e-4"]}
+         "captions, 100 steps, lr 2e-4": ["--promptnet", PROMPTNETS["captions"], *STEPS_100, "--train-lr", "2e-4"]}
 REFERENCE_TUNES = {"template, encoder only": TUNES["template, encoder only"],
                    "template, 100 steps, lr 2e-4": TUNES["template, 100 steps, lr 2e-4"],
                    "instance, encoder only": ["--promptnet", PROMPTNETS["instance"], "--train-steps", "0"],
-                   "instance, 100 steps, lr 2e-4": ["--promptnet", PROMPTNETS["instance"], "--train-lr", "2e-4"]}
+                   "instance, 100 steps, lr 2e-4": ["--promptnet", PROMPTNETS["instance"], *STEPS_100,
+                                                    "--train-lr", "2e-4"]}
 SAMPLINGS = {"no fusion": ["--no-fusion"], "fusion stage only": ["--ref-guidance", "0"],
              "full Fusion Sampling": None}  # None: the chosen tune's own row (it was sampled this way)
 CLIP_T_BUDGET = -0.10
