@@ -293,11 +293,21 @@ def records() -> None:
     pre = json.loads((PROMPTNET / "training.json").read_text())
     enc = json.loads((IMAGE_ENCODER / "training.json").read_text())
     s = pre["settings"]
-    print(f"The shipped PromptNet (`subjectgen profusion pretrain --out DIR`, then config.json, its weights and "
+    flags = []
+    if s.get("captions"):
+        flags.append("--captions")
+    if s.get("references", "self") != "self":
+        flags.append(f"--references {s['references']}")
+    if s.get("noisy_input") is False:
+        flags.append("--no-noisy-input")
+    flags = " ".join(flags)
+    print(f"The shipped PromptNet (`subjectgen profusion pretrain {flags + ' ' if flags else ''}--out DIR`, then "
+          f"config.json, its weights and "
           f"training.json copied to src/subjectgen/assets/promptnet): {s['steps']} steps, batch {s['batch_size']}, "
           f"lr {s['lr']:g}, {pre['images']} world training images (hash {pre['data_hash']}), final loss "
           f"{pre['metrics']['final_loss']:.4f}, {pre['metrics']['train_seconds'] / 60:.1f} min of training "
-          f"({pre['metrics']['time_to_subject_seconds'] / 60:.1f} min in all) on this CPU at one thread. Its image "
+          f"({pre['metrics']['time_to_subject_seconds'] / 60:.1f} min in all; a resumed run counts from its last "
+          f"resume) on this CPU. Its image "
           f"encoder (`subjectgen world train-image-encoder`): {enc['config']['steps']} steps, {enc['images']} images "
           f"(hash {enc['data_hash']}), loss {enc['loss']:.3f}, {enc['seconds'] / 60:.1f} min.\n")
 

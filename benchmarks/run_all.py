@@ -33,6 +33,8 @@ SECTIONS = [
     ("EmojiBench: the DreamBench protocol on the built-in world", ["benchmarks/emojibench.py"]),
     ("ProFusion on the built-in world: defaults chosen on validation, EmojiBench, ablation, time to subject",
      ["benchmarks/profusion.py", "--only", "check", "--only", "validation", "--only", "emojibench", "--only", "time"]),
+    ("ProFusion: what PromptNet reads (the image itself, another image of its instance, x_t or not)",
+     ["benchmarks/profusion.py", "--only", "references", "--only", "clean"]),
     ("The SuTI apprentice on the built-in world: the filter, the farm, EmojiBench, the ablation, scaling, time",
      ["benchmarks/apprentice.py", "--scaling", "--equal-dino", "--ablation-on-emojibench"]),
 ]
