@@ -118,7 +118,8 @@ register(MethodSpec(
     "profusion", "ProFusion: a pretrained encoder maps one photo to S*, a brief tune, Fusion Sampling at generation",
     "subjectgen.methods.profusion:ProFusion",
     own_settings=("photo", "promptnet", "image_encoder"),
-    # On the built-in model the encoder alone (steps 0) was chosen on the validation subjects (benchmarks/profusion.py)
+    # On the built-in model the encoder alone (steps 0) was chosen on the validation subjects (benchmarks/profusion.py;
+    # in stop 17 with the instance PromptNet, --references instance, now the shipped one)
     defaults={"steps": (100, 0), "lr": (2e-5, 2e-5), "batch_size": (4, 4), "num_class_images": (0, 0)},
     bounds={"steps": Bound(low=0, integer=True)},  # --steps 0: the encoder alone, no tuning
     drops=(*PRIOR_SETTINGS, "masked_loss"),
