@@ -122,11 +122,13 @@ class ReferenceViews:
 
     def group_partners(self, index: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """For each index, a uniformly drawn other member of its group (itself when it has none)."""
-        order = torch.argsort(self.groups, stable=True)
-        rank = torch.empty_like(order)
-        rank[order] = torch.arange(len(order))
-        sizes = torch.bincount(self.groups)
-        starts = torch.cumsum(sizes, 0) - sizes
+        if getattr(self, "_layout", (None,))[0] is not self.groups:  # once per set of groups, not every step
+            order = torch.argsort(self.groups, stable=True)
+            rank = torch.empty_like(order)
+            rank[order] = torch.arange(len(order))
+            sizes = torch.bincount(self.groups)
+            self._layout = (self.groups, order, rank, sizes, torch.cumsum(sizes, 0) - sizes)
+        _, order, rank, sizes, starts = self._layout
         group = self.groups[index]
         others = (sizes[group] - 1).clamp(min=1)
         offset = (torch.rand(len(index), generator=generator) * others).long().clamp(max=others - 1)
