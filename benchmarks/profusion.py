@@ -247,6 +247,10 @@ def instance_template(out: Path, workers: str) -> dict:
     table(rows, chosen)
     print(f"\nChosen by the stop-18 rule (train s/subject within {DREAMBOOTH_TIME / 10:.1f} s, CLIP-T vs baseline "
           f"no worse than {LORA_CLIP_T:.1%}, then the most wins): tune `{' '.join(chosen['args'])}`.")
+    if chosen["label"].startswith("instance-template"):  # a new choice: the ablation of its sampling
+        samplings = grid(out / "instance-template-sampling", SAMPLINGS, chosen, workers, Path(chosen["folder"]))
+        print("\nThe sampling on the chosen row (the ablation of Fusion Sampling):\n")
+        table(samplings, samplings[-1])
     (out / "instance-template.json").write_text(json.dumps({"chosen": chosen, "rows": rows}, indent=1) + "\n")
     return chosen
 
@@ -324,40 +328,66 @@ def ti_file_row(folder: Path) -> dict:
 TUNED = ["--train-steps", "100", "--train-lr", "2e-4"]  # the best tuned validation row (9/16 wins, CLIP-T -46 %)
 
 
+def shipped_key() -> str:
+    """A short hash of the shipped PromptNet's weights: its EmojiBench folder's name, so a later PromptNet never
+    reuses an earlier one's pairs."""
+    import hashlib
+
+    from subjectgen.assets import PROMPTNET
+
+    return hashlib.sha256((PROMPTNET / "diffusion_pytorch_model.safetensors").read_bytes()).hexdigest()[:8]
+
+
 def emojibench(workers: str, tuned_row: bool) -> None:
-    """ProFusion at the built-in defaults (the encoder alone, `--steps 0`, chosen on validation) joins the starting
-    point's folder; with `tuned_row`, also ProFusion tuned (TUNED) in a folder of its own."""
+    """ProFusion at the built-in defaults (the shipped PromptNet, its chosen tune) in a folder of the PromptNet's
+    own, the starting point's baseline reused when its folder is here; with `tuned_row`, also ProFusion tuned
+    (TUNED) in a folder of its own. The other methods' rows are the starting point's (the same protocol, seeds
+    and evaluators)."""
+    from subjectgen.assets import PROMPTNET
     from subjectgen.eval.report import gain
 
-    bench(["--bench", "emoji", "--methods", "profusion", "--images-per-prompt", "1", "--out", EMOJIBENCH,
-           "--workers", workers])
-    tuned = Path(EMOJIBENCH + "-profusion-tuned")
+    folder = Path(f"{EMOJIBENCH}-profusion-{shipped_key()}")
+    start = Path(EMOJIBENCH) / "bench.json"
+    bench(["--bench", "emoji", "--methods", "profusion", "--images-per-prompt", "1", "--out", str(folder),
+           "--promptnet", str(PROMPTNET), "--workers", workers,
+           *(["--runs-from", EMOJIBENCH] if start.is_file() else [])])
+    tuned = Path(f"{folder}-tuned")
     if tuned_row:
         bench(["--bench", "emoji", "--methods", "profusion", "--images-per-prompt", "1", *TUNED,
-               "--out", str(tuned), "--runs-from", EMOJIBENCH, "--workers", workers])
-    results = json.loads((Path(EMOJIBENCH) / "results.json").read_text())
-    print("EmojiBench, 25 prompts x 1 image, the built-in evaluators; ProFusion at the defaults chosen above "
-          "beside the starting point's rows:\n")
-    print((Path(EMOJIBENCH) / "table.md").read_text().split("\nGain:")[0].rstrip())
+               "--promptnet", str(PROMPTNET), "--out", str(tuned), "--runs-from", str(folder), "--workers", workers])
+    results = json.loads((folder / "results.json").read_text())
+    if start.is_file():  # the starting point's rows beside ProFusion's
+        earlier = json.loads((Path(EMOJIBENCH) / "results.json").read_text())
+        for method in ("lora", "dreambooth", "textual-inversion"):
+            if method in earlier["pairs"]:
+                results["pairs"][method] = earlier["pairs"][method]
+                results["summary"][method] = earlier["summary"][method]
+    print(f"EmojiBench, 25 prompts x 1 image, the built-in evaluators; ProFusion at the built-in defaults ({folder}):"
+          "\n")
+    print((folder / "table.md").read_text().split("\nGain:")[0].rstrip())
     if tuned_row:
         r = row(tuned, "profusion tuned", TUNED)
         print(f"| profusion, {' '.join(TUNED)} | {r['dino']:.3f} | {r['clip_i']:.3f} | {r['clip_t']:.3f} | "
               f"{r['gain']:.2f} | | {r['clip_t_vs_baseline']:+.1%} | {r['subjects']} | {r['train_seconds']:.1f} | "
               f"{r['generate_seconds']:.1f} |")
-    print("\n(The profusion row is the encoder alone, `--steps 0`: the built-in default"
-          + ("" if tuned_row else "; the tuned row was not run yet: `--only emojibench-tuned`") + ".)\n")
-    pairs = results["pairs"]
+    print("\n(The profusion row is the built-in default"
+          + ("" if tuned_row else "; the tuned row was not run: `--only emojibench-tuned`")
+          + ("" if start.is_file() else "; the other methods' rows are the EmojiBench tables above, made under the "
+             "same protocol, seeds and evaluators") + ".)\n")
+    pairs, summary = results["pairs"], results["summary"]
     base, perfect = pairs["baseline"], pairs["perfect"]
-    print("| method | beats baseline on DINO and CLIP-I | gain above 1 on | CLIP-T vs DreamBooth's, TI's |")
-    print("|---|---|---|---|")
-    for method in ("profusion", "lora", "dreambooth", "textual-inversion"):
+    others = [m for m in ("dreambooth", "textual-inversion") if m in summary]
+    versus = " CLIP-T vs DreamBooth's, TI's |" if len(others) == 2 else ""
+    print(f"| method | beats baseline on DINO and CLIP-I | gain above 1 on |{versus}")
+    print("|---|---|---|" + ("---|" if versus else ""))
+    for method in [m for m in ("profusion", "lora", "dreambooth", "textual-inversion") if m in pairs]:
         mine = pairs[method]
         won = sum(mine[s]["dino"] > base[s]["dino"] and mine[s]["clip_i"] > base[s]["clip_i"] for s in mine)
         over = sum((gain(mine[s]["dino"], base[s]["dino"], perfect[s]["dino"]) or 0) > 1 for s in mine)
-        t = results["summary"][method]["clip_t"]
-        vs = (f"{t - results['summary']['dreambooth']['clip_t']:+.3f}, "
-              f"{t - results['summary']['textual-inversion']['clip_t']:+.3f}")
-        print(f"| {method} | {won}/{len(mine)} | {over} | {vs} |")
+        t = summary[method]["clip_t"]
+        vs = (f" {t - summary['dreambooth']['clip_t']:+.3f}, {t - summary['textual-inversion']['clip_t']:+.3f} |"
+              if versus else "")
+        print(f"| {method} | {won}/{len(mine)} | {over} |{vs}")
 
 
 def time_to_subject(out: Path) -> None:
@@ -586,7 +616,8 @@ def main() -> None:
     if "clean" in parts:
         clean(out, args.workers)
     if "train-check" in parts:
-        encoder_check("builtin", "shipped (instance)", "training")
+        pretrain_missing(["instance"])
+        encoder_check(PROMPTNETS["instance"], "instance", "training")
     if "ti-check" in parts:
         ti_check(out)
     if "instance-template" in parts:

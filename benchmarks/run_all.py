@@ -35,6 +35,10 @@ SECTIONS = [
      ["benchmarks/profusion.py", "--only", "check", "--only", "validation", "--only", "emojibench", "--only", "time"]),
     ("ProFusion: what PromptNet reads (the image itself, another image of its instance, x_t or not)",
      ["benchmarks/profusion.py", "--only", "references", "--only", "clean"]),
+    ("ProFusion: does S* carry the subject? (TI's bound, the training split, a PromptNet on 'a S*')",
+     ["benchmarks/profusion.py", "--only", "ti-check", "--only", "train-check", "--only", "instance-template"]),
+    ("ProFusion on EmojiBench: the shipped PromptNet at the built-in defaults, and time to subject",
+     ["benchmarks/profusion.py", "--only", "emojibench", "--only", "time"]),
     ("The SuTI apprentice on the built-in world: the filter, the farm, EmojiBench, the ablation, scaling, time",
      ["benchmarks/apprentice.py", "--scaling", "--equal-dino", "--ablation-on-emojibench"]),
 ]
