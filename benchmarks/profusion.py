@@ -50,7 +50,8 @@ Added in stop 18, a diagnosis and not a choice (it changes no default): `--only 
 fails the denoising check (another subject's S* helps as much as the subject's own), also without x_t. Is that
 PromptNet, or can one word not carry a subject on this base model at all? Textual Inversion optimises the word
 directly, so it bounds what any encoder of one word can reach: TI on each validation subject's first photo alone
-(the built-in TI defaults), then the same check, the same noise, its word against another subject's learned word.
+(the built-in TI defaults), then the same check, the same noise, its word against another subject's learned word;
+and again with 4 vectors (`--num-vectors 4`, added before its numbers): could a PromptNet of more vectors carry more?
 And `--only train-check`: the shipped PromptNet's check on 16 instances of the training split it was pretrained
 on. Carrying them and not the validation subjects would be a failure to generalize; carrying neither, a failure
 to learn the subject at all.
@@ -560,16 +561,17 @@ def ti_losses(runs: Path) -> dict:
         "another subject's word": word(lambda i: (i + 1) % len(views))})
 
 
-def ti_check(out: Path) -> None:
+def ti_check(out: Path, vectors: int = 1) -> None:
     """Textual Inversion on each validation subject's first photo (two at a time, one thread each), then the
-    denoising check with the learned words: the bound for any one-word encoder on this base model."""
+    denoising check with the learned words: the bound for any one-word encoder on this base model (with `vectors`
+    > 1, for an encoder of that many vectors, `--num-vectors`)."""
     import os
     import shutil
 
     from subjectgen.eval.prompts import read_benchmark
     from subjectgen.photos import photo_paths
 
-    photos, runs = out / "ti-check" / "photos", out / "ti-check" / "runs"
+    photos, runs = out / "ti-check" / "photos", out / "ti-check" / ("runs" if vectors == 1 else f"runs-{vectors}")
     bench = read_benchmark(Path(VALIDATION))
     jobs = []
     for name in sorted(bench.classes):
@@ -580,7 +582,8 @@ def ti_check(out: Path) -> None:
         first = photo_paths(Path(VALIDATION) / name)[0]
         shutil.copy(first, folder / first.name)
         jobs.append([sys.executable, "-m", "subjectgen.cli", "train", "textual-inversion", "--subject", str(folder),
-                     "--class", bench.classes[name], "--out", str(runs / name), "--quiet", "--overwrite"])
+                     "--class", bench.classes[name], "--out", str(runs / name), "--num-vectors", str(vectors),
+                     "--quiet", "--overwrite"])
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     while jobs:
         running = [subprocess.Popen(job, env=env, stdout=subprocess.DEVNULL) for job in jobs[:2]]
@@ -588,8 +591,9 @@ def ti_check(out: Path) -> None:
         if any(p.wait() for p in running):
             raise SystemExit("a Textual Inversion run failed")
     losses = ti_losses(runs)
-    print_check("one learned word (Textual Inversion, the model frozen)", losses)
-    (out / "ti-check.json").write_text(json.dumps(losses, indent=1) + "\n")
+    print_check("one learned word (Textual Inversion, the model frozen)" if vectors == 1 else
+                f"a learned word of {vectors} vectors (Textual Inversion, --num-vectors {vectors})", losses)
+    (out / f"ti-check{'' if vectors == 1 else f'-{vectors}'}.json").write_text(json.dumps(losses, indent=1) + "\n")
 
 
 def main() -> None:
@@ -620,6 +624,7 @@ def main() -> None:
         encoder_check(PROMPTNETS["instance"], "instance", "training")
     if "ti-check" in parts:
         ti_check(out)
+        ti_check(out, 4)
     if "instance-template" in parts:
         instance_template(out, args.workers)
     if "emojibench" in parts:
