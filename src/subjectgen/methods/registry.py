@@ -119,7 +119,8 @@ register(MethodSpec(
     "subjectgen.methods.profusion:ProFusion",
     own_settings=("photo", "promptnet", "image_encoder"),
     # On the built-in model the encoder alone (steps 0) was chosen on the validation subjects (benchmarks/profusion.py;
-    # in stop 17 with the instance PromptNet, --references instance, now the shipped one)
+    # in stop 18 with the template PromptNet, the paper's pretraining, shipped again: the only one whose S* reads
+    # its reference)
     defaults={"steps": (100, 0), "lr": (2e-5, 2e-5), "batch_size": (4, 4), "num_class_images": (0, 0)},
     bounds={"steps": Bound(low=0, integer=True)},  # --steps 0: the encoder alone, no tuning
     drops=(*PRIOR_SETTINGS, "masked_loss"),
