@@ -234,11 +234,50 @@ def choose_by_targets(rows: list[dict]) -> dict:
     return max(allowed, key=lambda r: (r["wins"], r["clip_t"]))
 
 
+@torch.no_grad()
+def reads(names: list[str]) -> None:
+    """What S* depends on: its spread (mean distance from the mean S*, over the mean S*'s norm) across the 16
+    validation subjects' first photos at one fixed x_t, and across 16 draws of x_t with the first subject's photo.
+    An S* that reads its reference spreads across photos; one that reads the sample being denoised, across x_t."""
+    from subjectgen.config import TrainConfig
+    from subjectgen.methods.profusion import ProFusion, encode_views
+    from subjectgen.models import load_model
+    from subjectgen.vision import load_image_encoder
+
+    components = load_model("builtin")
+    folders, subjects = validation_subjects(components)
+    views = [encode_views(components, load_image_encoder("builtin"), s.images) for s in subjects]
+    words = components.text_encoder.get_input_embeddings().weight.norm(dim=-1).mean()
+    print(f"What S* reads: its spread across the {len(views)} validation subjects' photos (one x_t) and across "
+          f"{len(views)} draws of x_t (one photo); a word of the vocabulary has norm {words:.3f}:\n")
+    print("| PromptNet | t | norm of S* | spread across photos | spread across x_t |\n|---|---|---|---|---|")
+
+    def spread(vectors):
+        mean = vectors.mean(0)
+        return ((vectors - mean).norm(dim=-1).mean() / mean.norm()).item()
+
+    for name in names:
+        cfg = TrainConfig(method="profusion", subject_dir=str(folders[0]), class_noun="dog", out="/tmp/unused",
+                          promptnet=PROMPTNETS[name], steps=0, lr=1e-4, batch_size=1)
+        net = ProFusion(cfg, components, subjects[0], views[0]).promptnet.eval()
+        g = torch.Generator().manual_seed(0)
+        for t in (200, 800):
+            tt, first = torch.tensor([t]), views[0]
+            xt = torch.randn((1, *first.latents.mean.shape[1:]), generator=g)
+            photos = torch.stack([net(v.latents.mean[:1] * v.latents.scale, tt, v.states[:1].float(), xt)[0, 0]
+                                  for v in views])
+            noises = torch.stack([net(first.latents.mean[:1] * first.latents.scale, tt, first.states[:1].float(),
+                                      torch.randn(xt.shape, generator=g))[0, 0] for _ in views])
+            print(f"| {name} | {t} | {photos.norm(dim=-1).mean():.1f} | {spread(photos):.3f} | {spread(noises):.3f} |")
+    print()
+
+
 def instance_template(out: Path, workers: str) -> dict:
     """The stop-18 amendment: the instance-template PromptNet (another image of the instance, S* in 'a S*')."""
     pretrain_missing(["template", "instance", "instance-template"])
     encoder_check(PROMPTNETS["instance-template"], "instance-template")
     encoder_check(PROMPTNETS["instance-template"], "instance-template", "training")
+    reads(["template", "instance", "instance-template"])
     rows = grid(out / "instance-template", INSTANCE_TEMPLATE_TUNES, None, workers, None)
     chosen = choose_by_targets(rows)
     base = rows[0]["baseline"]
