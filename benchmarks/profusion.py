@@ -52,9 +52,10 @@ PromptNet, or can one word not carry a subject on this base model at all? Textua
 directly, so it bounds what any encoder of one word can reach: TI on each validation subject's first photo alone
 (the built-in TI defaults), then the same check, the same noise, its word against another subject's learned word;
 and again with 4 vectors (`--num-vectors 4`, added before its numbers): could a PromptNet of more vectors carry more?
+Then (added after the train-check's numbers, before its own) TI on the train-check's instances too.
 And `--only train-check`: the shipped PromptNet's check on 16 instances of the training split it was pretrained
-on. Carrying them and not the validation subjects would be a failure to generalize; carrying neither, a failure
-to learn the subject at all.
+on (and the template one's, beside it, once the check had run on the instance one). Carrying them and not the
+validation subjects would be a failure to generalize; carrying neither, a failure to learn the subject at all.
 
 Amended in stop 18, after those two checks and before any number of the PromptNet it adds
 (`--only instance-template`):
@@ -420,7 +421,12 @@ def emojibench(workers: str, tuned_row: bool) -> None:
     versus = " CLIP-T vs DreamBooth's, TI's |" if len(others) == 2 else ""
     print(f"| method | beats baseline on DINO and CLIP-I | gain above 1 on |{versus}")
     print("|---|---|---|" + ("---|" if versus else ""))
-    for method in [m for m in ("profusion", "lora", "dreambooth", "textual-inversion") if m in pairs]:
+    if tuned_row:
+        tuned_results = json.loads((tuned / "results.json").read_text())
+        pairs["profusion, tuned"] = tuned_results["pairs"]["profusion"]
+        summary["profusion, tuned"] = tuned_results["summary"]["profusion"]
+    for method in [m for m in ("profusion", "profusion, tuned", "lora", "dreambooth", "textual-inversion")
+                   if m in pairs]:
         mine = pairs[method]
         won = sum(mine[s]["dino"] > base[s]["dino"] and mine[s]["clip_i"] > base[s]["clip_i"] for s in mine)
         over = sum((gain(mine[s]["dino"], base[s]["dino"], perfect[s]["dino"]) or 0) > 1 for s in mine)
@@ -577,8 +583,16 @@ def encoder_check(promptnet: str = "builtin", name: str = "builtin", split: str 
         print_check(f"the {name} PromptNet's S*", losses)
 
 
+def check_subjects(components, split: str) -> list[tuple[str, object]]:
+    """(name, subject) of the check's subjects: the validation subjects, or 16 instances of the training split."""
+    if split == "training":
+        return [(f"train{i:02d}_{s.class_noun}", s) for i, s in enumerate(training_subjects(components))]
+    folders, subjects = validation_subjects(components)
+    return [(f.name, s) for f, s in zip(folders, subjects)]
+
+
 @torch.no_grad()
-def ti_losses(runs: Path) -> dict:
+def ti_losses(runs: Path, split: str) -> dict:
     from safetensors.torch import load_file
 
     from subjectgen.methods.profusion import SplicedText, encode_views
@@ -586,9 +600,9 @@ def ti_losses(runs: Path) -> dict:
     from subjectgen.vision import load_image_encoder
 
     components = load_model("builtin")
-    folders, subjects = validation_subjects(components)
-    views = [encode_views(components, load_image_encoder("builtin"), s.images) for s in subjects]
-    words = [next(iter(load_file(runs / f.name / "learned_embeds.safetensors").values())).float() for f in folders]
+    named = check_subjects(components, split)
+    views = [encode_views(components, load_image_encoder("builtin"), s.images) for _, s in named]
+    words = [next(iter(load_file(runs / name / "learned_embeds.safetensors").values())).float() for name, _ in named]
     text = SplicedText(components.tokenizer, components.text_encoder, "<s*>", len(words[0]))
 
     def word(of):
@@ -596,32 +610,29 @@ def ti_losses(runs: Path) -> dict:
 
     return denoising_losses(components, views, {
         "its own word (TI on its first photo)": word(lambda i: i),
-        "the class noun": lambda i, xt, tt: text([f"a {subjects[i].class_noun}"], None),
+        "the class noun": lambda i, xt, tt: text([f"a {named[i][1].class_noun}"], None),
         "another subject's word": word(lambda i: (i + 1) % len(views))})
 
 
-def ti_check(out: Path, vectors: int = 1) -> None:
-    """Textual Inversion on each validation subject's first photo (two at a time, one thread each), then the
-    denoising check with the learned words: the bound for any one-word encoder on this base model (with `vectors`
-    > 1, for an encoder of that many vectors, `--num-vectors`)."""
+def ti_check(out: Path, vectors: int = 1, split: str = "validation") -> None:
+    """Textual Inversion on each check subject's first photo (two at a time, one thread each), then the denoising
+    check with the learned words: the bound for any one-word encoder on this base model (with `vectors` > 1, for
+    an encoder of that many vectors, `--num-vectors`); split "training": on the train-check's instances."""
     import os
-    import shutil
 
-    from subjectgen.eval.prompts import read_benchmark
-    from subjectgen.photos import photo_paths
+    from subjectgen.models import load_model
 
-    photos, runs = out / "ti-check" / "photos", out / "ti-check" / ("runs" if vectors == 1 else f"runs-{vectors}")
-    bench = read_benchmark(Path(VALIDATION))
+    tag = ("" if vectors == 1 else f"-{vectors}") + ("" if split == "validation" else f"-{split}")
+    photos, runs = out / "ti-check" / f"photos{tag}", out / "ti-check" / f"runs{tag}"
     jobs = []
-    for name in sorted(bench.classes):
+    for name, subject in check_subjects(load_model("builtin"), split):
         if (runs / name / "learned_embeds.safetensors").is_file():
             continue
         folder = photos / name
         folder.mkdir(parents=True, exist_ok=True)
-        first = photo_paths(Path(VALIDATION) / name)[0]
-        shutil.copy(first, folder / first.name)
+        subject.images[0].save(folder / "00.png")  # the first photo, as the check's S* sees it (cropped)
         jobs.append([sys.executable, "-m", "subjectgen.cli", "train", "textual-inversion", "--subject", str(folder),
-                     "--class", bench.classes[name], "--out", str(runs / name), "--num-vectors", str(vectors),
+                     "--class", subject.class_noun, "--out", str(runs / name), "--num-vectors", str(vectors),
                      "--quiet", "--overwrite"])
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     while jobs:
@@ -629,10 +640,14 @@ def ti_check(out: Path, vectors: int = 1) -> None:
         jobs = jobs[2:]
         if any(p.wait() for p in running):
             raise SystemExit("a Textual Inversion run failed")
-    losses = ti_losses(runs)
-    print_check("one learned word (Textual Inversion, the model frozen)" if vectors == 1 else
-                f"a learned word of {vectors} vectors (Textual Inversion, --num-vectors {vectors})", losses)
-    (out / f"ti-check{'' if vectors == 1 else f'-{vectors}'}.json").write_text(json.dumps(losses, indent=1) + "\n")
+    losses = ti_losses(runs, split)
+    what = ("one learned word (Textual Inversion, the model frozen)" if vectors == 1 else
+            f"a learned word of {vectors} vectors (Textual Inversion, --num-vectors {vectors})")
+    if split == "training":
+        print_check(f"{what}, on the train-check's 16 instances,", losses, "instance")
+    else:
+        print_check(what, losses)
+    (out / f"ti-check{tag}.json").write_text(json.dumps(losses, indent=1) + "\n")
 
 
 def main() -> None:
@@ -659,11 +674,13 @@ def main() -> None:
     if "clean" in parts:
         clean(out, args.workers)
     if "train-check" in parts:
-        pretrain_missing(["instance"])
-        encoder_check(PROMPTNETS["instance"], "instance", "training")
+        pretrain_missing(["template", "instance"])
+        for name in ("template", "instance"):
+            encoder_check(PROMPTNETS[name], name, "training")
     if "ti-check" in parts:
         ti_check(out)
         ti_check(out, 4)
+        ti_check(out, 1, "training")
     if "instance-template" in parts:
         instance_template(out, args.workers)
     if "emojibench" in parts:

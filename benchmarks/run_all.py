@@ -38,7 +38,7 @@ SECTIONS = [
     ("ProFusion: does S* carry the subject? (TI's bound, the training split, a PromptNet on 'a S*')",
      ["benchmarks/profusion.py", "--only", "ti-check", "--only", "train-check", "--only", "instance-template"]),
     ("ProFusion on EmojiBench: the shipped PromptNet at the built-in defaults, and time to subject",
-     ["benchmarks/profusion.py", "--only", "emojibench", "--only", "time"]),
+     ["benchmarks/profusion.py", "--only", "emojibench", "--only", "emojibench-tuned", "--only", "time"]),
     ("The SuTI apprentice on the built-in world: the filter, the farm, EmojiBench, the ablation, scaling, time",
      ["benchmarks/apprentice.py", "--scaling", "--equal-dino", "--ablation-on-emojibench"]),
 ]
