@@ -148,6 +148,7 @@ def choose(rows: list[dict]) -> dict:
 def grid(out: Path, labels: dict, fixed: dict | None, workers: str, source: Path | None) -> list[dict]:
     """One validation bench folder per setting; `source`'s baseline (and, if trained alike, runs) reused; `fixed`:
     the chosen row whose training these settings sample."""
+    ensure_validation()
     rows = []
     for label, args in labels.items():
         if args is None:
@@ -160,6 +161,12 @@ def grid(out: Path, labels: dict, fixed: dict | None, workers: str, source: Path
         source = source or folder
         rows.append({**row(folder, label, args), "folder": str(folder)})
     return rows
+
+
+def header(rows: list[dict], what: str) -> None:
+    base = rows[0]["baseline"]
+    print(f"On the {rows[0]['subjects']} validation subjects, 5 prompts x 1 image; baseline DINO {base['dino']:.3f}, "
+          f"CLIP-I {base['clip_i']:.3f}, CLIP-T {base['clip_t']:.3f}. {what}:\n")
 
 
 def table(rows: list[dict], chosen: dict) -> None:
@@ -281,10 +288,8 @@ def instance_template(out: Path, workers: str) -> dict:
     reads(["template", "instance", "instance-template"])
     rows = grid(out / "instance-template", INSTANCE_TEMPLATE_TUNES, None, workers, None)
     chosen = choose_by_targets(rows)
-    base = rows[0]["baseline"]
-    print(f"On the {rows[0]['subjects']} validation subjects, 5 prompts x 1 image; baseline DINO {base['dino']:.3f}, "
-          f"CLIP-I {base['clip_i']:.3f}, CLIP-T {base['clip_t']:.3f}. The PromptNets that shipped, and the "
-          "instance-template one (reference = another image of the instance, S* in 'a S*'), full Fusion Sampling:\n")
+    header(rows, "The PromptNets that shipped, and the instance-template one (reference = another image of the "
+           "instance, S* in 'a S*'), full Fusion Sampling")
     table(rows, chosen)
     print(f"\nChosen by the stop-18 rule (train s/subject within {DREAMBOOTH_TIME / 10:.1f} s, CLIP-T vs baseline "
           f"no worse than {LORA_CLIP_T:.1%}, then the most wins): tune `{' '.join(chosen['args'])}`.")
@@ -302,11 +307,8 @@ def references(out: Path, workers: str) -> dict:
     encoder_check(PROMPTNETS["instance"], "instance")
     rows = grid(out / "references", REFERENCE_TUNES, None, workers, None)
     chosen = choose(rows)
-    base = rows[0]["baseline"]
-    print(f"On the {rows[0]['subjects']} validation subjects, 5 prompts x 1 image; baseline DINO {base['dino']:.3f}, "
-          f"CLIP-I {base['clip_i']:.3f}, CLIP-T {base['clip_t']:.3f}. The template PromptNet (reference = target) "
-          "and the instance one (reference = another image of the instance, S* in the caption), full Fusion "
-          "Sampling:\n")
+    header(rows, "The template PromptNet (reference = target) and the instance one (reference = another image of "
+           "the instance, S* in the caption), full Fusion Sampling")
     table(rows, chosen)
     print(f"\nChosen by the rule: tune `{' '.join(chosen['args'])}`.")
     (out / "references.json").write_text(json.dumps({"chosen": chosen, "rows": rows}, indent=1) + "\n")
@@ -314,17 +316,11 @@ def references(out: Path, workers: str) -> dict:
 
 
 def validation(out: Path, workers: str) -> dict:
-    if not (Path(VALIDATION) / "prompts_and_classes.txt").is_file():
-        subprocess.run([sys.executable, "-m", "subjectgen.cli", "world", "build", "--set", "validation", "--out",
-                        VALIDATION], check=True, stdout=subprocess.DEVNULL)
     tunes = grid(out / "tune", TUNES, None, workers, None)
     tune = choose(tunes)
     samplings = grid(out / "sampling", SAMPLINGS, tune, workers, Path(tune["folder"]))
     sampling = choose(samplings)
-    base = tunes[0]["baseline"]
-    print(f"On the {tunes[0]['subjects']} validation subjects, 5 prompts x 1 image; baseline DINO {base['dino']:.3f}, "
-          f"CLIP-I {base['clip_i']:.3f}, CLIP-T {base['clip_t']:.3f}. The PromptNet and the tune, with full Fusion "
-          "Sampling:\n")
+    header(tunes, "The PromptNet and the tune, with full Fusion Sampling")
     table(tunes, tune)
     print("\nThe sampling on the chosen tune (the ablation of Fusion Sampling):\n")
     table(samplings, sampling)
@@ -508,10 +504,18 @@ def print_check(what: str, losses: dict, subjects: str = "validation subject") -
     print()
 
 
+def ensure_validation() -> None:
+    """The validation subjects, rendered by the world when this checkout has none yet."""
+    if not (Path(VALIDATION) / "prompts_and_classes.txt").is_file():
+        subprocess.run([sys.executable, "-m", "subjectgen.cli", "world", "build", "--set", "validation", "--out",
+                        VALIDATION], check=True, stdout=subprocess.DEVNULL)
+
+
 def validation_subjects(components):
     from subjectgen.eval.prompts import read_benchmark
     from subjectgen.subjects import load_subject
 
+    ensure_validation()
     bench = read_benchmark(Path(VALIDATION))
     folders = [Path(VALIDATION) / name for name in sorted(bench.classes)]
     return folders, [load_subject(f, bench.classes[f.name], components.resolution) for f in folders]
