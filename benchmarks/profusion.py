@@ -163,6 +163,26 @@ def grid(out: Path, labels: dict, fixed: dict | None, workers: str, source: Path
     return rows
 
 
+def contact_sheet(path: Path, photos: Path, folders: list[Path], per: int, count: int = 12) -> None:
+    """The images behind a table: a row per subject (the first `count`), its first photo, then `per` images from
+    each bench folder's ProFusion pairs, left to right in the order given; 64 px tiles, JPEG."""
+    from PIL import Image
+
+    from subjectgen.photos import open_photo, photo_paths
+
+    subjects = sorted(d.name for d in (folders[0] / "pairs" / "profusion").iterdir())[:count]
+    tile = 64
+    sheet = Image.new("RGB", ((1 + per * len(folders)) * tile, len(subjects) * tile), "white")
+    for r, subject in enumerate(subjects):
+        sheet.paste(open_photo(photo_paths(photos / subject)[0]).convert("RGB").resize((tile, tile)), (0, r * tile))
+        for f, folder in enumerate(folders):
+            images = sorted((folder / "pairs" / "profusion" / subject / "images").glob("*.png"))[:per]
+            for c, image in enumerate(images):
+                sheet.paste(Image.open(image).convert("RGB").resize((tile, tile)), ((1 + f * per + c) * tile, r * tile))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(path, quality=85)
+
+
 def header(rows: list[dict], what: str) -> None:
     base = rows[0]["baseline"]
     print(f"On the {rows[0]['subjects']} validation subjects, 5 prompts x 1 image; baseline DINO {base['dino']:.3f}, "
@@ -293,6 +313,10 @@ def instance_template(out: Path, workers: str) -> dict:
     table(rows, chosen)
     print(f"\nChosen by the stop-18 rule (train s/subject within {DREAMBOOTH_TIME / 10:.1f} s, CLIP-T vs baseline "
           f"no worse than {LORA_CLIP_T:.1%}, then the most wins): tune `{' '.join(chosen['args'])}`.")
+    sheet = Path("docs/images/profusion_promptnets.jpg")
+    contact_sheet(sheet, Path(VALIDATION), [Path(r["folder"]) for r in rows[:3]], 5)
+    print(f"\nThe images ({sheet}): a row per validation subject, its first photo, then the 5 prompts' images of "
+          "each encoder-only row, in the table's order.")
     if chosen["label"].startswith("instance-template"):  # a new choice: the ablation of its sampling
         samplings = grid(out / "instance-template-sampling", SAMPLINGS, chosen, workers, Path(chosen["folder"]))
         print("\nThe sampling on the chosen row (the ablation of Fusion Sampling):\n")
@@ -380,7 +404,7 @@ def emojibench(workers: str, tuned_row: bool) -> None:
     own, the starting point's baseline reused when its folder is here; with `tuned_row`, also ProFusion tuned
     (TUNED) in a folder of its own. The other methods' rows are the starting point's (the same protocol, seeds
     and evaluators)."""
-    from subjectgen.assets import PROMPTNET
+    from subjectgen.assets import EMOJIBENCH as BUILTIN_EMOJIBENCH, PROMPTNET
     from subjectgen.eval.report import gain
 
     folder = Path(f"{EMOJIBENCH}-profusion-{shipped_key()}")
@@ -414,6 +438,10 @@ def emojibench(workers: str, tuned_row: bool) -> None:
     pairs, summary = results["pairs"], results["summary"]
     base, perfect = pairs["baseline"], pairs["perfect"]
     others = [m for m in ("dreambooth", "textual-inversion") if m in summary]
+    sheet = Path("docs/images/profusion_emojibench.jpg")
+    contact_sheet(sheet, BUILTIN_EMOJIBENCH, [folder, *([tuned] if tuned_row else [])], 6)
+    print(f"The images ({sheet}): a row per subject (the first 12), its first photo, then the first 6 prompts' "
+          f"images of the encoder alone{' and of the tuned row' if tuned_row else ''}.\n")
     versus = " CLIP-T vs DreamBooth's, TI's |" if len(others) == 2 else ""
     print(f"| method | beats baseline on DINO and CLIP-I | gain above 1 on |{versus}")
     print("|---|---|---|" + ("---|" if versus else ""))
