@@ -64,6 +64,7 @@ Amended in stop 18, after those two checks and before any number of the PromptNe
   the instance and clean ones, whose S* stands in each training image's own caption, none, not even on instances
   they were pretrained on (own 0.06724, another's 0.06713). The world's captions name a composed instance's
   attributes ('a striped dog'): the words already carry what S* should, so it learns nothing of the subject.
+  (Its numbers refuted this: the instance-template S*, with no caption, ignores its reference as well.)
 - A fifth PromptNet, "instance-template" (`--references instance`, S* in 'a S*'; the others' schedule, 1200
   steps, batch 32, lr 2e-4): the reference is another image of the instance (no noise to read off) and the
   prompt names nothing but S*. Its two checks, then on the validation subjects, beside the template and instance
@@ -126,12 +127,16 @@ def bench(args: list[str]) -> None:
                     "builtin", *args], check=True, stdout=subprocess.DEVNULL)
 
 
+def wins(mine: dict, base: dict) -> int:
+    """Subjects on which a method's pairs beat the baseline's on both DINO and CLIP-I."""
+    return sum(mine[s]["dino"] > base[s]["dino"] and mine[s]["clip_i"] > base[s]["clip_i"] for s in mine)
+
+
 def row(folder: Path, label: str, args: list[str]) -> dict:
     results = json.loads((folder / "results.json").read_text())
     base, mine = results["pairs"]["baseline"], results["pairs"]["profusion"]
-    wins = sum(mine[s]["dino"] > base[s]["dino"] and mine[s]["clip_i"] > base[s]["clip_i"] for s in mine)
     mean, baseline = results["summary"]["profusion"], results["summary"]["baseline"]
-    return {"label": label, "args": args, "wins": wins, "subjects": len(mine), "gain": mean.get("gain"),
+    return {"label": label, "args": args, "wins": wins(mine, base), "subjects": len(mine), "gain": mean.get("gain"),
             **{m: mean[m] for m in ("dino", "clip_i", "clip_t")}, "baseline": baseline,
             "clip_t_vs_baseline": mean["clip_t"] / baseline["clip_t"] - 1,
             "train_seconds": mean.get("train_seconds_per_subject"),
@@ -249,7 +254,7 @@ INSTANCE_TEMPLATE_TUNES = {
     "instance-template, encoder only": ["--promptnet", PROMPTNETS["instance-template"], "--train-steps", "0"],
     "instance-template, 100 steps, lr 2e-4": ["--promptnet", PROMPTNETS["instance-template"], *STEPS_100,
                                               "--train-lr", "2e-4"]}
-DREAMBOOTH_TIME = 270.8 / 4   # DreamBooth-full's time to subject, s (this script's time part, in RESULTS)
+DREAMBOOTH_TIME = 270.8 / 4   # DreamBooth-full's time to subject, s, as RESULTS had it when the rule was fixed
 LORA_CLIP_T = -0.374          # LoRA's CLIP-T against the baseline's on the validation subjects (RESULTS)
 
 
@@ -262,18 +267,29 @@ def choose_by_targets(rows: list[dict]) -> dict:
     return max(allowed, key=lambda r: (r["wins"], r["clip_t"]))
 
 
+def promptnet_method(components, promptnet: str, subject, view):
+    """A ProFusion method around `promptnet` (eval mode), for its PromptNet and its spliced text encoder."""
+    from subjectgen.config import TrainConfig
+    from subjectgen.methods.profusion import ProFusion
+
+    cfg = TrainConfig(method="profusion", subject_dir=VALIDATION, class_noun=subject.class_noun, out="/tmp/unused",
+                      promptnet=promptnet, steps=0, lr=1e-4, batch_size=1)
+    method = ProFusion(cfg, components, subject, view)
+    method.promptnet.eval()
+    return method
+
+
 @torch.no_grad()
 def reads(names: list[str]) -> None:
     """What S* depends on: its spread (mean distance from the mean S*, over the mean S*'s norm) across the 16
     validation subjects' first photos at one fixed x_t, and across 16 draws of x_t with the first subject's photo.
     An S* that reads its reference spreads across photos; one that reads the sample being denoised, across x_t."""
-    from subjectgen.config import TrainConfig
-    from subjectgen.methods.profusion import ProFusion, encode_views
+    from subjectgen.methods.profusion import encode_views
     from subjectgen.models import load_model
     from subjectgen.vision import load_image_encoder
 
     components = load_model("builtin")
-    folders, subjects = validation_subjects(components)
+    _, subjects = validation_subjects(components)
     views = [encode_views(components, load_image_encoder("builtin"), s.images) for s in subjects]
     words = components.text_encoder.get_input_embeddings().weight.norm(dim=-1).mean()
     print(f"What S* reads: its spread across the {len(views)} validation subjects' photos (one x_t) and across "
@@ -285,9 +301,7 @@ def reads(names: list[str]) -> None:
         return ((vectors - mean).norm(dim=-1).mean() / mean.norm()).item()
 
     for name in names:
-        cfg = TrainConfig(method="profusion", subject_dir=str(folders[0]), class_noun="dog", out="/tmp/unused",
-                          promptnet=PROMPTNETS[name], steps=0, lr=1e-4, batch_size=1)
-        net = ProFusion(cfg, components, subjects[0], views[0]).promptnet.eval()
+        net = promptnet_method(components, PROMPTNETS[name], subjects[0], views[0]).promptnet
         g = torch.Generator().manual_seed(0)
         for t in (200, 800):
             tt, first = torch.tensor([t]), views[0]
@@ -405,7 +419,6 @@ def emojibench(workers: str, tuned_row: bool) -> None:
     (TUNED) in a folder of its own. The other methods' rows are the starting point's (the same protocol, seeds
     and evaluators)."""
     from subjectgen.assets import EMOJIBENCH as BUILTIN_EMOJIBENCH, PROMPTNET
-    from subjectgen.eval.report import gain
 
     folder = Path(f"{EMOJIBENCH}-profusion-{shipped_key()}")
     start = Path(EMOJIBENCH) / "bench.json"
@@ -417,12 +430,14 @@ def emojibench(workers: str, tuned_row: bool) -> None:
         bench(["--bench", "emoji", "--methods", "profusion", "--images-per-prompt", "1", *TUNED,
                "--promptnet", str(PROMPTNET), "--out", str(tuned), "--runs-from", str(folder), "--workers", workers])
     results = json.loads((folder / "results.json").read_text())
+    joined = {}  # row name -> (its results, the method's name there)
+    if tuned_row:
+        joined["profusion, tuned"] = (json.loads((tuned / "results.json").read_text()), "profusion")
     if start.is_file():  # the starting point's rows beside ProFusion's
         earlier = json.loads((Path(EMOJIBENCH) / "results.json").read_text())
-        for method in ("lora", "dreambooth", "textual-inversion"):
-            if method in earlier["pairs"]:
-                results["pairs"][method] = earlier["pairs"][method]
-                results["summary"][method] = earlier["summary"][method]
+        joined.update({m: (earlier, m) for m in ("lora", "dreambooth", "textual-inversion") if m in earlier["pairs"]})
+    for name, (other, method) in joined.items():
+        results["pairs"][name], results["summary"][name] = other["pairs"][method], other["summary"][method]
     print(f"EmojiBench, 25 prompts x 1 image, the built-in evaluators; ProFusion at the built-in defaults ({folder}):"
           "\n")
     print((folder / "table.md").read_text().split("\nGain:")[0].rstrip())
@@ -435,29 +450,30 @@ def emojibench(workers: str, tuned_row: bool) -> None:
           + ("" if tuned_row else "; the tuned row was not run: `--only emojibench-tuned`")
           + ("" if start.is_file() else "; the other methods' rows are the EmojiBench tables above, made under the "
              "same protocol, seeds and evaluators") + ".)\n")
-    pairs, summary = results["pairs"], results["summary"]
-    base, perfect = pairs["baseline"], pairs["perfect"]
-    others = [m for m in ("dreambooth", "textual-inversion") if m in summary]
     sheet = Path("docs/images/profusion_emojibench.jpg")
     contact_sheet(sheet, BUILTIN_EMOJIBENCH, [folder, *([tuned] if tuned_row else [])], 6)
     print(f"The images ({sheet}): a row per subject (the first 12), its first photo, then the first 6 prompts' "
           f"images of the encoder alone{' and of the tuned row' if tuned_row else ''}.\n")
-    versus = " CLIP-T vs DreamBooth's, TI's |" if len(others) == 2 else ""
+    wins_table(results["pairs"], results["summary"])
+
+
+def wins_table(pairs: dict, summary: dict) -> None:
+    """Per method: subjects beating the baseline, subjects past the perfect render (gain above 1) and, when both
+    are in the results, CLIP-T against DreamBooth's and TI's."""
+    from subjectgen.eval.report import gain
+
+    base, perfect = pairs["baseline"], pairs["perfect"]
+    versus = " CLIP-T vs DreamBooth's, TI's |" if {"dreambooth", "textual-inversion"} <= set(summary) else ""
     print(f"| method | beats baseline on DINO and CLIP-I | gain above 1 on |{versus}")
     print("|---|---|---|" + ("---|" if versus else ""))
-    if tuned_row:
-        tuned_results = json.loads((tuned / "results.json").read_text())
-        pairs["profusion, tuned"] = tuned_results["pairs"]["profusion"]
-        summary["profusion, tuned"] = tuned_results["summary"]["profusion"]
     for method in [m for m in ("profusion", "profusion, tuned", "lora", "dreambooth", "textual-inversion")
                    if m in pairs]:
         mine = pairs[method]
-        won = sum(mine[s]["dino"] > base[s]["dino"] and mine[s]["clip_i"] > base[s]["clip_i"] for s in mine)
         over = sum((gain(mine[s]["dino"], base[s]["dino"], perfect[s]["dino"]) or 0) > 1 for s in mine)
         t = summary[method]["clip_t"]
         vs = (f" {t - summary['dreambooth']['clip_t']:+.3f}, {t - summary['textual-inversion']['clip_t']:+.3f} |"
               if versus else "")
-        print(f"| {method} | {won}/{len(mine)} | {over} |{vs}")
+        print(f"| {method} | {wins(mine, base)}/{len(mine)} | {over} |{vs}")
 
 
 def time_to_subject(out: Path) -> None:
@@ -571,7 +587,7 @@ def training_subjects(components, count: int = 16) -> list:
     for noun, (inst,) in chosen.items():
         images = [center_crop(Image.fromarray(p), components.resolution) for p, item in zip(pixels, items)
                   if item[1] == inst]
-        out.append(SimpleNamespace(class_noun=noun, images=images, name=str(inst)))
+        out.append(SimpleNamespace(class_noun=noun, images=images))
     return out
 
 
@@ -581,21 +597,15 @@ def encoder_check(promptnet: str = "builtin", name: str = "builtin", split: str 
     conditions the denoising of its *other* photos (fixed noise, t = 200..800); compared with the class noun's
     prompt and with S* from another subject's photo (the next one in the list, a control). With split "training",
     on instances of the training split instead (does it carry the subjects it was trained on?)."""
-    from subjectgen.config import TrainConfig
-    from subjectgen.methods.profusion import ProFusion, encode_views
+    from subjectgen.methods.profusion import encode_views
     from subjectgen.models import load_model
     from subjectgen.vision import load_image_encoder
 
     components = load_model("builtin")
     encoder = load_image_encoder("builtin")
-    folders, subjects = validation_subjects(components)
-    if split == "training":
-        subjects = training_subjects(components)
-    cfg = TrainConfig(method="profusion", subject_dir=str(folders[0]), class_noun="dog", out="/tmp/unused",
-                      promptnet=promptnet, steps=0, lr=1e-4, batch_size=1)
+    subjects = [s for _, s in check_subjects(components, split)]
     views = [encode_views(components, encoder, s.images) for s in subjects]
-    method = ProFusion(cfg, components, subjects[0], views[0])
-    method.promptnet.eval()
+    method = promptnet_method(components, promptnet, subjects[0], views[0])
 
     def star(of):
         def hidden(i, xt, tt):
