@@ -237,8 +237,8 @@ def add_profusion_parser(sub) -> None:
     t.add_argument("--references", choices=("self", "instance"), default="self",
                    help="what PromptNet reads for each training image: 'self', the image itself (the paper's "
                    "pretraining), or 'instance', another image of the same identity (the world's instance; for "
-                   "--images DIR, its subfolder), so S* must carry what stays the same across scenes, not the "
-                   "image's noise or layout (default: self)")
+                   "--images DIR, its subfolder), meant to make S* carry what stays the same across scenes; on the "
+                   "built-in world PromptNet learned to ignore such a reference (docs/RESULTS.md) (default: self)")
     t.add_argument("--no-noisy-input", dest="noisy_input", action="store_false", default=True,
                    help="PromptNet reads the reference alone, not also the noisy latent x_t (the paper's PromptNet "
                    "reads both; x_t lets S* carry the sample being denoised rather than the reference's subject)")
