@@ -42,6 +42,11 @@ The rules, fixed before the first apprentice number existed (this docstring was 
   subjects (`--only validation-all`), it ships in place of the shipped one if its gain is higher and its CLIP-T no
   more than 0.02 lower; otherwise the shipped one stays and the row is reported. EmojiBench measures what ships.
   The reconstruction ablation needs no rerun for this: its triples are the experts' photos, the same in both farms.
+  Amended again before any number of the 25-context farm (its experts were still running): the farm grows to 128
+  experts (the first 64 are the same clusters), the whole-farm apprentice is apprentice-all-128-to-v and the
+  64-expert one learns from the first half (a subset, as scaling's are). Of the two, the higher validation gain
+  (a tie within 0.02: the higher CLIP-T) is the candidate that the rule above sets against the shipped one; the
+  scaling table and plot become the 25-context apprentices at 32, 64 and 128 experts.
 """
 
 from __future__ import annotations
@@ -57,6 +62,7 @@ from pathlib import Path
 OUT = Path("benchmarks/out/v3")
 VALIDATION = OUT / "validation-subjects"
 FARM = OUT / "farm"
+FARM_ALL, APPRENTICE_ALL, ALL_CONTEXTS = OUT / "farm-all", OUT / "apprentice-all-to-v", 25  # stop 19's test
 APPRENTICES = {"apprenticeship": OUT / "apprentice", "reconstruction": OUT / "apprentice-reconstruction",
                "apprenticeship, to_v init": OUT / "apprentice-v1-to-v",  # the first one, IP-Adapter's init
                "reconstruction, to_v init": OUT / "apprentice-reconstruction-v1-to-v"}
@@ -132,17 +138,19 @@ def thresholds() -> tuple[float, float]:
 
 
 # --- the farm and the apprentices --------------------------------------------------------------------------------
-def farm(count: int) -> None:
-    cli("apprentice", "experts", "--out", str(FARM), "--count", str(count))
-    cli("apprentice", "filter", str(FARM))
-    record = json.loads((FARM / "filter.json").read_text())
+def farm(count: int, folder: Path = FARM, images: int | None = None) -> None:
+    cli("apprentice", "experts", "--out", str(folder), "--count", str(count),
+        *(["--images", str(images)] if images else []))
+    cli("apprentice", "filter", str(folder))
+    record = json.loads((folder / "filter.json").read_text())
     from subjectgen.methods.farm import throughput
 
-    made = throughput(FARM)
-    print(f"The farm: {made['experts']} experts on the built-in model (v2), {made['images']} images; one process at "
-          f"one thread made {made['experts_per_hour']} experts/h, {made['images_per_hour']} images/h. The filter kept "
+    made, each = throughput(folder), json.loads((folder / "farm.json").read_text())["images"]
+    print(f"The farm{'' if folder == FARM else ' ' + folder.name}: {made['experts']} experts on the built-in model "
+          f"(v2), up to {each} images each, {made['images']} in all; one process at one thread made "
+          f"{made['experts_per_hour']} experts/h, {made['images_per_hour']} images/h. The filter kept "
           f"{record['kept']} of {record['total']} images ({record['kept_fraction']:.0%}), from "
-          f"{record['experts_with_a_kept_image']} experts. Sheets: {FARM}/kept.png, {FARM}/dropped.png.\n")
+          f"{record['experts_with_a_kept_image']} experts. Sheets: {folder}/kept.png, {folder}/dropped.png.\n")
 
 
 def subset(fraction: float) -> Path:
@@ -196,7 +204,7 @@ def train_one(farm_dir: Path, out: Path, objective: str, init: str, threads: str
           f"{manifest['metrics']['final_loss']:.4f}, {manifest['metrics']['train_seconds'] / 60:.1f} min")
 
 
-def ship(source: Path) -> None:
+def ship(source: Path, farm_dir: Path = FARM) -> None:
     """The chosen whole-farm apprentice becomes `builtin`: its adapter file and its record (the image encoder is
     the built-in one, kept once in the package)."""
     from subjectgen.assets import APPRENTICE
@@ -205,7 +213,8 @@ def ship(source: Path) -> None:
     settings = manifest["settings"]
     if settings["image_encoder"] != "builtin":
         raise SystemExit(f"{source} was trained with image encoder {settings['image_encoder']}, not the built-in one")
-    farm_record, kept = json.loads((FARM / "farm.json").read_text()), json.loads((FARM / "filter.json").read_text())
+    farm_record = json.loads((farm_dir / "farm.json").read_text())
+    kept = json.loads((farm_dir / "filter.json").read_text())
     record = {"model": manifest["model"], "image_encoder": "builtin", "assets": manifest["assets"],
               "farm": {"experts": manifest["experts"], "expert_steps": farm_record["expert_steps"],
                        "images_per_expert": farm_record["images"], "images": kept["total"], "kept": kept["kept"],
@@ -215,7 +224,7 @@ def ship(source: Path) -> None:
               "num_tokens": manifest["num_tokens"], "ip_values": settings.get("ip_values", "to_v"),
               "final_loss": manifest["metrics"]["final_loss"],
               "train_seconds": manifest["metrics"]["train_seconds"], "torch": manifest["versions"]["torch"],
-              "command": f"subjectgen apprentice train {FARM} --out {source}"}
+              "command": f"subjectgen apprentice train {farm_dir} --out {source}"}
     APPRENTICE.mkdir(exist_ok=True)
     shutil.copy(source / "ip_adapter.safetensors", APPRENTICE / "ip_adapter.safetensors")
     (APPRENTICE / "training.json").write_text(json.dumps(record, indent=1))
@@ -352,6 +361,54 @@ def equal_dino(folder: Path, chosen: Path) -> None:
           "at equal DINO.\n")
 
 
+# --- stop 19's test: every expert draws 25 contexts ----------------------------------------------------------------
+SHIPPED_8 = OUT / "apprentice-8-contexts"  # the apprentice shipped in 7233735 (the farm of 8 contexts per expert)
+
+
+def restore_shipped_8() -> Path:
+    """The apprentice that shipped before this test, written from the commit that shipped it (builtin may change)."""
+    asset = "src/subjectgen/assets/apprentice"
+    if not (SHIPPED_8 / "ip_adapter.safetensors").is_file():
+        SHIPPED_8.mkdir(parents=True, exist_ok=True)
+        for file in ("training.json", "ip_adapter.safetensors"):
+            blob = subprocess.run(["git", "show", f"7233735:{asset}/{file}"], check=True, capture_output=True).stdout
+            (SHIPPED_8 / file).write_bytes(blob)
+    return SHIPPED_8
+
+
+def contexts_test(threads: str, parts: list[str]) -> None:
+    """The 25-context farm, its apprentice, and the rule that ships it or not (the docstring's stop-19 amendment)."""
+    from subjectgen.eval.report import gain
+
+    if "farm-all" in parts:
+        farm(64, FARM_ALL, ALL_CONTEXTS)
+    if "train-all" in parts:
+        train_one(FARM_ALL, APPRENTICE_ALL, "apprenticeship", "to_v", threads)
+        print()
+    if "validation-all" not in parts:
+        return
+    folder, before = OUT / "validation", restore_shipped_8()
+    if not (folder / "results.json").is_file() or "lora" not in json.loads((folder / "results.json").read_text())[
+            "summary"]:
+        bench("--bench", str(VALIDATION), "--methods", "lora", "--out", str(folder))
+    measure("Validation subjects, 8 or 25 contexts per expert", str(VALIDATION), folder, ("lora",),
+            {"apprentice, 8 contexts per expert (shipped before)": before,
+             "apprentice, 25 contexts per expert": APPRENTICE_ALL})
+    scores = {}
+    for apprentice in (before, APPRENTICE_ALL):
+        summary = json.loads((variant_dir(folder, apprentice) / "results.json").read_text())["summary"]
+        mean = summary["apprentice"]
+        scores[apprentice] = (gain(mean["dino"], summary["baseline"]["dino"], summary["perfect"]["dino"]),
+                              mean["clip_t"])
+    (g0, t0), (g1, t1) = scores[before], scores[APPRENTICE_ALL]
+    ships = g1 > g0 and t1 >= t0 - 0.02
+    print(f"The rule: 25 contexts per expert ships if its validation gain beats {g0:.2f} at CLIP-T no more than 0.02 "
+          f"below {t0:.3f}; it has gain {g1:.2f}, CLIP-T {t1:.3f}: "
+          f"{'it ships' if ships else 'the apprentice shipped before stays'}.\n")
+    if ships:
+        ship(APPRENTICE_ALL, FARM_ALL)
+
+
 def time_to_subject() -> None:
     """DreamBooth-LoRA and the apprentice, alternately on the same subjects, in this one process's runs."""
     from timing import alternate
@@ -364,7 +421,8 @@ def time_to_subject() -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", action="append", choices=("thresholds", "farm", "train", "emojibench",
-                                                             "validation", "time"))
+                                                             "validation", "time", "farm-all", "train-all",
+                                                             "validation-all"))
     parser.add_argument("--count", type=int, default=64, help="experts in the farm")
     parser.add_argument("--threads", default="1")
     parser.add_argument("--scaling", action="store_true", help="also train and measure the quarter- and half-farm "
@@ -398,6 +456,7 @@ def main() -> None:
         if args.equal_dino:
             equal_dino(OUT / "validation", chosen)
         ship(chosen)
+    contexts_test(args.threads, parts)
     if "emojibench" in parts:
         chosen = chosen_init()
         variants = {"apprentice (shipped)": chosen,
