@@ -47,6 +47,9 @@ The rules, fixed before the first apprentice number existed (this docstring was 
   64-expert one learns from the first half (a subset, as scaling's are). Of the two, the higher validation gain
   (a tie within 0.02: the higher CLIP-T) is the candidate that the rule above sets against the shipped one; the
   scaling table and plot become the 25-context apprentices at 32, 64 and 128 experts.
+  Found while writing that: until stop 19 the scaling subsets took the first experts by folder name, i.e. by class
+  in alphabetical order, so the quarter and half farms above saw only some of the classes. subset() now takes them
+  in the farm's order (which cycles through the classes).
 """
 
 from __future__ import annotations
@@ -62,7 +65,9 @@ from pathlib import Path
 OUT = Path("benchmarks/out/v3")
 VALIDATION = OUT / "validation-subjects"
 FARM = OUT / "farm"
-FARM_ALL, APPRENTICE_ALL, ALL_CONTEXTS = OUT / "farm-all", OUT / "apprentice-all-to-v", 25  # stop 19's test
+FARM_ALL, ALL_CONTEXTS, ALL_EXPERTS = OUT / "farm-all", 25, 128  # stop 19's test: 25 contexts per expert
+APPRENTICE_ALL = {n: OUT / f"apprentice-all-{n}-to-v" for n in (32, 64, 128)}  # by the number of experts
+SCALING_PLOT_ALL = "docs/images/apprentice_scaling_25_contexts.png"
 APPRENTICES = {"apprenticeship": OUT / "apprentice", "reconstruction": OUT / "apprentice-reconstruction",
                "apprenticeship, to_v init": OUT / "apprentice-v1-to-v",  # the first one, IP-Adapter's init
                "reconstruction, to_v init": OUT / "apprentice-reconstruction-v1-to-v"}
@@ -153,19 +158,23 @@ def farm(count: int, folder: Path = FARM, images: int | None = None) -> None:
           f"{record['experts_with_a_kept_image']} experts. Sheets: {folder}/kept.png, {folder}/dropped.png.\n")
 
 
-def subset(fraction: float) -> Path:
+def subset(fraction: float, whole: Path = FARM) -> Path:
     """A farm with the first `fraction` of the experts (links, and the filter's rows for those)."""
-    out = OUT / f"farm-{int(fraction * 100)}"
-    experts = sorted((FARM / "experts").iterdir())[: max(1, int(len(list((FARM / "experts").iterdir())) * fraction))]
+    out = OUT / f"{whole.name}-{int(fraction * 100)}"
+    experts = sorted((whole / "experts").iterdir(), key=lambda e: e.name.rsplit("_", 1)[1])  # in the farm's order
+    experts = experts[: max(1, int(len(experts) * fraction))]
     if out.exists():
         shutil.rmtree(out)
     (out / "experts").mkdir(parents=True)
-    shutil.copy(FARM / "farm.json", out / "farm.json")
+    shutil.copy(whole / "farm.json", out / "farm.json")
     for e in experts:
         (out / "experts" / e.name).symlink_to(e.resolve())
-    record = json.loads((FARM / "filter.json").read_text())
+    record = json.loads((whole / "filter.json").read_text())
     names = {e.name for e in experts}
-    record["images"] = [r for r in record["images"] if r["expert"] in names]
+    record["images"] = rows = [r for r in record["images"] if r["expert"] in names]
+    kept = [r for r in rows if r["kept"]]  # the subset's own counts, for its record
+    record.update(total=len(rows), kept=len(kept), kept_fraction=round(len(kept) / len(rows), 4),
+                  experts_with_a_kept_image=len({r["expert"] for r in kept}))
     (out / "filter.json").write_text(json.dumps(record))
     return out
 
@@ -377,13 +386,16 @@ def restore_shipped_8() -> Path:
 
 
 def contexts_test(threads: str, parts: list[str]) -> None:
-    """The 25-context farm, its apprentice, and the rule that ships it or not (the docstring's stop-19 amendment)."""
+    """The 25-context farm, its apprentices, and the rule that ships one or none (the docstring's stop-19
+    amendments)."""
     from subjectgen.eval.report import gain
 
     if "farm-all" in parts:
-        farm(64, FARM_ALL, ALL_CONTEXTS)
+        farm(ALL_EXPERTS, FARM_ALL, ALL_CONTEXTS)
     if "train-all" in parts:
-        train_one(FARM_ALL, APPRENTICE_ALL, "apprenticeship", "to_v", threads)
+        for experts, out in sorted(APPRENTICE_ALL.items(), reverse=True):
+            source = FARM_ALL if experts == ALL_EXPERTS else subset(experts / ALL_EXPERTS, FARM_ALL)
+            train_one(source, out, "apprenticeship", "to_v", threads)
         print()
     if "validation-all" not in parts:
         return
@@ -392,21 +404,67 @@ def contexts_test(threads: str, parts: list[str]) -> None:
             "summary"]:
         bench("--bench", str(VALIDATION), "--methods", "lora", "--out", str(folder))
     measure("Validation subjects, 8 or 25 contexts per expert", str(VALIDATION), folder, ("lora",),
-            {"apprentice, 8 contexts per expert (shipped before)": before,
-             "apprentice, 25 contexts per expert": APPRENTICE_ALL})
-    scores = {}
-    for apprentice in (before, APPRENTICE_ALL):
+            {"apprentice, 64 experts x 8 contexts (shipped before)": before,
+             **{f"apprentice, {n} experts x 25 contexts": out for n, out in APPRENTICE_ALL.items()}})
+    lines = []
+    for experts, apprentice in APPRENTICE_ALL.items():
         summary = json.loads((variant_dir(folder, apprentice) / "results.json").read_text())["summary"]
+        mean = summary["apprentice"]
+        g = gain(mean["dino"], summary["baseline"]["dino"], summary["perfect"]["dino"])
+        lines.append((experts, [mean["dino"], mean["clip_i"], mean["clip_t"], g]))
+    from subjectgen.eval.plots import bar_chart
+
+    bar_chart(Path(SCALING_PLOT_ALL), {f"{n} experts": v for n, v in lines},
+              ["DINO", "CLIP-I", "CLIP-T", "gain"])
+    print(f"Scaling (validation subjects, 25 contexts per expert, the same steps; {SCALING_PLOT_ALL}):"
+          "\n\n| experts | DINO | CLIP-I | CLIP-T | gain |\n|---|---|---|---|---|")
+    print("\n".join(f"| {n} | {d:.3f} | {i:.3f} | {t:.3f} | {g:.2f} |" for n, (d, i, t, g) in lines) + "\n")
+    candidate, ships = contexts_rule(validation_scores(), report=True)
+    if ships:
+        ship(candidate, FARM_ALL if candidate == APPRENTICE_ALL[ALL_EXPERTS] else subset(0.5, FARM_ALL))
+
+
+def validation_scores() -> dict[Path, tuple[float, float]]:
+    """(gain, CLIP-T) on the validation subjects of the apprentice shipped before and the 64- and 128-expert ones."""
+    from subjectgen.eval.report import gain
+
+    scores = {}
+    for apprentice in (SHIPPED_8, APPRENTICE_ALL[64], APPRENTICE_ALL[ALL_EXPERTS]):
+        summary = json.loads((variant_dir(OUT / "validation", apprentice) / "results.json").read_text())["summary"]
         mean = summary["apprentice"]
         scores[apprentice] = (gain(mean["dino"], summary["baseline"]["dino"], summary["perfect"]["dino"]),
                               mean["clip_t"])
-    (g0, t0), (g1, t1) = scores[before], scores[APPRENTICE_ALL]
+    return scores
+
+
+def contexts_rule(scores: dict[Path, tuple[float, float]], report: bool = False) -> tuple[Path, bool]:
+    """The candidate of 64 and 128 experts (the higher gain; within 0.02, the higher CLIP-T), and whether it ships:
+    its gain above the shipped one's at CLIP-T no more than 0.02 below."""
+    (g64, t64), (g128, t128) = scores[APPRENTICE_ALL[64]], scores[APPRENTICE_ALL[ALL_EXPERTS]]
+    candidate = APPRENTICE_ALL[64] if g64 > g128 + 0.02 or (abs(g64 - g128) <= 0.02 and t64 > t128) else \
+        APPRENTICE_ALL[ALL_EXPERTS]
+    (g0, t0), (g1, t1) = scores[SHIPPED_8], scores[candidate]
     ships = g1 > g0 and t1 >= t0 - 0.02
-    print(f"The rule: 25 contexts per expert ships if its validation gain beats {g0:.2f} at CLIP-T no more than 0.02 "
-          f"below {t0:.3f}; it has gain {g1:.2f}, CLIP-T {t1:.3f}: "
-          f"{'it ships' if ships else 'the apprentice shipped before stays'}.\n")
-    if ships:
-        ship(APPRENTICE_ALL, FARM_ALL)
+    if report:
+        print(f"The rule: of 64 and {ALL_EXPERTS} experts (gains {g64:.2f}, {g128:.2f}; a tie within 0.02 goes to "
+              f"the higher CLIP-T) the candidate is {candidate.name}. It ships if its validation gain beats the "
+              f"shipped one's {g0:.2f} at CLIP-T no more than 0.02 below {t0:.3f}; it has gain {g1:.2f}, CLIP-T "
+              f"{t1:.3f}: {'it ships' if ships else 'the apprentice shipped before stays'}.\n")
+    return candidate, ships
+
+
+def contexts_emojibench() -> None:
+    """EmojiBench: the apprentice shipped before and the candidate, beside the base model (and whatever else the
+    starting point's folder holds)."""
+    folder = OUT / "emojibench"
+    if not (folder / "results.json").is_file():
+        bench("--bench", "emoji", "--methods", "", "--out", str(folder))
+    summary = json.loads((folder / "results.json").read_text())["summary"]
+    others = tuple(m for m in ("lora", "dreambooth", "textual-inversion", "profusion") if m in summary)
+    candidate, ships = contexts_rule(validation_scores())
+    measure("EmojiBench, 8 or 25 contexts per expert", "emoji", folder, others,
+            {"apprentice, 64 experts x 8 contexts (shipped before)": restore_shipped_8(),
+             f"apprentice, {candidate.name} ({'shipped' if ships else 'not shipped'})": candidate})
 
 
 def time_to_subject() -> None:
@@ -422,7 +480,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", action="append", choices=("thresholds", "farm", "train", "emojibench",
                                                              "validation", "time", "farm-all", "train-all",
-                                                             "validation-all"))
+                                                             "validation-all", "emojibench-all"))
     parser.add_argument("--count", type=int, default=64, help="experts in the farm")
     parser.add_argument("--threads", default="1")
     parser.add_argument("--scaling", action="store_true", help="also train and measure the quarter- and half-farm "
@@ -457,6 +515,8 @@ def main() -> None:
             equal_dino(OUT / "validation", chosen)
         ship(chosen)
     contexts_test(args.threads, parts)
+    if "emojibench-all" in parts:
+        contexts_emojibench()
     if "emojibench" in parts:
         chosen = chosen_init()
         variants = {"apprentice (shipped)": chosen,
