@@ -47,6 +47,10 @@ The rules, fixed before the first apprentice number existed (this docstring was 
   64-expert one learns from the first half (a subset, as scaling's are). Of the two, the higher validation gain
   (a tie within 0.02: the higher CLIP-T) is the candidate that the rule above sets against the shipped one; the
   scaling table and plot become the 25-context apprentices at 32, 64 and 128 experts.
+  The ablation (`--only ablation-all`, also fixed before any number): the candidate's twin trained by reconstruction
+  on the candidate's farm (same init, steps and batch), sampled on the validation subjects at --ip-scale 1.25, 1,
+  0.75 and 0.5; its CLIP-T at the candidate's DINO is interpolated as above and set against the candidate's at
+  --ip-scale 1; the twin at --ip-scale 1 is also a row on EmojiBench.
   Found while writing that: until stop 19 the scaling subsets took the first experts by folder name, i.e. by class
   in alphabetical order, so the quarter and half farms above saw only some of the classes. subset() now takes them
   in the farm's order (which cycles through the classes).
