@@ -425,7 +425,7 @@ def contexts_test(threads: str, parts: list[str]) -> None:
     print("\n".join(f"| {n} | {d:.3f} | {i:.3f} | {t:.3f} | {g:.2f} |" for n, (d, i, t, g) in lines) + "\n")
     candidate, ships = contexts_rule(validation_scores(), report=True)
     if ships:
-        ship(candidate, FARM_ALL if candidate == APPRENTICE_ALL[ALL_EXPERTS] else subset(0.5, FARM_ALL))
+        ship(candidate, candidate_farm(candidate))
 
 
 def validation_scores() -> dict[Path, tuple[float, float]]:
@@ -457,6 +457,50 @@ def contexts_rule(scores: dict[Path, tuple[float, float]], report: bool = False)
     return candidate, ships
 
 
+def candidate_farm(candidate: Path) -> Path:
+    return FARM_ALL if candidate == APPRENTICE_ALL[ALL_EXPERTS] else subset(0.5, FARM_ALL)
+
+
+def twin_of(candidate: Path) -> Path:
+    """The candidate's reconstruction twin (the ablation)."""
+    return candidate.with_name(candidate.name.replace("-to-v", "-reconstruction-to-v"))
+
+
+TWIN_SCALES = (1.25, 1.0, 0.75, 0.5)
+
+
+def contexts_ablation(threads: str) -> None:
+    """The candidate against its reconstruction twin at equal DINO on the validation subjects."""
+    candidate, _ = contexts_rule(validation_scores())
+    twin, folder = twin_of(candidate), OUT / "validation"
+    train_one(candidate_farm(candidate), twin, "reconstruction", "to_v", threads)
+    points = []
+    for scale in TWIN_SCALES:
+        out = variant_dir(folder, twin)
+        out = out if scale == 1.0 else out.with_name(f"{out.name}-ip-scale-{scale}")
+        bench("--bench", str(VALIDATION), "--methods", "apprentice", "--apprentice", str(twin), "--out", str(out),
+              "--runs-from", str(folder), "--ip-scale", str(scale))
+        mean = json.loads((out / "results.json").read_text())["summary"]["apprentice"]
+        points.append((scale, mean["dino"], mean["clip_t"]))
+    mine = json.loads((variant_dir(folder, candidate) / "results.json").read_text())["summary"]["apprentice"]
+    print(f"\nAt equal DINO (validation subjects): {twin.name} (reconstruction, IP-Adapter's objective, on the same "
+          f"farm's photos, the same steps) at four --ip-scales, against {candidate.name} at --ip-scale 1:\n")
+    print("| apprentice | --ip-scale | DINO | CLIP-T |\n|---|---|---|---|")
+    print(f"| apprenticeship ({candidate.name}) | 1 | {mine['dino']:.3f} | {mine['clip_t']:.3f} |")
+    for scale, dino, clip_t in points:
+        print(f"| reconstruction | {scale:g} | {dino:.3f} | {clip_t:.3f} |")
+    for (s1, d1, t1), (s2, d2, t2) in zip(points, points[1:]):
+        if min(d1, d2) <= mine["dino"] <= max(d1, d2) and d1 != d2:
+            at = t1 + (t2 - t1) * (mine["dino"] - d1) / (d2 - d1)
+            verdict = "beats" if mine["clip_t"] > at else "does not beat"
+            print(f"\nAt DINO {mine['dino']:.3f} reconstruction's CLIP-T is {at:.3f} (interpolated between "
+                  f"--ip-scale {s1:g} and {s2:g}); the apprentice's is {mine['clip_t']:.3f}: apprenticeship "
+                  f"{verdict} reconstruction on CLIP-T at equal DINO.\n")
+            return
+    print(f"\nNo two neighbouring scales bracket the apprentice's DINO {mine['dino']:.3f}: no CLIP-T at equal DINO "
+          "(the rule does not extrapolate).\n")
+
+
 def contexts_emojibench() -> None:
     """EmojiBench: the apprentice shipped before and the candidate, beside the base model (and whatever else the
     starting point's folder holds)."""
@@ -468,7 +512,9 @@ def contexts_emojibench() -> None:
     candidate, ships = contexts_rule(validation_scores())
     measure("EmojiBench, 8 or 25 contexts per expert", "emoji", folder, others,
             {"apprentice, 64 experts x 8 contexts (shipped before)": restore_shipped_8(),
-             f"apprentice, {candidate.name} ({'shipped' if ships else 'not shipped'})": candidate})
+             f"apprentice, {candidate.name} ({'shipped' if ships else 'not shipped'})": candidate,
+             **({f"its reconstruction twin, {twin_of(candidate).name}": twin_of(candidate)}
+                if (twin_of(candidate) / "subject.json").is_file() else {})})
 
 
 def time_to_subject() -> None:
@@ -484,7 +530,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", action="append", choices=("thresholds", "farm", "train", "emojibench",
                                                              "validation", "time", "farm-all", "train-all",
-                                                             "validation-all", "emojibench-all"))
+                                                             "validation-all", "ablation-all",
+                                                             "emojibench-all"))
     parser.add_argument("--count", type=int, default=64, help="experts in the farm")
     parser.add_argument("--threads", default="1")
     parser.add_argument("--scaling", action="store_true", help="also train and measure the quarter- and half-farm "
@@ -519,6 +566,8 @@ def main() -> None:
             equal_dino(OUT / "validation", chosen)
         ship(chosen)
     contexts_test(args.threads, parts)
+    if "ablation-all" in parts:
+        contexts_ablation(args.threads)
     if "emojibench-all" in parts:
         contexts_emojibench()
     if "emojibench" in parts:

@@ -41,6 +41,9 @@ SECTIONS = [
      ["benchmarks/profusion.py", "--only", "emojibench", "--only", "emojibench-tuned", "--only", "time"]),
     ("The SuTI apprentice on the built-in world: the filter, the farm, EmojiBench, the ablation, scaling, time",
      ["benchmarks/apprentice.py", "--scaling", "--equal-dino", "--ablation-on-emojibench"]),
+    ("The SuTI apprentice with more of each expert: 25 contexts per expert, 128 experts, the twin at equal DINO",
+     ["benchmarks/apprentice.py", "--threads", "2", "--only", "farm-all", "--only", "train-all", "--only",
+      "validation-all", "--only", "ablation-all", "--only", "emojibench-all"]),
 ]
 
 
