@@ -423,9 +423,40 @@ def contexts_test(threads: str, parts: list[str]) -> None:
     print(f"Scaling (validation subjects, 25 contexts per expert, the same steps; {SCALING_PLOT_ALL}):"
           "\n\n| experts | DINO | CLIP-I | CLIP-T | gain |\n|---|---|---|---|---|")
     print("\n".join(f"| {n} | {d:.3f} | {i:.3f} | {t:.3f} | {g:.2f} |" for n, (d, i, t, g) in lines) + "\n")
+    contexts_sheet(folder, before)
     candidate, ships = contexts_rule(validation_scores(), report=True)
     if ships:
         ship(candidate, candidate_farm(candidate))
+
+
+CONTEXTS_SHEET = "docs/images/apprentice_25_contexts.jpg"
+
+
+def contexts_sheet(folder: Path, before: Path) -> None:
+    """Six validation subjects (their first photo), three prompts: the base model, LoRA, the apprentice shipped
+    before, the 128-expert one."""
+    from PIL import Image, ImageDraw
+
+    columns = [("base", folder / "pairs" / "baseline"), ("lora", folder / "pairs" / "lora"),
+               ("8 ctx", variant_dir(folder, before) / "pairs" / "apprentice"),
+               ("128x25", variant_dir(folder, APPRENTICE_ALL[ALL_EXPERTS]) / "pairs" / "apprentice")]
+    subjects, prompts, cell = ("val_dog", "val_cat", "val_backpack", "val_toy", "val_clock", "val_boot"), (0, 3, 12), 64
+    canvas = Image.new("RGB", (cell * (1 + len(columns) * len(prompts)), cell * len(subjects) + 14), "white")
+    draw = ImageDraw.Draw(canvas)
+    for row, subject in enumerate(subjects):
+        photo = sorted((folder / "photos" / subject).glob("*.png"))[0]
+        canvas.paste(Image.open(photo).convert("RGB").resize((cell, cell)), (0, 14 + row * cell))
+        x = 1
+        for p in prompts:
+            for name, source in columns:
+                if row == 0:
+                    draw.text((x * cell + 2, 1), f"{name} p{p}", fill="black")
+                image = sorted((source / subject / "images").glob("*.png"))[p]
+                canvas.paste(Image.open(image).convert("RGB").resize((cell, cell)), (x * cell, 14 + row * cell))
+                x += 1
+    canvas.resize((canvas.width * 2, canvas.height * 2), Image.NEAREST).save(CONTEXTS_SHEET, quality=90)
+    print(f"Sheet: {CONTEXTS_SHEET} (first column a photo; prompts {', '.join(map(str, prompts))} of the class list)."
+          "\n")
 
 
 def validation_scores() -> dict[Path, tuple[float, float]]:
