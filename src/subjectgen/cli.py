@@ -18,9 +18,9 @@ from .config import (FILTER_TAU_S, FILTER_TAU_T, SAMPLE_OPTIONS, ApprenticeSetti
                      FarmSettings, FusionSettings, SampleSettings, TrainConfig)
 from .errors import UserError  # noqa: E402
 from .methods import registry  # noqa: E402
-from .settings import AT_LEAST_1, SEED, arg_type, flag_of, number_type  # noqa: E402
+from .settings import AT_LEAST_1, POSITIVE, SEED, arg_type, flag_of, number_type  # noqa: E402
 from .workers import default_workers, workers_type  # noqa: E402
-from .world.config import EvaluatorTrainConfig, WorldTrainConfig  # noqa: E402
+from .world.config import EvaluatorTrainConfig, VaeTuneConfig, WorldTrainConfig  # noqa: E402
 
 
 def train_type(name: str):
@@ -158,6 +158,27 @@ def add_demo_parser(sub) -> None:
     p.add_argument("--quiet", action="store_true", help="no phases and progress bars")
 
 
+def add_train_vae_parser(world) -> None:
+    v = world.add_parser("train-vae", help="continue a model's VAE on World v3's images, in resumable slices (CPU)")
+    v.add_argument("--out", required=True, help="folder for the model: --init's folder with the continued VAE, "
+                   "written at the end of every slice")
+    for f in fields(VaeTuneConfig):
+        if "help" not in f.metadata:
+            continue
+        kwargs = {"dest": f.name, "default": f.default, "help": f"{f.metadata['help']} (default: {f.default})"}
+        if "bound" in f.metadata:
+            kwargs["type"] = number_type(f.metadata["bound"])
+        kwargs.update({"choices": f.metadata["choices"]} if "choices" in f.metadata else {})
+        v.add_argument(flag_of(f), **kwargs)
+    v.add_argument("--max-minutes", type=number_type(POSITIVE), help="end this slice after about this long, with "
+                   "its state saved and the model folder written; --resume continues it")
+    v.add_argument("--stop-step", type=number_type(AT_LEAST_1), help="end this slice after this step")
+    v.add_argument("--resume", action="store_true", help="continue the run whose state is in --state")
+    v.add_argument("--state", help="folder for the slice state (default: under the cache folder, "
+                   "~/.cache/subjectgen/world-train/, named by --out)")
+    v.add_argument("--workers", type=number_type(AT_LEAST_1), default=1, help="processes rendering the world")
+
+
 def add_world_parser(sub) -> None:
     p = sub.add_parser("world", help="rebuild the built-in emoji world and its models (needs the emoji sources)")
     world = p.add_subparsers(dest="world_command", metavar="STEP", required=True, parser_class=Parser)
@@ -191,6 +212,7 @@ def add_world_parser(sub) -> None:
                    "record's unet_stop_step says where, so the run can be reproduced with --stop-step")
     t.add_argument("--workers", type=number_type(AT_LEAST_1), default=2, help="processes rendering the world")
     t.add_argument("--device", help="cuda or cpu (default: cuda if available)")
+    add_train_vae_parser(world)
     i = world.add_parser("train-image-encoder", help="train the generator side's CLIP image tower (ProFusion's "
                          "PromptNet reads it) against the built-in model's frozen text encoder (CPU)")
     i.add_argument("--out", required=True, help="folder for the transformers model (copy it to assets/image_encoder "
@@ -498,6 +520,18 @@ def run_reserved(args) -> None:
         print(f"held-out subjects: {write_emojibench(Path(args.out), subjects)}")
 
 
+def run_train_vae(args) -> None:
+    from .world.slices import default_state_dir
+    from .world.vae_tune import tune_vae
+
+    cfg = VaeTuneConfig(**{f.name: getattr(args, f.name) for f in fields(VaeTuneConfig) if "help" in f.metadata})
+    state = Path(args.state) if args.state else default_state_dir(Path(args.out))
+    record = tune_vae(Path(args.out), cfg, state, args.resume, args.max_minutes, args.stop_step, args.workers)
+    done = record["step"] >= cfg.steps
+    print(f"VAE at step {record['step']}/{cfg.steps} ({'done' if done else 'resume with --resume'}); "
+          f"model: {args.out}; state: {state}")
+
+
 def run_world(args) -> None:
     if args.world_command == "build":
         from .world.build import EMOJIBENCH, write_emojibench, write_training_set
@@ -522,6 +556,8 @@ def run_world(args) -> None:
         record = train_image_encoder(Path(args.out), args.model, ImageEncoderConfig(steps=args.steps), args.workers)
         print(f"trained in {record['seconds']:.0f}s, final loss {record['loss']:.3f}; image encoder: {args.out}")
         return
+    if args.world_command == "train-vae":
+        return run_train_vae(args)
     if args.world_command == "train-evaluators":
         from .world.evaluators import train_evaluators
 

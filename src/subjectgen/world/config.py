@@ -59,3 +59,26 @@ class EvaluatorTrainConfig:
 
     def __post_init__(self) -> None:
         check_settings(self)
+
+
+@dataclass
+class VaeTuneConfig:
+    """`world train-vae`: continue a model's VAE on World v3's images (the training split's scenes and photos of
+    its instances in the photo places; never a reserved instance)."""
+    init: str = setting("builtin", help="the model whose VAE is continued (a built-in name or a diffusers folder)")
+    part: str = setting("decoder", choices=("decoder", "all"),
+                        help="'decoder': the encoder, hence every latent the UNet and the networks on it learned "
+                        "from, stays bit-identical; 'all': the whole VAE, its latents held near the old encoder's "
+                        "by --anchor")
+    steps: int = setting(6000, AT_LEAST_1, help="the learning-rate schedule's length in steps")
+    batch: int = setting(32, AT_LEAST_1, help="images per step")
+    lr: float = setting(2e-4, POSITIVE, help="peak learning rate (100 steps of warm-up, then cosine to 0)")
+    anchor: float = setting(1.0, NON_NEGATIVE, help="with --part all: weight of keeping the encoder's latent means "
+                            "at the old encoder's")
+    seed: int = setting(3, SEED, help="seed of the data order and the posterior samples")
+    scene_seeds: int = setting(2, AT_LEAST_1, help="renders per training instance in its scenes (as `world train`)")
+    photos: int = setting(3, AT_LEAST_1, help="photos per training instance in its photo places")
+    kl: float = 1e-6  # the world trainer's KL weight
+
+    def __post_init__(self) -> None:
+        check_settings(self)

@@ -1,0 +1,83 @@
+"""Long CPU training in slices that land: a slice ends cleanly (`--max-minutes`) and leaves its whole state
+— weights, AdamW's moments, the step, the data-order generator — in a folder outside the repository; the
+next slice (`--resume`) loads it and continues bit for bit. Everything is stored with safetensors and JSON:
+nothing is unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from ..assets import cache_dir
+from ..errors import UserError
+from ..safeio import atomic_dir, atomic_save_safetensors
+
+STATE_FILE, RECORD_FILE = "state.safetensors", "record.json"
+
+
+def default_state_dir(out: Path) -> Path:
+    """Where a run writing `out` keeps its slice state: the cache folder, named by the output's absolute path."""
+    import hashlib
+
+    out = Path(out).expanduser().resolve()
+    return cache_dir() / "world-train" / f"{out.name}-{hashlib.sha256(str(out).encode()).hexdigest()[:8]}"
+
+
+def _tensors(modules: dict[str, torch.nn.Module], opt: torch.optim.Optimizer,
+             generator: torch.Generator) -> tuple[dict[str, torch.Tensor], list]:
+    tensors = {f"model.{name}.{k}": v.detach().float().cpu().contiguous()
+               for name, m in modules.items() for k, v in m.state_dict().items()}
+    state = opt.state_dict()
+    for index, entry in state["state"].items():
+        for key, value in entry.items():
+            tensors[f"opt.{index}.{key}"] = torch.as_tensor(value).detach().cpu().contiguous()
+    tensors["generator"] = generator.get_state()
+    return tensors, state["param_groups"]
+
+
+def save_state(folder: Path, modules: dict[str, torch.nn.Module], opt: torch.optim.Optimizer,
+               generator: torch.Generator, record: dict) -> None:
+    """The state after a slice, replacing the previous one in one rename (a kill leaves the old one whole)."""
+    tensors, groups = _tensors(modules, opt, generator)
+    with atomic_dir(Path(folder)) as tmp:
+        atomic_save_safetensors(tmp / STATE_FILE, tensors)
+        (tmp / RECORD_FILE).write_text(json.dumps({**record, "param_groups": groups}, indent=1, default=str))
+
+
+def read_record(folder: Path) -> dict:
+    """The record a slice left (settings, step, slices), without loading its tensors."""
+    try:
+        return json.loads((Path(folder) / RECORD_FILE).read_text())
+    except (OSError, ValueError) as exc:
+        raise UserError(f"the slice state in {folder} is unreadable ({exc}); remove it and start again "
+                        "from the last shipped model") from None
+
+
+def load_state(folder: Path, modules: dict[str, torch.nn.Module], opt: torch.optim.Optimizer,
+               generator: torch.Generator) -> dict:
+    """Restore what save_state wrote into freshly built modules, optimizer and generator; returns the record."""
+    folder = Path(folder)
+    if not (folder / STATE_FILE).is_file() or not (folder / RECORD_FILE).is_file():
+        raise UserError(f"no slice state in {folder}; start the run without --resume")
+    try:
+        tensors, record = load_file(folder / STATE_FILE), json.loads((folder / RECORD_FILE).read_text())
+    except (OSError, ValueError) as exc:
+        raise UserError(f"the slice state in {folder} is unreadable ({exc}); remove it and start again "
+                        "from the last shipped model") from None
+    for name, module in modules.items():
+        prefix = f"model.{name}."
+        own = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        dtypes = {k: v.dtype for k, v in module.state_dict().items()}
+        module.load_state_dict({k: v.to(dtypes[k]) for k, v in own.items() if k in dtypes})
+    per_param: dict[int, dict] = {}
+    for key, value in tensors.items():
+        if key.startswith("opt."):
+            _, index, field = key.split(".", 2)
+            per_param.setdefault(int(index), {})[field] = value
+    opt.load_state_dict({"state": per_param, "param_groups": record.pop("param_groups")})
+    generator.set_state(tensors["generator"])
+    return record

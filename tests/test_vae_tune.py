@@ -1,0 +1,60 @@
+"""`world train-vae`: the VAE continued on World v3's images, in slices that equal one run bit for bit."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from subjectgen.errors import UserError
+from subjectgen.world.catalog import training_instances
+from subjectgen.world.config import VaeTuneConfig
+from subjectgen.world.emoji import sources_available
+from subjectgen.world.vae_tune import tune_vae
+
+pytestmark = pytest.mark.skipif(not sources_available(), reason="emoji sources not installed (see .ci/run)")
+
+
+def few_instances() -> dict:
+    every = training_instances()
+    return {noun: every[noun][:2] for noun in ("dog", "backpack")}
+
+
+def weights(folder) -> dict:
+    return load_file(folder / "vae" / "diffusion_pytorch_model.safetensors")
+
+
+def test_two_slices_equal_one_run_bit_for_bit(tmp_path, tiny_model):
+    cfg = VaeTuneConfig(init=tiny_model, steps=4, batch=2, scene_seeds=1, photos=1)
+    sliced, whole = tmp_path / "sliced", tmp_path / "whole"
+    first = tune_vae(sliced, cfg, tmp_path / "state-a", stop_step=2, instances=few_instances())
+    assert first["step"] == 2 and (sliced / "vae").is_dir()
+    second = tune_vae(sliced, cfg, tmp_path / "state-a", resume=True, instances=few_instances())
+    one = tune_vae(whole, cfg, tmp_path / "state-b", instances=few_instances())
+    assert [(s["from_step"], s["to_step"]) for s in second["slices"]] == [(0, 2), (2, 4)]
+    assert [(s["from_step"], s["to_step"]) for s in one["slices"]] == [(0, 4)]
+    a, b, init = weights(sliced), weights(whole), load_file(
+        f"{tiny_model}/vae/diffusion_pytorch_model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # the decoder moved; the encoder (every latent the UNet learned from) did not
+    assert any(not torch.equal(a[k], init[k]) for k in a if k.startswith("decoder."))
+    assert all(torch.equal(a[k], init[k]) for k in a if k.startswith(("encoder.", "quant_conv.")))
+    record = json.loads((sliced / "training.json").read_text())["vae_continued"]
+    assert record["step"] == 4 and len(record["slices"]) == 2 and record["slices"][1]["samples"] == 4
+
+
+def test_whole_vae_moves_the_encoder_and_resume_checks_its_state(tmp_path, tiny_model):
+    cfg = VaeTuneConfig(init=tiny_model, part="all", steps=2, batch=2, scene_seeds=1, photos=1)
+    tune_vae(tmp_path / "out", cfg, tmp_path / "state", instances=few_instances())
+    a, init = weights(tmp_path / "out"), load_file(f"{tiny_model}/vae/diffusion_pytorch_model.safetensors")
+    assert any(not torch.equal(a[k], init[k]) for k in a if k.startswith("encoder."))
+    with pytest.raises(UserError, match="--resume to continue"):
+        tune_vae(tmp_path / "out", cfg, tmp_path / "state", instances=few_instances())
+    with pytest.raises(UserError, match="another run"):
+        tune_vae(tmp_path / "out", VaeTuneConfig(init=tiny_model, part="all", steps=3, batch=2, scene_seeds=1,
+                                                 photos=1), tmp_path / "state", resume=True,
+                 instances=few_instances())
+    with pytest.raises(UserError, match="no slice state"):
+        tune_vae(tmp_path / "out", cfg, tmp_path / "nothing", resume=True, instances=few_instances())
