@@ -195,7 +195,7 @@ def test_subject_start_samples_the_first_steps_on_the_class_prompt_then_the_subj
     prompt = run.prompt_for_model(template)
     full = as_array(generate(run.components, [prompt], [0], steps=8))
     # an early phase that changes nothing changes nothing: the scheduler runs on across the switch
-    same_networks = EarlySteps(3, [prompt], run.components.unet, run.components.text_encoder)
+    same_networks = EarlySteps(3, [prompt], run.components.unet, [run.components.text_encoder])
     assert np.array_equal(as_array(generate(run.components, [prompt], [0], steps=8, early=same_networks)), full)
     late = as_array(generate(run.components, [prompt], [0], steps=8, early=early))
     assert np.abs(late - full).max() > 0

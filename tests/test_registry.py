@@ -56,7 +56,7 @@ class BitFit(Method):
     @classmethod
     def base_networks(cls, run):
         base = run.base_model()
-        return base.unet, base.text_encoder, nullcontext
+        return base.unet, [base.text_encoder], nullcontext
 
 
 @pytest.fixture
@@ -108,7 +108,7 @@ def test_switch_at_zero_equals_plain_guidance_bit_for_bit(tiny_model):
     assert torch.equal(sample(switch_at(0, never, plain), fresh_scheduler(c, 6), noise), a)
     assert not torch.equal(sample(switch_at(2, never, plain), fresh_scheduler(c, 6), noise), a)
     # and generate() with an early phase of 0 steps is generate() without one
-    early = EarlySteps(0, ["a cat"], c.unet, c.text_encoder)
+    early = EarlySteps(0, ["a cat"], c.unet, [c.text_encoder])
     images = [np.asarray(im) for im in generate(c, ["a dog"], [3], steps=6, early=early)]
     assert np.array_equal(images[0], np.asarray(generate(c, ["a dog"], [3], steps=6)[0]))
 

@@ -107,8 +107,9 @@ def test_latent_cache_draws_each_latent_with_its_own_mask(tiny_model):
     assert cache.masks.shape[-2:] == cache.mean.shape[-2:]
     assert torch.allclose(cache.masks.mean(dim=(1, 2, 3)), torch.tensor([0.25, 0.5, 0.75]))
     cache.std.zero_()  # each drawn latent is then exactly its image's mean
-    latents, drawn = cache.draw(12, torch.Generator().manual_seed(0))
-    for latent, mask in zip(latents, drawn):
+    drawn = cache.draw(12, torch.Generator().manual_seed(0))
+    assert drawn.conditioning == {}  # SD conditions on nothing per image
+    for latent, mask in zip(drawn.latents, drawn.masks):
         index = int(((cache.mean * cache.scale - latent) ** 2).flatten(1).sum(1).argmin())
         assert torch.equal(mask, cache.masks[index])
-    assert LatentCache(components, images).draw(2, torch.Generator())[1] is None
+    assert LatentCache(components, images).draw(2, torch.Generator()).masks is None

@@ -23,28 +23,29 @@ from .sampling import EarlySteps
 from .subjects import expand_subject
 
 MANIFEST = "subject.json"
-KOHYA_PREFIX = {"unet": "lora_unet", "text_encoder": "lora_te"}
 LORA_SUFFIXES = {".lora.down.weight": "lora_down", ".lora.up.weight": "lora_up",
                  ".lora_linear_layer.down.weight": "lora_down", ".lora_linear_layer.up.weight": "lora_up"}
 
 
-def kohya_key(component: str, key: str) -> tuple[str, str]:
-    """diffusers LoRA key -> (kohya module name, 'lora_down'/'lora_up')."""
+def kohya_key(component: str, key: str, prefixes: dict[str, str]) -> tuple[str, str]:
+    """diffusers LoRA key -> (kohya module name, 'lora_down'/'lora_up'); `prefixes`: the family's, by component
+    (SD: lora_unet, lora_te; SDXL: lora_unet, lora_te1, lora_te2)."""
     for suffix, kind in LORA_SUFFIXES.items():
         if key.endswith(suffix):
             module = key[: -len(suffix)]
-            if component == "text_encoder" and not module.startswith("text_model."):
+            if component.startswith("text_encoder") and not module.startswith("text_model."):
                 module = "text_model." + module
-            return f"{KOHYA_PREFIX[component]}_{module.replace('.', '_')}", kind
+            return f"{prefixes[component]}_{module.replace('.', '_')}", kind
     raise ValueError(f"not a LoRA weight key: {key}")
 
 
-def export_kohya_lora(layers: dict[str, dict[str, torch.Tensor]], alpha: float, path: Path) -> None:
+def export_kohya_lora(layers: dict[str, dict[str, torch.Tensor]], alpha: float, path: Path,
+                      prefixes: dict[str, str]) -> None:
     """Write LoRA weights with kohya sd-scripts / A1111 keys (lora_unet_..., lora_te_..., .alpha)."""
     out: dict[str, torch.Tensor] = {}
     for component, state in layers.items():
         for key, weight in state.items():
-            name, kind = kohya_key(component, key)
+            name, kind = kohya_key(component, key, prefixes)
             out[f"{name}.{kind}.weight"] = weight.float()
             out[f"{name}.alpha"] = torch.tensor(float(alpha))
     atomic_save_safetensors(path, out, metadata={"ss_network_module": "networks.lora", "ss_network_alpha": str(alpha)})
@@ -84,16 +85,18 @@ class Run:
         n = round(fraction * steps)
         if not n or not self.subject:
             return None
-        unet, text_encoder, context = self.method.base_networks(self)
-        return EarlySteps(n, [expand_subject(p, self.manifest["class"]) for p in prompts], unet, text_encoder, context)
+        denoiser, text_encoders, context = self.method.base_networks(self)
+        return EarlySteps(n, [expand_subject(p, self.manifest["class"]) for p in prompts], denoiser, text_encoders,
+                          context)
 
     def base_model(self) -> Components:
         """The run's base model, loaded once, on the run's device and dtype."""
         if self.base is None:
             c = self.components
-            self.base = load_model(self.manifest["model"]).to(c.unet.device)
-            self.base.unet.to(c.unet.dtype)
-            self.base.text_encoder.to(c.text_encoder.dtype)
+            self.base = load_model(self.manifest["model"]).to(c.denoiser.device)
+            self.base.denoiser.to(c.denoiser.dtype)
+            for base, own in zip(self.base.text_encoders, c.text_encoders):
+                base.to(own.dtype)
         return self.base
 
     def denoiser_for(self, negative_prompt: str, guidance: float):

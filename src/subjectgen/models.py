@@ -8,19 +8,16 @@ from __future__ import annotations
 import json
 import re
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
-import diffusers
 import torch
-from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
-from transformers import CLIPTextModel, CLIPTokenizer
 
-from . import assets
+from . import assets, backbones
+from .backbones import Components
 from .errors import UserError
 from .safeio import PICKLE_SUFFIXES, check_safetensors
 
-COMPONENTS = ("tokenizer", "text_encoder", "vae", "unet", "scheduler")
+__all__ = ["Components", "load_model", "inference_device", "quiet_loading", "freeze"]
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -44,41 +41,6 @@ def quiet_loading():
             lib.set_verbosity(verbosity)
             if bars:
                 lib.enable_progress_bar()
-
-
-@dataclass
-class Components:
-    """The parts of a Stable Diffusion model, and where they came from."""
-
-    tokenizer: CLIPTokenizer
-    text_encoder: CLIPTextModel
-    vae: AutoencoderKL
-    unet: UNet2DConditionModel
-    scheduler: diffusers.SchedulerMixin
-    ref: str
-
-    @property
-    def vae_scale(self) -> int:
-        return 2 ** (len(self.vae.config.block_out_channels) - 1)
-
-    @property
-    def resolution(self) -> int:
-        """The image size the UNet was trained for."""
-        return self.unet.config.sample_size * self.vae_scale
-
-    def to(self, device: str | torch.device) -> "Components":
-        """Move the three networks (generation's device; training places them itself)."""
-        for module in (self.text_encoder, self.vae, self.unet):
-            module.to(device)
-        return self
-
-    def pipeline(self) -> StableDiffusionPipeline:
-        """A plain diffusers pipeline over these same modules (shared, not copied)."""
-        return StableDiffusionPipeline(
-            vae=self.vae, text_encoder=self.text_encoder, tokenizer=self.tokenizer, unet=self.unet,
-            scheduler=self.scheduler, safety_checker=None, feature_extractor=None,
-            requires_safety_checker=False,
-        )
 
 
 def inference_device() -> torch.device:
@@ -106,30 +68,25 @@ def load_model(ref: str, allow_pickle: bool = False) -> Components:
 def _load_folder(path: Path, ref: str, allow_pickle: bool) -> Components:
     index_file = path / "model_index.json"
     if not index_file.is_file():
-        raise UserError(f"model folder {path} has no model_index.json; give a Stable Diffusion pipeline in diffusers layout")
+        raise UserError(f"model folder {path} has no model_index.json; give a pipeline in diffusers layout "
+                        f"({backbones.supported()})")
     try:
         index = json.loads(index_file.read_text())
     except json.JSONDecodeError as exc:
         raise UserError(f"{index_file} is not valid JSON ({exc.msg}); re-download or re-save the model") from None
-    for name in COMPONENTS:
+    family = backbones.for_pipeline_class(index.get("_class_name"), f"model folder {path}")
+    for name in family.components:
         if not (path / name).is_dir():
-            raise UserError(f"model folder {path} is missing its '{name}' component; is it a complete SD pipeline?")
-    for name in ("text_encoder", "vae", "unet"):
+            raise UserError(f"model folder {path} is missing its '{name}' component; is it a complete "
+                            f"{family.title} pipeline?")
+    for name in (*family.text_encoders, "vae", family.denoiser):
         _check_weights_format(path / name, allow_pickle)
-    use_st = not allow_pickle or None
     try:
-        scheduler_cls = getattr(diffusers, index.get("scheduler", [None, "DDIMScheduler"])[1])
-        # fp32 in memory whatever the storage (the built-in model ships fp16); mixed precision casts later
-        return Components(
-            tokenizer=CLIPTokenizer.from_pretrained(path / "tokenizer"),
-            text_encoder=CLIPTextModel.from_pretrained(path / "text_encoder", use_safetensors=use_st).float(),
-            vae=AutoencoderKL.from_pretrained(path / "vae", use_safetensors=use_st).float(),
-            unet=UNet2DConditionModel.from_pretrained(path / "unet", use_safetensors=use_st).float(),
-            scheduler=scheduler_cls.from_pretrained(path / "scheduler"),
-            ref=ref,
-        )
+        parts = family.load_parts(path, not allow_pickle or None, index)
     except (OSError, ValueError, TypeError, AttributeError) as exc:
         raise UserError(f"could not load model folder {path}: {str(exc).splitlines()[0]}") from None
+    family.check_parts(parts, f"model folder {path}")
+    return Components(family, parts, ref)
 
 
 def _check_weights_format(folder: Path, allow_pickle: bool) -> None:
@@ -154,18 +111,21 @@ def _load_single_file(path: Path, allow_pickle: bool) -> Components:
                         "use a .safetensors file or pass --allow-pickle if you trust its source")
     if path.suffix not in PICKLE_SUFFIXES | {".safetensors"}:
         raise UserError(f"model file {path}: expected a .safetensors checkpoint or a diffusers folder")
+    family = backbones.for_single_file(path)
     try:
-        pipe = StableDiffusionPipeline.from_single_file(str(path), safety_checker=None, requires_safety_checker=False)
+        pipe = family.from_single_file(path)
     except Exception as exc:  # diffusers raises many types for unrecognised checkpoints
         raise UserError(f"could not read checkpoint {path}: {str(exc).splitlines()[0]}") from None
-    return Components(pipe.tokenizer, pipe.text_encoder, pipe.vae, pipe.unet, pipe.scheduler, ref=str(path))
+    parts = family.parts_from_pipeline(pipe)
+    family.check_parts(parts, f"checkpoint {path}")
+    return Components(family, parts, ref=str(path))
 
 
 def _download(repo_id: str, allow_pickle: bool) -> Path:
     from huggingface_hub import snapshot_download
 
     patterns = ["*.json", "*.txt", "*.safetensors"] + (["*.bin"] if allow_pickle else [])
-    patterns = [f"{c}/{p}" for c in COMPONENTS for p in patterns] + ["model_index.json"]
+    patterns = [f"{c}/{p}" for c in sorted(backbones.every_component()) for p in patterns] + ["model_index.json"]
     try:
         return Path(snapshot_download(repo_id, allow_patterns=patterns))
     except Exception as exc:  # hub errors: offline, gated, missing repo

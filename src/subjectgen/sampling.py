@@ -10,38 +10,31 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .models import Components
+from .backbones import Components, Conditioning
+from .backbones.sd import encode_prompts  # noqa: F401 - SD's text encoding, for the SD-only methods
 from .subjects import to_image
-
-
-def encode_prompts(tokenizer, text_encoder, prompts: list[str]) -> torch.Tensor:
-    """CLIP last hidden states (B, 77, D), as Stable Diffusion conditions on them."""
-    ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length,
-                    truncation=True, return_tensors="pt").input_ids
-    return text_encoder(ids.to(text_encoder.device))[0]
 
 
 def initial_latents(components: Components, seeds: list[int]) -> torch.Tensor:
     """One noise tensor per seed, drawn on the CPU so a seed gives the same image on any device."""
-    size = components.unet.config.sample_size
-    channels = components.unet.config.in_channels
-    noise = [torch.randn((channels, size, size), generator=torch.Generator().manual_seed(s)) for s in seeds]
-    return torch.stack(noise)
+    shape = components.backbone.latent_shape(components)
+    return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in seeds])
 
 
-Denoiser = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]  # (x, t, step index) -> predicted noise
+Denoiser = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]  # (x, t, step index) -> the raw prediction
 
 
-def cfg_denoiser(unet, cond: dict[str, torch.Tensor], uncond: dict[str, torch.Tensor], guidance: float,
-                 context: Callable[[], AbstractContextManager] = nullcontext) -> Denoiser:
-    """Classifier-free guidance over any UNet inputs (encoder_hidden_states, and whatever a method adds):
-    one batched call on [uncond; cond], then uncond + guidance * (cond - uncond). `context` wraps each call
-    (e.g. a LoRA switched off)."""
-    inputs = {k: torch.cat([uncond[k], cond[k]]).to(unet.dtype) for k in cond}
+def cfg_denoiser(net, cond: Conditioning, uncond: Conditioning, guidance: float,
+                 context: Callable[[], AbstractContextManager] = nullcontext, call=None) -> Denoiser:
+    """Classifier-free guidance over any conditioning (the family's, and whatever a method adds): one batched
+    call on [uncond; cond], then uncond + guidance * (cond - uncond). `call(net, x, t, inputs)`: the family's
+    model call (default: keyword arguments, a UNet's); `context` wraps each call (e.g. a LoRA switched off)."""
+    inputs = {k: torch.cat([uncond[k], cond[k]]).to(net.dtype) for k in cond}
+    call = call or (lambda net, x, t, inputs: net(x, t, **inputs).sample)
 
     def denoise(x: torch.Tensor, t: torch.Tensor, i: int) -> torch.Tensor:
         with context():
-            noise_uncond, noise_cond = unet(torch.cat([x, x]), t, **inputs).sample.chunk(2)
+            noise_uncond, noise_cond = call(net, torch.cat([x, x]), t, inputs).chunk(2)
         return noise_uncond + guidance * (noise_cond - noise_uncond)
 
     return denoise
@@ -117,22 +110,20 @@ def fresh_scheduler(components: Components, steps: int):
 @dataclass
 class EarlySteps:
     """The first `steps` sampling steps without the subject: on `prompts` (the subject phrase replaced by its
-    class noun), with the base model's networks (`unet`, `text_encoder`, each called inside `context`):
+    class noun), with the base model's networks (`denoiser`, `text_encoders`, each called inside `context`):
     the base model lays out the scene that the prompt asks for, then the subject is drawn into it.
     A1111's prompt editing `[a dog:a sks dog:0.2]` with the LoRA switched on at the same step."""
 
     steps: int
     prompts: list[str]
-    unet: torch.nn.Module
-    text_encoder: torch.nn.Module
+    denoiser: torch.nn.Module
+    text_encoders: list[torch.nn.Module]
     context: Callable[[], AbstractContextManager] = nullcontext
 
 
 @torch.no_grad()
 def decode(components: Components, latents: torch.Tensor) -> list[Image.Image]:
-    vae = components.vae
-    pixels = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor).sample
-    return [to_image(p) for p in pixels]
+    return [to_image(p) for p in components.backbone.decode(components, latents)]
 
 
 @torch.no_grad()
@@ -146,7 +137,7 @@ def generate(components: Components, prompts: list[str], seeds: list[int], steps
     if len(prompts) != len(seeds) or (early and len(early.prompts) != len(prompts)):
         raise ValueError("generate() needs one seed (and one early prompt, if any) per prompt")
     denoiser_for = denoiser_for or (lambda batch: prompt_denoiser(
-        components.unet, components.text_encoder, components.tokenizer, batch, negative_prompt, guidance))
+        components, components.denoiser, components.text_encoders, batch, negative_prompt, guidance))
     images: list[Image.Image] = []
     bar = tqdm(total=len(prompts), desc="generate", unit="image", disable=not progress)
     for start in range(0, len(prompts), batch_size):
@@ -154,11 +145,11 @@ def generate(components: Components, prompts: list[str], seeds: list[int], steps
         denoiser = denoiser_for(prompts[chunk])
         if early and early.steps:
             with early.context():  # a trained text encoder is the subject's too
-                base = prompt_denoiser(early.unet, early.text_encoder, components.tokenizer, early.prompts[chunk],
+                base = prompt_denoiser(components, early.denoiser, early.text_encoders, early.prompts[chunk],
                                        negative_prompt, guidance, early.context)
             denoiser = switch_at(early.steps, base, denoiser)
-        unet = components.unet
-        noise = initial_latents(components, seeds[chunk]).to(unet.device, unet.dtype)
+        net = components.denoiser
+        noise = initial_latents(components, seeds[chunk]).to(net.device, net.dtype)
         scheduler = fresh_scheduler(components, steps)
         if isinstance(denoiser, FusionLoop):  # a method's own loop (it draws each step's noise from the seeds)
             if early and early.steps:
@@ -172,12 +163,16 @@ def generate(components: Components, prompts: list[str], seeds: list[int], steps
     return images
 
 
-def prompt_denoiser(unet, text_encoder, tokenizer, prompts: list[str], negative_prompt: str, guidance: float,
-                    context: Callable[[], AbstractContextManager] = nullcontext) -> Denoiser:
-    """Guidance between the prompts and the negative prompt, on this UNet and text encoder."""
-    cond = encode_prompts(tokenizer, text_encoder, prompts)
-    uncond = encode_prompts(tokenizer, text_encoder, [negative_prompt] * len(prompts))
-    return cfg_denoiser(unet, {"encoder_hidden_states": cond}, {"encoder_hidden_states": uncond}, guidance, context)
+def prompt_denoiser(components: Components, net, text_encoders: list, prompts: list[str], negative_prompt: str,
+                    guidance: float, context: Callable[[], AbstractContextManager] = nullcontext) -> Denoiser:
+    """Guidance between the prompts and the negative prompt, on these networks (the model's own, a run's
+    trained ones, or the base model's): the family's text conditioning and its per-image conditioning at the
+    model's resolution."""
+    family, size = components.backbone, components.resolution
+    image = family.image_conditioning([(size, size, 0, 0)] * len(prompts), size)
+    cond = {**family.encode_text(components, prompts, text_encoders), **image}
+    uncond = {**family.negative_conditioning(components, [negative_prompt] * len(prompts), text_encoders), **image}
+    return cfg_denoiser(net, cond, uncond, guidance, context, family.call)
 
 
 def make_grid(images: list[Image.Image], columns: int | None = None) -> Image.Image:

@@ -22,6 +22,8 @@ class SubjectSet:
     paths: list[Path]
     class_noun: str
     masks: list[Image.Image] | None = None  # L images, 255 on the subject; only when a masked loss asks
+    # each photo's (original height, width, crop top, crop left) at the model's resolution: SDXL's time ids
+    sizes: list[tuple[int, int, int, int]] | None = None
 
     def tensor(self) -> torch.Tensor:
         """The photos as a (N, 3, H, W) tensor in [-1, 1], the VAE's input range."""
@@ -43,7 +45,16 @@ def load_subject(folder: Path, class_noun: str, resolution: int, masks: bool = F
         warn_if_scaled_down(Path(folder), photos, resolution, model)
     subject_masks = [center_crop(open_mask(p, im.size), resolution) for p, im in zip(paths, photos)] if masks else None
     images = [center_crop(im, resolution) for im in photos]
-    return SubjectSet(images=images, paths=paths, class_noun=class_noun.strip(), masks=subject_masks)
+    return SubjectSet(images=images, paths=paths, class_noun=class_noun.strip(), masks=subject_masks,
+                      sizes=[crop_box(im.size, resolution) for im in photos])
+
+
+def crop_box(size: tuple[int, int], resolution: int) -> tuple[int, int, int, int]:
+    """(original height, width, crop top, crop left) of a photo of `size` (width, height) resized by its short
+    side to `resolution` and centre-cropped: what SDXL's time ids record (diffusers' SDXL script's convention)."""
+    width, height = size
+    scale = resolution / min(width, height)
+    return height, width, max(0, round((height * scale - resolution) / 2)), max(0, round((width * scale - resolution) / 2))
 
 
 def to_tensor(image: Image.Image) -> torch.Tensor:

@@ -57,3 +57,37 @@ def save_tiny_pipeline(out: Path, seed: int = 0) -> Path:
     with atomic_dir(Path(out)) as tmp:
         build_tiny_pipeline(seed).save_pretrained(tmp, safe_serialization=True)
     return Path(out)
+
+
+def build_tiny_sdxl_pipeline(seed: int = 0, width: int = 32):
+    """A tiny SDXL pipeline (the real classes: two CLIP text encoders, the second with its projection; a UNet
+    with SDXL's text-time conditioning): 16 px images, 8x8x4 latents. Random weights, as build_tiny_pipeline."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
+    from transformers import CLIPTextModelWithProjection
+
+    torch.manual_seed(seed)
+    config = CLIPTextConfig(vocab_size=49408, hidden_size=width, intermediate_size=2 * width, num_hidden_layers=2,
+                            num_attention_heads=2, max_position_embeddings=77, projection_dim=width,
+                            hidden_act="gelu")
+    time_dim = 8
+    unet = UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=2 * width, attention_head_dim=(2, 4), use_linear_projection=True,
+        addition_embed_type="text_time", addition_time_embed_dim=time_dim,
+        projection_class_embeddings_input_dim=6 * time_dim + width, norm_num_groups=8)
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(32, 64), layers_per_block=1,
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+        scaling_factor=0.13025, force_upcast=True)
+    scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                       steps_offset=1, timestep_spacing="leading")
+    return StableDiffusionXLPipeline(
+        vae=vae, text_encoder=CLIPTextModel(config), text_encoder_2=CLIPTextModelWithProjection(config),
+        tokenizer=clip_tokenizer(), tokenizer_2=clip_tokenizer(), unet=unet, scheduler=scheduler)
+
+
+def save_tiny_sdxl_pipeline(out: Path, seed: int = 0) -> Path:
+    with atomic_dir(Path(out)) as tmp:
+        build_tiny_sdxl_pipeline(seed).save_pretrained(tmp, safe_serialization=True)
+    return Path(out)

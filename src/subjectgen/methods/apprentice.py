@@ -165,12 +165,12 @@ class Apprentice(Method):
     @classmethod
     def base_networks(cls, run):
         base = run.base_model()  # the UNet without the adapter, beside the run's (nothing swapped in place)
-        return base.unet, base.text_encoder, nullcontext
+        return base.unet, [base.text_encoder], nullcontext
 
     @classmethod
     def denoiser(cls, run, prompts: list[str], negative_prompt: str, guidance: float):
         """Guidance between (prompt, the demonstrations) and (negative prompt, zero images): the pipeline's."""
-        from ..sampling import encode_prompts
+        from ..backbones.sd import encode_prompts
 
         c, n = run.components, len(prompts)
         unet = c.unet
@@ -260,7 +260,8 @@ class ApprenticeTraining(Apprentice):
     def predict(self, unet, noisy, timesteps, batch: Batch, encode) -> torch.Tensor:
         device = noisy.device
         added = image_embeds(batch.inputs["image_states"], device, unet.dtype)
-        return unet(noisy, timesteps.to(device), encoder_hidden_states=encode(batch.prompts).to(device),
+        text = encode(batch.prompts)["encoder_hidden_states"].to(device)
+        return unet(noisy, timesteps.to(device), encoder_hidden_states=text,
                     added_cond_kwargs=added).sample
 
     def save(self, run_dir: Path) -> list[str]:

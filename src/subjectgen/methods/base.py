@@ -33,6 +33,7 @@ class Batch:
     n_instance: int
     masks: torch.Tensor | None = None
     inputs: dict = field(default_factory=dict)  # whatever else a method's `predict` needs (ProFusion's reference)
+    conditioning: dict = field(default_factory=dict)  # the family's per-sample conditioning (SDXL's time ids)
 
 
 class Method:
@@ -44,7 +45,7 @@ class Method:
 
     def __init__(self, cfg: TrainConfig, components: Components, subject: SubjectSet | None, data=None):
         self.cfg, self.components, self.subject, self.data = cfg, components, subject, data
-        freeze(components.unet, components.text_encoder, components.vae)
+        freeze(*components.networks)
         self.token = self.choose_token()
         self.setup()
 
@@ -64,10 +65,12 @@ class Method:
         return [self.cfg.instance_prompt.format(token=self.token, **{"class": self.subject.class_noun})]
 
     def trainable_modules(self) -> dict[str, torch.nn.Module]:
-        """The modules holding trainable parameters, by component name ('unet', 'text_encoder')."""
-        modules = {"unet": self.components.unet}
+        """The modules holding trainable parameters, by component name ('unet', 'text_encoder', ...): the
+        denoiser, and with --train-text-encoder every text encoder of the family."""
+        c = self.components
+        modules = {c.backbone.denoiser: c.denoiser}
         if self.cfg.train_text_encoder:
-            modules["text_encoder"] = self.components.text_encoder
+            modules.update({name: c.parts[name] for name in c.backbone.text_encoders})
         return modules
 
     def save(self, run_dir: Path) -> list[str]:
@@ -109,25 +112,30 @@ class Method:
     def cached_prompts(self, class_prompt: str) -> list[str] | None:
         """The prompts whose text embeddings the loop may compute once; None: encode every step (the text
         encoder trains, or the conditioning depends on the step)."""
-        if "text_encoder" in self.trainable_modules():
+        if set(self.trainable_modules()) & set(self.components.backbone.text_encoders):
             return None
         return self.model_prompts + [class_prompt]
 
     def batch(self, data, generator: torch.Generator, batch_size: int) -> Batch:
         """Instance samples with prompts drawn from instance_prompts(); then class samples, if any."""
-        latents, masks = data.instance.draw(batch_size, generator)
+        drawn = data.instance.draw(batch_size, generator)
+        latents, conditioning = drawn.latents, drawn.conditioning
         prompts = self.model_prompts
         chosen = [prompts[i] for i in torch.randint(len(prompts), (batch_size,), generator=generator).tolist()]
         if data.classes is not None:
-            latents = torch.cat([latents, data.classes.draw(batch_size, generator)[0]])
+            classes = data.classes.draw(batch_size, generator)
+            latents = torch.cat([latents, classes.latents])
+            conditioning = {k: torch.cat([v, classes.conditioning[k]]) for k, v in conditioning.items()}
             chosen += [data.class_prompt] * batch_size
-        return Batch(latents, chosen, batch_size, masks)
+        return Batch(latents, chosen, batch_size, drawn.masks, conditioning=conditioning)
 
-    def predict(self, unet, noisy: torch.Tensor, timesteps: torch.Tensor, batch: Batch,
-                encode: Callable[[list[str]], torch.Tensor]) -> torch.Tensor:
-        """The UNet's prediction for a step: conditioned on the batch's prompts."""
+    def predict(self, net, noisy: torch.Tensor, timesteps: torch.Tensor, batch: Batch,
+                encode: Callable[[list[str]], dict]) -> torch.Tensor:
+        """The denoiser's prediction for a step: conditioned on the batch's prompts (and the family's per-sample
+        conditioning), through the family's model call."""
         device = noisy.device
-        return unet(noisy, timesteps.to(device), encoder_hidden_states=encode(batch.prompts).to(device)).sample
+        cond = {k: v.to(device) for k, v in {**encode(batch.prompts), **batch.conditioning}.items()}
+        return self.components.backbone.call(net, noisy, timesteps.to(device), cond)
 
     def loss(self, pred: torch.Tensor, target: torch.Tensor, timesteps: torch.Tensor, batch: Batch,
              scheduler) -> tuple[torch.Tensor, dict]:
@@ -147,11 +155,11 @@ class Method:
         raise NotImplementedError
 
     @classmethod
-    def base_networks(cls, run) -> tuple[torch.nn.Module, torch.nn.Module,
+    def base_networks(cls, run) -> tuple[torch.nn.Module, list[torch.nn.Module],
                                          Callable[[], AbstractContextManager]]:
-        """(unet, text_encoder, context) that sample as the base model would, for --subject-start. By default
-        the run's own networks (a method that changes no weights, such as Textual Inversion)."""
-        return run.components.unet, run.components.text_encoder, nullcontext
+        """(denoiser, text encoders, context) that sample as the base model would, for --subject-start. By
+        default the run's own networks (a method that changes no weights, such as Textual Inversion)."""
+        return run.components.denoiser, run.components.text_encoders, nullcontext
 
     @classmethod
     def denoiser(cls, run, prompts: list[str], negative_prompt: str, guidance: float):
@@ -161,7 +169,7 @@ class Method:
         from ..sampling import prompt_denoiser
 
         c = run.components
-        return prompt_denoiser(c.unet, c.text_encoder, c.tokenizer, prompts, negative_prompt, guidance)
+        return prompt_denoiser(c, c.denoiser, c.text_encoders, prompts, negative_prompt, guidance)
 
     @classmethod
     def prompt_for_run(cls, manifest: dict, prompt: str) -> str:

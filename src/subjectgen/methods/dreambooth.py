@@ -10,7 +10,6 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
-from diffusers import StableDiffusionPipeline
 from diffusers.utils import convert_state_dict_to_diffusers
 from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model
 
@@ -19,12 +18,14 @@ from ..models import load_model, quiet_loading
 from ..subjects import rare_token
 from .base import Method
 
-UNET_LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
-TEXT_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
+from ..backbones.sd import StableDiffusion
+
+UNET_LORA_TARGETS = list(StableDiffusion.lora_targets)  # SD's, for benchmarks that build a LoRA'd UNet by hand
 
 
 class DreamBooth(Method):
-    """Full fine-tune of the UNet (and optionally the text encoder); saves a whole diffusers pipeline."""
+    """Full fine-tune of the denoiser (and optionally the text encoders); saves a whole diffusers pipeline of
+    the model's family."""
 
     def choose_token(self) -> str:
         return self.cfg.token or rare_token(self.components.tokenizer, avoid={self.subject.class_noun})
@@ -48,11 +49,12 @@ class DreamBooth(Method):
     def base_networks(cls, run):
         """The base model's own UNet and text encoder, beside the fine-tuned ones (nothing swapped in place)."""
         base = run.base_model()
-        return base.unet, base.text_encoder, nullcontext
+        return base.denoiser, base.text_encoders, nullcontext
 
 
 class DreamBoothLoRA(DreamBooth):
-    """DreamBooth with low-rank adapters (peft) on the UNet attention (and optionally the text encoder)."""
+    """DreamBooth with low-rank adapters (peft) on the denoiser's attention (and optionally the text encoders);
+    which layers, and the files they are saved in, are the family's (its backbone)."""
 
     scalable = True
 
@@ -60,12 +62,18 @@ class DreamBoothLoRA(DreamBooth):
         return LoraConfig(r=self.cfg.rank, lora_alpha=self.cfg.alpha, init_lora_weights="gaussian",
                           target_modules=targets)
 
+    def targets(self, component: str) -> list[str]:
+        family = self.components.backbone
+        return list(family.lora_targets if component == family.denoiser else family.text_lora_targets)
+
     def setup(self) -> None:
-        self.components.unet.add_adapter(self.lora_config(UNET_LORA_TARGETS))
+        c = self.components
+        c.denoiser.add_adapter(self.lora_config(self.targets(c.backbone.denoiser)))
         if self.cfg.train_text_encoder:
             # peft directly, not transformers' add_adapter: that one refuses peft releases older than the
             # transformers release expects (transformers 5.24 wants peft 0.22, which was not published yet)
-            inject_adapter_in_model(self.lora_config(TEXT_LORA_TARGETS), self.components.text_encoder)
+            for name in c.backbone.text_encoders:
+                inject_adapter_in_model(self.lora_config(self.targets(name)), c.parts[name])
         for module in self.trainable_modules().values():
             module.train()
             for p in module.parameters():  # LoRA weights train in fp32 even when the base runs in fp16
@@ -78,15 +86,9 @@ class DreamBoothLoRA(DreamBooth):
                 for name, module in self.trainable_modules().items()}
 
     def save(self, run_dir: Path) -> list[str]:
-        layers = self.lora_layers()
-        StableDiffusionPipeline.save_lora_weights(
-            run_dir, unet_lora_layers=layers["unet"], text_encoder_lora_layers=layers.get("text_encoder"),
-            unet_lora_adapter_metadata=self.lora_config(UNET_LORA_TARGETS).to_dict(),
-            text_encoder_lora_adapter_metadata=(self.lora_config(TEXT_LORA_TARGETS).to_dict()
-                                                if "text_encoder" in layers else None),
-            safe_serialization=True,
-        )
-        export_kohya_lora(layers, self.cfg.alpha, run_dir / "kohya_lora.safetensors")
+        layers, family = self.lora_layers(), self.components.backbone
+        family.save_lora(run_dir, layers, {name: self.lora_config(self.targets(name)).to_dict() for name in layers})
+        export_kohya_lora(layers, self.cfg.alpha, run_dir / "kohya_lora.safetensors", family.kohya_prefixes)
         return ["pytorch_lora_weights.safetensors", "kohya_lora.safetensors"]
 
     def manifest(self) -> dict:
@@ -110,4 +112,4 @@ class DreamBoothLoRA(DreamBooth):
     def base_networks(cls, run):
         """The same networks, each call made with the LoRA switched off (peft's enable_adapters)."""
         c = run.components
-        return c.unet, c.text_encoder, lambda: lora_off(c.unet, c.text_encoder)
+        return c.denoiser, c.text_encoders, lambda: lora_off(c.denoiser, *c.text_encoders)

@@ -21,7 +21,8 @@ from .. import assets
 from ..config import FusionSettings
 from ..errors import UserError
 from ..safeio import atomic_save_image, atomic_save_safetensors
-from ..sampling import FusionLoop, encode_prompts
+from ..backbones.sd import encode_prompts
+from ..sampling import FusionLoop
 from ..subjects import to_image, to_tensor
 from ..training.data import LatentCache
 from ..adapters import Run

@@ -45,6 +45,14 @@ class MethodSpec:
     bounds: dict = field(default_factory=dict)   # a setting's range where this method's differs (settings.Bound)
     listed: bool = True                          # False: not a `train` method (a pretraining step has its own command)
     drops: tuple[str, ...] = ()                  # shared settings that do nothing for this method (no flag for them)
+    families: tuple[str, ...] | None = None      # the model families it is built for (backbones/); None: every one
+
+    def check_family(self, family: str, title: str) -> None:
+        """A one-line error when this method cannot run on the model's family (ProFusion's PromptNet is built
+        from an SD UNet's encoder)."""
+        if self.families is not None and family not in self.families:
+            raise UserError(f"{self.name} is built for Stable Diffusion 1.x/2.x UNets only, and this model is "
+                            f"{title}; use lora, dreambooth or textual-inversion on it")
 
     def load(self) -> type:
         """The Method subclass (imported on first use), which knows its spec."""
@@ -124,12 +132,14 @@ register(MethodSpec(
     defaults={"steps": (100, 0), "lr": (2e-5, 2e-5), "batch_size": (4, 4), "num_class_images": (0, 0)},
     bounds={"steps": Bound(low=0, integer=True)},  # --steps 0: the encoder alone, no tuning
     drops=(*PRIOR_SETTINGS, "masked_loss"),
-    token_help="placeholder token for S* (default: <s*>)"))
+    token_help="placeholder token for S* (default: <s*>)",
+    families=("sd",)))
 register(MethodSpec(
     "profusion-pretrain", "pretrain ProFusion's PromptNet on a dataset of images (subjectgen profusion pretrain)",
     "subjectgen.methods.profusion_pretrain:PromptNetPretraining",
     defaults={"steps": (20000, 1200), "lr": (1e-5, 2e-4), "batch_size": (8, 32), "num_class_images": (0, 0)},
-    listed=False))
+    listed=False,
+    families=("sd",)))
 register(MethodSpec(
     "apprentice", "SuTI's apprentice: a new subject from its 3-5 photos in context, zero-shot (nothing trains; "
     "IP-Adapter format)",
@@ -137,11 +147,13 @@ register(MethodSpec(
     own_settings=("apprentice",),
     defaults={"steps": (0, 0), "num_class_images": (0, 0)},
     bounds={"steps": Bound(low=0, high=0, integer=True)},
-    drops=TRAINING_SETTINGS))
+    drops=TRAINING_SETTINGS,
+    families=("sd",)))
 register(MethodSpec(
     "apprentice-train", "train the apprentice on an expert farm (subjectgen apprentice train)",
     "subjectgen.methods.apprentice:ApprenticeTraining",
     # IP-Adapter's lr 1e-4 and batch 8 on SD; the small models at 10x the lr, as the other methods' are, and
     # 600 steps at batch 32 (about 20 minutes at one thread here: the compute a session's farm and scaling allow)
     defaults={"steps": (20000, 600), "lr": (1e-4, 1e-3), "batch_size": (8, 32), "num_class_images": (0, 0)},
-    listed=False))
+    listed=False,
+    families=("sd",)))

@@ -41,45 +41,51 @@ def placeholder_tokens(token: str, num_vectors: int) -> list[str]:
 
 
 class TextualInversion(Method):
-    """New word vectors S* in the frozen text encoder's embedding; saved in diffusers' and A1111's formats."""
+    """New word vectors S* in each frozen text encoder's embedding (one table per encoder: SDXL has two);
+    saved in diffusers' and A1111's formats."""
 
     def choose_token(self) -> str:
         return self.cfg.token or "<s*>"
 
     def setup(self) -> None:
-        tokenizer, encoder = self.components.tokenizer, self.components.text_encoder
+        c = self.components
         self.tokens = placeholder_tokens(self.token, self.cfg.num_vectors)
-        if tokenizer.add_tokens(self.tokens) != len(self.tokens):
-            raise UserError(f"token '{self.token}' is already a word of the tokenizer; pick a new one with --token")
-        first_id = tokenizer.convert_tokens_to_ids(self.tokens[0])
-        base = encoder.get_input_embeddings()
-        init = self.init_vector(base).expand(len(self.tokens), -1)
-        encoder.set_input_embeddings(PlaceholderEmbedding(base, first_id, init))
+        for tokenizer in {id(t): t for t in c.tokenizers}.values():
+            if tokenizer.add_tokens(self.tokens) != len(self.tokens):
+                raise UserError(f"token '{self.token}' is already a word of the tokenizer; pick a new one with "
+                                "--token")
+        for name, tokenizer in zip(c.backbone.text_encoders, c.tokenizers):
+            encoder = c.parts[name]
+            first_id = tokenizer.convert_tokens_to_ids(self.tokens[0])
+            base = encoder.get_input_embeddings()
+            init = self.init_vector(tokenizer, base).expand(len(self.tokens), -1)
+            encoder.set_input_embeddings(PlaceholderEmbedding(base, first_id, init))
 
-    def init_vector(self, table: torch.nn.Embedding) -> torch.Tensor:
+    def init_vector(self, tokenizer, table: torch.nn.Embedding) -> torch.Tensor:
         """The mean embedding of the init word's tokens (default: the class noun)."""
         word = self.cfg.init_word or self.subject.class_noun
-        ids = self.components.tokenizer(word, add_special_tokens=False).input_ids
+        ids = tokenizer(word, add_special_tokens=False).input_ids
         if not ids:
             raise UserError(f"--init-word '{word}' has no tokens; give a word such as the class noun")
         return table.weight[torch.tensor(ids)].mean(0)
 
     def trainable_modules(self) -> dict[str, torch.nn.Module]:
-        return {"text_encoder": self.components.text_encoder}
+        return {name: self.components.parts[name] for name in self.components.backbone.text_encoders}
 
     def instance_prompts(self) -> list[str]:
         return [template.format(self.subject_phrase) for template in TEMPLATES]
 
-    @property
-    def vectors(self) -> torch.Tensor:
-        return self.components.text_encoder.get_input_embeddings().vectors
+    def vectors(self, text_encoder: str = "text_encoder") -> torch.Tensor:
+        return self.components.parts[text_encoder].get_input_embeddings().vectors
 
     def save(self, run_dir: Path) -> list[str]:
-        vectors = self.vectors.detach().float().cpu()
-        # diffusers' format: {token: (N, D)}; A1111's: {"emb_params": (N, D)}
-        atomic_save_safetensors(run_dir / "learned_embeds.safetensors", {self.token: vectors})
-        atomic_save_safetensors(run_dir / "embedding_a1111.safetensors", {"emb_params": vectors},
-                                metadata={"name": self.token})
+        names = self.components.backbone.embedding_names()
+        vectors = {key: self.vectors(name).detach().float().cpu() for name, key in names.items()}
+        # SD: diffusers' {token: (N, D)} and A1111's {"emb_params": (N, D)}; SDXL: {"clip_l": ..., "clip_g": ...}
+        # in both files (A1111's and ComfyUI's SDXL format; diffusers loads each key into its encoder)
+        own = {self.token: vectors["emb_params"]} if list(vectors) == ["emb_params"] else vectors
+        atomic_save_safetensors(run_dir / "learned_embeds.safetensors", own)
+        atomic_save_safetensors(run_dir / "embedding_a1111.safetensors", vectors, metadata={"name": self.token})
         return ["learned_embeds.safetensors", "embedding_a1111.safetensors"]
 
     def manifest(self) -> dict:
@@ -97,5 +103,15 @@ class TextualInversion(Method):
         from ..models import load_model
 
         components = load_model(manifest["model"], allow_pickle)
-        components.pipeline().load_textual_inversion(str(run_dir / "learned_embeds.safetensors"))
+        pipe, path = components.pipeline(), run_dir / "learned_embeds.safetensors"
+        names = components.backbone.embedding_names()
+        if list(names.values()) == ["emb_params"]:
+            pipe.load_textual_inversion(str(path))
+            return Run(manifest, components)
+        from safetensors.torch import load_file
+
+        vectors = load_file(path)
+        for (name, key), tokenizer in zip(names.items(), components.backbone.tokenizers):
+            pipe.load_textual_inversion(vectors[key], token=manifest["token"], text_encoder=components.parts[name],
+                                        tokenizer=components.parts[tokenizer])
         return Run(manifest, components)

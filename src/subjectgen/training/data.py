@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from ..assets import cache_dir
 from ..models import Components
 from ..safeio import atomic_dir
-from ..sampling import encode_prompts, generate
+from ..sampling import generate
 from ..photos import center_crop, open_photo
 from ..subjects import to_tensor
 
@@ -31,49 +31,64 @@ class SubjectData:
     class_prompt: str = ""
 
 
+@dataclass
+class Draw:
+    """Latents drawn from a cache, with their images' latent masks (or None) and per-image conditioning
+    (the family's, e.g. SDXL's time ids; empty for most)."""
+
+    latents: torch.Tensor
+    masks: torch.Tensor | None
+    conditioning: dict
+
+
 class LatentCache:
     """The VAE posterior (mean, std) of each image, encoded once; a draw samples from it. With masks
-    ((N, 1, H, W) in [0, 1]), each image also keeps its mask averaged down to the latent grid."""
+    ((N, 1, H, W) in [0, 1]), each image also keeps its mask averaged down to the latent grid. `sizes`: each
+    image's (original height, width, crop top, crop left), for a family that conditions on them (SDXL);
+    default: as generated at the model's resolution."""
 
     def __init__(self, components: Components, images: list[Image.Image], masks: torch.Tensor | None = None,
-                 batch_size: int = 8):
-        vae = components.vae
+                 batch_size: int = 8, sizes: list[tuple[int, int, int, int]] | None = None):
+        family = components.backbone
         means, stds = [], []
         with torch.no_grad():
             for start in range(0, len(images), batch_size):
                 pixels = torch.stack([to_tensor(im) for im in images[start:start + batch_size]])
-                dist = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist
-                means.append(dist.mean.float().cpu())
-                stds.append(dist.std.float().cpu())
+                mean, std = family.posterior(components, pixels)
+                means.append(mean.float().cpu())
+                stds.append(std.float().cpu())
         self.mean, self.std = torch.cat(means), torch.cat(stds)
-        self.scale = vae.config.scaling_factor
+        self.scale, self.shift = family.latent_scaling(components)
         self.masks = None if masks is None else F.interpolate(masks.float(), size=self.mean.shape[-2:], mode="area")
+        size = components.resolution
+        self.conditioning = family.image_conditioning(sizes or [(size, size, 0, 0)] * len(images), size)
 
     def __len__(self) -> int:
         return len(self.mean)
 
-    def draw(self, count: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """`count` latents sampled from random images' posteriors, and those images' latent masks (or None)."""
+    def draw(self, count: int, generator: torch.Generator) -> Draw:
+        """`count` latents sampled from random images' posteriors, with those images' masks and conditioning."""
         index = torch.randint(len(self), (count,), generator=generator)
         masks = None if self.masks is None else self.masks[index]
-        return self.sample(index, generator), masks
+        return Draw(self.sample(index, generator), masks, {k: v[index] for k, v in self.conditioning.items()})
 
     def sample(self, index: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """One latent from each indexed image's posterior, scaled as the UNet sees latents."""
+        """One latent from each indexed image's posterior, scaled as the denoiser sees latents."""
         noise = torch.randn(self.mean[index].shape, generator=generator)
-        return (self.mean[index] + self.std[index] * noise) * self.scale
+        latents = self.mean[index] + self.std[index] * noise
+        return (latents - self.shift) * self.scale if self.shift else latents * self.scale
 
 
 class TextCache:
-    """Text-encoder outputs of fixed prompts, when the text encoder does not train."""
+    """The text conditioning of fixed prompts, when no text encoder trains: computed once, kept per prompt."""
 
     def __init__(self, components: Components, prompts: list[str]):
         with torch.no_grad():
-            hidden = encode_prompts(components.tokenizer, components.text_encoder, prompts)
-        self.by_prompt = {p: h for p, h in zip(prompts, hidden)}
+            cond = components.backbone.encode_text(components, prompts)
+        self.by_prompt = {p: {k: v[i] for k, v in cond.items()} for i, p in enumerate(prompts)}
 
-    def __call__(self, prompts: list[str]) -> torch.Tensor:
-        return torch.stack([self.by_prompt[p] for p in prompts])
+    def __call__(self, prompts: list[str]) -> dict[str, torch.Tensor]:
+        return {k: torch.stack([self.by_prompt[p][k] for p in prompts]) for k in self.by_prompt[prompts[0]]}
 
 
 def class_image_key(model_ref: str, prompt: str, count: int, seed: int, resolution: int, steps: int,

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from diffusers import DDPMScheduler
 from diffusers.optimization import get_scheduler
 from tqdm.auto import tqdm
 
@@ -25,11 +24,10 @@ from ..errors import TrainingDiverged, UserError
 from ..methods import registry
 from ..models import load_model
 from ..safeio import atomic_save_image, atomic_write_bytes, atomic_write_json, writing
-from ..sampling import encode_prompts, generate, make_grid
+from ..sampling import generate, make_grid
 from ..subjects import expand_subject, load_subject
 from .checkpoints import list_checkpoints, load_checkpoint, save_checkpoint
 from .data import LatentCache, SubjectData, TextCache, class_images
-from .losses import training_target
 from .outdir import RUN_SPEC, check_out_dir, hold, record_run, release
 
 DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -81,6 +79,8 @@ class Trainer:
         if self.accelerator.is_main_process:
             check_out_dir(self.out, cfg, resume, overwrite)
         self.components = load_model(cfg.model, cfg.allow_pickle)
+        family = self.components.backbone
+        registry.get(cfg.method).check_family(family.name, family.title)
         self.cfg = resolve_defaults(cfg, self.components.resolution)
         self.subject = None if cfg.subject_dir is None else load_subject(  # None: a dataset method (pretraining)
             Path(cfg.subject_dir), cfg.class_noun, self.components.resolution, masks=cfg.masked_loss, model=cfg.model)
@@ -104,9 +104,9 @@ class Trainer:
         self.accelerator.wait_for_everyone()
         torch.manual_seed(self.cfg.seed)
         self.generator = torch.Generator().manual_seed(self.cfg.seed * 1000 + self.accelerator.process_index)
-        self.noise_scheduler = DDPMScheduler.from_config(self.components.scheduler.config)
-        self.components.vae.to(self.accelerator.device)
-        self.components.text_encoder.to(self.accelerator.device)
+        self.noise_scheduler = self.components.backbone.training_scheduler(self.components)
+        for module in (*self.components.text_encoders, self.components.vae):
+            module.to(self.accelerator.device)
         method = registry.get(self.cfg.method).load()
         self.data = method.data_source(self)  # before the method changes any weights: class images are the base's
         self.method = method(self.cfg, self.components, self.subject, self.data)
@@ -117,14 +117,15 @@ class Trainer:
 
     def subject_data(self) -> SubjectData:
         """The photos' latents and, with prior preservation, the class images' (the default data source)."""
-        return SubjectData(LatentCache(self.components, self.subject.images, self.subject.mask_tensor()),
-                           self.make_class_latents(), self.class_prompt)
+        photos = LatentCache(self.components, self.subject.images, self.subject.mask_tensor(),
+                             sizes=self.subject.sizes)
+        return SubjectData(photos, self.make_class_latents(), self.class_prompt)
 
     def make_class_latents(self) -> LatentCache | None:
         cfg, acc = self.cfg, self.accelerator
         if not cfg.prior_preservation:
             return None
-        self.components.unet.to(acc.device)
+        self.components.denoiser.to(acc.device)
         images, self.class_dir = class_images(self.components, self.class_prompt, cfg.num_class_images, cfg.seed,
                                               cfg.sample_steps, cfg.guidance, acc.is_main_process,
                                               acc.wait_for_everyone, self.progress)
@@ -133,14 +134,15 @@ class Trainer:
     def place_modules(self) -> None:
         """Frozen weights in the mixed-precision dtype on the device; trainable weights stay fp32."""
         dtype = DTYPES[self.cfg.mixed_precision]
-        for module in (self.components.unet, self.components.text_encoder, self.components.vae):
+        for module in self.components.networks:
             module.to(self.accelerator.device)
             for p in module.parameters():
                 if not p.requires_grad:
                     p.data = p.data.to(dtype)
         if self.cfg.gradient_checkpointing:
-            self.components.unet.enable_gradient_checkpointing()
-            self.components.text_encoder.gradient_checkpointing_enable()
+            self.components.denoiser.enable_gradient_checkpointing()
+            for encoder in self.components.text_encoders:
+                encoder.gradient_checkpointing_enable()
 
     def make_text_cache(self) -> TextCache | None:
         prompts = self.method.cached_prompts(self.class_prompt)  # the method says what may be cached
@@ -164,8 +166,9 @@ class Trainer:
         self.forward_modules = dict(zip(modules, prepared[:-1]))
         self.optimizer = prepared[-1]
         if cfg.compile:  # a wrapper for the forward only: the weights, their names and what is saved are the same
-            unet = self.forward_modules.get("unet", self.components.unet)
-            self.forward_modules["unet"] = torch.compile(unet, backend=COMPILE_BACKEND)
+            name = self.components.backbone.denoiser
+            net = self.forward_modules.get(name, self.components.denoiser)
+            self.forward_modules[name] = torch.compile(net, backend=COMPILE_BACKEND)
 
     def maybe_resume(self) -> int:
         checkpoints = list_checkpoints(self.out / "checkpoints")
@@ -190,25 +193,23 @@ class Trainer:
             group["initial_lr"], group["lr"] = self.cfg.lr, self.cfg.lr * factor
 
     # --- one step -----------------------------------------------------------------------------------
-    def encode(self, prompts: list[str]) -> torch.Tensor:
+    def encode(self, prompts: list[str]) -> dict[str, torch.Tensor]:
+        """The family's text conditioning of the prompts: cached, or from the (training) text encoders."""
         if self.text_cache is not None:
             return self.text_cache(prompts)
-        encoder = self.forward_modules.get("text_encoder", self.components.text_encoder)
-        return encode_prompts(self.components.tokenizer, encoder, prompts)
+        c = self.components
+        encoders = [self.forward_modules.get(name, c.parts[name]) for name in c.backbone.text_encoders]
+        return c.backbone.encode_text(c, prompts, encoders)
 
     def step(self) -> dict:
         """One optimizer step; the method's hooks say what the batch is, how the UNet is called, the loss."""
         batch = self.method.batch(self.data, self.generator, self.cfg.batch_size)
-        latents = batch.latents
-        noise = torch.randn(latents.shape, generator=self.generator)
-        timesteps = torch.randint(self.noise_scheduler.config.num_train_timesteps, (len(latents),),
-                                  generator=self.generator)
-        noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
-        target = training_target(self.noise_scheduler, latents, noise, timesteps)
+        family = self.components.backbone
+        noisy, timesteps, target = family.training_sample(self.noise_scheduler, batch.latents, self.generator)
         device = self.accelerator.device
-        unet = self.forward_modules.get("unet", self.components.unet)
+        net = self.forward_modules.get(family.denoiser, self.components.denoiser)
         with self.accelerator.autocast():
-            pred = self.method.predict(unet, noisy.to(device), timesteps, batch, self.encode)
+            pred = self.method.predict(net, noisy.to(device), timesteps, batch, self.encode)
         loss, parts = self.method.loss(pred, target.to(device), timesteps, batch, self.noise_scheduler)
         self.guard_finite(loss)
         self.accelerator.backward(loss)

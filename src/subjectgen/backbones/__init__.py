@@ -1,0 +1,78 @@
+"""Model families, one Backbone each (base.py has the contract): which family a model folder or a
+single-file checkpoint is, and the registry a new family joins with one `register` call."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import UserError
+from .base import Backbone, Components, Conditioning
+from .sd import StableDiffusion
+from .sdxl import StableDiffusionXL
+
+__all__ = ["Backbone", "Components", "Conditioning", "FAMILIES", "register", "for_pipeline_class",
+           "for_single_file", "every_component"]
+
+FAMILIES: dict[str, Backbone] = {}
+
+
+def register(backbone: Backbone) -> Backbone:
+    FAMILIES[backbone.name] = backbone
+    return backbone
+
+
+def unregister(name: str) -> None:
+    FAMILIES.pop(name, None)
+
+
+register(StableDiffusion())
+register(StableDiffusionXL())
+
+
+def supported() -> str:
+    return ", ".join(f"{b.title} ({' / '.join(b.pipeline_classes)})" for b in FAMILIES.values())
+
+
+def for_pipeline_class(class_name: str | None, where: str) -> Backbone:
+    """The family whose pipeline class a model_index.json names; a one-line error naming what is supported."""
+    for backbone in FAMILIES.values():
+        if class_name in backbone.pipeline_classes:
+            return backbone
+        if class_name in backbone.refusals:
+            raise UserError(f"{where} is {backbone.refusals[class_name]} ({class_name}); subjectgen personalizes "
+                            f"text-to-image base models: {supported()}")
+    raise UserError(f"{where} is a {class_name or 'pipeline without a _class_name'}, a model family subjectgen "
+                    f"does not support; supported: {supported()}")
+
+
+# Key prefixes that tell single-file checkpoints apart (the original repositories' layouts).
+SINGLE_FILE_KEYS = {"sdxl": "conditioner.embedders.1.", "sd": "cond_stage_model."}
+
+
+def for_single_file(path: Path) -> Backbone:
+    """The family of a single-file checkpoint (A1111/CivitAI style), told by its key names."""
+    keys = checkpoint_keys(path)
+    for name, prefix in SINGLE_FILE_KEYS.items():
+        if name in FAMILIES and any(k.startswith(prefix) for k in keys):
+            return FAMILIES[name]
+    if any(k.startswith("model.diffusion_model.") for k in keys):
+        return FAMILIES["sd"]
+    raise UserError(f"checkpoint {path}: not a Stable Diffusion or SDXL checkpoint (none of their key names); "
+                    "give a diffusers folder of a supported family")
+
+
+def checkpoint_keys(path: Path) -> list[str]:
+    if path.suffix != ".safetensors":
+        return ["model.diffusion_model."]  # a pickle (with --allow-pickle): diffusers' own detection decides
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            return list(f.keys())
+    except Exception as exc:  # safetensors raises its own error types for damaged files
+        raise UserError(f"could not read checkpoint {path}: {str(exc).splitlines()[0]}") from None
+
+
+def every_component() -> set[str]:
+    """The component folders of every registered family (what a hub download fetches)."""
+    return {name for backbone in FAMILIES.values() for name in backbone.components}

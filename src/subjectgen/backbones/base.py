@@ -1,0 +1,172 @@
+"""The Backbone contract: everything that differs between model families, in one object per family.
+
+The training loop, the sampler, run loading and the family-independent methods (DreamBooth, LoRA, Textual
+Inversion) ask the backbone; they never name a network class or a pipeline class. A family is one module in
+this package and one `register` call (registry.py); kohya puts the same hooks on its trainer's subclasses
+(`get_noise_pred_and_target`, a tokenize strategy), diffusers writes one script per family.
+
+Conditioning is a dict of batch-first tensors (`encoder_hidden_states`; SDXL adds `text_embeds` and
+`time_ids`), so guidance concatenates and splits it key by key without knowing the family.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+Conditioning = dict[str, torch.Tensor]
+
+
+@dataclass
+class Components:
+    """A loaded model: its family's backbone, its parts by their diffusers component names, its reference.
+    `components.unet`, `.text_encoder`, `.tokenizer`, `.vae`, `.scheduler` (and `.text_encoder_2` on SDXL)
+    read the parts; code that must serve every family goes through `backbone`."""
+
+    backbone: "Backbone"
+    parts: dict[str, Any]
+    ref: str
+
+    def __getattr__(self, name: str):
+        parts = self.__dict__.get("parts") or {}
+        if name in parts:
+            return parts[name]
+        raise AttributeError(f"a {self.__dict__.get('backbone').title if 'backbone' in self.__dict__ else ''} "
+                             f"model has no component '{name}'")
+
+    @property
+    def denoiser(self) -> torch.nn.Module:
+        """The network that denoises latents (a UNet, or a transformer in the flow-matching families)."""
+        return self.parts[self.backbone.denoiser]
+
+    @property
+    def text_encoders(self) -> list[torch.nn.Module]:
+        return [self.parts[name] for name in self.backbone.text_encoders]
+
+    @property
+    def tokenizers(self) -> list:
+        return [self.parts[name] for name in self.backbone.tokenizers]
+
+    @property
+    def networks(self) -> list[torch.nn.Module]:
+        """Every network (text encoders, the VAE, the denoiser), the ones training and generation place."""
+        return [*self.text_encoders, self.vae, self.denoiser]
+
+    @property
+    def vae_scale(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def resolution(self) -> int:
+        """The image size the denoiser was trained for."""
+        return self.backbone.resolution(self)
+
+    def to(self, device: str | torch.device) -> "Components":
+        """Move the networks (generation's device; training places them itself)."""
+        for module in self.networks:
+            module.to(device)
+        return self
+
+    def pipeline(self):
+        """A plain diffusers pipeline of the family over these same modules (shared, not copied)."""
+        return self.backbone.pipeline(self)
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """One model family. Subclasses fill in the hooks; the fields say what the family is made of."""
+
+    name: str                                    # the family's short name: 'sd', 'sdxl'
+    title: str                                   # for messages: 'Stable Diffusion 1.x/2.x'
+    pipeline_classes: tuple[str, ...]            # model_index.json `_class_name`s this family loads
+    components: tuple[str, ...]                  # the folders of a model in diffusers layout
+    text_encoders: tuple[str, ...] = ("text_encoder",)
+    tokenizers: tuple[str, ...] = ("tokenizer",)
+    denoiser: str = "unet"
+    lora_targets: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
+    text_lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "out_proj")
+    kohya_prefixes: dict[str, str] = field(default_factory=dict)  # component -> kohya's key prefix
+    refusals: dict[str, str] = field(default_factory=dict)        # a look-alike class -> why it is refused
+
+    # --- loading ------------------------------------------------------------------------------------
+    def load_parts(self, path: Path, use_safetensors: bool | None, index: dict) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def from_single_file(self, path: Path):
+        """A diffusers pipeline of this family converted from a single-file checkpoint."""
+        raise NotImplementedError
+
+    def parts_from_pipeline(self, pipe) -> dict[str, Any]:
+        return {name: getattr(pipe, name) for name in self.components}
+
+    def check_parts(self, parts: dict[str, Any], where: str) -> None:
+        """A one-line UserError when the loaded networks are a variant this family cannot train (e.g. an
+        inpainting UNet)."""
+
+    def pipeline(self, c: Components):
+        raise NotImplementedError
+
+    def resolution(self, c: Components) -> int:
+        return c.denoiser.config.sample_size * c.vae_scale
+
+    # --- text -----------------------------------------------------------------------------------------
+    def encode_text(self, c: Components, prompts: list[str], text_encoders: list | None = None) -> Conditioning:
+        """Every text encoder's contribution for these prompts, as one conditioning value.
+        `text_encoders`: stand-ins for the model's own (a trained copy, the base's at --subject-start)."""
+        raise NotImplementedError
+
+    def negative_conditioning(self, c: Components, prompts: list[str],
+                              text_encoders: list | None = None) -> Conditioning:
+        """The unconditional side of guidance (the negative prompts)."""
+        return self.encode_text(c, prompts, text_encoders)
+
+    def image_conditioning(self, sizes: list[tuple[int, int, int, int]], resolution: int) -> Conditioning:
+        """Per-image conditioning from each image's (original height, width, crop top, crop left), beside the
+        text's: SDXL's time ids. None for most families."""
+        return {}
+
+    # --- the denoiser ---------------------------------------------------------------------------------
+    def call(self, net: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        """The denoiser's raw prediction (ε, v or flow velocity) for noisy latents x at timesteps t."""
+        raise NotImplementedError
+
+    def training_scheduler(self, c: Components):
+        """The noise schedule training draws from (a fresh copy of the model's)."""
+        raise NotImplementedError
+
+    def training_sample(self, scheduler, latents: torch.Tensor, generator: torch.Generator):
+        """(noisy latents, timesteps, target) for one step: the family's noise schedule and prediction target."""
+        raise NotImplementedError
+
+    # --- latents ----------------------------------------------------------------------------------------
+    def latent_shape(self, c: Components) -> tuple[int, int, int]:
+        size = c.denoiser.config.sample_size
+        return (c.denoiser.config.in_channels, size, size)
+
+    def posterior(self, c: Components, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The VAE posterior (mean, std) of images in [-1, 1], unscaled."""
+        dist = c.vae.encode(pixels.to(c.vae.device, c.vae.dtype)).latent_dist
+        return dist.mean, dist.std
+
+    def latent_scaling(self, c: Components) -> tuple[float, float]:
+        """(scale, shift): the denoiser sees (z - shift) * scale."""
+        return c.vae.config.scaling_factor, c.vae.config.get("shift_factor") or 0.0
+
+    def decode(self, c: Components, latents: torch.Tensor) -> torch.Tensor:
+        """Latents as the denoiser sees them -> pixels in [-1, 1]."""
+        scale, shift = self.latent_scaling(c)
+        z = latents.to(c.vae.dtype) / scale
+        return c.vae.decode(z + shift if shift else z).sample
+
+    # --- what a method saves ------------------------------------------------------------------------------
+    def save_lora(self, run_dir: Path, layers: dict[str, dict], metadata: dict[str, dict]) -> None:
+        """Write LoRA layers (by component) in diffusers' file for this family's pipeline."""
+        raise NotImplementedError
+
+    def embedding_names(self) -> dict[str, str]:
+        """Text encoder -> the key of its vectors in A1111's/ComfyUI's embedding file (SD's 'emb_params';
+        SDXL's 'clip_l' and 'clip_g')."""
+        return {self.text_encoders[0]: "emb_params"}

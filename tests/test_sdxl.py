@@ -1,0 +1,205 @@
+"""SDXL on the backbone axis: a tiny random SDXL built in code trains with every family-independent method,
+generates as plain diffusers does, and its files load in plain diffusers; look-alikes are refused in one line."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from diffusers import StableDiffusionXLPipeline
+from safetensors.torch import load_file
+
+from subjectgen import TrainConfig, load_model, load_run, train
+from subjectgen.cli import main
+from subjectgen.sampling import generate, initial_latents
+
+from test_methods import as_array
+
+
+@pytest.fixture(scope="module")
+def tiny_sdxl(tmp_path_factory, cache_root) -> str:
+    from subjectgen.tiny import save_tiny_sdxl_pipeline
+
+    return str(save_tiny_sdxl_pipeline(tmp_path_factory.mktemp("models") / "tiny-sdxl"))
+
+
+@pytest.fixture(scope="module")
+def wide_photos(tmp_path_factory):
+    """Three 3:2 photos (48x32): their time ids must record the original size and the crop."""
+    from conftest import draw_subject
+
+    folder = tmp_path_factory.mktemp("photos")
+    for i in range(3):
+        draw_subject(folder / f"{i}.png", shift=2 * i, size=(48, 32))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def sdxl_runs(tiny_sdxl, wide_photos, tmp_path_factory):
+    out = {}
+    for method, extra in (("lora", {"train_text_encoder": True}), ("dreambooth", {"num_class_images": 2}),
+                          ("textual-inversion", {"num_vectors": 2})):
+        cfg = TrainConfig(method=method, model=tiny_sdxl, subject_dir=str(wide_photos), class_noun="dog",
+                          out=str(tmp_path_factory.mktemp("runs") / method), steps=6, **extra)
+        out[method] = train(cfg, progress=False).run_dir
+    return out
+
+
+def plain_images(pipe, prompt, components, seed=0):
+    """The plain SDXL pipeline from the same initial noise (its default: an empty negative prompt is zeros)."""
+    latents = initial_latents(components, [seed])
+    out = pipe(prompt, num_inference_steps=4, guidance_scale=7.5, latents=latents, output_type="np",
+               height=16, width=16).images
+    return np.round(out * 255).astype(np.int16)
+
+
+def test_sdxl_is_detected_and_our_sampler_matches_the_plain_pipeline(tiny_sdxl):
+    components = load_model(tiny_sdxl)
+    assert components.backbone.name == "sdxl" and components.resolution == 16
+    ours = as_array(generate(components, ["a dog"], [3], steps=4))
+    theirs = plain_images(StableDiffusionXLPipeline.from_pretrained(tiny_sdxl), "a dog", components, seed=3)
+    assert np.abs(ours - theirs).max() <= 1
+
+
+def test_time_ids_record_each_photos_size_and_crop(tiny_sdxl, wide_photos):
+    from subjectgen.subjects import load_subject
+    from subjectgen.training.data import LatentCache
+
+    components = load_model(tiny_sdxl)
+    subject = load_subject(wide_photos, "dog", components.resolution)
+    assert subject.images[0].size == (16, 16)
+    # 48x32 resized by its short side to 24x16, centre crop: 4 px cut on the left
+    assert subject.sizes[0] == (32, 48, 0, 4)
+    cache = LatentCache(components, subject.images, sizes=subject.sizes)
+    assert cache.conditioning["time_ids"][0].tolist() == [32.0, 48.0, 0.0, 4.0, 16.0, 16.0]
+    drawn = cache.draw(5, torch.Generator().manual_seed(0))
+    assert drawn.conditioning["time_ids"].shape == (5, 6)
+
+
+def test_sdxl_lora_loads_in_plain_diffusers_both_files(sdxl_runs, tiny_sdxl):
+    run_dir = sdxl_runs["lora"]
+    run = load_run(run_dir)
+    prompt = run.prompt_for_model("a {subject} on the beach")
+    ours = as_array(generate(run.components, [prompt], [0], steps=4))
+    assert np.abs(ours - as_array(generate(load_model(tiny_sdxl), [prompt], [0], steps=4))).max() > 0
+    pipe = StableDiffusionXLPipeline.from_pretrained(tiny_sdxl)
+    pipe.load_lora_weights(str(run_dir))
+    plain = plain_images(pipe, prompt, run.components)
+    assert np.abs(ours - plain).max() <= 1
+    kohya = load_file(str(run_dir / "kohya_lora.safetensors"))
+    assert {k.split("_")[1] for k in kohya} == {"unet", "te1", "te2"}
+    pipe_k = StableDiffusionXLPipeline.from_pretrained(tiny_sdxl)
+    pipe_k.load_lora_weights(str(run_dir), weight_name="kohya_lora.safetensors")
+    assert np.abs(plain_images(pipe_k, prompt, run.components) - plain).max() <= 1
+
+
+def test_sdxl_dreambooth_writes_an_sdxl_pipeline(sdxl_runs, tiny_sdxl):
+    run_dir = sdxl_runs["dreambooth"]
+    index = json.loads((run_dir / "pipeline" / "model_index.json").read_text())
+    assert index["_class_name"] == "StableDiffusionXLPipeline"
+    pipe = StableDiffusionXLPipeline.from_pretrained(str(run_dir / "pipeline"))
+    run = load_run(run_dir)
+    prompt = run.prompt_for_model("a {subject}")
+    assert np.abs(as_array(generate(run.components, [prompt], [0], steps=4))
+                  - plain_images(pipe, prompt, run.components)).max() <= 1
+
+
+def test_sdxl_textual_inversion_saves_one_vector_set_per_encoder(sdxl_runs, tiny_sdxl):
+    run_dir = sdxl_runs["textual-inversion"]
+    for name in ("learned_embeds.safetensors", "embedding_a1111.safetensors"):
+        vectors = load_file(str(run_dir / name))
+        assert sorted(vectors) == ["clip_g", "clip_l"] and vectors["clip_l"].shape == (2, 32)
+    base = StableDiffusionXLPipeline.from_pretrained(tiny_sdxl)
+    assert not torch.equal(vectors["clip_l"][0], vectors["clip_g"][0])  # each encoder learned its own
+    run = load_run(run_dir)
+    prompt = run.prompt_for_model("a {subject}")
+    pipe = StableDiffusionXLPipeline.from_pretrained(tiny_sdxl)
+    token = run.manifest["token"]
+    pipe.load_textual_inversion(vectors["clip_l"], token=token, text_encoder=pipe.text_encoder,
+                                tokenizer=pipe.tokenizer)
+    pipe.load_textual_inversion(vectors["clip_g"], token=token, text_encoder=pipe.text_encoder_2,
+                                tokenizer=pipe.tokenizer_2)
+    # the pipeline expands '<s*>' to its vectors' tokens itself (diffusers' maybe_convert_prompt)
+    assert np.abs(as_array(generate(run.components, [prompt], [0], steps=4))
+                  - plain_images(pipe, f"a {run.subject}", run.components)).max() <= 1
+    rows = base.text_encoder.get_input_embeddings().weight.shape[0]
+    assert torch.equal(pipe.text_encoder.get_input_embeddings().weight[:rows],
+                       base.text_encoder.get_input_embeddings().weight)
+
+
+def refused(capsys, argv) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    return err
+
+
+def make_variant(tiny_sdxl, tmp_path, class_name=None, unet_channels=None):
+    folder = tmp_path / "variant"
+    shutil.copytree(tiny_sdxl, folder)
+    if class_name:
+        index = json.loads((folder / "model_index.json").read_text())
+        index["_class_name"] = class_name
+        (folder / "model_index.json").write_text(json.dumps(index))
+    if unet_channels:
+        config = json.loads((folder / "unet" / "config.json").read_text())
+        config["in_channels"] = unet_channels
+        (folder / "unet" / "config.json").write_text(json.dumps(config))
+        weights = load_file(str(folder / "unet" / "diffusion_pytorch_model.safetensors"))
+        weights["conv_in.weight"] = torch.zeros(32, unet_channels, 3, 3)
+        from safetensors.torch import save_file
+
+        save_file(weights, str(folder / "unet" / "diffusion_pytorch_model.safetensors"))
+    return folder
+
+
+@pytest.mark.parametrize("variant, words", [
+    ({"class_name": "StableDiffusionXLImg2ImgPipeline"}, "refiner"),
+    ({"class_name": "KandinskyV22Pipeline"}, "does not support"),
+    ({"unet_channels": 9}, "9 input channels"),
+])
+def test_sdxl_look_alikes_are_refused_in_one_line_with_nothing_written(tiny_sdxl, wide_photos, tmp_path, capsys,
+                                                                       variant, words):
+    model = make_variant(tiny_sdxl, tmp_path, **variant)
+    out = tmp_path / "run"
+    err = refused(capsys, ["train", "lora", "--model", str(model), "--subject", str(wide_photos), "--class", "dog",
+                           "--out", str(out), "--steps", "1", "--quiet"])
+    assert words in err and "Stable Diffusion XL" in err and not out.exists()
+
+
+@pytest.mark.parametrize("method", ["profusion", "apprentice"])
+def test_sd_only_methods_are_refused_on_sdxl(tiny_sdxl, wide_photos, tmp_path, capsys, method):
+    out = tmp_path / "run"
+    err = refused(capsys, ["train", method, "--model", tiny_sdxl, "--subject", str(wide_photos), "--class", "dog",
+                           "--out", str(out), "--quiet"])
+    assert "Stable Diffusion 1.x/2.x" in err and "Stable Diffusion XL" in err and not out.exists()
+
+
+def test_sdxl_resume_after_sigkill_equals_an_uninterrupted_run(tiny_sdxl, wide_photos, tmp_path):
+    import signal
+    import subprocess
+    import time
+
+    from test_training_loop import run_cli, train_cmd
+
+    common = ["--steps", "60", "--checkpoint-every", "10", "--prior-preservation", "--num-class-images", "2",
+              "--train-text-encoder"]
+    full = run_cli(train_cmd(tiny_sdxl, wide_photos, tmp_path / "full", *common))
+    assert full.returncode == 0, full.stderr
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(train_cmd(tiny_sdxl, wide_photos, out, *common), stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (out / "checkpoints" / "step-000020").is_dir() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "subject.json").exists(), "the run finished before it could be killed"
+    resumed = run_cli(train_cmd(tiny_sdxl, wide_photos, out, *common, "--resume"))
+    assert resumed.returncode == 0, resumed.stderr
+    a = load_file(str(tmp_path / "full" / "pytorch_lora_weights.safetensors"))
+    b = load_file(str(out / "pytorch_lora_weights.safetensors"))
+    assert any(k.startswith("text_encoder_2.") for k in a)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
