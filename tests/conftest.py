@@ -29,6 +29,13 @@ def tiny_model(tmp_path_factory, cache_root) -> str:
 
 
 @pytest.fixture(scope="session")
+def tiny_sdxl_model(tmp_path_factory, cache_root) -> str:
+    from subjectgen.tiny import save_tiny_sdxl_pipeline
+
+    return str(save_tiny_sdxl_pipeline(tmp_path_factory.mktemp("models") / "tiny-sdxl"))
+
+
+@pytest.fixture(scope="session")
 def evaluator_dirs(tmp_path_factory) -> tuple[str, str]:
     """Tiny real transformers models in the layout of facebook/dino-vits16 and openai/clip-vit-base-patch32."""
     import torch

@@ -84,3 +84,13 @@ FAMILY_INDEPENDENT = ["training/loop.py", "training/data.py", "training/losses.p
 def test_family_independent_modules_name_no_familys_classes(module):
     code = "\n".join(line for line in (SRC / module).read_text().splitlines() if not line.lstrip().startswith("#"))
     assert FAMILY_CLASSES.findall(code) == [], f"{module} names a family's classes; that belongs in backbones/"
+
+
+@pytest.mark.parametrize("model", ["tiny_model", "tiny_sdxl_model"])
+def test_8bit_adamw_is_refused_on_a_cpu_in_one_line_before_any_file(request, model, tmp_path, capsys):
+    out, model = tmp_path / "run", request.getfixturevalue(model)
+    capsys.readouterr()  # the fixture's own output, if it was made just now
+    assert main(["train", "lora", "--model", model, "--subject", str(EMOJIBENCH / "dog"),
+                 "--class", "dog", "--out", str(out), "--optimizer", "adamw8bit", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--optimizer adamw8bit needs a CUDA GPU" in err and not out.exists()

@@ -20,10 +20,8 @@ from test_methods import as_array
 
 
 @pytest.fixture(scope="module")
-def tiny_sdxl(tmp_path_factory, cache_root) -> str:
-    from subjectgen.tiny import save_tiny_sdxl_pipeline
-
-    return str(save_tiny_sdxl_pipeline(tmp_path_factory.mktemp("models") / "tiny-sdxl"))
+def tiny_sdxl(tiny_sdxl_model) -> str:
+    return tiny_sdxl_model
 
 
 @pytest.fixture(scope="module")

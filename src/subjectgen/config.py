@@ -11,6 +11,7 @@ from .settings import (ANY_FINITE, AT_LEAST_1, FRACTION_BELOW_1, NON_NEGATIVE, N
                        SAMPLER_STEPS, SEED, Bound, bound_of, check_settings, setting)
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
+OPTIMIZERS = ("adamw", "adamw8bit")
 
 
 @dataclass
@@ -68,6 +69,8 @@ class TrainConfig:
     mixed_precision: str = setting("no", choices=MIXED_PRECISION, help="fp16/bf16 on a GPU: faster, less memory "
                                    "(default: no)")
     gradient_checkpointing: bool = setting(False, help="recompute activations: less memory, slower")
+    optimizer: str = setting("adamw", choices=OPTIMIZERS, help="adamw, or adamw8bit (bitsandbytes' 8-bit AdamW on a "
+                             "CUDA GPU: its state in a quarter of the memory) (default: adamw)")
     compile: bool = setting(False, help="torch.compile the UNet's forward and backward: after minutes of start-up, "
                             "steps may run faster, so only long runs can gain; on a 2-core CPU with the built-in "
                             "model 1.03x, never worth it (docs/RESULTS.md). Needs a C++ compiler on a CPU")
@@ -84,6 +87,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_settings(self, registry.get(self.method).bounds if self.method in registry.names(True) else {})
+        if self.optimizer not in OPTIMIZERS:
+            raise UserError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         if self.mixed_precision not in MIXED_PRECISION:
             raise UserError(f"--mixed-precision must be one of {', '.join(MIXED_PRECISION)}, "
                             f"got {self.mixed_precision!r}")

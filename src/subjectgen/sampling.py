@@ -29,7 +29,7 @@ def cfg_denoiser(net, cond: Conditioning, uncond: Conditioning, guidance: float,
     """Classifier-free guidance over any conditioning (the family's, and whatever a method adds): one batched
     call on [uncond; cond], then uncond + guidance * (cond - uncond). `call(net, x, t, inputs)`: the family's
     model call (default: keyword arguments, a UNet's); `context` wraps each call (e.g. a LoRA switched off)."""
-    inputs = {k: torch.cat([uncond[k], cond[k]]).to(net.dtype) for k in cond}
+    inputs = {k: torch.cat([uncond[k], cond[k]]).to(net.device, net.dtype) for k in cond}
     call = call or (lambda net, x, t, inputs: net(x, t, **inputs).sample)
 
     def denoise(x: torch.Tensor, t: torch.Tensor, i: int) -> torch.Tensor:

@@ -87,6 +87,7 @@ class Trainer:
         registry.get(self.cfg.method).load().check_inputs(self.cfg, self.components, self.subject)
         if cfg.compile:
             check_compiler(self.accelerator.device)
+        check_optimizer(self.cfg.optimizer, self.accelerator.device)
         if self.accelerator.is_main_process:  # only now, with every input valid, does the run folder appear
             hold(self.out)  # one writer; then the checks again, since another writer may have finished meanwhile
         try:
@@ -146,7 +147,13 @@ class Trainer:
 
     def make_text_cache(self) -> TextCache | None:
         prompts = self.method.cached_prompts(self.class_prompt)  # the method says what may be cached
-        return None if prompts is None else TextCache(self.components, prompts)
+        if prompts is None:
+            return None
+        cache = TextCache(self.components, prompts)
+        if self.accelerator.device.type == "cuda":  # their work is done: free the GPU for the denoiser
+            for encoder in self.components.text_encoders:  # (validation grids encode on the CPU then)
+                encoder.to("cpu")
+        return cache
 
     @property
     def class_prompt(self) -> str:
@@ -158,7 +165,7 @@ class Trainer:
         if not cfg.steps:  # nothing trains (profusion's encoder alone, the zero-shot apprentice): no optimizer
             self.forward_modules, self.optimizer, self.lr_scheduler = self.method.trainable_modules(), None, None
             return
-        self.optimizer = torch.optim.AdamW(self.trainable, lr=cfg.lr, weight_decay=1e-2)
+        self.optimizer = make_optimizer(cfg.optimizer, self.trainable, cfg.lr)
         self.lr_scheduler = get_scheduler("constant_with_warmup", self.optimizer,
                                           num_warmup_steps=cfg.lr_warmup_steps, num_training_steps=cfg.steps)
         modules = self.method.trainable_modules()
@@ -356,6 +363,26 @@ def check_compiler(device) -> None:
                                                                                "clang++", "c++") if c):
         raise UserError("--compile on a CPU needs a C++ compiler (g++ or clang++, or CXX); install one or leave "
                         "--compile out")
+
+
+def check_optimizer(name: str, device) -> None:
+    """8-bit AdamW runs on CUDA through bitsandbytes: a one-line error before the run folder appears otherwise."""
+    if name != "adamw8bit":
+        return
+    if torch.device(device).type != "cuda":
+        raise UserError("--optimizer adamw8bit needs a CUDA GPU (bitsandbytes' 8-bit AdamW); use --optimizer adamw")
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise UserError("--optimizer adamw8bit needs bitsandbytes: pip install bitsandbytes") from None
+
+
+def make_optimizer(name: str, params: list, lr: float) -> torch.optim.Optimizer:
+    if name == "adamw8bit":
+        import bitsandbytes
+
+        return bitsandbytes.optim.AdamW8bit(params, lr=lr, weight_decay=1e-2)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
 
 
 def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progress: bool = True,
