@@ -201,3 +201,17 @@ def test_sdxl_resume_after_sigkill_equals_an_uninterrupted_run(tiny_sdxl, wide_p
     b = load_file(str(out / "pytorch_lora_weights.safetensors"))
     assert any(k.startswith("text_encoder_2.") for k in a)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_bench_runs_the_dreambench_protocol_on_sdxl(tiny_sdxl, evaluator_dirs, tmp_path):
+    from test_bench import bench_args
+
+    out = tmp_path / "bench"
+    assert main(bench_args(tiny_sdxl, evaluator_dirs, out, "lora,textual-inversion")) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert {"baseline", "lora", "textual-inversion"} <= set(results["pairs"])
+    for method in ("lora", "textual-inversion"):
+        pair = results["pairs"][method]["dog"]
+        assert pair["train_seconds"] > 0 and all(0 <= p["clip_t"] <= 1 or -1 <= p["clip_t"] for p in pair["prompts"])
+        assert all((out / f).is_file() for p in pair["prompts"] for f in p["files"])
+    assert "| lora |" in (out / "table.md").read_text()
