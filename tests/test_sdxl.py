@@ -212,6 +212,6 @@ def test_the_bench_runs_the_dreambench_protocol_on_sdxl(tiny_sdxl, evaluator_dir
     assert {"baseline", "lora", "textual-inversion"} <= set(results["pairs"])
     for method in ("lora", "textual-inversion"):
         pair = results["pairs"][method]["dog"]
-        assert pair["train_seconds"] > 0 and all(0 <= p["clip_t"] <= 1 or -1 <= p["clip_t"] for p in pair["prompts"])
+        assert pair["train_seconds"] > 0 and all(np.isfinite(p["clip_t"]) for p in pair["prompts"])
         assert all((out / f).is_file() for p in pair["prompts"] for f in p["files"])
     assert "| lora |" in (out / "table.md").read_text()

@@ -77,7 +77,15 @@ f = case("model-pickle-only", ON_MODEL, 2, "--allow-pickle", model={"remove": ["
 case("model-truncated-weights", ON_MODEL, 2, "diffusion_pytorch_model.safetensors is damaged or truncated",
      model={"truncate": "unet/diffusion_pytorch_model.safetensors"})
 f = case("model-unknown-scheduler", ON_MODEL, 2, "could not load model folder", model={})
-(f / "model").mkdir(); (f / "model/model_index.json").write_text(json.dumps({"scheduler": ["diffusers", "NoSuchScheduler"]}))
+(f / "model").mkdir(); (f / "model/model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline",
+                                                                         "scheduler": ["diffusers", "NoSuchScheduler"]}))
+f = case("model-unknown-family", ON_MODEL, 2, "a model family subjectgen does not support; supported: Stable Diffusion",
+         model={})
+(f / "model").mkdir(); (f / "model/model_index.json").write_text(json.dumps({"_class_name": "KandinskyV22Pipeline"}))
+f = case("model-sdxl-refiner", ON_MODEL, 2, "is the SDXL refiner", model={})
+(f / "model").mkdir(); (f / "model/model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionXLImg2ImgPipeline"}))
+f = case("model-inpainting", ON_MODEL, 2, "is an inpainting model", model={})
+(f / "model").mkdir(); (f / "model/model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionInpaintPipeline"}))
 f = case("model-single-file-not-a-checkpoint", ["train", "lora", "--model", "{case}/weights.txt", "--subject", "{dog}",
                                                 "--class", "dog", "--out", "{tmp}/run"], 2, "expected a .safetensors")
 (f / "weights.txt").write_text("nothing")
