@@ -1,5 +1,10 @@
-"""Training speed against the peer: diffusers' own examples/dreambooth/train_dreambooth_lora.py, run beside
-`subjectgen train lora` on identical settings, in interleaved pairs.
+"""Training speed against the peer: diffusers' own examples/dreambooth/train_dreambooth_lora.py (SD) or
+train_dreambooth_lora_sdxl.py (`--family sdxl`), run beside `subjectgen train lora` on identical settings, in
+interleaved pairs.
+
+SD: the built-in model in fp32 at 64 px. SDXL: a mid-size random-weight SDXL built here (a quarter of SDXL's
+widths, its depths: UNet blocks 80/160/320 with 1/2/10 transformer layers, CLIP-L and OpenCLIP-G at a quarter
+width, the VAE at a quarter width) at 256 px; the photos are the same.
 
 Settings shared by both: the built-in model saved in fp32 (a plain diffusers folder), one subject's photos (its
 masks left out: the peer cannot read a masks/ folder), "a sks dog", rank 4, lr 1e-4 constant, no warm-up,
@@ -27,7 +32,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PEERS = ROOT.parent / "shared" / "peers"
-SCRIPT = PEERS / "diffusers_train_dreambooth_lora.py"
+SCRIPTS = {"sd": PEERS / "diffusers_train_dreambooth_lora.py", "sdxl": PEERS / "diffusers_train_dreambooth_lora_sdxl.py"}
+RESOLUTION = {"sd": 64, "sdxl": 256}
 SUBJECT = "dog"
 CLASS_IMAGES = 50
 
@@ -40,6 +46,38 @@ def fp32_model(folder: Path) -> Path:
 
     pipe = StableDiffusionPipeline.from_pretrained(SHIPPED, torch_dtype=torch.float32, safety_checker=None)
     pipe.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def mid_sdxl(folder: Path) -> Path:
+    """A random-weight SDXL at a quarter of SDXL's widths and its full depths, saved as a diffusers folder."""
+    import torch
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    from subjectgen.tiny import clip_tokenizer
+
+    torch.manual_seed(0)
+
+    def clip(width, layers, heads, act):
+        return CLIPTextConfig(vocab_size=49408, hidden_size=width, intermediate_size=4 * width, num_hidden_layers=layers,
+                              num_attention_heads=heads, max_position_embeddings=77, projection_dim=width, hidden_act=act)
+
+    unet = UNet2DConditionModel(
+        sample_size=32, block_out_channels=(80, 160, 320), layers_per_block=2, transformer_layers_per_block=(1, 2, 10),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"), attention_head_dim=(5, 10, 20),
+        use_linear_projection=True, cross_attention_dim=512, addition_embed_type="text_time",
+        addition_time_embed_dim=64, projection_class_embeddings_input_dim=6 * 64 + 320)
+    vae = AutoencoderKL(block_out_channels=(32, 64, 128, 128), layers_per_block=2, latent_channels=4,
+                        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                        scaling_factor=0.13025, force_upcast=True)
+    scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                       steps_offset=1, timestep_spacing="leading")
+    StableDiffusionXLPipeline(
+        vae=vae, unet=unet, scheduler=scheduler, tokenizer=clip_tokenizer(), tokenizer_2=clip_tokenizer(),
+        text_encoder=CLIPTextModel(clip(192, 12, 3, "quick_gelu")),
+        text_encoder_2=CLIPTextModelWithProjection(clip(320, 32, 5, "gelu"))).save_pretrained(folder)
     return folder
 
 
@@ -77,9 +115,10 @@ def ours(model: Path, subject: Path, out: Path, steps: int, batch: int, prior: b
 
 
 def peer(python: Path, model: Path, subject: Path, classes: Path, out: Path, steps: int, batch: int,
-         prior: bool) -> list[str]:
-    return [str(python), str(SCRIPT), "--pretrained_model_name_or_path", str(model), "--instance_data_dir",
-            str(subject), "--instance_prompt", "a sks dog", "--output_dir", str(out), "--resolution", "64",
+         prior: bool, family: str = "sd") -> list[str]:
+    return [str(python), str(SCRIPTS[family]), "--pretrained_model_name_or_path", str(model), "--instance_data_dir",
+            str(subject), "--instance_prompt", "a sks dog", "--output_dir", str(out), "--resolution",
+            str(RESOLUTION[family]),
             "--train_batch_size", str(batch), "--max_train_steps", str(steps), "--learning_rate", "1e-4",
             "--lr_scheduler", "constant", "--lr_warmup_steps", "0", "--rank", "4", "--seed", "0",
             "--max_grad_norm", "1.0", "--checkpointing_steps", "1000000",
@@ -105,6 +144,7 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=3)
     parser.add_argument("--batch-sizes", default="1,4")
     parser.add_argument("--prior", default="no,yes", help="prior preservation settings to run: no, yes or both")
+    parser.add_argument("--family", choices=sorted(SCRIPTS), default="sd", help="the model family (default: sd)")
     args = parser.parse_args()
     python = Path(args.peer_venv) / "bin" / "python"
     if args.setup and not python.is_file():
@@ -112,27 +152,32 @@ def main() -> None:
     if not python.is_file():
         print(f"The peer's venv ({args.peer_venv}) is absent: no peer table (make it with --setup).")
         return
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "SUBJECTGEN_THREADS": "1", "TRANSFORMERS_VERBOSITY": "error"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "SUBJECTGEN_THREADS": "1", "TRANSFORMERS_VERBOSITY": "error",
+           "HF_HUB_OFFLINE": "1"}  # else the newer peers retry the hub for a model card after training
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         env["SUBJECTGEN_CACHE"] = str(tmp / "cache")
-        model, subject = fp32_model(tmp / "fp32"), photos(tmp / "photos")
+        model = fp32_model(tmp / "fp32") if args.family == "sd" else mid_sdxl(tmp / "sdxl")
+        subject = photos(tmp / "photos")
         for prior in [p == "yes" for p in args.prior.split(",")]:
             for batch in [int(b) for b in args.batch_sizes.split(",")]:
                 if prior:  # class images once per tool, outside the timings
                     measure(ours(model, subject, tmp / "warm", 1, batch, True), env)
-                    measure(peer(python, model, subject, tmp / "classes", tmp / "warm-peer", 1, batch, True), env)
+                    measure(peer(python, model, subject, tmp / "classes", tmp / "warm-peer", 1, batch, True,
+                                 args.family), env)
                 runs = {"ours": [], "peer": []}
                 for _ in range(args.pairs):
                     wall, rss, *_ = measure(ours(model, subject, tmp / "ours", args.steps, batch, prior), env)
                     sps = json.loads((tmp / "ours" / "subject.json").read_text())["metrics"]["steps_per_second"]
                     runs["ours"].append((wall, rss, sps))
                     wall, rss, err, _ = measure(peer(python, model, subject, tmp / "classes", tmp / "peer", args.steps,
-                                                  batch, prior), env)
+                                                  batch, prior, args.family), env)
                     runs["peer"].append((wall, rss, peer_rate(err)))
                 rows.append((batch, prior, runs))
-    print(f"`subjectgen train lora` against diffusers' train_dreambooth_lora.py, the built-in model in fp32, "
+    what = ("the built-in model in fp32" if args.family == "sd" else
+             f"a mid-size random SDXL (a quarter of SDXL's widths) at {RESOLUTION['sdxl']} px")
+    print(f"`subjectgen train lora` against diffusers' {SCRIPTS[args.family].name.replace('diffusers_', '')}, {what}, "
           f"{args.steps} steps, one thread each, {args.pairs} interleaved pairs per row (medians):\n")
     print("| batch | prior preservation | ours: wall s / steps/s / peak MiB | peer: wall s / steps/s / peak MiB | "
           "steps/s ours ÷ peer | wall ours ÷ peer | peak RSS ours ÷ peer |")

@@ -127,7 +127,8 @@ def _download(repo_id: str, allow_pickle: bool) -> Path:
     patterns = ["*.json", "*.txt", "*.safetensors"] + (["*.bin"] if allow_pickle else [])
     patterns = [f"{c}/{p}" for c in sorted(backbones.every_component()) for p in patterns] + ["model_index.json"]
     try:
-        return Path(snapshot_download(repo_id, allow_patterns=patterns))
+        # the full-precision files only: hub repos also hold fp16 and non-EMA copies of every network
+        return Path(snapshot_download(repo_id, allow_patterns=patterns, ignore_patterns=["*.fp16.*", "*non_ema*"]))
     except Exception as exc:  # hub errors: offline, gated, missing repo
         raise UserError(f"could not download model '{repo_id}' from the Hugging Face hub "
                         f"({type(exc).__name__}); check the id and your network, or give a local folder") from None
