@@ -197,19 +197,29 @@ def add_world_parser(sub) -> None:
     r.add_argument("--classes", help="comma-separated class nouns to cycle through (default: DreamBench's 15)")
     r.add_argument("--out", help="bench folder to write (DreamBench's layout, with subjects.json); without it, the "
                    "sample is only listed")
-    t = world.add_parser("train", help="train the built-in model from a seed; writes a diffusers folder")
+    t = world.add_parser("train", help="train the built-in model from a seed, or continue a model on World v3 "
+                         "(--init, in resumable slices); writes a diffusers folder")
     t.add_argument("--out", required=True, help="folder for the pipeline (copy it to assets/builtin to ship it)")
-    t.add_argument("--seed", type=world_type("seed"), default=0,
-                   help="seed of the weights and data order (default: 0)")
-    t.add_argument("--vae-steps", type=world_type("vae_steps"), default=3000, help="VAE steps (default: 3000)")
-    t.add_argument("--unet-steps", type=world_type("unet_steps"), default=12000,
-                   help="UNet steps: the length of its learning-rate schedule (default: 12000)")
-    t.add_argument("--vae-batch", type=world_type("vae_batch"), default=128, help="VAE batch (default: 128)")
-    t.add_argument("--unet-batch", type=world_type("unet_batch"), default=256, help="UNet batch (default: 256)")
+    t.add_argument("--init", help="continue this model's UNet and text encoder (a built-in name or a diffusers "
+                   "folder) on World v3's training split instead of training from a seed; slices with "
+                   "--max-minutes, --resume (default schedule: 10000 steps of batch 64)")
+    t.add_argument("--seed", type=world_type("seed"), help="seed of the weights and data order (default: 0; with "
+                   "--init 5)")
+    t.add_argument("--vae-steps", type=world_type("vae_steps"), help="VAE steps (default: 3000)")
+    t.add_argument("--unet-steps", type=world_type("unet_steps"),
+                   help="UNet steps: the length of its learning-rate schedule (default: 12000; with --init 10000)")
+    t.add_argument("--vae-batch", type=world_type("vae_batch"), help="VAE batch (default: 128)")
+    t.add_argument("--unet-batch", type=world_type("unet_batch"), help="UNet batch (default: 256; with --init 64)")
     t.add_argument("--stop-step", type=world_type("unet_stop_step"), help="stop UNet training after this step; the "
-                   "learning-rate schedule still spans --unet-steps (how a run cut by --max-seconds is reproduced)")
+                   "learning-rate schedule still spans --unet-steps (how a run cut by --max-seconds is reproduced; "
+                   "with --init: where this slice ends)")
     t.add_argument("--max-seconds", type=world_type("unet_max_seconds"), help="stop UNet training after this long; the "
                    "record's unet_stop_step says where, so the run can be reproduced with --stop-step")
+    t.add_argument("--max-minutes", type=number_type(POSITIVE), help="with --init: end this slice after about this "
+                   "long, its state saved and the model folder written; --resume continues it")
+    t.add_argument("--resume", action="store_true", help="with --init: continue the run whose state is in --state")
+    t.add_argument("--state", help="with --init: folder for the slice state (default: under the cache folder, "
+                   "~/.cache/subjectgen/world-train/, named by --out)")
     t.add_argument("--workers", type=number_type(AT_LEAST_1), default=2, help="processes rendering the world")
     t.add_argument("--device", help="cuda or cpu (default: cuda if available)")
     add_train_vae_parser(world)
@@ -567,16 +577,41 @@ def run_world(args) -> None:
         record = train_evaluators(Path(args.out), cfg, args.workers, args.keep_clip)
         print(f"trained in {record['seconds']:.0f}s; evaluators: {args.out}/clip, {args.out}/dino")
         return
+    if args.init:
+        return run_continue_unet(args)
+    for flag in ("max_minutes", "resume", "state"):
+        if getattr(args, flag):
+            raise UserError(f"--{flag.replace('_', '-')} goes with --init (slices of a continued model); training "
+                            "from a seed is one run")
     from .world.pretrain import train_world
 
-    if args.stop_step is not None and args.stop_step > args.unet_steps:
-        raise UserError(f"--stop-step {args.stop_step} is past --unet-steps {args.unet_steps}; "
-                        "give a step inside the schedule")
-    cfg = WorldTrainConfig(seed=args.seed, vae_steps=args.vae_steps, unet_steps=args.unet_steps,
-                           vae_batch=args.vae_batch, unet_batch=args.unet_batch, unet_stop_step=args.stop_step,
+    given = {"seed": args.seed, "vae_steps": args.vae_steps, "unet_steps": args.unet_steps,
+             "vae_batch": args.vae_batch, "unet_batch": args.unet_batch}
+    cfg = WorldTrainConfig(**{k: v for k, v in given.items() if v is not None}, unet_stop_step=args.stop_step,
                            unet_max_seconds=args.max_seconds)
+    if cfg.unet_stop_step is not None and cfg.unet_stop_step > cfg.unet_steps:
+        raise UserError(f"--stop-step {cfg.unet_stop_step} is past --unet-steps {cfg.unet_steps}; "
+                        "give a step inside the schedule")
     record = train_world(Path(args.out), cfg, args.workers, args.device)
     print(f"trained in {record['seconds']:.0f}s on {record['device']}; pipeline: {args.out}")
+
+
+def run_continue_unet(args) -> None:
+    from .world.config import UnetContinueConfig
+    from .world.continue_unet import continue_unet
+    from .world.slices import default_state_dir
+
+    for flag in ("vae_steps", "vae_batch", "max_seconds", "device"):
+        if getattr(args, flag) is not None:
+            raise UserError(f"--{flag.replace('_', '-')} is not a setting of a continued model (--init): it keeps "
+                            "its VAE and trains on the CPU in slices (--max-minutes)")
+    given = {"seed": args.seed, "steps": args.unet_steps, "batch": args.unet_batch}
+    cfg = UnetContinueConfig(init=args.init, **{k: v for k, v in given.items() if v is not None})
+    state = Path(args.state) if args.state else default_state_dir(Path(args.out))
+    record = continue_unet(Path(args.out), cfg, state, args.resume, args.max_minutes, args.stop_step, args.workers)
+    done = record["step"] >= cfg.steps
+    print(f"UNet and text encoder at step {record['step']}/{cfg.steps} ({'done' if done else 'resume with --resume'});"
+          f" model: {args.out}; state: {state}")
 
 
 def run_score(args) -> None:

@@ -82,3 +82,21 @@ class VaeTuneConfig:
 
     def __post_init__(self) -> None:
         check_settings(self)
+
+
+@dataclass
+class UnetContinueConfig:
+    """`world train --init MODEL`: continue a model's UNet and text encoder on World v3's training split (the captions
+    that name attributes included), on the latents of its own VAE's encoder."""
+    init: str = setting("builtin", help="the model to continue (a built-in name or a diffusers folder)")
+    steps: int = setting(10000, AT_LEAST_1, help="the learning-rate schedule's length in steps")
+    batch: int = setting(64, AT_LEAST_1, help="samples per step")
+    unet_lr: float = setting(1e-4, POSITIVE, help="the UNet's peak learning rate (100 steps of warm-up, then "
+                             "cosine to 0)")
+    text_lr: float = setting(5e-5, POSITIVE, help="the text encoder's peak learning rate")
+    seed: int = setting(5, SEED, help="seed of the data order, noise and timesteps")
+    render_seeds: int = setting(6, AT_LEAST_1, help="renders per (instance, context), as `world train`")
+    uncond_prob: float = 0.1  # caption dropout, as `world train`
+
+    def __post_init__(self) -> None:
+        check_settings(self)

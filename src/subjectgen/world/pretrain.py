@@ -81,6 +81,30 @@ def encode_latents(vae, images: np.ndarray, device, batch: int = 512) -> torch.T
     return latents * vae.config.scaling_factor
 
 
+class CaptionIds:
+    """Each distinct caption tokenized once; row 0 is the empty (unconditional) caption."""
+
+    def __init__(self, tokenizer, captions: list[str], device):
+        vocab = [""] + sorted(set(captions))
+        ids = tokenizer(vocab, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+        self.ids, self.row = ids.to(device), torch.tensor([vocab.index(c) for c in captions])
+
+
+def unet_loss(text_encoder, unet, scheduler, latents: torch.Tensor, captions: CaptionIds, batch: int,
+              uncond_prob: float, g: torch.Generator, device) -> torch.Tensor:
+    """One step's ε-MSE on a random batch, its captions dropped with probability uncond_prob (for guidance)."""
+    index = torch.randint(len(latents), (batch,), generator=g)
+    drop = torch.rand(batch, generator=g) < uncond_prob
+    rows = torch.where(drop, torch.zeros_like(index), captions.row[index])
+    x0 = latents[index].to(device)
+    noise = torch.randn(x0.shape, generator=g).to(device)
+    t = torch.randint(scheduler.config.num_train_timesteps, (batch,), generator=g).to(device)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        hidden = text_encoder(captions.ids[rows.to(device)])[0]
+        pred = unet(scheduler.add_noise(x0, noise, t), t, encoder_hidden_states=hidden).sample
+    return F.mse_loss(pred.float(), noise)
+
+
 def train_unet(text_encoder, unet, latents: torch.Tensor, captions: list[str], cfg: WorldTrainConfig, device,
                on_checkpoint=None) -> float:
     tokenizer, scheduler = clip_tokenizer(), DDPMScheduler.from_config(sd_scheduler().config)
@@ -92,22 +116,11 @@ def train_unet(text_encoder, unet, latents: torch.Tensor, captions: list[str], c
     warmup = 500
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1, (s + 1) / warmup) * 0.5 * (
         1 + math.cos(math.pi * min(1.0, s / cfg.unet_steps))))
-    # Tokenize each distinct caption once; row 0 is the empty (unconditional) caption.
-    vocab = [""] + sorted(set(captions))
-    ids = tokenizer(vocab, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
-    ids, caption_row = ids.to(device), torch.tensor([vocab.index(c) for c in captions])
+    captions_ids = CaptionIds(tokenizer, captions, device)
     g, started = torch.Generator().manual_seed(cfg.seed + 2), time.time()
     for step in range(1, cfg.unet_steps + 1):
-        index = torch.randint(len(latents), (cfg.unet_batch,), generator=g)
-        drop = torch.rand(cfg.unet_batch, generator=g) < cfg.uncond_prob
-        rows = torch.where(drop, torch.zeros_like(index), caption_row[index])
-        x0 = latents[index].to(device)
-        noise = torch.randn(x0.shape, generator=g).to(device)
-        t = torch.randint(scheduler.config.num_train_timesteps, (cfg.unet_batch,), generator=g).to(device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            hidden = text_encoder(ids[rows.to(device)])[0]
-            pred = unet(scheduler.add_noise(x0, noise, t), t, encoder_hidden_states=hidden).sample
-        loss = F.mse_loss(pred.float(), noise)
+        loss = unet_loss(text_encoder, unet, scheduler, latents, captions_ids, cfg.unet_batch, cfg.uncond_prob, g,
+                         device)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(list(unet.parameters()) + list(text_encoder.parameters()), 1.0)

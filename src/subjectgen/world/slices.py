@@ -81,3 +81,68 @@ def load_state(folder: Path, modules: dict[str, torch.nn.Module], opt: torch.opt
     opt.load_state_dict({"state": per_param, "param_groups": record.pop("param_groups")})
     generator.set_state(tensors["generator"])
     return record
+
+
+def check_start(state: Path, resume: bool, identity: dict) -> None:
+    """Before a slice: --resume needs a state, a fresh start needs none, and a resumed state must be this run's
+    (`identity`: its settings and the fingerprint of the model it started from)."""
+    if resume and not state.is_dir():
+        raise UserError(f"--resume: no slice state in {state}; start the run without --resume")
+    if not resume and state.exists():
+        raise UserError(f"a slice state of an earlier run is in {state}: add --resume to continue it, "
+                        "or remove the folder to start over")
+    if resume:
+        record = read_record(state)
+        if {k: record.get(k) for k in identity} != identity:
+            raise UserError(f"the slice state in {state} is of another run (other settings or another --init "
+                            "model); give that run's settings, or remove the folder to start over")
+
+
+def slice_over(step: int, stop_step: int | None, max_minutes: float | None, started: float) -> bool:
+    import time
+
+    return (stop_step is not None and step >= stop_step) or (
+        max_minutes is not None and time.time() - started > 60 * max_minutes)
+
+
+def write_model(out: Path, init: str, modules: dict[str, torch.nn.Module], key: str, record: dict) -> Path:
+    """`init`'s model folder with these modules (by component name) in place of its own, each in the dtype `init`
+    stores it in, and `record` under `key` in training.json. Written whole or not at all."""
+    import copy
+    import shutil
+
+    from ..assets import resolve
+
+    source = Path(resolve("model", init))
+    with atomic_dir(Path(out)) as tmp:
+        shutil.copytree(source, tmp, dirs_exist_ok=True)
+        for name, module in modules.items():
+            dtype = stored_dtype(source / name)
+            shutil.rmtree(tmp / name)
+            copy.deepcopy(module).to(dtype).save_pretrained(tmp / name, safe_serialization=True)
+        info = tmp / "training.json"
+        training = json.loads(info.read_text()) if info.is_file() else {}
+        info.write_text(json.dumps({**training, key: record}, indent=1, default=str))
+    return Path(out)
+
+
+def stored_dtype(folder: Path) -> torch.dtype:
+    """The dtype of a component folder's weights file (the built-in model stores fp16)."""
+    from safetensors import safe_open
+
+    path = next(folder.glob("*.safetensors"))
+    with safe_open(str(path), "pt") as f:
+        kind = f.get_slice(next(iter(f.keys()))).get_dtype()
+    return {"F16": torch.float16, "BF16": torch.bfloat16}.get(kind, torch.float32)
+
+
+def slice_entry(first: int, record: dict, batch: int, started: float, losses: list[float], **extra) -> dict:
+    """What training.json records of one slice: its steps and samples, time, device and threads, its last
+    100 steps' mean loss, and the exact command that ran it."""
+    import sys
+    import time
+
+    return {"from_step": first, "to_step": record["step"], "samples": (record["step"] - first) * batch,
+            "seconds": round(time.time() - started, 1), "device": "cpu", "threads": torch.get_num_threads(),
+            "loss": round(sum(losses[-100:]) / len(losses[-100:]), 5) if losses else None, **extra,
+            "command": " ".join(["subjectgen", *sys.argv[1:]])}

@@ -11,10 +11,7 @@ so the UNet still finds its latent space. A slice (`--max-minutes`) ends with it
 
 from __future__ import annotations
 
-import json
 import math
-import shutil
-import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict
@@ -26,9 +23,8 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL
 
 from ..errors import UserError
-from ..safeio import atomic_dir
 from .config import VaeTuneConfig
-from .slices import load_state, read_record, save_state
+from .slices import check_start, load_state, save_state, slice_entry, slice_over, write_model
 
 PHOTO_SEED = 50_000  # photo seeds of the VAE's data: no training, evaluator, farm (30,000+) or test set uses them
 WARMUP = 100
@@ -108,12 +104,6 @@ def trainable(vae: AutoencoderKL, part: str) -> list[torch.nn.Parameter]:
     return params
 
 
-def _check_resumable(record: dict, cfg: VaeTuneConfig, init_print: str | None, state: Path) -> None:
-    if record.get("config") != asdict(cfg) or record.get("init_fingerprint") != init_print:
-        raise UserError(f"the slice state in {state} is of another run (other settings or another --init model); "
-                        "give that run's settings, or remove the folder to start over")
-
-
 def tune_vae(out: Path, cfg: VaeTuneConfig, state: Path, resume: bool = False, max_minutes: float | None = None,
              stop_step: int | None = None, workers: int = 1, instances: dict | None = None) -> dict:
     """Run one slice (to `stop_step`, past `max_minutes`, or to the schedule's end); save its state, then write
@@ -122,13 +112,7 @@ def tune_vae(out: Path, cfg: VaeTuneConfig, state: Path, resume: bool = False, m
     from ..assets import fingerprint
 
     init_print = fingerprint("model", cfg.init)
-    if resume and not state.is_dir():
-        raise UserError(f"--resume: no slice state in {state}; start the run without --resume")
-    if resume:
-        _check_resumable(read_record(state), cfg, init_print, state)
-    if not resume and state.exists():
-        raise UserError(f"a slice state of an earlier run is in {state}: add --resume to continue it, "
-                        "or remove the folder to start over")
+    check_start(state, resume, {"config": asdict(cfg), "init_fingerprint": init_print})
     vae, started = load_vae(cfg.init), time.time()
     images = vae_training_images(cfg, workers, instances)
     old = posterior_moments(vae, images)
@@ -139,7 +123,7 @@ def tune_vae(out: Path, cfg: VaeTuneConfig, state: Path, resume: bool = False, m
         record = load_state(state, {"vae": vae}, opt, g)
     first, losses = record["step"], []
     vae.train()
-    while record["step"] < cfg.steps and not _slice_over(record["step"], stop_step, max_minutes, started):
+    while record["step"] < cfg.steps and not slice_over(record["step"], stop_step, max_minutes, started):
         record["step"] += 1
         for group in opt.param_groups:
             group["lr"] = lr_at(record["step"], cfg)
@@ -152,38 +136,7 @@ def tune_vae(out: Path, cfg: VaeTuneConfig, state: Path, resume: bool = False, m
             print(f"[vae] step {record['step']}/{cfg.steps} loss {np.mean(losses[-100:]):.4f} "
                   f"({time.time() - started:.0f}s)", flush=True)
     vae.eval()
-    record["slices"].append({"from_step": first, "to_step": record["step"], "samples": (record["step"] - first) * cfg.batch,
-                             "seconds": round(time.time() - started, 1), "device": "cpu",
-                             "threads": torch.get_num_threads(), "images": len(images),
-                             "loss": round(float(np.mean(losses[-100:])), 5) if losses else None,
-                             "command": " ".join(["subjectgen", *sys.argv[1:]])})
+    record["slices"].append(slice_entry(first, record, cfg.batch, started, losses, images=len(images)))
     save_state(state, {"vae": vae}, opt, g, record)
-    write_model(out, vae, cfg.init, record)
+    write_model(out, cfg.init, {"vae": vae}, "vae_continued", record)
     return record
-
-
-def _slice_over(step: int, stop_step: int | None, max_minutes: float | None, started: float) -> bool:
-    return (stop_step is not None and step >= stop_step) or (
-        max_minutes is not None and time.time() - started > 60 * max_minutes)
-
-
-def write_model(out: Path, vae: AutoencoderKL, init: str, record: dict) -> Path:
-    """`init`'s folder with this VAE in its place (in the dtype `init` stores), and the slices in training.json."""
-    import copy
-
-    from safetensors import safe_open
-
-    from ..assets import resolve
-
-    source = Path(resolve("model", init))
-    with safe_open(source / "vae" / "diffusion_pytorch_model.safetensors", "pt") as f:
-        dtype = f.get_slice(next(iter(f.keys()))).get_dtype()
-    dtype = {"F16": torch.float16, "BF16": torch.bfloat16}.get(dtype, torch.float32)
-    with atomic_dir(Path(out)) as tmp:
-        shutil.copytree(source, tmp, dirs_exist_ok=True)
-        shutil.rmtree(tmp / "vae")
-        copy.deepcopy(vae).to(dtype).save_pretrained(tmp / "vae", safe_serialization=True)
-        info = tmp / "training.json"
-        training = json.loads(info.read_text()) if info.is_file() else {}
-        info.write_text(json.dumps({**training, "vae_continued": record}, indent=1, default=str))
-    return Path(out)
