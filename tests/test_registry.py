@@ -95,7 +95,8 @@ def test_a_registered_method_trains_loads_generates_and_benches_through_the_cli(
 
 def test_switch_at_zero_equals_plain_guidance_bit_for_bit(tiny_model):
     from subjectgen.models import load_model
-    from subjectgen.sampling import (EarlySteps, cfg_denoiser, encode_prompts, fresh_scheduler, generate,
+    from subjectgen.backbones.sd import encode_prompts
+    from subjectgen.sampling import (EarlySteps, cfg_denoiser, fresh_scheduler, generate,
                                      initial_latents, sample, switch_at)
 
     c = load_model(tiny_model)

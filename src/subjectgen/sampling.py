@@ -11,7 +11,6 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .backbones import Components, Conditioning
-from .backbones.sd import encode_prompts  # noqa: F401 - SD's text encoding, for the SD-only methods
 from .subjects import to_image
 
 

@@ -371,10 +371,10 @@ def check_optimizer(name: str, device) -> None:
         return
     if torch.device(device).type != "cuda":
         raise UserError("--optimizer adamw8bit needs a CUDA GPU (bitsandbytes' 8-bit AdamW); use --optimizer adamw")
-    try:
-        import bitsandbytes  # noqa: F401
-    except ImportError:
-        raise UserError("--optimizer adamw8bit needs bitsandbytes: pip install bitsandbytes") from None
+    import importlib.util
+
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise UserError("--optimizer adamw8bit needs bitsandbytes: pip install bitsandbytes")
 
 
 def make_optimizer(name: str, params: list, lr: float) -> torch.optim.Optimizer:
