@@ -32,7 +32,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PEERS = ROOT.parent / "shared" / "peers"
-SCRIPTS = {"sd": PEERS / "diffusers_train_dreambooth_lora.py", "sdxl": PEERS / "diffusers_train_dreambooth_lora_sdxl.py"}
+SCRIPTS = {"sd": PEERS / "diffusers_train_dreambooth_lora.py",
+           "sdxl": PEERS / "diffusers_train_dreambooth_lora_sdxl.py"}
 RESOLUTION = {"sd": 64, "sdxl": 256}
 SUBJECT = "dog"
 CLASS_IMAGES = 50
@@ -60,8 +61,9 @@ def mid_sdxl(folder: Path) -> Path:
     torch.manual_seed(0)
 
     def clip(width, layers, heads, act):
-        return CLIPTextConfig(vocab_size=49408, hidden_size=width, intermediate_size=4 * width, num_hidden_layers=layers,
-                              num_attention_heads=heads, max_position_embeddings=77, projection_dim=width, hidden_act=act)
+        return CLIPTextConfig(vocab_size=49408, hidden_size=width, intermediate_size=4 * width,
+                              num_hidden_layers=layers, num_attention_heads=heads, max_position_embeddings=77,
+                              projection_dim=width, hidden_act=act)
 
     unet = UNet2DConditionModel(
         sample_size=32, block_out_channels=(80, 160, 320), layers_per_block=2, transformer_layers_per_block=(1, 2, 10),

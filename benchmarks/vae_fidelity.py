@@ -134,8 +134,9 @@ def print_table(models: list[str], errors: dict, counts: dict, sheet_path: str) 
         drop = 1 - errors[model]["held-out photos"] / errors[first]["held-out photos"]
         worse = [n for n in counts if errors[model][n] > 1.05 * errors[first][n]]
         verdict = "a candidate to ship (rule 3)" if drop >= 0.4 and not worse else "not a candidate (rule 3)"
+        met = "met" if errors[model]["held-out photos"] <= target else "not met"
         print(f"- {model}: held-out photos {drop:+.1%} below {first}; sets more than 5 % worse: "
-              f"{', '.join(worse) or 'none'}; {verdict}; target {'met' if errors[model]['held-out photos'] <= target else 'not met'}.")
+              f"{', '.join(worse) or 'none'}; {verdict}; target {met}.")
     print(f"\nSheet: `{sheet_path}` (per set: the originals, then each model's reconstructions, in the order above).")
 
 

@@ -54,7 +54,8 @@ def crop_box(size: tuple[int, int], resolution: int) -> tuple[int, int, int, int
     side to `resolution` and centre-cropped: what SDXL's time ids record (diffusers' SDXL script's convention)."""
     width, height = size
     scale = resolution / min(width, height)
-    return height, width, max(0, round((height * scale - resolution) / 2)), max(0, round((width * scale - resolution) / 2))
+    top, left = round((height * scale - resolution) / 2), round((width * scale - resolution) / 2)
+    return height, width, max(0, top), max(0, left)
 
 
 def to_tensor(image: Image.Image) -> torch.Tensor:

@@ -25,7 +25,8 @@ from ..settings import Bound
 PRIOR_SETTINGS = ("class_prompt", "prior_preservation", "prior_weight", "num_class_images")
 # Every shared setting of optimization: a method that trains nothing (the zero-shot apprentice) drops them all.
 TRAINING_SETTINGS = (*PRIOR_SETTINGS, "token", "steps", "lr", "batch_size", "seed", "snr_gamma", "masked_loss",
-                     "lr_warmup_steps", "max_grad_norm", "mixed_precision", "gradient_checkpointing", "optimizer", "compile",
+                     "lr_warmup_steps", "max_grad_norm", "mixed_precision", "gradient_checkpointing", "optimizer",
+                     "compile",
                      "checkpoint_every", "validate_every", "validation_prompts")
 
 # The settings every method shares get these defaults unless the method says otherwise:
