@@ -215,3 +215,41 @@ def test_the_bench_runs_the_dreambench_protocol_on_sdxl(tiny_sdxl, evaluator_dir
         assert pair["train_seconds"] > 0 and all(np.isfinite(p["clip_t"]) for p in pair["prompts"])
         assert all((out / f).is_file() for p in pair["prompts"] for f in p["files"])
     assert "| lora |" in (out / "table.md").read_text()
+
+
+def test_aspect_buckets_keep_a_wide_photo_wide_and_its_crop_in_the_time_ids(tiny_sdxl, wide_photos, tmp_path):
+    from subjectgen.photos import bucket_sizes
+    from subjectgen.subjects import load_subject
+
+    assert (512, 512) in bucket_sizes(512, 64) and (640, 384) in bucket_sizes(512, 64)
+    assert (1024, 1024) in bucket_sizes(1024, 32) and (1248, 832) in bucket_sizes(1024, 32)  # 3:2 on SDXL
+    components = load_model(tiny_sdxl)
+    subject = load_subject(wide_photos, "dog", components.resolution, buckets=components.backbone.buckets(components))
+    # 48x32 (3:2) goes to the nearest bucket of about 16x16 pixels in steps of 4: 20x12; resized to cover it
+    # (20x13.3), one row is cut at the top
+    assert subject.images[0].size == (20, 12) and subject.sizes[0] == (32, 48, 1, 0)
+    run = train(TrainConfig(method="lora", model=tiny_sdxl, subject_dir=str(wide_photos), class_noun="dog",
+                            out=str(tmp_path / "run"), steps=3, aspect_buckets=True, prior_preservation=True,
+                            num_class_images=2), progress=False)
+    assert json.loads((run.run_dir / "subject.json").read_text())["settings"]["aspect_buckets"] is True
+    assert (run.run_dir / "pytorch_lora_weights.safetensors").is_file()
+
+
+def test_a_step_draws_its_class_half_from_its_photos_bucket(tiny_sdxl):
+    from PIL import Image as PILImage
+
+    from subjectgen.training.data import LatentCache
+
+    components = load_model(tiny_sdxl)
+    photos = [PILImage.new("RGB", (20, 12), "red"), PILImage.new("RGB", (16, 16), "blue")]
+    cache = LatentCache(components, photos)
+    classes = LatentCache(components, [PILImage.new("RGB", (16, 16), "green")] * 2, fit_to=cache.buckets)
+    assert sorted(classes.buckets) == [(16, 16), (20, 12)]
+    generator = torch.Generator().manual_seed(0)
+    seen = set()
+    for _ in range(12):
+        drawn = cache.draw(3, generator)
+        assert drawn.latents.shape[-2:] == (drawn.bucket[1] // 2, drawn.bucket[0] // 2)
+        assert classes.draw(3, generator, bucket=drawn.bucket).latents.shape == drawn.latents.shape
+        seen.add(drawn.bucket)
+    assert seen == {(16, 16), (20, 12)}

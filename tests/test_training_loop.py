@@ -100,16 +100,19 @@ def test_latent_cache_draws_each_latent_with_its_own_mask(tiny_model):
     components = load_model(tiny_model)
     size = components.resolution
     images = [Image.new("RGB", (size, size), color) for color in ("red", "green", "blue")]
-    masks = torch.zeros(3, 1, size, size)
+    masks = []
     for i in range(3):
-        masks[i, :, : size * (i + 1) // 4] = 1.0  # image i: the top (i+1)/4 is the subject
+        mask = Image.new("L", (size, size), 0)  # image i: the top (i+1)/4 is the subject
+        mask.paste(255, (0, 0, size, size * (i + 1) // 4))
+        masks.append(mask)
     cache = LatentCache(components, images, masks)
-    assert cache.masks.shape[-2:] == cache.mean.shape[-2:]
-    assert torch.allclose(cache.masks.mean(dim=(1, 2, 3)), torch.tensor([0.25, 0.5, 0.75]))
-    cache.std.zero_()  # each drawn latent is then exactly its image's mean
+    (group,) = cache.groups.values()
+    assert group.masks.shape[-2:] == group.mean.shape[-2:]
+    assert torch.allclose(group.masks.mean(dim=(1, 2, 3)), torch.tensor([0.25, 0.5, 0.75]))
+    group.std.zero_()  # each drawn latent is then exactly its image's mean
     drawn = cache.draw(12, torch.Generator().manual_seed(0))
     assert drawn.conditioning == {}  # SD conditions on nothing per image
     for latent, mask in zip(drawn.latents, drawn.masks):
-        index = int(((cache.mean * cache.scale - latent) ** 2).flatten(1).sum(1).argmin())
-        assert torch.equal(mask, cache.masks[index])
+        index = int(((group.mean * cache.scale - latent) ** 2).flatten(1).sum(1).argmin())
+        assert torch.equal(mask, group.masks[index])
     assert LatentCache(components, images).draw(2, torch.Generator()).masks is None

@@ -69,6 +69,9 @@ class TrainConfig:
     mixed_precision: str = setting("no", choices=MIXED_PRECISION, help="fp16/bf16 on a GPU: faster, less memory "
                                    "(default: no)")
     gradient_checkpointing: bool = setting(False, help="recompute activations: less memory, slower")
+    aspect_buckets: bool = setting(False, help="keep each photo's aspect ratio: photos go to buckets of about the "
+                                   "model's pixels (kohya's --enable_bucket), a step draws from one bucket (its "
+                                   "class images cut to it); without it, a centre square")
     optimizer: str = setting("adamw", choices=OPTIMIZERS, help="adamw, or adamw8bit (bitsandbytes' 8-bit AdamW on a "
                              "CUDA GPU: its state in a quarter of the memory) (default: adamw)")
     compile: bool = setting(False, help="torch.compile the UNet's forward and backward: after minutes of start-up, "

@@ -162,3 +162,27 @@ def to_rgb(image: Image.Image) -> Image.Image:
 def center_crop(image: Image.Image, size: int) -> Image.Image:
     """Resize the short side to `size`, then cut the centre square."""
     return ImageOps.fit(image, (size, size), method=Image.Resampling.BICUBIC)
+
+
+def bucket_sizes(resolution: int, step: int) -> list[tuple[int, int]]:
+    """Aspect-ratio buckets (kohya's and SimpleTuner's convention): (width, height) pairs, multiples of `step`, with
+    about the pixels of a `resolution` square and sides from half to twice `resolution`."""
+    sizes = set()
+    for width in range(step, 2 * resolution + 1, step):
+        height = min(2 * resolution, resolution * resolution // width // step * step)
+        if resolution // 2 <= height and resolution // 2 <= width:
+            sizes.add((width, height))
+    return sorted(sizes)
+
+
+def bucket_of(size: tuple[int, int], buckets: list[tuple[int, int]]) -> tuple[int, int]:
+    """The bucket whose aspect ratio is nearest a photo's (width, height) (by log ratio: 2:1 as far as 1:2)."""
+    import math
+
+    ratio = math.log(size[0] / size[1])
+    return min(buckets, key=lambda b: (abs(math.log(b[0] / b[1]) - ratio), -b[0] * b[1]))
+
+
+def fit(image: Image.Image, bucket: tuple[int, int]) -> Image.Image:
+    """Resize to cover the bucket, then cut its centre: the least crop that gives the bucket's size."""
+    return ImageOps.fit(image, bucket, method=Image.Resampling.BICUBIC)

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from .errors import UserError
-from .photos import center_crop, check_subject_folder, open_mask, warn_if_scaled_down
+from .photos import bucket_of, check_subject_folder, fit, open_mask, warn_if_scaled_down
 
 @dataclass
 class SubjectSet:
@@ -37,24 +37,27 @@ class SubjectSet:
 
 
 def load_subject(folder: Path, class_noun: str, resolution: int, masks: bool = False,
-                 model: str | None = None) -> SubjectSet:
-    """The photos of a subject, validated and cropped to `resolution`; with `model` (the base model's reference)
-    a warning when they are far larger than that model sees them."""
+                 model: str | None = None, buckets: list[tuple[int, int]] | None = None) -> SubjectSet:
+    """The photos of a subject, validated and cropped to a `resolution` square, or with `buckets` (photos.
+    bucket_sizes) to the bucket of each one's aspect ratio; with `model` (the base model's reference) a warning
+    when they are far larger than that model sees them."""
     paths, photos = check_subject_folder(folder, class_noun)
     if model is not None:
         warn_if_scaled_down(Path(folder), photos, resolution, model)
-    subject_masks = [center_crop(open_mask(p, im.size), resolution) for p, im in zip(paths, photos)] if masks else None
-    images = [center_crop(im, resolution) for im in photos]
+    targets = [bucket_of(im.size, buckets) if buckets else (resolution, resolution) for im in photos]
+    subject_masks = [fit(open_mask(p, im.size), target) for p, im, target in zip(paths, photos, targets)] \
+        if masks else None
+    images = [fit(im, target) for im, target in zip(photos, targets)]
     return SubjectSet(images=images, paths=paths, class_noun=class_noun.strip(), masks=subject_masks,
-                      sizes=[crop_box(im.size, resolution) for im in photos])
+                      sizes=[crop_box(im.size, target) for im, target in zip(photos, targets)])
 
 
-def crop_box(size: tuple[int, int], resolution: int) -> tuple[int, int, int, int]:
-    """(original height, width, crop top, crop left) of a photo of `size` (width, height) resized by its short
-    side to `resolution` and centre-cropped: what SDXL's time ids record (diffusers' SDXL script's convention)."""
-    width, height = size
-    scale = resolution / min(width, height)
-    top, left = round((height * scale - resolution) / 2), round((width * scale - resolution) / 2)
+def crop_box(size: tuple[int, int], target: tuple[int, int]) -> tuple[int, int, int, int]:
+    """(original height, width, crop top, crop left) of a photo of `size` (width, height) resized to cover `target`
+    (width, height) and centre-cropped: what SDXL's time ids record (diffusers' SDXL script's convention)."""
+    (width, height), (tw, th) = size, target
+    scale = max(tw / width, th / height)
+    top, left = round((height * scale - th) / 2), round((width * scale - tw) / 2)
     return height, width, max(0, top), max(0, left)
 
 

@@ -112,6 +112,14 @@ class Backbone:
     def resolution(self, c: Components) -> int:
         return c.denoiser.config.sample_size * c.vae_scale
 
+    def buckets(self, c: Components) -> list[tuple[int, int]]:
+        """Aspect-ratio buckets of the model's pixel budget, in multiples of what the denoiser can take: the VAE's
+        factor times the UNet's downsamplings (64 px on SD, 32 on SDXL)."""
+        from ..photos import bucket_sizes
+
+        step = c.vae_scale * 2 ** (len(c.denoiser.config.block_out_channels) - 1)
+        return bucket_sizes(self.resolution(c), step)
+
     # --- text -----------------------------------------------------------------------------------------
     def encode_text(self, c: Components, prompts: list[str], text_encoders: list | None = None) -> Conditioning:
         """Every text encoder's contribution for these prompts, as one conditioning value.

@@ -123,7 +123,7 @@ class Method:
         prompts = self.model_prompts
         chosen = [prompts[i] for i in torch.randint(len(prompts), (batch_size,), generator=generator).tolist()]
         if data.classes is not None:
-            classes = data.classes.draw(batch_size, generator)
+            classes = data.classes.draw(batch_size, generator, bucket=drawn.bucket)
             latents = torch.cat([latents, classes.latents])
             conditioning = {k: torch.cat([v, classes.conditioning[k]]) for k, v in conditioning.items()}
             chosen += [data.class_prompt] * batch_size

@@ -26,7 +26,7 @@ PRIOR_SETTINGS = ("class_prompt", "prior_preservation", "prior_weight", "num_cla
 # Every shared setting of optimization: a method that trains nothing (the zero-shot apprentice) drops them all.
 TRAINING_SETTINGS = (*PRIOR_SETTINGS, "token", "steps", "lr", "batch_size", "seed", "snr_gamma", "masked_loss",
                      "lr_warmup_steps", "max_grad_norm", "mixed_precision", "gradient_checkpointing", "optimizer",
-                     "compile",
+                     "aspect_buckets", "compile",
                      "checkpoint_every", "validate_every", "validation_prompts")
 
 # The settings every method shares get these defaults unless the method says otherwise:
@@ -132,7 +132,7 @@ register(MethodSpec(
     # its reference)
     defaults={"steps": (100, 0), "lr": (2e-5, 2e-5), "batch_size": (4, 4), "num_class_images": (0, 0)},
     bounds={"steps": Bound(low=0, integer=True)},  # --steps 0: the encoder alone, no tuning
-    drops=(*PRIOR_SETTINGS, "masked_loss"),
+    drops=(*PRIOR_SETTINGS, "masked_loss", "aspect_buckets"),
     token_help="placeholder token for S* (default: <s*>)",
     families=("sd",)))
 register(MethodSpec(

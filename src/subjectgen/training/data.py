@@ -7,6 +7,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -16,8 +17,8 @@ from ..assets import cache_dir
 from ..models import Components
 from ..safeio import atomic_dir
 from ..sampling import generate
-from ..photos import center_crop, open_photo
-from ..subjects import to_tensor
+from ..photos import center_crop, fit, open_photo
+from ..subjects import crop_box, to_tensor
 
 
 @dataclass
@@ -33,10 +34,21 @@ class SubjectData:
 
 @dataclass
 class Draw:
-    """Latents drawn from a cache, with their images' latent masks (or None) and per-image conditioning
-    (the family's, e.g. SDXL's time ids; empty for most)."""
+    """Latents drawn from a cache, with their images' latent masks (or None), per-image conditioning (the
+    family's, e.g. SDXL's time ids; empty for most) and the (width, height) of the bucket they came from."""
 
     latents: torch.Tensor
+    masks: torch.Tensor | None
+    conditioning: dict
+    bucket: tuple[int, int]
+
+
+@dataclass
+class Group:
+    """The images of one size (one aspect-ratio bucket): their posteriors, masks and conditioning."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
     masks: torch.Tensor | None
     conditioning: dict
 
@@ -45,10 +57,29 @@ class LatentCache:
     """The VAE posterior (mean, std) of each image, encoded once; a draw samples from it. With masks
     ((N, 1, H, W) in [0, 1]), each image also keeps its mask averaged down to the latent grid. `sizes`: each
     image's (original height, width, crop top, crop left), for a family that conditions on them (SDXL);
-    default: as generated at the model's resolution."""
+    default: as generated at the model's resolution. Images of several sizes (aspect-ratio buckets) are kept
+    by size, and a draw takes all its latents from one size: that of a random image, or the `bucket` it is
+    given. `fit_to`: buckets to fit every image to (the class images, cut to the photos' buckets)."""
 
-    def __init__(self, components: Components, images: list[Image.Image], masks: torch.Tensor | None = None,
-                 batch_size: int = 8, sizes: list[tuple[int, int, int, int]] | None = None):
+    def __init__(self, components: Components, images: list[Image.Image], masks: list[Image.Image] | None = None,
+                 batch_size: int = 8, sizes: list[tuple[int, int, int, int]] | None = None,
+                 fit_to: list[tuple[int, int]] | None = None):
+        if fit_to:
+            images, sizes = [fit(im, b) for b in fit_to for im in images], \
+                [crop_box(im.size, b) for b in fit_to for im in images]
+        self.bucket_of = [im.size for im in images]  # (width, height) of each image
+        size = components.resolution
+        sizes = sizes or [(size, size, 0, 0)] * len(images)
+        self.groups = {}
+        for bucket in dict.fromkeys(self.bucket_of):
+            index = [i for i, b in enumerate(self.bucket_of) if b == bucket]
+            self.groups[bucket] = self.encode(components, [images[i] for i in index],
+                                              None if masks is None else [masks[i] for i in index],
+                                              [sizes[i] for i in index], batch_size)
+        self.scale, self.shift = components.backbone.latent_scaling(components)
+
+    @staticmethod
+    def encode(components: Components, images: list[Image.Image], masks, sizes, batch_size: int) -> Group:
         family = components.backbone
         means, stds = [], []
         with torch.no_grad():
@@ -57,26 +88,32 @@ class LatentCache:
                 mean, std = family.posterior(components, pixels)
                 means.append(mean.float().cpu())
                 stds.append(std.float().cpu())
-        self.mean, self.std = torch.cat(means), torch.cat(stds)
-        self.scale, self.shift = family.latent_scaling(components)
-        self.masks = None if masks is None else F.interpolate(masks.float(), size=self.mean.shape[-2:], mode="area")
-        size = components.resolution
-        self.conditioning = family.image_conditioning(sizes or [(size, size, 0, 0)] * len(images), size)
+        mean = torch.cat(means)
+        latent_masks = None if masks is None else F.interpolate(
+            torch.stack([torch.from_numpy(np.asarray(m, dtype=np.float32) / 255.0)[None] for m in masks]),
+            size=mean.shape[-2:], mode="area")
+        return Group(mean, torch.cat(stds), latent_masks, family.image_conditioning(sizes, components.resolution))
 
     def __len__(self) -> int:
-        return len(self.mean)
+        return len(self.bucket_of)
 
-    def draw(self, count: int, generator: torch.Generator) -> Draw:
-        """`count` latents sampled from random images' posteriors, with those images' masks and conditioning."""
-        index = torch.randint(len(self), (count,), generator=generator)
-        masks = None if self.masks is None else self.masks[index]
-        return Draw(self.sample(index, generator), masks, {k: v[index] for k, v in self.conditioning.items()})
+    def draw(self, count: int, generator: torch.Generator, bucket: tuple[int, int] | None = None) -> Draw:
+        """`count` latents sampled from random images' posteriors (all of one bucket), with those images' masks
+        and conditioning."""
+        if bucket is None and len(self.groups) > 1:
+            bucket = self.bucket_of[int(torch.randint(len(self), (1,), generator=generator))]
+        bucket = bucket or next(iter(self.groups))
+        group = self.groups[bucket]
+        index = torch.randint(len(group.mean), (count,), generator=generator)
+        masks = None if group.masks is None else group.masks[index]
+        noise = torch.randn(group.mean[index].shape, generator=generator)
+        latents = group.mean[index] + group.std[index] * noise
+        latents = (latents - self.shift) * self.scale if self.shift else latents * self.scale
+        return Draw(latents, masks, {k: v[index] for k, v in group.conditioning.items()}, bucket)
 
-    def sample(self, index: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """One latent from each indexed image's posterior, scaled as the denoiser sees latents."""
-        noise = torch.randn(self.mean[index].shape, generator=generator)
-        latents = self.mean[index] + self.std[index] * noise
-        return (latents - self.shift) * self.scale if self.shift else latents * self.scale
+    @property
+    def buckets(self) -> list[tuple[int, int]]:
+        return list(self.groups)
 
 
 class TextCache:

@@ -83,7 +83,8 @@ class Trainer:
         registry.get(cfg.method).check_family(family.name, family.title)
         self.cfg = resolve_defaults(cfg, self.components.resolution)
         self.subject = None if cfg.subject_dir is None else load_subject(  # None: a dataset method (pretraining)
-            Path(cfg.subject_dir), cfg.class_noun, self.components.resolution, masks=cfg.masked_loss, model=cfg.model)
+            Path(cfg.subject_dir), cfg.class_noun, self.components.resolution, masks=cfg.masked_loss, model=cfg.model,
+            buckets=family.buckets(self.components) if cfg.aspect_buckets else None)
         registry.get(self.cfg.method).load().check_inputs(self.cfg, self.components, self.subject)
         if cfg.compile:
             check_compiler(self.accelerator.device)
@@ -118,11 +119,12 @@ class Trainer:
 
     def subject_data(self) -> SubjectData:
         """The photos' latents and, with prior preservation, the class images' (the default data source)."""
-        photos = LatentCache(self.components, self.subject.images, self.subject.mask_tensor(),
-                             sizes=self.subject.sizes)
-        return SubjectData(photos, self.make_class_latents(), self.class_prompt)
+        photos = LatentCache(self.components, self.subject.images, self.subject.masks, sizes=self.subject.sizes)
+        return SubjectData(photos, self.make_class_latents(photos.buckets), self.class_prompt)
 
-    def make_class_latents(self) -> LatentCache | None:
+    def make_class_latents(self, buckets: list[tuple[int, int]]) -> LatentCache | None:
+        """The class images' latents; with aspect buckets, each one cut to every bucket of the photos, so a
+        step's class half is drawn from the bucket of its instance half."""
         cfg, acc = self.cfg, self.accelerator
         if not cfg.prior_preservation:
             return None
@@ -130,7 +132,7 @@ class Trainer:
         images, self.class_dir = class_images(self.components, self.class_prompt, cfg.num_class_images, cfg.seed,
                                               cfg.sample_steps, cfg.guidance, acc.is_main_process,
                                               acc.wait_for_everyone, self.progress)
-        return LatentCache(self.components, images)
+        return LatentCache(self.components, images, fit_to=buckets if cfg.aspect_buckets else None)
 
     def place_modules(self) -> None:
         """Frozen weights in the mixed-precision dtype on the device; trainable weights stay fp32."""
