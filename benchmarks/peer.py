@@ -70,7 +70,7 @@ def mid_sdxl(folder: Path) -> Path:
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"), attention_head_dim=(5, 10, 20),
         use_linear_projection=True, cross_attention_dim=512, addition_embed_type="text_time",
-        addition_time_embed_dim=64, projection_class_embeddings_input_dim=6 * 64 + 320)
+        addition_time_embed_dim=64, projection_class_embeddings_input_dim=6 * 64 + 320, norm_num_groups=16)
     vae = AutoencoderKL(block_out_channels=(32, 64, 128, 128), layers_per_block=2, latent_channels=4,
                         down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
                         scaling_factor=0.13025, force_upcast=True)
