@@ -222,3 +222,18 @@ def test_generate_shows_progress_unless_quiet(capsys, tiny_model, tmp_path):
     assert "generate: 100%" in captured.err and "2/2" in captured.err and "wrote 2 images" in captured.out
     assert main(argv[:-1] + [str(tmp_path / "q"), "--quiet"]) == 0
     assert "generate" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "lora", "--subject", "x", "--class", "dog", "--out", "o", "--stpes", "10"],
+     "unknown flag --stpes; did you mean --steps? (see 'subjectgen train lora --help')"),
+    (["train", "lora", "--subjet", "x", "--class", "dog", "--out", "o"],  # argparse would say --subject is missing
+     "unknown flag --subjet; did you mean --subject? (see 'subjectgen train lora --help')"),
+    (["--threads", "1", "generate", "runs/x", "a {subject}", "--stesp", "3"],
+     "unknown flag --stesp; did you mean --steps? (see 'subjectgen generate --help')"),
+    (["train", "textual-inversion", "--subject", "x", "--class", "dog", "--out", "o", "--rank", "8"],
+     "--rank is a flag of lora, not of textual-inversion (see 'subjectgen train textual-inversion --help')"),
+    (["world", "reserved", "--cuont", "3"], "unknown flag --cuont; did you mean --count?"),
+])
+def test_a_misspelt_flag_is_named_with_the_nearest_flag_of_its_command(capsys, argv, message):
+    assert message in error_of(capsys, argv)

@@ -40,10 +40,30 @@ def world_type(name: str):
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse with one-line errors (the usage block is one --help away)."""
+    """argparse with one-line errors (the usage block is one --help away); a misspelt flag is named, with the
+    nearest flag of the command it was given to ("did you mean --steps?"), even where argparse would first
+    complain of a required flag it hid (--subjet for --subject)."""
+
+    words: list[str] = []   # what is being parsed (parse() sets it)
+    top_flags: set = set()  # the flags the top-level parser takes (--threads)
 
     def error(self, message: str):
+        unknown = self.unknown_flags()
+        if unknown and (message.startswith("the following arguments are required")
+                        or message.startswith("unrecognized arguments")):
+            message = self.suggestion(unknown[0])
         self.exit(2, f"error: {message} (see '{self.prog} --help')\n")
+
+    def unknown_flags(self) -> list[str]:
+        known = set(self._option_string_actions) | Parser.top_flags
+        return [w.split("=", 1)[0] for w in Parser.words if w.startswith("--") and w.split("=", 1)[0] not in known]
+
+    def suggestion(self, flag: str) -> str:
+        import difflib
+
+        near = difflib.get_close_matches(flag, [f for f in self._option_string_actions if f.startswith("--")], n=1,
+                                         cutoff=0.6)
+        return f"unknown flag {flag}" + (f"; did you mean {near[0]}?" if near else "")
 
 
 def add_train_parser(sub) -> None:
@@ -709,6 +729,8 @@ def without_flag(argv: list[str], flag: str) -> list[str]:
 def parse(argv: list[str] | None) -> argparse.Namespace:
     """Parse; an unknown flag that belongs to another method says so ("--rank is a flag of lora")."""
     parser = build_parser()
+    Parser.words = list(sys.argv[1:] if argv is None else argv)
+    Parser.top_flags = set(parser._option_string_actions)
     args, extra = parser.parse_known_args(argv)
     args.argv = argv
     if not extra:
@@ -720,11 +742,24 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         for word in extra:
             flag = word.split("=", 1)[0]
             if flag in dropped:
-                parser.error(f"{flag} does not apply to {args.method} (it is not a setting of that method)")
+                command_parser(parser, args).error(f"{flag} does not apply to {args.method} (it is not a setting "
+                                                   "of that method)")
             owners = [name for name, flags in own_flags.items() if flag in flags]
             if owners:
-                parser.error(f"{flag} is a flag of {' and '.join(owners)}, not of {args.method}")
-    parser.error(f"unrecognized arguments: {' '.join(extra)}")
+                command_parser(parser, args).error(f"{flag} is a flag of {' and '.join(owners)}, not of "
+                                                   f"{args.method}")
+    command_parser(parser, args).error(f"unrecognized arguments: {' '.join(extra)}")
+
+
+def command_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The (sub)parser of the command that was given ('train lora', 'world reserved'), for its flags and --help."""
+    while parser._subparsers is not None:
+        action = next(a for a in parser._subparsers._group_actions if isinstance(a, argparse._SubParsersAction))
+        chosen = getattr(args, action.dest, None)
+        if chosen not in action.choices:
+            break
+        parser = action.choices[chosen]
+    return parser
 
 
 def check_before_imports(args) -> None:
