@@ -140,5 +140,6 @@ def test_a_flag_of_another_method_is_a_one_line_error(capsys, tmp_path):
     assert "--rank is a flag of lora, not of textual-inversion" in err
     err = error_of(capsys, ["train", "dreambooth", "--num-vectors=2", *common])
     assert "--num-vectors is a flag of textual-inversion" in err
-    assert "unrecognized arguments: --bogus" in error_of(capsys, ["train", "lora", "--bogus", *common])
+    assert "unknown flag --bogus (see 'subjectgen train lora --help')" in error_of(capsys, ["train", "lora", "--bogus",
+                                                                                        *common])
     assert not (tmp_path / "o").exists()

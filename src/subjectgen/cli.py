@@ -61,9 +61,9 @@ class Parser(argparse.ArgumentParser):
     def suggestion(self, flag: str) -> str:
         import difflib
 
-        near = difflib.get_close_matches(flag, [f for f in self._option_string_actions if f.startswith("--")], n=1,
-                                         cutoff=0.6)
-        return f"unknown flag {flag}" + (f"; did you mean {near[0]}?" if near else "")
+        flags = {f[2:]: f for f in self._option_string_actions if f.startswith("--")}  # the dashes match anything
+        near = difflib.get_close_matches(flag[2:], list(flags), n=1, cutoff=0.6)
+        return f"unknown flag {flag}" + (f"; did you mean {flags[near[0]]}?" if near else "")
 
 
 def add_train_parser(sub) -> None:

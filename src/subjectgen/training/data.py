@@ -106,10 +106,17 @@ class LatentCache:
         group = self.groups[bucket]
         index = torch.randint(len(group.mean), (count,), generator=generator)
         masks = None if group.masks is None else group.masks[index]
+        latents = self.sample(index, generator, bucket)
+        return Draw(latents, masks, {k: v[index] for k, v in group.conditioning.items()}, bucket)
+
+    def sample(self, index: torch.Tensor, generator: torch.Generator,
+               bucket: tuple[int, int] | None = None) -> torch.Tensor:
+        """One latent from each indexed image's posterior (indices within the bucket; default: the only one),
+        scaled as the denoiser sees latents."""
+        group = self.groups[bucket or next(iter(self.groups))]
         noise = torch.randn(group.mean[index].shape, generator=generator)
         latents = group.mean[index] + group.std[index] * noise
-        latents = (latents - self.shift) * self.scale if self.shift else latents * self.scale
-        return Draw(latents, masks, {k: v[index] for k, v in group.conditioning.items()}, bucket)
+        return (latents - self.shift) * self.scale if self.shift else latents * self.scale
 
     @property
     def buckets(self) -> list[tuple[int, int]]:
