@@ -84,12 +84,28 @@ class TrainConfig:
                                             "default: 'a {subject}', 'a {subject} on the beach')",
                                             flag="--validation-prompt",
                                             factory=lambda: ["a {subject}", "a {subject} on the beach"])
+    eval_every: int = setting(0, NON_NEGATIVE_INT, help="score likeness (DINO, CLIP-I) and prompt-following (CLIP-T) "
+                              "every N steps on held-out prompts, beside the base model's: eval.csv (default: 0)")
+    eval_prompts: list[str] = setting(help="a held-out prompt with {subject} for --eval-every (repeatable; default: "
+                                      "one per DreamBench prompt type: 'a {subject} on the beach', 'a {subject} "
+                                      "wearing a santa hat' for a dog or cat, 'a red {subject}')",
+                                      flag="--eval-prompt", factory=list)
+    eval_dino: str | None = setting(None, help="DINO for --eval-every: a ViT folder or hub id (default: builtin on "
+                                    "the built-in model, else facebook/dino-vits16)")
+    eval_clip: str | None = setting(None, help="CLIP for --eval-every: a CLIPModel folder or hub id (default: builtin "
+                                    "on the built-in model, else openai/clip-vit-base-patch32)")
+    select: str = setting("last", choices=("last", "best"), help="the weights a run keeps: the last step's, or with "
+                          "--eval-every the eval point the rule in docs/BENCHMARK.md chooses (default: last)")
     sample_steps: int | None = setting(None, SAMPLER_STEPS)  # sampler steps for class images and validation
     guidance: float = setting(7.5, NON_NEGATIVE)
     allow_pickle: bool = setting(False, help="allow loading pickled weights (.ckpt/.bin): they can run code")
 
     def __post_init__(self) -> None:
         check_settings(self, registry.get(self.method).bounds if self.method in registry.names(True) else {})
+        if self.select not in ("last", "best"):
+            raise UserError(f"--select must be last or best, got {self.select!r}")
+        if self.select == "best" and not self.eval_every:
+            raise UserError("--select best needs --eval-every N (the eval points it chooses among)")
         if self.optimizer not in OPTIMIZERS:
             raise UserError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         if self.mixed_precision not in MIXED_PRECISION:

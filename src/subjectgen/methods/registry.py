@@ -27,7 +27,8 @@ PRIOR_SETTINGS = ("class_prompt", "prior_preservation", "prior_weight", "num_cla
 TRAINING_SETTINGS = (*PRIOR_SETTINGS, "token", "steps", "lr", "batch_size", "seed", "snr_gamma", "masked_loss",
                      "lr_warmup_steps", "max_grad_norm", "mixed_precision", "gradient_checkpointing", "optimizer",
                      "aspect_buckets", "compile",
-                     "checkpoint_every", "validate_every", "validation_prompts")
+                     "checkpoint_every", "validate_every", "validation_prompts", "eval_every", "eval_prompts",
+                     "eval_dino", "eval_clip", "select")
 
 # The settings every method shares get these defaults unless the method says otherwise:
 # (Stable Diffusion at 512 px, the small built-in/tiny models).

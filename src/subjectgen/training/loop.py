@@ -28,6 +28,7 @@ from ..sampling import generate, make_grid
 from ..subjects import expand_subject, load_subject
 from .checkpoints import list_checkpoints, load_checkpoint, save_checkpoint
 from .data import LatentCache, SubjectData, TextCache, class_images
+from .evaluation import TrainingEval, load_eval_evaluators
 from .outdir import RUN_SPEC, check_out_dir, hold, record_run, release
 
 DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -89,6 +90,7 @@ class Trainer:
         if cfg.compile:
             check_compiler(self.accelerator.device)
         check_optimizer(self.cfg.optimizer, self.accelerator.device)
+        self.evaluators = self.load_evaluators() if cfg.eval_every and self.accelerator.is_main_process else None
         if self.accelerator.is_main_process:  # only now, with every input valid, does the run folder appear
             hold(self.out)  # one writer; then the checks again, since another writer may have finished meanwhile
         try:
@@ -116,6 +118,17 @@ class Trainer:
         self.text_cache = self.make_text_cache()
         self.make_optimizer()
         self.start_step = self.maybe_resume() if resume else 0
+        self.evaluation = None if self.evaluators is None else TrainingEval(self, self.evaluators, self.start_step)
+
+    def load_evaluators(self):
+        """The bench's evaluators for --eval-every (the built-in ones on the built-in model), before any file."""
+        from ..assets import builtin_path
+        from ..eval.bench import DEFAULT_EVALUATORS
+
+        builtin = builtin_path("model", self.cfg.model) is not None
+        dino = self.cfg.eval_dino or ("builtin" if builtin else DEFAULT_EVALUATORS["dino"])
+        clip = self.cfg.eval_clip or ("builtin" if builtin else DEFAULT_EVALUATORS["clip"])
+        return load_eval_evaluators(dino, clip)
 
     def subject_data(self) -> SubjectData:
         """The photos' latents and, with prior preservation, the class images' (the default data source)."""
@@ -261,6 +274,8 @@ class Trainer:
                 self.checkpoint(step)
             if cfg.validate_every and step % cfg.validate_every == 0:
                 self.validate(step)
+            if self.evaluation is not None and step % cfg.eval_every == 0:
+                self.evaluation(step)
         bar.close()
         seconds = time.perf_counter() - started
         acc.wait_for_everyone()
@@ -292,6 +307,9 @@ class Trainer:
         """Write the weights, then the manifest (last: its presence marks a finished run)."""
         staging = self.out / ".final"
         shutil.rmtree(staging, ignore_errors=True)
+        best = self.evaluation.best_state() if self.evaluation is not None else None
+        if best is not None:  # --select best: the chosen eval point's weights, in every file the method writes
+            self.method.load_state_tensors(best)
         with writing(self.out, staging):  # a full disk: a one-line error, no half-saved weights left behind
             staging.mkdir()
             files = self.method.save(staging)
@@ -303,6 +321,8 @@ class Trainer:
             staging.rmdir()
         manifest = self.manifest(files, final_loss, seconds)
         atomic_write_json(self.out / MANIFEST, manifest)
+        if self.evaluation is not None:  # the chosen point's weights are the run's files now
+            self.evaluation.best_path.unlink(missing_ok=True)
         return manifest
 
     def manifest(self, files: list[str], final_loss: float, seconds: float) -> dict:
@@ -317,6 +337,7 @@ class Trainer:
             "resumes": json.loads((self.out / RUN_SPEC).read_text()).get("resumes", []),  # settings a resume changed
             # each asset's fingerprint: loading checks it
             "assets": [assets.record("model", self.cfg.model)] + self.method.asset_records(),
+            **({"evaluation": self.evaluation.record()} if self.evaluation is not None else {}),
             "metrics": {"final_loss": final_loss if self.cfg.steps else None, "train_seconds": round(seconds, 3),
                         "time_to_subject_seconds": round(time.perf_counter() - self.started, 3),
                         "steps_per_second": round(done / seconds, 3) if seconds and done else None,

@@ -1,0 +1,172 @@
+"""Evaluation inside training: likeness and prompt-following measured at eval points, and the step a rule keeps.
+
+At every `--eval-every N` steps the run samples a few images at fixed seeds for a small fixed set of held-out
+prompts — one per DreamBench prompt type (recontextualization, accessorization for live subjects, property), or
+the user's `--eval-prompt`s — and scores DINO and CLIP-I against the photos and CLIP-T against the prompt with
+the identifier removed, with the bench's evaluators. The base model's scores on the same class prompts and
+seeds are computed once, before the first step. Rows go to eval.csv (kept in step with loss.csv across kills
+and resumes). With `--select best` the run keeps the eval point the rule below chooses, in every file it
+writes (docs/BENCHMARK.md, "Choosing the step").
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from ..errors import UserError
+from ..safeio import atomic_save_safetensors, atomic_write_bytes, writing
+from ..subjects import expand_subject
+
+LIVE = ("dog", "cat")  # DreamBench's live subjects: their prompt list has outfits (accessorization)
+EVAL_SEEDS = (0, 1)
+CLIP_T_SHARE = 0.9  # the rule's budget: an eval point must keep 90 % of the base model's CLIP-T
+RULE = (f"the highest DINO among the eval points whose CLIP-T is at least {CLIP_T_SHARE:.0%} of the base model's "
+        "(ties: the earliest); when none is, the eval point with the highest CLIP-T (the least drift)")
+BEST_FILE = "eval_best.safetensors"
+
+
+def default_eval_prompts(class_noun: str) -> list[str]:
+    """One prompt per DreamBench prompt type: recontextualization, accessorization (live subjects only, as in
+    DreamBench), property."""
+    accessorized = ["a {subject} wearing a santa hat"] if class_noun in LIVE else []
+    return ["a {subject} on the beach", *accessorized, "a red {subject}"]
+
+
+@dataclass
+class EvalPoint:
+    step: int
+    dino: float
+    clip_i: float
+    clip_t: float
+
+
+def choose(points: list[EvalPoint], base_clip_t: float, share: float = CLIP_T_SHARE) -> EvalPoint:
+    """The rule (RULE): over budget is never chosen while any point is within it."""
+    if not points:
+        raise ValueError("choose() needs at least one eval point")
+    within = [p for p in points if p.clip_t >= share * base_clip_t]
+    if within:
+        return max(within, key=lambda p: (p.dino, -p.step))
+    return max(points, key=lambda p: (p.clip_t, -p.step))
+
+
+class EvalLog:
+    """eval.csv: the base row (step 0, 'base') and one row per eval point; like loss.csv, opened at the step a run
+    starts or resumes from it keeps the rows up to that step, so kills and resumes leave the uninterrupted run's."""
+
+    FIELDS = ["step", "kind", "dino", "clip_i", "clip_t"]
+
+    def __init__(self, path: Path, start_step: int):
+        self.path = path
+        kept = [r for r in self.rows() if int(r["step"]) <= start_step]
+        text = io.StringIO()
+        writer = csv.DictWriter(text, self.FIELDS)
+        writer.writeheader()
+        writer.writerows(kept)
+        atomic_write_bytes(path, text.getvalue().encode())
+
+    def rows(self) -> list[dict]:
+        if not self.path.is_file():
+            return []
+        lines = [line for line in self.path.read_text().splitlines(keepends=True) if line.endswith("\n")]
+        return [r for r in csv.DictReader(lines) if r.get("clip_t") not in (None, "") and r["step"].isdigit()]
+
+    def write(self, point: EvalPoint, kind: str) -> None:
+        with writing(self.path), self.path.open("a", newline="") as f:
+            csv.DictWriter(f, self.FIELDS).writerow({**asdict(point), "kind": kind})
+
+    def points(self) -> tuple[EvalPoint | None, list[EvalPoint]]:
+        """(the base row, the eval points) on disk."""
+        rows = [(r["kind"], EvalPoint(int(r["step"]), float(r["dino"]), float(r["clip_i"]), float(r["clip_t"])))
+                for r in self.rows()]
+        base = next((p for kind, p in rows if kind == "base"), None)
+        return base, [p for kind, p in rows if kind == "step"]
+
+
+def load_eval_evaluators(dino: str, clip: str):
+    """The bench's evaluators, or a one-line error naming the flags (before the run folder appears)."""
+    from ..eval.metrics import load_evaluators
+
+    try:
+        return load_evaluators(dino, clip)
+    except UserError as exc:
+        raise UserError(f"--eval-every: {exc}") from None
+
+
+class TrainingEval:
+    """A run's eval points: the base row once, then each point's scores, and the best state by the rule."""
+
+    def __init__(self, trainer, evaluators, start_step: int):
+        cfg, self.trainer, self.ev = trainer.cfg, trainer, evaluators
+        self.prompts = cfg.eval_prompts or default_eval_prompts(cfg.class_noun)
+        self.log = EvalLog(trainer.out / "eval.csv", start_step)
+        self.best_path = trainer.out / BEST_FILE
+        base, self.points = self.log.points()
+        if self.best_step() is not None and self.best_step() > start_step:
+            self.best_path.unlink()  # a point the resumed run will reach again
+        if base is None:
+            base = self.score(0, [expand_subject(p, cfg.class_noun) for p in self.prompts])
+            self.log.write(base, "base")
+        self.base = base
+
+    def score(self, step: int, model_prompts: list[str]) -> EvalPoint:
+        """The eval prompts' images at the fixed seeds, scored as the bench scores them (means over prompts)."""
+        from ..eval.metrics import score_images
+        from ..sampling import generate
+
+        t, cfg = self.trainer, self.trainer.cfg
+        modules = list(t.method.trainable_modules().values())
+        for module in modules:
+            module.eval()
+        seeds = list(EVAL_SEEDS) * len(model_prompts)
+        prompts = [p for p in model_prompts for _ in EVAL_SEEDS]
+        images = generate(t.components, prompts, seeds, cfg.sample_steps, cfg.guidance,
+                          denoiser_for=t.method.validation_denoiser_for(cfg.guidance) if step else None)
+        for module in modules:
+            module.train()
+        scores = []
+        for k, prompt in enumerate(self.prompts):
+            shown = images[k * len(EVAL_SEEDS):(k + 1) * len(EVAL_SEEDS)]
+            scores.append(score_images(self.ev, shown, t.subject.images, expand_subject(prompt, cfg.class_noun)))
+        mean = {key: sum(s[key] for s in scores) / len(scores) for key in ("dino", "clip_i", "clip_t")}
+        return EvalPoint(step, **mean)
+
+    def __call__(self, step: int) -> EvalPoint:
+        t = self.trainer
+        prompts = [t.method.prompt_for_model(expand_subject(p, t.method.subject_phrase)) for p in self.prompts]
+        point = self.score(step, prompts)
+        self.log.write(point, "step")
+        self.points.append(point)
+        if t.cfg.select == "best" and choose(self.points, self.base.clip_t) is point:
+            tensors = {k: v.detach().float().cpu().contiguous() for k, v in t.method.state_tensors().items()}
+            atomic_save_safetensors(self.best_path, tensors, metadata={"step": str(step)})
+        return point
+
+    def best_step(self) -> int | None:
+        if not self.best_path.is_file():
+            return None
+        from safetensors import safe_open
+
+        with safe_open(str(self.best_path), "pt") as f:
+            return int(f.metadata()["step"])
+
+    def best_state(self) -> dict[str, torch.Tensor] | None:
+        """The chosen point's trainable tensors, when it is not the last step (None: keep the final weights)."""
+        from safetensors.torch import load_file
+
+        chosen = choose(self.points, self.base.clip_t) if self.points else None
+        if chosen is None or chosen.step == self.trainer.cfg.steps or not self.best_path.is_file():
+            return None
+        return load_file(str(self.best_path))
+
+    def record(self) -> dict:
+        """What the manifest keeps: the rule, the base row, the curve and the chosen step."""
+        chosen = choose(self.points, self.base.clip_t) if self.points else None
+        return {"rule": RULE, "select": self.trainer.cfg.select, "prompts": self.prompts, "seeds": list(EVAL_SEEDS),
+                "base": asdict(self.base), "curve": [asdict(p) for p in self.points],
+                "chosen_step": chosen.step if chosen and self.trainer.cfg.select == "best" else self.trainer.cfg.steps}
