@@ -89,3 +89,49 @@ def test_eval_flags_that_cannot_work_are_one_line_errors_with_nothing_written(ti
                  str(out), "--quiet", *flags]) == 2
     err = capsys.readouterr().err.strip()
     assert words in err and len(err.splitlines()) == 1 and not out.exists()
+
+
+def test_a_photos_caption_is_its_training_prompt_and_a_missing_one_falls_back(tiny_model, tmp_path):
+    from conftest import draw_subject
+
+    from subjectgen import TrainConfig
+    from subjectgen.training.loop import Trainer
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(3):
+        draw_subject(photos / f"{i}.png", shift=i)
+    (photos / "0.txt").write_text("a {subject} on a tiled floor\n", encoding="utf-8")
+    (photos / "2.txt").write_text("a  {subject}\tsitting on a   sofa", encoding="utf-8")
+    trainer = Trainer(TrainConfig(method="lora", model=tiny_model, subject_dir=str(photos), class_noun="dog",
+                                  out=str(tmp_path / "run"), steps=1), progress=False)
+    try:
+        phrase = trainer.method.subject_phrase
+        want = {0: f"a {phrase} on a tiled floor", 1: f"a {phrase}", 2: f"a {phrase} sitting on a sofa"}
+        generator = torch.Generator().manual_seed(0)
+        seen = set()
+        for _ in range(10):
+            batch = trainer.method.batch(trainer.data, generator, 4)
+            seen |= set(batch.prompts)
+        assert seen == set(want.values())
+        assert set(want.values()) <= set(trainer.text_cache.by_prompt)  # every caption's embedding is cached
+    finally:
+        from subjectgen.training.outdir import release
+
+        release(trainer.out)
+
+
+@pytest.mark.parametrize("content, words", [(b"a {subject} on \xff\xfe grass", "is not UTF-8 text"),
+                                            (b"a dog on grass", "has no {subject}")])
+def test_a_bad_caption_file_is_a_one_line_error_with_nothing_written(tiny_model, tmp_path, capsys, content, words):
+    from conftest import draw_subject
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    draw_subject(photos / "0.png")
+    (photos / "0.txt").write_bytes(content)
+    out = tmp_path / "run"
+    assert main(["train", "lora", "--model", tiny_model, "--subject", str(photos), "--class", "dog", "--out",
+                 str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert words in err and "0.txt" in err and len(err.splitlines()) == 1 and not out.exists()

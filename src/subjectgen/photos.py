@@ -48,6 +48,27 @@ def check_subject_folder(folder: Path, class_noun: str) -> tuple[list[Path], lis
     return paths, photos
 
 
+def read_captions(paths: list[Path]) -> list[str | None]:
+    """Each photo's caption: NAME.txt beside it (kohya's convention), with {subject} where the identifier goes
+    ("a {subject} on a tiled floor"); None where a photo has none. A one-line error for a caption file that is
+    not UTF-8 text or does not say where the subject goes."""
+    captions = []
+    for path in paths:
+        text_file = path.with_suffix(".txt")
+        if not text_file.is_file():
+            captions.append(None)
+            continue
+        try:
+            text = " ".join(text_file.read_text(encoding="utf-8").split())
+        except UnicodeDecodeError:
+            raise UserError(f"caption {text_file} is not UTF-8 text; save it as UTF-8 or remove it") from None
+        if "{subject}" not in text:
+            raise UserError(f"caption {text_file} has no {{subject}}; write where the subject goes, e.g. "
+                            "'a {subject} on a tiled floor'")
+        captions.append(text)
+    return captions
+
+
 def warn_if_scaled_down(folder: Path, photos: list[Image.Image], resolution: int, model: str) -> None:
     """Say so when the photos are far larger than the model sees them, and, on the built-in model, that a
     real photo is outside the emoji world it knows."""
@@ -88,8 +109,9 @@ def photo_paths(folder: Path, warn: bool = False) -> list[Path]:
                             "it to JPEG or PNG")
     chosen = [p for p in files if p.suffix.lower() in suffixes]
     if warn and chosen:  # with no photo at all, the caller's error names the folder instead
+        captions = {p.with_suffix(".txt") for p in chosen}  # a photo's caption (read_captions) is not skipped
         for p in files:
-            if p.suffix.lower() not in suffixes:
+            if p.suffix.lower() not in suffixes and p not in captions:
                 warnings.warn(f"skipping {p}: not a photo ({', '.join(sorted(suffixes))})", stacklevel=3)
     return chosen
 

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from .errors import UserError
-from .photos import bucket_of, check_subject_folder, fit, open_mask, warn_if_scaled_down
+from .photos import bucket_of, check_subject_folder, fit, open_mask, read_captions, warn_if_scaled_down
 
 @dataclass
 class SubjectSet:
@@ -24,6 +24,7 @@ class SubjectSet:
     masks: list[Image.Image] | None = None  # L images, 255 on the subject; only when a masked loss asks
     # each photo's (original height, width, crop top, crop left) at the model's resolution: SDXL's time ids
     sizes: list[tuple[int, int, int, int]] | None = None
+    captions: list[str | None] | None = None  # each photo's NAME.txt, with {subject}; None: the instance prompt
 
     def tensor(self) -> torch.Tensor:
         """The photos as a (N, 3, H, W) tensor in [-1, 1], the VAE's input range."""
@@ -48,8 +49,10 @@ def load_subject(folder: Path, class_noun: str, resolution: int, masks: bool = F
     subject_masks = [fit(open_mask(p, im.size), target) for p, im, target in zip(paths, photos, targets)] \
         if masks else None
     images = [fit(im, target) for im, target in zip(photos, targets)]
+    captions = read_captions(paths)
     return SubjectSet(images=images, paths=paths, class_noun=class_noun.strip(), masks=subject_masks,
-                      sizes=[crop_box(im.size, target) for im, target in zip(photos, targets)])
+                      sizes=[crop_box(im.size, target) for im, target in zip(photos, targets)],
+                      captions=captions if any(captions) else None)
 
 
 def crop_box(size: tuple[int, int], target: tuple[int, int]) -> tuple[int, int, int, int]:

@@ -61,6 +61,10 @@ class Method:
         """What `{subject}` in a prompt becomes: 'sks dog', '<s*> dog'."""
         return f"{self.token} {self.subject.class_noun}"
 
+    def caption_prompt(self, caption: str | None) -> str | None:
+        """A photo's caption with the subject phrase where it says {subject}, as the tokenizer must see it."""
+        return None if caption is None else self.prompt_for_model(caption.replace("{subject}", self.subject_phrase))
+
     def instance_prompts(self) -> list[str]:
         return [self.cfg.instance_prompt.format(token=self.token, **{"class": self.subject.class_noun})]
 
@@ -114,7 +118,8 @@ class Method:
         encoder trains, or the conditioning depends on the step)."""
         if set(self.trainable_modules()) & set(self.components.backbone.text_encoders):
             return None
-        return self.model_prompts + [class_prompt]
+        captions = [self.caption_prompt(c) for c in (self.subject.captions or [])] if self.subject else []
+        return list(dict.fromkeys(self.model_prompts + [c for c in captions if c] + [class_prompt]))
 
     def batch(self, data, generator: torch.Generator, batch_size: int) -> Batch:
         """Instance samples with prompts drawn from instance_prompts(); then class samples, if any."""
@@ -122,6 +127,9 @@ class Method:
         latents, conditioning = drawn.latents, drawn.conditioning
         prompts = self.model_prompts
         chosen = [prompts[i] for i in torch.randint(len(prompts), (batch_size,), generator=generator).tolist()]
+        if self.subject is not None and self.subject.captions:  # a photo's NAME.txt: its own prompt
+            chosen = [self.caption_prompt(self.subject.captions[i]) or prompt
+                      for i, prompt in zip(drawn.images, chosen)]
         if data.classes is not None:
             classes = data.classes.draw(batch_size, generator, bucket=drawn.bucket)
             latents = torch.cat([latents, classes.latents])

@@ -41,6 +41,7 @@ class Draw:
     masks: torch.Tensor | None
     conditioning: dict
     bucket: tuple[int, int]
+    images: list[int]  # which image (its position in the cache's list) each latent came from
 
 
 @dataclass
@@ -68,11 +69,11 @@ class LatentCache:
             images, sizes = [fit(im, b) for b in fit_to for im in images], \
                 [crop_box(im.size, b) for b in fit_to for im in images]
         self.bucket_of = [im.size for im in images]  # (width, height) of each image
+        self.members = {b: [i for i, size in enumerate(self.bucket_of) if size == b] for b in self.bucket_of}
         size = components.resolution
         sizes = sizes or [(size, size, 0, 0)] * len(images)
         self.groups = {}
-        for bucket in dict.fromkeys(self.bucket_of):
-            index = [i for i, b in enumerate(self.bucket_of) if b == bucket]
+        for bucket, index in self.members.items():
             self.groups[bucket] = self.encode(components, [images[i] for i in index],
                                               None if masks is None else [masks[i] for i in index],
                                               [sizes[i] for i in index], batch_size)
@@ -107,7 +108,8 @@ class LatentCache:
         index = torch.randint(len(group.mean), (count,), generator=generator)
         masks = None if group.masks is None else group.masks[index]
         latents = self.sample(index, generator, bucket)
-        return Draw(latents, masks, {k: v[index] for k, v in group.conditioning.items()}, bucket)
+        images = [self.members[bucket][i] for i in index.tolist()]
+        return Draw(latents, masks, {k: v[index] for k, v in group.conditioning.items()}, bucket, images)
 
     def sample(self, index: torch.Tensor, generator: torch.Generator,
                bucket: tuple[int, int] | None = None) -> torch.Tensor:
