@@ -135,3 +135,22 @@ def test_a_bad_caption_file_is_a_one_line_error_with_nothing_written(tiny_model,
                  str(out), "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
     assert words in err and "0.txt" in err and len(err.splitlines()) == 1 and not out.exists()
+
+
+def test_the_backdrop_score_ranks_a_copy_of_the_photos_background_above_a_scene():
+    from subjectgen.eval.metrics import backdrop_similarity, backdrops, load_evaluators
+    from subjectgen.photos import open_mask, open_photo
+    from subjectgen.world.build import EMOJIBENCH, bench_instances, render_prompt
+    from subjectgen.world.emoji import sources_available
+
+    if not sources_available():
+        pytest.skip("emoji sources not installed (see .ci/run)")
+    ev = load_evaluators("builtin", "builtin")
+    noun, inst = bench_instances(EMOJIBENCH)["backpack"]
+    paths = sorted((EMOJIBENCH / "backpack").glob("*.png"))
+    photos = [open_photo(p) for p in paths]
+    masks = [open_mask(p, im.size) for p, im in zip(paths, photos)]
+    backgrounds = backdrops(photos[1:], masks[1:])
+    copied = backdrops(photos[:1], masks[:1])[0]  # a held-out photo's place, without its subject
+    scene = render_prompt(noun, inst, "a backpack on the beach", 0)
+    assert backdrop_similarity(ev, [copied], backgrounds) > backdrop_similarity(ev, [scene], backgrounds)

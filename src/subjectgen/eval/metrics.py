@@ -117,3 +117,26 @@ def score_images(ev: Evaluators, images: list[Image.Image], photos: list[Image.I
     clip_t = paired_cosine(ev.clip_image_embed(images), ev.clip_text_embed([prompt] * len(images)))
     return {"dino": float(dino.mean()), "clip_i": float(clip_i.mean()), "clip_t": float(clip_t.mean()),
             "per_image": {"dino": dino.tolist(), "clip_i": clip_i.tolist(), "clip_t": clip_t.tolist()}}
+
+
+def backdrops(photos: list[Image.Image], masks: list[Image.Image] | None = None) -> list[Image.Image]:
+    """The photos' backgrounds alone: the subject (its mask where one is given, else the centre half of the
+    photo, where a subject usually stands) painted over with the photo's mean border colour."""
+    out = []
+    for i, photo in enumerate(photos):
+        array = np.asarray(photo.convert("RGB"), dtype=np.float32)
+        if masks is not None:
+            subject = np.asarray(masks[i].convert("L").resize(photo.size), dtype=np.float32) > 127
+        else:
+            subject = np.zeros(array.shape[:2], dtype=bool)
+            h, w = subject.shape
+            subject[h // 4: h - h // 4, w // 4: w - w // 4] = True
+        border = np.concatenate([array[0], array[-1], array[:, 0], array[:, -1]])
+        array[subject] = border.mean(axis=0)
+        out.append(Image.fromarray(array.round().astype(np.uint8)))
+    return out
+
+
+def backdrop_similarity(ev: Evaluators, images: list[Image.Image], backgrounds: list[Image.Image]) -> float:
+    """How much images look like the photos' backgrounds: CLIP image cosine with each background, averaged."""
+    return float(mean_cosine_to_references(ev.clip_image_embed(images), ev.clip_image_embed(backgrounds)).mean())

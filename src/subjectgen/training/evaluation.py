@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
+from ..eval.metrics import backdrop_similarity, backdrops
 from ..safeio import atomic_save_safetensors, atomic_write_bytes, writing
 from ..subjects import expand_subject
 
@@ -43,6 +44,7 @@ class EvalPoint:
     dino: float
     clip_i: float
     clip_t: float
+    backdrop: float = 0.0  # CLIP image similarity to the photos' backgrounds alone (eval.metrics.backdrops)
 
 
 def choose(points: list[EvalPoint], base_clip_t: float, share: float = CLIP_T_SHARE) -> EvalPoint:
@@ -59,7 +61,7 @@ class EvalLog:
     """eval.csv: the base row (step 0, 'base') and one row per eval point; like loss.csv, opened at the step a run
     starts or resumes from it keeps the rows up to that step, so kills and resumes leave the uninterrupted run's."""
 
-    FIELDS = ["step", "kind", "dino", "clip_i", "clip_t"]
+    FIELDS = ["step", "kind", "dino", "clip_i", "clip_t", "backdrop"]
 
     def __init__(self, path: Path, start_step: int):
         self.path = path
@@ -82,10 +84,22 @@ class EvalLog:
 
     def points(self) -> tuple[EvalPoint | None, list[EvalPoint]]:
         """(the base row, the eval points) on disk."""
-        rows = [(r["kind"], EvalPoint(int(r["step"]), float(r["dino"]), float(r["clip_i"]), float(r["clip_t"])))
-                for r in self.rows()]
+        rows = [(r["kind"], EvalPoint(int(r["step"]), float(r["dino"]), float(r["clip_i"]), float(r["clip_t"]),
+                                      float(r["backdrop"]))) for r in self.rows()]
         base = next((p for kind, p in rows if kind == "base"), None)
         return base, [p for kind, p in rows if kind == "step"]
+
+
+BACKDROP_MARGIN = 0.05  # provisional: to be set on the validation subjects by its own rule
+
+
+def backdrop_warning(base: EvalPoint, kept: EvalPoint) -> str | None:
+    """One line when the kept images resemble the photos' backgrounds clearly more than the base model's do."""
+    if kept.backdrop - base.backdrop <= BACKDROP_MARGIN:
+        return None
+    return (f"the images at step {kept.step} copy the photos' backgrounds (backdrop similarity "
+            f"{kept.backdrop:.3f} against the base model's {base.backdrop:.3f}) rather than the prompt's scene; "
+            "captions (NAME.txt with {subject}), --masked-loss, fewer --steps or a lower --lr help")
 
 
 def load_eval_evaluators(dino: str, clip: str):
@@ -104,6 +118,7 @@ class TrainingEval:
     def __init__(self, trainer, evaluators, start_step: int):
         cfg, self.trainer, self.ev = trainer.cfg, trainer, evaluators
         self.prompts = cfg.eval_prompts or default_eval_prompts(cfg.class_noun)
+        self.backgrounds = backdrops(trainer.subject.images, trainer.subject.masks)
         self.log = EvalLog(trainer.out / "eval.csv", start_step)
         self.best_path = trainer.out / BEST_FILE
         base, self.points = self.log.points()
@@ -134,7 +149,7 @@ class TrainingEval:
             shown = images[k * len(EVAL_SEEDS):(k + 1) * len(EVAL_SEEDS)]
             scores.append(score_images(self.ev, shown, t.subject.images, expand_subject(prompt, cfg.class_noun)))
         mean = {key: sum(s[key] for s in scores) / len(scores) for key in ("dino", "clip_i", "clip_t")}
-        return EvalPoint(step, **mean)
+        return EvalPoint(step, **mean, backdrop=backdrop_similarity(self.ev, images, self.backgrounds))
 
     def __call__(self, step: int) -> EvalPoint:
         t = self.trainer
@@ -159,14 +174,21 @@ class TrainingEval:
         """The chosen point's trainable tensors, when it is not the last step (None: keep the final weights)."""
         from safetensors.torch import load_file
 
-        chosen = choose(self.points, self.base.clip_t) if self.points else None
-        if chosen is None or chosen.step == self.trainer.cfg.steps or not self.best_path.is_file():
+        if self.kept_step() == self.trainer.cfg.steps or not self.best_path.is_file():
             return None
         return load_file(str(self.best_path))
 
     def record(self) -> dict:
         """What the manifest keeps: the rule, the base row, the curve and the chosen step."""
-        chosen = choose(self.points, self.base.clip_t) if self.points else None
-        return {"rule": RULE, "select": self.trainer.cfg.select, "prompts": self.prompts, "seeds": list(EVAL_SEEDS),
+        kept = next((p for p in self.points if p.step == self.kept_step()), None)
+        warning = backdrop_warning(self.base, kept) if kept else None
+        return {"rule": RULE, "select": self.trainer.cfg.select, "backdrop_warning": warning,
+                "prompts": self.prompts, "seeds": list(EVAL_SEEDS),
                 "base": asdict(self.base), "curve": [asdict(p) for p in self.points],
-                "chosen_step": chosen.step if chosen and self.trainer.cfg.select == "best" else self.trainer.cfg.steps}
+                "chosen_step": self.kept_step()}
+
+    def kept_step(self) -> int:
+        """The step whose weights the run keeps: the rule's with --select best, else the last."""
+        if self.trainer.cfg.select == "best" and self.points:
+            return choose(self.points, self.base.clip_t).step
+        return self.trainer.cfg.steps

@@ -9,6 +9,7 @@ import os
 import platform
 import shutil
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -323,6 +324,8 @@ class Trainer:
         atomic_write_json(self.out / MANIFEST, manifest)
         if self.evaluation is not None:  # the chosen point's weights are the run's files now
             self.evaluation.best_path.unlink(missing_ok=True)
+            if manifest["evaluation"]["backdrop_warning"]:
+                warnings.warn(manifest["evaluation"]["backdrop_warning"], stacklevel=2)
         return manifest
 
     def manifest(self, files: list[str], final_loss: float, seconds: float) -> dict:
