@@ -116,7 +116,6 @@ def main() -> None:
         errors[model]["held-out photos"] = float(np.mean([errors[model][n] for n in HELD_OUT]))
     Path(args.sheet).parent.mkdir(parents=True, exist_ok=True)
     sheet(images, recons).save(args.sheet, quality=90)
-    print(json.dumps(errors))
     print_table(models, errors, {name: len(p) for name, p in images.items()}, args.sheet)
 
 
@@ -135,9 +134,24 @@ def print_table(models: list[str], errors: dict, counts: dict, sheet_path: str) 
         worse = [n for n in counts if errors[model][n] > 1.05 * errors[first][n]]
         verdict = "a candidate to ship (rule 3)" if drop >= 0.4 and not worse else "not a candidate (rule 3)"
         met = "met" if errors[model]["held-out photos"] <= target else "not met"
-        print(f"- {model}: held-out photos {drop:+.1%} below {first}; sets more than 5 % worse: "
+        print(f"- {model}: held-out photos {drop:.1%} below {first}; sets more than 5 % worse: "
               f"{', '.join(worse) or 'none'}; {verdict}; target {met}.")
+    for model in models:
+        record = continued(model)
+        if record:
+            hours = sum(piece["seconds"] * piece["threads"] for piece in record["slices"]) / 3600
+            print(f"- {model} is `world train-vae --part {record['config']['part']}` at step {record['step']} of "
+                  f"{record['config']['steps']}: {sum(p['samples'] for p in record['slices']):,} samples in "
+                  f"{len(record['slices'])} slices, {hours:.2f} CPU-hours (threads x seconds).")
     print(f"\nSheet: `{sheet_path}` (per set: the originals, then each model's reconstructions, in the order above).")
+
+
+def continued(model: str) -> dict | None:
+    """The slices' record of a model from `world train-vae` (its training.json), or None."""
+    from subjectgen.assets import resolve
+
+    info = Path(resolve("model", model)) / "training.json"
+    return json.loads(info.read_text()).get("vae_continued") if info.is_file() else None
 
 
 if __name__ == "__main__":
