@@ -47,9 +47,10 @@ def switch_at(n: int, first: Denoiser, then: Denoiser) -> Denoiser:
 @torch.no_grad()
 def sample(denoiser: Denoiser, scheduler, latents: torch.Tensor) -> torch.Tensor:
     """The denoising loop, written out: from noise at the scheduler's first timestep to clean latents."""
-    latents = latents * scheduler.init_noise_sigma
+    latents = latents * getattr(scheduler, "init_noise_sigma", 1.0)  # flow schedules start at pure noise
+    scale = getattr(scheduler, "scale_model_input", lambda x, t: x)
     for i, t in enumerate(scheduler.timesteps):
-        noise = denoiser(scheduler.scale_model_input(latents, t), t, i)
+        noise = denoiser(scale(latents, t), t, i)
         latents = scheduler.step(noise, t, latents).prev_sample
     return latents
 
@@ -100,10 +101,8 @@ class FusionLoop:
 
 
 def fresh_scheduler(components: Components, steps: int):
-    """A new scheduler of the model's own kind, set to `steps` (state is per sampling run)."""
-    scheduler = type(components.scheduler).from_config(components.scheduler.config)
-    scheduler.set_timesteps(steps)
-    return scheduler
+    """A new scheduler of the model's own kind, set to `steps` (state is per sampling run; the family's)."""
+    return components.backbone.sampling_scheduler(components, steps)
 
 
 @dataclass
@@ -171,7 +170,7 @@ def prompt_denoiser(components: Components, net, text_encoders: list, prompts: l
     image = family.image_conditioning([(size, size, 0, 0)] * len(prompts), size)
     cond = {**family.encode_text(components, prompts, text_encoders), **image}
     uncond = {**family.negative_conditioning(components, [negative_prompt] * len(prompts), text_encoders), **image}
-    return cfg_denoiser(net, cond, uncond, guidance, context, family.call)
+    return family.guided_denoiser(components, net, cond, uncond, guidance, context)
 
 
 def make_grid(images: list[Image.Image], columns: int | None = None) -> Image.Image:

@@ -91,3 +91,51 @@ def save_tiny_sdxl_pipeline(out: Path, seed: int = 0) -> Path:
     with atomic_dir(Path(out)) as tmp:
         build_tiny_sdxl_pipeline(seed).save_pretrained(tmp, safe_serialization=True)
     return Path(out)
+
+
+def t5_tokenizer(max_length: int = 32):
+    """A small T5-style tokenizer (a Unigram model, trained here in a second with the `tokenizers` library on the
+    world's kind of captions): for tiny FLUX models, which have no hub to fetch T5's from."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
+    from transformers import T5TokenizerFast
+
+    tok = Tokenizer(models.Unigram())
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    corpus = [f"a {c} {x}" for c in ("dog", "cat", "backpack", "teapot", "sks dog", "<s*> dog")
+              for x in ("on the beach", "in the snow", "wearing a santa hat", "red", "in the jungle")]
+    tok.train_from_iterator(corpus * 20, trainers.UnigramTrainer(vocab_size=200, unk_token="<unk>",
+                                                                 special_tokens=["<pad>", "</s>", "<unk>"]))
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    return T5TokenizerFast(tokenizer_object=tok, eos_token="</s>", pad_token="<pad>", unk_token="<unk>",
+                           extra_ids=0, model_max_length=max_length)
+
+
+def build_tiny_flux_pipeline(seed: int = 0, guidance_embeds: bool = True):
+    """A tiny FLUX.1 pipeline (the real classes: CLIP-L and T5 text encoders, FluxTransformer2DModel, a 16-channel
+    VAE, the flow-matching scheduler with dynamic shifting): 32 px images, 16x16x16 latents packed into 64
+    tokens. guidance_embeds: FLUX.1-dev's guidance embedding (False: schnell's)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import T5Config, T5EncoderModel
+
+    torch.manual_seed(seed)
+    clip = CLIPTextModel(CLIPTextConfig(vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                        num_attention_heads=2, max_position_embeddings=77, projection_dim=32))
+    t5 = T5EncoderModel(T5Config(vocab_size=200, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4))
+    transformer = FluxTransformer2DModel(patch_size=1, in_channels=64, num_layers=1, num_single_layers=1,
+                                         attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32,
+                                         pooled_projection_dim=32, guidance_embeds=guidance_embeds,
+                                         axes_dims_rope=(4, 6, 6))
+    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=16, block_out_channels=(32, 32),
+                        layers_per_block=1, down_block_types=("DownEncoderBlock2D",) * 2,
+                        up_block_types=("UpDecoderBlock2D",) * 2, sample_size=32, scaling_factor=0.3611,
+                        shift_factor=0.1159, use_quant_conv=False, use_post_quant_conv=False, norm_num_groups=32)
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_image_seq_len=256,
+                                                max_image_seq_len=4096, base_shift=0.5, max_shift=1.15)
+    return FluxPipeline(scheduler=scheduler, vae=vae, text_encoder=clip, tokenizer=clip_tokenizer(),
+                        text_encoder_2=t5, tokenizer_2=t5_tokenizer(), transformer=transformer)
+
+
+def save_tiny_flux_pipeline(out: Path, seed: int = 0, guidance_embeds: bool = True) -> Path:
+    with atomic_dir(Path(out)) as tmp:
+        build_tiny_flux_pipeline(seed, guidance_embeds).save_pretrained(tmp, safe_serialization=True)
+    return Path(out)

@@ -8,6 +8,7 @@ from pathlib import Path
 from ..errors import UserError
 from .base import Backbone, Components, Conditioning
 from .sd import StableDiffusion
+from .flux import Flux
 from .sdxl import StableDiffusionXL
 
 __all__ = ["Backbone", "Components", "Conditioning", "FAMILIES", "register", "for_pipeline_class",
@@ -27,6 +28,7 @@ def unregister(name: str) -> None:
 
 register(StableDiffusion())
 register(StableDiffusionXL())
+register(Flux())
 
 
 def supported() -> str:

@@ -90,6 +90,11 @@ class Backbone:
     text_lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "out_proj")
     kohya_prefixes: dict[str, str] = field(default_factory=dict)  # component -> kohya's key prefix
     refusals: dict[str, str] = field(default_factory=dict)        # a look-alike class -> why it is refused
+    trainable_text_encoders: tuple[str, ...] = ()  # what --train-text-encoder trains (default: every encoder)
+    flow_matching: bool = False                    # a velocity target on a flow schedule (no ᾱ, no min-SNR)
+
+    def text_encoders_to_train(self) -> tuple[str, ...]:
+        return self.trainable_text_encoders or self.text_encoders
 
     # --- loading ------------------------------------------------------------------------------------
     def load_parts(self, path: Path, use_safetensors: bool | None, index: dict) -> dict[str, Any]:
@@ -145,6 +150,20 @@ class Backbone:
         """The noise schedule training draws from (a fresh copy of the model's)."""
         raise NotImplementedError
 
+    def sampling_scheduler(self, c: Components, steps: int):
+        """A new scheduler of the model's own kind, set to `steps` (its state is per sampling run)."""
+        scheduler = type(c.scheduler).from_config(c.scheduler.config)
+        scheduler.set_timesteps(steps)
+        return scheduler
+
+    def guided_denoiser(self, c: Components, net, cond: Conditioning, uncond: Conditioning, guidance: float,
+                        context):
+        """The sampling step's prediction from the prompts' and the negative prompts' conditioning: classifier-
+        free guidance (a guidance-distilled family takes the scale as an input instead)."""
+        from ..sampling import cfg_denoiser
+
+        return cfg_denoiser(net, cond, uncond, guidance, context, self.call)
+
     def training_sample(self, scheduler, latents: torch.Tensor, generator: torch.Generator):
         """(noisy latents, timesteps, target) for one step: the family's noise schedule and prediction target."""
         raise NotImplementedError
@@ -173,6 +192,16 @@ class Backbone:
     def save_lora(self, run_dir: Path, layers: dict[str, dict], metadata: dict[str, dict]) -> None:
         """Write LoRA layers (by component) in diffusers' file for this family's pipeline."""
         raise NotImplementedError
+
+    def export_lora(self, layers: dict[str, dict], alpha: float, run_dir: Path) -> list[str]:
+        """The LoRA also in the community's format, where the family has one here (kohya's keys, which A1111 and
+        ComfyUI read, for SD and SDXL); the file names written."""
+        if not self.kohya_prefixes:
+            return []
+        from ..adapters import export_kohya_lora
+
+        export_kohya_lora(layers, alpha, run_dir / "kohya_lora.safetensors", self.kohya_prefixes)
+        return ["kohya_lora.safetensors"]
 
     def embedding_names(self) -> dict[str, str]:
         """Text encoder -> the key of its vectors in A1111's/ComfyUI's embedding file (SD's 'emb_params';

@@ -74,7 +74,7 @@ class Method:
         c = self.components
         modules = {c.backbone.denoiser: c.denoiser}
         if self.cfg.train_text_encoder:
-            modules.update({name: c.parts[name] for name in c.backbone.text_encoders})
+            modules.update({name: c.parts[name] for name in c.backbone.text_encoders_to_train()})
         return modules
 
     def save(self, run_dir: Path) -> list[str]:
@@ -148,7 +148,8 @@ class Method:
     def loss(self, pred: torch.Tensor, target: torch.Tensor, timesteps: torch.Tensor, batch: Batch,
              scheduler) -> tuple[torch.Tensor, dict]:
         """The denoising loss with the prior-preservation split, min-SNR and a mask (losses.diffusion_loss)."""
-        return diffusion_loss(pred, target, timesteps, scheduler.alphas_cumprod, scheduler.config.prediction_type,
+        return diffusion_loss(pred, target, timesteps, getattr(scheduler, "alphas_cumprod", None),
+                              scheduler.config.get("prediction_type", "flow"),
                               batch.n_instance, self.cfg.prior_weight, self.cfg.snr_gamma, batch.masks)
 
     def validation_denoiser_for(self, guidance: float):

@@ -13,7 +13,7 @@ import torch
 from diffusers.utils import convert_state_dict_to_diffusers
 from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model
 
-from ..adapters import export_kohya_lora, lora_off
+from ..adapters import lora_off
 from ..models import load_model, quiet_loading
 from ..subjects import rare_token
 from .base import Method
@@ -72,7 +72,7 @@ class DreamBoothLoRA(DreamBooth):
         if self.cfg.train_text_encoder:
             # peft directly, not transformers' add_adapter: that one refuses peft releases older than the
             # transformers release expects (transformers 5.24 wants peft 0.22, which was not published yet)
-            for name in c.backbone.text_encoders:
+            for name in c.backbone.text_encoders_to_train():
                 inject_adapter_in_model(self.lora_config(self.targets(name)), c.parts[name])
         for module in self.trainable_modules().values():
             module.train()
@@ -88,8 +88,7 @@ class DreamBoothLoRA(DreamBooth):
     def save(self, run_dir: Path) -> list[str]:
         layers, family = self.lora_layers(), self.components.backbone
         family.save_lora(run_dir, layers, {name: self.lora_config(self.targets(name)).to_dict() for name in layers})
-        export_kohya_lora(layers, self.cfg.alpha, run_dir / "kohya_lora.safetensors", family.kohya_prefixes)
-        return ["pytorch_lora_weights.safetensors", "kohya_lora.safetensors"]
+        return ["pytorch_lora_weights.safetensors", *family.export_lora(layers, self.cfg.alpha, run_dir)]
 
     def manifest(self) -> dict:
         return {**super().manifest(), "rank": self.cfg.rank, "lora_alpha": self.cfg.alpha}

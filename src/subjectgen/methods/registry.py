@@ -49,12 +49,14 @@ class MethodSpec:
     drops: tuple[str, ...] = ()                  # shared settings that do nothing for this method (no flag for them)
     families: tuple[str, ...] | None = None      # the model families it is built for (backbones/); None: every one
 
-    def check_family(self, family: str, title: str) -> None:
+    def check_family(self, family: str, titles: dict[str, str]) -> None:
         """A one-line error when this method cannot run on the model's family (ProFusion's PromptNet is built
-        from an SD UNet's encoder)."""
+        from an SD UNet's encoder); `titles`: every family's name -> title."""
         if self.families is not None and family not in self.families:
-            raise UserError(f"{self.name} is built for Stable Diffusion 1.x/2.x UNets only, and this model is "
-                            f"{title}; use lora, dreambooth or textual-inversion on it")
+            others = [name for name, spec in REGISTRY.items() if spec.listed and family in (spec.families or [family])]
+            raise UserError(f"{self.name} is not built for {titles[family]}; it runs on "
+                            f"{', '.join(titles[f] for f in self.families if f in titles)} (on this model use "
+                            f"{', '.join(others)})")
 
     def load(self) -> type:
         """The Method subclass (imported on first use), which knows its spec."""
@@ -123,7 +125,8 @@ register(MethodSpec(
     "subjectgen.methods.textual_inversion:TextualInversion",
     own_settings=("num_vectors", "init_word"),
     defaults={"steps": (3000, 500), "lr": (5e-4, 5e-3), "num_class_images": (0, 0)},
-    token_help="placeholder token (default: <s*>)"))
+    token_help="placeholder token (default: <s*>)",
+    families=("sd", "sdxl")))
 register(MethodSpec(
     "profusion", "ProFusion: a pretrained encoder maps one photo to S*, a brief tune, Fusion Sampling at generation",
     "subjectgen.methods.profusion:ProFusion",

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from .. import assets
 from ..adapters import MANIFEST
+from ..backbones import FAMILIES
 from ..config import TrainConfig, resolve_defaults
 from ..errors import TrainingDiverged, UserError
 from ..methods import registry
@@ -82,7 +83,10 @@ class Trainer:
             check_out_dir(self.out, cfg, resume, overwrite)
         self.components = load_model(cfg.model, cfg.allow_pickle)
         family = self.components.backbone
-        registry.get(cfg.method).check_family(family.name, family.title)
+        registry.get(cfg.method).check_family(family.name, {n: b.title for n, b in FAMILIES.items()})
+        if cfg.snr_gamma and family.flow_matching:
+            raise UserError(f"--snr-gamma: min-SNR weighting is defined for ε and v targets, not for {family.title}'s "
+                            "flow matching; leave it out")
         self.cfg = resolve_defaults(cfg, self.components.resolution)
         self.subject = None if cfg.subject_dir is None else load_subject(  # None: a dataset method (pretraining)
             Path(cfg.subject_dir), cfg.class_noun, self.components.resolution, masks=cfg.masked_loss, model=cfg.model,

@@ -1,0 +1,151 @@
+"""FLUX.1 on the backbone axis: a tiny random FLUX.1 built in code (a T5 tokenizer trained in a second) trains
+LoRA by flow matching, generates as plain diffusers does, and its LoRA loads in plain diffusers."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from diffusers import FluxPipeline
+from safetensors.torch import load_file
+
+from subjectgen import TrainConfig, load_model, load_run, train
+from subjectgen.backbones.flux import pack
+from subjectgen.cli import main
+from subjectgen.sampling import generate, initial_latents
+from subjectgen.world.build import EMOJIBENCH
+
+from test_methods import as_array
+
+
+@pytest.fixture(scope="module")
+def tiny_flux(tmp_path_factory, cache_root) -> str:
+    from subjectgen.tiny import save_tiny_flux_pipeline
+
+    return str(save_tiny_flux_pipeline(tmp_path_factory.mktemp("models") / "tiny-flux"))
+
+
+@pytest.fixture(scope="module")
+def flux_lora(tiny_flux, tmp_path_factory):
+    cfg = TrainConfig(method="lora", model=tiny_flux, subject_dir=str(EMOJIBENCH / "dog"), class_noun="dog",
+                      out=str(tmp_path_factory.mktemp("runs") / "lora"), steps=6, train_text_encoder=True,
+                      prior_preservation=True, num_class_images=2)
+    return train(cfg, progress=False).run_dir
+
+
+def plain_images(pipe, prompt, components, seed=0, guidance=3.5):
+    latents = pack(initial_latents(components, [seed]))
+    out = pipe(prompt, num_inference_steps=4, guidance_scale=guidance, latents=latents, height=32, width=32,
+               max_sequence_length=32, output_type="np").images
+    return np.round(out * 255).astype(np.int16)
+
+
+def test_flux_is_detected_and_our_sampler_matches_the_plain_pipeline(tiny_flux):
+    components = load_model(tiny_flux)
+    assert components.backbone.name == "flux" and components.resolution == 32
+    ours = as_array(generate(components, ["a dog on the beach"], [3], steps=4, guidance=3.5))
+    theirs = plain_images(FluxPipeline.from_pretrained(tiny_flux), "a dog on the beach", components, seed=3)
+    assert np.abs(ours - theirs).max() <= 1
+
+
+def test_flux_lora_trains_and_loads_in_plain_diffusers(flux_lora, tiny_flux):
+    run = load_run(flux_lora)
+    prompt = run.prompt_for_model("a {subject} on the beach")
+    ours = as_array(generate(run.components, [prompt], [0], steps=4, guidance=3.5))
+    base = as_array(generate(load_model(tiny_flux), [prompt], [0], steps=4, guidance=3.5))
+    assert np.abs(ours - base).max() > 0
+    weights = load_file(str(flux_lora / "pytorch_lora_weights.safetensors"))
+    assert any(k.startswith("transformer.") for k in weights) and any(k.startswith("text_encoder.") for k in weights)
+    pipe = FluxPipeline.from_pretrained(tiny_flux)
+    pipe.load_lora_weights(str(flux_lora))
+    assert np.abs(ours - plain_images(pipe, prompt, run.components)).max() <= 1
+
+
+def test_the_flow_matching_step_against_a_hand_computation(tiny_flux):
+    components = load_model(tiny_flux)
+    family = components.backbone
+    scheduler = family.training_scheduler(components)
+    latents = torch.randn(3, 16, 16, 16, generator=torch.Generator().manual_seed(1))
+    noisy, timesteps, target = family.training_sample(scheduler, latents, torch.Generator().manual_seed(2))
+    g = torch.Generator().manual_seed(2)
+    noise = torch.randn(latents.shape, generator=g)
+    index = (torch.rand(3, generator=g) * 1000).long()
+    sigma = scheduler.sigmas[index].view(-1, 1, 1, 1)
+    assert torch.allclose(noisy, (1 - sigma) * latents + sigma * noise) and torch.equal(target, noise - latents)
+    assert torch.allclose(timesteps, sigma.flatten() * 1000)  # the transformer sees timestep / 1000 = σ
+
+
+def test_the_guidance_embedding_reaches_a_distilled_model_and_not_a_base_one(tiny_flux, tmp_path):
+    from subjectgen.tiny import save_tiny_flux_pipeline
+
+    seen = {}
+
+    def spy(name):
+        def hook(module, args, kwargs):
+            seen[name] = kwargs.get("guidance")
+        return hook
+
+    schnell = load_model(str(save_tiny_flux_pipeline(tmp_path / "schnell", guidance_embeds=False)))
+    for name, components in (("dev", load_model(tiny_flux)), ("schnell", schnell)):
+        components.transformer.register_forward_pre_hook(spy(name), with_kwargs=True)
+        generate(components, ["a dog"], [0], steps=2, guidance=5.0)
+    assert seen["dev"] is not None and torch.allclose(seen["dev"], torch.tensor([5.0]))
+    assert seen["schnell"] is None
+
+
+def refused(capsys, argv) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    return err
+
+
+@pytest.mark.parametrize("class_name, words", [("FluxFillPipeline", "FLUX.1 Fill"),
+                                               ("FluxKontextPipeline", "FLUX.1 Kontext"),
+                                               ("FluxPriorReduxPipeline", "FLUX.1 Redux")])
+def test_flux_look_alikes_are_refused_in_one_line(tiny_flux, tmp_path, capsys, class_name, words):
+    folder = tmp_path / "variant"
+    shutil.copytree(tiny_flux, folder)
+    index = json.loads((folder / "model_index.json").read_text())
+    (folder / "model_index.json").write_text(json.dumps({**index, "_class_name": class_name}))
+    out = tmp_path / "run"
+    err = refused(capsys, ["train", "lora", "--model", str(folder), "--subject", str(EMOJIBENCH / "dog"),
+                           "--class", "dog", "--out", str(out), "--quiet"])
+    assert words in err and not out.exists()
+
+
+@pytest.mark.parametrize("flags, words", [(["textual-inversion"], "textual-inversion is not built for FLUX.1"),
+                                          (["lora", "--snr-gamma", "5"], "min-SNR weighting is defined for")])
+def test_what_flux_does_not_take_is_refused_with_nothing_written(tiny_flux, tmp_path, capsys, flags, words):
+    out = tmp_path / "run"
+    err = refused(capsys, ["train", flags[0], "--model", tiny_flux, "--subject", str(EMOJIBENCH / "dog"), "--class",
+                           "dog", "--out", str(out), "--quiet", *flags[1:]])
+    assert words in err and not out.exists()
+
+
+def test_flux_resume_after_sigkill_equals_an_uninterrupted_run(tiny_flux, tmp_path):
+    import signal
+    import subprocess
+    import time
+
+    from test_training_loop import run_cli, train_cmd
+
+    common = ["--steps", "40", "--checkpoint-every", "10", "--train-text-encoder"]
+    full = run_cli(train_cmd(tiny_flux, EMOJIBENCH / "dog", tmp_path / "full", *common))
+    assert full.returncode == 0, full.stderr
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(train_cmd(tiny_flux, EMOJIBENCH / "dog", out, *common), stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (out / "checkpoints" / "step-000020").is_dir() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "subject.json").exists(), "the run finished before it could be killed"
+    resumed = run_cli(train_cmd(tiny_flux, EMOJIBENCH / "dog", out, *common, "--resume"))
+    assert resumed.returncode == 0, resumed.stderr
+    a = load_file(str(tmp_path / "full" / "pytorch_lora_weights.safetensors"))
+    b = load_file(str(out / "pytorch_lora_weights.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
