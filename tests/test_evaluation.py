@@ -3,18 +3,13 @@
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
-import time
-
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from subjectgen.cli import main
 from subjectgen.training.evaluation import EvalPoint, choose, default_eval_prompts
 
-from test_training_loop import run_cli, train_cmd
+from test_training_loop import kill_after_checkpoint, run_cli, same_tensors, train_cmd
 
 
 def curve(*rows):
@@ -46,20 +41,13 @@ def test_eval_csv_and_the_chosen_step_survive_sigkill_and_resume(tiny_model, sub
     full = run_cli(train_cmd(tiny_model, subject_dir, tmp_path / "full", *common))
     assert full.returncode == 0, full.stderr
     out = tmp_path / "killed"
-    proc = subprocess.Popen(train_cmd(tiny_model, subject_dir, out, *common), stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while not (out / "checkpoints" / "step-000015").is_dir() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not (out / "subject.json").exists(), "the run finished before it could be killed"
+    kill_after_checkpoint(train_cmd(tiny_model, subject_dir, out, *common), out, 15)
     resumed = run_cli(train_cmd(tiny_model, subject_dir, out, *common, "--resume"))
     assert resumed.returncode == 0, resumed.stderr
     rows = (out / "eval.csv").read_text().splitlines()
     assert rows == (tmp_path / "full" / "eval.csv").read_text().splitlines() and len(rows) == 5  # header, base, 3
-    a = load_file(str(tmp_path / "full" / "pytorch_lora_weights.safetensors"))
-    b = load_file(str(out / "pytorch_lora_weights.safetensors"))
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    name = "pytorch_lora_weights.safetensors"
+    assert same_tensors(tmp_path / "full" / name, out / name)
     manifest = json.loads((out / "subject.json").read_text())["evaluation"]
     assert manifest["chosen_step"] in (10, 20, 30) and [p["step"] for p in manifest["curve"]] == [10, 20, 30]
     assert manifest == json.loads((tmp_path / "full" / "subject.json").read_text())["evaluation"]
@@ -72,9 +60,8 @@ def test_select_best_keeps_the_chosen_steps_weights(tiny_model, subject_dir, eva
     chosen = json.loads((tmp_path / "best" / "subject.json").read_text())["evaluation"]["chosen_step"]
     short = run_cli(train_cmd(tiny_model, subject_dir, tmp_path / "short", "--steps", str(chosen)))
     assert short.returncode == 0, short.stderr
-    a = load_file(str(tmp_path / "best" / "pytorch_lora_weights.safetensors"))
-    b = load_file(str(tmp_path / "short" / "pytorch_lora_weights.safetensors"))
-    assert all(torch.equal(a[k], b[k]) for k in a)  # the same trajectory, stopped where the rule chose
+    name = "pytorch_lora_weights.safetensors"  # the same trajectory, stopped where the rule chose:
+    assert same_tensors(tmp_path / "best" / name, tmp_path / "short" / name)
     assert not (tmp_path / "best" / "eval_best.safetensors").exists()
 
 

@@ -127,25 +127,14 @@ def test_what_flux_does_not_take_is_refused_with_nothing_written(tiny_flux, tmp_
 
 
 def test_flux_resume_after_sigkill_equals_an_uninterrupted_run(tiny_flux, tmp_path):
-    import signal
-    import subprocess
-    import time
-
-    from test_training_loop import run_cli, train_cmd
+    from test_training_loop import kill_after_checkpoint, run_cli, same_tensors, train_cmd
 
     common = ["--steps", "40", "--checkpoint-every", "10", "--train-text-encoder"]
     full = run_cli(train_cmd(tiny_flux, EMOJIBENCH / "dog", tmp_path / "full", *common))
     assert full.returncode == 0, full.stderr
     out = tmp_path / "killed"
-    proc = subprocess.Popen(train_cmd(tiny_flux, EMOJIBENCH / "dog", out, *common), stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while not (out / "checkpoints" / "step-000020").is_dir() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not (out / "subject.json").exists(), "the run finished before it could be killed"
+    kill_after_checkpoint(train_cmd(tiny_flux, EMOJIBENCH / "dog", out, *common), out, 20)
     resumed = run_cli(train_cmd(tiny_flux, EMOJIBENCH / "dog", out, *common, "--resume"))
     assert resumed.returncode == 0, resumed.stderr
-    a = load_file(str(tmp_path / "full" / "pytorch_lora_weights.safetensors"))
-    b = load_file(str(out / "pytorch_lora_weights.safetensors"))
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    name = "pytorch_lora_weights.safetensors"
+    assert same_tensors(tmp_path / "full" / name, out / name)

@@ -177,30 +177,19 @@ def test_sd_only_methods_are_refused_on_sdxl(tiny_sdxl, wide_photos, tmp_path, c
 
 
 def test_sdxl_resume_after_sigkill_equals_an_uninterrupted_run(tiny_sdxl, wide_photos, tmp_path):
-    import signal
-    import subprocess
-    import time
-
-    from test_training_loop import run_cli, train_cmd
+    from test_training_loop import kill_after_checkpoint, run_cli, same_tensors, train_cmd
 
     common = ["--steps", "60", "--checkpoint-every", "10", "--prior-preservation", "--num-class-images", "2",
               "--train-text-encoder"]
     full = run_cli(train_cmd(tiny_sdxl, wide_photos, tmp_path / "full", *common))
     assert full.returncode == 0, full.stderr
     out = tmp_path / "killed"
-    proc = subprocess.Popen(train_cmd(tiny_sdxl, wide_photos, out, *common), stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while not (out / "checkpoints" / "step-000020").is_dir() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not (out / "subject.json").exists(), "the run finished before it could be killed"
+    kill_after_checkpoint(train_cmd(tiny_sdxl, wide_photos, out, *common), out, 20)
     resumed = run_cli(train_cmd(tiny_sdxl, wide_photos, out, *common, "--resume"))
     assert resumed.returncode == 0, resumed.stderr
-    a = load_file(str(tmp_path / "full" / "pytorch_lora_weights.safetensors"))
-    b = load_file(str(out / "pytorch_lora_weights.safetensors"))
-    assert any(k.startswith("text_encoder_2.") for k in a)
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    name = "pytorch_lora_weights.safetensors"
+    assert any(k.startswith("text_encoder_2.") for k in load_file(str(out / name)))
+    assert same_tensors(tmp_path / "full" / name, out / name)
 
 
 def test_the_bench_runs_the_dreambench_protocol_on_sdxl(tiny_sdxl, evaluator_dirs, tmp_path):

@@ -28,23 +28,32 @@ def run_cli(args, **kw):
     return subprocess.run(args, capture_output=True, text=True, timeout=600, **kw)
 
 
+def kill_after_checkpoint(cmd: list[str], out, step: int) -> None:
+    """Start a training command and SIGKILL it as soon as its checkpoint of `step` is on disk (before it ends)."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (out / "checkpoints" / f"step-{step:06d}").is_dir() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "subject.json").exists(), "the run finished before it could be killed"
+
+
+def same_tensors(a_file, b_file) -> bool:
+    a, b = load_file(str(a_file)), load_file(str(b_file))
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_resume_after_sigkill_equals_an_uninterrupted_run(tiny_model, subject_dir, tmp_path):
     common = ["--steps", "160", "--checkpoint-every", "20", "--prior-preservation", "--num-class-images", "4"]
     full = run_cli(train_cmd(tiny_model, subject_dir, tmp_path / "full", *common))
     assert full.returncode == 0, full.stderr
     out = tmp_path / "killed"
-    proc = subprocess.Popen(train_cmd(tiny_model, subject_dir, out, *common), stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while not (out / "checkpoints" / "step-000040").is_dir() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not (out / "subject.json").exists(), "the run finished before it could be killed"
+    kill_after_checkpoint(train_cmd(tiny_model, subject_dir, out, *common), out, 40)
     resumed = run_cli(train_cmd(tiny_model, subject_dir, out, *common, "--resume"))
     assert resumed.returncode == 0, resumed.stderr
-    a = load_file(str(tmp_path / "full" / "pytorch_lora_weights.safetensors"))
-    b = load_file(str(out / "pytorch_lora_weights.safetensors"))
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    name = "pytorch_lora_weights.safetensors"
+    assert same_tensors(tmp_path / "full" / name, out / name)
     rows = (out / "loss.csv").read_text().splitlines()
     assert len(rows) == 161 and rows == (tmp_path / "full" / "loss.csv").read_text().splitlines()
     assert len(list((out / "checkpoints").iterdir())) <= 2  # old checkpoints pruned
