@@ -176,6 +176,8 @@ def add_world_parser(sub) -> None:
     r.add_argument("--classes", help="comma-separated class nouns to cycle through (default: DreamBench's 15)")
     r.add_argument("--out", help="bench folder to write (DreamBench's layout, with subjects.json); without it, the "
                    "sample is only listed")
+    for step in (b, r):
+        add_overwrite(step)
     t = world.add_parser("train", help="train the built-in model from a seed; writes a diffusers folder")
     t.add_argument("--out", required=True, help="folder for the pipeline (copy it to assets/builtin to ship it)")
     t.add_argument("--seed", type=world_type("seed"), default=0,
@@ -191,15 +193,18 @@ def add_world_parser(sub) -> None:
                    "record's unet_stop_step says where, so the run can be reproduced with --stop-step")
     t.add_argument("--workers", type=number_type(AT_LEAST_1), default=2, help="processes rendering the world")
     t.add_argument("--device", help="cuda or cpu (default: cuda if available)")
+    add_overwrite(t)
     i = world.add_parser("train-image-encoder", help="train the generator side's CLIP image tower (ProFusion's "
                          "PromptNet reads it) against the built-in model's frozen text encoder (CPU)")
     i.add_argument("--out", required=True, help="folder for the transformers model (copy it to assets/image_encoder "
                    "to ship it)")
+    add_overwrite(i)
     i.add_argument("--model", default="builtin", help="the base model whose text encoder it learns to match")
     i.add_argument("--steps", type=number_type(AT_LEAST_1), default=800, help="training steps (default: 800)")
     i.add_argument("--workers", type=number_type(AT_LEAST_1), default=1, help="processes rendering the world")
     e = world.add_parser("train-evaluators", help="train the built-in CLIP and DINO evaluators (CPU)")
     e.add_argument("--out", required=True, help="folder for clip/ and dino/ (copy it to assets/evaluators to ship it)")
+    add_overwrite(e)
     e.add_argument("--seed", type=arg_type(EvaluatorTrainConfig, "seed"), default=7,
                    help="the evaluators' own seed, not the generator's (default: 7)")
     e.add_argument("--clip-steps", type=arg_type(EvaluatorTrainConfig, "clip_steps"), default=1500,
@@ -215,6 +220,11 @@ def add_world_parser(sub) -> None:
                    "(each finds its partner render in the batch; 0: DINO's loss alone; default: 1)")
     e.add_argument("--keep-clip", metavar="DIR", help="reuse the CLIP of an earlier run on the same data (DIR/clip, "
                    "DIR/training.json) and train DINO only")
+
+
+def add_overwrite(parser) -> None:
+    parser.add_argument("--overwrite", action="store_true", help="replace a folder subjectgen wrote before (a folder "
+                        "of other files is never replaced)")
 
 
 def add_profusion_parser(sub) -> None:
@@ -488,6 +498,11 @@ def run_reserved(args) -> None:
     unknown = [c for c in classes or [] if c not in CLASSES]
     if unknown:
         raise UserError(f"--classes: unknown {', '.join(unknown)}; the world's classes are {', '.join(CLASSES)}")
+    if args.out:
+        from .safeio import check_output_dir
+        from .world.build import BENCH_MANIFEST
+
+        check_output_dir(Path(args.out), BENCH_MANIFEST, args.overwrite)
     subjects = held_out_set(args.count, args.seed, classes)
     for name, (noun, inst) in subjects.items():
         attributes = ", ".join(f"{k} {v}" for k, v in inst.attributes().items())
@@ -495,31 +510,19 @@ def run_reserved(args) -> None:
     if args.out:
         from .world.build import write_emojibench
 
-        print(f"held-out subjects: {write_emojibench(Path(args.out), subjects)}")
+        print(f"held-out subjects: {write_emojibench(Path(args.out), subjects, args.overwrite)}")
 
 
 def run_world(args) -> None:
     if args.world_command == "build":
-        from .world.build import EMOJIBENCH, write_emojibench, write_training_set
-
-        if args.set == "validation":
-            from .world.catalog import VALIDATION
-
-            if not args.out:
-                raise UserError("--set validation needs --out DIR (the package ships only EmojiBench)")
-            print(f"validation subjects: {write_emojibench(Path(args.out), VALIDATION)}")
-        else:
-            print(f"EmojiBench: {write_emojibench(Path(args.out) if args.out else EMOJIBENCH)}")
-        if args.training_set:
-            info = write_training_set(Path(args.training_set), args.seeds)
-            print(f"training set: {args.training_set} ({info['count']} images, hash {info['hash']})")
-        return
+        return run_build(args)
     if args.world_command == "reserved":
         return run_reserved(args)
     if args.world_command == "train-image-encoder":
         from .world.image_encoder import ImageEncoderConfig, train_image_encoder
 
-        record = train_image_encoder(Path(args.out), args.model, ImageEncoderConfig(steps=args.steps), args.workers)
+        record = train_image_encoder(Path(args.out), args.model, ImageEncoderConfig(steps=args.steps), args.workers,
+                                     args.overwrite)
         print(f"trained in {record['seconds']:.0f}s, final loss {record['loss']:.3f}; image encoder: {args.out}")
         return
     if args.world_command == "train-evaluators":
@@ -528,7 +531,7 @@ def run_world(args) -> None:
         cfg = EvaluatorTrainConfig(seed=args.seed, clip_steps=args.clip_steps, dino_steps=args.dino_steps,
                                    dino_instance_views=args.dino_instance_views,
                                    dino_instance_nce=args.dino_instance_nce)
-        record = train_evaluators(Path(args.out), cfg, args.workers, args.keep_clip)
+        record = train_evaluators(Path(args.out), cfg, args.workers, args.keep_clip, args.overwrite)
         print(f"trained in {record['seconds']:.0f}s; evaluators: {args.out}/clip, {args.out}/dino")
         return
     from .world.pretrain import train_world
@@ -539,8 +542,31 @@ def run_world(args) -> None:
     cfg = WorldTrainConfig(seed=args.seed, vae_steps=args.vae_steps, unet_steps=args.unet_steps,
                            vae_batch=args.vae_batch, unet_batch=args.unet_batch, unet_stop_step=args.stop_step,
                            unet_max_seconds=args.max_seconds)
-    record = train_world(Path(args.out), cfg, args.workers, args.device)
+    record = train_world(Path(args.out), cfg, args.workers, args.device, args.overwrite)
     print(f"trained in {record['seconds']:.0f}s on {record['device']}; pipeline: {args.out}")
+
+
+def run_build(args) -> None:
+    """`world build`: EmojiBench (into the package unless --out says where) or the validation subjects, and the
+    training set; both folders checked before either is written."""
+    from .safeio import check_output_dir
+    from .world.build import BENCH_MANIFEST, EMOJIBENCH, TRAINING_SET_MANIFEST, write_emojibench, write_training_set
+
+    if args.set == "validation" and not args.out:
+        raise UserError("--set validation needs --out DIR (the package ships only EmojiBench)")
+    overwrite = args.overwrite or not args.out  # the package's own EmojiBench is always ours to re-render
+    check_output_dir(Path(args.out or EMOJIBENCH), BENCH_MANIFEST, overwrite)
+    if args.training_set:
+        check_output_dir(Path(args.training_set), TRAINING_SET_MANIFEST, args.overwrite, "--training-set")
+    if args.set == "validation":
+        from .world.catalog import VALIDATION
+
+        print(f"validation subjects: {write_emojibench(Path(args.out), VALIDATION, overwrite)}")
+    else:
+        print(f"EmojiBench: {write_emojibench(Path(args.out or EMOJIBENCH), None, overwrite)}")
+    if args.training_set:
+        info = write_training_set(Path(args.training_set), args.seeds, overwrite=args.overwrite)
+        print(f"training set: {args.training_set} ({info['count']} images, hash {info['hash']})")
 
 
 def run_score(args) -> None:

@@ -1,0 +1,67 @@
+"""Reliability, round two (issue 36): no user file is ever deleted, a failed start leaves --out as it was,
+draws are bounded, multi-worker runs save whole, and bad input is one line."""
+
+from __future__ import annotations
+
+import pytest
+
+from subjectgen.cli import main
+from subjectgen.world.emoji import sources_available
+
+from test_cli import error_of
+
+needs_sources = pytest.mark.skipif(not sources_available(), reason="emoji sources not installed (see .ci/run)")
+
+
+def users_folder(path):
+    path.mkdir()
+    (path / "thesis.txt").write_text("years of work")
+    return path
+
+
+WRITERS = [["world", "reserved", "--count", "1"], ["world", "build", "--set", "validation"],
+           ["world", "train", "--unet-steps", "1", "--vae-steps", "1", "--device", "cpu"],
+           ["world", "train-image-encoder", "--steps", "1"], ["world", "train-evaluators", "--clip-steps", "1",
+                                                              "--dino-steps", "1"]]
+
+
+@needs_sources
+@pytest.mark.parametrize("argv", WRITERS, ids=lambda a: a[1])
+def test_a_writer_never_replaces_a_folder_of_a_users_files(capsys, tmp_path, argv):
+    out = users_folder(tmp_path / "mine")
+    for extra in ([], ["--overwrite"]):  # not even with --overwrite: the folder is not one subjectgen wrote
+        assert "subjectgen did not write" in error_of(capsys, [*argv, "--out", str(out), *extra])
+        assert (out / "thesis.txt").read_text() == "years of work" and len(list(out.iterdir())) == 1
+
+
+@needs_sources
+@pytest.mark.parametrize("argv", WRITERS, ids=lambda a: a[1])
+def test_the_working_directory_and_its_parents_are_never_replaced(capsys, tmp_path, monkeypatch, argv):
+    here = users_folder(tmp_path / "cwd")
+    monkeypatch.chdir(here)
+    for out in (".", "..", str(here)):
+        assert "working directory" in error_of(capsys, [*argv, "--out", out, "--overwrite"])
+    assert (here / "thesis.txt").is_file() and (tmp_path / "cwd").is_dir()
+
+
+@needs_sources
+def test_world_reserved_replaces_its_own_folder_only_with_overwrite(capsys, tmp_path):
+    out = tmp_path / "held-out"
+    argv = ["world", "reserved", "--count", "1", "--out", str(out)]
+    assert main(argv) == 0
+    first = (out / "subjects.json").read_text()
+    assert "--overwrite" in error_of(capsys, argv)
+    assert (out / "subjects.json").read_text() == first
+    (out / ".subjectgen-output").unlink()  # as an older version wrote it: known by its subjects.json
+    assert main([*argv, "--seed", "3", "--overwrite"]) == 0
+    assert (out / "subjects.json").read_text() != first
+
+
+def test_an_empty_folder_is_written_into(tmp_path):
+    from subjectgen.safeio import check_output_dir, output_dir
+
+    (tmp_path / "empty").mkdir()
+    check_output_dir(tmp_path / "empty", "subjects.json")
+    with output_dir(tmp_path / "empty", "subjects.json") as tmp:
+        (tmp / "subjects.json").write_text("{}")
+    assert (tmp_path / "empty" / "subjects.json").is_file()
