@@ -65,3 +65,39 @@ def test_an_empty_folder_is_written_into(tmp_path):
     with output_dir(tmp_path / "empty", "subjects.json") as tmp:
         (tmp / "subjects.json").write_text("{}")
     assert (tmp_path / "empty" / "subjects.json").is_file()
+
+
+def two_worker_bench(tiny_model, evaluator_dirs, out):
+    import os
+    import subprocess
+    import sys
+
+    from test_bench import bench_args
+
+    cmd = [sys.executable, "-m", "subjectgen.cli", *bench_args(tiny_model, evaluator_dirs, out, "dreambooth"),
+           "--prompts", "1", "--images-per-prompt", "1", "--train-steps", "2", "--sample-steps", "2",
+           "--workers", "2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
+
+
+def test_a_two_worker_dreambooth_bench_saves_whole_pipelines(tiny_model, evaluator_dirs, tmp_path):
+    """Each worker saves its own run: the pipeline's text encoder is written in every worker, not only rank 0's,
+    and plain diffusers loads each pipeline. A pipeline left incomplete (a worker killed while saving, or an
+    older version's save) is trained again by the rerun, not fatal forever."""
+    from diffusers import StableDiffusionPipeline
+
+    out = tmp_path / "bench"
+    result = two_worker_bench(tiny_model, evaluator_dirs, out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for subject in ("dog", "backpack"):
+        pipeline = out / "pairs" / "dreambooth" / subject / "run" / "pipeline"
+        assert list((pipeline / "text_encoder").glob("*.safetensors")), subject
+        StableDiffusionPipeline.from_pretrained(pipeline)
+    broken = out / "pairs" / "dreambooth" / "backpack"
+    for f in (broken / "run" / "pipeline" / "text_encoder").iterdir():
+        f.unlink()
+    (broken / "scores.json").unlink()
+    result = two_worker_bench(tiny_model, evaluator_dirs, out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    StableDiffusionPipeline.from_pretrained(broken / "run" / "pipeline")

@@ -211,20 +211,40 @@ def world_subjects(bench: Benchmark, warn: bool = True) -> dict | None:
     return instances
 
 
+class Barrier:
+    """Waits for every process of a launch; each trains and saves on its own. A key-value store, not a process
+    group: with a default group initialised, transformers' save_pretrained writes nothing on a rank other than 0,
+    and every worker must save its own runs whole."""
+
+    def __init__(self, rank: int, world: int):
+        import datetime
+
+        from torch.distributed import TCPStore
+
+        host, port = os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT")
+        if not host or not port or not port.isdigit():
+            raise UserError(f"RANK and WORLD_SIZE are set ({rank}, {world}) without MASTER_ADDR and MASTER_PORT; run "
+                            "under a launcher (accelerate launch, torchrun) or use --workers N, which sets them")
+        self.world, self.count = world, 0
+        self.store = TCPStore(host, int(port), world, rank == 0, timeout=datetime.timedelta(hours=12))
+
+    def barrier(self) -> None:
+        self.count += 1
+        key = f"barrier-{self.count}"
+        if self.store.add(key, 1) == self.world:  # the last to arrive lets everyone go
+            self.store.set(f"{key}-open", "1")
+        self.store.wait([f"{key}-open"])
+
+
 def start_group(world: int):
-    """A gloo group only to wait for every process at the end (each trains on its own)."""
+    """The launch's Barrier (None for one process); each process on its own GPU, if there are GPUs."""
     if world == 1:
         return None
-    import datetime
-
     import torch
-    import torch.distributed as dist
 
     if torch.cuda.is_available():  # one GPU per process; training and sampling use the current one
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    if not dist.is_initialized():
-        dist.init_process_group("gloo", timeout=datetime.timedelta(hours=12))
-    return dist
+    return Barrier(*process_rank())
 
 
 def make_bar(total: int, rank: int, enabled: bool):
@@ -299,7 +319,8 @@ def prepare_run(ctx: Context, method: str, subject: str, pair: Path):
     run_dir, timing = pair / "run", pair / "train_seconds.json"
     if not (run_dir / MANIFEST).is_file() and "runs" in ctx.reuse:
         copy_run(Path(ctx.cfg.runs_from) / "pairs" / method / subject, pair)
-    if not (run_dir / MANIFEST).is_file():  # never trained, or killed while training: train afresh
+    run = loadable_run(run_dir)
+    if run is None:  # never trained, killed while training, or saved incomplete: train afresh
         trains = "steps" not in registry.get(method).drops  # a zero-shot method takes no training settings
         cfg = TrainConfig(method=method, model=ctx.cfg.model, subject_dir=str(ctx.bench.root / subject),
                           class_noun=ctx.bench.classes[subject], out=str(run_dir),
@@ -310,12 +331,28 @@ def prepare_run(ctx: Context, method: str, subject: str, pair: Path):
         train(cfg, overwrite=True, progress=False, distributed=False)
         # the user's wait: loading, class images and caching count, not only the loop
         atomic_write_json(timing, {"seconds": round(time.perf_counter() - started, 3)})
-    run = load_run(run_dir)
+        run = load_run(run_dir)
     if run.method.sample_options is not None:  # e.g. Fusion Sampling's settings, for the methods that take them
         run.options = options_for(run.method.sample_options, ctx.cfg.sample_options)
     run.components.to(inference_device())
     seconds = json.loads(timing.read_text())["seconds"] if timing.is_file() else run.manifest["metrics"]["train_seconds"]
     return run, float(seconds)
+
+
+def loadable_run(run_dir: Path):
+    """The pair's finished run, loaded; None (with a warning) when it must be trained again: no manifest, or weights
+    a killed worker (or an older version's save) left incomplete. The bench made the folder, so it may redo it."""
+    import warnings
+
+    from ..adapters import MANIFEST, load_run
+
+    if not (run_dir / MANIFEST).is_file():
+        return None
+    try:
+        return load_run(run_dir)
+    except UserError as exc:
+        warnings.warn(f"{run_dir} is incomplete ({exc}); training it again")
+        return None
 
 
 def copy_run(source: Path, pair: Path) -> None:
