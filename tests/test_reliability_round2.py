@@ -101,3 +101,40 @@ def test_a_two_worker_dreambooth_bench_saves_whole_pipelines(tiny_model, evaluat
     result = two_worker_bench(tiny_model, evaluator_dirs, out)
     assert result.returncode == 0, result.stderr[-3000:]
     StableDiffusionPipeline.from_pretrained(broken / "run" / "pipeline")
+
+
+def test_a_bench_that_fails_to_start_leaves_out_as_it_was(capsys, tiny_model, evaluator_dirs, tmp_path):
+    from test_bench import bench_args
+
+    out = tmp_path / "bench"
+    small = ["--prompts", "1", "--images-per-prompt", "1", "--train-steps", "1", "--sample-steps", "2"]
+    good = bench_args(tiny_model, evaluator_dirs, out) + small
+    bad_dino = [str(tmp_path / "no-dino") if a == evaluator_dirs[0] else a for a in good]
+    assert "no-dino" in error_of(capsys, bad_dino)
+    assert not out.exists()
+    bad_model = [str(tmp_path / "no-model") if a == tiny_model else a for a in good]
+    assert "no-model" in error_of(capsys, bad_model)
+    assert not out.exists()
+    out.mkdir()  # an empty folder stays empty
+    assert "no-model" in error_of(capsys, bad_model)
+    assert list(out.iterdir()) == [] or [p.name for p in out.iterdir()] == [".subjectgen.lock"]
+    assert main(good) == 0  # the corrected command is not refused
+    assert (out / "results.json").is_file()
+
+
+def test_a_training_that_fails_to_start_writes_no_run_json(capsys, tiny_model, subject_dir, tmp_path):
+    from test_cli import train_args
+
+    out = tmp_path / "run"
+    argv = ["profusion", "pretrain", "--model", tiny_model, "--images", str(subject_dir), "--out", str(out),
+            "--steps", "1", "--quiet"]
+    assert "no-encoder" in error_of(capsys, [*argv, "--image-encoder", str(tmp_path / "no-encoder")])
+    assert not out.exists()
+    assert "no-model" in error_of(capsys, train_args(tmp_path / "no-model", subject_dir, out))
+    assert not out.exists()
+    out.mkdir()
+    assert "no-encoder" in error_of(capsys, [*argv, "--image-encoder", str(tmp_path / "no-encoder")])
+    assert not (out / "run.json").exists()
+    assert main(argv) == 0  # the corrected command needs no --resume
+    assert (out / "run.json").is_file()
+

@@ -103,8 +103,8 @@ def reusable(folder: Path, protocol: dict) -> set[str]:
     return found
 
 
-def check_out(out: Path, protocol: dict) -> None:
-    """A bench folder is resumable only under the protocol it was started with."""
+def check_out(out: Path, protocol: dict, write: bool = True) -> None:
+    """A bench folder is resumable only under the protocol it was started with; `write`: record it (bench.json)."""
     spec = out / "bench.json"
     if spec.is_file():
         differ = differing_settings(spec, protocol)
@@ -113,8 +113,11 @@ def check_out(out: Path, protocol: dict) -> None:
                             "command with the same model and evaluators, or choose another --out")
     elif out.is_dir() and contents(out):
         raise UserError(f"--out {out} is not empty and holds no benchmark; choose a new or empty folder")
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(spec, protocol)
+    elif out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; give a folder for the benchmark")
+    if write:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(spec, protocol)
 
 
 def process_rank() -> tuple[int, int]:
@@ -153,29 +156,52 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> dict | None:
     rank, world = process_rank()
     group = start_group(world)
     reuse = reusable(Path(cfg.runs_from), cfg.protocol()) if cfg.runs_from else set()
-    if rank == 0:  # one writer per bench folder (the job's other ranks write only their own pairs)
-        hold(out)
+    ctx = start(cfg, bench, out, reuse, rank)
     try:
-        return run_pairs(cfg, bench, out, reuse, rank, world, group, progress)
+        return run_pairs(ctx, rank, world, group, progress)
     finally:
         if rank == 0:
             release(out)
 
 
-def run_pairs(cfg: BenchConfig, bench: Benchmark, out: Path, reuse: set, rank: int, world: int, group,
-              progress: bool) -> dict | None:
+def start(cfg: BenchConfig, bench: Benchmark, out: Path, reuse: set, rank: int) -> Context:
+    """Every input loaded (the evaluators, the subjects' instances; on rank 0 the base model) before rank 0 writes
+    bench.json: a start that fails leaves --out as it was, so the corrected command is not refused."""
     from .metrics import load_evaluators
-    from .report import write_outputs
 
     if rank == 0:
-        check_out(out, cfg.protocol())  # if this refuses, rank 0 exits and the others' barrier fails
+        check_out(out, cfg.protocol(), write=False)  # a refusal comes at once, before anything loads
+    ctx = Context(cfg, bench, out, load_evaluators(cfg.dino, cfg.clip), cfg.subjects or list(bench.classes), reuse,
+                  instances=world_subjects(bench))
+    if rank == 0:
+        ctx.base = base_run(cfg.model)
+        hold(out)  # one writer per bench folder (the job's other ranks write only their own pairs)
+        try:
+            check_out(out, cfg.protocol())  # again, under the lock; if this refuses, the others' barrier fails
+        except BaseException:
+            release(out)
+            raise
+    return ctx
+
+
+def base_run(model: str):
+    """The base model as the baseline's Run, on the inference device."""
+    from ..adapters import Run
+    from ..models import inference_device
+
+    run = Run.of_model(model)
+    run.components.to(inference_device())
+    return run
+
+
+def run_pairs(ctx: Context, rank: int, world: int, group, progress: bool) -> dict | None:
+    from .report import write_outputs
+
     if group:
         group.barrier()
-    subjects = cfg.subjects or list(bench.classes)
-    instances = world_subjects(bench)
-    ctx = Context(cfg, bench, out, load_evaluators(cfg.dino, cfg.clip), subjects, reuse, instances=instances)
+    subjects, out = ctx.subjects, ctx.out
     mine = subjects[rank::world]
-    methods = ["oracle", "baseline"] + (["perfect"] if ctx.instances else []) + cfg.methods
+    methods = ["oracle", "baseline"] + (["perfect"] if ctx.instances else []) + ctx.cfg.methods
     bar = make_bar(sum(len(ctx.prompts(s)) for s in mine) * (len(methods) - 1), rank, progress)
     for method in methods:
         for subject in mine:
@@ -306,15 +332,14 @@ def oracle_pair(ctx: Context, subject: str, photos: list) -> dict:
 
 def prepare_run(ctx: Context, method: str, subject: str, pair: Path):
     """The Run to sample from and the seconds its training took (0 for the baseline)."""
-    from ..adapters import MANIFEST, Run, load_run
+    from ..adapters import MANIFEST, load_run
     from ..config import TrainConfig
     from ..models import inference_device
     from ..training import train
 
     if method == "baseline":
         if ctx.base is None:
-            ctx.base = Run.of_model(ctx.cfg.model)
-            ctx.base.components.to(inference_device())
+            ctx.base = base_run(ctx.cfg.model)
         return ctx.base, 0.0
     run_dir, timing = pair / "run", pair / "train_seconds.json"
     if not (run_dir / MANIFEST).is_file() and "runs" in ctx.reuse:

@@ -69,8 +69,9 @@ def live_holder(folder: Path) -> str | None:
     return None
 
 
-def release(folder: Path) -> None:
-    """Give back one hold of `folder`'s lock (the lock file stays; its pid is only informative)."""
+def release(folder: Path, remove_if_empty: bool = False) -> None:
+    """Give back one hold of `folder`'s lock (the lock file stays; its pid is only informative).
+    remove_if_empty: a folder the hold made for a start that failed goes too, if it holds nothing but the lock."""
     path = str((Path(folder) / LOCK).resolve())
     entry = _held.get(path)
     if entry is None:
@@ -78,6 +79,8 @@ def release(folder: Path) -> None:
     entry[1] -= 1
     if entry[1] == 0:
         del _held[path]
+        if remove_if_empty and not contents(folder):
+            shutil.rmtree(folder, ignore_errors=True)  # still ours: the lock is dropped only below
         os.close(entry[0])  # closing the descriptor drops the flock
 
 
