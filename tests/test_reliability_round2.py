@@ -138,3 +138,28 @@ def test_a_training_that_fails_to_start_writes_no_run_json(capsys, tiny_model, s
     assert main(argv) == 0  # the corrected command needs no --resume
     assert (out / "run.json").is_file()
 
+
+@pytest.mark.parametrize("argv", [["world", "reserved", "--count", "100000"],
+                                  ["world", "reserved", "--count", "500", "--classes", "vase"],
+                                  ["apprentice", "experts", "--count", "1300", "--out", "FARM"]])
+def test_a_draw_larger_than_the_world_is_one_line_at_once(tmp_path, argv):
+    import subprocess
+    import sys
+
+    argv = [str(tmp_path / "farm") if a == "FARM" else a for a in argv]
+    done = subprocess.run([sys.executable, "-m", "subjectgen.cli", *argv], capture_output=True, text=True,
+                          timeout=300)  # before the fix: the draw looped forever
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "ask for at most" in done.stderr, done.stderr
+    assert not (tmp_path / "farm").exists()
+
+
+def test_the_bound_named_is_the_largest_count_that_draws():
+    from subjectgen.errors import UserError
+    from subjectgen.world.experts import expert_subjects
+
+    with pytest.raises(UserError, match=r"holds only (\d+) rabbit") as refused:
+        expert_subjects(1300)
+    most = int(str(refused.value).rsplit(" ", 1)[1])
+    assert len(expert_subjects(most)) == most
+    with pytest.raises(UserError, match=f"at most {most}$"):
+        expert_subjects(most + 1)
