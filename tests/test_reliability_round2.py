@@ -163,3 +163,101 @@ def test_the_bound_named_is_the_largest_count_that_draws():
     assert len(expert_subjects(most)) == most
     with pytest.raises(UserError, match=f"at most {most}$"):
         expert_subjects(most + 1)
+
+
+# --- bad input: one line, nothing written ----------------------------------------------------------------------
+def test_filter_thresholds_must_be_finite(capsys, tmp_path):
+    from subjectgen.errors import UserError
+    from subjectgen.methods.farm import filter_farm
+
+    for flag in ("--tau-t", "--tau-s"):
+        assert f"argument {flag}: must be a finite number" in error_of(capsys, ["apprentice", "filter",
+                                                                                str(tmp_path), flag, "nan"])
+    with pytest.raises(UserError, match="--tau-t must be a finite number"):
+        filter_farm(tmp_path, tau_t=float("nan"))
+
+
+@pytest.mark.parametrize("method", ["textual-inversion", "profusion"])
+def test_a_token_that_is_already_a_word_as_clip_stores_it_is_refused(capsys, tiny_model, subject_dir, tmp_path,
+                                                                      method):
+    out = tmp_path / "run"
+    model = "builtin" if method == "profusion" else tiny_model  # the built-in PromptNet is the built-in model's
+    err = error_of(capsys, ["train", method, "--model", model, "--subject", str(subject_dir), "--class", "dog",
+                            "--out", str(out), "--token", "dog", "--steps", "1", "--quiet"])
+    assert "token 'dog' is already a word" in err
+    assert not (out / "run.json").exists()
+
+
+@pytest.mark.parametrize("flag", ["--methods", "--subjects"])
+def test_an_empty_bench_list_is_refused(capsys, tmp_path, flag):
+    out = tmp_path / "bench"
+    assert f"{flag} '' names nothing" in error_of(capsys, ["bench", "--out", str(out), flag, "", "--quiet"])
+    assert f"{flag} ' , ' names nothing" in error_of(capsys, ["bench", "--out", str(out), flag, " , ", "--quiet"])
+    assert not out.exists()
+
+
+def test_an_empty_class_list_is_refused(capsys):
+    assert "--classes '' names nothing" in error_of(capsys, ["world", "reserved", "--classes", ""])
+
+
+def test_the_apprentice_says_which_photos_it_uses(tmp_path):
+    from subjectgen.photos import check_subject_folder
+
+    from conftest import draw_subject
+
+    for i in range(7):
+        draw_subject(tmp_path / f"{i:02d}.png", shift=i)
+    with pytest.warns(UserWarning, match=r"holds 7 photos.*this method uses the first 5: 00.png, 01.png, 02.png, "
+                                         r"03.png, 04.png\)"):
+        check_subject_folder(tmp_path, "dog", uses=5)
+    for i in range(7, 12):
+        draw_subject(tmp_path / f"{i:02d}.png", shift=i % 5)
+    with pytest.warns(UserWarning, match=r"holds 12 photos.*\(all are used\)"):
+        check_subject_folder(tmp_path, "dog")
+
+
+def test_generate_takes_the_writer_lock_and_refuses_a_file(capsys, tiny_model, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    folder = tmp_path / "images"
+    argv = ["generate", tiny_model, "a dog", "-n", "1", "--steps", "2", "--quiet", "--out"]
+    code = (f"import sys, time; sys.path.insert(0, {str(Path(__file__).parents[1] / 'src')!r});"
+            f"from subjectgen.training.outdir import hold; hold({str(folder)!r}); print('held', flush=True); "
+            "time.sleep(120)")
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert f"pid {holder.pid}" in error_of(capsys, [*argv, str(folder)])
+        assert not (folder / "grid.png").exists()
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    assert main([*argv, str(folder)]) == 0 and (folder / "grid.png").is_file()
+    (tmp_path / "note.txt").write_text("mine")
+    assert "is a file" in error_of(capsys, [*argv, str(tmp_path / "note.txt")])
+    assert (tmp_path / "note.txt").read_text() == "mine"
+
+
+def test_world_train_on_cuda_without_a_gpu_is_one_line_before_any_work(capsys, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    out = tmp_path / "model"
+    assert "--device cpu" in error_of(capsys, ["world", "train", "--out", str(out), "--device", "cuda"])
+    assert not out.exists()
+
+
+def test_a_rank_without_a_master_address_is_one_line(capsys, tmp_path, monkeypatch, tiny_model, evaluator_dirs):
+    from test_bench import bench_args
+
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.delenv("MASTER_ADDR", raising=False)
+    monkeypatch.delenv("MASTER_PORT", raising=False)
+    out = tmp_path / "bench"
+    assert "without MASTER_ADDR" in error_of(capsys, bench_args(tiny_model, evaluator_dirs, out))
+    assert not out.exists()

@@ -18,7 +18,7 @@ from .config import (FILTER_TAU_S, FILTER_TAU_T, SAMPLE_OPTIONS, ApprenticeSetti
                      FarmSettings, FusionSettings, SampleSettings, TrainConfig)
 from .errors import UserError  # noqa: E402
 from .methods import registry  # noqa: E402
-from .settings import AT_LEAST_1, SEED, arg_type, flag_of, number_type  # noqa: E402
+from .settings import ANY_FINITE, AT_LEAST_1, SEED, arg_type, flag_of, number_type  # noqa: E402
 from .workers import default_workers, workers_type  # noqa: E402
 from .world.config import EvaluatorTrainConfig, WorldTrainConfig  # noqa: E402
 
@@ -296,9 +296,9 @@ def add_apprentice_parser(sub) -> None:
     f = steps.add_parser("filter", help="keep the expert images that follow their prompt better than the "
                          "demonstrations and are still the subject (SuTI's ΔCLIP rule); writes filter.json and sheets")
     f.add_argument("farm", help="the farm's folder")
-    f.add_argument("--tau-t", type=float, default=FILTER_TAU_T, metavar="X", help="the least CLIP-T(image, prompt) "
+    f.add_argument("--tau-t", type=number_type(ANY_FINITE), default=FILTER_TAU_T, metavar="X", help="the least CLIP-T(image, prompt) "
                    f"- CLIP-T(demos, prompt) kept (default: {FILTER_TAU_T:g}, chosen on the validation subjects)")
-    f.add_argument("--tau-s", type=float, default=FILTER_TAU_S, metavar="X", help="the least image similarity to "
+    f.add_argument("--tau-s", type=number_type(ANY_FINITE), default=FILTER_TAU_S, metavar="X", help="the least image similarity to "
                    f"the demonstrations kept (default: {FILTER_TAU_S:g}, chosen on the validation subjects)")
     f.add_argument("--image-encoder", default="builtin", help="the generator side's image encoder, with its "
                    "text_projection.safetensors (default: builtin)")
@@ -494,7 +494,7 @@ def run_demo(args) -> None:
 def run_reserved(args) -> None:
     from .world.catalog import CLASSES, held_out_set
 
-    classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
+    classes = name_list(args.classes, "--classes")
     unknown = [c for c in classes or [] if c not in CLASSES]
     if unknown:
         raise UserError(f"--classes: unknown {', '.join(unknown)}; the world's classes are {', '.join(CLASSES)}")
@@ -588,15 +588,27 @@ def run_score(args) -> None:
     print(json.dumps({k: scores[k] for k in ("dino", "clip_i", "clip_t")} | {"images": len(images)}))
 
 
+def name_list(text: str | None, flag: str) -> list[str] | None:
+    """A comma-separated flag's names (None when the flag is not given); an empty list is refused, not taken as
+    'none' or 'all'."""
+    if text is None:
+        return None
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise UserError(f"{flag} {text!r} names nothing; give comma-separated names, or leave {flag} out for the "
+                        "default")
+    return names
+
+
 def bench_config(args):
     from .eval.bench import QUICK
 
-    chosen = {"subjects": args.subjects.split(",") if args.subjects else None, "prompts": args.prompts,
+    chosen = {"subjects": name_list(args.subjects, "--subjects"), "prompts": args.prompts,
               "images_per_prompt": args.images_per_prompt}
     if args.quick:  # the quick subset, where a flag does not say otherwise
         chosen = {k: v if v is not None else QUICK[k] for k, v in chosen.items()}
     chosen["images_per_prompt"] = chosen["images_per_prompt"] or 4
-    methods = default_bench_methods(args) if args.methods is None else [m for m in args.methods.split(",") if m]
+    methods = default_bench_methods(args) if args.methods is None else name_list(args.methods, "--methods")
     return BenchConfig(bench=args.bench, out=args.out, methods=methods, model=args.model, **chosen, seed=args.seed,
                        sample_steps=args.sample_steps, guidance=args.guidance, train_steps=args.train_steps,
                        train_lr=args.train_lr, promptnet=args.promptnet, apprentice=args.apprentice,
@@ -688,7 +700,8 @@ def check_before_imports(args) -> None:
     if args.command == "train":
         from .photos import check_subject_folder, open_mask
 
-        paths, photos = check_subject_folder(Path(args.subject_dir), args.class_noun)
+        paths, photos = check_subject_folder(Path(args.subject_dir), args.class_noun,
+                                             registry.get(args.method).photos_used)
         if getattr(args, "masked_loss", False):
             for path, photo in zip(paths, photos):
                 open_mask(path, photo.size)

@@ -35,10 +35,10 @@ class SubjectSet:
 
 
 def load_subject(folder: Path, class_noun: str, resolution: int, masks: bool = False,
-                 model: str | None = None) -> SubjectSet:
+                 model: str | None = None, uses: int | None = None) -> SubjectSet:
     """The photos of a subject, validated and cropped to `resolution`; with `model` (the base model's reference)
-    a warning when they are far larger than that model sees them."""
-    paths, photos = check_subject_folder(folder, class_noun)
+    a warning when they are far larger than that model sees them. `uses`: how many the method takes (None: all)."""
+    paths, photos = check_subject_folder(folder, class_noun, uses)
     if model is not None:
         warn_if_scaled_down(Path(folder), photos, resolution, model)
     subject_masks = [center_crop(open_mask(p, im.size), resolution) for p, im in zip(paths, photos)] if masks else None

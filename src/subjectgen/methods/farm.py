@@ -31,6 +31,7 @@ import torch
 from ..config import FILTER_TAU_S, FILTER_TAU_T, FarmSettings
 from ..errors import UserError
 from ..safeio import atomic_save_image, atomic_write_json
+from ..settings import ANY_FINITE
 
 FARM, EXPERTS, EXPERT, FILTER = "farm.json", "experts", "expert.json", "filter.json"
 
@@ -212,6 +213,8 @@ def filter_farm(out: Path, tau_t: float = FILTER_TAU_T, tau_s: float = FILTER_TA
     from ..models import load_model
     from ..sampling import make_grid
 
+    ANY_FINITE.check("--tau-t", tau_t)
+    ANY_FINITE.check("--tau-s", tau_s)
     settings = read_farm(out, need_filter=False)
     clip = GeneratorClip(image_encoder, load_model(settings["model"]))
     rows = []

@@ -27,7 +27,7 @@ from ..training.data import LatentCache
 from ..adapters import Run
 from .base import Batch, Method
 from .promptnet import PromptNet
-from .textual_inversion import placeholder_tokens
+from .textual_inversion import add_new_words, placeholder_tokens
 
 ATTENTION_WEIGHTS = "unet_attention.safetensors"
 REFERENCE = "reference.png"
@@ -66,9 +66,10 @@ class SplicedText:
     def __init__(self, tokenizer, text_encoder, token: str, num_vectors: int):
         self.tokenizer, self.text_encoder, self.token = tokenizer, text_encoder, token
         self.tokens = placeholder_tokens(token, num_vectors)
-        if tokenizer.add_tokens(self.tokens) != len(self.tokens) and not isinstance(
-                text_encoder.get_input_embeddings(), VectorSlots):
-            raise UserError(f"token '{token}' is already a word of the tokenizer; pick a new one with --token")
+        if isinstance(text_encoder.get_input_embeddings(), VectorSlots):  # spliced before: its words are ours
+            tokenizer.add_tokens(self.tokens)
+        else:
+            add_new_words(tokenizer, self.tokens, token)
         self.first_id = tokenizer.convert_tokens_to_ids(self.tokens[0])
         if not isinstance(text_encoder.get_input_embeddings(), VectorSlots):
             text_encoder.set_input_embeddings(VectorSlots(text_encoder.get_input_embeddings(), self.first_id,

@@ -45,6 +45,7 @@ class MethodSpec:
     bounds: dict = field(default_factory=dict)   # a setting's range where this method's differs (settings.Bound)
     listed: bool = True                          # False: not a `train` method (a pretraining step has its own command)
     drops: tuple[str, ...] = ()                  # shared settings that do nothing for this method (no flag for them)
+    photos_used: int | None = None               # how many of the subject's photos it uses, the first ones (None: all)
 
     def load(self) -> type:
         """The Method subclass (imported on first use), which knows its spec."""
@@ -134,7 +135,7 @@ register(MethodSpec(
     "apprentice", "SuTI's apprentice: a new subject from its 3-5 photos in context, zero-shot (nothing trains; "
     "IP-Adapter format)",
     "subjectgen.methods.apprentice:Apprentice",
-    own_settings=("apprentice",),
+    own_settings=("apprentice",), photos_used=5,
     defaults={"steps": (0, 0), "num_class_images": (0, 0)},
     bounds={"steps": Bound(low=0, high=0, integer=True)},
     drops=TRAINING_SETTINGS))

@@ -83,7 +83,8 @@ class Trainer:
         self.components = load_model(cfg.model, cfg.allow_pickle)
         self.cfg = resolve_defaults(cfg, self.components.resolution)
         self.subject = None if cfg.subject_dir is None else load_subject(  # None: a dataset method (pretraining)
-            Path(cfg.subject_dir), cfg.class_noun, self.components.resolution, masks=cfg.masked_loss, model=cfg.model)
+            Path(cfg.subject_dir), cfg.class_noun, self.components.resolution, masks=cfg.masked_loss, model=cfg.model,
+            uses=registry.get(cfg.method).photos_used)
         registry.get(self.cfg.method).load().check_inputs(self.cfg, self.components, self.subject)
         if cfg.compile:
             check_compiler(self.accelerator.device)
