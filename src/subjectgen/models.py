@@ -18,7 +18,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 
 from . import assets
 from .errors import UserError
-from .safeio import PICKLE_SUFFIXES, check_safetensors
+from .safeio import PICKLE_SUFFIXES, check_safetensors, read_json
 
 COMPONENTS = ("tokenizer", "text_encoder", "vae", "unet", "scheduler")
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -107,10 +107,7 @@ def _load_folder(path: Path, ref: str, allow_pickle: bool) -> Components:
     index_file = path / "model_index.json"
     if not index_file.is_file():
         raise UserError(f"model folder {path} has no model_index.json; give a Stable Diffusion pipeline in diffusers layout")
-    try:
-        index = json.loads(index_file.read_text())
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{index_file} is not valid JSON ({exc.msg}); re-download or re-save the model") from None
+    index = read_json(index_file, "re-download or re-save the model")
     for name in COMPONENTS:
         if not (path / name).is_dir():
             raise UserError(f"model folder {path} is missing its '{name}' component; is it a complete SD pipeline?")

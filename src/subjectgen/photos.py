@@ -126,6 +126,8 @@ def open_photo(path: Path) -> Image.Image:
 def read_image(path: Path) -> Image.Image:
     """One still image, loaded and upright (EXIF orientation applied), in its own mode; a bad file is a
     one-line UserError."""
+    if not Path(path).is_file():
+        raise UserError(f"{path} is missing; restore it, or remove it from the folder's list")
     if path.stat().st_size == 0:
         raise UserError(f"{path} is empty (0 bytes); remove it or replace it with a photo")
     try:

@@ -125,6 +125,19 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     atomic_file(path, lambda tmp: tmp.write_bytes(data))
 
 
+def read_json(path: Path, fix: str) -> Any:
+    """The JSON in `path`; a missing, unreadable or damaged file is a one-line UserError naming it and `fix`."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path} is missing; {fix}")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path} is not valid JSON ({exc.msg}); {fix}") from None
+    except (UnicodeDecodeError, OSError) as exc:
+        raise UserError(f"{path} cannot be read ({exc}); {fix}") from None
+
+
 def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
 

@@ -20,7 +20,7 @@ from torch import nn
 from .. import assets
 from ..config import FusionSettings
 from ..errors import UserError
-from ..safeio import atomic_save_image, atomic_save_safetensors
+from ..safeio import atomic_save_image, atomic_save_safetensors, check_safetensors, read_json
 from ..sampling import FusionLoop, encode_prompts
 from ..subjects import to_image, to_tensor
 from ..training.data import LatentCache
@@ -340,17 +340,22 @@ def promptnet_folder(ref: str, model: str, components) -> Path:
         raise UserError(f"--promptnet {ref}: no PromptNet there (config.json and weights); train one with "
                         "'subjectgen profusion pretrain'")
     check_promptnet_base(folder, ref, model, components)
+    check_safetensors(folder / "diffusion_pytorch_model.safetensors", f"--promptnet {ref}: the PromptNet weights")
     return folder
 
 
 def check_promptnet_base(folder: Path, ref: str, model: str, components) -> None:
     """A one-line error when the PromptNet was pretrained for another base model (its record's fingerprint), or
     does not fit this one's UNet and text encoder."""
-    config = json.loads((folder / "config.json").read_text())
+    fix = "pretrain it again with 'subjectgen profusion pretrain'"
+    config = read_json(folder / "config.json", fix)
     unet = components.unet.config
-    fits = (list(config["unet_config"]["block_out_channels"]) == list(unet.block_out_channels)
-            and config["unet_config"]["cross_attention_dim"] == unet.cross_attention_dim
-            and config["text_width"] == components.text_encoder.config.hidden_size)
+    try:
+        fits = (list(config["unet_config"]["block_out_channels"]) == list(unet.block_out_channels)
+                and config["unet_config"]["cross_attention_dim"] == unet.cross_attention_dim
+                and config["text_width"] == components.text_encoder.config.hidden_size)
+    except (KeyError, TypeError) as exc:
+        raise UserError(f"{folder / 'config.json'} is not a PromptNet's config (no {exc}); {fix}") from None
     record = next((folder / n for n in ("training.json", "subject.json") if (folder / n).is_file()), None)
     recorded = {}
     if record is not None:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..assets import ASSETS, EMOJIBENCH  # noqa: F401 - EMOJIBENCH is world.build's to name
-from ..safeio import check_output_dir, output_dir
+from ..safeio import check_output_dir, output_dir, read_json
 from ..photos import MASK_FOLDER
 from .catalog import SUBJECTS, attribute_phrase, caption, contexts_for, training_instances
 from .render import PHOTO_SETTINGS, colour_name
@@ -134,10 +134,7 @@ def bench_instances(root: Path) -> dict[str, tuple[str, object]] | None:
     path = Path(root) / "subjects.json"
     if not path.is_file():
         return None
-    try:
-        mapping = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path} is not valid JSON ({exc}); rebuild it with 'subjectgen world reserved'") from None
+    mapping = read_json(path, "rebuild it with 'subjectgen world reserved'")
     if not isinstance(mapping, dict) or not all(isinstance(v, dict) and "emoji" in v for v in mapping.values()):
         return None
     out = {}
