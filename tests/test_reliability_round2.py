@@ -261,3 +261,41 @@ def test_a_rank_without_a_master_address_is_one_line(capsys, tmp_path, monkeypat
     out = tmp_path / "bench"
     assert "without MASTER_ADDR" in error_of(capsys, bench_args(tiny_model, evaluator_dirs, out))
     assert not out.exists()
+
+
+def test_a_damaged_checkpoint_on_resume_is_one_line_naming_it(capsys, tiny_model, subject_dir, tmp_path):
+    from test_cli import train_args
+
+    out = tmp_path / "run"
+    assert main(train_args(tiny_model, subject_dir, out, "--steps", "4", "--checkpoint-every", "2")) == 0
+    (out / "subject.json").unlink()  # as if killed after its last checkpoint
+    last = sorted((out / "checkpoints").glob("step-*"))[-1] / "trainable.safetensors"
+    last.write_bytes(last.read_bytes()[:100])
+    err = error_of(capsys, train_args(tiny_model, subject_dir, out, "--steps", "4", "--checkpoint-every", "2",
+                                      "--resume"))
+    assert str(last) in err and "damaged or truncated" in err and "remove" in err
+
+
+def test_a_run_manifest_lacking_a_key_is_one_line(capsys, tiny_model, subject_dir, tmp_path):
+    import json
+
+    from test_cli import train_args
+
+    run = tmp_path / "run"
+    assert main(train_args(tiny_model, subject_dir, run, "--steps", "1")) == 0
+    manifest = json.loads((run / "subject.json").read_text())
+    del manifest["model"]
+    (run / "subject.json").write_text(json.dumps(manifest))
+    err = error_of(capsys, ["generate", str(run), "a {subject}", "-n", "1", "--steps", "2", "--out",
+                            str(tmp_path / "images")])
+    assert "subject.json lacks 'model'" in err
+    assert not (tmp_path / "images").exists()
+
+
+def test_the_filter_refuses_an_image_encoder_made_for_another_model(tiny_model):
+    from subjectgen.errors import UserError
+    from subjectgen.methods.farm import GeneratorClip
+    from subjectgen.models import load_model
+
+    with pytest.raises(UserError, match="train-image-encoder --model"):
+        GeneratorClip("builtin", load_model(tiny_model))

@@ -163,4 +163,8 @@ def load_run(run_dir: Path, allow_pickle: bool = False, lora_scale: float = 1.0)
         if name.endswith(".safetensors"):
             check_safetensors(run_dir / name, f"{method} weights")
     check_assets(run_dir, manifest)
-    return cls.load_run(run_dir, manifest, allow_pickle, lora_scale)
+    try:
+        return cls.load_run(run_dir, manifest, allow_pickle, lora_scale)
+    except KeyError as exc:  # a hand-edited or truncated-then-repaired manifest
+        raise UserError(f"{run_dir / MANIFEST} lacks {exc} for a {method} run; the run folder is damaged: train it "
+                        "again") from None

@@ -154,4 +154,12 @@ f = case("farm-json-damaged", ["apprentice", "train", "{case}/farm", "--objectiv
                                "{tmp}/app", "--quiet"], 2, "farm.json is not valid JSON")
 (f / "farm/experts/dog_00000").mkdir(parents=True); (f / "farm/farm.json").write_text("{")
 (f / "farm/experts/dog_00000/expert.json").write_text("{}")
+f = case("farm-out-is-a-file", ["apprentice", "experts", "--count", "1", "--out", "{case}/note.txt", "--quiet"], 2,
+         "is a file")
+(f / "note.txt").write_text("mine")
+f = case("farm-cluster-of-one-photo", ["apprentice", "experts", "--clusters", "{case}/bench", "--out", "{tmp}/farm",
+                                       "--quiet"], 2, "subject dog has 1 photo; each cluster needs 3 or more")
+photo(f / "bench/dog/00.png")
+(f / "bench/prompts_and_classes.txt").write_text((ROOT.parents[1] / "src/subjectgen/assets/demo/prompts_and_classes.txt")
+                                                 .read_text())
 print(f"{len([p for p in ROOT.iterdir() if (p / 'case.json').is_file()])} cases")

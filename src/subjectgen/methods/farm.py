@@ -57,8 +57,21 @@ def clusters_of(settings: FarmSettings) -> list[Cluster]:
     from ..photos import check_subject_folder
 
     bench = read_benchmark(Path(settings.clusters))
+    check_cluster_sizes(bench)
     return [Cluster(name, noun, lambda name=name, noun=noun: check_subject_folder(bench.root / name, noun)[1],
                     bench.prompts_for(name)) for name, noun in bench.classes.items()]
+
+
+def check_cluster_sizes(bench) -> None:
+    """Each cluster of a --clusters folder is a subject of 3+ photos (the apprentice's fewest demonstrations)."""
+    from ..photos import photo_paths
+    from .apprentice import MIN_DEMOS
+
+    for name in bench.classes:
+        count = len(photo_paths(bench.root / name))
+        if count < MIN_DEMOS:
+            raise UserError(f"--clusters {bench.root}: subject {name} has {count} photo{'s' * (count != 1)}; each "
+                            f"cluster needs {MIN_DEMOS} or more: add photos or remove the subject from the folder")
 
 
 # --- the experts --------------------------------------------------------------------------------------------------
@@ -85,6 +98,8 @@ def check_farm_settings(out: Path, settings: FarmSettings) -> None:
     """farm.json: written once; a later call may grow --count, and must otherwise be the same farm."""
     from .. import assets
 
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; give a folder for the farm")
     path = out / FARM
     wanted = {**asdict(settings), "assets": [assets.record("model", settings.model)]}
     if path.is_file():
@@ -178,6 +193,12 @@ class GeneratorClip:
                             "safetensors, as 'subjectgen world train-image-encoder' writes); the filter needs both")
         self.projection = load_file(str(path))["weight"].float()
         self.components = components
+        width = components.text_encoder.config.hidden_size
+        if self.projection.shape[1] != width:
+            raise UserError(f"the image encoder {encoder_ref} was trained against a text encoder of width "
+                            f"{self.projection.shape[1]}, and the farm's model {components.ref} has width {width}; "
+                            "train one for that model with 'subjectgen world train-image-encoder --model "
+                            f"{components.ref}' and pass it as --image-encoder")
 
     @torch.no_grad()
     def images(self, images: list) -> torch.Tensor:
