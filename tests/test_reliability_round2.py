@@ -299,3 +299,18 @@ def test_the_filter_refuses_an_image_encoder_made_for_another_model(tiny_model):
 
     with pytest.raises(UserError, match="train-image-encoder --model"):
         GeneratorClip("builtin", load_model(tiny_model))
+
+
+def test_a_resume_on_changed_photos_is_refused(capsys, tiny_model, subject_dir, tmp_path):
+    from conftest import draw_subject
+    from test_cli import train_args
+
+    out = tmp_path / "run"
+    args = train_args(tiny_model, subject_dir, out, "--steps", "4", "--checkpoint-every", "2")
+    assert main(args) == 0
+    (out / "subject.json").unlink()  # as if killed after its last checkpoint
+    draw_subject(subject_dir / "00.png", shift=7)  # the photos change meanwhile
+    assert "started on other data" in error_of(capsys, [*args, "--resume"])
+    assert main([*args, "--overwrite"]) == 0  # a fresh start on the new photos is fine
+    (out / "subject.json").unlink()
+    assert main([*args, "--resume"]) == 0  # and unchanged photos resume
