@@ -59,12 +59,12 @@ def ship(choice: dict | None) -> None:
 
     chooser = "benchmarks/demo_choice.py on the validation bench of benchmarks/starting_point.py"
     if choice is None:
-        write_emojibench(DEMO, {"dog": SUBJECTS["dog"]})
+        write_emojibench(DEMO, {"dog": SUBJECTS["dog"]}, overwrite=True)
         spec = {"subject": "dog", "class": "dog", "prompts": PROMPTS, "chosen_by": chooser,
                 "note": "EmojiBench's dog: no validation subject met the rule (LoRA beating the baseline on DINO "
                         "and CLIP-I with CLIP-T at 90 % of the baseline's or more)"}
     else:
-        write_emojibench(DEMO, {choice["subject"]: VALIDATION[choice["subject"]]})
+        write_emojibench(DEMO, {choice["subject"]: VALIDATION[choice["subject"]]}, overwrite=True)
         spec = {"subject": choice["subject"], "class": choice["class"], "prompts": choice["prompts"],
                 "chosen_by": chooser, "note": "a validation subject, chosen with its prompts on the validation set"}
     (DEMO / "demo.json").write_text(json.dumps(spec, indent=1) + "\n")

@@ -86,3 +86,21 @@ def test_continued_unet_in_two_slices_equals_one_run_bit_for_bit(tmp_path, tiny_
     # the CLI refuses a from-seed flag on a continued model, in one line and before any file
     assert main(["world", "train", "--init", tiny_model, "--out", str(tmp_path / "cli"), "--vae-steps", "5"]) == 2
     assert "not a setting of a continued model" in capsys.readouterr().err and not (tmp_path / "cli").exists()
+
+
+def test_slices_never_replace_a_folder_they_did_not_write(tmp_path, tiny_model, capsys, monkeypatch):
+    from subjectgen.cli import main
+
+    users = tmp_path / "mine"
+    users.mkdir()
+    (users / "notes.txt").write_text("keep me")
+    for out in (users, tmp_path):
+        monkeypatch.chdir(tmp_path)
+        assert main(["world", "train-vae", "--init", tiny_model, "--out", str(out), "--steps", "1"]) == 2
+        assert "subjectgen" in capsys.readouterr().err
+    assert (users / "notes.txt").read_text() == "keep me"
+    cfg = VaeTuneConfig(init=tiny_model, steps=1, batch=2, scene_seeds=1, photos=1)
+    tune_vae(tmp_path / "ours", cfg, tmp_path / "state", instances=few_instances())
+    with pytest.raises(UserError, match="--overwrite"):  # a fresh start over a finished run's folder
+        tune_vae(tmp_path / "ours", cfg, tmp_path / "state-2", instances=few_instances())
+    tune_vae(tmp_path / "ours", cfg, tmp_path / "state-2", instances=few_instances(), overwrite=True)

@@ -9,7 +9,6 @@ beside weights in the ecosystem's formats:
 
 from __future__ import annotations
 
-import json
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +17,7 @@ import torch
 
 from .errors import UserError
 from .models import Components, load_model
-from .safeio import atomic_save_safetensors, check_safetensors
+from .safeio import atomic_save_safetensors, check_safetensors, read_json
 from .sampling import EarlySteps
 from .subjects import expand_subject
 
@@ -143,10 +142,7 @@ def read_manifest(run_dir: Path) -> dict:
     path = Path(run_dir) / MANIFEST
     if not path.is_file():
         raise UserError(f"{run_dir} is not a finished run (no {MANIFEST}); train one with 'subjectgen train'")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path} is not valid JSON ({exc.msg}); the run folder is damaged") from None
+    return read_json(path, "the run folder is damaged; train it again")
 
 
 def load_run(run_dir: Path, allow_pickle: bool = False, lora_scale: float = 1.0) -> Run:
@@ -169,4 +165,8 @@ def load_run(run_dir: Path, allow_pickle: bool = False, lora_scale: float = 1.0)
         if name.endswith(".safetensors"):
             check_safetensors(run_dir / name, f"{method} weights")
     check_assets(run_dir, manifest)
-    return cls.load_run(run_dir, manifest, allow_pickle, lora_scale)
+    try:
+        return cls.load_run(run_dir, manifest, allow_pickle, lora_scale)
+    except KeyError as exc:  # a hand-edited or truncated-then-repaired manifest
+        raise UserError(f"{run_dir / MANIFEST} lacks {exc} for a {method} run; the run folder is damaged: train it "
+                        "again") from None

@@ -18,7 +18,7 @@ from .config import (FILTER_TAU_S, FILTER_TAU_T, SAMPLE_OPTIONS, ApprenticeSetti
                      FarmSettings, FusionSettings, SampleSettings, TrainConfig)
 from .errors import UserError  # noqa: E402
 from .methods import registry  # noqa: E402
-from .settings import AT_LEAST_1, POSITIVE, SEED, arg_type, flag_of, number_type  # noqa: E402
+from .settings import ANY_FINITE, AT_LEAST_1, POSITIVE, SEED, arg_type, flag_of, number_type  # noqa: E402
 from .workers import default_workers, workers_type  # noqa: E402
 from .world.config import EvaluatorTrainConfig, VaeTuneConfig, WorldTrainConfig  # noqa: E402
 
@@ -197,6 +197,7 @@ def add_train_vae_parser(world) -> None:
     v.add_argument("--state", help="folder for the slice state (default: under the cache folder, "
                    "~/.cache/subjectgen/world-train/, named by --out)")
     v.add_argument("--workers", type=number_type(AT_LEAST_1), default=1, help="processes rendering the world")
+    add_overwrite(v)
 
 
 def add_world_parser(sub) -> None:
@@ -217,6 +218,8 @@ def add_world_parser(sub) -> None:
     r.add_argument("--classes", help="comma-separated class nouns to cycle through (default: DreamBench's 15)")
     r.add_argument("--out", help="bench folder to write (DreamBench's layout, with subjects.json); without it, the "
                    "sample is only listed")
+    for step in (b, r):
+        add_overwrite(step)
     t = world.add_parser("train", help="train the built-in model from a seed, or continue a model on World v3 "
                          "(--init, in resumable slices); writes a diffusers folder")
     t.add_argument("--out", required=True, help="folder for the pipeline (copy it to assets/builtin to ship it)")
@@ -243,15 +246,18 @@ def add_world_parser(sub) -> None:
     t.add_argument("--workers", type=number_type(AT_LEAST_1), default=2, help="processes rendering the world")
     t.add_argument("--device", help="cuda or cpu (default: cuda if available)")
     add_train_vae_parser(world)
+    add_overwrite(t)
     i = world.add_parser("train-image-encoder", help="train the generator side's CLIP image tower (ProFusion's "
                          "PromptNet reads it) against the built-in model's frozen text encoder (CPU)")
     i.add_argument("--out", required=True, help="folder for the transformers model (copy it to assets/image_encoder "
                    "to ship it)")
+    add_overwrite(i)
     i.add_argument("--model", default="builtin", help="the base model whose text encoder it learns to match")
     i.add_argument("--steps", type=number_type(AT_LEAST_1), default=800, help="training steps (default: 800)")
     i.add_argument("--workers", type=number_type(AT_LEAST_1), default=1, help="processes rendering the world")
     e = world.add_parser("train-evaluators", help="train the built-in CLIP and DINO evaluators (CPU)")
     e.add_argument("--out", required=True, help="folder for clip/ and dino/ (copy it to assets/evaluators to ship it)")
+    add_overwrite(e)
     e.add_argument("--seed", type=arg_type(EvaluatorTrainConfig, "seed"), default=7,
                    help="the evaluators' own seed, not the generator's (default: 7)")
     e.add_argument("--clip-steps", type=arg_type(EvaluatorTrainConfig, "clip_steps"), default=1500,
@@ -267,6 +273,11 @@ def add_world_parser(sub) -> None:
                    "(each finds its partner render in the batch; 0: DINO's loss alone; default: 1)")
     e.add_argument("--keep-clip", metavar="DIR", help="reuse the CLIP of an earlier run on the same data (DIR/clip, "
                    "DIR/training.json) and train DINO only")
+
+
+def add_overwrite(parser) -> None:
+    parser.add_argument("--overwrite", action="store_true", help="replace a folder subjectgen wrote before (a folder "
+                        "of other files is never replaced)")
 
 
 def add_profusion_parser(sub) -> None:
@@ -338,9 +349,9 @@ def add_apprentice_parser(sub) -> None:
     f = steps.add_parser("filter", help="keep the expert images that follow their prompt better than the "
                          "demonstrations and are still the subject (SuTI's ΔCLIP rule); writes filter.json and sheets")
     f.add_argument("farm", help="the farm's folder")
-    f.add_argument("--tau-t", type=float, default=FILTER_TAU_T, metavar="X", help="the least CLIP-T(image, prompt) "
+    f.add_argument("--tau-t", type=number_type(ANY_FINITE), default=FILTER_TAU_T, metavar="X", help="the least CLIP-T(image, prompt) "
                    f"- CLIP-T(demos, prompt) kept (default: {FILTER_TAU_T:g}, chosen on the validation subjects)")
-    f.add_argument("--tau-s", type=float, default=FILTER_TAU_S, metavar="X", help="the least image similarity to "
+    f.add_argument("--tau-s", type=number_type(ANY_FINITE), default=FILTER_TAU_S, metavar="X", help="the least image similarity to "
                    f"the demonstrations kept (default: {FILTER_TAU_S:g}, chosen on the validation subjects)")
     f.add_argument("--image-encoder", default="builtin", help="the generator side's image encoder, with its "
                    "text_projection.safetensors (default: builtin)")
@@ -536,10 +547,15 @@ def run_demo(args) -> None:
 def run_reserved(args) -> None:
     from .world.catalog import CLASSES, held_out_set
 
-    classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
+    classes = name_list(args.classes, "--classes")
     unknown = [c for c in classes or [] if c not in CLASSES]
     if unknown:
         raise UserError(f"--classes: unknown {', '.join(unknown)}; the world's classes are {', '.join(CLASSES)}")
+    if args.out:
+        from .safeio import check_output_dir
+        from .world.build import BENCH_MANIFEST
+
+        check_output_dir(Path(args.out), BENCH_MANIFEST, args.overwrite)
     subjects = held_out_set(args.count, args.seed, classes)
     for name, (noun, inst) in subjects.items():
         attributes = ", ".join(f"{k} {v}" for k, v in inst.attributes().items())
@@ -547,7 +563,7 @@ def run_reserved(args) -> None:
     if args.out:
         from .world.build import write_emojibench
 
-        print(f"held-out subjects: {write_emojibench(Path(args.out), subjects)}")
+        print(f"held-out subjects: {write_emojibench(Path(args.out), subjects, args.overwrite)}")
 
 
 def run_train_vae(args) -> None:
@@ -556,7 +572,8 @@ def run_train_vae(args) -> None:
 
     cfg = VaeTuneConfig(**{f.name: getattr(args, f.name) for f in fields(VaeTuneConfig) if "help" in f.metadata})
     state = Path(args.state) if args.state else default_state_dir(Path(args.out))
-    record = tune_vae(Path(args.out), cfg, state, args.resume, args.max_minutes, args.stop_step, args.workers)
+    record = tune_vae(Path(args.out), cfg, state, args.resume, args.max_minutes, args.stop_step, args.workers,
+                      overwrite=args.overwrite)
     done = record["step"] >= cfg.steps
     print(f"VAE at step {record['step']}/{cfg.steps} ({'done' if done else 'resume with --resume'}); "
           f"model: {args.out}; state: {state}")
@@ -564,26 +581,14 @@ def run_train_vae(args) -> None:
 
 def run_world(args) -> None:
     if args.world_command == "build":
-        from .world.build import EMOJIBENCH, write_emojibench, write_training_set
-
-        if args.set == "validation":
-            from .world.catalog import VALIDATION
-
-            if not args.out:
-                raise UserError("--set validation needs --out DIR (the package ships only EmojiBench)")
-            print(f"validation subjects: {write_emojibench(Path(args.out), VALIDATION)}")
-        else:
-            print(f"EmojiBench: {write_emojibench(Path(args.out) if args.out else EMOJIBENCH)}")
-        if args.training_set:
-            info = write_training_set(Path(args.training_set), args.seeds)
-            print(f"training set: {args.training_set} ({info['count']} images, hash {info['hash']})")
-        return
+        return run_build(args)
     if args.world_command == "reserved":
         return run_reserved(args)
     if args.world_command == "train-image-encoder":
         from .world.image_encoder import ImageEncoderConfig, train_image_encoder
 
-        record = train_image_encoder(Path(args.out), args.model, ImageEncoderConfig(steps=args.steps), args.workers)
+        record = train_image_encoder(Path(args.out), args.model, ImageEncoderConfig(steps=args.steps), args.workers,
+                                     args.overwrite)
         print(f"trained in {record['seconds']:.0f}s, final loss {record['loss']:.3f}; image encoder: {args.out}")
         return
     if args.world_command == "train-vae":
@@ -594,7 +599,7 @@ def run_world(args) -> None:
         cfg = EvaluatorTrainConfig(seed=args.seed, clip_steps=args.clip_steps, dino_steps=args.dino_steps,
                                    dino_instance_views=args.dino_instance_views,
                                    dino_instance_nce=args.dino_instance_nce)
-        record = train_evaluators(Path(args.out), cfg, args.workers, args.keep_clip)
+        record = train_evaluators(Path(args.out), cfg, args.workers, args.keep_clip, args.overwrite)
         print(f"trained in {record['seconds']:.0f}s; evaluators: {args.out}/clip, {args.out}/dino")
         return
     if args.init:
@@ -612,7 +617,7 @@ def run_world(args) -> None:
     if cfg.unet_stop_step is not None and cfg.unet_stop_step > cfg.unet_steps:
         raise UserError(f"--stop-step {cfg.unet_stop_step} is past --unet-steps {cfg.unet_steps}; "
                         "give a step inside the schedule")
-    record = train_world(Path(args.out), cfg, args.workers, args.device)
+    record = train_world(Path(args.out), cfg, args.workers, args.device, args.overwrite)
     print(f"trained in {record['seconds']:.0f}s on {record['device']}; pipeline: {args.out}")
 
 
@@ -628,10 +633,34 @@ def run_continue_unet(args) -> None:
     given = {"seed": args.seed, "steps": args.unet_steps, "batch": args.unet_batch}
     cfg = UnetContinueConfig(init=args.init, **{k: v for k, v in given.items() if v is not None})
     state = Path(args.state) if args.state else default_state_dir(Path(args.out))
-    record = continue_unet(Path(args.out), cfg, state, args.resume, args.max_minutes, args.stop_step, args.workers)
+    record = continue_unet(Path(args.out), cfg, state, args.resume, args.max_minutes, args.stop_step, args.workers,
+                           overwrite=args.overwrite)
     done = record["step"] >= cfg.steps
     print(f"UNet and text encoder at step {record['step']}/{cfg.steps} ({'done' if done else 'resume with --resume'});"
           f" model: {args.out}; state: {state}")
+
+
+def run_build(args) -> None:
+    """`world build`: EmojiBench (into the package unless --out says where) or the validation subjects, and the
+    training set; both folders checked before either is written."""
+    from .safeio import check_output_dir
+    from .world.build import BENCH_MANIFEST, EMOJIBENCH, TRAINING_SET_MANIFEST, write_emojibench, write_training_set
+
+    if args.set == "validation" and not args.out:
+        raise UserError("--set validation needs --out DIR (the package ships only EmojiBench)")
+    overwrite = args.overwrite or not args.out  # the package's own EmojiBench is always ours to re-render
+    check_output_dir(Path(args.out or EMOJIBENCH), BENCH_MANIFEST, overwrite)
+    if args.training_set:
+        check_output_dir(Path(args.training_set), TRAINING_SET_MANIFEST, args.overwrite, "--training-set")
+    if args.set == "validation":
+        from .world.catalog import VALIDATION
+
+        print(f"validation subjects: {write_emojibench(Path(args.out), VALIDATION, overwrite)}")
+    else:
+        print(f"EmojiBench: {write_emojibench(Path(args.out or EMOJIBENCH), None, overwrite)}")
+    if args.training_set:
+        info = write_training_set(Path(args.training_set), args.seeds, overwrite=args.overwrite)
+        print(f"training set: {args.training_set} ({info['count']} images, hash {info['hash']})")
 
 
 def run_score(args) -> None:
@@ -653,15 +682,27 @@ def run_score(args) -> None:
     print(json.dumps({k: scores[k] for k in ("dino", "clip_i", "clip_t")} | {"images": len(images)}))
 
 
+def name_list(text: str | None, flag: str) -> list[str] | None:
+    """A comma-separated flag's names (None when the flag is not given); an empty list is refused, not taken as
+    'none' or 'all'."""
+    if text is None:
+        return None
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise UserError(f"{flag} {text!r} names nothing; give comma-separated names, or leave {flag} out for the "
+                        "default")
+    return names
+
+
 def bench_config(args):
     from .eval.bench import QUICK
 
-    chosen = {"subjects": args.subjects.split(",") if args.subjects else None, "prompts": args.prompts,
+    chosen = {"subjects": name_list(args.subjects, "--subjects"), "prompts": args.prompts,
               "images_per_prompt": args.images_per_prompt}
     if args.quick:  # the quick subset, where a flag does not say otherwise
         chosen = {k: v if v is not None else QUICK[k] for k, v in chosen.items()}
     chosen["images_per_prompt"] = chosen["images_per_prompt"] or 4
-    methods = default_bench_methods(args) if args.methods is None else [m for m in args.methods.split(",") if m]
+    methods = default_bench_methods(args) if args.methods is None else name_list(args.methods, "--methods")
     return BenchConfig(bench=args.bench, out=args.out, methods=methods, model=args.model, **chosen, seed=args.seed,
                        sample_steps=args.sample_steps, guidance=args.guidance, train_steps=args.train_steps,
                        train_lr=args.train_lr, promptnet=args.promptnet, apprentice=args.apprentice,
@@ -768,7 +809,8 @@ def check_before_imports(args) -> None:
     if args.command == "train":
         from .photos import check_subject_folder, open_mask
 
-        paths, photos = check_subject_folder(Path(args.subject_dir), args.class_noun)
+        paths, photos = check_subject_folder(Path(args.subject_dir), args.class_noun,
+                                             registry.get(args.method).photos_used)
         if getattr(args, "masked_loss", False):
             for path, photo in zip(paths, photos):
                 open_mask(path, photo.size)

@@ -15,10 +15,9 @@ from PIL import Image
 
 from .assets import ASSETS
 from .config import TrainConfig
-from .errors import UserError
 from .generation import generate_to_folder
 from .sampling import make_grid
-from .safeio import atomic_save_image, atomic_write_bytes, atomic_write_json
+from .safeio import OUTPUT_MARK, atomic_save_image, check_output_dir, atomic_write_bytes, atomic_write_json
 from .subjects import expand_subject
 from .training import train
 
@@ -47,10 +46,10 @@ def run_demo(out: Path, subject: str | None = None, model: str = "builtin", step
     # the settings are checked before anything is touched: a bad flag never costs the previous demo
     cfg = TrainConfig(method="lora", model=model, subject_dir=str(photos_dir), class_noun=class_noun,
                       out=str(out / "run"), steps=steps)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        if not (out / "report.html").is_file():
-            raise UserError(f"--out {out} is not empty and holds no demo; choose a new folder")
-        shutil.rmtree(out)  # a previous demo: replace it
+    check_output_dir(out, "report.html", overwrite=True)  # a previous demo is replaced, nothing else
+    if out.exists():
+        shutil.rmtree(out)
+    atomic_write_bytes(out / OUTPUT_MARK, b"written by subjectgen demo\n")  # a demo cut short is still ours
     def phase(text: str) -> None:
         if progress:
             print(f"demo: {text}", file=sys.stderr, flush=True)

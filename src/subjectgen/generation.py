@@ -11,7 +11,7 @@ from .adapters import MANIFEST, Run, load_run
 from .config import SampleSettings, default_sample_steps
 from .errors import UserError
 from .models import inference_device
-from .training.outdir import RUN_SPEC
+from .training.outdir import RUN_SPEC, busy, hold, live_holder, release
 from .safeio import atomic_save_image, atomic_write_json
 from .sampling import generate, make_grid
 
@@ -47,6 +47,8 @@ def generate_to_folder(ref: str, prompts: list[str], out: Path, n: int = 4, seed
     `batch_size`: images sampled at once (the same images at any batch size, up to float rounding)."""
     # a one-line error for any out of range
     SampleSettings(n, seed, steps, guidance, lora_scale, subject_start, batch_size)
+    out = Path(out)
+    check_writable(out)  # at once, before the model loads; again under the lock
     run = open_run_or_model(ref, allow_pickle, lora_scale)
     if options:
         run.options = own_options(run, ref, options)
@@ -63,18 +65,33 @@ def generate_to_folder(ref: str, prompts: list[str], out: Path, n: int = 4, seed
     images = generate(run.components, expanded, seeds, steps, guidance, negative_prompt, batch_size, early=early,
                       denoiser_for=run.denoiser_for(negative_prompt, guidance), progress=progress)
     names = [f"p{i:02d}-{k}.png" for i in range(len(prompts)) for k in range(n)]
-    out = Path(out)
-    files = []
-    for image, name in zip(images, names):
-        atomic_save_image(out / name, image)
-        files.append(out / name)
-    atomic_save_image(out / "grid.png", make_grid(images, n))
-    atomic_write_json(out / "prompts.json", {"prompts": prompts, "n": n, "seed": seed, "steps": steps,
-                                             "guidance": guidance, "lora_scale": lora_scale,
-                                             "subject_start": subject_start, "source": str(ref),
-                                             "options": run.options,
-                                             "files": names})
-    return GenerateResult(out, files, out / "grid.png")
+    record = {"prompts": prompts, "n": n, "seed": seed, "steps": steps, "guidance": guidance, "lora_scale": lora_scale,
+              "subject_start": subject_start, "source": str(ref), "options": run.options, "files": names}
+    return write_images(out, dict(zip(names, images)), make_grid(images, n), record)
+
+
+def check_writable(out: Path) -> None:
+    """A one-line error for an --out that is a file, or a folder another subjectgen process is writing."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; give a folder for the images")
+    holder = live_holder(out) if out.is_dir() else None
+    if holder is not None:
+        raise busy("--out", out, holder)
+
+
+def write_images(out: Path, images: dict, grid, record: dict) -> GenerateResult:
+    """The images, grid.png and prompts.json, written under --out's writer lock (one writer per folder)."""
+    check_writable(out)
+    new = not out.exists()
+    hold(out)
+    try:
+        for name, image in images.items():
+            atomic_save_image(out / name, image)
+        atomic_save_image(out / "grid.png", grid)
+        atomic_write_json(out / "prompts.json", record)
+    finally:
+        release(out, remove_if_empty=new)  # a folder made for nothing (a full disk) goes again
+    return GenerateResult(out, [out / name for name in images], out / "grid.png")
 
 
 def own_options(run: Run, ref: str, options: dict) -> dict:

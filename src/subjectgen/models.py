@@ -5,7 +5,6 @@ A reference is a built-in name, a local diffusers folder, a single-file checkpoi
 
 from __future__ import annotations
 
-import json
 import re
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,7 +14,7 @@ import torch
 from . import assets, backbones
 from .backbones import Components
 from .errors import UserError
-from .safeio import PICKLE_SUFFIXES, check_safetensors
+from .safeio import PICKLE_SUFFIXES, check_safetensors, read_json
 
 __all__ = ["Components", "load_model", "inference_device", "quiet_loading", "freeze"]
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -70,10 +69,7 @@ def _load_folder(path: Path, ref: str, allow_pickle: bool) -> Components:
     if not index_file.is_file():
         raise UserError(f"model folder {path} has no model_index.json; give a pipeline in diffusers layout "
                         f"({backbones.supported()})")
-    try:
-        index = json.loads(index_file.read_text())
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{index_file} is not valid JSON ({exc.msg}); re-download or re-save the model") from None
+    index = read_json(index_file, "re-download or re-save the model")
     family = backbones.for_pipeline_class(index.get("_class_name"), f"model folder {path}")
     for name in family.components:
         if not (path / name).is_dir():

@@ -23,9 +23,10 @@ MAX_PIXELS = 64_000_000  # larger than any photo a user would give; bigger ones 
 MASK_FOLDER = "masks"    # SUBJECT/masks/NAME.png: white where photo NAME shows the subject (kohya's mask images)
 
 
-def check_subject_folder(folder: Path, class_noun: str) -> tuple[list[Path], list[Image.Image]]:
+def check_subject_folder(folder: Path, class_noun: str, uses: int | None = None) -> tuple[list[Path], list[Image.Image]]:
     """The folder's photo paths and the photos as RGB, validated: a one-line error for a missing class, folder or
-    photo, and for a photo too small to learn from; a warning for more photos than the methods are made for."""
+    photo, and for a photo too small to learn from; a warning for more photos than the methods are made for, or
+    than the method uses (`uses`: it takes the first ones; None: all)."""
     folder = Path(folder)
     if not class_noun or not class_noun.strip():
         raise UserError("the subject's class is missing; pass --class, e.g. --class dog")
@@ -37,9 +38,11 @@ def check_subject_folder(folder: Path, class_noun: str) -> tuple[list[Path], lis
         seen = f"; it has only {', '.join(others[:5])}{' ...' if len(others) > 5 else ''}" if others else ""
         raise UserError(f"subject folder {folder} holds no images ({', '.join(sorted(readable_suffixes()))}){seen}; "
                         "add 1-5 photos of the subject")
-    if len(paths) > MANY_PHOTOS:
-        warnings.warn(f"subject folder {folder} holds {len(paths)} photos; the methods are made for 3-5 "
-                      "(all are used)", stacklevel=3)
+    if len(paths) > (uses or MANY_PHOTOS):
+        used = "all are used" if uses is None else \
+            f"this method uses the first {uses}: {', '.join(p.name for p in paths[:uses])}"
+        warnings.warn(f"subject folder {folder} holds {len(paths)} photos; the methods are made for 3-5 ({used})",
+                      stacklevel=3)
     photos = [open_photo(p) for p in paths]
     for path, photo in zip(paths, photos):
         if min(photo.size) < MIN_SIDE:
@@ -145,6 +148,8 @@ def open_photo(path: Path) -> Image.Image:
 def read_image(path: Path) -> Image.Image:
     """One still image, loaded and upright (EXIF orientation applied), in its own mode; a bad file is a
     one-line UserError."""
+    if not Path(path).is_file():
+        raise UserError(f"{path} is missing; restore it, or remove it from the folder's list")
     if path.stat().st_size == 0:
         raise UserError(f"{path} is empty (0 bytes); remove it or replace it with a photo")
     try:

@@ -75,6 +75,42 @@ def atomic_dir(final: Path) -> Iterator[Path]:
         os.replace(tmp, final)
 
 
+OUTPUT_MARK = ".subjectgen-output"  # in every folder a command writes whole: how the tool knows its own folders
+
+
+def check_output_dir(out: Path, manifest: str, overwrite: bool = False, what: str = "--out") -> None:
+    """Refuse, writing nothing, an `out` that `output_dir` must not replace: a file, the working directory or a
+    folder above it, a folder of someone else's files (neither OUTPUT_MARK nor `manifest`, the file this kind of
+    folder always holds, which older versions wrote without the mark), or one of ours without `overwrite`."""
+    out = Path(out)
+    if not out.exists() and not out.is_symlink():
+        return
+    if not out.is_dir():
+        raise UserError(f"{what} {out} is a file; give a folder to write")
+    here, target = Path.cwd().resolve(), out.resolve()
+    if target == here or target in here.parents:
+        raise UserError(f"{what} {out} is the working directory or a folder above it, which subjectgen never "
+                        "replaces; give a new folder")
+    if not any(out.iterdir()):
+        return
+    if not ((out / OUTPUT_MARK).is_file() or (out / manifest).is_file()):
+        raise UserError(f"{what} {out} holds files subjectgen did not write (no {manifest}); choose a new or empty "
+                        "folder")
+    if not overwrite:
+        raise UserError(f"{what} {out} already holds what subjectgen wrote; pass --overwrite to replace it, or "
+                        "choose another folder")
+
+
+@contextmanager
+def output_dir(out: Path, manifest: str, overwrite: bool = False, what: str = "--out") -> Iterator[Path]:
+    """`atomic_dir` for a folder a user named: checked (again, at the moment of writing) by `check_output_dir`,
+    and marked as ours."""
+    check_output_dir(out, manifest, overwrite, what)
+    with atomic_dir(out) as tmp:
+        (tmp / OUTPUT_MARK).write_text("written by subjectgen; a later command may replace this folder\n")
+        yield tmp
+
+
 def atomic_file(path: Path, write: Callable[[Path], None]) -> None:
     """`write(tmp)` to a temporary name beside `path`, then one rename: a reader sees the old file or the new."""
     path = Path(path)
@@ -87,6 +123,19 @@ def atomic_file(path: Path, write: Callable[[Path], None]) -> None:
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     atomic_file(path, lambda tmp: tmp.write_bytes(data))
+
+
+def read_json(path: Path, fix: str) -> Any:
+    """The JSON in `path`; a missing, unreadable or damaged file is a one-line UserError naming it and `fix`."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path} is missing; {fix}")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path} is not valid JSON ({exc.msg}); {fix}") from None
+    except (UnicodeDecodeError, OSError) as exc:
+        raise UserError(f"{path} cannot be read ({exc}); {fix}") from None
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:

@@ -38,11 +38,12 @@ class SubjectSet:
 
 
 def load_subject(folder: Path, class_noun: str, resolution: int, masks: bool = False,
-                 model: str | None = None, buckets: list[tuple[int, int]] | None = None) -> SubjectSet:
+                 model: str | None = None, buckets: list[tuple[int, int]] | None = None,
+                 uses: int | None = None) -> SubjectSet:
     """The photos of a subject, validated and cropped to a `resolution` square, or with `buckets` (photos.
     bucket_sizes) to the bucket of each one's aspect ratio; with `model` (the base model's reference) a warning
-    when they are far larger than that model sees them."""
-    paths, photos = check_subject_folder(folder, class_noun)
+    when they are far larger than that model sees them. `uses`: how many the method takes (None: all)."""
+    paths, photos = check_subject_folder(folder, class_noun, uses)
     if model is not None:
         warn_if_scaled_down(Path(folder), photos, resolution, model)
     targets = [bucket_of(im.size, buckets) if buckets else (resolution, resolution) for im in photos]

@@ -122,4 +122,52 @@ case("bench-unknown-subject", ["bench", "--out", "{tmp}/b", "--model", "{tiny}",
                                "--dino", "{dino}", "--clip", "{clip}"], 2, "unicorn not in")
 case("bench-unknown-method", ["bench", "--out", "{tmp}/b", "--model", "{tiny}", "--methods", "lora,magic",
                               "--dino", "{dino}", "--clip", "{clip}"], 2, "unknown magic")
+case("bench-methods-empty", ["bench", "--out", "{tmp}/b", "--model", "{tiny}", "--methods", "", "--dino", "{dino}",
+                            "--clip", "{clip}"], 2, "--methods '' names nothing")
+case("bench-subjects-empty", ["bench", "--out", "{tmp}/b", "--model", "{tiny}", "--subjects", " , ",
+                             "--dino", "{dino}", "--clip", "{clip}"], 2, "--subjects ' , ' names nothing")
+case("bench-dino-missing", ["bench", "--out", "{tmp}/b", "--model", "{tiny}", "--subjects", "dog", "--methods", "lora",
+                            "--dino", "{tmp}/no-dino", "--clip", "{clip}"], 2, "could not load evaluator models")
+
+# --- round two (issue 36): outputs, draws, words, farms, PromptNets -----------------------------------------
+f = case("world-reserved-out-users-folder", ["world", "reserved", "--count", "1", "--out", "{case}/mine",
+                                             "--overwrite"], 2, "holds files subjectgen did not write")
+(f / "mine").mkdir(); (f / "mine/thesis.txt").write_text("years of work")
+case("world-reserved-count-too-large", ["world", "reserved", "--count", "100000"], 2, "ask for at most")
+case("world-reserved-classes-empty", ["world", "reserved", "--classes", ""], 2, "--classes '' names nothing")
+case("farm-count-too-large", ["apprentice", "experts", "--count", "1300", "--out", "{tmp}/farm"], 2,
+     "holds only 34 rabbit subjects")
+f = case("generate-out-is-a-file", GENERATE[:-1] + ["{case}/note.txt"], 2, "is a file", run={})
+(f / "note.txt").write_text("mine")
+case("token-already-a-word", ["train", "textual-inversion", "--model", "{tiny}", "--subject", "{dog}", "--class", "dog",
+                              "--token", "teapot", "--out", "{tmp}/run", "--quiet", "--steps", "1"], 2,
+     "token 'teapot' is already a word")  # CLIP's vocab holds 'teapot</w>' only, which add_tokens does not see
+PROFUSION = ["train", "profusion", "--model", "{tiny}", "--subject", "{dog}", "--class", "dog", "--out", "{tmp}/run",
+             "--quiet", "--steps", "1", "--promptnet", "{case}/promptnet"]
+f = case("promptnet-config-not-json", PROFUSION, 2, "config.json is not valid JSON")
+(f / "promptnet").mkdir(); (f / "promptnet/config.json").write_text("{")
+f = case("promptnet-config-not-a-promptnet", PROFUSION, 2, "is not a PromptNet's config")
+(f / "promptnet").mkdir(); (f / "promptnet/config.json").write_text(json.dumps({"_class_name": "PromptNet"}))
+f = case("promptnet-truncated-weights", PROFUSION, 2, "damaged or truncated")
+fits_tiny = {"_class_name": "PromptNet", "unet_config": {"block_out_channels": [32, 64], "cross_attention_dim": 32},
+             "text_width": 32}
+(f / "promptnet").mkdir(); (f / "promptnet/config.json").write_text(json.dumps(fits_tiny))
+(f / "promptnet/diffusion_pytorch_model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{")
+f = case("filter-tau-nan", ["apprentice", "filter", "{case}/farm", "--tau-t", "nan"], 2, "must be a finite number")
+(f / "farm").mkdir()
+f = case("farm-expert-json-damaged", ["apprentice", "filter", "{case}/farm"], 2, "expert.json is not valid JSON")
+(f / "farm/experts/dog_00000").mkdir(parents=True); (f / "farm/farm.json").write_text("{}")
+(f / "farm/experts/dog_00000/expert.json").write_text('{"images": [')
+f = case("farm-json-damaged", ["apprentice", "train", "{case}/farm", "--objective", "reconstruction", "--out",
+                               "{tmp}/app", "--quiet"], 2, "farm.json is not valid JSON")
+(f / "farm/experts/dog_00000").mkdir(parents=True); (f / "farm/farm.json").write_text("{")
+(f / "farm/experts/dog_00000/expert.json").write_text("{}")
+f = case("farm-out-is-a-file", ["apprentice", "experts", "--count", "1", "--out", "{case}/note.txt", "--quiet"], 2,
+         "is a file")
+(f / "note.txt").write_text("mine")
+f = case("farm-cluster-of-one-photo", ["apprentice", "experts", "--clusters", "{case}/bench", "--out", "{tmp}/farm",
+                                       "--quiet"], 2, "subject dog has 1 photo; each cluster needs 3 or more")
+photo(f / "bench/dog/00.png")
+(f / "bench/prompts_and_classes.txt").write_text((ROOT.parents[1] / "src/subjectgen/assets/demo/prompts_and_classes.txt")
+                                                 .read_text())
 print(f"{len([p for p in ROOT.iterdir() if (p / 'case.json').is_file()])} cases")

@@ -103,8 +103,8 @@ def reusable(folder: Path, protocol: dict) -> set[str]:
     return found
 
 
-def check_out(out: Path, protocol: dict) -> None:
-    """A bench folder is resumable only under the protocol it was started with."""
+def check_out(out: Path, protocol: dict, write: bool = True) -> None:
+    """A bench folder is resumable only under the protocol it was started with; `write`: record it (bench.json)."""
     spec = out / "bench.json"
     if spec.is_file():
         differ = differing_settings(spec, protocol)
@@ -113,8 +113,11 @@ def check_out(out: Path, protocol: dict) -> None:
                             "command with the same model and evaluators, or choose another --out")
     elif out.is_dir() and contents(out):
         raise UserError(f"--out {out} is not empty and holds no benchmark; choose a new or empty folder")
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(spec, protocol)
+    elif out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; give a folder for the benchmark")
+    if write:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(spec, protocol)
 
 
 def process_rank() -> tuple[int, int]:
@@ -153,29 +156,52 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> dict | None:
     rank, world = process_rank()
     group = start_group(world)
     reuse = reusable(Path(cfg.runs_from), cfg.protocol()) if cfg.runs_from else set()
-    if rank == 0:  # one writer per bench folder (the job's other ranks write only their own pairs)
-        hold(out)
+    ctx = start(cfg, bench, out, reuse, rank)
     try:
-        return run_pairs(cfg, bench, out, reuse, rank, world, group, progress)
+        return run_pairs(ctx, rank, world, group, progress)
     finally:
         if rank == 0:
             release(out)
 
 
-def run_pairs(cfg: BenchConfig, bench: Benchmark, out: Path, reuse: set, rank: int, world: int, group,
-              progress: bool) -> dict | None:
+def start(cfg: BenchConfig, bench: Benchmark, out: Path, reuse: set, rank: int) -> Context:
+    """Every input loaded (the evaluators, the subjects' instances; on rank 0 the base model) before rank 0 writes
+    bench.json: a start that fails leaves --out as it was, so the corrected command is not refused."""
     from .metrics import load_evaluators
-    from .report import write_outputs
 
     if rank == 0:
-        check_out(out, cfg.protocol())  # if this refuses, rank 0 exits and the others' barrier fails
+        check_out(out, cfg.protocol(), write=False)  # a refusal comes at once, before anything loads
+    ctx = Context(cfg, bench, out, load_evaluators(cfg.dino, cfg.clip), cfg.subjects or list(bench.classes), reuse,
+                  instances=world_subjects(bench))
+    if rank == 0:
+        ctx.base = base_run(cfg.model)
+        hold(out)  # one writer per bench folder (the job's other ranks write only their own pairs)
+        try:
+            check_out(out, cfg.protocol())  # again, under the lock; if this refuses, the others' barrier fails
+        except BaseException:
+            release(out)
+            raise
+    return ctx
+
+
+def base_run(model: str):
+    """The base model as the baseline's Run, on the inference device."""
+    from ..adapters import Run
+    from ..models import inference_device
+
+    run = Run.of_model(model)
+    run.components.to(inference_device())
+    return run
+
+
+def run_pairs(ctx: Context, rank: int, world: int, group, progress: bool) -> dict | None:
+    from .report import write_outputs
+
     if group:
         group.barrier()
-    subjects = cfg.subjects or list(bench.classes)
-    instances = world_subjects(bench)
-    ctx = Context(cfg, bench, out, load_evaluators(cfg.dino, cfg.clip), subjects, reuse, instances=instances)
+    subjects, out = ctx.subjects, ctx.out
     mine = subjects[rank::world]
-    methods = ["oracle", "baseline"] + (["perfect"] if ctx.instances else []) + cfg.methods
+    methods = ["oracle", "baseline"] + (["perfect"] if ctx.instances else []) + ctx.cfg.methods
     bar = make_bar(sum(len(ctx.prompts(s)) for s in mine) * (len(methods) - 1), rank, progress)
     for method in methods:
         for subject in mine:
@@ -211,20 +237,40 @@ def world_subjects(bench: Benchmark, warn: bool = True) -> dict | None:
     return instances
 
 
+class Barrier:
+    """Waits for every process of a launch; each trains and saves on its own. A key-value store, not a process
+    group: with a default group initialised, transformers' save_pretrained writes nothing on a rank other than 0,
+    and every worker must save its own runs whole."""
+
+    def __init__(self, rank: int, world: int):
+        import datetime
+
+        from torch.distributed import TCPStore
+
+        host, port = os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT")
+        if not host or not port or not port.isdigit():
+            raise UserError(f"RANK and WORLD_SIZE are set ({rank}, {world}) without MASTER_ADDR and MASTER_PORT; run "
+                            "under a launcher (accelerate launch, torchrun) or use --workers N, which sets them")
+        self.world, self.count = world, 0
+        self.store = TCPStore(host, int(port), world, rank == 0, timeout=datetime.timedelta(hours=12))
+
+    def barrier(self) -> None:
+        self.count += 1
+        key = f"barrier-{self.count}"
+        if self.store.add(key, 1) == self.world:  # the last to arrive lets everyone go
+            self.store.set(f"{key}-open", "1")
+        self.store.wait([f"{key}-open"])
+
+
 def start_group(world: int):
-    """A gloo group only to wait for every process at the end (each trains on its own)."""
+    """The launch's Barrier (None for one process); each process on its own GPU, if there are GPUs."""
     if world == 1:
         return None
-    import datetime
-
     import torch
-    import torch.distributed as dist
 
     if torch.cuda.is_available():  # one GPU per process; training and sampling use the current one
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    if not dist.is_initialized():
-        dist.init_process_group("gloo", timeout=datetime.timedelta(hours=12))
-    return dist
+    return Barrier(*process_rank())
 
 
 def make_bar(total: int, rank: int, enabled: bool):
@@ -286,20 +332,20 @@ def oracle_pair(ctx: Context, subject: str, photos: list) -> dict:
 
 def prepare_run(ctx: Context, method: str, subject: str, pair: Path):
     """The Run to sample from and the seconds its training took (0 for the baseline)."""
-    from ..adapters import MANIFEST, Run, load_run
+    from ..adapters import MANIFEST, load_run
     from ..config import TrainConfig
     from ..models import inference_device
     from ..training import train
 
     if method == "baseline":
         if ctx.base is None:
-            ctx.base = Run.of_model(ctx.cfg.model)
-            ctx.base.components.to(inference_device())
+            ctx.base = base_run(ctx.cfg.model)
         return ctx.base, 0.0
     run_dir, timing = pair / "run", pair / "train_seconds.json"
     if not (run_dir / MANIFEST).is_file() and "runs" in ctx.reuse:
         copy_run(Path(ctx.cfg.runs_from) / "pairs" / method / subject, pair)
-    if not (run_dir / MANIFEST).is_file():  # never trained, or killed while training: train afresh
+    run = loadable_run(run_dir)
+    if run is None:  # never trained, killed while training, or saved incomplete: train afresh
         trains = "steps" not in registry.get(method).drops  # a zero-shot method takes no training settings
         cfg = TrainConfig(method=method, model=ctx.cfg.model, subject_dir=str(ctx.bench.root / subject),
                           class_noun=ctx.bench.classes[subject], out=str(run_dir),
@@ -310,12 +356,28 @@ def prepare_run(ctx: Context, method: str, subject: str, pair: Path):
         train(cfg, overwrite=True, progress=False, distributed=False)
         # the user's wait: loading, class images and caching count, not only the loop
         atomic_write_json(timing, {"seconds": round(time.perf_counter() - started, 3)})
-    run = load_run(run_dir)
+        run = load_run(run_dir)
     if run.method.sample_options is not None:  # e.g. Fusion Sampling's settings, for the methods that take them
         run.options = options_for(run.method.sample_options, ctx.cfg.sample_options)
     run.components.to(inference_device())
     seconds = json.loads(timing.read_text())["seconds"] if timing.is_file() else run.manifest["metrics"]["train_seconds"]
     return run, float(seconds)
+
+
+def loadable_run(run_dir: Path):
+    """The pair's finished run, loaded; None (with a warning) when it must be trained again: no manifest, or weights
+    a killed worker (or an older version's save) left incomplete. The bench made the folder, so it may redo it."""
+    import warnings
+
+    from ..adapters import MANIFEST, load_run
+
+    if not (run_dir / MANIFEST).is_file():
+        return None
+    try:
+        return load_run(run_dir)
+    except UserError as exc:
+        warnings.warn(f"{run_dir} is incomplete ({exc}); training it again")
+        return None
 
 
 def copy_run(source: Path, pair: Path) -> None:

@@ -23,11 +23,12 @@ from .. import assets
 from ..adapters import Run
 from ..config import ApprenticeSettings
 from ..errors import UserError
+from . import registry
 from ..safeio import atomic_save_image, atomic_save_safetensors
 from . import ip_adapter as ipa
 from .base import Batch, Method
 
-MIN_DEMOS, MAX_DEMOS = 3, 5
+MIN_DEMOS, MAX_DEMOS = 3, registry.get("apprentice").photos_used
 DEMOS = "demos"                      # the demonstrations as PNGs, for plain diffusers' ip_adapter_image
 STATES = "demo_states.safetensors"   # their image-encoder states (and a zero image's: the negative)
 DROP = 0.05                          # IP-Adapter's: drop the text, the image, or both, each this often

@@ -18,7 +18,6 @@ encoder and the base model's own text encoder), never the evaluators', so the ap
 
 from __future__ import annotations
 
-import json
 import random
 import time
 import warnings
@@ -30,9 +29,13 @@ import torch
 
 from ..config import FILTER_TAU_S, FILTER_TAU_T, FarmSettings
 from ..errors import UserError
-from ..safeio import atomic_save_image, atomic_write_json
+from ..photos import open_photo
+from ..safeio import atomic_save_image, atomic_write_json, read_json
+from ..settings import ANY_FINITE
 
 FARM, EXPERTS, EXPERT, FILTER = "farm.json", "experts", "expert.json", "filter.json"
+FARM_FIX = "the farm is damaged; restore the file, or make the farm again in a new --out"
+EXPERT_FIX = "remove the expert's folder {folder} and rerun 'subjectgen apprentice experts' to redo it"
 
 
 @dataclass
@@ -53,8 +56,21 @@ def clusters_of(settings: FarmSettings) -> list[Cluster]:
     from ..photos import check_subject_folder
 
     bench = read_benchmark(Path(settings.clusters))
+    check_cluster_sizes(bench)
     return [Cluster(name, noun, lambda name=name, noun=noun: check_subject_folder(bench.root / name, noun)[1],
                     bench.prompts_for(name)) for name, noun in bench.classes.items()]
+
+
+def check_cluster_sizes(bench) -> None:
+    """Each cluster of a --clusters folder is a subject of 3+ photos (the apprentice's fewest demonstrations)."""
+    from ..photos import photo_paths
+    from .apprentice import MIN_DEMOS
+
+    for name in bench.classes:
+        count = len(photo_paths(bench.root / name))
+        if count < MIN_DEMOS:
+            raise UserError(f"--clusters {bench.root}: subject {name} has {count} photo{'s' * (count != 1)}; each "
+                            f"cluster needs {MIN_DEMOS} or more: add photos or remove the subject from the folder")
 
 
 # --- the experts --------------------------------------------------------------------------------------------------
@@ -81,10 +97,12 @@ def check_farm_settings(out: Path, settings: FarmSettings) -> None:
     """farm.json: written once; a later call may grow --count, and must otherwise be the same farm."""
     from .. import assets
 
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; give a folder for the farm")
     path = out / FARM
     wanted = {**asdict(settings), "assets": [assets.record("model", settings.model)]}
     if path.is_file():
-        saved = json.loads(path.read_text())
+        saved = read_json(path, FARM_FIX.format(out=out))
         differ = [k for k in wanted if k != "count" and saved.get(k) != wanted[k]]
         if differ:
             raise UserError(f"{out} holds a farm with another {differ[0]} ({saved.get(differ[0])!r}, not "
@@ -103,7 +121,7 @@ def run_expert(folder: Path, cluster: Cluster, settings: FarmSettings, index: in
     from ..training import train
 
     if (folder / EXPERT).is_file():
-        return json.loads((folder / EXPERT).read_text())
+        return read_json(folder / EXPERT, EXPERT_FIX.format(folder=folder))
     photos = cluster.photos()
     for k, photo in enumerate(photos):
         atomic_save_image(folder / "photos" / f"{k:02d}.png", photo)
@@ -130,7 +148,7 @@ def run_expert(folder: Path, cluster: Cluster, settings: FarmSettings, index: in
 def done_experts(out: Path) -> list[tuple[Path, dict]]:
     folder = Path(out) / EXPERTS
     paths = sorted(folder.glob(f"*/{EXPERT}")) if folder.is_dir() else []
-    return [(p.parent, json.loads(p.read_text())) for p in paths]
+    return [(p.parent, read_json(p, EXPERT_FIX.format(folder=p.parent))) for p in paths]
 
 
 def throughput(out: Path) -> dict:
@@ -153,7 +171,7 @@ def read_farm(out: Path, need_filter: bool = True) -> dict:
         raise UserError(f"the farm {out} has no finished expert yet; run 'subjectgen apprentice experts --out {out}'")
     if need_filter and not (out / FILTER).is_file():
         raise UserError(f"the farm {out} is not filtered yet; run 'subjectgen apprentice filter {out}' first")
-    return json.loads((out / FARM).read_text())
+    return read_json(out / FARM, FARM_FIX.format(out=out))
 
 
 # --- the filter ---------------------------------------------------------------------------------------------------
@@ -174,6 +192,12 @@ class GeneratorClip:
                             "safetensors, as 'subjectgen world train-image-encoder' writes); the filter needs both")
         self.projection = load_file(str(path))["weight"].float()
         self.components = components
+        width = components.text_encoder.config.hidden_size
+        if self.projection.shape[1] != width:
+            raise UserError(f"the image encoder {encoder_ref} was trained against a text encoder of width "
+                            f"{self.projection.shape[1]}, and the farm's model {components.ref} has width {width}; "
+                            "train one for that model with 'subjectgen world train-image-encoder --model "
+                            f"{components.ref}' and pass it as --image-encoder")
 
     @torch.no_grad()
     def images(self, images: list) -> torch.Tensor:
@@ -206,18 +230,18 @@ def keep(delta_t: float, similarity: float, tau_t: float, tau_s: float) -> bool:
 def filter_farm(out: Path, tau_t: float = FILTER_TAU_T, tau_s: float = FILTER_TAU_S,
                 image_encoder: str = "builtin") -> dict:
     """Score every expert image, keep those that pass both thresholds; filter.json and kept/dropped sheets."""
-    from PIL import Image
-
     from .. import assets
     from ..models import load_model
     from ..sampling import make_grid
 
+    ANY_FINITE.check("--tau-t", tau_t)
+    ANY_FINITE.check("--tau-s", tau_s)
     settings = read_farm(out, need_filter=False)
     clip = GeneratorClip(image_encoder, load_model(settings["model"]))
     rows = []
     for folder, record in done_experts(out):
-        images = [Image.open(folder / name).convert("RGB") for name in record["images"]]
-        demos = [Image.open(p).convert("RGB") for p in sorted((folder / "photos").glob("*.png"))]
+        images = [open_photo(folder / name) for name in record["images"]]
+        demos = [open_photo(p) for p in sorted((folder / "photos").glob("*.png"))]
         follows, likeness = delta_clip(clip, images, demos, record["prompts"])
         for name, prompt, t, s in zip(record["images"], record["prompts"], follows, likeness):
             rows.append({"expert": folder.name, "image": name, "prompt": prompt, "delta_t": round(t, 4),
@@ -229,7 +253,7 @@ def filter_farm(out: Path, tau_t: float = FILTER_TAU_T, tau_s: float = FILTER_TA
     for label, chosen in (("kept", kept), ("dropped", [r for r in rows if not r["kept"]])):
         picked = random.Random(label).sample(chosen, min(64, len(chosen)))
         if picked:
-            sheet = make_grid([Image.open(Path(out) / EXPERTS / r["expert"] / r["image"]) for r in picked], 8)
+            sheet = make_grid([open_photo(Path(out) / EXPERTS / r["expert"] / r["image"]) for r in picked], 8)
             atomic_save_image(Path(out) / f"{label}.png", sheet)
     atomic_write_json(Path(out) / FILTER, result)
     return result
@@ -245,8 +269,6 @@ def triples(out: Path, objective: str, components, encoder, seed: int = 0, progr
     photo is the target, with views of itself as the demonstrations and 'a {class}' as its prompt."""
     import hashlib
 
-    from PIL import Image
-
     from ..photos import center_crop
     from ..subjects import to_tensor
     from ..training.data import LatentCache
@@ -256,7 +278,7 @@ def triples(out: Path, objective: str, components, encoder, seed: int = 0, progr
     size = components.resolution
     kept = set()
     if objective == "apprenticeship":
-        rows = json.loads((Path(out) / FILTER).read_text())["images"]
+        rows = read_json(Path(out) / FILTER, f"run 'subjectgen apprentice filter {out}' again")["images"]
         kept = {(r["expert"], r["image"]) for r in rows if r["kept"]}
         unfiltered = {f.name for f, _ in done_experts(out)} - {r["expert"] for r in rows}
         if unfiltered:
@@ -265,7 +287,7 @@ def triples(out: Path, objective: str, components, encoder, seed: int = 0, progr
     targets, prompts, demos_of, demo_sets, digest, zero = [], [], [], [], hashlib.sha256(), None
     experts = done_experts(out)
     for folder, record in experts:
-        photos = [center_crop(Image.open(p).convert("RGB"), size) for p in sorted((folder / "photos").glob("*.png"))]
+        photos = [center_crop(open_photo(p), size) for p in sorted((folder / "photos").glob("*.png"))]
         if objective == "apprenticeship":
             chosen = [(n, p) for n, p in zip(record["images"], record["prompts"]) if (folder.name, n) in kept]
             if not chosen:
@@ -273,7 +295,7 @@ def triples(out: Path, objective: str, components, encoder, seed: int = 0, progr
             states, zero = demo_states(encoder, photos)
             demo_sets.append(states.half())
             for name, prompt in chosen:
-                targets.append(center_crop(Image.open(folder / name).convert("RGB"), size))
+                targets.append(center_crop(open_photo(folder / name), size))
                 prompts.append(prompt)
                 demos_of.append(len(demo_sets) - 1)
                 digest.update(f"{folder.name}/{name}|{prompt}".encode())

@@ -20,7 +20,7 @@ from torch import nn
 from .. import assets
 from ..config import FusionSettings
 from ..errors import UserError
-from ..safeio import atomic_save_image, atomic_save_safetensors
+from ..safeio import atomic_save_image, atomic_save_safetensors, check_safetensors, read_json
 from ..backbones.sd import encode_prompts
 from ..sampling import FusionLoop
 from ..subjects import to_image, to_tensor
@@ -28,7 +28,7 @@ from ..training.data import LatentCache
 from ..adapters import Run
 from .base import Batch, Method
 from .promptnet import PromptNet
-from .textual_inversion import placeholder_tokens
+from .textual_inversion import add_new_words, placeholder_tokens
 
 ATTENTION_WEIGHTS = "unet_attention.safetensors"
 REFERENCE = "reference.png"
@@ -67,9 +67,10 @@ class SplicedText:
     def __init__(self, tokenizer, text_encoder, token: str, num_vectors: int):
         self.tokenizer, self.text_encoder, self.token = tokenizer, text_encoder, token
         self.tokens = placeholder_tokens(token, num_vectors)
-        if tokenizer.add_tokens(self.tokens) != len(self.tokens) and not isinstance(
-                text_encoder.get_input_embeddings(), VectorSlots):
-            raise UserError(f"token '{token}' is already a word of the tokenizer; pick a new one with --token")
+        if isinstance(text_encoder.get_input_embeddings(), VectorSlots):  # spliced before: its words are ours
+            tokenizer.add_tokens(self.tokens)
+        else:
+            add_new_words(tokenizer, self.tokens, token)
         self.first_id = tokenizer.convert_tokens_to_ids(self.tokens[0])
         if not isinstance(text_encoder.get_input_embeddings(), VectorSlots):
             text_encoder.set_input_embeddings(VectorSlots(text_encoder.get_input_embeddings(), self.first_id,
@@ -340,17 +341,22 @@ def promptnet_folder(ref: str, model: str, components) -> Path:
         raise UserError(f"--promptnet {ref}: no PromptNet there (config.json and weights); train one with "
                         "'subjectgen profusion pretrain'")
     check_promptnet_base(folder, ref, model, components)
+    check_safetensors(folder / "diffusion_pytorch_model.safetensors", f"--promptnet {ref}: the PromptNet weights")
     return folder
 
 
 def check_promptnet_base(folder: Path, ref: str, model: str, components) -> None:
     """A one-line error when the PromptNet was pretrained for another base model (its record's fingerprint), or
     does not fit this one's UNet and text encoder."""
-    config = json.loads((folder / "config.json").read_text())
+    fix = "pretrain it again with 'subjectgen profusion pretrain'"
+    config = read_json(folder / "config.json", fix)
     unet = components.unet.config
-    fits = (list(config["unet_config"]["block_out_channels"]) == list(unet.block_out_channels)
-            and config["unet_config"]["cross_attention_dim"] == unet.cross_attention_dim
-            and config["text_width"] == components.text_encoder.config.hidden_size)
+    try:
+        fits = (list(config["unet_config"]["block_out_channels"]) == list(unet.block_out_channels)
+                and config["unet_config"]["cross_attention_dim"] == unet.cross_attention_dim
+                and config["text_width"] == components.text_encoder.config.hidden_size)
+    except (KeyError, TypeError) as exc:
+        raise UserError(f"{folder / 'config.json'} is not a PromptNet's config (no {exc}); {fix}") from None
     record = next((folder / n for n in ("training.json", "subject.json") if (folder / n).is_file()), None)
     recorded = {}
     if record is not None:

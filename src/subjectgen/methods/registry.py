@@ -47,6 +47,7 @@ class MethodSpec:
     bounds: dict = field(default_factory=dict)   # a setting's range where this method's differs (settings.Bound)
     listed: bool = True                          # False: not a `train` method (a pretraining step has its own command)
     drops: tuple[str, ...] = ()                  # shared settings that do nothing for this method (no flag for them)
+    photos_used: int | None = None               # how many of the subject's photos it uses, the first ones (None: all)
     families: tuple[str, ...] | None = None      # the model families it is built for (backbones/); None: every one
 
     def check_family(self, family: str, titles: dict[str, str]) -> None:
@@ -149,7 +150,7 @@ register(MethodSpec(
     "apprentice", "SuTI's apprentice: a new subject from its 3-5 photos in context, zero-shot (nothing trains; "
     "IP-Adapter format)",
     "subjectgen.methods.apprentice:Apprentice",
-    own_settings=("apprentice",),
+    own_settings=("apprentice",), photos_used=5,
     defaults={"steps": (0, 0), "num_class_images": (0, 0)},
     bounds={"steps": Bound(low=0, high=0, integer=True)},
     drops=TRAINING_SETTINGS,

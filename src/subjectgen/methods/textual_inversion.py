@@ -40,6 +40,16 @@ def placeholder_tokens(token: str, num_vectors: int) -> list[str]:
     return [token] + [f"{token}_{i}" for i in range(1, num_vectors)]
 
 
+def add_new_words(tokenizer, tokens: list[str], token: str) -> None:
+    """Add the placeholder tokens; a one-line error if one is already a word, in either spelling: as given or as
+    CLIP's BPE stores a whole (lower-cased) word, 'dog</w>', which add_tokens does not see (it would take over
+    every 'dog' in every prompt)."""
+    vocab = tokenizer.get_vocab()
+    taken = [t for t in tokens if f"{t.lower()}</w>" in vocab]
+    if taken or tokenizer.add_tokens(tokens) != len(tokens):
+        raise UserError(f"token '{token}' is already a word of the tokenizer; pick a new one with --token")
+
+
 class TextualInversion(Method):
     """New word vectors S* in each frozen text encoder's embedding (one table per encoder: SDXL has two);
     saved in diffusers' and A1111's formats."""
@@ -51,9 +61,7 @@ class TextualInversion(Method):
         c = self.components
         self.tokens = placeholder_tokens(self.token, self.cfg.num_vectors)
         for tokenizer in {id(t): t for t in c.tokenizers}.values():
-            if tokenizer.add_tokens(self.tokens) != len(self.tokens):
-                raise UserError(f"token '{self.token}' is already a word of the tokenizer; pick a new one with "
-                                "--token")
+            add_new_words(tokenizer, self.tokens, self.token)
         for name, tokenizer in zip(c.backbone.text_encoders, c.tokenizers):
             encoder = c.parts[name]
             first_id = tokenizer.convert_tokens_to_ids(self.tokens[0])

@@ -12,7 +12,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..safeio import atomic_dir
+from ..errors import UserError
+from ..safeio import atomic_dir, check_safetensors, read_json
 
 KEEP = 2  # checkpoints kept on disk; older ones are removed
 
@@ -64,7 +65,13 @@ def list_checkpoints(folder: Path) -> list[Path]:
 def load_checkpoint(path: Path) -> dict:
     """Everything a checkpoint holds, as tensors and plain values (no unpickling)."""
     path = Path(path)
-    state = json.loads((path / "state.json").read_text())
+    fix = f"remove {path} to resume from the checkpoint before it, or pass --overwrite to start again"
+    state = read_json(path / "state.json", fix)
+    for name in ("trainable", "optimizer", "rng"):
+        try:
+            check_safetensors(path / f"{name}.safetensors", "checkpoint file")
+        except UserError as exc:
+            raise UserError(f"{str(exc).split(';')[0]}; {fix}") from None
     rng = load_file(str(path / "rng.safetensors"))
     return {
         "step": state["step"],

@@ -90,22 +90,25 @@ class Trainer:
         self.cfg = resolve_defaults(cfg, self.components.resolution)
         self.subject = None if cfg.subject_dir is None else load_subject(  # None: a dataset method (pretraining)
             Path(cfg.subject_dir), cfg.class_noun, self.components.resolution, masks=cfg.masked_loss, model=cfg.model,
-            buckets=family.buckets(self.components) if cfg.aspect_buckets else None)
+            buckets=family.buckets(self.components) if cfg.aspect_buckets else None,
+            uses=registry.get(cfg.method).photos_used)
         registry.get(self.cfg.method).load().check_inputs(self.cfg, self.components, self.subject)
         if cfg.compile:
             check_compiler(self.accelerator.device)
         check_optimizer(self.cfg.optimizer, self.accelerator.device)
         self.evaluators = self.load_evaluators() if cfg.eval_every and self.accelerator.is_main_process else None
-        if self.accelerator.is_main_process:  # only now, with every input valid, does the run folder appear
+        new = not self.out.exists()
+        if self.accelerator.is_main_process:  # with every input valid, the run folder appears (its lock only)
             hold(self.out)  # one writer; then the checks again, since another writer may have finished meanwhile
         try:
             if self.accelerator.is_main_process:
                 check_out_dir(self.out, cfg, resume, overwrite)
+            self.prepare(resume)  # the method's own inputs (a PromptNet, an image encoder, a farm, a checkpoint)
+            if self.accelerator.is_main_process:  # only now is --out written: a failed start leaves it as it was
                 record_run(self.out, cfg, resume, overwrite)
-            self.prepare(resume)
         except BaseException:
             if self.accelerator.is_main_process:
-                release(self.out)
+                release(self.out, remove_if_empty=new)
             raise
 
     def prepare(self, resume: bool) -> None:

@@ -69,8 +69,9 @@ def live_holder(folder: Path) -> str | None:
     return None
 
 
-def release(folder: Path) -> None:
-    """Give back one hold of `folder`'s lock (the lock file stays; its pid is only informative)."""
+def release(folder: Path, remove_if_empty: bool = False) -> None:
+    """Give back one hold of `folder`'s lock (the lock file stays; its pid is only informative).
+    remove_if_empty: a folder the hold made for a start that failed goes too, if it holds nothing but the lock."""
     path = str((Path(folder) / LOCK).resolve())
     entry = _held.get(path)
     if entry is None:
@@ -78,6 +79,8 @@ def release(folder: Path) -> None:
     entry[1] -= 1
     if entry[1] == 0:
         del _held[path]
+        if remove_if_empty and not contents(folder):
+            shutil.rmtree(folder, ignore_errors=True)  # still ours: the lock is dropped only below
         os.close(entry[0])  # closing the descriptor drops the flock
 
 
@@ -86,9 +89,21 @@ def contents(folder: Path) -> list[Path]:
     return [p for p in Path(folder).iterdir() if p.name != LOCK]
 
 
+def input_digest(cfg: TrainConfig) -> str:
+    """A hash of the files the run learns from (the subject's photos; --images: a folder of images or a farm, its
+    records and filter included), so a resume on changed data is refused rather than continued silently."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for root in (Path(p) for p in (cfg.subject_dir, cfg.images) if p and p != "world" and Path(p).is_dir()):
+        for f in sorted(f for f in root.rglob("*") if f.is_file() and not f.name.startswith(".")):
+            digest.update(f"{f.relative_to(root)}|".encode() + f.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def same_run(saved: dict, cfg: TrainConfig, resume: bool) -> bool:
     """Whether run.json's settings are this command's; a resume may change RESUME_MAY_CHANGE."""
-    ignore = {"resumes"} | (set(RESUME_MAY_CHANGE) if resume else set())
+    ignore = {"resumes", "inputs"} | (set(RESUME_MAY_CHANGE) if resume else set())
     mine = cfg.identity()
     return {k: v for k, v in saved.items() if k not in ignore} == {k: v for k, v in mine.items() if k not in ignore}
 
@@ -110,6 +125,9 @@ def check_out_dir(out: Path, cfg: TrainConfig, resume: bool, overwrite: bool) ->
             changeable = ", ".join("--" + k.replace("_", "-") for k in RESUME_MAY_CHANGE)
             raise UserError(f"--out {out} holds a run with different settings; --resume needs the same "
                             f"command (it may change only {changeable}), or choose another --out")
+        if resume and not overwrite and saved.get("inputs") not in (None, input_digest(cfg)):
+            raise UserError(f"--out {out} holds a run started on other data (its photos or --images changed since); "
+                            "restore them, or pass --overwrite (without --resume) to start again")
         if not resume and not overwrite:
             finished = (out / "subject.json").is_file()
             what = ("this finished run" if finished else "an unfinished run of these settings (pass --resume)") \
@@ -137,4 +155,4 @@ def record_run(out: Path, cfg: TrainConfig, resume: bool, overwrite: bool) -> No
     checkpoints = list_checkpoints(out / "checkpoints") if resume else []
     step = int(checkpoints[-1].name.split("-")[1]) if checkpoints else 0
     resumes = saved.get("resumes", []) + ([{"step": step, "changed": changed}] if changed else [])
-    atomic_write_json(spec_file, {**spec, **({"resumes": resumes} if resumes else {})})
+    atomic_write_json(spec_file, {**spec, "inputs": input_digest(cfg), **({"resumes": resumes} if resumes else {})})

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..assets import ASSETS, EMOJIBENCH  # noqa: F401 - EMOJIBENCH is world.build's to name
-from ..safeio import atomic_dir
+from ..safeio import check_output_dir, output_dir, read_json
 from ..photos import MASK_FOLDER
 from .catalog import SUBJECTS, attribute_phrase, caption, contexts_for, training_instances
 from .render import PHOTO_SETTINGS, colour_name
@@ -71,11 +71,15 @@ def data_hash(images: np.ndarray, captions: list[str]) -> str:
     return digest.hexdigest()[:16]
 
 
-def write_training_set(out: Path, seeds: int = 4, workers: int = 2) -> dict:
+TRAINING_SET_MANIFEST, BENCH_MANIFEST = "info.json", "subjects.json"
+
+
+def write_training_set(out: Path, seeds: int = 4, workers: int = 2, overwrite: bool = False) -> dict:
+    check_output_dir(out, TRAINING_SET_MANIFEST, overwrite, "--training-set")
     images, captions = render_training_set(seeds, workers)
     info = {"count": len(captions), "seeds": seeds, "hash": data_hash(images, captions),
             "captions": len(set(captions))}
-    with atomic_dir(Path(out)) as tmp:
+    with output_dir(Path(out), TRAINING_SET_MANIFEST, overwrite, "--training-set") as tmp:
         np.save(tmp / "images.npy", images)
         (tmp / "captions.json").write_text(json.dumps(captions))
         (tmp / "info.json").write_text(json.dumps(info, indent=1))
@@ -91,12 +95,12 @@ def subject_class(name: str) -> str:
     return SUBJECTS[name][0]
 
 
-def write_emojibench(out: Path = EMOJIBENCH, subjects: dict | None = None) -> Path:
+def write_emojibench(out: Path = EMOJIBENCH, subjects: dict | None = None, overwrite: bool = False) -> Path:
     """EmojiBench in DreamBench's layout: one folder of photos per subject plus prompts_and_classes.txt;
     each subject folder also holds masks/ (the subject's pixels in each photo) for --masked-loss.
     `subjects` (default: EmojiBench's) writes another subject set, such as VALIDATION, in the same layout."""
     subjects = SUBJECTS if subjects is None else subjects
-    with atomic_dir(Path(out)) as tmp:
+    with output_dir(Path(out), BENCH_MANIFEST, overwrite) as tmp:
         for name, (_, inst) in subjects.items():
             (tmp / name / MASK_FOLDER).mkdir(parents=True)
             for k in range(photo_count(inst)):
@@ -130,10 +134,7 @@ def bench_instances(root: Path) -> dict[str, tuple[str, object]] | None:
     path = Path(root) / "subjects.json"
     if not path.is_file():
         return None
-    try:
-        mapping = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path} is not valid JSON ({exc}); rebuild it with 'subjectgen world reserved'") from None
+    mapping = read_json(path, "rebuild it with 'subjectgen world reserved'")
     if not isinstance(mapping, dict) or not all(isinstance(v, dict) and "emoji" in v for v in mapping.values()):
         return None
     out = {}

@@ -8,8 +8,12 @@ training or evaluator set renders; EmojiBench and the validation subjects are dr
 from __future__ import annotations
 
 import hashlib
+import itertools
 import random
-from dataclasses import asdict, dataclass, replace
+from dataclasses import MISSING, dataclass, fields, replace
+from typing import Callable, Iterator
+
+from ..errors import UserError
 
 # class noun -> emoji short names. The 15 DreamBench classes first, then classes for a richer prior.
 CLASSES: dict[str, list[str]] = {
@@ -68,8 +72,8 @@ class Instance:
 
     def attributes(self) -> dict:
         """The fields that make it particular (those not at their plain value)."""
-        plain = Instance(self.emoji, self.style)
-        return {k: v for k, v in asdict(self).items() if v != getattr(plain, k)}
+        return {f.name: getattr(self, f.name) for f in fields(self)  # emoji and style have no default: never here
+                if f.default is not MISSING and getattr(self, f.name) != f.default}
 
 
 # --- the reserved region ---------------------------------------------------------------------------
@@ -110,6 +114,41 @@ def random_instance(emoji: str, style: str, rng: random.Random) -> Instance:
     wears = rng.choice(ACCESSORIES[1:]) if rng.random() < 0.5 else ""
     return Instance(emoji, style, hue if coloured else 0, overlay, pattern, tone if coloured else 0,
                     wears if live else "")
+
+
+def instance_space(noun: str) -> Iterator[Instance]:
+    """Every instance `random_instance` can draw for this class, each once."""
+    for emoji, style in itertools.product(CLASSES[noun], STYLES):
+        coloured = (emoji, style) not in ACHROMATIC
+        for hue, overlay, pattern, tone, wears in itertools.product(
+                HUES if coloured else (0,), STICKERS, PATTERNS, TONES if coloured else (0,),
+                ACCESSORIES if noun in LIVE_CLASSES else ("",)):
+            yield Instance(emoji, style, hue, overlay, pattern, tone, wears)
+
+
+def draws_per_class(count: int, cycle: list[str]) -> dict[str, int]:
+    """How many of `count` draws, cycling through the classes `cycle`, fall to each class."""
+    need = dict.fromkeys(cycle, 0)
+    for i, noun in enumerate(cycle):
+        need[noun] += max(0, -(-(count - i) // len(cycle)))
+    return need
+
+
+def check_draw(count: int, cycle: list[str], eligible: Callable[[Instance], bool], where: str) -> None:
+    """A one-line error, at once, when `count` distinct draws cycling through `cycle` ask a class for more eligible
+    instances than the world holds (the draw would loop forever); it names how many there are."""
+    need = draws_per_class(count, cycle)
+    have = {noun: sum(1 for _ in itertools.islice(filter(eligible, instance_space(noun)), n)) for noun, n in need.items()}
+    short = [noun for noun in need if have[noun] < need[noun]]
+    if not short:
+        return
+    low, high = 0, count  # the largest count every short class can serve (the others serve more than `count`)
+    while high - low > 1:
+        mid = (low + high) // 2
+        low, high = (mid, high) if all(draws_per_class(mid, cycle)[n] <= have[n] for n in short) else (low, mid)
+    noun = short[0]
+    raise UserError(f"--count {count}: {where} holds only {have[noun]} {noun} subjects and this count needs "
+                    f"{need[noun]}; ask for at most {low}")
 
 
 COMPOSED_PER_EMOJI = 12  # composed training instances per (emoji, style), besides the plain one
@@ -253,6 +292,8 @@ def held_out_set(count: int, seed: int, classes: list[str] | None = None) -> dic
     them an EmojiBench or validation subject: a new held-out set built the way the validation subjects are."""
     classes = classes or DREAMBENCH_CLASSES
     known = {inst for _, inst in [*SUBJECTS.values(), *VALIDATION.values()]}
+    check_draw(count, classes, lambda inst: in_reserved_core(inst) and len(inst.attributes()) >= 2 and
+               inst not in known, "the reserved region")
     rng, out = random.Random(f"held-out|{seed}"), {}
     while len(out) < count:
         noun = classes[len(out) % len(classes)]

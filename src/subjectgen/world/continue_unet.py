@@ -52,7 +52,7 @@ def load_networks(init: str):
 
 def continue_unet(out: Path, cfg: UnetContinueConfig, state: Path, resume: bool = False,
                   max_minutes: float | None = None, stop_step: int | None = None, workers: int = 1,
-                  items: list | None = None) -> dict:
+                  items: list | None = None, overwrite: bool = False) -> dict:
     """One slice of continued training (to `stop_step`, past `max_minutes`, or to the schedule's end); saves its
     state, then writes the model folder. `items` (world/build.py's training items) is for tests on a tiny world."""
     from ..assets import fingerprint
@@ -60,7 +60,7 @@ def continue_unet(out: Path, cfg: UnetContinueConfig, state: Path, resume: bool 
     from .pretrain import CaptionIds, unet_loss
 
     init_print = fingerprint("model", cfg.init)
-    check_start(state, resume, {"config": asdict(cfg), "init_fingerprint": init_print})
+    check_start(out, state, resume, {"config": asdict(cfg), "init_fingerprint": init_print}, overwrite)
     c, scheduler = load_networks(cfg.init)
     started, device = time.time(), torch.device("cpu")
     images, captions = render_training_set(cfg.render_seeds, workers, items)

@@ -31,7 +31,7 @@ from torch import nn
 
 from ..augment import random_crops
 from ..eval.metrics import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD
-from ..safeio import atomic_dir
+from ..safeio import check_output_dir, output_dir
 from .config import EvaluatorTrainConfig
 
 
@@ -219,11 +219,13 @@ def train_dino(backbone, images: np.ndarray, cfg: EvaluatorTrainConfig,
     return teacher["backbone"], loss.item()
 
 
-def train_evaluators(out: Path, cfg: EvaluatorTrainConfig, workers: int = 2, keep_clip: Path | None = None) -> dict:
+def train_evaluators(out: Path, cfg: EvaluatorTrainConfig, workers: int = 2, keep_clip: Path | None = None,
+                     overwrite: bool = False) -> dict:
     """Render the world, train CLIP then DINO on the CPU, save both (fp16) under out/clip and out/dino.
     `keep_clip`: an earlier output folder whose CLIP was trained on the same data; only DINO trains."""
     from .build import data_hash, evaluator_items, render_training_set
 
+    check_output_dir(out, "training.json", overwrite)
     started = time.time()
     items = evaluator_items(cfg.render_seeds)
     images, captions = render_training_set(items=items, workers=workers)
@@ -244,7 +246,7 @@ def train_evaluators(out: Path, cfg: EvaluatorTrainConfig, workers: int = 2, kee
         record = {"config": asdict(cfg), "data_hash": digest, "images": len(images), **clip_record,
                   "dino_loss": dino_loss_value, "dino_seconds": round(time.time() - dino_started, 1),
                   "seconds": round(time.time() - started, 1), "device": "cpu", "torch": torch.__version__}
-        with atomic_dir(Path(out)) as tmp:
+        with output_dir(Path(out), "training.json", overwrite) as tmp:
             if clip is None:
                 shutil.copytree(Path(keep_clip) / "clip", tmp / "clip")
             else:

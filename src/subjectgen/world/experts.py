@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import random
 
-from .catalog import CLASSES, STYLES, Instance, caption, contexts_for, is_reserved, random_instance
+from .catalog import CLASSES, STYLES, Instance, caption, check_draw, contexts_for, is_reserved, random_instance
 from .scene import render_photo
 
 PHOTO_SEED = 30_000  # photo seeds no training or evaluator set uses
@@ -20,6 +20,8 @@ PHOTO_SEED = 30_000  # photo seeds no training or evaluator set uses
 def expert_subjects(count: int, seed: int = 0) -> list[tuple[str, str, Instance]]:
     """`count` (name, class, instance) triples, cycling through the classes; deterministic in `seed`."""
     rng, names = random.Random(f"farm|{seed}"), list(CLASSES)
+    check_draw(count, names, lambda inst: len(inst.attributes()) >= 2 and not is_reserved(inst),
+               "the world outside its reserved region")
     out, seen = [], set()
     while len(out) < count:
         noun = names[len(out) % len(names)]

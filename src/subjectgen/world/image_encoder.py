@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from ..eval.metrics import CLIP_MEAN, CLIP_STD
-from ..safeio import atomic_dir, atomic_save_safetensors
+from ..safeio import atomic_save_safetensors, check_output_dir, output_dir
 from ..settings import AT_LEAST_1, POSITIVE, SEED, setting
 from ..augment import random_crops
 from .evaluators import caption_contrastive_loss, normalise, progress, unit_batch
@@ -62,16 +62,17 @@ def caption_features(components, captions: list[str]) -> tuple[torch.Tensor, tor
 
 
 def train_image_encoder(out: Path, model: str = "builtin", cfg: ImageEncoderConfig | None = None,
-                        workers: int = 2) -> dict:
+                        workers: int = 2, overwrite: bool = False) -> dict:
     """Render the training world, train the image tower against `model`'s frozen text encoder, save it."""
     from ..models import load_model
     from .build import data_hash, render_training_set, training_items
 
+    check_output_dir(out, "training.json", overwrite)
     cfg = cfg or ImageEncoderConfig()
+    components = load_model(model)  # a bad --model fails before minutes of rendering
     started = time.time()
     images, captions = render_training_set(items=training_items(cfg.render_seeds), workers=workers)
     print(f"rendered {len(images)} images ({time.time() - started:.0f}s)", flush=True)
-    components = load_model(model)
     text, rows = caption_features(components, captions)
     encoder = build_image_encoder(cfg, text.shape[1], images.shape[1])
     text_projection = torch.nn.Linear(text.shape[1], text.shape[1], bias=False)
@@ -79,7 +80,7 @@ def train_image_encoder(out: Path, model: str = "builtin", cfg: ImageEncoderConf
     loss = fit(encoder, text_projection, logit_scale, images, text, rows, cfg)
     record = {"config": asdict(cfg), "model": model, "data_hash": data_hash(images, captions), "images": len(images),
               "loss": loss, "seconds": round(time.time() - started, 1), "torch": torch.__version__}
-    with atomic_dir(Path(out)) as tmp:
+    with output_dir(Path(out), "training.json", overwrite) as tmp:
         encoder.save_pretrained(tmp, safe_serialization=True)
         # The text side's projection, so image and text features can be compared generator-side too.
         atomic_save_safetensors(tmp / "text_projection.safetensors",

@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from ..safeio import atomic_dir
+from ..errors import UserError
+from ..safeio import check_output_dir, output_dir
 from .config import WorldTrainConfig
 from ..tiny import clip_tokenizer, sd_scheduler
 
@@ -141,7 +142,10 @@ def train_unet(text_encoder, unet, latents: torch.Tensor, captions: list[str], c
     return loss.item()
 
 
-def save_pipeline(out: Path, text_encoder, vae, unet, record: dict) -> Path:
+MANIFEST = "training.json"
+
+
+def save_pipeline(out: Path, text_encoder, vae, unet, record: dict, overwrite: bool = False) -> Path:
     """fp16 copies of the modules, saved as a diffusers folder (the training modules stay as they are)."""
     import copy
 
@@ -149,10 +153,10 @@ def save_pipeline(out: Path, text_encoder, vae, unet, record: dict) -> Path:
     pipe = StableDiffusionPipeline(vae=half[0], text_encoder=half[1], tokenizer=clip_tokenizer(), unet=half[2],
                                    scheduler=sd_scheduler(), safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
-    with atomic_dir(Path(out)) as tmp:
+    with output_dir(Path(out), MANIFEST, overwrite) as tmp:
         pipe.save_pretrained(tmp, safe_serialization=True)
         compact_tokenizer(tmp / "tokenizer")
-        (tmp / "training.json").write_text(json.dumps(record, indent=1, default=str))
+        (tmp / MANIFEST).write_text(json.dumps(record, indent=1, default=str))
     return Path(out)
 
 
@@ -168,11 +172,18 @@ def compact_tokenizer(folder: Path) -> None:
         shutil.copy(TOKENIZER_DIR / name, folder / name)
 
 
-def train_world(out: Path, cfg: WorldTrainConfig, workers: int = 2, device: str | None = None) -> dict:
-    """Render the world, train VAE then UNet + text encoder, save the pipeline; returns the training record."""
+def train_world(out: Path, cfg: WorldTrainConfig, workers: int = 2, device: str | None = None,
+                overwrite: bool = False) -> dict:
+    """Render the world, train VAE then UNet + text encoder, save the pipeline; returns the training record.
+    `out` and its checkpoint folder OUT-partial (replaced as it goes) are checked before any work."""
     from .build import data_hash, render_training_set
 
+    partial_out = Path(str(out) + "-partial")
+    check_output_dir(out, MANIFEST, overwrite)
+    check_output_dir(partial_out, MANIFEST, overwrite=True, what="the checkpoint folder")
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {device}: this machine has no CUDA device torch can use; pass --device cpu")
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     started = time.time()
     images, captions = render_training_set(cfg.render_seeds, workers)
@@ -182,10 +193,10 @@ def train_world(out: Path, cfg: WorldTrainConfig, workers: int = 2, device: str 
     latents = encode_latents(vae, images, device)
     partial = {"config": asdict(cfg), "partial": True}
     unet_loss = train_unet(text_encoder, unet, latents, captions, cfg, device, lambda step: save_pipeline(
-        Path(str(out) + "-partial"), text_encoder, vae, unet, {**partial, "unet_step": step}))
+        partial_out, text_encoder, vae, unet, {**partial, "unet_step": step}, overwrite=True))
     record = {"config": asdict(cfg), "data_hash": data_hash(images, captions), "images": len(images),
               "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
               "seconds": round(time.time() - started, 1), "vae_loss": vae_loss, "unet_loss": unet_loss,
               "torch": torch.__version__}
-    save_pipeline(out, text_encoder, vae, unet, record)
+    save_pipeline(out, text_encoder, vae, unet, record, overwrite)
     return record

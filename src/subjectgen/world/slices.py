@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 from ..assets import cache_dir
 from ..errors import UserError
-from ..safeio import atomic_dir, atomic_save_safetensors
+from ..safeio import OUTPUT_MARK, atomic_dir, atomic_save_safetensors, check_output_dir, output_dir
 
 STATE_FILE, RECORD_FILE = "state.safetensors", "record.json"
 
@@ -83,9 +83,10 @@ def load_state(folder: Path, modules: dict[str, torch.nn.Module], opt: torch.opt
     return record
 
 
-def check_start(state: Path, resume: bool, identity: dict) -> None:
-    """Before a slice: --resume needs a state, a fresh start needs none, and a resumed state must be this run's
-    (`identity`: its settings and the fingerprint of the model it started from)."""
+def check_start(out: Path, state: Path, resume: bool, identity: dict, overwrite: bool = False) -> None:
+    """Before a slice, writing nothing: the model folder is new or one a slice wrote (a fresh start replaces one
+    only with `overwrite`); --resume needs a state, a fresh start needs none, and a resumed state must be this
+    run's (`identity`: its settings and the fingerprint of the model it started from)."""
     if resume and not state.is_dir():
         raise UserError(f"--resume: no slice state in {state}; start the run without --resume")
     if not resume and state.exists():
@@ -96,6 +97,7 @@ def check_start(state: Path, resume: bool, identity: dict) -> None:
         if {k: record.get(k) for k in identity} != identity:
             raise UserError(f"the slice state in {state} is of another run (other settings or another --init "
                             "model); give that run's settings, or remove the folder to start over")
+    check_output_dir(out, OUTPUT_MARK, overwrite or resume)
 
 
 def slice_over(step: int, stop_step: int | None, max_minutes: float | None, started: float) -> bool:
@@ -114,7 +116,7 @@ def write_model(out: Path, init: str, modules: dict[str, torch.nn.Module], key: 
     from ..assets import resolve
 
     source = Path(resolve("model", init))
-    with atomic_dir(Path(out)) as tmp:
+    with output_dir(Path(out), OUTPUT_MARK, overwrite=True) as tmp:  # never a folder a slice did not write
         shutil.copytree(source, tmp, dirs_exist_ok=True)
         for name, module in modules.items():
             dtype = stored_dtype(source / name)

@@ -105,14 +105,15 @@ def trainable(vae: AutoencoderKL, part: str) -> list[torch.nn.Parameter]:
 
 
 def tune_vae(out: Path, cfg: VaeTuneConfig, state: Path, resume: bool = False, max_minutes: float | None = None,
-             stop_step: int | None = None, workers: int = 1, instances: dict | None = None) -> dict:
+             stop_step: int | None = None, workers: int = 1, instances: dict | None = None,
+             overwrite: bool = False) -> dict:
     """Run one slice (to `stop_step`, past `max_minutes`, or to the schedule's end); save its state, then write
     the model folder (`init` with the continued VAE). Returns the record of every slice so far. `instances`
     (class -> instances; default: the training split's) is for tests on a tiny world."""
     from ..assets import fingerprint
 
     init_print = fingerprint("model", cfg.init)
-    check_start(state, resume, {"config": asdict(cfg), "init_fingerprint": init_print})
+    check_start(out, state, resume, {"config": asdict(cfg), "init_fingerprint": init_print}, overwrite)
     vae, started = load_vae(cfg.init), time.time()
     images = vae_training_images(cfg, workers, instances)
     old = posterior_moments(vae, images)
