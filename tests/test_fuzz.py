@@ -215,3 +215,65 @@ def test_fuzz_reached_both_outcomes():
     """Valid runs and refusals both happened (when the fuzz tests ran in this session)."""
     if sum(OUTCOMES.values()):
         assert OUTCOMES[0] > 0 and OUTCOMES[2] > 0, OUTCOMES
+
+
+def leaf_commands(parser=None, prefix: tuple = ()):
+    """Every command of the CLI as (words, its parser): 'train lora', 'world train-vae', 'apprentice filter', ..."""
+    import argparse
+
+    from subjectgen.cli import build_parser
+
+    parser = parser or build_parser()
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subs:
+        yield prefix, parser
+        return
+    for name, sub in subs[0].choices.items():
+        yield from leaf_commands(sub, (*prefix, name))
+
+
+def numeric_flags(parser) -> list[str]:
+    return sorted(opt for a in parser._actions for opt in a.option_strings
+                  if opt.startswith("--") and getattr(a.type, "__name__", "") in ("integer", "number"))
+
+
+COMMANDS = {" ".join(words): parser for words, parser in leaf_commands()}
+# commands whose valid runs the tests above also fuzz (the rest: every numeric flag, with garbage, below)
+RUN_FUZZED = {f"train {m}" for m in ("lora", "dreambooth", "textual-inversion", "apprentice")} | {
+    "generate", "bench", "score", "report", "world train", "world train-evaluators", "demo"}
+
+
+@settings(max_examples=8, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(data=st.data())
+def test_fuzz_train_apprentice(capsys, tmp_path_factory, tiny_model, data):
+    """The zero-shot apprentice takes no numbers: its inputs are the model, the photos and the class."""
+    model = data.draw(st.sampled_from(["builtin", tiny_model, "/nonexistent/model"]), label="model")
+    subject = data.draw(st.sampled_from([str(EMOJIBENCH / "dog"), "/nonexistent/photos", str(EMOJIBENCH)]),
+                        label="subject")
+    noun = data.draw(st.sampled_from(["dog", "", "  "]), label="class")
+    out = tmp_path_factory.mktemp("fuzz") / "run"
+    argv = ["train", "apprentice", "--model", model, "--subject", subject, "--class", noun, "--out", str(out),
+            "--quiet"]
+    check_outcome(capsys, argv, out, lambda o: (o / "subject.json").is_file())
+
+
+def test_no_command_is_left_out_of_the_fuzz_suite():
+    left_out = [name for name, parser in COMMANDS.items() if name not in RUN_FUZZED and not numeric_flags(parser)]
+    assert left_out == [], f"commands the fuzz suite never reaches: {left_out}"
+    assert {"world train-vae", "apprentice experts", "profusion pretrain", "train apprentice"} <= set(COMMANDS)
+
+
+@FUZZ
+@given(data=st.data())
+def test_fuzz_every_command_refuses_garbage_in_a_number_before_any_work(capsys, tmp_path_factory, data):
+    """Each command with numeric flags, one of them given text no number range allows: one line, exit 2, nothing
+    written (argparse converts a flag as it reads it, before any work and before the required flags)."""
+    name = data.draw(st.sampled_from(sorted(n for n, p in COMMANDS.items() if numeric_flags(p))), label="command")
+    flag = data.draw(st.sampled_from(numeric_flags(COMMANDS[name])), label="flag")
+    value = data.draw(GARBAGE.filter(lambda v: v not in ("--",)), label="value")
+    out = tmp_path_factory.mktemp("fuzz") / "out"
+    argv = [*name.split(), *argv_of({flag: value})]
+    if "--out" in COMMANDS[name]._option_string_actions:
+        argv += ["--out", str(out)]
+    check_outcome(capsys, argv, out, lambda o: False)
