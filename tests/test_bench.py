@@ -379,18 +379,22 @@ def test_a_world_made_bench_gets_a_perfect_row_and_gain_scores(finished):
 
 
 @pytest.mark.skipif(not sources_available(), reason="emoji sources not installed (see .ci/run)")
-def test_a_bench_folder_naming_an_unknown_instance_is_a_one_line_error(tiny_model, evaluator_dirs, tmp_path, capsys):
+@pytest.mark.parametrize("field, value, words", [("emoji", "unicorn_of_nowhere", "names an instance the world cannot"),
+                                                 ("hue", "red", "has an attribute the world does not have"),
+                                                 ("tone", [90], "has an attribute the world does not have")])
+def test_a_bench_folder_naming_an_unknown_instance_is_a_one_line_error(tiny_model, evaluator_dirs, tmp_path, capsys,
+                                                                       field, value, words):
     import shutil
 
     folder = tmp_path / "bench"
     shutil.copytree(EMOJIBENCH, folder)
     mapping = json.loads((folder / "subjects.json").read_text())
-    mapping["dog"]["emoji"] = "unicorn_of_nowhere"
+    mapping["dog"][field] = value  # a wrong name, or a value of the wrong type
     (folder / "subjects.json").write_text(json.dumps(mapping))
     dino, clip = evaluator_dirs
     args = ["bench", "--bench", str(folder), "--model", tiny_model, "--out", str(tmp_path / "out"), "--dino", dino,
             "--clip", clip, "--quiet", *SMALL]
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
-    assert "subject 'dog' names an instance the world cannot render" in err and len(err.splitlines()) == 1
+    assert f"subject 'dog' {words}" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "out").exists()

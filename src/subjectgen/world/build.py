@@ -145,11 +145,22 @@ def bench_instances(root: Path) -> dict[str, tuple[str, object]] | None:
         except TypeError:
             raise UserError(f"{path}: subject '{name}' has fields the world does not know "
                             f"({', '.join(sorted(fields))})") from None
+        if not valid_axes(inst):
+            raise UserError(f"{path}: subject '{name}' has an attribute the world does not have ({inst}); the "
+                            "axes are hue (0-345 in 15s), overlay, pattern, tone (0, 90, 180) and accessory")
         if entry.get("class") not in CLASSES or inst.style not in STYLES or inst.emoji not in emoji_catalog():
             raise UserError(f"{path}: subject '{name}' names an instance the world cannot render (class "
                             f"{entry.get('class')!r}, emoji {inst.emoji!r}, style {inst.style!r})")
         out[name] = (entry["class"], inst)
     return out
+
+
+def valid_axes(inst) -> bool:
+    """Each attribute of an instance is a value of its axis (a bench folder's subjects.json may say anything)."""
+    from .catalog import ACCESSORIES, HUES, PATTERNS, STICKERS, TONES
+
+    allowed = {"hue": HUES, "overlay": STICKERS, "pattern": PATTERNS, "tone": TONES, "accessory": ACCESSORIES}
+    return all(not isinstance(getattr(inst, k), bool) and getattr(inst, k) in values for k, values in allowed.items())
 
 
 def render_prompt(noun: str, inst, prompt: str, seed: int):
