@@ -72,7 +72,8 @@ def test_time_ids_record_each_photos_size_and_crop(tiny_sdxl, wide_photos):
     # 48x32 resized by its short side to 24x16, centre crop: 4 px cut on the left
     assert subject.sizes[0] == (32, 48, 0, 4)
     cache = LatentCache(components, subject.images, sizes=subject.sizes)
-    assert cache.conditioning["time_ids"][0].tolist() == [32.0, 48.0, 0.0, 4.0, 16.0, 16.0]
+    (group,) = cache.groups.values()
+    assert group.conditioning["time_ids"][0].tolist() == [32.0, 48.0, 0.0, 4.0, 16.0, 16.0]
     drawn = cache.draw(5, torch.Generator().manual_seed(0))
     assert drawn.conditioning["time_ids"].shape == (5, 6)
 
