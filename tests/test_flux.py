@@ -138,3 +138,10 @@ def test_flux_resume_after_sigkill_equals_an_uninterrupted_run(tiny_flux, tmp_pa
     assert resumed.returncode == 0, resumed.stderr
     name = "pytorch_lora_weights.safetensors"
     assert same_tensors(tmp_path / "full" / name, out / name)
+
+
+def test_generate_takes_the_familys_guidance_when_none_is_given(flux_lora, tmp_path):
+    assert main(["generate", str(flux_lora), "a {subject}", "-n", "1", "--steps", "2", "--out",
+                 str(tmp_path / "images")]) == 0
+    record = json.loads(next((tmp_path / "images").glob("*.json")).read_text())
+    assert record["guidance"] == 3.5  # FLUX.1-dev's embedding, FluxPipeline's default; SD's stays 7.5

@@ -127,8 +127,9 @@ def add_generate_parser(sub) -> None:
                    help="image k of each prompt uses seed N+k, so a seed gives the same image again (default: 0)")
     p.add_argument("--steps", type=sample_type("steps"),
                    help="sampler steps (default 50 for SD, 25 for small models)")
-    p.add_argument("--guidance", type=sample_type("guidance"), default=7.5, metavar="X",
-                   help="classifier-free guidance: higher follows the prompt more, with less variety (default: 7.5)")
+    p.add_argument("--guidance", type=sample_type("guidance"), default=None, metavar="X",
+                   help="guidance: higher follows the prompt more, with less variety (default: 7.5; on FLUX.1-dev, "
+                   "whose guidance is an embedding, 3.5)")
     p.add_argument("--negative-prompt", default="", metavar="TEXT", help="what to steer away from (default: none)")
     p.add_argument("--lora-scale", type=sample_type("lora_scale"), default=1.0,
                    help="weight of a LoRA run's update (kohya's network multiplier): below 1 follows the prompt "

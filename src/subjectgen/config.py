@@ -97,7 +97,7 @@ class TrainConfig:
     select: str = setting("last", choices=("last", "best"), help="the weights a run keeps: the last step's, or with "
                           "--eval-every the eval point the rule in docs/BENCHMARK.md chooses (default: last)")
     sample_steps: int | None = setting(None, SAMPLER_STEPS)  # sampler steps for class images and validation
-    guidance: float = setting(7.5, NON_NEGATIVE)
+    guidance: float | None = setting(None, NON_NEGATIVE)  # class images, validation, eval; default: the family's
     allow_pickle: bool = setting(False, help="allow loading pickled weights (.ckpt/.bin): they can run code")
 
     def __post_init__(self) -> None:
@@ -158,7 +158,7 @@ class SampleSettings:
     n: int = setting(4, AT_LEAST_1)
     seed: int = setting(0, SEED)
     steps: int | None = setting(None, SAMPLER_STEPS)   # default: 50 for SD, 25 for small models
-    guidance: float = setting(7.5, NON_NEGATIVE)
+    guidance: float | None = setting(None, NON_NEGATIVE)  # default: the family's (7.5; FLUX.1's embedding 3.5)
     lora_scale: float = setting(1.0, ANY_FINITE)
     subject_start: float = setting(0.0, FRACTION_BELOW_1)
     batch_size: int = setting(8, AT_LEAST_1)  # images sampled at once (the pipeline's num_images_per_prompt)

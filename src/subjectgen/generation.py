@@ -39,7 +39,7 @@ def open_run_or_model(ref: str, allow_pickle: bool = False, lora_scale: float = 
 
 
 def generate_to_folder(ref: str, prompts: list[str], out: Path, n: int = 4, seed: int = 0, steps: int | None = None,
-                       guidance: float = 7.5, negative_prompt: str = "", allow_pickle: bool = False,
+                       guidance: float | None = None, negative_prompt: str = "", allow_pickle: bool = False,
                        lora_scale: float = 1.0, subject_start: float = 0.0, progress: bool = False,
                        options: dict | None = None, batch_size: int = 8) -> GenerateResult:
     """n images per prompt (seeds seed..seed+n-1), saved as p{prompt}-{k}.png, plus grid.png (a row per prompt).
@@ -59,6 +59,7 @@ def generate_to_folder(ref: str, prompts: list[str], out: Path, n: int = 4, seed
         if run.subject and "{subject}" not in prompt:
             warnings.warn(f"prompt {prompt!r} has no {{subject}}; it will not show the learned subject", stacklevel=2)
     steps = steps or default_sample_steps(run.components.resolution)
+    guidance = run.components.backbone.default_guidance if guidance is None else guidance
     expanded = [run.prompt_for_model(p) for p in prompts for _ in range(n)]
     seeds = [seed + k for _ in prompts for k in range(n)]
     early = run.early_steps([p for p in prompts for _ in range(n)], subject_start, steps)

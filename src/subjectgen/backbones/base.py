@@ -92,6 +92,7 @@ class Backbone:
     refusals: dict[str, str] = field(default_factory=dict)        # a look-alike class -> why it is refused
     trainable_text_encoders: tuple[str, ...] = ()  # what --train-text-encoder trains (default: every encoder)
     flow_matching: bool = False                    # a velocity target on a flow schedule (no ᾱ, no min-SNR)
+    default_guidance: float = 7.5                  # `generate`'s guidance scale when none is given
 
     def text_encoders_to_train(self) -> tuple[str, ...]:
         return self.trainable_text_encoders or self.text_encoders

@@ -70,6 +70,7 @@ class Flux(Backbone):
         "editing model)", "FluxPriorReduxPipeline": "FLUX.1 Redux (an image-variation adapter)",
         "FluxControlPipeline": "a FLUX.1 control model"})
     flow_matching: bool = True
+    default_guidance: float = 3.5  # FLUX.1-dev's guidance embedding, FluxPipeline's own default
 
     def load_parts(self, path: Path, use_safetensors: bool | None, index: dict) -> dict[str, Any]:
         st = use_safetensors
