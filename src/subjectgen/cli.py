@@ -179,6 +179,35 @@ def add_demo_parser(sub) -> None:
     p.add_argument("--quiet", action="store_true", help="no phases and progress bars")
 
 
+def add_world_train_parser(world) -> None:
+    t = world.add_parser("train", help="train the built-in model from a seed, or continue a model on World v3 "
+                         "(--init, in resumable slices); writes a diffusers folder")
+    t.add_argument("--out", required=True, help="folder for the pipeline (copy it to assets/builtin to ship it)")
+    t.add_argument("--init", help="continue this model's UNet and text encoder (a built-in name or a diffusers "
+                   "folder) on World v3's training split instead of training from a seed; slices with "
+                   "--max-minutes, --resume (default schedule: 10000 steps of batch 64)")
+    t.add_argument("--seed", type=world_type("seed"), help="seed of the weights and data order (default: 0; with "
+                   "--init 5)")
+    t.add_argument("--vae-steps", type=world_type("vae_steps"), help="VAE steps (default: 3000)")
+    t.add_argument("--unet-steps", type=world_type("unet_steps"),
+                   help="UNet steps: the length of its learning-rate schedule (default: 12000; with --init 10000)")
+    t.add_argument("--vae-batch", type=world_type("vae_batch"), help="VAE batch (default: 128)")
+    t.add_argument("--unet-batch", type=world_type("unet_batch"), help="UNet batch (default: 256; with --init 64)")
+    t.add_argument("--stop-step", type=world_type("unet_stop_step"), help="stop UNet training after this step; the "
+                   "learning-rate schedule still spans --unet-steps (how a run cut by --max-seconds is reproduced; "
+                   "with --init: where this slice ends)")
+    t.add_argument("--max-seconds", type=world_type("unet_max_seconds"), help="stop UNet training after this long; the "
+                   "record's unet_stop_step says where, so the run can be reproduced with --stop-step")
+    t.add_argument("--max-minutes", type=number_type(POSITIVE), help="with --init: end this slice after about this "
+                   "long, its state saved and the model folder written; --resume continues it")
+    t.add_argument("--resume", action="store_true", help="with --init: continue the run whose state is in --state")
+    t.add_argument("--state", help="with --init: folder for the slice state (default: under the cache folder, "
+                   "~/.cache/subjectgen/world-train/, named by --out)")
+    t.add_argument("--workers", type=number_type(AT_LEAST_1), default=2, help="processes rendering the world")
+    t.add_argument("--device", help="cuda or cpu (default: cuda if available)")
+    add_overwrite(t)
+
+
 def add_train_vae_parser(world) -> None:
     v = world.add_parser("train-vae", help="continue a model's VAE on World v3's images, in resumable slices (CPU)")
     v.add_argument("--out", required=True, help="folder for the model: --init's folder with the continued VAE, "
@@ -221,33 +250,8 @@ def add_world_parser(sub) -> None:
                    "sample is only listed")
     for step in (b, r):
         add_overwrite(step)
-    t = world.add_parser("train", help="train the built-in model from a seed, or continue a model on World v3 "
-                         "(--init, in resumable slices); writes a diffusers folder")
-    t.add_argument("--out", required=True, help="folder for the pipeline (copy it to assets/builtin to ship it)")
-    t.add_argument("--init", help="continue this model's UNet and text encoder (a built-in name or a diffusers "
-                   "folder) on World v3's training split instead of training from a seed; slices with "
-                   "--max-minutes, --resume (default schedule: 10000 steps of batch 64)")
-    t.add_argument("--seed", type=world_type("seed"), help="seed of the weights and data order (default: 0; with "
-                   "--init 5)")
-    t.add_argument("--vae-steps", type=world_type("vae_steps"), help="VAE steps (default: 3000)")
-    t.add_argument("--unet-steps", type=world_type("unet_steps"),
-                   help="UNet steps: the length of its learning-rate schedule (default: 12000; with --init 10000)")
-    t.add_argument("--vae-batch", type=world_type("vae_batch"), help="VAE batch (default: 128)")
-    t.add_argument("--unet-batch", type=world_type("unet_batch"), help="UNet batch (default: 256; with --init 64)")
-    t.add_argument("--stop-step", type=world_type("unet_stop_step"), help="stop UNet training after this step; the "
-                   "learning-rate schedule still spans --unet-steps (how a run cut by --max-seconds is reproduced; "
-                   "with --init: where this slice ends)")
-    t.add_argument("--max-seconds", type=world_type("unet_max_seconds"), help="stop UNet training after this long; the "
-                   "record's unet_stop_step says where, so the run can be reproduced with --stop-step")
-    t.add_argument("--max-minutes", type=number_type(POSITIVE), help="with --init: end this slice after about this "
-                   "long, its state saved and the model folder written; --resume continues it")
-    t.add_argument("--resume", action="store_true", help="with --init: continue the run whose state is in --state")
-    t.add_argument("--state", help="with --init: folder for the slice state (default: under the cache folder, "
-                   "~/.cache/subjectgen/world-train/, named by --out)")
-    t.add_argument("--workers", type=number_type(AT_LEAST_1), default=2, help="processes rendering the world")
-    t.add_argument("--device", help="cuda or cpu (default: cuda if available)")
+    add_world_train_parser(world)
     add_train_vae_parser(world)
-    add_overwrite(t)
     i = world.add_parser("train-image-encoder", help="train the generator side's CLIP image tower (ProFusion's "
                          "PromptNet reads it) against the built-in model's frozen text encoder (CPU)")
     i.add_argument("--out", required=True, help="folder for the transformers model (copy it to assets/image_encoder "
