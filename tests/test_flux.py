@@ -145,3 +145,10 @@ def test_generate_takes_the_familys_guidance_when_none_is_given(flux_lora, tmp_p
                  str(tmp_path / "images")]) == 0
     record = json.loads(next((tmp_path / "images").glob("*.json")).read_text())
     assert record["guidance"] == 3.5  # FLUX.1-dev's embedding, FluxPipeline's default; SD's stays 7.5
+
+
+def test_the_bench_on_flux_samples_at_its_familys_guidance(tiny_flux, tiny_model):
+    from subjectgen.backbones import default_guidance_of
+
+    assert default_guidance_of(tiny_flux) == 3.5 and default_guidance_of(tiny_model) == 7.5
+    assert default_guidance_of("some-org/some-model") == 7.5  # a hub id: no index at hand

@@ -458,8 +458,8 @@ def add_bench_parser(sub) -> None:
     p.add_argument("--subject-start", type=bench_type("subject_start"), default=0.0, metavar="FRACTION",
                    help="sample this fraction of the steps without the subject, as generate --subject-start "
                         "(default 0)")
-    p.add_argument("--guidance", type=bench_type("guidance"), default=7.5,
-                   help="classifier-free guidance (default: 7.5)")
+    p.add_argument("--guidance", type=bench_type("guidance"), default=None,
+                   help="guidance (default: the model family's: 7.5; FLUX.1-dev's embedding 3.5)")
     p.add_argument("--seed", type=bench_type("seed"), default=0, help="training seed; image k of each prompt uses "
                    "seed+k (default: 0)")
     p.add_argument("--dino", help="DINO ViT folder or hub id (default: built-in for emoji, facebook/dino-vits16)")

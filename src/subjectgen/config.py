@@ -250,7 +250,7 @@ class BenchConfig:
     images_per_prompt: int = setting(4, AT_LEAST_1)
     seed: int = setting(0, SEED)
     sample_steps: int | None = setting(None, SAMPLER_STEPS)  # default: 25 below 256 px, else 50
-    guidance: float = setting(7.5, NON_NEGATIVE)
+    guidance: float | None = setting(None, NON_NEGATIVE)  # default: the model family's (7.5; FLUX.1's 3.5)
     train_steps: int | None = setting(None, NON_NEGATIVE_INT)  # default: each method's own (0: profusion's encoder)
     train_lr: float | None = setting(None, POSITIVE)  # default: each method's own
     promptnet: str = "builtin"      # ProFusion's pretrained PromptNet (train profusion --promptnet)

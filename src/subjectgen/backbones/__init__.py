@@ -75,6 +75,22 @@ def checkpoint_keys(path: Path) -> list[str]:
         raise UserError(f"could not read checkpoint {path}: {str(exc).splitlines()[0]}") from None
 
 
+def default_guidance_of(ref: str) -> float:
+    """A model's family's guidance default, read from its model_index.json without loading it (the common
+    default, 7.5, for a hub id or a single file, where no index is at hand)."""
+    import json
+
+    from ..assets import resolve
+
+    index = Path(resolve("model", str(ref))).expanduser() / "model_index.json"
+    try:
+        name = json.loads(index.read_text()).get("_class_name")
+    except (OSError, ValueError, AttributeError):
+        name = None
+    family = next((b for b in FAMILIES.values() if name in b.pipeline_classes), None)
+    return family.default_guidance if family else 7.5
+
+
 def every_component() -> set[str]:
     """The component folders of every registered family (what a hub download fetches)."""
     return {name for backbone in FAMILIES.values() for name in backbone.components}

@@ -35,6 +35,10 @@ def resolve_config(cfg: BenchConfig, bench: Benchmark) -> BenchConfig:
     builtin = cfg.bench == "emoji"
     cfg.dino = cfg.dino or ("builtin" if builtin else DEFAULT_EVALUATORS["dino"])
     cfg.clip = cfg.clip or ("builtin" if builtin else DEFAULT_EVALUATORS["clip"])
+    if cfg.guidance is None:  # the family's (FLUX.1-dev's guidance embedding 3.5), fixed in the protocol
+        from ..backbones import default_guidance_of
+
+        cfg.guidance = default_guidance_of(cfg.model)
     cfg.model_hash = fingerprint("model", cfg.model)
     cfg.dino_hash = fingerprint("dino", cfg.dino)
     cfg.clip_hash = fingerprint("clip", cfg.clip)
