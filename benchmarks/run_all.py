@@ -18,7 +18,7 @@ SECTIONS = [
     ("Training speed and memory (tiny test model)", ["benchmarks/train_speed.py", "--steps", "200"]),
     ("Training speed against the peer (diffusers' train_dreambooth_lora.py)", ["benchmarks/peer.py"]),
     ("Training speed against the peer on SDXL (diffusers' train_dreambooth_lora_sdxl.py, a mid-size random SDXL)",
-     ["benchmarks/peer.py", "--family", "sdxl", "--steps", "40", "--batch-sizes", "1"]),
+     ["benchmarks/peer.py", "--family", "sdxl", "--steps", "40", "--batch-sizes", "1", "--pairs", "2", "--prior", "no"]),
     ("Generation speed against the plain diffusers pipeline", ["benchmarks/generation_speed.py"]),
     ("The physical limit: FLOPs per step against one thread's matmul rate, and the profile",
      ["benchmarks/compute_limit.py"]),
