@@ -572,15 +572,22 @@ def run_reserved(args) -> None:
 
 
 def run_train_vae(args) -> None:
-    from .world.slices import default_state_dir
     from .world.vae_tune import tune_vae
 
     cfg = VaeTuneConfig(**{f.name: getattr(args, f.name) for f in fields(VaeTuneConfig) if "help" in f.metadata})
+    run_slice(args, "VAE", tune_vae, cfg)
+
+
+def run_slice(args, what: str, train, cfg) -> None:
+    """One slice of a continued training (world train-vae, world train --init): its state folder, then where the
+    run stands."""
+    from .world.slices import default_state_dir
+
     state = Path(args.state) if args.state else default_state_dir(Path(args.out))
-    record = tune_vae(Path(args.out), cfg, state, args.resume, args.max_minutes, args.stop_step, args.workers,
-                      overwrite=args.overwrite)
+    record = train(Path(args.out), cfg, state, args.resume, args.max_minutes, args.stop_step, args.workers,
+                   overwrite=args.overwrite)
     done = record["step"] >= cfg.steps
-    print(f"VAE at step {record['step']}/{cfg.steps} ({'done' if done else 'resume with --resume'}); "
+    print(f"{what} at step {record['step']}/{cfg.steps} ({'done' if done else 'resume with --resume'}); "
           f"model: {args.out}; state: {state}")
 
 
@@ -629,7 +636,6 @@ def run_world(args) -> None:
 def run_continue_unet(args) -> None:
     from .world.config import UnetContinueConfig
     from .world.continue_unet import continue_unet
-    from .world.slices import default_state_dir
 
     for flag in ("vae_steps", "vae_batch", "max_seconds", "device"):
         if getattr(args, flag) is not None:
@@ -637,12 +643,7 @@ def run_continue_unet(args) -> None:
                             "its VAE and trains on the CPU in slices (--max-minutes)")
     given = {"seed": args.seed, "steps": args.unet_steps, "batch": args.unet_batch}
     cfg = UnetContinueConfig(init=args.init, **{k: v for k, v in given.items() if v is not None})
-    state = Path(args.state) if args.state else default_state_dir(Path(args.out))
-    record = continue_unet(Path(args.out), cfg, state, args.resume, args.max_minutes, args.stop_step, args.workers,
-                           overwrite=args.overwrite)
-    done = record["step"] >= cfg.steps
-    print(f"UNet and text encoder at step {record['step']}/{cfg.steps} ({'done' if done else 'resume with --resume'});"
-          f" model: {args.out}; state: {state}")
+    run_slice(args, "UNet and text encoder", continue_unet, cfg)
 
 
 def run_build(args) -> None:
