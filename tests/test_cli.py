@@ -154,7 +154,7 @@ def test_a_real_process_exits_2_without_traceback(tmp_path, subject_dir):
                              "--subject", str(subject_dir), "--class", "dog", "--out", str(tmp_path / "o")],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 2
-    assert result.stderr.strip().startswith("error: model") and "Traceback" not in result.stderr
+    assert result.stderr.strip().startswith("error: --model") and "Traceback" not in result.stderr
 
 
 def test_single_file_pickle_checkpoint_is_refused(capsys, subject_dir, tmp_path):
@@ -237,3 +237,19 @@ def test_generate_shows_progress_unless_quiet(capsys, tiny_model, tmp_path):
 ])
 def test_a_misspelt_flag_is_named_with_the_nearest_flag_of_its_command(capsys, argv, message):
     assert message in error_of(capsys, argv)
+
+
+def test_a_missing_local_path_is_refused_at_once_without_the_hub(tmp_path, subject_dir, monkeypatch):
+    """A path that can only be local (its first folder exists here, or it starts with ./, /, ~) is refused before
+    torch is imported, and the hub is never mentioned (issue 40)."""
+    (tmp_path / "runs").mkdir()
+    monkeypatch.chdir(tmp_path)
+    probe = ("import sys; from subjectgen.cli import main; code = main(sys.argv[1:]); "
+             "assert 'torch' not in sys.modules, 'torch was imported'; sys.exit(code)")
+    for argv in (["generate", "runs/nope", "a {subject}", "--out", "o"],
+                 ["train", "lora", "--model", "./models/nope", "--subject", str(subject_dir), "--class", "dog",
+                  "--out", "o"]):
+        result = subprocess.run([sys.executable, "-c", probe, *argv], capture_output=True, text=True, timeout=120)
+        assert result.returncode == 2, result.stderr
+        assert "hub" not in result.stderr.replace("hub id is", "") and "torch was imported" not in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
