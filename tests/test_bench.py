@@ -398,3 +398,17 @@ def test_a_bench_folder_naming_an_unknown_instance_is_a_one_line_error(tiny_mode
     err = capsys.readouterr().err.strip()
     assert f"subject 'dog' {words}" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_a_score_is_marked_best_only_when_it_beats_the_baseline():
+    """The demo's own case: the personalized row lost on DINO and CLIP-T and won on CLIP-I (issue 40)."""
+    from subjectgen.eval.html import metric_table
+
+    rows = {"baseline": {"dino": 0.751, "clip_i": 0.266, "clip_t": 0.781},
+            "personalized": {"dino": 0.681, "clip_i": 0.386, "clip_t": 0.416}}
+    html = metric_table(rows, references=("baseline",))
+    assert html.count("class='best'") == 1 and "<td class='best'>0.386</td>" in html
+    two = {**rows, "other": {"dino": 0.70, "clip_i": 0.30, "clip_t": 0.79}}
+    html = metric_table(two, references=("baseline",))  # the best method per column, if above the baseline
+    assert "<td class='best'>0.386</td>" in html and "<td class='best'>0.790</td>" in html
+    assert html.count("class='best'") == 2

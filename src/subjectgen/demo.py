@@ -106,7 +106,7 @@ def write_report(out: Path, manifest: dict, prompts: list[str], scores: dict, wh
              f"{manifest['metrics']['train_seconds']:.0f} s</p>",
              f"<div class='card'><h2>The subject's photos</h2>{strip(photos)}</div>",
              f"<div class='card'><h2>Scores (built-in evaluators, DreamBench's protocol)</h2>"
-             f"{metric_table(rows, references=(baseline,))}</div>",
+             f"{metric_table(rows, references=(baseline,), baseline=baseline)}</div>",
              "<div class='card'><h2>Base model against personalized, same prompts and seeds</h2><p class='note'>The "
              "base model gets the class prompt; the personalized one the same prompt with the subject phrase.</p>"
              f"{''.join(lines)}</div>"]

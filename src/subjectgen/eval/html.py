@@ -58,12 +58,15 @@ def fmt(value, digits: int = 3) -> str:
 
 
 def metric_table(rows: dict[str, dict], extra: dict[str, callable] | None = None,
-                 references: tuple = ("oracle", "baseline", "perfect")) -> str:
-    """Rows of DINO / CLIP-I / CLIP-T with arrows; the best method per column in bold; reference rows in
-    italics; `extra` adds columns: header -> function of the row's dict giving its cell text."""
+                 references: tuple = ("oracle", "baseline", "perfect"), baseline: str = "baseline") -> str:
+    """Rows of DINO / CLIP-I / CLIP-T with arrows; per column the best method in bold, and only when it is
+    better than the `baseline` row (where there is one): a method that lost to the base model is never marked
+    best; reference rows in italics; `extra` adds columns: header -> function of the row's dict giving its cell."""
     extra = extra or {}
     methods = [m for m in rows if m not in references]
     best = {k: max((rows[m][k] for m in methods if rows[m].get(k) is not None), default=None) for k in ARROWS}
+    floor = rows.get(baseline, {})
+    best = {k: v if v is None or floor.get(k) is None or v > floor[k] else None for k, v in best.items()}
     head = "<tr><th></th>" + "".join(f"<th>{h}</th>" for h in ARROWS.values()) + \
         "".join(f"<th>{esc(h)}</th>" for h in extra) + "</tr>"
     body = []
