@@ -26,15 +26,16 @@ PROMPTS = ["a {subject}", "a {subject} on the beach", "a {subject} in the snow",
 DEMO = ASSETS / "demo"  # demo.json and the demo subject's photos: benchmarks/demo_choice.py --ship writes them
 
 
-def demo_subject(subject: str | None) -> tuple[Path, str, list[str], str]:
-    """(photo folder, class noun, prompts, what it is) of the shipped demo subject (None: chosen with its
-    prompts on the validation subjects) or of an EmojiBench subject by name."""
+def demo_subject(subject: str | None) -> tuple[Path, str, list[str], str, str]:
+    """(photo folder, class noun, prompts, what it is, how it was chosen) of the shipped demo subject (None:
+    chosen with its prompts on the validation subjects) or of an EmojiBench subject by name."""
     from .world.build import EMOJIBENCH, subject_class
 
     if subject is None:
         spec = json.loads((DEMO / "demo.json").read_text())
-        return DEMO / spec["subject"], spec["class"], spec["prompts"], f"'{spec['subject']}': {spec['note']}"
-    return EMOJIBENCH / subject, subject_class(subject), PROMPTS, f"EmojiBench '{subject}'"
+        what = f"the sample {spec['class']} '{spec['subject']}'"
+        return DEMO / spec["subject"], spec["class"], spec["prompts"], what, spec["note"]
+    return EMOJIBENCH / subject, subject_class(subject), PROMPTS, f"EmojiBench '{subject}'", "named by --subject"
 
 
 def run_demo(out: Path, subject: str | None = None, model: str = "builtin", steps: int | None = None,
@@ -42,7 +43,7 @@ def run_demo(out: Path, subject: str | None = None, model: str = "builtin", step
     """DreamBooth-LoRA on the demo subject (or an EmojiBench one); base-model vs personalized images side by
     side, same prompts and seeds."""
     out = Path(out)
-    photos_dir, class_noun, prompts, what = demo_subject(subject)
+    photos_dir, class_noun, prompts, what, chosen = demo_subject(subject)
     # the settings are checked before anything is touched: a bad flag never costs the previous demo
     cfg = TrainConfig(method="lora", model=model, subject_dir=str(photos_dir), class_noun=class_noun,
                       out=str(out / "run"), steps=steps)
@@ -69,7 +70,7 @@ def run_demo(out: Path, subject: str | None = None, model: str = "builtin", step
     scores = {"base": score_prompts(base_rows, photos, base_prompts, n=2),
               "personalized": score_prompts(mine_rows, photos, base_prompts, n=2)}
     atomic_write_json(out / "scores.json", scores)
-    write_report(out, result.manifest, prompts, scores, what)
+    write_report(out, result.manifest, prompts, scores, what, chosen)
     return out
 
 
@@ -83,7 +84,7 @@ def score_prompts(images: list, photos: list, prompts: list[str], n: int) -> dic
     return {"mean": {m: sum(r[m] for r in rows) / len(rows) for m in METRICS}, "prompts": per_prompt}
 
 
-def write_report(out: Path, manifest: dict, prompts: list[str], scores: dict, what: str) -> None:
+def write_report(out: Path, manifest: dict, prompts: list[str], scores: dict, what: str, chosen: str) -> None:
     """The photos first, the scores (which way is better), then per prompt the base model's images beside the
     personalized ones, same seeds, each labelled with its prompt and seed."""
     from .eval.html import esc, figure, metric_table, page, strip
@@ -104,7 +105,8 @@ def write_report(out: Path, manifest: dict, prompts: list[str], scores: dict, wh
     parts = [f"<h1>subjectgen demo</h1><p class='lede'>{esc(what)} · LoRA on <code>{esc(manifest['model'])}</code> · "
              f"subject phrase <code>{esc(manifest['subject'])}</code> · {manifest['settings']['steps']} steps in "
              f"{manifest['metrics']['train_seconds']:.0f} s</p>",
-             f"<div class='card'><h2>The subject's photos</h2>{strip(photos)}</div>",
+             f"<div class='card'><h2>The subject's photos</h2>{strip(photos)}<p class='note'>How this subject "
+             f"was chosen: {esc(chosen)}.</p></div>",
              f"<div class='card'><h2>Scores (built-in evaluators, DreamBench's protocol)</h2>"
              f"{metric_table(rows, references=(baseline,), baseline=baseline)}</div>",
              "<div class='card'><h2>Base model against personalized, same prompts and seeds</h2><p class='note'>The "
