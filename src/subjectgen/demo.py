@@ -33,7 +33,7 @@ def demo_subject(subject: str | None) -> tuple[Path, str, list[str], str, str]:
 
     if subject is None:
         spec = json.loads((DEMO / "demo.json").read_text())
-        what = f"the sample {spec['class']} '{spec['subject']}'"
+        what = f"the sample subject '{spec['subject']}' (a {spec['class']})"
         return DEMO / spec["subject"], spec["class"], spec["prompts"], what, spec["note"]
     return EMOJIBENCH / subject, subject_class(subject), PROMPTS, f"EmojiBench '{subject}'", "named by --subject"
 
