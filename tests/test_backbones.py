@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -30,10 +30,7 @@ class ClipSkipFamily(StableDiffusion):
     name: str = "toy-clip-skip"
     title: str = "a toy clip-skip family"
     pipeline_classes: tuple[str, ...] = ("ToyClipSkipPipeline",)
-    refusals: dict = None
-
-    def __post_init__(self):
-        object.__setattr__(self, "refusals", {})
+    refusals: dict = field(default_factory=dict)
 
     def encode_text(self, c, prompts, text_encoders=None):
         encoder = (text_encoders or c.text_encoders)[0]

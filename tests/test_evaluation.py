@@ -9,7 +9,7 @@ import torch
 from subjectgen.cli import main
 from subjectgen.training.evaluation import EvalPoint, choose, default_eval_prompts
 
-from test_training_loop import kill_after_checkpoint, run_cli, same_tensors, train_cmd
+from test_training_loop import killed_and_resumed, run_cli, same_tensors, train_cmd
 
 
 def curve(*rows):
@@ -38,19 +38,14 @@ def eval_flags(evaluator_dirs, *extra):
 
 def test_eval_csv_and_the_chosen_step_survive_sigkill_and_resume(tiny_model, subject_dir, evaluator_dirs, tmp_path):
     common = eval_flags(evaluator_dirs, "--checkpoint-every", "5", "--select", "best")
-    full = run_cli(train_cmd(tiny_model, subject_dir, tmp_path / "full", *common))
-    assert full.returncode == 0, full.stderr
-    out = tmp_path / "killed"
-    kill_after_checkpoint(train_cmd(tiny_model, subject_dir, out, *common), out, 15)
-    resumed = run_cli(train_cmd(tiny_model, subject_dir, out, *common, "--resume"))
-    assert resumed.returncode == 0, resumed.stderr
+    full, out = killed_and_resumed(tiny_model, subject_dir, tmp_path, common, 15)
     rows = (out / "eval.csv").read_text().splitlines()
-    assert rows == (tmp_path / "full" / "eval.csv").read_text().splitlines() and len(rows) == 5  # header, base, 3
+    assert rows == (full / "eval.csv").read_text().splitlines() and len(rows) == 5  # header, base, 3
     name = "pytorch_lora_weights.safetensors"
-    assert same_tensors(tmp_path / "full" / name, out / name)
+    assert same_tensors(full / name, out / name)
     manifest = json.loads((out / "subject.json").read_text())["evaluation"]
     assert manifest["chosen_step"] in (10, 20, 30) and [p["step"] for p in manifest["curve"]] == [10, 20, 30]
-    assert manifest == json.loads((tmp_path / "full" / "subject.json").read_text())["evaluation"]
+    assert manifest == json.loads((full / "subject.json").read_text())["evaluation"]
 
 
 def test_select_best_keeps_the_chosen_steps_weights(tiny_model, subject_dir, evaluator_dirs, tmp_path):

@@ -127,17 +127,12 @@ def test_what_flux_does_not_take_is_refused_with_nothing_written(tiny_flux, tmp_
 
 
 def test_flux_resume_after_sigkill_equals_an_uninterrupted_run(tiny_flux, tmp_path):
-    from test_training_loop import kill_after_checkpoint, run_cli, same_tensors, train_cmd
+    from test_training_loop import killed_and_resumed, same_tensors
 
     common = ["--steps", "40", "--checkpoint-every", "10", "--train-text-encoder"]
-    full = run_cli(train_cmd(tiny_flux, EMOJIBENCH / "dog", tmp_path / "full", *common))
-    assert full.returncode == 0, full.stderr
-    out = tmp_path / "killed"
-    kill_after_checkpoint(train_cmd(tiny_flux, EMOJIBENCH / "dog", out, *common), out, 20)
-    resumed = run_cli(train_cmd(tiny_flux, EMOJIBENCH / "dog", out, *common, "--resume"))
-    assert resumed.returncode == 0, resumed.stderr
+    full, out = killed_and_resumed(tiny_flux, EMOJIBENCH / "dog", tmp_path, common, 20)
     name = "pytorch_lora_weights.safetensors"
-    assert same_tensors(tmp_path / "full" / name, out / name)
+    assert same_tensors(full / name, out / name)
 
 
 def test_generate_takes_the_familys_guidance_when_none_is_given(flux_lora, tmp_path):

@@ -178,19 +178,14 @@ def test_sd_only_methods_are_refused_on_sdxl(tiny_sdxl, wide_photos, tmp_path, c
 
 
 def test_sdxl_resume_after_sigkill_equals_an_uninterrupted_run(tiny_sdxl, wide_photos, tmp_path):
-    from test_training_loop import kill_after_checkpoint, run_cli, same_tensors, train_cmd
+    from test_training_loop import killed_and_resumed, same_tensors
 
     common = ["--steps", "60", "--checkpoint-every", "10", "--prior-preservation", "--num-class-images", "2",
               "--train-text-encoder"]
-    full = run_cli(train_cmd(tiny_sdxl, wide_photos, tmp_path / "full", *common))
-    assert full.returncode == 0, full.stderr
-    out = tmp_path / "killed"
-    kill_after_checkpoint(train_cmd(tiny_sdxl, wide_photos, out, *common), out, 20)
-    resumed = run_cli(train_cmd(tiny_sdxl, wide_photos, out, *common, "--resume"))
-    assert resumed.returncode == 0, resumed.stderr
+    full, out = killed_and_resumed(tiny_sdxl, wide_photos, tmp_path, common, 20)
     name = "pytorch_lora_weights.safetensors"
     assert any(k.startswith("text_encoder_2.") for k in load_file(str(out / name)))
-    assert same_tensors(tmp_path / "full" / name, out / name)
+    assert same_tensors(full / name, out / name)
 
 
 def test_the_bench_runs_the_dreambench_protocol_on_sdxl(tiny_sdxl, evaluator_dirs, tmp_path):

@@ -39,6 +39,18 @@ def kill_after_checkpoint(cmd: list[str], out, step: int) -> None:
     assert not (out / "subject.json").exists(), "the run finished before it could be killed"
 
 
+def killed_and_resumed(model, photos, tmp_path, flags: list[str], step: int):
+    """`train lora` with `flags` twice: uninterrupted into full/, and SIGKILLed after its checkpoint of `step`,
+    then resumed, into killed/. Returns the two run folders."""
+    full, out = tmp_path / "full", tmp_path / "killed"
+    done = run_cli(train_cmd(model, photos, full, *flags))
+    assert done.returncode == 0, done.stderr
+    kill_after_checkpoint(train_cmd(model, photos, out, *flags), out, step)
+    resumed = run_cli(train_cmd(model, photos, out, *flags, "--resume"))
+    assert resumed.returncode == 0, resumed.stderr
+    return full, out
+
+
 def same_tensors(a_file, b_file) -> bool:
     a, b = load_file(str(a_file)), load_file(str(b_file))
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -46,16 +58,11 @@ def same_tensors(a_file, b_file) -> bool:
 
 def test_resume_after_sigkill_equals_an_uninterrupted_run(tiny_model, subject_dir, tmp_path):
     common = ["--steps", "160", "--checkpoint-every", "20", "--prior-preservation", "--num-class-images", "4"]
-    full = run_cli(train_cmd(tiny_model, subject_dir, tmp_path / "full", *common))
-    assert full.returncode == 0, full.stderr
-    out = tmp_path / "killed"
-    kill_after_checkpoint(train_cmd(tiny_model, subject_dir, out, *common), out, 40)
-    resumed = run_cli(train_cmd(tiny_model, subject_dir, out, *common, "--resume"))
-    assert resumed.returncode == 0, resumed.stderr
+    full, out = killed_and_resumed(tiny_model, subject_dir, tmp_path, common, 40)
     name = "pytorch_lora_weights.safetensors"
-    assert same_tensors(tmp_path / "full" / name, out / name)
+    assert same_tensors(full / name, out / name)
     rows = (out / "loss.csv").read_text().splitlines()
-    assert len(rows) == 161 and rows == (tmp_path / "full" / "loss.csv").read_text().splitlines()
+    assert len(rows) == 161 and rows == (full / "loss.csv").read_text().splitlines()
     assert len(list((out / "checkpoints").iterdir())) <= 2  # old checkpoints pruned
 
 

@@ -122,7 +122,8 @@ class TrainingEval:
         self.log = EvalLog(trainer.out / "eval.csv", start_step)
         self.best_path = trainer.out / BEST_FILE
         base, self.points = self.log.points()
-        if self.best_step() is not None and self.best_step() > start_step:
+        kept = self.best_step()
+        if kept is not None and kept > start_step:
             self.best_path.unlink()  # a point the resumed run will reach again
         if base is None:
             base = self.score(0, [expand_subject(p, cfg.class_noun) for p in self.prompts])
