@@ -94,7 +94,7 @@ def attribute_accuracy(evaluators, images, asked) -> dict:
     by_axis = {}
     for hit, (_, axis, _, _) in zip(hits, asked):
         by_axis.setdefault(axis, []).append(hit)
-    return {"attribute": sum(hits) / len(hits), "images": len(hits),
+    return {"attribute": sum(hits) / len(hits), "attribute_images": len(hits),
             **{axis: sum(v) / len(v) for axis, v in by_axis.items()}}
 
 
@@ -174,9 +174,9 @@ def main() -> None:
 
 def print_tables(rows: dict, subjects: list[str], args) -> None:
     first = next(iter(rows.values()))
-    print(f"Base-model accuracy of the eval CLIP, zero-shot ({first['base']['generated']['images']} class-prompt "
-          f"and {first['base']['generated']['images'] and args.n * len(ATTRIBUTES)} attribute-prompt images per "
-          "model; the renders' row is the judge's ceiling):\n")
+    print(f"Base-model accuracy of the eval CLIP, zero-shot ({len(requests(args.n))} class-prompt and "
+          f"{args.n * len(ATTRIBUTES)} attribute-prompt images per model, {args.n} per prompt; the renders' row is "
+          "the judge's ceiling; chance: pattern 1/3, sticker 1/7, colour about 1/6, accessory 1/3):\n")
     axes = [a for a in ("attribute", "pattern", "sticker", "colour", "accessory") if a in first["base"]["rendered"]]
     print("| images | class (of 15) | context (of 35) | " + " | ".join(axes) + " |")
     print("|---" * (3 + len(axes)) + "|")
