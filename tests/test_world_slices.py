@@ -62,18 +62,26 @@ def test_whole_vae_moves_the_encoder_and_resume_checks_its_state(tmp_path, tiny_
         tune_vae(tmp_path / "out", cfg, tmp_path / "nothing", resume=True, instances=few_instances())
 
 
-def test_continued_unet_in_two_slices_equals_one_run_bit_for_bit(tmp_path, tiny_model, capsys):
+def test_continued_unet_in_two_slices_equals_one_run_bit_for_bit(tmp_path, tiny_model, capsys, monkeypatch):
     from subjectgen.cli import main
-    from subjectgen.world.build import training_items
+    from subjectgen.world import build
     from subjectgen.world.config import UnetContinueConfig
     from subjectgen.world.continue_unet import continue_unet
 
-    items = training_items(1, few_instances())[:24]
+    items = build.training_items(1, few_instances())[:24]
     cfg = UnetContinueConfig(init=tiny_model, steps=4, batch=3)
     continue_unet(tmp_path / "sliced", cfg, tmp_path / "state-a", stop_step=1, items=items)
-    sliced = continue_unet(tmp_path / "sliced", cfg, tmp_path / "state-a", resume=True, items=items)
+    continue_unet(tmp_path / "sliced", cfg, tmp_path / "state-a", resume=True, stop_step=2, items=items)
+    assert (tmp_path / "state-a" / "data.safetensors").is_file()  # kept across the state's replacement
+
+    def render_again(*args, **kwargs):
+        raise AssertionError("a resumed slice rendered the world again instead of reading its state's data")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(build, "render_training_set", render_again)
+        sliced = continue_unet(tmp_path / "sliced", cfg, tmp_path / "state-a", resume=True, items=items)
     continue_unet(tmp_path / "whole", cfg, tmp_path / "state-b", items=items)
-    assert [(s["from_step"], s["to_step"]) for s in sliced["slices"]] == [(0, 1), (1, 4)]
+    assert [(s["from_step"], s["to_step"]) for s in sliced["slices"]] == [(0, 1), (1, 2), (2, 4)]
     for part in ("unet", "text_encoder"):
         files = [load_file(next((tmp_path / run / part).glob("*.safetensors"))) for run in ("sliced", "whole")]
         init = load_file(next((Path(tiny_model) / part).glob("*.safetensors")))
@@ -82,7 +90,7 @@ def test_continued_unet_in_two_slices_equals_one_run_bit_for_bit(tmp_path, tiny_
     assert torch.equal(weights(tmp_path / "sliced")["decoder.conv_out.weight"],
                        load_file(f"{tiny_model}/vae/diffusion_pytorch_model.safetensors")["decoder.conv_out.weight"])
     record = json.loads((tmp_path / "sliced" / "training.json").read_text())["unet_continued"]
-    assert record["step"] == 4 and record["slices"][1]["samples"] == 9 and "command" in record["slices"][1]
+    assert record["step"] == 4 and record["slices"][2]["samples"] == 6 and "command" in record["slices"][2]
     # the CLI refuses a from-seed flag on a continued model, in one line and before any file
     assert main(["world", "train", "--init", tiny_model, "--out", str(tmp_path / "cli"), "--vae-steps", "5"]) == 2
     assert "not a setting of a continued model" in capsys.readouterr().err and not (tmp_path / "cli").exists()

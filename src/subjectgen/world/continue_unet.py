@@ -10,6 +10,7 @@ their state are world/slices.py's.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import asdict
@@ -36,7 +37,38 @@ def world_latents(vae, images: np.ndarray, batch: int = 256) -> torch.Tensor:
 
     means = [vae.encode(pixels(images, torch.arange(i, min(i + batch, len(images))))).latent_dist.mean
              for i in range(0, len(images), batch)]
-    return torch.cat(means).float() * vae.config.scaling_factor
+    # contiguous: the encoder's convolutions hand back channels-last latents, and the UNet's arithmetic rounds
+    # differently on that layout, so a slice reading them back from its state would not equal one run
+    return (torch.cat(means).float() * vae.config.scaling_factor).contiguous()
+
+
+DATA_FILES = ("data.safetensors", "captions.json")
+
+
+def training_data(vae, render_seeds: int, state: Path, resume: bool, workers: int,
+                  items) -> tuple[torch.Tensor, list, bool]:
+    """The training split's latents (the model's encoder) and captions, and whether they came from the state
+    folder: rendered and encoded on a run's first slice, kept with its state (keep_data), and read back on
+    --resume — the same tensors, bit for bit — so a slice does not spend its first minutes rendering again."""
+    from safetensors.torch import load_file
+
+    from ..safeio import read_json
+    from .build import render_training_set
+
+    tensors, names = (state / name for name in DATA_FILES)
+    if resume and tensors.is_file() and names.is_file():
+        fix = "remove it and resume again (the data is rendered anew)"
+        return load_file(str(tensors))["latents"], read_json(names, fix), True
+    images, captions = render_training_set(render_seeds, workers, items)
+    return world_latents(vae, images), captions, False
+
+
+def keep_data(state: Path, latents: torch.Tensor, captions: list) -> None:
+    """The rendered data beside the slice state, for the next --resume."""
+    from ..safeio import atomic_save_safetensors, atomic_write_bytes
+
+    atomic_save_safetensors(state / DATA_FILES[0], {"latents": latents})
+    atomic_write_bytes(state / DATA_FILES[1], json.dumps(captions).encode())
 
 
 def load_networks(init: str):
@@ -56,15 +88,14 @@ def continue_unet(out: Path, cfg: UnetContinueConfig, state: Path, resume: bool 
     """One slice of continued training (to `stop_step`, past `max_minutes`, or to the schedule's end); saves its
     state, then writes the model folder. `items` (world/build.py's training items) is for tests on a tiny world."""
     from ..assets import fingerprint
-    from .build import render_training_set
     from .pretrain import CaptionIds, unet_loss
 
     init_print = fingerprint("model", cfg.init)
     check_start(out, state, resume, {"config": asdict(cfg), "init_fingerprint": init_print}, overwrite)
     c, scheduler = load_networks(cfg.init)
     started, device = time.time(), torch.device("cpu")
-    images, captions = render_training_set(cfg.render_seeds, workers, items)
-    latents, caption_ids = world_latents(c.vae, images), CaptionIds(c.tokenizer, captions, device)
+    latents, captions, cached = training_data(c.vae, cfg.render_seeds, state, resume, workers, items)
+    caption_ids = CaptionIds(c.tokenizer, captions, device)
     modules = {"unet": c.unet, "text_encoder": c.text_encoder}
     opt = torch.optim.AdamW([{"params": c.unet.parameters(), "lr": cfg.unet_lr},
                              {"params": c.text_encoder.parameters(), "lr": cfg.text_lr}], weight_decay=1e-2)
@@ -87,7 +118,9 @@ def continue_unet(out: Path, cfg: UnetContinueConfig, state: Path, resume: bool 
         if record["step"] % 50 == 0:
             print(f"[unet] step {record['step']}/{cfg.steps} loss {np.mean(losses[-50:]):.4f} "
                   f"({time.time() - started:.0f}s)", flush=True)
-    record["slices"].append(slice_entry(first, record, cfg.batch, started, losses, images=len(images)))
-    save_state(state, modules, opt, g, record)
+    record["slices"].append(slice_entry(first, record, cfg.batch, started, losses, images=len(latents)))
+    save_state(state, modules, opt, g, record, keep=DATA_FILES)
+    if not cached:
+        keep_data(state, latents, captions)
     write_model(out, cfg.init, modules, "unet_continued", record)
     return record

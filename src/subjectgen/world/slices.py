@@ -7,6 +7,7 @@ nothing is unpickled.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -40,12 +41,17 @@ def _tensors(modules: dict[str, torch.nn.Module], opt: torch.optim.Optimizer,
 
 
 def save_state(folder: Path, modules: dict[str, torch.nn.Module], opt: torch.optim.Optimizer,
-               generator: torch.Generator, record: dict) -> None:
-    """The state after a slice, replacing the previous one in one rename (a kill leaves the old one whole)."""
+               generator: torch.Generator, record: dict, keep: tuple[str, ...] = ()) -> None:
+    """The state after a slice, replacing the previous one in one rename (a kill leaves the old one whole); the
+    previous state's files named in `keep` (a run's cached data) carry over."""
     tensors, groups = _tensors(modules, opt, generator)
-    with atomic_dir(Path(folder)) as tmp:
+    folder = Path(folder)
+    with atomic_dir(folder) as tmp:
         atomic_save_safetensors(tmp / STATE_FILE, tensors)
         (tmp / RECORD_FILE).write_text(json.dumps({**record, "param_groups": groups}, indent=1, default=str))
+        for name in keep:
+            if (folder / name).is_file():
+                os.link(folder / name, tmp / name)
 
 
 def read_record(folder: Path) -> dict:
