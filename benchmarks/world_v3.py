@@ -140,6 +140,16 @@ def lora_on_validation(model: str, subjects: list[str], out: Path) -> dict:
             "clip_t": lora["clip_t"], "beats_baseline": f"{won}/{len(pairs['lora'])}"}
 
 
+def measured(path: Path, measure) -> dict:
+    """The JSON in `path`, else measure() written there."""
+    if path.is_file():
+        return json.loads(path.read_text())
+    value = measure()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(value, indent=1))
+    return value
+
+
 def tag(model: str) -> str:
     return Path(model).name if "/" in model else model
 
@@ -156,17 +166,12 @@ def main() -> None:
     args = parser.parse_args()
     subjects = PROBE_SUBJECTS if args.subjects == "probe" else sorted(VALIDATION)
     evaluators, rows, started = load_evaluators("builtin", "builtin"), {}, time.perf_counter()
-    for model in args.model:
+    for model in args.model:  # resumable: what was measured before is read back, not measured again
         folder = Path(args.out) / tag(model)
-        done = folder / f"scores-{args.subjects}.json"
-        if done.is_file():  # resumable: a model measured before is not measured again
-            rows[model] = json.loads(done.read_text())
-            continue
-        row = {"base": base_accuracy(model, evaluators, args.n, folder / "attributes.png"),
-               "lora": lora_on_validation(model, subjects, folder / f"validation-{args.subjects}")}
-        folder.mkdir(parents=True, exist_ok=True)
-        done.write_text(json.dumps(row, indent=1))
-        rows[model] = row
+        rows[model] = {"base": measured(folder / f"base-{args.n}.json",
+                                        lambda: base_accuracy(model, evaluators, args.n, folder / "attributes.png")),
+                       "lora": measured(folder / f"lora-{args.subjects}.json",
+                                        lambda: lora_on_validation(model, subjects, folder / f"validation-{args.subjects}"))}
     print_tables(rows, subjects, args)
     print(f"\nWall clock of this invocation: {(time.perf_counter() - started) / 60:.1f} min (models measured "
           "before are reused).")
