@@ -139,19 +139,25 @@ def print_table(models: list[str], errors: dict, counts: dict, sheet_path: str) 
     for model in models:
         record = continued(model)
         if record:
-            hours = sum(piece["seconds"] * piece["threads"] for piece in record["slices"]) / 3600
+            hours = cpu_hours(record)
             print(f"- {model} is `world train-vae --part {record['config']['part']}` at step {record['step']} of "
                   f"{record['config']['steps']}: {sum(p['samples'] for p in record['slices']):,} samples in "
                   f"{len(record['slices'])} slices, {hours:.2f} CPU-hours (threads x seconds).")
     print(f"\nSheet: `{sheet_path}` (per set: the originals, then each model's reconstructions, in the order above).")
 
 
-def continued(model: str) -> dict | None:
-    """The slices' record of a model from `world train-vae` (its training.json), or None."""
+def continued(model: str, key: str = "vae_continued") -> dict | None:
+    """The slices' record of a continued model (its training.json's `key`: vae_continued from `world train-vae`,
+    unet_continued from `world train --init`), or None."""
     from subjectgen.assets import resolve
 
     info = Path(resolve("model", model)) / "training.json"
-    return json.loads(info.read_text()).get("vae_continued") if info.is_file() else None
+    return json.loads(info.read_text()).get(key) if info.is_file() else None
+
+
+def cpu_hours(record: dict) -> float:
+    """Threads x seconds over a continued model's slices, in hours."""
+    return sum(piece["seconds"] * piece["threads"] for piece in record["slices"]) / 3600
 
 
 if __name__ == "__main__":

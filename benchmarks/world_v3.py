@@ -38,6 +38,7 @@ import time
 from pathlib import Path
 
 from base_fidelity import accuracy, rendered, requests  # noqa: E402 (benchmarks/ is on sys.path when run)
+from vae_fidelity import continued, cpu_hours  # noqa: E402
 
 from subjectgen.sampling import make_grid
 
@@ -140,6 +141,18 @@ def lora_on_validation(model: str, subjects: list[str], out: Path) -> dict:
             "clip_t": lora["clip_t"], "beats_baseline": f"{won}/{len(pairs['lora'])}"}
 
 
+def stack_sheets(sheets: list[Path], out: Path) -> None:
+    """The models' attribute sheets one above the other, a gap between."""
+    from PIL import Image
+
+    images = [Image.open(p).convert("RGB") for p in sheets]
+    stacked = Image.new("RGB", (max(i.width for i in images), sum(i.height + 8 for i in images)), "white")
+    for k, image in enumerate(images):
+        stacked.paste(image, (0, sum(i.height + 8 for i in images[:k])))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stacked.save(out, quality=85)
+
+
 def measured(path: Path, measure) -> dict:
     """The JSON in `path`, else measure() written there."""
     if path.is_file():
@@ -163,6 +176,7 @@ def main() -> None:
     parser.add_argument("--subjects", choices=("probe", "all"), default="probe")
     parser.add_argument("-n", type=int, default=2, help="images per accuracy prompt")
     parser.add_argument("--out", default="benchmarks/out/world-v3/ship")
+    parser.add_argument("--sheet", default="docs/images/world_v3_attributes.jpg")
     args = parser.parse_args()
     subjects = PROBE_SUBJECTS if args.subjects == "probe" else sorted(VALIDATION)
     evaluators, rows, started = load_evaluators("builtin", "builtin"), {}, time.perf_counter()
@@ -173,6 +187,10 @@ def main() -> None:
                        "lora": measured(folder / f"lora-{args.subjects}.json",
                                         lambda: lora_on_validation(model, subjects, folder / f"validation-{args.subjects}"))}
     print_tables(rows, subjects, args)
+    print_verdicts(rows, args.subjects)
+    stack_sheets([Path(args.out) / tag(m) / "attributes.png" for m in args.model], Path(args.sheet))
+    print(f"\nSheet: `{args.sheet}` (per model, in the order above: the first image of each class's pattern, colour "
+          "and accessory prompts, a row per class).")
     print(f"\nWall clock of this invocation: {(time.perf_counter() - started) / 60:.1f} min (models measured "
           "before are reused).")
 
@@ -196,6 +214,32 @@ def print_tables(rows: dict, subjects: list[str], args) -> None:
     for model, row in rows.items():
         lora = row["lora"]
         print(f"| {model} | {lora['gain']:.2f} | {lora['clip_t_vs_baseline']:+.1%} | {lora['beats_baseline']} |")
+
+
+def print_verdicts(rows: dict, subjects: str) -> None:
+    """Rules 3 and 4 for each model against the first (v2), and each continued model's slices."""
+    first, *others = rows
+    v2 = rows[first]
+    print()
+    for model in others:
+        row = rows[model]
+        attribute = row["base"]["generated"]["attribute"] - v2["base"]["generated"]["attribute"]
+        gain = row["lora"]["gain"] - v2["lora"]["gain"]
+        clip_t = row["lora"]["clip_t_vs_baseline"] - v2["lora"]["clip_t_vs_baseline"]
+        moved = attribute >= 0.03 or (gain >= 0.03 and clip_t >= -0.02)
+        ships = attribute > 0 and gain >= 0 and clip_t >= 0
+        ship = ("passes rule 4 on these subjects" + ("" if subjects == "all" else " (the ship check needs all 16)")
+                if ships else "fails rule 4 (v2 stays)")
+        print(f"- {model}: attribute accuracy {attribute * 100:+.1f} points, LoRA gain {gain:+.2f}, CLIP-T vs "
+              f"baseline {clip_t * 100:+.1f} points against {first}: {'moved' if moved else 'did not move'} "
+              f"(rule 3: {'a next slice' if moved else 'no next slice'}); {ship}.")
+    for model in rows:
+        for key, command in (("vae_continued", "world train-vae"), ("unet_continued", "world train --init")):
+            record = continued(model, key)
+            if record:
+                print(f"- {model}: `{command}` at step {record['step']} of {record['config']['steps']}, "
+                      f"{sum(p['samples'] for p in record['slices']):,} samples in {len(record['slices'])} slice(s), "
+                      f"{cpu_hours(record):.2f} CPU-hours.")
 
 
 if __name__ == "__main__":
