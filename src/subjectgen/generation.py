@@ -8,7 +8,7 @@ from pathlib import Path
 
 from . import assets
 from .adapters import MANIFEST, Run, load_run
-from .config import SampleSettings, default_sample_steps
+from .config import SampleSettings
 from .errors import UserError
 from .models import inference_device
 from .training.outdir import RUN_SPEC, busy, hold, live_holder, release
@@ -58,7 +58,7 @@ def generate_to_folder(ref: str, prompts: list[str], out: Path, n: int = 4, seed
     for prompt in prompts:
         if run.subject and "{subject}" not in prompt:
             warnings.warn(f"prompt {prompt!r} has no {{subject}}; it will not show the learned subject", stacklevel=2)
-    steps = steps or default_sample_steps(run.components.resolution)
+    steps = steps or run.components.backbone.default_steps(run.components)
     guidance = run.components.backbone.default_guidance if guidance is None else guidance
     expanded = [run.prompt_for_model(p) for p in prompts for _ in range(n)]
     seeds = [seed + k for _ in prompts for k in range(n)]

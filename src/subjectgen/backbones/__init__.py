@@ -9,6 +9,7 @@ from ..errors import UserError
 from .base import Backbone, Components, Conditioning
 from .sd import StableDiffusion
 from .flux import Flux
+from .flux2 import Flux2Klein
 from .sdxl import StableDiffusionXL
 
 __all__ = ["Backbone", "Components", "Conditioning", "FAMILIES", "register", "for_pipeline_class",
@@ -29,6 +30,7 @@ def unregister(name: str) -> None:
 register(StableDiffusion())
 register(StableDiffusionXL())
 register(Flux())
+register(Flux2Klein())
 
 
 def supported() -> str:

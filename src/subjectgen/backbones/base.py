@@ -118,6 +118,12 @@ class Backbone:
     def resolution(self, c: Components) -> int:
         return c.denoiser.config.sample_size * c.vae_scale
 
+    def default_steps(self, c: Components) -> int:
+        """Sampler steps when none are given (by resolution: 50 for SD-size models, 25 for the small ones)."""
+        from ..config import default_sample_steps
+
+        return default_sample_steps(self.resolution(c))
+
     def buckets(self, c: Components) -> list[tuple[int, int]]:
         """Aspect-ratio buckets of the model's pixel budget, in multiples of what the denoiser can take: the VAE's
         factor times the UNet's downsamplings (64 px on SD, 32 on SDXL)."""
@@ -190,6 +196,11 @@ class Backbone:
         return c.vae.decode(z + shift if shift else z).sample
 
     # --- what a method saves ------------------------------------------------------------------------------
+    def lora_target_modules(self, c: Components, component: str) -> list[str]:
+        """The module names LoRA adapts in a component (peft's target_modules): the family's lists by default; a
+        family whose names depend on the model's size builds them here."""
+        return list(self.lora_targets if component == self.denoiser else self.text_lora_targets)
+
     def save_lora(self, run_dir: Path, layers: dict[str, dict], metadata: dict[str, dict]) -> None:
         """Write LoRA layers (by component) in diffusers' file for this family's pipeline."""
         raise NotImplementedError

@@ -144,9 +144,7 @@ class Context:
         return self.bench.prompts_for(subject)[: self.cfg.prompts]
 
     def steps(self, run) -> int:
-        from ..config import default_sample_steps
-
-        return self.cfg.sample_steps or default_sample_steps(run.components.resolution)
+        return self.cfg.sample_steps or run.components.backbone.default_steps(run.components)
 
     def pair_dir(self, method: str, subject: str) -> Path:
         return self.out / "pairs" / method / subject

@@ -1,0 +1,201 @@
+"""FLUX.2 [klein] on the backbone axis: a tiny random klein built in code (a Qwen tokenizer trained in a second, a
+27-layer Qwen3 so the pipeline's hidden layers exist) trains LoRA by flow matching, generates as plain diffusers'
+Flux2KleinPipeline does (real classifier-free guidance on the base model, none on a distilled one), and its LoRA
+loads in plain diffusers."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from diffusers import Flux2KleinPipeline
+from peft import get_peft_model_state_dict
+from safetensors.torch import load_file
+
+from subjectgen import TrainConfig, load_model, load_run, train
+from subjectgen.cli import main
+from subjectgen.sampling import generate, initial_latents
+from subjectgen.training.losses import diffusion_loss
+from subjectgen.world.build import EMOJIBENCH
+
+from test_methods import as_array
+
+
+@pytest.fixture(scope="module")
+def tiny_flux2(tmp_path_factory, cache_root) -> str:
+    from subjectgen.tiny import save_tiny_flux2_klein_pipeline
+
+    return str(save_tiny_flux2_klein_pipeline(tmp_path_factory.mktemp("models") / "tiny-flux2"))
+
+
+@pytest.fixture(scope="module")
+def tiny_flux2_distilled(tmp_path_factory, cache_root) -> str:
+    from subjectgen.tiny import save_tiny_flux2_klein_pipeline
+
+    return str(save_tiny_flux2_klein_pipeline(tmp_path_factory.mktemp("models") / "tiny-flux2-distilled",
+                                              distilled=True))
+
+
+@pytest.fixture(scope="module")
+def flux2_lora(tiny_flux2, tmp_path_factory):
+    cfg = TrainConfig(method="lora", model=tiny_flux2, subject_dir=str(EMOJIBENCH / "dog"), class_noun="dog",
+                      out=str(tmp_path_factory.mktemp("runs") / "lora"), steps=6, lr=1e-2, prior_preservation=True,
+                      num_class_images=2)
+    return train(cfg, progress=False).run_dir
+
+
+def plain_images(pipe, prompt, components, seed=0, guidance=4.0, steps=4, **kwargs):
+    out = pipe(prompt=prompt, num_inference_steps=steps, guidance_scale=guidance,
+               latents=initial_latents(components, [seed]), height=32, width=32, max_sequence_length=64,
+               output_type="np", **kwargs).images
+    return np.round(out * 255).astype(np.int16)
+
+
+@pytest.mark.parametrize("model, guidance", [("tiny_flux2", 4.0), ("tiny_flux2", 1.0), ("tiny_flux2_distilled", 4.0)])
+def test_flux2_is_detected_and_our_sampler_matches_the_plain_pipeline(request, model, guidance):
+    model = request.getfixturevalue(model)
+    components = load_model(model)
+    assert components.backbone.name == "flux2" and components.resolution == 32
+    ours = as_array(generate(components, ["a dog on the beach"], [3], steps=4, guidance=guidance))
+    theirs = plain_images(Flux2KleinPipeline.from_pretrained(model), "a dog on the beach", components, seed=3,
+                          guidance=guidance)
+    assert np.abs(ours - theirs).max() <= 1
+    other = as_array(generate(components, ["a cat in the snow"], [3], steps=4, guidance=guidance))
+    assert np.abs(ours - other).max() > 0  # the prompt reaches the image
+
+
+def test_flux2_lora_trains_and_loads_in_plain_diffusers(flux2_lora, tiny_flux2):
+    run = load_run(flux2_lora)
+    prompt = run.prompt_for_model("a {subject} on the beach")
+    assert prompt == "a sks dog on the beach"  # a rare token from Qwen's byte-level vocabulary
+    ours = as_array(generate(run.components, [prompt], [0], steps=4, guidance=4.0))
+    base = as_array(generate(load_model(tiny_flux2), [prompt], [0], steps=4, guidance=4.0))
+    assert np.abs(ours - base).max() > 0
+    weights = load_file(str(flux2_lora / "pytorch_lora_weights.safetensors"))
+    assert weights and all(k.startswith("transformer.") for k in weights)
+    assert any(".single_transformer_blocks.0.attn.to_out." in k for k in weights)
+    assert any(".transformer_blocks.0.attn.to_q." in k for k in weights)
+    pipe = Flux2KleinPipeline.from_pretrained(tiny_flux2)
+    pipe.load_lora_weights(str(flux2_lora))  # no extra arguments
+    loaded = get_peft_model_state_dict(pipe.transformer, adapter_name=pipe.get_active_adapters()[0])
+    assert {f"transformer.{k}" for k in loaded} == set(weights)  # every layer, none dropped by the loader
+    assert all(torch.equal(v, weights[f"transformer.{k}"]) for k, v in loaded.items())
+    assert np.abs(ours - plain_images(pipe, prompt, run.components)).max() <= 1
+
+
+def test_the_flow_matching_loss_against_a_hand_computation(tiny_flux2):
+    """The family's latents, noising, target, text and transformer call against the pipeline's own pieces and a
+    hand-written loss with the prior-preservation split, on a fixed batch."""
+    components = load_model(tiny_flux2)
+    family, pipe = components.backbone, components.pipeline()
+    pixels = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    with torch.no_grad():
+        latents, _ = family.posterior(components, pixels)
+        assert torch.allclose(latents, pipe._encode_vae_image(pixels, None), atol=1e-5)  # patchified, normalised
+        scheduler = family.training_scheduler(components)
+        noisy, timesteps, target = family.training_sample(scheduler, latents, torch.Generator().manual_seed(2))
+        g = torch.Generator().manual_seed(2)
+        noise = torch.randn(latents.shape, generator=g)
+        sigma = scheduler.sigmas[(torch.rand(2, generator=g) * 1000).long()].view(-1, 1, 1, 1)
+        assert torch.allclose(noisy, (1 - sigma) * latents + sigma * noise) and torch.equal(target, noise - latents)
+        prompts = ["a sks dog", "a dog"]
+        embeds, text_ids = pipe.encode_prompt(prompts, max_sequence_length=64)
+        cond = family.encode_text(components, prompts)
+        assert torch.allclose(cond["encoder_hidden_states"], embeds, atol=1e-6)
+        pred = family.call(components.transformer, noisy, timesteps, cond)
+        ids = pipe._prepare_latent_ids(noisy)
+        theirs = components.transformer(hidden_states=pipe._pack_latents(noisy), timestep=timesteps / 1000,
+                                        guidance=None, encoder_hidden_states=embeds, txt_ids=text_ids, img_ids=ids,
+                                        return_dict=False)[0]
+        theirs = pipe._unpack_latents_with_ids(theirs, ids)
+    assert torch.allclose(pred, theirs, atol=1e-5)
+    loss, parts = diffusion_loss(pred, target, timesteps, None, "flow", n_instance=1, prior_weight=0.5)
+    hand = F.mse_loss(theirs[:1], noise[:1] - latents[:1]) + 0.5 * F.mse_loss(theirs[1:], noise[1:] - latents[1:])
+    assert torch.allclose(loss, hand, atol=1e-5) and float(parts["prior"]) > 0
+
+
+def text_batches(model: str, guidance: float) -> list[torch.Tensor]:
+    """The text each transformer call sees while generating one image."""
+    components, seen = load_model(model), []
+    components.transformer.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(kwargs["encoder_hidden_states"]), with_kwargs=True)
+    generate(components, ["a dog"], [0], steps=2, guidance=guidance)
+    return seen
+
+
+def test_real_guidance_runs_the_negative_branch_on_the_base_model_only(tiny_flux2, tiny_flux2_distilled):
+    components = load_model(tiny_flux2)
+    family = components.backbone
+    with torch.no_grad():
+        empty, prompt = (family.encode_text(components, [p])["encoder_hidden_states"] for p in ("", "a dog"))
+    base = text_batches(tiny_flux2, 4.0)
+    assert len(base) == 2 and all(len(t) == 2 for t in base)  # one batched call a step: [negative; prompt]
+    assert torch.allclose(base[0][:1], empty) and torch.allclose(base[0][1:], prompt)
+    distilled = text_batches(tiny_flux2_distilled, 4.0)
+    assert len(distilled) == 2 and all(len(t) == 1 for t in distilled)  # the prompt alone
+    assert all(len(t) == 1 for t in text_batches(tiny_flux2, 1.0))  # guidance 1: no negative, as the pipeline
+
+
+def test_generate_takes_the_familys_defaults(flux2_lora, tiny_flux2_distilled, tmp_path):
+    assert main(["generate", str(flux2_lora), "a {subject}", "-n", "1", "--steps", "2", "--out",
+                 str(tmp_path / "lora")]) == 0
+    assert json.loads((tmp_path / "lora" / "prompts.json").read_text())["guidance"] == 4.0  # the pipeline's
+    assert main(["generate", tiny_flux2_distilled, "a dog", "-n", "1", "--out", str(tmp_path / "distilled")]) == 0
+    assert json.loads((tmp_path / "distilled" / "prompts.json").read_text())["steps"] == 4  # step-distilled
+
+
+def test_flux2_resume_after_sigkill_equals_an_uninterrupted_run(tiny_flux2, tmp_path):
+    from test_training_loop import killed_and_resumed, same_tensors
+
+    full, out = killed_and_resumed(tiny_flux2, EMOJIBENCH / "dog", tmp_path, ["--steps", "40", "--checkpoint-every",
+                                                                              "10"], 20)
+    name = "pytorch_lora_weights.safetensors"
+    assert same_tensors(full / name, out / name)
+    assert (out / "loss.csv").read_text() == (full / "loss.csv").read_text()
+
+
+def refused(capsys, argv) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    return err
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["textual-inversion"], "textual-inversion is not built for FLUX.2 [klein]"),
+    (["profusion"], "profusion is not built for FLUX.2 [klein]"),
+    (["apprentice"], "apprentice is not built for FLUX.2 [klein]"),
+    (["lora", "--train-text-encoder"], "FLUX.2 [klein]'s text encoder does not train"),
+    (["lora", "--snr-gamma", "5"], "min-SNR weighting is defined for")])
+def test_what_flux2_does_not_take_is_refused_with_nothing_written(tiny_flux2, tmp_path, capsys, flags, words):
+    out = tmp_path / "run"
+    err = refused(capsys, ["train", flags[0], "--model", tiny_flux2, "--subject", str(EMOJIBENCH / "dog"), "--class",
+                           "dog", "--out", str(out), "--quiet", *flags[1:]])
+    assert words in err and not out.exists()
+
+
+@pytest.mark.parametrize("class_name, words", [("Flux2Pipeline", "FLUX.2 [dev]"),
+                                               ("Flux2KleinInpaintPipeline", "inpainting")])
+def test_flux2_look_alikes_are_refused_in_one_line(tiny_flux2, tmp_path, capsys, class_name, words):
+    folder = tmp_path / "variant"
+    shutil.copytree(tiny_flux2, folder)
+    index = json.loads((folder / "model_index.json").read_text())
+    (folder / "model_index.json").write_text(json.dumps({**index, "_class_name": class_name}))
+    out = tmp_path / "run"
+    err = refused(capsys, ["train", "lora", "--model", str(folder), "--subject", str(EMOJIBENCH / "dog"),
+                           "--class", "dog", "--out", str(out), "--quiet"])
+    assert words in err and not out.exists()
+
+
+def test_a_text_encoder_without_the_pipelines_layers_is_refused(tiny_flux2, tmp_path, capsys):
+    folder = tmp_path / "shallow"
+    shutil.copytree(tiny_flux2, folder)
+    config = json.loads((folder / "text_encoder" / "config.json").read_text())
+    (folder / "text_encoder" / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 12,
+                                                                     "layer_types": config["layer_types"][:12]}))
+    err = refused(capsys, ["generate", str(folder), "a dog", "-n", "1", "--out", str(tmp_path / "images")])
+    assert "hidden layers 9, 18, 27" in err and not (tmp_path / "images").exists()
