@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import Flux2KleinPipeline
 from peft import get_peft_model_state_dict
+from PIL import Image
 from safetensors.torch import load_file
 
 from subjectgen import TrainConfig, load_model, load_run, train
@@ -26,10 +27,8 @@ from test_methods import as_array
 
 
 @pytest.fixture(scope="module")
-def tiny_flux2(tmp_path_factory, cache_root) -> str:
-    from subjectgen.tiny import save_tiny_flux2_klein_pipeline
-
-    return str(save_tiny_flux2_klein_pipeline(tmp_path_factory.mktemp("models") / "tiny-flux2"))
+def tiny_flux2(tiny_flux2_model) -> str:
+    return tiny_flux2_model
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +49,7 @@ def flux2_lora(tiny_flux2, tmp_path_factory):
 
 def plain_images(pipe, prompt, components, seed=0, guidance=4.0, steps=4, **kwargs):
     out = pipe(prompt=prompt, num_inference_steps=steps, guidance_scale=guidance,
-               latents=initial_latents(components, [seed]), height=32, width=32, max_sequence_length=64,
+               latents=initial_latents(components, [seed]), height=64, width=64, max_sequence_length=64,
                output_type="np", **kwargs).images
     return np.round(out * 255).astype(np.int16)
 
@@ -59,7 +58,7 @@ def plain_images(pipe, prompt, components, seed=0, guidance=4.0, steps=4, **kwar
 def test_flux2_is_detected_and_our_sampler_matches_the_plain_pipeline(request, model, guidance):
     model = request.getfixturevalue(model)
     components = load_model(model)
-    assert components.backbone.name == "flux2" and components.resolution == 32
+    assert components.backbone.name == "flux2" and components.resolution == 64
     ours = as_array(generate(components, ["a dog on the beach"], [3], steps=4, guidance=guidance))
     theirs = plain_images(Flux2KleinPipeline.from_pretrained(model), "a dog on the beach", components, seed=3,
                           guidance=guidance)
@@ -92,7 +91,7 @@ def test_the_flow_matching_loss_against_a_hand_computation(tiny_flux2):
     hand-written loss with the prior-preservation split, on a fixed batch."""
     components = load_model(tiny_flux2)
     family, pipe = components.backbone, components.pipeline()
-    pixels = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    pixels = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0)) * 2 - 1
     with torch.no_grad():
         latents, _ = family.posterior(components, pixels)
         assert torch.allclose(latents, pipe._encode_vae_image(pixels, None), atol=1e-5)  # patchified, normalised
@@ -199,3 +198,69 @@ def test_a_text_encoder_without_the_pipelines_layers_is_refused(tiny_flux2, tmp_
                                                                      "layer_types": config["layer_types"][:12]}))
     err = refused(capsys, ["generate", str(folder), "a dog", "-n", "1", "--out", str(tmp_path / "images")])
     assert "hidden layers 9, 18, 27" in err and not (tmp_path / "images").exists()
+
+
+# --- the zero-shot row: the family's own reference images -------------------------------------------------------
+@pytest.fixture(scope="module")
+def reference_run(tiny_flux2, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "reference"
+    assert main(["train", "reference", "--model", tiny_flux2, "--subject", str(EMOJIBENCH / "dog"), "--class", "dog",
+                 "--out", str(out), "--quiet"]) == 0
+    return out
+
+
+def test_a_reference_run_samples_as_the_pipeline_does_with_the_photos_as_its_images(reference_run, tiny_flux2):
+    manifest = json.loads((reference_run / "subject.json").read_text())
+    assert manifest["method"] == "reference" and manifest["files"] == [f"references/{i:02d}.png" for i in range(4)]
+    assert manifest["metrics"]["final_loss"] is None  # nothing trained
+    run = load_run(reference_run)
+    prompt = run.prompt_for_model("a {subject} on the beach")
+    assert prompt == "a dog on the beach"
+    ours = as_array(generate(run.components, [prompt], [0], steps=4, guidance=4.0,
+                             denoiser_for=run.denoiser_for("", 4.0)))
+    pipe = Flux2KleinPipeline.from_pretrained(tiny_flux2)
+    assert np.abs(ours - plain_images(pipe, prompt, run.components, image=run.reference_images)).max() <= 1
+    without = as_array(generate(run.components, [prompt], [0], steps=4, guidance=4.0))
+    assert np.abs(ours - without).max() > 0  # the references reach the image
+
+
+def test_references_change_a_lora_runs_images(flux2_lora, tmp_path):
+    def image(name, *flags):
+        assert main(["generate", str(flux2_lora), "a {subject} on the beach", "-n", "1", "--steps", "4", "--quiet",
+                     "--out", str(tmp_path / name), *flags]) == 0
+        return np.asarray(Image.open(tmp_path / name / "p00-0.png"), dtype=np.int16)
+
+    plain, referenced = image("plain"), image("referenced", "--references", str(EMOJIBENCH / "dog"))
+    assert np.abs(plain - referenced).max() > 0
+    assert json.loads((tmp_path / "referenced" / "prompts.json").read_text())["references"] == str(EMOJIBENCH / "dog")
+
+
+def test_the_bench_benches_the_reference_row(tiny_flux2, evaluator_dirs, tmp_path):
+    dino, clip = evaluator_dirs
+    out = tmp_path / "bench"
+    assert main(["--threads", "1", "bench", "--bench", str(EMOJIBENCH), "--model", tiny_flux2, "--methods",
+                 "reference", "--out", str(out), "--dino", dino, "--clip", clip, "--quiet", "--subjects", "dog",
+                 "--prompts", "2", "--images-per-prompt", "1", "--sample-steps", "4"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    pair = results["pairs"]["reference"]["dog"]
+    assert len(pair["prompts"]) == 2 and all((out / f).is_file() for p in pair["prompts"] for f in p["files"])
+    assert results["protocol"]["guidance"] == 4.0  # the family's
+    assert "| reference |" in (out / "table.md").read_text()
+
+
+def test_references_are_refused_where_the_family_takes_none(tiny_model, tmp_path, capsys):
+    out = tmp_path / "run"
+    err = refused(capsys, ["train", "reference", "--model", tiny_model, "--subject", str(EMOJIBENCH / "dog"),
+                           "--class", "dog", "--out", str(out), "--quiet"])
+    assert "reference is not built for Stable Diffusion" in err and not out.exists()
+    err = refused(capsys, ["generate", tiny_model, "a dog", "-n", "1", "--references", str(EMOJIBENCH / "dog"),
+                           "--out", str(out)])
+    assert "Stable Diffusion 1.x/2.x takes no reference images" in err and not out.exists()
+
+
+@pytest.mark.parametrize("folder, words", [("missing", "no such folder"), ("dog", "4 reference photos already")])
+def test_bad_references_are_refused_with_nothing_written(reference_run, tmp_path, capsys, folder, words):
+    out = tmp_path / "images"
+    err = refused(capsys, ["generate", str(reference_run), "a {subject}", "-n", "1", "--references",
+                           str(EMOJIBENCH / folder), "--out", str(out)])
+    assert words in err and not out.exists()

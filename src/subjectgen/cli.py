@@ -141,6 +141,8 @@ def add_generate_parser(sub) -> None:
     p.add_argument("--batch-size", type=sample_type("batch_size"), default=8, metavar="N",
                    help="images sampled at once: larger is faster per image while memory lasts; a seed gives the "
                         "same image at any batch size, up to float rounding (default: 8)")
+    p.add_argument("--references", metavar="DIR", help="photos of the subject the model's pipeline takes as "
+                   "reference images, beside a run's own (FLUX.2 [klein]: up to 4)")
     p.add_argument("--out", required=True, help="folder for the PNGs and grid.png")
     p.add_argument("--allow-pickle", action="store_true", help="allow loading pickled weights (.ckpt/.bin): they "
                    "can run code")
@@ -523,7 +525,8 @@ def run_generate(args) -> None:
     started = time.perf_counter()
     result = generate_to_folder(args.run, args.prompts, args.out, args.n, args.seed, args.steps, args.guidance,
                                 args.negative_prompt, args.allow_pickle, args.lora_scale, args.subject_start,
-                                progress=not args.quiet, options=sample_options(args), batch_size=args.batch_size)
+                                progress=not args.quiet, options=sample_options(args), batch_size=args.batch_size,
+                                references=args.references)
     print(f"wrote {len(result.files)} images and {result.grid} in {time.perf_counter() - started:.1f}s")
 
 

@@ -171,7 +171,8 @@ def qwen_tokenizer(max_length: int = 64):
 def build_tiny_flux2_klein_pipeline(seed: int = 0, distilled: bool = False):
     """A tiny FLUX.2 [klein] pipeline (the real classes: a Qwen3 text encoder of 27 layers, so the pipeline's
     hidden layers 9, 18 and 27 exist, Flux2Transformer2DModel, AutoencoderKLFlux2 with non-trivial batch-norm
-    statistics, the flow-matching scheduler): 32 px images, 16x16x8 latents patchified to 8x8x32, 64 tokens.
+    statistics, the flow-matching scheduler): 64 px images (the pipeline takes no smaller reference images), 16x16x8
+    latents patchified to 8x8x32, 64 tokens.
     distilled: the step-distilled variant's flag (no classifier-free guidance)."""
     from diffusers import AutoencoderKLFlux2, FlowMatchEulerDiscreteScheduler, Flux2KleinPipeline, Flux2Transformer2DModel
     from transformers import Qwen3Config, Qwen3ForCausalLM
@@ -186,9 +187,9 @@ def build_tiny_flux2_klein_pipeline(seed: int = 0, distilled: bool = False):
         patch_size=1, in_channels=32, num_layers=1, num_single_layers=1, attention_head_dim=16, num_attention_heads=2,
         joint_attention_dim=3 * 16, timestep_guidance_channels=32, mlp_ratio=2.0, axes_dims_rope=(4, 4, 4, 4),
         guidance_embeds=False)
-    vae = AutoencoderKLFlux2(in_channels=3, out_channels=3, latent_channels=8, block_out_channels=(32, 32),
-                             layers_per_block=1, down_block_types=("DownEncoderBlock2D",) * 2,
-                             up_block_types=("UpDecoderBlock2D",) * 2, sample_size=32, norm_num_groups=32)
+    vae = AutoencoderKLFlux2(in_channels=3, out_channels=3, latent_channels=8, block_out_channels=(32, 32, 32),
+                             layers_per_block=1, down_block_types=("DownEncoderBlock2D",) * 3,
+                             up_block_types=("UpDecoderBlock2D",) * 3, sample_size=64, norm_num_groups=32)
     with torch.no_grad():  # statistics as a trained VAE has them, so normalising is not the identity
         vae.bn.running_mean.copy_(0.1 * torch.randn_like(vae.bn.running_mean))
         vae.bn.running_var.copy_(0.5 + torch.rand_like(vae.bn.running_var))

@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+from ..errors import UserError
+
 Conditioning = dict[str, torch.Tensor]
 
 
@@ -93,6 +95,7 @@ class Backbone:
     trainable_text_encoders: tuple[str, ...] = ()  # what --train-text-encoder trains (default: every encoder)
     flow_matching: bool = False                    # a velocity target on a flow schedule (no ᾱ, no min-SNR)
     default_guidance: float = 7.5                  # `generate`'s guidance scale when none is given
+    max_references: int = 0                        # reference photos its pipeline conditions on (0: it takes none)
 
     def text_encoders_to_train(self) -> tuple[str, ...]:
         return self.trainable_text_encoders or self.text_encoders
@@ -147,6 +150,20 @@ class Backbone:
         """Per-image conditioning from each image's (original height, width, crop top, crop left), beside the
         text's: SDXL's time ids. None for most families."""
         return {}
+
+    def check_references(self, what: str) -> None:
+        """A one-line UserError when this family's pipeline takes no reference images (`what`: the flag or method
+        that asked for them)."""
+        if not self.max_references:
+            from . import FAMILIES
+
+            takers = " or ".join(b.title for b in FAMILIES.values() if b.max_references)
+            raise UserError(f"{what}: {self.title} takes no reference images; use a {takers} model")
+
+    def reference_conditioning(self, c: Components, images: list) -> Conditioning:
+        """The conditioning reference photos (PIL images) add to every denoiser call, for one sample: the same on
+        the prompt's side of guidance and the negative's (FLUX.2's reference tokens)."""
+        raise NotImplementedError
 
     # --- the denoiser ---------------------------------------------------------------------------------
     def call(self, net: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:

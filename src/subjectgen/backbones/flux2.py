@@ -20,6 +20,8 @@ from diffusers.utils import convert_unet_state_dict_to_peft
 from transformers import Qwen2TokenizerFast, Qwen3ForCausalLM
 
 from ..errors import UserError
+from ..photos import fit
+from ..subjects import to_tensor
 from .base import Components, Conditioning
 from .flux import Flux
 
@@ -73,6 +75,7 @@ class Flux2Klein(Flux):
         "Flux2Pipeline": "FLUX.2 [dev] (a Mistral-conditioned model; subjectgen trains FLUX.2 [klein])",
         "Flux2KleinInpaintPipeline": "a FLUX.2 [klein] inpainting pipeline"})
     default_guidance: float = 4.0  # Flux2KleinPipeline's default (real CFG on the base model; distilled ignores it)
+    max_references: int = 4        # BFL's limit for [klein] (4B and 9B) in multi-reference generation
 
     def load_parts(self, path: Path, use_safetensors: bool | None, index: dict) -> dict[str, Any]:
         st = use_safetensors
@@ -124,6 +127,19 @@ class Flux2Klein(Flux):
             encoder.device), output_hidden_states=True, use_cache=False)
         states = torch.stack([out.hidden_states[k] for k in TEXT_LAYERS], dim=2)  # (B, L, layers, D)
         return {"encoder_hidden_states": states.flatten(2)}
+
+    def reference_conditioning(self, c: Components, images: list) -> Conditioning:
+        """Each photo's latents as the pipeline encodes references (the VAE's mode, patchified and normalised),
+        as tokens at time ids 10, 20, ... after the image's; a photo is cut to a multiple of 16 px. (The pipeline
+        also shrinks photos over 1 MP; ours come at the model's resolution.)"""
+        step = 2 * c.vae_scale
+        latents = []
+        for image in images:
+            size = (image.width // step * step, image.height // step * step)
+            pixels = to_tensor(image if size == image.size else fit(image, size))[None]
+            latents.append(self.posterior(c, pixels)[0])
+        ids = torch.cat([position_ids(REFERENCE_TIME_STEP * (i + 1), *z.shape[-2:]) for i, z in enumerate(latents)])
+        return {"reference_tokens": torch.cat([tokens(z) for z in latents], dim=1), "reference_ids": ids[None]}
 
     # --- the denoiser ---------------------------------------------------------------------------------
     def call(self, net, x: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:

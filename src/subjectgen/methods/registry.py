@@ -156,6 +156,15 @@ register(MethodSpec(
     drops=TRAINING_SETTINGS,
     families=("sd",)))
 register(MethodSpec(
+    "reference", "the model's own reference images: the subject's photos given to its pipeline (FLUX.2 [klein]'s "
+    "multi-reference generation), zero-shot (nothing trains)",
+    "subjectgen.methods.reference:References",
+    photos_used=4,  # FLUX.2 [klein]'s most (Backbone.max_references)
+    defaults={"steps": (0, 0), "num_class_images": (0, 0)},
+    bounds={"steps": Bound(low=0, high=0, integer=True)},
+    drops=TRAINING_SETTINGS,
+    families=("flux2",)))
+register(MethodSpec(
     "apprentice-train", "train the apprentice on an expert farm (subjectgen apprentice train)",
     "subjectgen.methods.apprentice:ApprenticeTraining",
     # IP-Adapter's lr 1e-4 and batch 8 on SD; the small models at 10x the lr, as the other methods' are, and
