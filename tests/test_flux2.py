@@ -264,3 +264,22 @@ def test_bad_references_are_refused_with_nothing_written(reference_run, tmp_path
     err = refused(capsys, ["generate", str(reference_run), "a {subject}", "-n", "1", "--references",
                            str(EMOJIBENCH / folder), "--out", str(out)])
     assert words in err and not out.exists()
+
+
+def test_a_bench_of_the_reference_row_on_sd_is_refused_before_any_pair(tiny_model, evaluator_dirs, tmp_path, capsys):
+    dino, clip = evaluator_dirs
+    out = tmp_path / "bench"
+    err = refused(capsys, ["bench", "--bench", str(EMOJIBENCH), "--model", tiny_model, "--methods", "lora,reference",
+                           "--out", str(out), "--dino", dino, "--clip", clip, "--quiet", "--subjects", "dog"])
+    assert "reference is not built for Stable Diffusion 1.x/2.x" in err and not out.exists()
+
+
+def test_the_default_bench_has_the_reference_row_where_the_family_has_one(tiny_flux2, tiny_model):
+    from subjectgen.cli import bench_config, build_parser
+
+    def default_methods(model):
+        return bench_config(build_parser().parse_args(["bench", "--model", model, "--out", "x"])).methods
+
+    assert "reference" in default_methods(tiny_flux2) and "lora" in default_methods(tiny_flux2)
+    assert "textual-inversion" not in default_methods(tiny_flux2)  # not built for FLUX.2 [klein]
+    assert "reference" not in default_methods(tiny_model)

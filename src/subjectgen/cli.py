@@ -720,12 +720,17 @@ def bench_config(args):
 
 
 def default_bench_methods(args) -> list[str]:
-    """Every registered method that can run on --model; one whose pretrained network was made for another model
-    (the built-in PromptNet or apprentice on a Stable Diffusion model) is left out, with a warning."""
+    """Every registered method that can run on --model: one not built for its family is left out (FLUX.2's
+    reference row on SD), and one whose pretrained network was made for another model (the built-in PromptNet or
+    apprentice on a Stable Diffusion model), with a warning."""
     from .assets import unfit_pretrained
+    from .backbones import family_of
 
+    family = family_of(args.model)
     methods = []
     for method in registry.names():
+        if family is not None and not registry.get(method).runs_on(family.name):
+            continue
         reason = unfit_pretrained(method, args, args.model)
         if reason:
             warnings.warn(f"leaving {method} out of the bench: {reason} (name it in --methods with one that fits)")

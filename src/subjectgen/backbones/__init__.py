@@ -77,9 +77,9 @@ def checkpoint_keys(path: Path) -> list[str]:
         raise UserError(f"could not read checkpoint {path}: {str(exc).splitlines()[0]}") from None
 
 
-def default_guidance_of(ref: str) -> float:
-    """A model's family's guidance default, read from its model_index.json without loading it (the common
-    default, 7.5, for a hub id or a single file, where no index is at hand)."""
+def family_of(ref: str) -> Backbone | None:
+    """A model's family, read from its model_index.json without loading it (None for a hub id or a single file,
+    where no index is at hand, and for a folder of no supported family)."""
     import json
 
     from ..assets import resolve
@@ -89,7 +89,13 @@ def default_guidance_of(ref: str) -> float:
         name = json.loads(index.read_text()).get("_class_name")
     except (OSError, ValueError, AttributeError):
         name = None
-    family = next((b for b in FAMILIES.values() if name in b.pipeline_classes), None)
+    return next((b for b in FAMILIES.values() if name in b.pipeline_classes), None)
+
+
+def default_guidance_of(ref: str) -> float:
+    """A model's family's guidance default, without loading it (the common default, 7.5, where the family is not
+    known: a hub id or a single file)."""
+    family = family_of(ref)
     return family.default_guidance if family else 7.5
 
 
