@@ -83,16 +83,23 @@ def rare_token(tokenizer, avoid: set[str] = frozenset(), first_id: int | None = 
     vocab = tokenizer.get_vocab()
     start = first_id if first_id is not None else int(len(vocab) * 0.8)
     for text, idx in sorted(vocab.items(), key=lambda kv: kv[1]):
-        if idx < start or not text.endswith("</w>") and not text.startswith(BYTE_LEVEL_SPACE):
-            continue
-        word, in_prompt = (text[: -len("</w>")], text[: -len("</w>")]) if text.endswith("</w>") else (text[1:], " " + text[1:])
-        if len(word) == 3 and word.isascii() and word.isalpha() and word.islower():
+        word, in_prompt = whole_word(text) if idx >= start else (None, None)
+        if word and len(word) == 3 and word.isascii() and word.isalpha() and word.islower():
             if not set(word) & set("aeiouy") and word not in avoid and _single_token(tokenizer, in_prompt):
                 return word
     raise UserError("could not find a rare token in the tokenizer's vocabulary; pass --token")
 
 
 BYTE_LEVEL_SPACE = "\u0120"  # 'Ġ': a byte-level BPE's mark of a token that begins after a space
+
+
+def whole_word(token: str) -> tuple[str | None, str | None]:
+    """(the word, the text that is this one token in a prompt) of a whole-word token; (None, None) otherwise."""
+    if token.endswith("</w>"):  # CLIP's BPE marks a word's end
+        return token[: -len("</w>")], token[: -len("</w>")]
+    if token.startswith(BYTE_LEVEL_SPACE):  # a byte-level BPE marks the space before a word
+        return token[1:], " " + token[1:]
+    return None, None
 
 
 def _single_token(tokenizer, text: str) -> bool:

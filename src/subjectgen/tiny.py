@@ -174,7 +174,8 @@ def build_tiny_flux2_klein_pipeline(seed: int = 0, distilled: bool = False):
     statistics, the flow-matching scheduler): 64 px images (the pipeline takes no smaller reference images), 16x16x8
     latents patchified to 8x8x32, 64 tokens.
     distilled: the step-distilled variant's flag (no classifier-free guidance)."""
-    from diffusers import AutoencoderKLFlux2, FlowMatchEulerDiscreteScheduler, Flux2KleinPipeline, Flux2Transformer2DModel
+    from diffusers import (AutoencoderKLFlux2, FlowMatchEulerDiscreteScheduler, Flux2KleinPipeline,
+                           Flux2Transformer2DModel)
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
     torch.manual_seed(seed)
