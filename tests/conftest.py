@@ -36,6 +36,13 @@ def tiny_sdxl_model(tmp_path_factory, cache_root) -> str:
 
 
 @pytest.fixture(scope="session")
+def tiny_flux2_model(tmp_path_factory, cache_root) -> str:
+    from subjectgen.tiny import save_tiny_flux2_klein_pipeline
+
+    return str(save_tiny_flux2_klein_pipeline(tmp_path_factory.mktemp("models") / "tiny-flux2"))
+
+
+@pytest.fixture(scope="session")
 def evaluator_dirs(tmp_path_factory) -> tuple[str, str]:
     """Tiny real transformers models in the layout of facebook/dino-vits16 and openai/clip-vit-base-patch32."""
     import torch

@@ -239,7 +239,7 @@ def numeric_flags(parser) -> list[str]:
 
 COMMANDS = {" ".join(words): parser for words, parser in leaf_commands()}
 # commands whose valid runs the tests above also fuzz (the rest: every numeric flag, with garbage, below)
-RUN_FUZZED = {f"train {m}" for m in ("lora", "dreambooth", "textual-inversion", "apprentice")} | {
+RUN_FUZZED = {f"train {m}" for m in ("lora", "dreambooth", "textual-inversion", "apprentice", "reference")} | {
     "generate", "bench", "score", "report", "world train", "world train-evaluators", "demo"}
 
 
@@ -254,6 +254,22 @@ def test_fuzz_train_apprentice(capsys, tmp_path_factory, tiny_model, data):
     noun = data.draw(st.sampled_from(["dog", "", "  "]), label="class")
     out = tmp_path_factory.mktemp("fuzz") / "run"
     argv = ["train", "apprentice", "--model", model, "--subject", subject, "--class", noun, "--out", str(out),
+            "--quiet"]
+    check_outcome(capsys, argv, out, lambda o: (o / "subject.json").is_file())
+
+
+@settings(max_examples=8, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(data=st.data())
+def test_fuzz_train_reference(capsys, tmp_path_factory, tiny_model, tiny_flux2_model, data):
+    """The zero-shot reference row takes no numbers either: a FLUX.2 [klein] model, the photos and the class (on a
+    family without reference inputs, a one-line error)."""
+    model = data.draw(st.sampled_from([tiny_flux2_model, tiny_model, "/nonexistent/model"]), label="model")
+    subject = data.draw(st.sampled_from([str(EMOJIBENCH / "dog"), "/nonexistent/photos", str(EMOJIBENCH)]),
+                        label="subject")
+    noun = data.draw(st.sampled_from(["dog", "", "  "]), label="class")
+    out = tmp_path_factory.mktemp("fuzz") / "run"
+    argv = ["train", "reference", "--model", model, "--subject", subject, "--class", noun, "--out", str(out),
             "--quiet"]
     check_outcome(capsys, argv, out, lambda o: (o / "subject.json").is_file())
 

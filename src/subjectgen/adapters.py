@@ -60,6 +60,8 @@ class Run:
     components: Components
     base: Components | None = None  # a DreamBooth run's base model, loaded when first needed
     options: dict = field(default_factory=dict)  # the method's own generation settings (Method.sample_options)
+    reference_images: list | None = None  # photos its family's pipeline takes as references (FLUX.2's image=[...])
+    references: dict | None = field(default=None, repr=False)  # their conditioning, encoded when first sampled
 
     @classmethod
     def of_model(cls, ref: str, allow_pickle: bool = False) -> "Run":
@@ -100,9 +102,37 @@ class Run:
 
     def denoiser_for(self, negative_prompt: str, guidance: float):
         """For sampling.generate: the method's denoiser for a batch of prompts (None: the plain one)."""
-        if self.method is None:
+        if self.method is None and not self.reference_images:
             return None
-        return lambda prompts: self.method.denoiser(self, prompts, negative_prompt, guidance)
+        from .methods.base import Method
+
+        method = self.method or Method  # a plain model with --references: the default denoiser, with them
+        return lambda prompts: method.denoiser(self, prompts, negative_prompt, guidance)
+
+    def reference_conditioning(self) -> dict | None:
+        """The reference photos' conditioning (Backbone.reference_conditioning), encoded once; None without any."""
+        if not self.reference_images:
+            return None
+        if self.references is None:
+            with torch.no_grad():
+                self.references = self.components.backbone.reference_conditioning(self.components,
+                                                                                  self.reference_images)
+        return self.references
+
+    def add_references(self, folder: Path) -> None:
+        """`generate --references DIR`: the photos in DIR, checked and cropped as a subject's, after the run's own
+        (up to the family's number of references; the first ones)."""
+        from .subjects import load_subject
+
+        family, have = self.components.backbone, len(self.reference_images or [])
+        family.check_references("--references")
+        room = family.max_references - have
+        if room < 1:
+            raise UserError(f"--references: this run has {have} reference photos already, {family.title}'s most; "
+                            "leave --references out")
+        photos = load_subject(folder, self.manifest.get("class") or "subject", self.components.resolution,
+                              uses=room).images[:room]
+        self.reference_images, self.references = (self.reference_images or []) + photos, None
 
     def prompt_for_model(self, prompt: str) -> str:
         """`{subject}` expanded, and whatever else the method's tokenizer must see (TI's extra vectors)."""

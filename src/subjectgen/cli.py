@@ -141,6 +141,8 @@ def add_generate_parser(sub) -> None:
     p.add_argument("--batch-size", type=sample_type("batch_size"), default=8, metavar="N",
                    help="images sampled at once: larger is faster per image while memory lasts; a seed gives the "
                         "same image at any batch size, up to float rounding (default: 8)")
+    p.add_argument("--references", metavar="DIR", help="photos of the subject the model's pipeline takes as "
+                   "reference images, beside a run's own (FLUX.2 [klein]: up to 4)")
     p.add_argument("--out", required=True, help="folder for the PNGs and grid.png")
     p.add_argument("--allow-pickle", action="store_true", help="allow loading pickled weights (.ckpt/.bin): they "
                    "can run code")
@@ -523,7 +525,8 @@ def run_generate(args) -> None:
     started = time.perf_counter()
     result = generate_to_folder(args.run, args.prompts, args.out, args.n, args.seed, args.steps, args.guidance,
                                 args.negative_prompt, args.allow_pickle, args.lora_scale, args.subject_start,
-                                progress=not args.quiet, options=sample_options(args), batch_size=args.batch_size)
+                                progress=not args.quiet, options=sample_options(args), batch_size=args.batch_size,
+                                references=args.references)
     print(f"wrote {len(result.files)} images and {result.grid} in {time.perf_counter() - started:.1f}s")
 
 
@@ -717,12 +720,17 @@ def bench_config(args):
 
 
 def default_bench_methods(args) -> list[str]:
-    """Every registered method that can run on --model; one whose pretrained network was made for another model
-    (the built-in PromptNet or apprentice on a Stable Diffusion model) is left out, with a warning."""
+    """Every registered method that can run on --model: one not built for its family is left out (FLUX.2's
+    reference row on SD), and one whose pretrained network was made for another model (the built-in PromptNet or
+    apprentice on a Stable Diffusion model), with a warning."""
     from .assets import unfit_pretrained
+    from .backbones import family_of
 
+    family = family_of(args.model)
     methods = []
     for method in registry.names():
+        if family is not None and not registry.get(method).runs_on(family.name):
+            continue
         reason = unfit_pretrained(method, args, args.model)
         if reason:
             warnings.warn(f"leaving {method} out of the bench: {reason} (name it in --methods with one that fits)")

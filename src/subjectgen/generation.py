@@ -8,7 +8,7 @@ from pathlib import Path
 
 from . import assets
 from .adapters import MANIFEST, Run, load_run
-from .config import SampleSettings, default_sample_steps
+from .config import SampleSettings
 from .errors import UserError
 from .models import inference_device
 from .training.outdir import RUN_SPEC, busy, hold, live_holder, release
@@ -41,15 +41,21 @@ def open_run_or_model(ref: str, allow_pickle: bool = False, lora_scale: float = 
 def generate_to_folder(ref: str, prompts: list[str], out: Path, n: int = 4, seed: int = 0, steps: int | None = None,
                        guidance: float | None = None, negative_prompt: str = "", allow_pickle: bool = False,
                        lora_scale: float = 1.0, subject_start: float = 0.0, progress: bool = False,
-                       options: dict | None = None, batch_size: int = 8) -> GenerateResult:
+                       options: dict | None = None, batch_size: int = 8,
+                       references: str | None = None) -> GenerateResult:
     """n images per prompt (seeds seed..seed+n-1), saved as p{prompt}-{k}.png, plus grid.png (a row per prompt).
     `subject_start`: the fraction of the steps sampled before the subject comes in (Run.early_steps);
-    `batch_size`: images sampled at once (the same images at any batch size, up to float rounding)."""
+    `batch_size`: images sampled at once (the same images at any batch size, up to float rounding);
+    `references`: a folder of photos the family's pipeline takes as reference images (FLUX.2 [klein])."""
     # a one-line error for any out of range
     SampleSettings(n, seed, steps, guidance, lora_scale, subject_start, batch_size)
     out = Path(out)
     check_writable(out)  # at once, before the model loads; again under the lock
+    if references is not None and not Path(references).is_dir():
+        raise UserError(f"--references {references}: no such folder; give a folder of photos of the subject")
     run = open_run_or_model(ref, allow_pickle, lora_scale)
+    if references is not None:
+        run.add_references(Path(references))
     if options:
         run.options = own_options(run, ref, options)
     if subject_start and not run.subject:
@@ -58,7 +64,7 @@ def generate_to_folder(ref: str, prompts: list[str], out: Path, n: int = 4, seed
     for prompt in prompts:
         if run.subject and "{subject}" not in prompt:
             warnings.warn(f"prompt {prompt!r} has no {{subject}}; it will not show the learned subject", stacklevel=2)
-    steps = steps or default_sample_steps(run.components.resolution)
+    steps = steps or run.components.backbone.default_steps(run.components)
     guidance = run.components.backbone.default_guidance if guidance is None else guidance
     expanded = [run.prompt_for_model(p) for p in prompts for _ in range(n)]
     seeds = [seed + k for _ in prompts for k in range(n)]
@@ -67,7 +73,8 @@ def generate_to_folder(ref: str, prompts: list[str], out: Path, n: int = 4, seed
                       denoiser_for=run.denoiser_for(negative_prompt, guidance), progress=progress)
     names = [f"p{i:02d}-{k}.png" for i in range(len(prompts)) for k in range(n)]
     record = {"prompts": prompts, "n": n, "seed": seed, "steps": steps, "guidance": guidance, "lora_scale": lora_scale,
-              "subject_start": subject_start, "source": str(ref), "options": run.options, "files": names}
+              "subject_start": subject_start, "source": str(ref), "options": run.options, "files": names,
+              **({"references": str(references)} if references is not None else {})}
     return write_images(out, dict(zip(names, images)), make_grid(images, n), record)
 
 

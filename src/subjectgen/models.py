@@ -120,7 +120,8 @@ def _load_single_file(path: Path, allow_pickle: bool) -> Components:
 def _download(repo_id: str, allow_pickle: bool) -> Path:
     from huggingface_hub import snapshot_download
 
-    patterns = ["*.json", "*.txt", "*.safetensors"] + (["*.bin"] if allow_pickle else [])
+    # *.jinja: a chat template beside its tokenizer (FLUX.2 [klein]'s Qwen tokenizer prompts through one)
+    patterns = ["*.json", "*.txt", "*.jinja", "*.safetensors"] + (["*.bin"] if allow_pickle else [])
     patterns = [f"{c}/{p}" for c in sorted(backbones.every_component()) for p in patterns] + ["model_index.json"]
     try:
         # the full-precision files only: hub repos also hold fp16 and non-EMA copies of every network

@@ -162,12 +162,14 @@ def generate(components: Components, prompts: list[str], seeds: list[int], steps
 
 
 def prompt_denoiser(components: Components, net, text_encoders: list, prompts: list[str], negative_prompt: str,
-                    guidance: float, context: Callable[[], AbstractContextManager] = nullcontext) -> Denoiser:
+                    guidance: float, context: Callable[[], AbstractContextManager] = nullcontext,
+                    references: Conditioning | None = None) -> Denoiser:
     """Guidance between the prompts and the negative prompt, on these networks (the model's own, a run's
     trained ones, or the base model's): the family's text conditioning and its per-image conditioning at the
-    model's resolution."""
+    model's resolution; `references` (one sample's, Backbone.reference_conditioning) on both sides."""
     family, size = components.backbone, components.resolution
-    image = family.image_conditioning([(size, size, 0, 0)] * len(prompts), size)
+    image = {**family.image_conditioning([(size, size, 0, 0)] * len(prompts), size),
+             **{k: v.expand(len(prompts), *v.shape[1:]) for k, v in (references or {}).items()}}
     cond = {**family.encode_text(components, prompts, text_encoders), **image}
     uncond = {**family.negative_conditioning(components, [negative_prompt] * len(prompts), text_encoders), **image}
     return family.guided_denoiser(components, net, cond, uncond, guidance, context)

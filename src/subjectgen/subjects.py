@@ -78,21 +78,32 @@ def to_image(tensor: torch.Tensor) -> Image.Image:
 
 def rare_token(tokenizer, avoid: set[str] = frozenset(), first_id: int | None = None) -> str:
     """A rare identifier as in the DreamBooth paper: a single token, late in BPE order (rare), that decodes
-    to a short string with no vowels (so not a common word), e.g. CLIP's 'sks'-like tokens."""
+    to a short string with no vowels (so not a common word), e.g. CLIP's 'sks'-like tokens. Whole-word tokens
+    are CLIP's ('sks</w>') or a byte-level BPE's (Qwen's, GPT-2's: 'Ġsks', the word after a space)."""
     vocab = tokenizer.get_vocab()
     start = first_id if first_id is not None else int(len(vocab) * 0.8)
     for text, idx in sorted(vocab.items(), key=lambda kv: kv[1]):
-        if idx < start or not text.endswith("</w>"):
-            continue
-        word = text[: -len("</w>")]
-        if len(word) == 3 and word.isascii() and word.isalpha() and word.islower():
-            if not set(word) & set("aeiouy") and word not in avoid and _single_token(tokenizer, word):
+        word, in_prompt = whole_word(text) if idx >= start else (None, None)
+        if word and len(word) == 3 and word.isascii() and word.isalpha() and word.islower():
+            if not set(word) & set("aeiouy") and word not in avoid and _single_token(tokenizer, in_prompt):
                 return word
     raise UserError("could not find a rare token in the tokenizer's vocabulary; pass --token")
 
 
-def _single_token(tokenizer, word: str) -> bool:
-    return len(tokenizer(word, add_special_tokens=False).input_ids) == 1
+BYTE_LEVEL_SPACE = "\u0120"  # 'Ġ': a byte-level BPE's mark of a token that begins after a space
+
+
+def whole_word(token: str) -> tuple[str | None, str | None]:
+    """(the word, the text that is this one token in a prompt) of a whole-word token; (None, None) otherwise."""
+    if token.endswith("</w>"):  # CLIP's BPE marks a word's end
+        return token[: -len("</w>")], token[: -len("</w>")]
+    if token.startswith(BYTE_LEVEL_SPACE):  # a byte-level BPE marks the space before a word
+        return token[1:], " " + token[1:]
+    return None, None
+
+
+def _single_token(tokenizer, text: str) -> bool:
+    return len(tokenizer(text, add_special_tokens=False).input_ids) == 1
 
 
 def expand_subject(prompt: str, subject: str) -> str:

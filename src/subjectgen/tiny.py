@@ -139,3 +139,69 @@ def save_tiny_flux_pipeline(out: Path, seed: int = 0, guidance_embeds: bool = Tr
     with atomic_dir(Path(out)) as tmp:
         build_tiny_flux_pipeline(seed, guidance_embeds).save_pretrained(tmp, safe_serialization=True)
     return Path(out)
+
+
+QWEN_CHAT_TEMPLATE = (  # Qwen3's template, cut to what Flux2KleinPipeline uses: user turns, no-thinking reply
+    "{% for message in messages %}<|im_start|>{{ message.role }}\n{{ message.content }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n"
+    "{% if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n{% endif %}{% endif %}")
+
+
+def qwen_tokenizer(max_length: int = 64):
+    """A small Qwen2-style tokenizer (byte-level BPE with Qwen's chat tokens and a chat template, trained here in a
+    second with the `tokenizers` library on the world's kind of captions): for tiny FLUX.2 [klein] models."""
+    import json
+
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import Qwen2TokenizerFast
+
+    special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    corpus = [f"user assistant a {c} {x}" for c in ("dog", "cat", "backpack", "teapot", "sks dog", "<s*> dog")
+              for x in ("on the beach", "in the snow", "wearing a santa hat", "red", "in the jungle")]
+    tok.train_from_iterator(corpus * 20, trainers.BpeTrainer(vocab_size=400, special_tokens=special,
+                                                             initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    model = json.loads(tok.to_str())["model"]
+    return Qwen2TokenizerFast(vocab=model["vocab"], merges=[tuple(m) for m in model["merges"]],
+                              chat_template=QWEN_CHAT_TEMPLATE, model_max_length=max_length,
+                              additional_special_tokens=special[1:])
+
+
+def build_tiny_flux2_klein_pipeline(seed: int = 0, distilled: bool = False):
+    """A tiny FLUX.2 [klein] pipeline (the real classes: a Qwen3 text encoder of 27 layers, so the pipeline's
+    hidden layers 9, 18 and 27 exist, Flux2Transformer2DModel, AutoencoderKLFlux2 with non-trivial batch-norm
+    statistics, the flow-matching scheduler): 64 px images (the pipeline takes no smaller reference images), 16x16x8
+    latents patchified to 8x8x32, 64 tokens.
+    distilled: the step-distilled variant's flag (no classifier-free guidance)."""
+    from diffusers import (AutoencoderKLFlux2, FlowMatchEulerDiscreteScheduler, Flux2KleinPipeline,
+                           Flux2Transformer2DModel)
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    torch.manual_seed(seed)
+    tokenizer = qwen_tokenizer()
+    text_encoder = Qwen3ForCausalLM(Qwen3Config(
+        vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=27, num_attention_heads=2,
+        num_key_value_heads=1, head_dim=8, max_position_embeddings=tokenizer.model_max_length,
+        tie_word_embeddings=True))
+    transformer = Flux2Transformer2DModel(
+        patch_size=1, in_channels=32, num_layers=1, num_single_layers=1, attention_head_dim=16, num_attention_heads=2,
+        joint_attention_dim=3 * 16, timestep_guidance_channels=32, mlp_ratio=2.0, axes_dims_rope=(4, 4, 4, 4),
+        guidance_embeds=False)
+    vae = AutoencoderKLFlux2(in_channels=3, out_channels=3, latent_channels=8, block_out_channels=(32, 32, 32),
+                             layers_per_block=1, down_block_types=("DownEncoderBlock2D",) * 3,
+                             up_block_types=("UpDecoderBlock2D",) * 3, sample_size=64, norm_num_groups=32)
+    with torch.no_grad():  # statistics as a trained VAE has them, so normalising is not the identity
+        vae.bn.running_mean.copy_(0.1 * torch.randn_like(vae.bn.running_mean))
+        vae.bn.running_var.copy_(0.5 + torch.rand_like(vae.bn.running_var))
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_image_seq_len=256,
+                                                max_image_seq_len=4096, base_shift=0.5, max_shift=1.15,
+                                                time_shift_type="exponential")
+    return Flux2KleinPipeline(scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+                              transformer=transformer, is_distilled=distilled)
+
+
+def save_tiny_flux2_klein_pipeline(out: Path, seed: int = 0, distilled: bool = False) -> Path:
+    with atomic_dir(Path(out)) as tmp:
+        build_tiny_flux2_klein_pipeline(seed, distilled).save_pretrained(tmp, safe_serialization=True)
+    return Path(out)

@@ -9,6 +9,7 @@ from ..errors import UserError
 from .base import Backbone, Components, Conditioning
 from .sd import StableDiffusion
 from .flux import Flux
+from .flux2 import Flux2Klein
 from .sdxl import StableDiffusionXL
 
 __all__ = ["Backbone", "Components", "Conditioning", "FAMILIES", "register", "for_pipeline_class",
@@ -29,6 +30,7 @@ def unregister(name: str) -> None:
 register(StableDiffusion())
 register(StableDiffusionXL())
 register(Flux())
+register(Flux2Klein())
 
 
 def supported() -> str:
@@ -75,9 +77,9 @@ def checkpoint_keys(path: Path) -> list[str]:
         raise UserError(f"could not read checkpoint {path}: {str(exc).splitlines()[0]}") from None
 
 
-def default_guidance_of(ref: str) -> float:
-    """A model's family's guidance default, read from its model_index.json without loading it (the common
-    default, 7.5, for a hub id or a single file, where no index is at hand)."""
+def family_of(ref: str) -> Backbone | None:
+    """A model's family, read from its model_index.json without loading it (None for a hub id or a single file,
+    where no index is at hand, and for a folder of no supported family)."""
     import json
 
     from ..assets import resolve
@@ -87,7 +89,13 @@ def default_guidance_of(ref: str) -> float:
         name = json.loads(index.read_text()).get("_class_name")
     except (OSError, ValueError, AttributeError):
         name = None
-    family = next((b for b in FAMILIES.values() if name in b.pipeline_classes), None)
+    return next((b for b in FAMILIES.values() if name in b.pipeline_classes), None)
+
+
+def default_guidance_of(ref: str) -> float:
+    """A model's family's guidance default, without loading it (the common default, 7.5, where the family is not
+    known: a hub id or a single file)."""
+    family = family_of(ref)
     return family.default_guidance if family else 7.5
 
 

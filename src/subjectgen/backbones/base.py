@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+from ..errors import UserError
+
 Conditioning = dict[str, torch.Tensor]
 
 
@@ -93,6 +95,7 @@ class Backbone:
     trainable_text_encoders: tuple[str, ...] = ()  # what --train-text-encoder trains (default: every encoder)
     flow_matching: bool = False                    # a velocity target on a flow schedule (no ᾱ, no min-SNR)
     default_guidance: float = 7.5                  # `generate`'s guidance scale when none is given
+    max_references: int = 0                        # reference photos its pipeline conditions on (0: it takes none)
 
     def text_encoders_to_train(self) -> tuple[str, ...]:
         return self.trainable_text_encoders or self.text_encoders
@@ -118,6 +121,12 @@ class Backbone:
     def resolution(self, c: Components) -> int:
         return c.denoiser.config.sample_size * c.vae_scale
 
+    def default_steps(self, c: Components) -> int:
+        """Sampler steps when none are given (by resolution: 50 for SD-size models, 25 for the small ones)."""
+        from ..config import default_sample_steps
+
+        return default_sample_steps(self.resolution(c))
+
     def buckets(self, c: Components) -> list[tuple[int, int]]:
         """Aspect-ratio buckets of the model's pixel budget, in multiples of what the denoiser can take: the VAE's
         factor times the UNet's downsamplings (64 px on SD, 32 on SDXL)."""
@@ -141,6 +150,20 @@ class Backbone:
         """Per-image conditioning from each image's (original height, width, crop top, crop left), beside the
         text's: SDXL's time ids. None for most families."""
         return {}
+
+    def check_references(self, what: str) -> None:
+        """A one-line UserError when this family's pipeline takes no reference images (`what`: the flag or method
+        that asked for them)."""
+        if not self.max_references:
+            from . import FAMILIES
+
+            takers = " or ".join(b.title for b in FAMILIES.values() if b.max_references)
+            raise UserError(f"{what}: {self.title} takes no reference images; use a {takers} model")
+
+    def reference_conditioning(self, c: Components, images: list) -> Conditioning:
+        """The conditioning reference photos (PIL images) add to every denoiser call, for one sample: the same on
+        the prompt's side of guidance and the negative's (FLUX.2's reference tokens)."""
+        raise NotImplementedError
 
     # --- the denoiser ---------------------------------------------------------------------------------
     def call(self, net: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
@@ -190,6 +213,11 @@ class Backbone:
         return c.vae.decode(z + shift if shift else z).sample
 
     # --- what a method saves ------------------------------------------------------------------------------
+    def lora_target_modules(self, c: Components, component: str) -> list[str]:
+        """The module names LoRA adapts in a component (peft's target_modules): the family's lists by default; a
+        family whose names depend on the model's size builds them here."""
+        return list(self.lora_targets if component == self.denoiser else self.text_lora_targets)
+
     def save_lora(self, run_dir: Path, layers: dict[str, dict], metadata: dict[str, dict]) -> None:
         """Write LoRA layers (by component) in diffusers' file for this family's pipeline."""
         raise NotImplementedError

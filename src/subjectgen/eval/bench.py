@@ -48,6 +48,7 @@ def resolve_config(cfg: BenchConfig, bench: Benchmark) -> BenchConfig:
     bad = [m for m in cfg.methods if m not in registry.names()]
     if bad:
         raise UserError(f"--methods: unknown {', '.join(bad)}; choose from {', '.join(registry.names())}")
+    check_families(cfg)
     world_subjects(bench, warn=False)  # a subjects.json naming an unknown instance stops the bench before it starts
     for name in cfg.subjects or bench.classes:
         if not (bench.root / name).is_dir():
@@ -56,6 +57,17 @@ def resolve_config(cfg: BenchConfig, bench: Benchmark) -> BenchConfig:
             load_subject(bench.root / name, bench.classes[name], resolution=8, masks=True)
     check_pretrained_assets(cfg)
     return cfg
+
+
+def check_families(cfg: BenchConfig) -> None:
+    """A method not built for the model's family (FLUX.2's reference row on SD, ProFusion on SDXL) is a one-line
+    error now, not after the other methods' pairs."""
+    from ..backbones import FAMILIES, family_of
+
+    family = family_of(cfg.model)
+    if family is not None:
+        for method in cfg.methods:
+            registry.get(method).check_family(family.name, {n: b.title for n, b in FAMILIES.items()})
 
 
 def check_pretrained_assets(cfg: BenchConfig) -> None:
@@ -144,9 +156,7 @@ class Context:
         return self.bench.prompts_for(subject)[: self.cfg.prompts]
 
     def steps(self, run) -> int:
-        from ..config import default_sample_steps
-
-        return self.cfg.sample_steps or default_sample_steps(run.components.resolution)
+        return self.cfg.sample_steps or run.components.backbone.default_steps(run.components)
 
     def pair_dir(self, method: str, subject: str) -> Path:
         return self.out / "pairs" / method / subject

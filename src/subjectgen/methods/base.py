@@ -178,7 +178,8 @@ class Method:
         from ..sampling import prompt_denoiser
 
         c = run.components
-        return prompt_denoiser(c, c.denoiser, c.text_encoders, prompts, negative_prompt, guidance)
+        return prompt_denoiser(c, c.denoiser, c.text_encoders, prompts, negative_prompt, guidance,
+                               references=run.reference_conditioning())
 
     @classmethod
     def prompt_for_run(cls, manifest: dict, prompt: str) -> str:

@@ -14,6 +14,7 @@ from diffusers.utils import convert_state_dict_to_diffusers
 from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model
 
 from ..adapters import lora_off
+from ..errors import UserError
 from ..models import load_model, quiet_loading
 from ..subjects import rare_token
 from .base import Method
@@ -26,6 +27,13 @@ UNET_LORA_TARGETS = list(StableDiffusion.lora_targets)  # SD's, for benchmarks t
 class DreamBooth(Method):
     """Full fine-tune of the denoiser (and optionally the text encoders); saves a whole diffusers pipeline of
     the model's family."""
+
+    @classmethod
+    def check_inputs(cls, cfg, components, subject) -> None:
+        family = components.backbone
+        if cfg.train_text_encoder and not family.text_encoders_to_train():
+            raise UserError(f"--train-text-encoder: {family.title}'s text encoder does not train here (its "
+                            "pipeline's LoRA loader takes the transformer alone); leave it out")
 
     def choose_token(self) -> str:
         return self.cfg.token or rare_token(self.components.tokenizer, avoid={self.subject.class_noun})
@@ -63,8 +71,7 @@ class DreamBoothLoRA(DreamBooth):
                           target_modules=targets)
 
     def targets(self, component: str) -> list[str]:
-        family = self.components.backbone
-        return list(family.lora_targets if component == family.denoiser else family.text_lora_targets)
+        return self.components.backbone.lora_target_modules(self.components, component)
 
     def setup(self) -> None:
         c = self.components

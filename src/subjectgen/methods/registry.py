@@ -50,11 +50,14 @@ class MethodSpec:
     photos_used: int | None = None               # how many of the subject's photos it uses, the first ones (None: all)
     families: tuple[str, ...] | None = None      # the model families it is built for (backbones/); None: every one
 
+    def runs_on(self, family: str) -> bool:
+        return self.families is None or family in self.families
+
     def check_family(self, family: str, titles: dict[str, str]) -> None:
         """A one-line error when this method cannot run on the model's family (ProFusion's PromptNet is built
         from an SD UNet's encoder); `titles`: every family's name -> title."""
-        if self.families is not None and family not in self.families:
-            others = [name for name, spec in REGISTRY.items() if spec.listed and family in (spec.families or [family])]
+        if not self.runs_on(family):
+            others = [name for name, spec in REGISTRY.items() if spec.listed and spec.runs_on(family)]
             raise UserError(f"{self.name} is not built for {titles[family]}; it runs on "
                             f"{', '.join(titles[f] for f in self.families if f in titles)} (on this model use "
                             f"{', '.join(others)})")
@@ -155,6 +158,15 @@ register(MethodSpec(
     bounds={"steps": Bound(low=0, high=0, integer=True)},
     drops=TRAINING_SETTINGS,
     families=("sd",)))
+register(MethodSpec(
+    "reference", "the model's own reference images: the subject's photos given to its pipeline (FLUX.2 [klein]'s "
+    "multi-reference generation), zero-shot (nothing trains)",
+    "subjectgen.methods.reference:References",
+    photos_used=4,  # FLUX.2 [klein]'s most (Backbone.max_references)
+    defaults={"steps": (0, 0), "num_class_images": (0, 0)},
+    bounds={"steps": Bound(low=0, high=0, integer=True)},
+    drops=TRAINING_SETTINGS,
+    families=("flux2",)))
 register(MethodSpec(
     "apprentice-train", "train the apprentice on an expert farm (subjectgen apprentice train)",
     "subjectgen.methods.apprentice:ApprenticeTraining",

@@ -88,6 +88,8 @@ class Trainer:
             raise UserError(f"--snr-gamma: min-SNR weighting is defined for ε and v targets, not for {family.title}'s "
                             "flow matching; leave it out")
         self.cfg = resolve_defaults(cfg, self.components.resolution)
+        if cfg.sample_steps is None:  # the family's (a step-distilled model's few), for class images and grids
+            self.cfg.sample_steps = family.default_steps(self.components)
         if self.cfg.guidance is None:  # class images, validation grids and eval points sample as `generate` does
             self.cfg.guidance = family.default_guidance
         self.subject = None if cfg.subject_dir is None else load_subject(  # None: a dataset method (pretraining)
