@@ -173,3 +173,20 @@ def test_every_repository_file_named_exists(name, text):
     assert named, f"{name} names no repository files"
     missing = sorted(str(p.relative_to(ROOT)) for p in named if not p.exists())
     assert not missing, missing
+
+
+def test_the_readme_family_table_is_what_the_code_runs():
+    """Each row's pipeline class names a registered family; each 'yes' is a method the registry runs on it."""
+    from subjectgen.backbones import FAMILIES
+    from subjectgen.methods import registry
+
+    lines = [line for line in README.splitlines() if line.startswith("| ") and "`" in line]
+    header = next(line for line in lines if line.startswith("| model family"))
+    methods = re.findall(r"`([a-z-]+)`", header)
+    rows = [line for line in lines if "Pipeline`" in line]
+    assert len(rows) == len(FAMILIES)  # every family has its row
+    for row in rows:
+        pipeline = re.search(r"`(\w+Pipeline)`", row).group(1)
+        family = next(name for name, b in FAMILIES.items() if pipeline in b.pipeline_classes)
+        cells = [cell.strip() for cell in row.strip("|").split("|")[1:]]
+        assert dict(zip(methods, cells)) == {m: "yes" if registry.get(m).runs_on(family) else "no" for m in methods}
