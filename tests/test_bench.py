@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
 from subjectgen.adapters import MANIFEST
@@ -66,6 +67,30 @@ def test_averages_per_subject_then_over_subjects(finished):
     assert summary["clip_i_per_image"] == pytest.approx(sum(images) / len(images))
     oracle = results["summary"]["oracle"]
     assert -1 <= oracle["dino"] <= 1 and "clip_t" not in oracle and oracle["subjects"] == 2
+
+
+def test_pres_and_div_are_scored_from_the_images_on_disk(finished, evaluator_dirs):
+    """PRES from each pair's class-prompt images ('a dog', seed + k), DIV from each prompt's images, for the baseline
+    and the method; the perfect row has DIV but no PRES (it has no model to drift)."""
+    from subjectgen.eval.metrics import load_evaluators, mean_pairwise_cosine
+
+    ev = load_evaluators(*evaluator_dirs)
+    results = json.loads((finished / "results.json").read_text())
+    photos = [Image.open(p).convert("RGB") for p in sorted((EMOJIBENCH / "dog").glob("*.png"))]
+    for method in ("baseline", "lora"):
+        pair = results["pairs"][method]["dog"]
+        assert pair["pres_files"] == [f"pairs/{method}/dog/images/class-{k}.png" for k in range(4)]
+        class_images = ev.dino_embed([Image.open(finished / f).convert("RGB") for f in pair["pres_files"]])
+        want = torch.nn.functional.cosine_similarity(class_images[:, None], ev.dino_embed(photos)[None], dim=-1)
+        assert pair["pres"] == pytest.approx(float(want.mean()), abs=1e-5)
+        prompt = pair["prompts"][1]
+        images = ev.dino_embed([Image.open(finished / f).convert("RGB") for f in prompt["files"]])
+        assert prompt["div"] == pytest.approx(1 - mean_pairwise_cosine(images), abs=1e-5)
+        assert pair["div"] == pytest.approx(sum(p["div"] for p in pair["prompts"]) / 2)
+        assert pair["pres_seconds"] > 0 and results["summary"][method]["pres"] is not None
+    if "perfect" in results["pairs"]:
+        assert "pres" not in results["pairs"]["perfect"]["dog"] and results["summary"]["perfect"]["div"] is not None
+    assert "| PRES ↓ | DIV ↑ |" in (finished / "table.md").read_text()
 
 
 def test_rerun_skips_finished_pairs_and_report_rebuilds(finished, tiny_model, evaluator_dirs, capsys):

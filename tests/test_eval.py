@@ -27,6 +27,46 @@ def test_oracle_leaves_self_pairs_out():
     assert oracle_scores(refs) == pytest.approx(2 * 0.70711 / 3, abs=1e-4)
 
 
+class FixedEmbeddings:
+    """An evaluator whose DINO embedding of an image is a fixed vector, looked up by the image's colour: the hand
+    computations below need known embeddings."""
+
+    def __init__(self, vectors: dict[tuple, list[float]]):
+        self.vectors = vectors
+
+    def dino_embed(self, images):
+        return torch.tensor([self.vectors[im.getpixel((0, 0))] for im in images])
+
+
+def test_pres_and_div_match_a_hand_computation():
+    from subjectgen.eval.metrics import diversity, prior_preservation
+
+    colours = {(255, 0, 0): [1.0, 0.0], (0, 255, 0): [0.0, 1.0], (0, 0, 255): [1.0, 1.0], (9, 9, 9): [3.0, 0.0]}
+    ev = FixedEmbeddings(colours)
+    red, green, blue, grey = (Image.new("RGB", (8, 8), c) for c in colours)
+    # PRES: each class image against every photo (red, blue), averaged: green (0 + 0.7071) / 2, grey (1 + 0.7071) / 2
+    pres = prior_preservation(ev, [green, grey], [red, blue])
+    assert pres["per_image"] == pytest.approx([0.35355, 0.85355], abs=1e-4)
+    assert pres["pres"] == pytest.approx(0.60355, abs=1e-4)
+    # DIV: 1 - the mean cosine over the pairs of distinct images: (red, green) 0, (red, blue) and (green, blue) 0.7071
+    assert diversity(ev.dino_embed([red, green, blue])) == pytest.approx(1 - 2 * 0.70711 / 3, abs=1e-4)
+    assert diversity(ev.dino_embed([red, grey])) == pytest.approx(0.0, abs=1e-6)  # the same direction: no diversity
+    assert diversity(ev.dino_embed([red])) is None  # one image has no pairs
+
+
+def test_pres_and_div_average_per_subject_then_over_subjects():
+    from subjectgen.eval.report import summarize, table
+
+    pairs = {"dog": {"dino": 0.5, "clip_i": 0.5, "clip_t": 0.3, "pres": 0.40, "div": 0.10, "train_seconds": 1.0,
+                     "generate_seconds": 1.0},
+             "can": {"dino": 0.5, "clip_i": 0.5, "clip_t": 0.3, "pres": 0.60, "div": 0.30, "train_seconds": 1.0,
+                     "generate_seconds": 1.0}}
+    summary = summarize("lora", pairs)
+    assert summary["pres"] == pytest.approx(0.5) and summary["div"] == pytest.approx(0.2)
+    text = table({"lora": summary})
+    assert "| PRES ↓ | DIV ↑ |" in text and "| 0.500 | 0.200 |" in text and "LPIPS" in text
+
+
 @pytest.mark.skipif(not DREAMBENCH.is_dir(), reason="../shared/datasets/dreambench not present")
 def test_dreambench_prompt_file_parsed_exactly():
     bench = read_benchmark(DREAMBENCH)

@@ -447,6 +447,9 @@ def add_bench_parser(sub) -> None:
                    help="use the first N prompts of each list (default: all 25)")
     p.add_argument("--images-per-prompt", type=bench_type("images_per_prompt"),
                    help="images per prompt (default: 4)")
+    p.add_argument("--pres-images", type=bench_type("pres_images"), default=4,
+                   help="images of the class prompt alone ('a dog') per subject and method, for PRES, the language "
+                        "drift check (seeds seed+k; default: 4; 0: no PRES)")
     p.add_argument("--train-steps", type=bench_type("train_steps"), help="training steps (default: each method's)")
     p.add_argument("--train-lr", type=bench_type("train_lr"), help="learning rate (default: each method's)")
     p.add_argument("--promptnet", default="builtin", help="ProFusion's pretrained PromptNet (default: builtin)")
@@ -709,7 +712,8 @@ def bench_config(args):
         chosen = {k: v if v is not None else QUICK[k] for k, v in chosen.items()}
     chosen["images_per_prompt"] = chosen["images_per_prompt"] or 4
     methods = default_bench_methods(args) if args.methods is None else name_list(args.methods, "--methods")
-    return BenchConfig(bench=args.bench, out=args.out, methods=methods, model=args.model, **chosen, seed=args.seed,
+    return BenchConfig(bench=args.bench, out=args.out, methods=methods, model=args.model, **chosen,
+                       pres_images=args.pres_images, seed=args.seed,
                        sample_steps=args.sample_steps, guidance=args.guidance, train_steps=args.train_steps,
                        train_lr=args.train_lr, promptnet=args.promptnet, apprentice=args.apprentice,
                        masked_loss=args.masked_loss, subject_start=args.subject_start, dino=args.dino,

@@ -248,6 +248,7 @@ class BenchConfig:
     subjects: list[str] | None = None
     prompts: int | None = setting(None, AT_LEAST_1)      # the first N prompts of each list
     images_per_prompt: int = setting(4, AT_LEAST_1)
+    pres_images: int = setting(4, NON_NEGATIVE_INT)  # PRES: images of the class prompt alone per subject (0: none)
     seed: int = setting(0, SEED)
     sample_steps: int | None = setting(None, SAMPLER_STEPS)  # default: 25 below 256 px, else 50
     guidance: float | None = setting(None, NON_NEGATIVE)  # default: the model family's (7.5; FLUX.1's 3.5)

@@ -45,6 +45,10 @@ def summarize(method: str, subjects: dict[str, dict]) -> dict:
         images = [v for s in rows for p in s.get("prompts", []) for v in p["per_image"][m]]
         if images:
             summary[f"{m}_per_image"] = sum(images) / len(images)
+    for m in ("pres", "div"):  # DreamBooth's two checks, over the subjects that have them
+        values = [s[m] for s in rows if s.get(m) is not None]
+        if values:
+            summary[m] = sum(values) / len(values)
     if method != "oracle" and rows:
         summary["train_seconds_per_subject"] = sum(s["train_seconds"] for s in rows) / len(rows)
         summary["generate_seconds_per_subject"] = sum(s["generate_seconds"] for s in rows) / len(rows)
@@ -136,6 +140,10 @@ def protocol_notes(pairs: dict) -> dict:
             "clip_t_prompt": "the prompt with the identifier removed ('a dog on the beach')",
             "averaging": "per image -> per prompt -> per subject -> mean over subjects",
             "oracle": "each real photo against the subject's other photos",
+            "pres": "DINO of the model's images of the class prompt alone ('a dog', seeds seed + k, pres_images per "
+                    "subject) against the subject's photos, averaged per subject; lower is better",
+            "div": "1 - the mean DINO cosine of every pair of distinct images of one prompt, per prompt -> per subject "
+                   "-> mean over subjects (DreamBooth's DIV with DINO in place of LPIPS)",
             "perfect": "the world's own render of the subject in each prompt's context (world-made benches only)",
             "gain": "(DINO_method - DINO_baseline) / (DINO_perfect - DINO_baseline) on the means over subjects; "
                     f"per subject clipped to [{GAIN_CLIP[0]:g}, {GAIN_CLIP[1]:g}]; above 1 the method copies the "
@@ -155,12 +163,13 @@ def table(summary: dict) -> str:
     """The bench table; the gain columns appear when the bench has a perfect row."""
     gains = "perfect" in summary
     head = "| method | DINO | CLIP-I | CLIP-T | " + ("gain | gain per subject | " if gains else "") + \
-        "CLIP-T vs baseline | subjects | train s/subject | generate s/subject |"
+        "CLIP-T vs baseline | PRES ↓ | DIV ↑ | subjects | train s/subject | generate s/subject |"
     lines = [head, "|" + "---|" * head.count(" | ") + "---|"]
     for method, s in summary.items():
         gain_cells = f"{gain_text(s)} | {fmt(s.get('gain_per_subject'), 2)} | " if gains else ""
         lines.append(f"| {method} | {fmt(s.get('dino'))} | {fmt(s.get('clip_i'))} | {fmt(s.get('clip_t'))} | "
-                     f"{gain_cells}{percent(s.get('clip_t_vs_baseline'))} | {s['subjects']} | "
+                     f"{gain_cells}{percent(s.get('clip_t_vs_baseline'))} | {fmt(s.get('pres'))} | "
+                     f"{fmt(s.get('div'))} | {s['subjects']} | "
                      f"{fmt(s.get('train_seconds_per_subject'), 1)} | "
                      f"{fmt(s.get('generate_seconds_per_subject'), 1)} |")
     if gains:
@@ -169,7 +178,15 @@ def table(summary: dict) -> str:
                      "(the perfect row). Above 1 a method copies the photos (their backdrop and pose) rather than "
                      f"placing the subject in the scene. Per subject: each subject's gain clipped to "
                      f"[{GAIN_CLIP[0]:g}, {GAIN_CLIP[1]:g}], then the mean.")
+    if any(s.get("pres") is not None or s.get("div") is not None for s in summary.values()):
+        lines.append(f"\n{CHECKS_NOTE}")
     return "\n".join(lines) + "\n"
+
+
+CHECKS_NOTE = ("PRES (language drift, lower is better): DINO of the images the model makes from the class prompt alone "
+               "('a dog') against the subject's photos; above the baseline's, the class itself has drifted onto the "
+               "subject. DIV (higher is better): 1 − the mean DINO similarity of every pair of images of one subject "
+               "and prompt (DreamBooth's paper uses LPIPS, which cannot be had offline).")
 
 
 def page(out: Path, results: dict) -> str:
@@ -181,12 +198,14 @@ def page(out: Path, results: dict) -> str:
     for name in subjects:
         atomic_write_bytes(out / "subjects" / f"{name}.html", subject_page(out, name, results).encode())
     extra = {"gain": gain_text, "CLIP-T vs baseline": lambda s: percent(s.get("clip_t_vs_baseline")),
+             "PRES ↓": lambda s: fmt(s.get("pres")), "DIV ↑": lambda s: fmt(s.get("div")),
              "train s/subject": lambda s: fmt(s.get("train_seconds_per_subject"), 1),
              "generate s/subject": lambda s: fmt(s.get("generate_seconds_per_subject"), 1)}
     parts = [f"<h1>subjectgen bench</h1><p class='lede'>{esc(protocol.get('bench'))} · model "
              f"<code>{esc(protocol.get('model'))}</code> · {len(subjects)} subjects · "
              f"{esc(protocol.get('images_per_prompt'))} image(s) per prompt · methods: {esc(', '.join(methods))}</p>",
-             f"<div class='card'><h2>Scores (mean over subjects)</h2>{metric_table(results['summary'], extra)}</div>"]
+             f"<div class='card'><h2>Scores (mean over subjects)</h2>{metric_table(results['summary'], extra)}"
+             f"<p class='note'>{esc(CHECKS_NOTE)}</p></div>"]
     if (out / "scores.png").is_file():
         parts.append("<div class='card plots'><h2>Per metric, and the trade-off (each dot a subject: CLIP-T "
                      "against DINO; up and right is better)</h2><img src='scores.png' alt='scores per metric'> "
@@ -210,7 +229,8 @@ def subject_page(out: Path, name: str, results: dict) -> str:
     pairs, seed = results["pairs"], results["protocol"].get("seed", 0)
     mine = {m: subjects[name] for m, subjects in pairs.items() if name in subjects}
     noun = next((p.get("class") for p in mine.values() if p.get("class")), "")
-    extra = {"train s": lambda s: fmt(s.get("train_seconds"), 1),
+    extra = {"PRES ↓": lambda s: fmt(s.get("pres")), "DIV ↑": lambda s: fmt(s.get("div")),
+             "train s": lambda s: fmt(s.get("train_seconds"), 1),
              "generate s": lambda s: fmt(s.get("generate_seconds"), 1)}
     parts = [f"<p><a href='../report.html'>← all subjects</a></p><h1>{esc(name)}</h1><p class='lede'>class: "
              f"{esc(noun)}</p><div class='card'><h2>The subject's photos</h2>"
