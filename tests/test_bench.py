@@ -51,6 +51,11 @@ def test_bench_writes_every_output(finished):
     for name in ("table.md", "report.html", "scores.png", "tradeoff.png"):
         assert (finished / name).stat().st_size > 0
     assert "| lora |" in (finished / "table.md").read_text()
+    by_type = results["summary"]["lora"]["by_type"]  # two prompts, both scenes: one type, equal to the whole table
+    assert list(by_type) == ["recontextualization"] and by_type["recontextualization"]["subjects"] == 2
+    assert by_type["recontextualization"]["clip_t"] == pytest.approx(results["summary"]["lora"]["clip_t"])
+    assert "| lora | recontextualization |" in (finished / "table.md").read_text()
+    assert "By prompt type" in (finished / "report.html").read_text()
     assert results["protocol"]["images_per_prompt"] == 2 and "torch" in results["versions"]
 
 

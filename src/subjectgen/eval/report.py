@@ -18,6 +18,7 @@ from ..safeio import atomic_write_bytes, atomic_write_json
 from .html import esc, figure, fmt, metric_table, strip
 from .html import page as html_page
 from .plots import bar_chart, scatter_plot
+from .prompts import PROMPT_TYPES, prompt_type
 
 METRICS = ("dino", "clip_i", "clip_t")
 FIRST = ("oracle", "baseline", "perfect")  # then the methods in the registry's order
@@ -50,9 +51,26 @@ def summarize(method: str, subjects: dict[str, dict]) -> dict:
         if values:
             summary[m] = sum(values) / len(values)
     if method != "oracle" and rows:
+        summary["by_type"] = by_prompt_type(rows)
         summary["train_seconds_per_subject"] = sum(s["train_seconds"] for s in rows) / len(rows)
         summary["generate_seconds_per_subject"] = sum(s["generate_seconds"] for s in rows) / len(rows)
     return summary
+
+
+def by_prompt_type(rows: list[dict]) -> dict[str, dict]:
+    """DINO, CLIP-I and CLIP-T per prompt type (prompts.prompt_type), averaged as the whole table is: each subject's
+    mean over its prompts of the type, then the mean over the subjects that have such prompts."""
+    out = {}
+    for kind in PROMPT_TYPES:
+        per_subject = []
+        for s in rows:
+            mine = [p for p in s.get("prompts", []) if prompt_type(p["template"]) == kind]
+            if mine:
+                per_subject.append({m: sum(p[m] for p in mine) / len(mine) for m in METRICS})
+        if per_subject:
+            out[kind] = {**{m: sum(r[m] for r in per_subject) / len(per_subject) for m in METRICS},
+                         "subjects": len(per_subject)}
+    return out
 
 
 def gain(dino: float, baseline: float, perfect: float) -> float | None:
@@ -180,7 +198,24 @@ def table(summary: dict) -> str:
                      f"[{GAIN_CLIP[0]:g}, {GAIN_CLIP[1]:g}], then the mean.")
     if any(s.get("pres") is not None or s.get("div") is not None for s in summary.values()):
         lines.append(f"\n{CHECKS_NOTE}")
+    if any(s.get("by_type") for s in summary.values()):
+        lines += ["", type_table(summary)]
     return "\n".join(lines) + "\n"
+
+
+TYPES_NOTE = ("By prompt type (DreamBench's: recontextualization, a new scene; accessorization, an outfit, live subjects "
+              "only; property, the subject itself changed), each subject's mean over its prompts of the type, then the "
+              "mean over the subjects that have them.")
+
+
+def type_table(summary: dict) -> str:
+    """table.md's second table: DINO, CLIP-I and CLIP-T per method and prompt type."""
+    lines = [TYPES_NOTE, "", "| method | prompt type | DINO | CLIP-I | CLIP-T | subjects |", "|---|---|---|---|---|---|"]
+    for method, s in summary.items():
+        for kind, t in s.get("by_type", {}).items():
+            lines.append(f"| {method} | {kind} | {fmt(t['dino'])} | {fmt(t['clip_i'])} | {fmt(t['clip_t'])} | "
+                         f"{t['subjects']} |")
+    return "\n".join(lines)
 
 
 CHECKS_NOTE = ("PRES (language drift, lower is better): DINO of the images the model makes from the class prompt alone "
@@ -205,7 +240,7 @@ def page(out: Path, results: dict) -> str:
              f"<code>{esc(protocol.get('model'))}</code> · {len(subjects)} subjects · "
              f"{esc(protocol.get('images_per_prompt'))} image(s) per prompt · methods: {esc(', '.join(methods))}</p>",
              f"<div class='card'><h2>Scores (mean over subjects)</h2>{metric_table(results['summary'], extra)}"
-             f"<p class='note'>{esc(CHECKS_NOTE)}</p></div>"]
+             f"<p class='note'>{esc(CHECKS_NOTE)}</p></div>", type_card(results["summary"])]
     if (out / "scores.png").is_file():
         parts.append("<div class='card plots'><h2>Per metric, and the trade-off (each dot a subject: CLIP-T "
                      "against DINO; up and right is better)</h2><img src='scores.png' alt='scores per metric'> "
@@ -222,6 +257,18 @@ def page(out: Path, results: dict) -> str:
     parts.append(f"<details class='card'><summary>Protocol</summary><pre>{esc(json.dumps(protocol, indent=1))}</pre>"
                  f"<pre>{esc(json.dumps(results['versions'], indent=1))}</pre></details>")
     return html_page("subjectgen bench", parts)
+
+
+def type_card(summary: dict) -> str:
+    """report.html's table per method and prompt type ('' when no method has prompts)."""
+    rows = "".join(f"<tr><td>{esc(m)}</td><td>{esc(kind)}</td>" + "".join(f"<td>{fmt(t[k])}</td>" for k in METRICS)
+                   + f"<td>{t['subjects']}</td></tr>" for m, s in summary.items()
+                   for kind, t in s.get("by_type", {}).items())
+    if not rows:
+        return ""
+    return ("<div class='card'><h2>By prompt type</h2><table><tr><th>method</th><th>prompt type</th><th>DINO ↑</th>"
+            f"<th>CLIP-I ↑</th><th>CLIP-T ↑</th><th>subjects</th></tr>{rows}</table>"
+            f"<p class='note'>{esc(TYPES_NOTE)}</p></div>")
 
 
 def subject_page(out: Path, name: str, results: dict) -> str:
