@@ -351,13 +351,27 @@ class Trainer:
             "assets": [assets.record("model", self.cfg.model)] + self.method.asset_records(),
             **({"evaluation": self.evaluation.record()} if self.evaluation is not None else {}),
             "metrics": {"final_loss": final_loss if self.cfg.steps else None, "train_seconds": round(seconds, 3),
-                        "time_to_subject_seconds": round(time.perf_counter() - self.started, 3),
+                        **self.time_to_subject(),
                         "steps_per_second": round(done / seconds, 3) if seconds and done else None,
                         "world_size": self.accelerator.num_processes},
             "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__,
                          "transformers": transformers.__version__, "peft": peft.__version__,
                          "accelerate": accelerate.__version__, "python": platform.python_version()},
         }
+
+
+    def time_to_subject(self) -> dict:
+        """The seconds from the start of train() (loading, class images, caching) to the weights the run keeps: with
+        --select best to the chosen eval point, else to the end (saving included); the eval points' own sampling and
+        scoring left out (eval_seconds), so that measuring does not count as learning."""
+        if self.evaluation is None:
+            return {"time_to_subject_seconds": round(time.perf_counter() - self.started, 3),
+                    "time_to_subject_step": self.cfg.steps}
+        kept = self.evaluation.seconds_to_kept_step()
+        whole = time.perf_counter() - self.started - self.evaluation.seconds
+        return {"time_to_subject_seconds": round(whole if kept is None else kept, 3),
+                "time_to_subject_step": self.evaluation.kept_step() if kept is not None else self.cfg.steps,
+                "eval_seconds": round(self.evaluation.seconds, 3)}
 
 
 class LossLog:
