@@ -456,6 +456,12 @@ def add_bench_parser(sub) -> None:
     p.add_argument("--apprentice", default="builtin", help="the apprentice of apprentice runs (default: builtin)")
     p.add_argument("--masked-loss", action="store_true", help="train every method with a masked loss, from each "
                    "subject's masks/ folder (EmojiBench ships them)")
+    p.add_argument("--eval-every", type=bench_type("eval_every"), default=0, metavar="N",
+                   help="each trained run scores eval points every N steps with the bench's evaluators (train "
+                        "--eval-every): its curve goes to the trade-off figure (default: 0, none)")
+    p.add_argument("--select", choices=("last", "best"), default="last",
+                   help="the step each trained run keeps: the last, or with --eval-every the one the rule in "
+                        "docs/BENCHMARK.md chooses (train --select; default: last)")
     p.add_argument("--sample-steps", type=bench_type("sample_steps"),
                    help="sampler steps (default: 25 below 256 px, else 50)")
     p.add_argument("--subject-start", type=bench_type("subject_start"), default=0.0, metavar="FRACTION",
@@ -716,7 +722,8 @@ def bench_config(args):
                        pres_images=args.pres_images, seed=args.seed,
                        sample_steps=args.sample_steps, guidance=args.guidance, train_steps=args.train_steps,
                        train_lr=args.train_lr, promptnet=args.promptnet, apprentice=args.apprentice,
-                       masked_loss=args.masked_loss, subject_start=args.subject_start, dino=args.dino,
+                       masked_loss=args.masked_loss, eval_every=args.eval_every, select=args.select,
+                       subject_start=args.subject_start, dino=args.dino,
                        clip=args.clip, runs_from=args.runs_from, sample_options=sample_options(args))
 
 

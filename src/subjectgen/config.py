@@ -257,6 +257,8 @@ class BenchConfig:
     promptnet: str = "builtin"      # ProFusion's pretrained PromptNet (train profusion --promptnet)
     apprentice: str = "builtin"     # the apprentice (train apprentice --apprentice)
     masked_loss: bool = False       # train on the subject's masks only (SUBJECT/masks/, as EmojiBench ships)
+    eval_every: int = setting(0, NON_NEGATIVE_INT)  # each trained run's eval points (train --eval-every), 0: none
+    select: str = setting("last", choices=("last", "best"))  # the step each run keeps (train --select)
     subject_start: float = setting(0.0, FRACTION_BELOW_1)  # steps sampled without the subject (generate's flag)
     sample_options: dict = field(default_factory=dict)  # a method's own generation settings (FusionSettings' flags)
     dino: str | None = None         # default: built-in for EmojiBench, the real ones otherwise
@@ -271,6 +273,10 @@ class BenchConfig:
     def __post_init__(self) -> None:
         check_settings(self)
         check_sample_options(self.sample_options)
+        if self.select not in ("last", "best"):
+            raise UserError(f"--select must be last or best, got {self.select!r}")
+        if self.select == "best" and not self.eval_every:
+            raise UserError("--select best needs --eval-every N (the eval points each run chooses among)")
         for name in self.methods:  # --train-steps within each method's own range (0 only where it means something)
             if name in registry.names() and self.train_steps is not None and "steps" not in registry.get(name).drops:
                 bound = registry.get(name).bounds.get("steps", bound_of(TrainConfig, "steps"))

@@ -80,9 +80,9 @@ def differing_settings(spec: Path, protocol: dict) -> list[str]:
 # The protocol keys that decide a trained run, and those that change only a method's images: another folder's
 # runs are reusable when the first match, its baseline images when all but the second match.
 TRAINING_KEYS = ("bench", "model", "model_hash", "seed", "train_steps", "train_lr", "promptnet", "apprentice",
-                 "masked_loss")
-METHOD_ONLY_KEYS = ("train_steps", "train_lr", "promptnet", "apprentice", "masked_loss", "subject_start",
-                    "sample_options")
+                 "masked_loss", "eval_every", "select")
+METHOD_ONLY_KEYS = ("train_steps", "train_lr", "promptnet", "apprentice", "masked_loss", "eval_every", "select",
+                    "subject_start", "sample_options")
 
 
 # The keys of the evaluators only: a folder that differs from another only in these has the same images.
@@ -96,10 +96,12 @@ def reusable(folder: Path, protocol: dict) -> set[str]:
     if not spec.is_file():
         raise UserError(f"--runs-from {folder} is not a bench folder (no bench.json); give an earlier --out")
     differ = differing_settings(spec, protocol)
-    found = set() if set(differ) & set(TRAINING_KEYS) else {"runs"}
+    # with eval points the evaluators decide a run too: --select best keeps the step they score best
+    training = TRAINING_KEYS + (EVALUATOR_KEYS if protocol.get("eval_every") else ())
+    found = set() if set(differ) & set(training) else {"runs"}
     if not set(differ) - set(METHOD_ONLY_KEYS):
         found.add("baseline")
-    if differ and not set(differ) - set(EVALUATOR_KEYS):
+    if differ and not set(differ) - set(EVALUATOR_KEYS) and "runs" in found:
         found.add("images")
     if not found:
         raise UserError(f"--runs-from {folder} was benchmarked with other settings ({', '.join(differ)}); give a "
@@ -355,7 +357,8 @@ def prepare_run(ctx: Context, method: str, subject: str, pair: Path):
                           class_noun=ctx.bench.classes[subject], out=str(run_dir),
                           steps=ctx.cfg.train_steps if trains else None, lr=ctx.cfg.train_lr if trains else None,
                           seed=ctx.cfg.seed, masked_loss=ctx.cfg.masked_loss and trains,
-                          promptnet=ctx.cfg.promptnet, apprentice=ctx.cfg.apprentice)
+                          promptnet=ctx.cfg.promptnet, apprentice=ctx.cfg.apprentice,
+                          **(eval_settings(ctx.cfg) if trains else {}))
         started = time.perf_counter()
         train(cfg, overwrite=True, progress=False, distributed=False)
         # the user's wait: loading, class images and caching count, not only the loop
@@ -366,6 +369,13 @@ def prepare_run(ctx: Context, method: str, subject: str, pair: Path):
     run.components.to(inference_device())
     seconds = json.loads(timing.read_text())["seconds"] if timing.is_file() else run.manifest["metrics"]["train_seconds"]
     return run, float(seconds)
+
+
+def eval_settings(cfg: BenchConfig) -> dict:
+    """A trained run's eval points, scored with the bench's own evaluators (train --eval-every, --select)."""
+    if not cfg.eval_every:
+        return {}
+    return {"eval_every": cfg.eval_every, "select": cfg.select, "eval_dino": cfg.dino, "eval_clip": cfg.clip}
 
 
 def loadable_run(run_dir: Path):
@@ -515,7 +525,19 @@ def generate_and_score(ctx: Context, run, method: str, subject: str, photos: lis
     if ctx.cfg.pres_images:
         generate_class_images(ctx, run, subject, pair)
     return {**score_pair(ctx, method, subject, photos, pair, bar), **score_pres(ctx, photos, pair),
-            "steps": ctx.steps(run), "identifier": run.subject}
+            "steps": ctx.steps(run), "identifier": run.subject, **run_record(run)}
+
+
+def run_record(run) -> dict:
+    """What the trained run's subject.json says of its training that the bench reports: its time to subject, and
+    with eval points the curve, the base model's row and the chosen step (the trade-off figure draws them)."""
+    metrics, evaluation = run.manifest.get("metrics", {}), run.manifest.get("evaluation")
+    record = {}
+    if "time_to_subject_seconds" in metrics:
+        record["time_to_subject_seconds"] = metrics["time_to_subject_seconds"]
+    if evaluation:
+        record["evaluation"] = {k: evaluation[k] for k in ("select", "base", "curve", "chosen_step")}
+    return record
 
 
 def score_pair(ctx: Context, method: str, subject: str, photos: list, pair: Path, bar) -> dict:

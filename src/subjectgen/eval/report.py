@@ -54,6 +54,9 @@ def summarize(method: str, subjects: dict[str, dict]) -> dict:
         summary["by_type"] = by_prompt_type(rows)
         summary["train_seconds_per_subject"] = sum(s["train_seconds"] for s in rows) / len(rows)
         summary["generate_seconds_per_subject"] = sum(s["generate_seconds"] for s in rows) / len(rows)
+        timed = [s["time_to_subject_seconds"] for s in rows if s.get("time_to_subject_seconds") is not None]
+        if timed:
+            summary["time_to_subject_seconds_per_subject"] = sum(timed) / len(timed)
     return summary
 
 
@@ -141,11 +144,31 @@ def draw_plots(out: Path, results: dict) -> None:
     try:
         bar_chart(out / "scores.png", {m: [s.get(k) for k in METRICS] for m, s in trained.items()},
                   ["DINO", "CLIP-I", "CLIP-T"])
+        curves = {m: eval_curve(results["pairs"][m]) for m in trained}
         scatter_plot(out / "tradeoff.png", {m: [(p["clip_t"], p["dino"]) for p in results["pairs"][m].values()]
-                                            for m in trained}, "CLIP-T", "DINO")
+                                            for m in trained}, "CLIP-T", "DINO",
+                     curves={m: c for m, (c, _) in curves.items() if c},
+                     chosen={m: point for m, (_, point) in curves.items() if point})
     except Exception as exc:  # noqa: BLE001 - any drawing bug; the table and the report must still be written
         warnings.warn(f"could not draw the plots of {out} ({type(exc).__name__}: {exc}); results.json, table.md "
                       "and report.html are complete", stacklevel=2)
+
+
+def eval_curve(subjects: dict[str, dict]) -> tuple[list[tuple[float, float]], tuple[float, float] | None]:
+    """A method's eval curve as (CLIP-T, DINO) points, averaged over its subjects' runs: the base model's row, then
+    each step every run scored; and the mean of the points each run chose. ([], None) without eval points."""
+    evals = [p["evaluation"] for p in subjects.values() if p.get("evaluation") and p["evaluation"]["curve"]]
+    if not evals:
+        return [], None
+
+    def mean(rows: list[dict]) -> tuple[float, float]:
+        return sum(r["clip_t"] for r in rows) / len(rows), sum(r["dino"] for r in rows) / len(rows)
+
+    steps = sorted(set.intersection(*({r["step"] for r in e["curve"]} for e in evals)))
+    curve = [mean([e["base"] for e in evals])]
+    curve += [mean([next(r for r in e["curve"] if r["step"] == step) for e in evals]) for step in steps]
+    chosen = [r for e in evals for r in e["curve"] if r["step"] == e["chosen_step"]]
+    return curve, mean(chosen) if chosen else None
 
 
 def protocol_notes(pairs: dict) -> dict:
@@ -235,6 +258,7 @@ def page(out: Path, results: dict) -> str:
     extra = {"gain": gain_text, "CLIP-T vs baseline": lambda s: percent(s.get("clip_t_vs_baseline")),
              "PRES ↓": lambda s: fmt(s.get("pres")), "DIV ↑": lambda s: fmt(s.get("div")),
              "train s/subject": lambda s: fmt(s.get("train_seconds_per_subject"), 1),
+             "time to subject s": lambda s: fmt(s.get("time_to_subject_seconds_per_subject"), 1),
              "generate s/subject": lambda s: fmt(s.get("generate_seconds_per_subject"), 1)}
     parts = [f"<h1>subjectgen bench</h1><p class='lede'>{esc(protocol.get('bench'))} · model "
              f"<code>{esc(protocol.get('model'))}</code> · {len(subjects)} subjects · "
@@ -243,7 +267,11 @@ def page(out: Path, results: dict) -> str:
              f"<p class='note'>{esc(CHECKS_NOTE)}</p></div>", type_card(results["summary"])]
     if (out / "scores.png").is_file():
         parts.append("<div class='card plots'><h2>Per metric, and the trade-off (each dot a subject: CLIP-T "
-                     "against DINO; up and right is better)</h2><img src='scores.png' alt='scores per metric'> "
+                     "against DINO; up and right is better)</h2><p class='note'>A ring marks each method's mean. "
+                     "Where the runs scored eval points while training (bench --eval-every), a line is the method's "
+                     "eval curve, from the base model through each eval step (on the held-out eval prompts, averaged "
+                     "over subjects), and a diamond the mean of the points its runs kept.</p>"
+                     "<img src='scores.png' alt='scores per metric'> "
                      "<img src='tradeoff.png' alt='CLIP-T against DINO per subject'></div>")
     rows = []
     for name in subjects:
