@@ -524,6 +524,9 @@ def run_train(args) -> None:
                    f"{result.manifest['metrics']['time_to_subject_seconds']:.1f}s"
                    if zero_shot else f"{cfg.method} with no training steps (--steps 0)")
         print(f"{trained}; run: {result.run_dir}; prompts use {{subject}} = '{result.manifest['subject']}'")
+        if result.manifest.get("captions_written"):
+            print(f"--captions auto wrote {', '.join(result.manifest['captions_written'])} beside the photos (edit "
+                  "them and train again to change what the identifier learns)")
 
 
 def run_generate(args) -> None:
