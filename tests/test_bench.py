@@ -514,3 +514,23 @@ def test_with_eval_points_other_evaluators_are_other_runs(tmp_path):
         else:
             with pytest.raises(UserError, match="other settings"):
                 reusable(tmp_path, new)
+
+
+@pytest.mark.parametrize("family", ["sdxl", "flux"])
+def test_the_fair_checks_run_on_every_family(family, evaluator_dirs, tmp_path_factory):
+    """PRES, DIV, the per-type table, eval curves and time to subject ask nothing of a family: the bench on tiny SDXL
+    and FLUX.1 models gives them all, as on SD."""
+    from subjectgen import tiny
+
+    model = str(getattr(tiny, f"save_tiny_{family}_pipeline")(tmp_path_factory.mktemp("models") / family))
+    out = tmp_path_factory.mktemp("bench") / "out"
+    args = bench_args(model, evaluator_dirs, out) + ["--eval-every", "2", "--select", "best", "--pres-images", "2"]
+    args[args.index("--subjects") + 1] = "dog"
+    assert main(args) == 0
+    results = json.loads((out / "results.json").read_text())
+    for method in ("baseline", "lora"):
+        pair, summary = results["pairs"][method]["dog"], results["summary"][method]
+        assert len(pair["pres_files"]) == 2 and -1 <= pair["pres"] <= 1 and 0 <= pair["div"] <= 2
+        assert list(summary["by_type"]) == ["recontextualization"]
+    lora = results["pairs"]["lora"]["dog"]
+    assert lora["evaluation"]["chosen_step"] in (2, 4) and lora["time_to_subject_seconds"] > 0
