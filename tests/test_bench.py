@@ -12,10 +12,12 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
 from subjectgen.adapters import MANIFEST
 from subjectgen.cli import main
+from subjectgen.errors import UserError
 from subjectgen.world.build import EMOJIBENCH
 from subjectgen.world.emoji import sources_available
 
@@ -50,6 +52,11 @@ def test_bench_writes_every_output(finished):
     for name in ("table.md", "report.html", "scores.png", "tradeoff.png"):
         assert (finished / name).stat().st_size > 0
     assert "| lora |" in (finished / "table.md").read_text()
+    by_type = results["summary"]["lora"]["by_type"]  # two prompts, both scenes: one type, equal to the whole table
+    assert list(by_type) == ["recontextualization"] and by_type["recontextualization"]["subjects"] == 2
+    assert by_type["recontextualization"]["clip_t"] == pytest.approx(results["summary"]["lora"]["clip_t"])
+    assert "| lora | recontextualization |" in (finished / "table.md").read_text()
+    assert "By prompt type" in (finished / "report.html").read_text()
     assert results["protocol"]["images_per_prompt"] == 2 and "torch" in results["versions"]
 
 
@@ -66,6 +73,30 @@ def test_averages_per_subject_then_over_subjects(finished):
     assert summary["clip_i_per_image"] == pytest.approx(sum(images) / len(images))
     oracle = results["summary"]["oracle"]
     assert -1 <= oracle["dino"] <= 1 and "clip_t" not in oracle and oracle["subjects"] == 2
+
+
+def test_pres_and_div_are_scored_from_the_images_on_disk(finished, evaluator_dirs):
+    """PRES from each pair's class-prompt images ('a dog', seed + k), DIV from each prompt's images, for the baseline
+    and the method; the perfect row has DIV but no PRES (it has no model to drift)."""
+    from subjectgen.eval.metrics import load_evaluators, mean_pairwise_cosine
+
+    ev = load_evaluators(*evaluator_dirs)
+    results = json.loads((finished / "results.json").read_text())
+    photos = [Image.open(p).convert("RGB") for p in sorted((EMOJIBENCH / "dog").glob("*.png"))]
+    for method in ("baseline", "lora"):
+        pair = results["pairs"][method]["dog"]
+        assert pair["pres_files"] == [f"pairs/{method}/dog/images/class-{k}.png" for k in range(4)]
+        class_images = ev.dino_embed([Image.open(finished / f).convert("RGB") for f in pair["pres_files"]])
+        want = torch.nn.functional.cosine_similarity(class_images[:, None], ev.dino_embed(photos)[None], dim=-1)
+        assert pair["pres"] == pytest.approx(float(want.mean()), abs=1e-5)
+        prompt = pair["prompts"][1]
+        images = ev.dino_embed([Image.open(finished / f).convert("RGB") for f in prompt["files"]])
+        assert prompt["div"] == pytest.approx(1 - mean_pairwise_cosine(images), abs=1e-5)
+        assert pair["div"] == pytest.approx(sum(p["div"] for p in pair["prompts"]) / 2)
+        assert pair["pres_seconds"] > 0 and results["summary"][method]["pres"] is not None
+    if "perfect" in results["pairs"]:
+        assert "pres" not in results["pairs"]["perfect"]["dog"] and results["summary"]["perfect"]["div"] is not None
+    assert "| PRES ↓ | DIV ↑ |" in (finished / "table.md").read_text()
 
 
 def test_rerun_skips_finished_pairs_and_report_rebuilds(finished, tiny_model, evaluator_dirs, capsys):
@@ -414,3 +445,92 @@ def test_a_score_is_marked_best_only_when_it_beats_the_baseline():
     html = metric_table(two, references=("baseline",))  # the best method per column, if above the baseline
     assert "<td class='best'>0.386</td>" in html and "<td class='best'>0.790</td>" in html
     assert html.count("class='best'") == 2
+
+
+def test_eval_curves_average_over_subjects_from_the_base_row():
+    from subjectgen.eval.report import eval_curve
+
+    def row(step, clip_t, dino):
+        return {"step": step, "clip_t": clip_t, "dino": dino, "clip_i": 0.0, "backdrop": 0.0}
+
+    pairs = {"dog": {"evaluation": {"base": row(0, 0.8, 0.2), "chosen_step": 4,
+                                    "curve": [row(2, 0.7, 0.3), row(4, 0.6, 0.5), row(6, 0.4, 0.6)]}},
+             "can": {"evaluation": {"base": row(0, 0.6, 0.4), "chosen_step": 2,
+                                    "curve": [row(2, 0.5, 0.5), row(4, 0.4, 0.7)]}},
+             "cat": {"dino": 0.5}}  # a pair without eval points takes no part
+    curve, chosen = eval_curve(pairs)
+    # the steps both runs scored (2, 4), after the base rows; the chosen points: dog's step 4, can's step 2
+    assert [v for point in curve for v in point] == pytest.approx([0.7, 0.3, 0.6, 0.4, 0.5, 0.6])
+    assert chosen == pytest.approx((0.55, 0.5))
+    assert eval_curve({"dog": {"dino": 0.5}}) == ([], None)
+
+
+def test_the_tradeoff_figure_draws_each_methods_curve_and_chosen_point(tmp_path):
+    import numpy as np
+
+    from subjectgen.eval.plots import COLOURS, scatter_plot
+
+    dots = {"baseline": [(0.8, 0.2), (0.7, 0.3)], "lora": [(0.5, 0.6), (0.6, 0.5)]}
+    scatter_plot(tmp_path / "plain.png", dots, "CLIP-T", "DINO")
+    scatter_plot(tmp_path / "curves.png", dots, "CLIP-T", "DINO", curves={"lora": [(0.75, 0.25), (0.65, 0.45),
+                                                                                    (0.55, 0.55)]},
+                 chosen={"lora": (0.65, 0.45)})
+    plain, curves = (np.asarray(Image.open(tmp_path / n)) for n in ("plain.png", "curves.png"))
+    lora = np.all(curves == COLOURS[1], axis=-1).sum() - np.all(plain == COLOURS[1], axis=-1).sum()
+    baseline = np.all(curves == COLOURS[0], axis=-1).sum() - np.all(plain == COLOURS[0], axis=-1).sum()
+    assert lora > 50 and baseline == 0  # the line and the diamond in LoRA's colour, nothing added to the baseline's
+
+
+def test_a_bench_with_eval_points_keeps_each_runs_curve_and_chosen_step(tiny_model, evaluator_dirs, tmp_path):
+    out = tmp_path / "out"
+    args = bench_args(tiny_model, evaluator_dirs, out) + ["--eval-every", "2", "--select", "best"]
+    args[args.index("--subjects") + 1] = "dog"
+    assert main(args) == 0
+    results = json.loads((out / "results.json").read_text())
+    pair = results["pairs"]["lora"]["dog"]
+    run = json.loads((out / "pairs" / "lora" / "dog" / "run" / "subject.json").read_text())
+    assert pair["evaluation"]["chosen_step"] == run["evaluation"]["chosen_step"] in (2, 4)
+    assert [r["step"] for r in pair["evaluation"]["curve"]] == [2, 4] and run["settings"]["eval_dino"] == \
+        evaluator_dirs[0]  # scored with the bench's evaluators
+    assert pair["time_to_subject_seconds"] == run["metrics"]["time_to_subject_seconds"]
+    assert run["metrics"]["time_to_subject_step"] == pair["evaluation"]["chosen_step"]
+    assert results["summary"]["lora"]["time_to_subject_seconds_per_subject"] == pair["time_to_subject_seconds"]
+    assert "evaluation" not in results["pairs"]["baseline"]["dog"]
+    assert (out / "tradeoff.png").is_file() and "eval curve" in (out / "report.html").read_text()
+
+
+def test_with_eval_points_other_evaluators_are_other_runs(tmp_path):
+    """--select best keeps the step the evaluators score best: another DINO may keep another step, so its runs are
+    not copied (without eval points they are: only the scores differ)."""
+    from subjectgen.config import BenchConfig
+    from subjectgen.eval.bench import reusable
+
+    for every, want in ((0, {"runs", "images"}), (2, set())):
+        old = BenchConfig("emoji", "x", eval_every=every, select="best" if every else "last", dino="a", clip="c")
+        (tmp_path / "bench.json").write_text(json.dumps(old.protocol()))
+        new = BenchConfig("emoji", "y", eval_every=every, select=old.select, dino="b", clip="c").protocol()
+        if want:
+            assert reusable(tmp_path, new) == want
+        else:
+            with pytest.raises(UserError, match="other settings"):
+                reusable(tmp_path, new)
+
+
+@pytest.mark.parametrize("family", ["sdxl", "flux"])
+def test_the_fair_checks_run_on_every_family(family, evaluator_dirs, tmp_path_factory):
+    """PRES, DIV, the per-type table, eval curves and time to subject ask nothing of a family: the bench on tiny SDXL
+    and FLUX.1 models gives them all, as on SD."""
+    from subjectgen import tiny
+
+    model = str(getattr(tiny, f"save_tiny_{family}_pipeline")(tmp_path_factory.mktemp("models") / family))
+    out = tmp_path_factory.mktemp("bench") / "out"
+    args = bench_args(model, evaluator_dirs, out) + ["--eval-every", "2", "--select", "best", "--pres-images", "2"]
+    args[args.index("--subjects") + 1] = "dog"
+    assert main(args) == 0
+    results = json.loads((out / "results.json").read_text())
+    for method in ("baseline", "lora"):
+        pair, summary = results["pairs"][method]["dog"], results["summary"][method]
+        assert len(pair["pres_files"]) == 2 and -1 <= pair["pres"] <= 1 and 0 <= pair["div"] <= 2
+        assert list(summary["by_type"]) == ["recontextualization"]
+    lora = results["pairs"]["lora"]["dog"]
+    assert lora["evaluation"]["chosen_step"] in (2, 4) and lora["time_to_subject_seconds"] > 0

@@ -46,6 +46,8 @@ def test_eval_csv_and_the_chosen_step_survive_sigkill_and_resume(tiny_model, sub
     manifest = json.loads((out / "subject.json").read_text())["evaluation"]
     assert manifest["chosen_step"] in (10, 20, 30) and [p["step"] for p in manifest["curve"]] == [10, 20, 30]
     assert manifest == json.loads((full / "subject.json").read_text())["evaluation"]
+    metrics = json.loads((out / "subject.json").read_text())["metrics"]  # the kept point's seconds survive too
+    assert metrics["time_to_subject_step"] == manifest["chosen_step"] and metrics["time_to_subject_seconds"] > 0
 
 
 def test_select_best_keeps_the_chosen_steps_weights(tiny_model, subject_dir, evaluator_dirs, tmp_path):
@@ -58,6 +60,29 @@ def test_select_best_keeps_the_chosen_steps_weights(tiny_model, subject_dir, eva
     name = "pytorch_lora_weights.safetensors"  # the same trajectory, stopped where the rule chose:
     assert same_tensors(tmp_path / "best" / name, tmp_path / "short" / name)
     assert not (tmp_path / "best" / "eval_best.safetensors").exists()
+
+
+@pytest.mark.parametrize("method, select", [("lora", "best"), ("textual-inversion", "best"), ("dreambooth", "best"),
+                                            ("lora", "last")])
+def test_time_to_subject_is_the_training_time_to_the_kept_step(tiny_model, subject_dir, evaluator_dirs, tmp_path,
+                                                               method, select):
+    """Every method that trains: the seconds from the start of train() to the step whose weights are kept, the eval
+    points' own time left out; an interval inside the run, so with the eval time it never exceeds the call."""
+    import time
+
+    out = tmp_path / "run"
+    args = ["train", method, "--model", tiny_model, "--subject", str(subject_dir), "--class", "dog", "--out", str(out),
+            "--quiet", *eval_flags(evaluator_dirs, "--select", select)]
+    args[args.index("--steps") + 1] = "12"
+    args[args.index("--eval-every") + 1] = "4"
+    started = time.perf_counter()
+    assert main(args) == 0
+    wall = time.perf_counter() - started
+    manifest = json.loads((out / "subject.json").read_text())
+    metrics, chosen = manifest["metrics"], manifest["evaluation"]["chosen_step"]
+    assert metrics["time_to_subject_step"] == (chosen if select == "best" else 12)
+    assert 0 < metrics["eval_seconds"] and 0 < metrics["time_to_subject_seconds"]
+    assert metrics["time_to_subject_seconds"] + metrics["eval_seconds"] <= wall
 
 
 @pytest.mark.parametrize("flags, words", [

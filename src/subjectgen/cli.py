@@ -449,12 +449,21 @@ def add_bench_parser(sub) -> None:
                    help="use the first N prompts of each list (default: all 25)")
     p.add_argument("--images-per-prompt", type=bench_type("images_per_prompt"),
                    help="images per prompt (default: 4)")
+    p.add_argument("--pres-images", type=bench_type("pres_images"), default=4,
+                   help="images of the class prompt alone ('a dog') per subject and method, for PRES, the language "
+                        "drift check (seeds seed+k; default: 4; 0: no PRES)")
     p.add_argument("--train-steps", type=bench_type("train_steps"), help="training steps (default: each method's)")
     p.add_argument("--train-lr", type=bench_type("train_lr"), help="learning rate (default: each method's)")
     p.add_argument("--promptnet", default="builtin", help="ProFusion's pretrained PromptNet (default: builtin)")
     p.add_argument("--apprentice", default="builtin", help="the apprentice of apprentice runs (default: builtin)")
     p.add_argument("--masked-loss", action="store_true", help="train every method with a masked loss, from each "
                    "subject's masks/ folder (EmojiBench ships them)")
+    p.add_argument("--eval-every", type=bench_type("eval_every"), default=0, metavar="N",
+                   help="each trained run scores eval points every N steps with the bench's evaluators (train "
+                        "--eval-every): its curve goes to the trade-off figure (default: 0, none)")
+    p.add_argument("--select", choices=("last", "best"), default="last",
+                   help="the step each trained run keeps: the last, or with --eval-every the one the rule in "
+                        "docs/BENCHMARK.md chooses (train --select; default: last)")
     p.add_argument("--sample-steps", type=bench_type("sample_steps"),
                    help="sampler steps (default: 25 below 256 px, else 50)")
     p.add_argument("--subject-start", type=bench_type("subject_start"), default=0.0, metavar="FRACTION",
@@ -517,6 +526,9 @@ def run_train(args) -> None:
                    f"{result.manifest['metrics']['time_to_subject_seconds']:.1f}s"
                    if zero_shot else f"{cfg.method} with no training steps (--steps 0)")
         print(f"{trained}; run: {result.run_dir}; prompts use {{subject}} = '{result.manifest['subject']}'")
+        if result.manifest.get("captions_written"):
+            print(f"--captions auto wrote {', '.join(result.manifest['captions_written'])} beside the photos (edit "
+                  "them and train again to change what the identifier learns)")
 
 
 def run_generate(args) -> None:
@@ -712,10 +724,12 @@ def bench_config(args):
         chosen = {k: v if v is not None else QUICK[k] for k, v in chosen.items()}
     chosen["images_per_prompt"] = chosen["images_per_prompt"] or 4
     methods = default_bench_methods(args) if args.methods is None else name_list(args.methods, "--methods")
-    return BenchConfig(bench=args.bench, out=args.out, methods=methods, model=args.model, **chosen, seed=args.seed,
+    return BenchConfig(bench=args.bench, out=args.out, methods=methods, model=args.model, **chosen,
+                       pres_images=args.pres_images, seed=args.seed,
                        sample_steps=args.sample_steps, guidance=args.guidance, train_steps=args.train_steps,
                        train_lr=args.train_lr, promptnet=args.promptnet, apprentice=args.apprentice,
-                       masked_loss=args.masked_loss, subject_start=args.subject_start, dino=args.dino,
+                       masked_loss=args.masked_loss, eval_every=args.eval_every, select=args.select,
+                       subject_start=args.subject_start, dino=args.dino,
                        clip=args.clip, runs_from=args.runs_from, sample_options=sample_options(args))
 
 

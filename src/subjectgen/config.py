@@ -79,6 +79,15 @@ class TrainConfig:
                             "model 1.03x, never worth it (docs/RESULTS.md). Needs a C++ compiler on a CPU")
     checkpoint_every: int = setting(0, NON_NEGATIVE_INT, help="save a resumable checkpoint every N steps "
                                     "(default: 0, none)")
+    captioning: str | None = setting(None, choices=("auto",), flag="--captions", metavar="auto",
+                                     help="auto: before training, write a caption NAME.txt (with {subject}) beside "
+                                     "each photo that has none, with --captioner, so the identifier learns the "
+                                     "subject and the caption's words the photo's place (photos without one train on "
+                                     "the instance prompt)")
+    captioner: str | None = setting(None, help="the captioner of --captions auto: a transformers image-to-text model "
+                                    "folder or hub id (e.g. Salesforce/blip-image-captioning-base); default on the "
+                                    "built-in model: builtin, a CLIP-interrogator over the world's scene words with "
+                                    "the generator side's image encoder")
     validate_every: int = setting(0, NON_NEGATIVE_INT, help="write a validation grid every N steps (default: 0)")
     validation_prompts: list[str] = setting(help="prompt with {subject} for validation grids (repeatable; "
                                             "default: 'a {subject}', 'a {subject} on the beach')",
@@ -106,6 +115,10 @@ class TrainConfig:
             raise UserError(f"--select must be last or best, got {self.select!r}")
         if self.select == "best" and not self.eval_every:
             raise UserError("--select best needs --eval-every N (the eval points it chooses among)")
+        if self.captioning not in (None, "auto"):
+            raise UserError(f"--captions must be auto, got {self.captioning!r}")
+        if self.captioner is not None and self.captioning != "auto":
+            raise UserError("--captioner needs --captions auto (it writes the captions the photos lack)")
         if self.optimizer not in OPTIMIZERS:
             raise UserError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         if self.mixed_precision not in MIXED_PRECISION:
@@ -122,8 +135,8 @@ class TrainConfig:
 
     def identity(self) -> dict:
         """The settings that make two runs the same run (for --resume and --out checks)."""
-        return {k: v for k, v in self.to_dict().items()
-                if k not in ("out", "checkpoint_every", "validate_every", "compile")}
+        return {k: v for k, v in self.to_dict().items()  # captions, once written, are the photo folder's
+                if k not in ("out", "checkpoint_every", "validate_every", "compile", "captioning", "captioner")}
 
     @property
     def alpha(self) -> float:
@@ -248,6 +261,7 @@ class BenchConfig:
     subjects: list[str] | None = None
     prompts: int | None = setting(None, AT_LEAST_1)      # the first N prompts of each list
     images_per_prompt: int = setting(4, AT_LEAST_1)
+    pres_images: int = setting(4, NON_NEGATIVE_INT)  # PRES: images of the class prompt alone per subject (0: none)
     seed: int = setting(0, SEED)
     sample_steps: int | None = setting(None, SAMPLER_STEPS)  # default: 25 below 256 px, else 50
     guidance: float | None = setting(None, NON_NEGATIVE)  # default: the model family's (7.5; FLUX.1's 3.5)
@@ -256,6 +270,8 @@ class BenchConfig:
     promptnet: str = "builtin"      # ProFusion's pretrained PromptNet (train profusion --promptnet)
     apprentice: str = "builtin"     # the apprentice (train apprentice --apprentice)
     masked_loss: bool = False       # train on the subject's masks only (SUBJECT/masks/, as EmojiBench ships)
+    eval_every: int = setting(0, NON_NEGATIVE_INT)  # each trained run's eval points (train --eval-every), 0: none
+    select: str = setting("last", choices=("last", "best"))  # the step each run keeps (train --select)
     subject_start: float = setting(0.0, FRACTION_BELOW_1)  # steps sampled without the subject (generate's flag)
     sample_options: dict = field(default_factory=dict)  # a method's own generation settings (FusionSettings' flags)
     dino: str | None = None         # default: built-in for EmojiBench, the real ones otherwise
@@ -270,6 +286,10 @@ class BenchConfig:
     def __post_init__(self) -> None:
         check_settings(self)
         check_sample_options(self.sample_options)
+        if self.select not in ("last", "best"):
+            raise UserError(f"--select must be last or best, got {self.select!r}")
+        if self.select == "best" and not self.eval_every:
+            raise UserError("--select best needs --eval-every N (the eval points each run chooses among)")
         for name in self.methods:  # --train-steps within each method's own range (0 only where it means something)
             if name in registry.names() and self.train_steps is not None and "steps" not in registry.get(name).drops:
                 bound = registry.get(name).bounds.get("steps", bound_of(TrainConfig, "steps"))

@@ -92,9 +92,9 @@ def differing_settings(spec: Path, protocol: dict) -> list[str]:
 # The protocol keys that decide a trained run, and those that change only a method's images: another folder's
 # runs are reusable when the first match, its baseline images when all but the second match.
 TRAINING_KEYS = ("bench", "model", "model_hash", "seed", "train_steps", "train_lr", "promptnet", "apprentice",
-                 "masked_loss")
-METHOD_ONLY_KEYS = ("train_steps", "train_lr", "promptnet", "apprentice", "masked_loss", "subject_start",
-                    "sample_options")
+                 "masked_loss", "eval_every", "select")
+METHOD_ONLY_KEYS = ("train_steps", "train_lr", "promptnet", "apprentice", "masked_loss", "eval_every", "select",
+                    "subject_start", "sample_options")
 
 
 # The keys of the evaluators only: a folder that differs from another only in these has the same images.
@@ -108,10 +108,12 @@ def reusable(folder: Path, protocol: dict) -> set[str]:
     if not spec.is_file():
         raise UserError(f"--runs-from {folder} is not a bench folder (no bench.json); give an earlier --out")
     differ = differing_settings(spec, protocol)
-    found = set() if set(differ) & set(TRAINING_KEYS) else {"runs"}
+    # with eval points the evaluators decide a run too: --select best keeps the step they score best
+    training = TRAINING_KEYS + (EVALUATOR_KEYS if protocol.get("eval_every") else ())
+    found = set() if set(differ) & set(training) else {"runs"}
     if not set(differ) - set(METHOD_ONLY_KEYS):
         found.add("baseline")
-    if differ and not set(differ) - set(EVALUATOR_KEYS):
+    if differ and not set(differ) - set(EVALUATOR_KEYS) and "runs" in found:
         found.add("images")
     if not found:
         raise UserError(f"--runs-from {folder} was benchmarked with other settings ({', '.join(differ)}); give a "
@@ -365,7 +367,8 @@ def prepare_run(ctx: Context, method: str, subject: str, pair: Path):
                           class_noun=ctx.bench.classes[subject], out=str(run_dir),
                           steps=ctx.cfg.train_steps if trains else None, lr=ctx.cfg.train_lr if trains else None,
                           seed=ctx.cfg.seed, masked_loss=ctx.cfg.masked_loss and trains,
-                          promptnet=ctx.cfg.promptnet, apprentice=ctx.cfg.apprentice)
+                          promptnet=ctx.cfg.promptnet, apprentice=ctx.cfg.apprentice,
+                          **(eval_settings(ctx.cfg) if trains else {}))
         started = time.perf_counter()
         train(cfg, overwrite=True, progress=False, distributed=False)
         # the user's wait: loading, class images and caching count, not only the loop
@@ -376,6 +379,13 @@ def prepare_run(ctx: Context, method: str, subject: str, pair: Path):
     run.components.to(inference_device())
     seconds = json.loads(timing.read_text())["seconds"] if timing.is_file() else run.manifest["metrics"]["train_seconds"]
     return run, float(seconds)
+
+
+def eval_settings(cfg: BenchConfig) -> dict:
+    """A trained run's eval points, scored with the bench's own evaluators (train --eval-every, --select)."""
+    if not cfg.eval_every:
+        return {}
+    return {"eval_every": cfg.eval_every, "select": cfg.select, "eval_dino": cfg.dino, "eval_clip": cfg.clip}
 
 
 def loadable_run(run_dir: Path):
@@ -471,9 +481,73 @@ def render_perfect(ctx: Context, subject: str, pair: Path) -> None:
     atomic_write_json(pair / "generate_seconds.json", {"0": time.perf_counter() - started})
 
 
+def class_prompt(noun: str) -> str:
+    """PRES's prompt: the class alone, as DreamBooth's paper gives it ('a dog')."""
+    return f"a {noun}"
+
+
+def class_image_files(ctx: Context, pair: Path) -> list[Path]:
+    return [pair / "images" / f"class-{j}.png" for j in range(ctx.cfg.pres_images)]
+
+
+def generate_class_images(ctx: Context, run, subject: str, pair: Path) -> None:
+    """PRES's images: the class prompt alone, seed + k, by the method's model (the baseline's: the base model's),
+    sampled as the method samples its prompts; timed apart from the prompts' images."""
+    from ..sampling import generate
+
+    files, cfg = class_image_files(ctx, pair), ctx.cfg
+    if all(f.is_file() for f in files):
+        return
+    prompts = [class_prompt(ctx.bench.classes[subject])] * len(files)
+    started = time.perf_counter()
+    images = generate(run.components, [run.prompt_for_model(p) for p in prompts],
+                      [cfg.seed + j for j in range(len(files))], ctx.steps(run), cfg.guidance, batch_size=len(files),
+                      early=run.early_steps(prompts, cfg.subject_start, ctx.steps(run)),
+                      denoiser_for=run.denoiser_for("", cfg.guidance))
+    for file, image in zip(files, images):
+        atomic_save_image(file, image)
+    timing_file = pair / "generate_seconds.json"
+    timing = json.loads(timing_file.read_text()) if timing_file.is_file() else {}
+    atomic_write_json(timing_file, {**timing, PRES_TIMING: time.perf_counter() - started})
+
+
+PRES_TIMING = "pres"  # generate_seconds.json's key for the class images (the others: each prompt batch's)
+
+
+def score_pres(ctx: Context, photos: list, pair: Path) -> dict:
+    """The pair's PRES (prior_preservation) from its class images on disk; nothing when the bench makes none."""
+    from PIL import Image
+
+    from .metrics import prior_preservation
+
+    files = class_image_files(ctx, pair)
+    if not files:
+        return {}
+    scores = prior_preservation(ctx.evaluators, [Image.open(f).convert("RGB") for f in files], photos)
+    timing = json.loads((pair / "generate_seconds.json").read_text())
+    return {"pres": scores["pres"], "pres_per_image": scores["per_image"],
+            "pres_files": [str(f.relative_to(ctx.out)) for f in files],
+            "pres_seconds": round(timing[PRES_TIMING], 3)}
+
+
 def generate_and_score(ctx: Context, run, method: str, subject: str, photos: list, pair: Path, bar) -> dict:
     generate_missing(ctx, run, method, subject, pair)
-    return {**score_pair(ctx, method, subject, photos, pair, bar), "steps": ctx.steps(run), "identifier": run.subject}
+    if ctx.cfg.pres_images:
+        generate_class_images(ctx, run, subject, pair)
+    return {**score_pair(ctx, method, subject, photos, pair, bar), **score_pres(ctx, photos, pair),
+            "steps": ctx.steps(run), "identifier": run.subject, **run_record(run)}
+
+
+def run_record(run) -> dict:
+    """What the trained run's subject.json says of its training that the bench reports: its time to subject, and
+    with eval points the curve, the base model's row and the chosen step (the trade-off figure draws them)."""
+    metrics, evaluation = run.manifest.get("metrics", {}), run.manifest.get("evaluation")
+    record = {}
+    if "time_to_subject_seconds" in metrics:
+        record["time_to_subject_seconds"] = metrics["time_to_subject_seconds"]
+    if evaluation:
+        record["evaluation"] = {k: evaluation[k] for k in ("select", "base", "curve", "chosen_step")}
+    return record
 
 
 def score_pair(ctx: Context, method: str, subject: str, photos: list, pair: Path, bar) -> dict:
@@ -492,11 +566,12 @@ def score_pair(ctx: Context, method: str, subject: str, photos: list, pair: Path
         plain = expand_subject(template, noun)  # CLIP-T: the prompt with the identifier removed
         scores = score_images(ctx.evaluators, images, photos, plain)
         rows.append({"template": template, "prompt": plain, "files": [str(f.relative_to(ctx.out)) for f in files],
-                     **{m: scores[m] for m in ("dino", "clip_i", "clip_t")}, "per_image": scores["per_image"]})
+                     **{m: scores[m] for m in ("dino", "clip_i", "clip_t", "div")}, "per_image": scores["per_image"]})
         images_all += images
         bar.update(1)
     atomic_save_image(pair / "grid.png", make_grid(images_all, k))
     mean = {m: sum(r[m] for r in rows) / len(rows) for m in ("dino", "clip_i", "clip_t")}
+    mean["div"] = None if k < 2 else sum(r["div"] for r in rows) / len(rows)
     timing = json.loads((pair / "generate_seconds.json").read_text())
     return {"method": method, "subject": subject, "class": noun, **mean, "prompts": rows,
-            "generate_seconds": round(sum(timing.values()), 3)}
+            "generate_seconds": round(sum(v for key, v in timing.items() if key != PRES_TIMING), 3)}

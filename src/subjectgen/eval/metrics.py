@@ -40,11 +40,22 @@ def paired_cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (F.normalize(a, dim=-1) * F.normalize(b, dim=-1)).sum(-1)
 
 
+def mean_pairwise_cosine(embeddings: torch.Tensor) -> float:
+    """The cosine similarity of every pair of distinct rows (the self-pairs left out), averaged."""
+    sims = F.normalize(embeddings, dim=-1) @ F.normalize(embeddings, dim=-1).T
+    n = len(embeddings)
+    return float((sims.sum() - sims.diagonal().sum()) / (n * (n - 1)))
+
+
 def oracle_scores(references: torch.Tensor) -> float:
     """Each real photo against the subject's other photos (the self-pairs left out), averaged."""
-    sims = F.normalize(references, dim=-1) @ F.normalize(references, dim=-1).T
-    n = len(references)
-    return float((sims.sum() - sims.diagonal().sum()) / (n * (n - 1)))
+    return mean_pairwise_cosine(references)
+
+
+def diversity(embeddings: torch.Tensor) -> float | None:
+    """DreamBooth's DIV with DINO in place of LPIPS: 1 − the mean cosine similarity of every pair of distinct images
+    (one subject, one prompt); None for fewer than two images."""
+    return None if len(embeddings) < 2 else 1.0 - mean_pairwise_cosine(embeddings)
 
 
 @dataclass
@@ -111,12 +122,23 @@ def zero_shot_predictions(ev: Evaluators, images: list[Image.Image], candidates:
 
 
 def score_images(ev: Evaluators, images: list[Image.Image], photos: list[Image.Image], prompt: str) -> dict:
-    """DINO, CLIP-I (against every photo) and CLIP-T (against `prompt`, identifier already removed)."""
-    dino = mean_cosine_to_references(ev.dino_embed(images), ev.dino_embed(photos))
-    clip_i = mean_cosine_to_references(ev.clip_image_embed(images), ev.clip_image_embed(photos))
-    clip_t = paired_cosine(ev.clip_image_embed(images), ev.clip_text_embed([prompt] * len(images)))
+    """DINO, CLIP-I (against every photo) and CLIP-T (against `prompt`, identifier already removed) of one prompt's
+    images, and their diversity (DIV, None for a single image)."""
+    generated = ev.dino_embed(images)
+    dino = mean_cosine_to_references(generated, ev.dino_embed(photos))
+    clip_images = ev.clip_image_embed(images)
+    clip_i = mean_cosine_to_references(clip_images, ev.clip_image_embed(photos))
+    clip_t = paired_cosine(clip_images, ev.clip_text_embed([prompt] * len(images)))
     return {"dino": float(dino.mean()), "clip_i": float(clip_i.mean()), "clip_t": float(clip_t.mean()),
+            "div": diversity(generated),
             "per_image": {"dino": dino.tolist(), "clip_i": clip_i.tolist(), "clip_t": clip_t.tolist()}}
+
+
+def prior_preservation(ev: Evaluators, class_images: list[Image.Image], photos: list[Image.Image]) -> dict:
+    """DreamBooth's PRES: DINO of the images the model makes from the class prompt alone ('a dog') against the
+    subject's photos. Lower is better: a high PRES means the class itself drifted onto the subject."""
+    per_image = mean_cosine_to_references(ev.dino_embed(class_images), ev.dino_embed(photos))
+    return {"pres": float(per_image.mean()), "per_image": per_image.tolist()}
 
 
 def backdrops(photos: list[Image.Image], masks: list[Image.Image] | None = None) -> list[Image.Image]:

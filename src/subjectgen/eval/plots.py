@@ -1,5 +1,6 @@
 """Two small charts drawn with Pillow (no plotting library needed): scores per method, and the
-DINO-against-CLIP-T trade-off (one dot per subject, a ring at each method's mean)."""
+DINO-against-CLIP-T trade-off (one dot per subject, a ring at each method's mean; where the runs scored eval points,
+each method's eval curve and a diamond at its chosen point)."""
 
 from __future__ import annotations
 
@@ -64,13 +65,19 @@ def _finite(value) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
 
 
-def scatter_plot(path: Path, points: dict[str, list[tuple[float, float]]], x_label: str, y_label: str) -> None:
-    """One dot per (x, y) point, coloured by method; a ring marks each method's mean."""
+def scatter_plot(path: Path, points: dict[str, list[tuple[float, float]]], x_label: str, y_label: str,
+                 curves: dict[str, list[tuple[float, float]]] | None = None,
+                 chosen: dict[str, tuple[float, float]] | None = None) -> None:
+    """One dot per (x, y) point, coloured by method; a ring marks each method's mean. `curves`: a line per method
+    through its points in order (an eval curve); `chosen`: a diamond at a method's chosen point."""
     image = Image.new("RGB", (W, H), "white")
     draw = ImageDraw.Draw(image)
     points = {m: [(x, y) for x, y in pts if _finite(x) and _finite(y)] for m, pts in points.items()}
-    xs = [x for pts in points.values() for x, _ in pts] or [0.0]
-    ys = [y for pts in points.values() for _, y in pts] or [0.0]
+    curves = {m: [(x, y) for x, y in pts if _finite(x) and _finite(y)] for m, pts in (curves or {}).items()}
+    chosen = {m: xy for m, xy in (chosen or {}).items() if all(map(_finite, xy))}
+    every = [xy for pts in [*points.values(), *curves.values()] for xy in pts] + list(chosen.values())
+    xs = [x for x, _ in every] or [0.0]
+    ys = [y for _, y in every] or [0.0]
     (x_lo, x_hi), (y_lo, y_hi) = _span(xs), _span(ys)
     _axes(draw, y_lo, y_hi, y_label)
     right = W - 170
@@ -82,6 +89,16 @@ def scatter_plot(path: Path, points: dict[str, list[tuple[float, float]]], x_lab
         value = x_lo + (x_hi - x_lo) * i / 4
         draw.text((px(value) - 12, H - BOTTOM + 6), f"{value:.3f}", fill="black")
     draw.text((right - 40, H - 18), x_label, fill="black")
+    for m, name in enumerate(points):
+        colour = COLOURS[m % len(COLOURS)]
+        line = [(px(x), _y(y, y_lo, y_hi)) for x, y in curves.get(name, [])]
+        if len(line) > 1:
+            draw.line(line, fill=colour, width=2)
+        for x, y in line:
+            draw.rectangle([x - 2, y - 2, x + 2, y + 2], outline=colour)
+        if name in chosen:
+            x, y = px(chosen[name][0]), _y(chosen[name][1], y_lo, y_hi)
+            draw.polygon([(x, y - 7), (x + 7, y), (x, y + 7), (x - 7, y)], fill=colour, outline="black")
     for m, pts in enumerate(points.values()):
         colour = COLOURS[m % len(COLOURS)]
         for x, y in pts:

@@ -28,6 +28,24 @@ class Benchmark:
         return [p.replace("{0} {1}", "{subject}") for p in chosen]
 
 
+# DreamBooth's three kinds of prompt (Ruiz et al., 2023): the subject in a new scene, wearing something (DreamBench's
+# live subjects only), or itself changed (colour, material, shape).
+PROMPT_TYPES = ("recontextualization", "accessorization", "property")
+
+
+def prompt_type(template: str) -> str:
+    """The kind of a prompt template with {subject}: property when a word before the subject changes it ('a red
+    {subject}', 'a cube shaped {subject}'), accessorization when the subject wears something ('... wearing a santa
+    hat', '... in a chef outfit'), else recontextualization (a scene: '... on the beach')."""
+    before, _, after = template.partition("{subject}")
+    if before.strip().lower() not in ("", "a", "an", "the"):
+        return "property"
+    after = after.strip().lower()
+    if after.startswith("wearing ") or after.endswith(" outfit"):
+        return "accessorization"
+    return "recontextualization"
+
+
 def read_benchmark(root: Path) -> Benchmark:
     root = Path(root)
     path = root / "prompts_and_classes.txt"

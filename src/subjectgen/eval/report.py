@@ -18,6 +18,7 @@ from ..safeio import atomic_write_bytes, atomic_write_json
 from .html import esc, figure, fmt, metric_table, strip
 from .html import page as html_page
 from .plots import bar_chart, scatter_plot
+from .prompts import PROMPT_TYPES, prompt_type
 
 METRICS = ("dino", "clip_i", "clip_t")
 FIRST = ("oracle", "baseline", "perfect")  # then the methods in the registry's order
@@ -45,10 +46,34 @@ def summarize(method: str, subjects: dict[str, dict]) -> dict:
         images = [v for s in rows for p in s.get("prompts", []) for v in p["per_image"][m]]
         if images:
             summary[f"{m}_per_image"] = sum(images) / len(images)
+    for m in ("pres", "div"):  # DreamBooth's two checks, over the subjects that have them
+        values = [s[m] for s in rows if s.get(m) is not None]
+        if values:
+            summary[m] = sum(values) / len(values)
     if method != "oracle" and rows:
+        summary["by_type"] = by_prompt_type(rows)
         summary["train_seconds_per_subject"] = sum(s["train_seconds"] for s in rows) / len(rows)
         summary["generate_seconds_per_subject"] = sum(s["generate_seconds"] for s in rows) / len(rows)
+        timed = [s["time_to_subject_seconds"] for s in rows if s.get("time_to_subject_seconds") is not None]
+        if timed:
+            summary["time_to_subject_seconds_per_subject"] = sum(timed) / len(timed)
     return summary
+
+
+def by_prompt_type(rows: list[dict]) -> dict[str, dict]:
+    """DINO, CLIP-I and CLIP-T per prompt type (prompts.prompt_type), averaged as the whole table is: each subject's
+    mean over its prompts of the type, then the mean over the subjects that have such prompts."""
+    out = {}
+    for kind in PROMPT_TYPES:
+        per_subject = []
+        for s in rows:
+            mine = [p for p in s.get("prompts", []) if prompt_type(p["template"]) == kind]
+            if mine:
+                per_subject.append({m: sum(p[m] for p in mine) / len(mine) for m in METRICS})
+        if per_subject:
+            out[kind] = {**{m: sum(r[m] for r in per_subject) / len(per_subject) for m in METRICS},
+                         "subjects": len(per_subject)}
+    return out
 
 
 def gain(dino: float, baseline: float, perfect: float) -> float | None:
@@ -119,11 +144,31 @@ def draw_plots(out: Path, results: dict) -> None:
     try:
         bar_chart(out / "scores.png", {m: [s.get(k) for k in METRICS] for m, s in trained.items()},
                   ["DINO", "CLIP-I", "CLIP-T"])
+        curves = {m: eval_curve(results["pairs"][m]) for m in trained}
         scatter_plot(out / "tradeoff.png", {m: [(p["clip_t"], p["dino"]) for p in results["pairs"][m].values()]
-                                            for m in trained}, "CLIP-T", "DINO")
+                                            for m in trained}, "CLIP-T", "DINO",
+                     curves={m: c for m, (c, _) in curves.items() if c},
+                     chosen={m: point for m, (_, point) in curves.items() if point})
     except Exception as exc:  # noqa: BLE001 - any drawing bug; the table and the report must still be written
         warnings.warn(f"could not draw the plots of {out} ({type(exc).__name__}: {exc}); results.json, table.md "
                       "and report.html are complete", stacklevel=2)
+
+
+def eval_curve(subjects: dict[str, dict]) -> tuple[list[tuple[float, float]], tuple[float, float] | None]:
+    """A method's eval curve as (CLIP-T, DINO) points, averaged over its subjects' runs: the base model's row, then
+    each step every run scored; and the mean of the points each run chose. ([], None) without eval points."""
+    evals = [p["evaluation"] for p in subjects.values() if p.get("evaluation") and p["evaluation"]["curve"]]
+    if not evals:
+        return [], None
+
+    def mean(rows: list[dict]) -> tuple[float, float]:
+        return sum(r["clip_t"] for r in rows) / len(rows), sum(r["dino"] for r in rows) / len(rows)
+
+    steps = sorted(set.intersection(*({r["step"] for r in e["curve"]} for e in evals)))
+    curve = [mean([e["base"] for e in evals])]
+    curve += [mean([next(r for r in e["curve"] if r["step"] == step) for e in evals]) for step in steps]
+    chosen = [r for e in evals for r in e["curve"] if r["step"] == e["chosen_step"]]
+    return curve, mean(chosen) if chosen else None
 
 
 def protocol_notes(pairs: dict) -> dict:
@@ -136,6 +181,10 @@ def protocol_notes(pairs: dict) -> dict:
             "clip_t_prompt": "the prompt with the identifier removed ('a dog on the beach')",
             "averaging": "per image -> per prompt -> per subject -> mean over subjects",
             "oracle": "each real photo against the subject's other photos",
+            "pres": "DINO of the model's images of the class prompt alone ('a dog', seeds seed + k, pres_images per "
+                    "subject) against the subject's photos, averaged per subject; lower is better",
+            "div": "1 - the mean DINO cosine of every pair of distinct images of one prompt, per prompt -> per subject "
+                   "-> mean over subjects (DreamBooth's DIV with DINO in place of LPIPS)",
             "perfect": "the world's own render of the subject in each prompt's context (world-made benches only)",
             "gain": "(DINO_method - DINO_baseline) / (DINO_perfect - DINO_baseline) on the means over subjects; "
                     f"per subject clipped to [{GAIN_CLIP[0]:g}, {GAIN_CLIP[1]:g}]; above 1 the method copies the "
@@ -155,12 +204,13 @@ def table(summary: dict) -> str:
     """The bench table; the gain columns appear when the bench has a perfect row."""
     gains = "perfect" in summary
     head = "| method | DINO | CLIP-I | CLIP-T | " + ("gain | gain per subject | " if gains else "") + \
-        "CLIP-T vs baseline | subjects | train s/subject | generate s/subject |"
+        "CLIP-T vs baseline | PRES ↓ | DIV ↑ | subjects | train s/subject | generate s/subject |"
     lines = [head, "|" + "---|" * head.count(" | ") + "---|"]
     for method, s in summary.items():
         gain_cells = f"{gain_text(s)} | {fmt(s.get('gain_per_subject'), 2)} | " if gains else ""
         lines.append(f"| {method} | {fmt(s.get('dino'))} | {fmt(s.get('clip_i'))} | {fmt(s.get('clip_t'))} | "
-                     f"{gain_cells}{percent(s.get('clip_t_vs_baseline'))} | {s['subjects']} | "
+                     f"{gain_cells}{percent(s.get('clip_t_vs_baseline'))} | {fmt(s.get('pres'))} | "
+                     f"{fmt(s.get('div'))} | {s['subjects']} | "
                      f"{fmt(s.get('train_seconds_per_subject'), 1)} | "
                      f"{fmt(s.get('generate_seconds_per_subject'), 1)} |")
     if gains:
@@ -169,7 +219,32 @@ def table(summary: dict) -> str:
                      "(the perfect row). Above 1 a method copies the photos (their backdrop and pose) rather than "
                      f"placing the subject in the scene. Per subject: each subject's gain clipped to "
                      f"[{GAIN_CLIP[0]:g}, {GAIN_CLIP[1]:g}], then the mean.")
+    if any(s.get("pres") is not None or s.get("div") is not None for s in summary.values()):
+        lines.append(f"\n{CHECKS_NOTE}")
+    if any(s.get("by_type") for s in summary.values()):
+        lines += ["", type_table(summary)]
     return "\n".join(lines) + "\n"
+
+
+TYPES_NOTE = ("By prompt type (DreamBench's: recontextualization, a new scene; accessorization, an outfit, live subjects "
+              "only; property, the subject itself changed), each subject's mean over its prompts of the type, then the "
+              "mean over the subjects that have them.")
+
+
+def type_table(summary: dict) -> str:
+    """table.md's second table: DINO, CLIP-I and CLIP-T per method and prompt type."""
+    lines = [TYPES_NOTE, "", "| method | prompt type | DINO | CLIP-I | CLIP-T | subjects |", "|---|---|---|---|---|---|"]
+    for method, s in summary.items():
+        for kind, t in s.get("by_type", {}).items():
+            lines.append(f"| {method} | {kind} | {fmt(t['dino'])} | {fmt(t['clip_i'])} | {fmt(t['clip_t'])} | "
+                         f"{t['subjects']} |")
+    return "\n".join(lines)
+
+
+CHECKS_NOTE = ("PRES (language drift, lower is better): DINO of the images the model makes from the class prompt alone "
+               "('a dog') against the subject's photos; above the baseline's, the class itself has drifted onto the "
+               "subject. DIV (higher is better): 1 − the mean DINO similarity of every pair of images of one subject "
+               "and prompt (DreamBooth's paper uses LPIPS, which cannot be had offline).")
 
 
 def page(out: Path, results: dict) -> str:
@@ -181,15 +256,22 @@ def page(out: Path, results: dict) -> str:
     for name in subjects:
         atomic_write_bytes(out / "subjects" / f"{name}.html", subject_page(out, name, results).encode())
     extra = {"gain": gain_text, "CLIP-T vs baseline": lambda s: percent(s.get("clip_t_vs_baseline")),
+             "PRES ↓": lambda s: fmt(s.get("pres")), "DIV ↑": lambda s: fmt(s.get("div")),
              "train s/subject": lambda s: fmt(s.get("train_seconds_per_subject"), 1),
+             "time to subject s": lambda s: fmt(s.get("time_to_subject_seconds_per_subject"), 1),
              "generate s/subject": lambda s: fmt(s.get("generate_seconds_per_subject"), 1)}
     parts = [f"<h1>subjectgen bench</h1><p class='lede'>{esc(protocol.get('bench'))} · model "
              f"<code>{esc(protocol.get('model'))}</code> · {len(subjects)} subjects · "
              f"{esc(protocol.get('images_per_prompt'))} image(s) per prompt · methods: {esc(', '.join(methods))}</p>",
-             f"<div class='card'><h2>Scores (mean over subjects)</h2>{metric_table(results['summary'], extra)}</div>"]
+             f"<div class='card'><h2>Scores (mean over subjects)</h2>{metric_table(results['summary'], extra)}"
+             f"<p class='note'>{esc(CHECKS_NOTE)}</p></div>", type_card(results["summary"])]
     if (out / "scores.png").is_file():
         parts.append("<div class='card plots'><h2>Per metric, and the trade-off (each dot a subject: CLIP-T "
-                     "against DINO; up and right is better)</h2><img src='scores.png' alt='scores per metric'> "
+                     "against DINO; up and right is better)</h2><p class='note'>A ring marks each method's mean. "
+                     "Where the runs scored eval points while training (bench --eval-every), a line is the method's "
+                     "eval curve, from the base model through each eval step (on the held-out eval prompts, averaged "
+                     "over subjects), and a diamond the mean of the points its runs kept.</p>"
+                     "<img src='scores.png' alt='scores per metric'> "
                      "<img src='tradeoff.png' alt='CLIP-T against DINO per subject'></div>")
     rows = []
     for name in subjects:
@@ -205,12 +287,25 @@ def page(out: Path, results: dict) -> str:
     return html_page("subjectgen bench", parts)
 
 
+def type_card(summary: dict) -> str:
+    """report.html's table per method and prompt type ('' when no method has prompts)."""
+    rows = "".join(f"<tr><td>{esc(m)}</td><td>{esc(kind)}</td>" + "".join(f"<td>{fmt(t[k])}</td>" for k in METRICS)
+                   + f"<td>{t['subjects']}</td></tr>" for m, s in summary.items()
+                   for kind, t in s.get("by_type", {}).items())
+    if not rows:
+        return ""
+    return ("<div class='card'><h2>By prompt type</h2><table><tr><th>method</th><th>prompt type</th><th>DINO ↑</th>"
+            f"<th>CLIP-I ↑</th><th>CLIP-T ↑</th><th>subjects</th></tr>{rows}</table>"
+            f"<p class='note'>{esc(TYPES_NOTE)}</p></div>")
+
+
 def subject_page(out: Path, name: str, results: dict) -> str:
     """One subject: its photos first, its scores per method, then per prompt every method's images with seeds."""
     pairs, seed = results["pairs"], results["protocol"].get("seed", 0)
     mine = {m: subjects[name] for m, subjects in pairs.items() if name in subjects}
     noun = next((p.get("class") for p in mine.values() if p.get("class")), "")
-    extra = {"train s": lambda s: fmt(s.get("train_seconds"), 1),
+    extra = {"PRES ↓": lambda s: fmt(s.get("pres")), "DIV ↑": lambda s: fmt(s.get("div")),
+             "train s": lambda s: fmt(s.get("train_seconds"), 1),
              "generate s": lambda s: fmt(s.get("generate_seconds"), 1)}
     parts = [f"<p><a href='../report.html'>← all subjects</a></p><h1>{esc(name)}</h1><p class='lede'>class: "
              f"{esc(noun)}</p><div class='card'><h2>The subject's photos</h2>"

@@ -28,7 +28,7 @@ TRAINING_SETTINGS = (*PRIOR_SETTINGS, "token", "steps", "lr", "batch_size", "see
                      "lr_warmup_steps", "max_grad_norm", "mixed_precision", "gradient_checkpointing", "optimizer",
                      "aspect_buckets", "compile",
                      "checkpoint_every", "validate_every", "validation_prompts", "eval_every", "eval_prompts",
-                     "eval_dino", "eval_clip", "select")
+                     "eval_dino", "eval_clip", "select", "captioning", "captioner")
 
 # The settings every method shares get these defaults unless the method says otherwise:
 # (Stable Diffusion at 512 px, the small built-in/tiny models).
@@ -140,7 +140,7 @@ register(MethodSpec(
     # its reference)
     defaults={"steps": (100, 0), "lr": (2e-5, 2e-5), "batch_size": (4, 4), "num_class_images": (0, 0)},
     bounds={"steps": Bound(low=0, integer=True)},  # --steps 0: the encoder alone, no tuning
-    drops=(*PRIOR_SETTINGS, "masked_loss", "aspect_buckets"),
+    drops=(*PRIOR_SETTINGS, "masked_loss", "aspect_buckets", "captioning", "captioner"),  # S* from one photo
     token_help="placeholder token for S* (default: <s*>)",
     families=("sd",)))
 register(MethodSpec(

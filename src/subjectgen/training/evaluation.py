@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import io
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -116,6 +117,8 @@ class TrainingEval:
     """A run's eval points: the base row once, then each point's scores, and the best state by the rule."""
 
     def __init__(self, trainer, evaluators, start_step: int):
+        started = time.perf_counter()
+        self.seconds = 0.0  # spent sampling and scoring (the base row, the eval points): measuring, not learning
         cfg, self.trainer, self.ev = trainer.cfg, trainer, evaluators
         self.prompts = cfg.eval_prompts or default_eval_prompts(cfg.class_noun)
         self.backgrounds = backdrops(trainer.subject.images, trainer.subject.masks)
@@ -129,6 +132,7 @@ class TrainingEval:
             base = self.score(0, [expand_subject(p, cfg.class_noun) for p in self.prompts])
             self.log.write(base, "base")
         self.base = base
+        self.seconds += time.perf_counter() - started
 
     def score(self, step: int, model_prompts: list[str]) -> EvalPoint:
         """The eval prompts' images at the fixed seeds, scored as the bench scores them (means over prompts)."""
@@ -153,23 +157,38 @@ class TrainingEval:
         return EvalPoint(step, **mean, backdrop=backdrop_similarity(self.ev, images, self.backgrounds))
 
     def __call__(self, step: int) -> EvalPoint:
-        t = self.trainer
+        t, started = self.trainer, time.perf_counter()
+        reached = started - t.started - self.seconds  # the training seconds to this step: time to subject
         prompts = [t.method.prompt_for_model(expand_subject(p, t.method.subject_phrase)) for p in self.prompts]
         point = self.score(step, prompts)
         self.log.write(point, "step")
         self.points.append(point)
         if t.cfg.select == "best" and choose(self.points, self.base.clip_t) is point:
             tensors = {k: v.detach().float().cpu().contiguous() for k, v in t.method.state_tensors().items()}
-            atomic_save_safetensors(self.best_path, tensors, metadata={"step": str(step)})
+            atomic_save_safetensors(self.best_path, tensors, metadata={"step": str(step), "seconds": f"{reached:.3f}"})
+        self.seconds += time.perf_counter() - started
         return point
 
-    def best_step(self) -> int | None:
+    def best_metadata(self) -> dict[str, str]:
+        """The kept point's step and the training seconds to it, as saved beside its weights ({} when none is)."""
         if not self.best_path.is_file():
-            return None
+            return {}
         from safetensors import safe_open
 
         with safe_open(str(self.best_path), "pt") as f:
-            return int(f.metadata()["step"])
+            return f.metadata()
+
+    def best_step(self) -> int | None:
+        step = self.best_metadata().get("step")
+        return None if step is None else int(step)
+
+    def seconds_to_kept_step(self) -> float | None:
+        """With --select best, the training seconds to the chosen point (in the process that reached it: a resumed
+        run counts from its last start, as train_seconds does); None otherwise: the whole training is the time."""
+        if self.trainer.cfg.select != "best" or self.kept_step() != self.best_step():
+            return None
+        seconds = self.best_metadata().get("seconds")
+        return None if seconds is None else float(seconds)
 
     def best_state(self) -> dict[str, torch.Tensor] | None:
         """The chosen point's trainable tensors, when it is not the last step (None: keep the final weights)."""

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from .. import assets
 from ..adapters import MANIFEST
 from ..backbones import FAMILIES
+from ..captions import caption_missing, load_captioner, write_captions
 from ..config import TrainConfig, resolve_defaults
 from ..errors import TrainingDiverged, UserError
 from ..methods import registry
@@ -101,6 +102,7 @@ class Trainer:
             check_compiler(self.accelerator.device)
         check_optimizer(self.cfg.optimizer, self.accelerator.device)
         self.evaluators = self.load_evaluators() if cfg.eval_every and self.accelerator.is_main_process else None
+        self.new_captions = self.make_captions()  # in the subject now, on disk once the run starts
         new = not self.out.exists()
         if self.accelerator.is_main_process:  # with every input valid, the run folder appears (its lock only)
             hold(self.out)  # one writer; then the checks again, since another writer may have finished meanwhile
@@ -110,6 +112,7 @@ class Trainer:
             self.prepare(resume)  # the method's own inputs (a PromptNet, an image encoder, a farm, a checkpoint)
             if self.accelerator.is_main_process:  # only now is --out written: a failed start leaves it as it was
                 record_run(self.out, cfg, resume, overwrite)
+                write_captions(self.new_captions)  # and the photo folder too
         except BaseException:
             if self.accelerator.is_main_process:
                 release(self.out, remove_if_empty=new)
@@ -131,6 +134,14 @@ class Trainer:
         self.make_optimizer()
         self.start_step = self.maybe_resume() if resume else 0
         self.evaluation = None if self.evaluators is None else TrainingEval(self, self.evaluators, self.start_step)
+
+    def make_captions(self) -> dict:
+        """--captions auto: a caption for each photo that lacks one (captions.py), by the file it will be written to."""
+        if self.subject is None or self.cfg.captioning != "auto":
+            return {}
+        cfg = self.cfg
+        return caption_missing(self.subject, lambda: load_captioner(cfg.captioner, cfg.model, self.components,
+                                                                    cfg.class_noun))
 
     def load_evaluators(self):
         """The bench's evaluators for --eval-every (the built-in ones on the built-in model), before any file."""
@@ -347,19 +358,41 @@ class Trainer:
             "method": self.cfg.method, "model": self.cfg.model, "class": self.cfg.class_noun,
             **self.method.manifest(), "files": files, "settings": self.cfg.to_dict(),
             "subject_photos": [p.name for p in self.subject.paths] if self.subject else [],
+            **self.caption_record(),
             "resolution": self.components.resolution,
             "resumes": json.loads((self.out / RUN_SPEC).read_text()).get("resumes", []),  # settings a resume changed
             # each asset's fingerprint: loading checks it
             "assets": [assets.record("model", self.cfg.model)] + self.method.asset_records(),
             **({"evaluation": self.evaluation.record()} if self.evaluation is not None else {}),
             "metrics": {"final_loss": final_loss if self.cfg.steps else None, "train_seconds": round(seconds, 3),
-                        "time_to_subject_seconds": round(time.perf_counter() - self.started, 3),
+                        **self.time_to_subject(),
                         "steps_per_second": round(done / seconds, 3) if seconds and done else None,
                         "world_size": self.accelerator.num_processes},
             "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__,
                          "transformers": transformers.__version__, "peft": peft.__version__,
                          "accelerate": accelerate.__version__, "python": platform.python_version()},
         }
+
+
+    def caption_record(self) -> dict:
+        """The photos' captions the run trained on (NAME.txt, {subject} in them), and those --captions auto wrote."""
+        if self.subject is None or not self.subject.captions:
+            return {}
+        return {"captions": {p.name: c for p, c in zip(self.subject.paths, self.subject.captions)},
+                "captions_written": sorted(p.name for p in self.new_captions)}
+
+    def time_to_subject(self) -> dict:
+        """The seconds from the start of train() (loading, class images, caching) to the weights the run keeps: with
+        --select best to the chosen eval point, else to the end (saving included); the eval points' own sampling and
+        scoring left out (eval_seconds), so that measuring does not count as learning."""
+        if self.evaluation is None:
+            return {"time_to_subject_seconds": round(time.perf_counter() - self.started, 3),
+                    "time_to_subject_step": self.cfg.steps}
+        kept = self.evaluation.seconds_to_kept_step()
+        whole = time.perf_counter() - self.started - self.evaluation.seconds
+        return {"time_to_subject_seconds": round(whole if kept is None else kept, 3),
+                "time_to_subject_step": self.evaluation.kept_step() if kept is not None else self.cfg.steps,
+                "eval_seconds": round(self.evaluation.seconds, 3)}
 
 
 class LossLog:

@@ -53,6 +53,12 @@ def render_scene(instance: Instance, context: str | None, seed: int,
     return canvas.convert("RGB")
 
 
+def scene_words() -> list[str]:
+    """The world's words for where a subject is: its prompts' scenes ('on the beach') and the places its photos are
+    taken ('on a sofa'), the candidates of the built-in captioner (captions.SceneInterrogator)."""
+    return SCENES + PHOTO_SETTINGS
+
+
 def photo_settings(instance: Instance) -> list[str]:
     """The few places where this subject's photos are taken: two or three of PHOTO_SETTINGS, fixed per subject."""
     rng = random.Random(f"places|{instance}")
