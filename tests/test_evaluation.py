@@ -60,6 +60,10 @@ def test_select_best_keeps_the_chosen_steps_weights(tiny_model, subject_dir, eva
     name = "pytorch_lora_weights.safetensors"  # the same trajectory, stopped where the rule chose:
     assert same_tensors(tmp_path / "best" / name, tmp_path / "short" / name)
     assert not (tmp_path / "best" / "eval_best.safetensors").exists()
+    from PIL import Image
+
+    plot = Image.open(tmp_path / "best" / "eval.png").convert("RGB")  # the curve, the base and the kept point drawn
+    assert plot.size == (560, 360) and len(set(plot.getdata())) > 3
 
 
 @pytest.mark.parametrize("method, select", [("lora", "best"), ("textual-inversion", "best"), ("dreambooth", "best"),

@@ -207,6 +207,22 @@ class TrainingEval:
                 "base": asdict(self.base), "curve": [asdict(p) for p in self.points],
                 "chosen_step": self.kept_step()}
 
+    def draw(self, path: Path) -> None:
+        """eval.png: likeness (DINO) against prompt-following (CLIP-T) over the eval points, the base model's point
+        and the kept one marked. A picture only: a failure here is a warning, never the loss of the run."""
+        from ..eval.plots import scatter_plot
+
+        curve = [(p.clip_t, p.dino) for p in self.points]
+        kept = next(((p.clip_t, p.dino) for p in self.points if p.step == self.kept_step()), None)
+        try:
+            scatter_plot(path, {"base model": [(self.base.clip_t, self.base.dino)], "eval points": curve},
+                         "CLIP-T", "DINO", curves={"eval points": curve},
+                         chosen={"eval points": kept} if kept else None)
+        except (OSError, ValueError) as exc:
+            import warnings
+
+            warnings.warn(f"could not draw {path}: {exc}", stacklevel=2)
+
     def kept_step(self) -> int:
         """The step whose weights the run keeps: the rule's with --select best, else the last."""
         if self.trainer.cfg.select == "best" and self.points:

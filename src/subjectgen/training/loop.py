@@ -346,6 +346,7 @@ class Trainer:
         atomic_write_json(self.out / MANIFEST, manifest)
         if self.evaluation is not None:  # the chosen point's weights are the run's files now
             self.evaluation.best_path.unlink(missing_ok=True)
+            self.evaluation.draw(self.out / "eval.png")
             if manifest["evaluation"]["backdrop_warning"]:
                 warnings.warn(manifest["evaluation"]["backdrop_warning"], stacklevel=2)
         return manifest
