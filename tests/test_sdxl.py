@@ -238,3 +238,42 @@ def test_a_step_draws_its_class_half_from_its_photos_bucket(tiny_sdxl):
         assert classes.draw(3, generator, bucket=drawn.bucket).latents.shape == drawn.latents.shape
         seen.add(drawn.bucket)
     assert seen == {(16, 16), (20, 12)}
+
+
+def test_a_single_file_sdxl_checkpoint_loads_trains_lora_and_generates(wide_photos, tmp_path, capsys, monkeypatch):
+    """An original-layout SDXL file, as A1111 and ComfyUI users have it: its configs from NAME.config beside it
+    (offline, with none there and no hub, a one-line error saying so); the same weights and images as the diffusers
+    folder it was written from; a LoRA trained on it loads in plain diffusers on that folder."""
+    import huggingface_hub
+
+    from subjectgen.tiny import save_tiny_sdxl_pipeline, save_tiny_sdxl_single_file
+
+    ckpt = save_tiny_sdxl_single_file(tmp_path / "sdxl.safetensors")
+    folder = save_tiny_sdxl_pipeline(tmp_path / "diffusers", width_2=48)
+    train_args = ["train", "lora", "--model", str(ckpt), "--subject", str(wide_photos), "--class", "dog", "--steps",
+                  "3", "--quiet"]
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty-hub-cache"))
+    capsys.readouterr()  # save_pretrained's progress bars
+    err = refused(capsys, [*train_args, "--out", str(tmp_path / "refused")])
+    assert "sdxl.config" in err and "stabilityai/stable-diffusion-xl-base-1.0" in err
+    assert not (tmp_path / "refused").exists()
+
+    shutil.copytree(folder, tmp_path / "sdxl.config", ignore=shutil.ignore_patterns("*.safetensors"))  # configs only
+    components = load_model(str(ckpt))
+    assert components.backbone.name == "sdxl" and components.unet.dtype == torch.float32
+    same = load_model(str(folder))
+    for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
+        mine, theirs = getattr(components, name).state_dict(), getattr(same, name).state_dict()
+        assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine), name
+    assert np.array_equal(as_array(generate(components, ["a dog"], [1], steps=4)),
+                          as_array(generate(same, ["a dog"], [1], steps=4)))
+
+    assert main([*train_args, "--out", str(tmp_path / "run")]) == 0
+    run = load_run(tmp_path / "run")
+    prompt = run.prompt_for_model("a {subject} on the beach")
+    ours = as_array(generate(run.components, [prompt], [0], steps=4))
+    pipe = StableDiffusionXLPipeline.from_pretrained(str(folder))
+    pipe.load_lora_weights(str(tmp_path / "run"))
+    assert np.abs(ours - plain_images(pipe, prompt, run.components)).max() <= 1
+    assert np.abs(ours - as_array(generate(same, [prompt], [0], steps=4))).max() > 0  # the LoRA changed the image

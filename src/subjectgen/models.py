@@ -101,20 +101,36 @@ def _check_weights_format(folder: Path, allow_pickle: bool) -> None:
 
 
 def _load_single_file(path: Path, allow_pickle: bool) -> Components:
-    """A single-file checkpoint (A1111/CivitAI style), converted by diffusers."""
+    """A single-file checkpoint (A1111/CivitAI style), converted by diffusers. The file holds weights only: the
+    configs come from a diffusers folder beside it (single_file_config), else diffusers fetches those of the base
+    model it recognises from the hub once (then its cache)."""
     if path.suffix in PICKLE_SUFFIXES and not allow_pickle:
         raise UserError(f"{path} is a pickle checkpoint, which can run code when loaded; "
                         "use a .safetensors file or pass --allow-pickle if you trust its source")
     if path.suffix not in PICKLE_SUFFIXES | {".safetensors"}:
         raise UserError(f"model file {path}: expected a .safetensors checkpoint or a diffusers folder")
     family = backbones.for_single_file(path)
+    config = single_file_config(path)
     try:
-        pipe = family.from_single_file(path)
+        with quiet_loading():
+            pipe = family.from_single_file(path, config if config.is_dir() else None)
     except Exception as exc:  # diffusers raises many types for unrecognised checkpoints
+        if type(exc).__module__.startswith("huggingface_hub") and not config.is_dir():
+            raise UserError(
+                f"checkpoint {path}: diffusers could not fetch its configs from the Hugging Face hub (offline?); "
+                f"put its base model's diffusers folder (e.g. {family.single_file_base}; the configs suffice, no "
+                f"weights) at {config}, or connect once") from None
         raise UserError(f"could not read checkpoint {path}: {str(exc).splitlines()[0]}") from None
     parts = family.parts_from_pipeline(pipe)
     family.check_parts(parts, f"checkpoint {path}")
     return Components(family, parts, ref=str(path))
+
+
+def single_file_config(path: Path) -> Path:
+    """Where a single-file checkpoint's configs are looked for: NAME.config/ beside NAME.safetensors (as A1111 reads
+    NAME.yaml beside it), a diffusers folder of the model's architecture (model_index.json, every component's
+    config, the tokenizers), passed to diffusers' `from_single_file(config=...)`; weights in it are not read."""
+    return path.with_suffix(".config")
 
 
 def _download(repo_id: str, allow_pickle: bool) -> Path:

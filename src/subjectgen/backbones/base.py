@@ -93,6 +93,7 @@ class Backbone:
     trainable_text_encoders: tuple[str, ...] = ()  # what --train-text-encoder trains (default: every encoder)
     flow_matching: bool = False                    # a velocity target on a flow schedule (no ᾱ, no min-SNR)
     default_guidance: float = 7.5                  # `generate`'s guidance scale when none is given
+    single_file_base: str = ""                     # the hub model whose configs diffusers reads for a single file
 
     def text_encoders_to_train(self) -> tuple[str, ...]:
         return self.trainable_text_encoders or self.text_encoders
@@ -101,8 +102,10 @@ class Backbone:
     def load_parts(self, path: Path, use_safetensors: bool | None, index: dict) -> dict[str, Any]:
         raise NotImplementedError
 
-    def from_single_file(self, path: Path):
-        """A diffusers pipeline of this family converted from a single-file checkpoint."""
+    def from_single_file(self, path: Path, config: Path | None):
+        """A diffusers pipeline of this family converted from a single-file checkpoint, in fp32 like a folder's.
+        config: a diffusers folder with the pipeline's configs (its weights are not read); None: diffusers fetches
+        the configs of the base model it recognises from the hub (or its cache)."""
         raise NotImplementedError
 
     def parts_from_pipeline(self, pipe) -> dict[str, Any]:

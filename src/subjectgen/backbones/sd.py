@@ -56,6 +56,7 @@ class StableDiffusion(Backbone):
         "StableDiffusionInpaintPipeline": "an inpainting model (9-channel UNet)",
         "StableDiffusionUpscalePipeline": "an upscaler", "StableDiffusionImg2ImgPipeline": "an image-to-image model",
         "StableDiffusionDepth2ImgPipeline": "a depth-to-image model"})
+    single_file_base: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 
     def load_parts(self, path: Path, use_safetensors: bool | None, index: dict) -> dict[str, Any]:
         # fp32 in memory whatever the storage (the built-in model ships fp16); mixed precision casts later
@@ -71,9 +72,10 @@ class StableDiffusion(Backbone):
     def check_parts(self, parts: dict[str, Any], where: str) -> None:
         check_unet(parts["unet"], self.title, where)
 
-    def from_single_file(self, path: Path):
-        return StableDiffusionPipeline.from_single_file(str(path), safety_checker=None,
-                                                        requires_safety_checker=False)
+    def from_single_file(self, path: Path, config: Path | None):
+        return StableDiffusionPipeline.from_single_file(
+            str(path), config=str(config) if config else None, torch_dtype=torch.float32, safety_checker=None,
+            requires_safety_checker=False)
 
     def pipeline(self, c: Components) -> StableDiffusionPipeline:
         return StableDiffusionPipeline(

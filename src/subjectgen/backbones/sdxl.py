@@ -46,6 +46,7 @@ class StableDiffusionXL(StableDiffusion):
     refusals: dict[str, str] = field(default_factory=lambda: {
         "StableDiffusionXLImg2ImgPipeline": "the SDXL refiner (an image-to-image model)",
         "StableDiffusionXLInpaintPipeline": "an SDXL inpainting model (9-channel UNet)"})
+    single_file_base: str = "stabilityai/stable-diffusion-xl-base-1.0"
 
     def load_parts(self, path: Path, use_safetensors: bool | None, index: dict) -> dict[str, Any]:
         st = use_safetensors
@@ -67,8 +68,13 @@ class StableDiffusionXL(StableDiffusion):
         if parts["unet"].config.addition_embed_type != "text_time":
             raise UserError(f"{where}: its UNet has no SDXL time conditioning; is it a complete SDXL base model?")
 
-    def from_single_file(self, path: Path):
-        return StableDiffusionXLPipeline.from_single_file(str(path))
+    def from_single_file(self, path: Path, config: Path | None):
+        return StableDiffusionXLPipeline.from_single_file(str(path), config=str(config) if config else None,
+                                                          torch_dtype=torch.float32)
+
+    def parts_from_pipeline(self, pipe) -> dict[str, Any]:
+        return {**super().parts_from_pipeline(pipe),
+                "force_zeros_for_empty_prompt": bool(pipe.config.get("force_zeros_for_empty_prompt", True))}
 
     def pipeline(self, c: Components) -> StableDiffusionXLPipeline:
         return StableDiffusionXLPipeline(
