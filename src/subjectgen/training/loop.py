@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import gc
 import io
 import json
 import os
@@ -126,6 +127,7 @@ class Trainer:
         self.method = method(self.cfg, self.components, self.subject, self.data)
         self.place_modules()
         self.text_cache = self.make_text_cache()
+        self.free_cached_networks()
         self.make_optimizer()
         self.start_step = self.maybe_resume() if resume else 0
         self.evaluation = None if self.evaluators is None else TrainingEval(self, self.evaluators, self.start_step)
@@ -179,6 +181,21 @@ class Trainer:
             for encoder in self.components.text_encoders:  # (validation grids encode on the CPU then)
                 encoder.to("cpu")
         return cache
+
+    def free_cached_networks(self) -> None:
+        """Release the weights of the frozen networks whose outputs are cached (the VAE; the text encoders when the
+        prompts are), as kohya's --cache_latents and cached text outputs do: on SDXL they are a third of the base.
+        Only for a method that trains from the caches alone, and only when no validation grid or eval point will
+        sample images. The modules stay, on the meta device (their configs are still read); a use of their weights
+        would fail loudly."""
+        cfg, c = self.cfg, self.components
+        if not self.method.trains_from_caches or cfg.validate_every or cfg.eval_every:
+            return
+        cached = ["vae", *(c.backbone.text_encoders if self.text_cache is not None else ())]
+        for name in cached:
+            if name not in self.method.trainable_modules():
+                c.parts[name].to("meta")
+        gc.collect()
 
     @property
     def class_prompt(self) -> str:
