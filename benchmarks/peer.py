@@ -9,7 +9,8 @@ width, the VAE at a quarter width) at 256 px; the photos are the same.
 Settings shared by both: the built-in model saved in fp32 (a plain diffusers folder), one subject's photos (its
 masks left out: the peer cannot read a masks/ folder), "a sks dog", rank 4, lr 1e-4 constant, no warm-up,
 gradient clipping 1.0, seed 0, `--steps` steps, one thread each (OMP_NUM_THREADS=1), for each batch size and
-with and without prior preservation (class images made once beforehand by each tool, outside the timings).
+with and without prior preservation. Class images are made once, outside the timings, by ours (`--num-class-images`
+of them) and copied into the peer's --class_data_dir, so both train on the same ones and the peer makes none.
 Reported: wall clock per run (process start to exit), the training loop's steps/s (ours: the manifest; the
 peer: its progress bar's final rate), peak RSS (the process's maximum resident set), and ours / peer ratios.
 
@@ -36,7 +37,6 @@ SCRIPTS = {"sd": PEERS / "diffusers_train_dreambooth_lora.py",
            "sdxl": PEERS / "diffusers_train_dreambooth_lora_sdxl.py"}
 RESOLUTION = {"sd": 64, "sdxl": 256}
 SUBJECT = "dog"
-CLASS_IMAGES = 50
 
 
 def fp32_model(folder: Path) -> Path:
@@ -107,17 +107,18 @@ def measure(command: list[str], env: dict) -> tuple[float, float, str, str]:
     return seconds, usage.ru_maxrss / 1024, errors, out
 
 
-def ours(model: Path, subject: Path, out: Path, steps: int, batch: int, prior: bool) -> list[str]:
+def ours(model: Path, subject: Path, out: Path, steps: int, batch: int, prior: dict | None) -> list[str]:
+    """prior: None, or the class images' {"count": N}."""
     return [sys.executable, "-m", "subjectgen.cli", "train", "lora", "--model", str(model), "--subject",
             str(subject), "--class", "dog", "--instance-prompt", "a {token} {class}", "--token", "sks", "--out",
             str(out), "--steps", str(steps), "--lr", "1e-4", "--rank", "4", "--batch-size", str(batch),
             "--lr-warmup-steps", "0", "--max-grad-norm", "1", "--seed", "0", "--quiet", "--overwrite",
-            *(["--prior-preservation", "--num-class-images", str(CLASS_IMAGES)] if prior else
+            *(["--prior-preservation", "--num-class-images", str(prior["count"])] if prior else
               ["--no-prior-preservation"])]
 
 
 def peer(python: Path, model: Path, subject: Path, classes: Path, out: Path, steps: int, batch: int,
-         prior: bool, family: str = "sd") -> list[str]:
+         prior: dict | None, family: str = "sd") -> list[str]:
     return [str(python), str(SCRIPTS[family]), "--pretrained_model_name_or_path", str(model), "--instance_data_dir",
             str(subject), "--instance_prompt", "a sks dog", "--output_dir", str(out), "--resolution",
             str(RESOLUTION[family]),
@@ -125,7 +126,16 @@ def peer(python: Path, model: Path, subject: Path, classes: Path, out: Path, ste
             "--lr_scheduler", "constant", "--lr_warmup_steps", "0", "--rank", "4", "--seed", "0",
             "--max_grad_norm", "1.0", "--checkpointing_steps", "1000000",
             *(["--with_prior_preservation", "--class_data_dir", str(classes), "--class_prompt", "a dog",
-               "--num_class_images", str(CLASS_IMAGES)] if prior else [])]
+               "--num_class_images", str(prior["count"])] if prior else [])]
+
+
+def share_class_images(cache: Path, classes: Path) -> None:
+    """Our class images (from our cache, made by a warm-up run) copied into the peer's class folder: the same
+    images for both, and the peer, finding the folder full, makes none."""
+    classes.mkdir(exist_ok=True)
+    if not any(classes.iterdir()):
+        for image in sorted((cache / "class_images").glob("*/*.png")):
+            shutil.copy(image, classes / image.name)
 
 
 def peer_rate(stderr: str) -> float | None:
@@ -147,6 +157,7 @@ def main() -> None:
     parser.add_argument("--batch-sizes", default="1,4")
     parser.add_argument("--prior", default="no,yes", help="prior preservation settings to run: no, yes or both")
     parser.add_argument("--family", choices=sorted(SCRIPTS), default="sd", help="the model family (default: sd)")
+    parser.add_argument("--num-class-images", type=int, default=50, help="class images for prior preservation")
     args = parser.parse_args()
     python = Path(args.peer_venv) / "bin" / "python"
     if args.setup and not python.is_file():
@@ -162,11 +173,12 @@ def main() -> None:
         env["SUBJECTGEN_CACHE"] = str(tmp / "cache")
         model = fp32_model(tmp / "fp32") if args.family == "sd" else mid_sdxl(tmp / "sdxl")
         subject = photos(tmp / "photos")
-        for prior in [p == "yes" for p in args.prior.split(",")]:
+        for prior in [{"count": args.num_class_images} if p == "yes" else None for p in args.prior.split(",")]:
             for batch in [int(b) for b in args.batch_sizes.split(",")]:
-                if prior:  # class images once per tool, outside the timings
-                    measure(ours(model, subject, tmp / "warm", 1, batch, True), env)
-                    measure(peer(python, model, subject, tmp / "classes", tmp / "warm-peer", 1, batch, True,
+                if prior:  # class images once, outside the timings; a warm-up of each tool
+                    measure(ours(model, subject, tmp / "warm", 1, batch, prior), env)
+                    share_class_images(Path(env["SUBJECTGEN_CACHE"]), tmp / "classes")
+                    measure(peer(python, model, subject, tmp / "classes", tmp / "warm-peer", 1, batch, prior,
                                  args.family), env)
                 runs = {"ours": [], "peer": []}
                 for _ in range(args.pairs):
@@ -180,7 +192,9 @@ def main() -> None:
     what = ("the built-in model in fp32" if args.family == "sd" else
              f"a mid-size random SDXL (a quarter of SDXL's widths) at {RESOLUTION['sdxl']} px")
     print(f"`subjectgen train lora` against diffusers' {SCRIPTS[args.family].name.replace('diffusers_', '')}, {what}, "
-          f"{args.steps} steps, one thread each, {args.pairs} interleaved pairs per row (medians):\n")
+          f"{args.steps} steps, one thread each, {args.pairs} interleaved pairs per row (medians)"
+          + (f"; prior preservation on the same {args.num_class_images} class images" if "yes" in args.prior else "")
+          + ":\n")
     print("| batch | prior preservation | ours: wall s / steps/s / peak MiB | peer: wall s / steps/s / peak MiB | "
           "steps/s ours ÷ peer | wall ours ÷ peer | peak RSS ours ÷ peer |")
     print("|---|---|---|---|---|---|---|")
@@ -189,8 +203,13 @@ def main() -> None:
                    else None for i in range(3)] for k, v in runs.items()}
         o, p = med["ours"], med["peer"]
         speed = f"{o[2] / p[2]:.2f}" if o[2] and p[2] else "–"
-        print(f"| {batch} | {'yes' if prior else 'no'} | {o[0]:.1f} / {o[2]:.1f} / {o[1]:.0f} | {p[0]:.1f} / "
-              f"{p[2] or 0:.1f} / {p[1]:.0f} | {speed} | {o[0] / p[0]:.2f} | {o[1] / p[1]:.2f} |")
+        print(f"| {batch} | {'yes' if prior else 'no'} | {o[0]:.1f} / {rate(o[2])} / {o[1]:.0f} | {p[0]:.1f} / "
+              f"{rate(p[2] or 0)} / {p[1]:.0f} | {speed} | {o[0] / p[0]:.2f} | {o[1] / p[1]:.2f} |")
+
+
+def rate(steps_per_second: float) -> str:
+    """Steps/s to two significant places at least (SDXL on a CPU runs well under one step a second)."""
+    return f"{steps_per_second:.1f}" if steps_per_second >= 1 else f"{steps_per_second:.2f}"
 
 
 if __name__ == "__main__":

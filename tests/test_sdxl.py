@@ -277,3 +277,31 @@ def test_a_single_file_sdxl_checkpoint_loads_trains_lora_and_generates(wide_phot
     pipe.load_lora_weights(str(tmp_path / "run"))
     assert np.abs(ours - plain_images(pipe, prompt, run.components)).max() <= 1
     assert np.abs(ours - as_array(generate(same, [prompt], [0], steps=4))).max() > 0  # the LoRA changed the image
+
+
+def test_mixed_precision_casts_a_half_precision_base_once_never_to_fp32(tiny_sdxl, wide_photos, tmp_path):
+    """An fp16-stored SDXL (the hub's fp16 variant, a CivitAI file) trained in bf16: the denoiser and text encoders
+    load as stored and each frozen weight is cast once, to bf16 (no fp32 copy of the base in between); what trains
+    is fp32, a full fine-tune's UNet exactly the stored weights; generation loads fp32 as before."""
+    from subjectgen.training.loop import Trainer
+    from subjectgen.training.outdir import release
+
+    folder = tmp_path / "fp16"
+    StableDiffusionXLPipeline.from_pretrained(tiny_sdxl, torch_dtype=torch.float16).save_pretrained(folder)
+    stored = load_file(str(folder / "unet" / "diffusion_pytorch_model.safetensors"))
+    assert {next(m.parameters()).dtype for m in load_model(str(folder)).networks} == {torch.float32}
+    loaded = load_model(str(folder), keep_dtype=True)
+    assert [next(m.parameters()).dtype for m in loaded.networks] == [torch.float16] * 2 + [torch.float32, torch.float16]
+    for method in ("lora", "dreambooth"):
+        trainer = Trainer(TrainConfig(method=method, model=str(folder), subject_dir=str(wide_photos), class_noun="dog",
+                                      out=str(tmp_path / method), steps=2, mixed_precision="bf16",
+                                      prior_preservation=False), progress=False)
+        try:
+            unet = dict(trainer.components.unet.named_parameters())
+            assert {p.dtype for p in unet.values() if not p.requires_grad} <= {torch.bfloat16}
+            assert {p.dtype for p in unet.values() if p.requires_grad} == {torch.float32}
+            weight = unet.get("conv_in.weight")
+            assert torch.equal(weight, stored["conv_in.weight"].to(weight.dtype))  # one cast from the stored fp16
+            trainer.run()
+        finally:
+            release(trainer.out)

@@ -47,21 +47,31 @@ def inference_device() -> torch.device:
     return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
 
 
-def load_model(ref: str, allow_pickle: bool = False) -> Components:
-    """Load the components of the model named by `ref` (see the module docstring)."""
+def load_model(ref: str, allow_pickle: bool = False, keep_dtype: bool = False) -> Components:
+    """Load the components of the model named by `ref` (see the module docstring), every network in fp32 whatever
+    its storage (the built-in model ships fp16), as generation computes. keep_dtype (training in mixed precision):
+    the denoiser and text encoders stay as stored, and the trainer casts each weight once, frozen ones to the
+    mixed-precision dtype and trainable ones to fp32, with no fp32 copy of a half-precision base in between."""
     ref = str(ref)
     named = assets.builtin_path("model", ref)
     if named is not None:
-        return _load_folder(named, ref, allow_pickle)
+        return _in_fp32(_load_folder(named, ref, allow_pickle), keep_dtype)
     path = Path(ref).expanduser()
     if path.is_dir():
-        return _load_folder(path, ref, allow_pickle)
+        return _in_fp32(_load_folder(path, ref, allow_pickle), keep_dtype)
     if path.is_file():
-        return _load_single_file(path, allow_pickle)
+        return _in_fp32(_load_single_file(path, allow_pickle), keep_dtype)
     if HUB_ID.match(ref) and not ref.startswith((".", "/")):
-        return _load_folder(_download(ref, allow_pickle), ref, allow_pickle)
+        return _in_fp32(_load_folder(_download(ref, allow_pickle), ref, allow_pickle), keep_dtype)
     names = ", ".join(assets.builtin_names("model"))
     raise UserError(f"model '{ref}': no such folder or file, and not a hub id; give a diffusers folder or one of: {names}")
+
+
+def _in_fp32(c: Components, keep_dtype: bool) -> Components:
+    """The networks in fp32 (see load_model); the VAE always: it is small and encodes the photos before any cast."""
+    for module in [c.vae] if keep_dtype else c.networks:
+        module.float()
+    return c
 
 
 def _load_folder(path: Path, ref: str, allow_pickle: bool) -> Components:

@@ -13,7 +13,7 @@ from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNe
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from ..errors import UserError
-from .base import Backbone, Components, Conditioning
+from .base import Backbone, Components, Conditioning, load_as_stored, stored_dtype
 
 
 def encode_prompts(tokenizer, text_encoder, prompts: list[str]) -> torch.Tensor:
@@ -59,13 +59,12 @@ class StableDiffusion(Backbone):
     single_file_base: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 
     def load_parts(self, path: Path, use_safetensors: bool | None, index: dict) -> dict[str, Any]:
-        # fp32 in memory whatever the storage (the built-in model ships fp16); mixed precision casts later
+        st = use_safetensors
         return {
             "tokenizer": CLIPTokenizer.from_pretrained(path / "tokenizer"),
-            "text_encoder": CLIPTextModel.from_pretrained(path / "text_encoder",
-                                                          use_safetensors=use_safetensors).float(),
-            "vae": AutoencoderKL.from_pretrained(path / "vae", use_safetensors=use_safetensors).float(),
-            "unet": UNet2DConditionModel.from_pretrained(path / "unet", use_safetensors=use_safetensors).float(),
+            "text_encoder": CLIPTextModel.from_pretrained(path / "text_encoder", use_safetensors=st),
+            "vae": load_as_stored(AutoencoderKL, path / "vae", st),
+            "unet": load_as_stored(UNet2DConditionModel, path / "unet", st),
             "scheduler": load_scheduler(path, index, "DDIMScheduler"),
         }
 
@@ -74,7 +73,7 @@ class StableDiffusion(Backbone):
 
     def from_single_file(self, path: Path, config: Path | None):
         return StableDiffusionPipeline.from_single_file(
-            str(path), config=str(config) if config else None, torch_dtype=torch.float32, safety_checker=None,
+            str(path), config=str(config) if config else None, torch_dtype=stored_dtype(path), safety_checker=None,
             requires_safety_checker=False)
 
     def pipeline(self, c: Components) -> StableDiffusionPipeline:

@@ -82,7 +82,7 @@ class Trainer:
         self.out = Path(cfg.out)
         if self.accelerator.is_main_process:
             check_out_dir(self.out, cfg, resume, overwrite)
-        self.components = load_model(cfg.model, cfg.allow_pickle)
+        self.components = load_model(cfg.model, cfg.allow_pickle, keep_dtype=cfg.mixed_precision != "no")
         family = self.components.backbone
         registry.get(cfg.method).check_family(family.name, {n: b.title for n, b in FAMILIES.items()})
         if cfg.snr_gamma and family.flow_matching:
@@ -160,13 +160,13 @@ class Trainer:
         return LatentCache(self.components, images, fit_to=buckets if cfg.aspect_buckets else None)
 
     def place_modules(self) -> None:
-        """Frozen weights in the mixed-precision dtype on the device; trainable weights stay fp32."""
-        dtype = DTYPES[self.cfg.mixed_precision]
+        """Frozen weights in the mixed-precision dtype on the device, trainable weights in fp32: each weight cast as
+        it moves, so no fp32 copy of a frozen base reaches the device."""
+        dtype, device = DTYPES[self.cfg.mixed_precision], self.accelerator.device
         for module in self.components.networks:
-            module.to(self.accelerator.device)
             for p in module.parameters():
-                if not p.requires_grad:
-                    p.data = p.data.to(dtype)
+                p.data = p.data.to(device, torch.float32 if p.requires_grad else dtype)
+            module.to(device)  # the buffers
         if self.cfg.gradient_checkpointing:
             self.components.denoiser.enable_gradient_checkpointing()
             for encoder in self.components.text_encoders:
