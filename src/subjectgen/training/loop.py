@@ -184,7 +184,7 @@ class Trainer:
 
     def free_cached_networks(self) -> None:
         """Release the weights of the frozen networks whose outputs are cached (the VAE; the text encoders when the
-        prompts are), as kohya's --cache_latents and cached text outputs do: on SDXL they are a third of the base.
+        prompts are), as kohya's --cache_latents and cached text outputs do: on SDXL a quarter of the base's weights.
         Only for a method that trains from the caches alone, and only when no validation grid or eval point will
         sample images. The modules stay, on the meta device (their configs are still read); a use of their weights
         would fail loudly."""
