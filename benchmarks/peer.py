@@ -157,8 +157,23 @@ def photos(folder: Path) -> Path:
     return folder
 
 
+def built(build, folder: Path) -> Path:
+    """`build(folder)` in a process of its own, so that this one stays small: Linux keeps the high-water mark of the
+    process a command is started from as the command's own (ru_maxrss counts it across fork and exec), and building a
+    model here would set a floor under every peak measured after it."""
+    import multiprocessing
+
+    process = multiprocessing.get_context("spawn").Process(target=build, args=(folder,))
+    process.start()
+    process.join()
+    if process.exitcode:
+        sys.exit(f"building {folder.name} failed (exit {process.exitcode})")
+    return folder
+
+
 def measure(command: list[str], env: dict) -> tuple[float, float, str, str]:
-    """(wall seconds, peak RSS in MiB, stderr, stdout) of one process."""
+    """(wall seconds, peak RSS in MiB, stderr, stdout) of one process. Its peak is at least this process's own (see
+    built): this one must stay small."""
     started = time.perf_counter()
     with tempfile.TemporaryFile("w+") as err:
         proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=err, text=True)
@@ -238,7 +253,7 @@ def main() -> None:
         tmp = Path(tmp)
         env["SUBJECTGEN_CACHE"] = str(tmp / "cache")
         what, build = MODELS[args.family]
-        model = build(tmp / args.family)
+        model = built(build, tmp / args.family)
         subject = photos(tmp / "photos")
         for prior in [{"count": args.num_class_images} if p == "yes" else None for p in args.prior.split(",")]:
             for batch in [int(b) for b in args.batch_sizes.split(",")]:

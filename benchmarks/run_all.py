@@ -20,6 +20,8 @@ SECTIONS = [
     ("Training speed against the peer on SDXL (diffusers' train_dreambooth_lora_sdxl.py, a mid-size random SDXL)",
      ["benchmarks/peer.py", "--family", "sdxl", "--steps", "20", "--batch-sizes", "1", "--pairs", "3", "--prior", "yes",
       "--num-class-images", "8"]),
+    ("One LoRA step of a full-size SDXL at 512 px: peak memory, ours and the peer's (what a 12 GB GPU must hold)",
+     ["benchmarks/sdxl_step.py"]),
     ("Generation speed against the plain diffusers pipeline", ["benchmarks/generation_speed.py"]),
     ("The physical limit: FLOPs per step against one thread's matmul rate, and the profile",
      ["benchmarks/compute_limit.py"]),

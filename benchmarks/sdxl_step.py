@@ -17,13 +17,14 @@ more than the memory available, it says so and stops (exit 0).
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from peer import measure, ours, peer, photos, random_sdxl  # noqa: E402
+from peer import built, measure, ours, peer, photos, random_sdxl  # noqa: E402
 
 GiB = 2 ** 30
 PARAMETERS = {"unet": 2.567e9, "text encoders": 0.817e9, "vae": 0.084e9}  # SDXL base's, in diffusers' classes
@@ -68,7 +69,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         env["SUBJECTGEN_CACHE"] = str(tmp / "cache")
-        model = random_sdxl(tmp / "sdxl", "full", "bfloat16")
+        model = built(functools.partial(random_sdxl, size="full", dtype="bfloat16"), tmp / "sdxl")
         subject = photos(tmp / "photos")
         baseline = measure([sys.executable, "-c", "import torch, diffusers, transformers, peft, accelerate"], env)[1]
         rows["ours"] = measure(ours(model, subject, tmp / "ours", 1, 1, None, tuple(FLAGS["ours"])), env)[:2]
