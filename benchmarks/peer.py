@@ -1,15 +1,17 @@
-"""Training speed against the peer: diffusers' own examples/dreambooth/train_dreambooth_lora.py (SD) or
-train_dreambooth_lora_sdxl.py (`--family sdxl`), run beside `subjectgen train lora` on identical settings, in
-interleaved pairs.
+"""Training speed against the peer: diffusers' own examples/dreambooth/train_dreambooth_lora.py (SD),
+train_dreambooth_lora_sdxl.py (`--family sdxl`) or train_dreambooth_lora_flux.py (`--family flux`), run beside
+`subjectgen train lora` on identical settings, in interleaved pairs.
 
 SD: the built-in model in fp32 at 64 px. SDXL: a mid-size random-weight SDXL built here (a quarter of SDXL's
 widths, its depths: UNet blocks 80/160/320 with 1/2/10 transformer layers, CLIP-L and OpenCLIP-G at a quarter
-width, the VAE at a quarter width) at 256 px; the photos are the same.
+width, the VAE at a quarter width) at 256 px. FLUX.1: a mid-size random-weight FLUX.1-dev built here (mid_flux: a
+quarter of its widths and depths) at 256 px, T5 prompts of 128 tokens. The photos are the same.
 
 Settings shared by both: the built-in model saved in fp32 (a plain diffusers folder), one subject's photos (its
 masks left out: the peer cannot read a masks/ folder), "a sks dog", rank 4, lr 1e-4 constant, no warm-up,
 gradient clipping 1.0, seed 0, `--steps` steps, one thread each (OMP_NUM_THREADS=1), for each batch size and
-with and without prior preservation (class images made once beforehand by each tool, outside the timings).
+with and without prior preservation. Class images are made once, outside the timings, by ours (`--num-class-images`
+of them) and copied into the peer's --class_data_dir, so both train on the same ones and the peer makes none.
 Reported: wall clock per run (process start to exit), the training loop's steps/s (ours: the manifest; the
 peer: its progress bar's final rate), peak RSS (the process's maximum resident set), and ours / peer ratios.
 
@@ -33,10 +35,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PEERS = ROOT.parent / "shared" / "peers"
 SCRIPTS = {"sd": PEERS / "diffusers_train_dreambooth_lora.py",
-           "sdxl": PEERS / "diffusers_train_dreambooth_lora_sdxl.py"}
-RESOLUTION = {"sd": 64, "sdxl": 256}
+           "sdxl": PEERS / "diffusers_train_dreambooth_lora_sdxl.py",
+           "flux": PEERS / "diffusers_train_dreambooth_lora_flux.py"}
+RESOLUTION = {"sd": 64, "sdxl": 256, "flux": 256}
+T5_TOKENS = 128  # the mid-size FLUX.1's T5 prompt length (FLUX.1-dev's is 512)
+PEER_FLAGS = {"flux": ("--max_sequence_length", str(T5_TOKENS))}  # what the peer must be told of a family's model
 SUBJECT = "dog"
-CLASS_IMAGES = 50
 
 
 def fp32_model(folder: Path) -> Path:
@@ -50,37 +54,98 @@ def fp32_model(folder: Path) -> Path:
     return folder
 
 
-def mid_sdxl(folder: Path) -> Path:
-    """A random-weight SDXL at a quarter of SDXL's widths and its full depths, saved as a diffusers folder."""
+# SDXL at two sizes, built in code with random weights: its own depths at a quarter of its widths (the peer tables),
+# and SDXL base's sizes (the full-size step, sdxl_step.py). sample: the UNet's sample size (x8 = the resolution).
+SDXL_SIZES = {
+    "mid": {"unet": (80, 160, 320), "groups": 16, "time": 64, "clip_l": (192, 3), "clip_g": (320, 5),
+            "vae": (32, 64, 128, 128), "sample": 32},
+    "full": {"unet": (320, 640, 1280), "groups": 32, "time": 256, "clip_l": (768, 12), "clip_g": (1280, 20),
+             "vae": (128, 256, 512, 512), "sample": 64},
+}
+
+
+def random_sdxl(folder: Path, size: str = "mid", dtype: str = "float32") -> Path:
+    """A random-weight SDXL of one of SDXL_SIZES, saved as a diffusers folder with its weights in `dtype` (built in
+    it too: a full-size UNet is 10 GB in fp32)."""
     import torch
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     from subjectgen.tiny import clip_tokenizer
 
+    s = SDXL_SIZES[size]
     torch.manual_seed(0)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(getattr(torch, dtype))
 
     def clip(width, layers, heads, act):
         return CLIPTextConfig(vocab_size=49408, hidden_size=width, intermediate_size=4 * width,
                               num_hidden_layers=layers, num_attention_heads=heads, max_position_embeddings=77,
                               projection_dim=width, hidden_act=act)
 
-    unet = UNet2DConditionModel(
-        sample_size=32, block_out_channels=(80, 160, 320), layers_per_block=2, transformer_layers_per_block=(1, 2, 10),
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"), attention_head_dim=(5, 10, 20),
-        use_linear_projection=True, cross_attention_dim=512, addition_embed_type="text_time",
-        addition_time_embed_dim=64, projection_class_embeddings_input_dim=6 * 64 + 320, norm_num_groups=16)
-    vae = AutoencoderKL(block_out_channels=(32, 64, 128, 128), layers_per_block=2, latent_channels=4,
-                        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-                        scaling_factor=0.13025, force_upcast=True)
-    scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                                       steps_offset=1, timestep_spacing="leading")
-    StableDiffusionXLPipeline(
-        vae=vae, unet=unet, scheduler=scheduler, tokenizer=clip_tokenizer(), tokenizer_2=clip_tokenizer(),
-        text_encoder=CLIPTextModel(clip(192, 12, 3, "quick_gelu")),
-        text_encoder_2=CLIPTextModelWithProjection(clip(320, 32, 5, "gelu"))).save_pretrained(folder)
+    try:
+        unet = UNet2DConditionModel(
+            sample_size=s["sample"], block_out_channels=s["unet"], layers_per_block=2,
+            transformer_layers_per_block=(1, 2, 10), down_block_types=("DownBlock2D", "CrossAttnDownBlock2D",
+                                                                       "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"), attention_head_dim=(5, 10, 20),
+            use_linear_projection=True, cross_attention_dim=s["clip_l"][0] + s["clip_g"][0],
+            addition_embed_type="text_time", addition_time_embed_dim=s["time"],
+            projection_class_embeddings_input_dim=6 * s["time"] + s["clip_g"][0], norm_num_groups=s["groups"])
+        vae = AutoencoderKL(block_out_channels=s["vae"], layers_per_block=2, latent_channels=4,
+                            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                            scaling_factor=0.13025, force_upcast=True)
+        scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                           steps_offset=1, timestep_spacing="leading")
+        StableDiffusionXLPipeline(
+            vae=vae, unet=unet, scheduler=scheduler, tokenizer=clip_tokenizer(), tokenizer_2=clip_tokenizer(),
+            text_encoder=CLIPTextModel(clip(s["clip_l"][0], 12, s["clip_l"][1], "quick_gelu")),
+            text_encoder_2=CLIPTextModelWithProjection(clip(s["clip_g"][0], 32, s["clip_g"][1], "gelu")),
+        ).save_pretrained(folder)
+    finally:
+        torch.set_default_dtype(default)
     return folder
+
+
+def mid_sdxl(folder: Path) -> Path:
+    return random_sdxl(folder, "mid")
+
+
+def mid_flux(folder: Path) -> Path:
+    """A random-weight FLUX.1-dev at a quarter of its widths and depths: 5 double and 10 single blocks 768 wide (24
+    heads of 32), T5 (gated-GELU) 1024 wide in 6 layers with a T5 tokenizer trained here, CLIP-L 192 wide, the
+    16-channel VAE at a quarter width; the guidance embedding; 256 px."""
+    import torch
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+
+    from subjectgen.tiny import clip_tokenizer, t5_tokenizer
+
+    torch.manual_seed(0)
+    tokenizer_2 = t5_tokenizer(T5_TOKENS)
+    clip = CLIPTextModel(CLIPTextConfig(vocab_size=49408, hidden_size=192, intermediate_size=768, num_hidden_layers=12,
+                                        num_attention_heads=3, max_position_embeddings=77, projection_dim=192,
+                                        hidden_act="quick_gelu"))
+    t5 = T5EncoderModel(T5Config(vocab_size=len(tokenizer_2), d_model=1024, d_kv=64, d_ff=2560, num_layers=6,
+                                 num_heads=16, feed_forward_proj="gated-gelu"))
+    transformer = FluxTransformer2DModel(patch_size=1, in_channels=64, num_layers=5, num_single_layers=10,
+                                         attention_head_dim=32, num_attention_heads=24, joint_attention_dim=1024,
+                                         pooled_projection_dim=192, guidance_embeds=True, axes_dims_rope=(4, 14, 14))
+    vae = AutoencoderKL(latent_channels=16, block_out_channels=(32, 64, 128, 128), layers_per_block=2,
+                        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                        sample_size=RESOLUTION["flux"], scaling_factor=0.3611, shift_factor=0.1159,
+                        use_quant_conv=False, use_post_quant_conv=False)
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_image_seq_len=256,
+                                                max_image_seq_len=4096, base_shift=0.5, max_shift=1.15)
+    FluxPipeline(scheduler=scheduler, vae=vae, text_encoder=clip, tokenizer=clip_tokenizer(), text_encoder_2=t5,
+                 tokenizer_2=tokenizer_2, transformer=transformer).save_pretrained(folder)
+    return folder
+
+
+MODELS = {"sd": ("the built-in model in fp32", fp32_model),
+          "sdxl": (f"a mid-size random SDXL (a quarter of SDXL's widths) at {RESOLUTION['sdxl']} px", mid_sdxl),
+          "flux": (f"a mid-size random FLUX.1-dev (a quarter of its widths and depths) at {RESOLUTION['flux']} px",
+                   mid_flux)}
 
 
 def photos(folder: Path) -> Path:
@@ -92,8 +157,23 @@ def photos(folder: Path) -> Path:
     return folder
 
 
+def built(build, folder: Path) -> Path:
+    """`build(folder)` in a process of its own, so that this one stays small: Linux keeps the high-water mark of the
+    process a command is started from as the command's own (ru_maxrss counts it across fork and exec), and building a
+    model here would set a floor under every peak measured after it."""
+    import multiprocessing
+
+    process = multiprocessing.get_context("spawn").Process(target=build, args=(folder,))
+    process.start()
+    process.join()
+    if process.exitcode:
+        sys.exit(f"building {folder.name} failed (exit {process.exitcode})")
+    return folder
+
+
 def measure(command: list[str], env: dict) -> tuple[float, float, str, str]:
-    """(wall seconds, peak RSS in MiB, stderr, stdout) of one process."""
+    """(wall seconds, peak RSS in MiB, stderr, stdout) of one process. Its peak is at least this process's own (see
+    built): this one must stay small."""
     started = time.perf_counter()
     with tempfile.TemporaryFile("w+") as err:
         proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=err, text=True)
@@ -107,17 +187,19 @@ def measure(command: list[str], env: dict) -> tuple[float, float, str, str]:
     return seconds, usage.ru_maxrss / 1024, errors, out
 
 
-def ours(model: Path, subject: Path, out: Path, steps: int, batch: int, prior: bool) -> list[str]:
+def ours(model: Path, subject: Path, out: Path, steps: int, batch: int, prior: dict | None,
+         extra: tuple[str, ...] = ()) -> list[str]:
+    """prior: None, or the class images' {"count": N}; extra: more flags."""
     return [sys.executable, "-m", "subjectgen.cli", "train", "lora", "--model", str(model), "--subject",
             str(subject), "--class", "dog", "--instance-prompt", "a {token} {class}", "--token", "sks", "--out",
             str(out), "--steps", str(steps), "--lr", "1e-4", "--rank", "4", "--batch-size", str(batch),
             "--lr-warmup-steps", "0", "--max-grad-norm", "1", "--seed", "0", "--quiet", "--overwrite",
-            *(["--prior-preservation", "--num-class-images", str(CLASS_IMAGES)] if prior else
-              ["--no-prior-preservation"])]
+            *(["--prior-preservation", "--num-class-images", str(prior["count"])] if prior else
+              ["--no-prior-preservation"]), *extra]
 
 
 def peer(python: Path, model: Path, subject: Path, classes: Path, out: Path, steps: int, batch: int,
-         prior: bool, family: str = "sd") -> list[str]:
+         prior: dict | None, family: str = "sd", extra: tuple[str, ...] = ()) -> list[str]:
     return [str(python), str(SCRIPTS[family]), "--pretrained_model_name_or_path", str(model), "--instance_data_dir",
             str(subject), "--instance_prompt", "a sks dog", "--output_dir", str(out), "--resolution",
             str(RESOLUTION[family]),
@@ -125,7 +207,16 @@ def peer(python: Path, model: Path, subject: Path, classes: Path, out: Path, ste
             "--lr_scheduler", "constant", "--lr_warmup_steps", "0", "--rank", "4", "--seed", "0",
             "--max_grad_norm", "1.0", "--checkpointing_steps", "1000000",
             *(["--with_prior_preservation", "--class_data_dir", str(classes), "--class_prompt", "a dog",
-               "--num_class_images", str(CLASS_IMAGES)] if prior else [])]
+               "--num_class_images", str(prior["count"])] if prior else []), *PEER_FLAGS.get(family, ()), *extra]
+
+
+def share_class_images(cache: Path, classes: Path) -> None:
+    """Our class images (from our cache, made by a warm-up run) copied into the peer's class folder: the same
+    images for both, and the peer, finding the folder full, makes none."""
+    classes.mkdir(exist_ok=True)
+    if not any(classes.iterdir()):
+        for image in sorted((cache / "class_images").glob("*/*.png")):
+            shutil.copy(image, classes / image.name)
 
 
 def peer_rate(stderr: str) -> float | None:
@@ -147,6 +238,7 @@ def main() -> None:
     parser.add_argument("--batch-sizes", default="1,4")
     parser.add_argument("--prior", default="no,yes", help="prior preservation settings to run: no, yes or both")
     parser.add_argument("--family", choices=sorted(SCRIPTS), default="sd", help="the model family (default: sd)")
+    parser.add_argument("--num-class-images", type=int, default=50, help="class images for prior preservation")
     args = parser.parse_args()
     python = Path(args.peer_venv) / "bin" / "python"
     if args.setup and not python.is_file():
@@ -160,13 +252,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         env["SUBJECTGEN_CACHE"] = str(tmp / "cache")
-        model = fp32_model(tmp / "fp32") if args.family == "sd" else mid_sdxl(tmp / "sdxl")
+        what, build = MODELS[args.family]
+        model = built(build, tmp / args.family)
         subject = photos(tmp / "photos")
-        for prior in [p == "yes" for p in args.prior.split(",")]:
+        for prior in [{"count": args.num_class_images} if p == "yes" else None for p in args.prior.split(",")]:
             for batch in [int(b) for b in args.batch_sizes.split(",")]:
-                if prior:  # class images once per tool, outside the timings
-                    measure(ours(model, subject, tmp / "warm", 1, batch, True), env)
-                    measure(peer(python, model, subject, tmp / "classes", tmp / "warm-peer", 1, batch, True,
+                if prior:  # class images once, outside the timings; a warm-up of each tool
+                    measure(ours(model, subject, tmp / "warm", 1, batch, prior), env)
+                    share_class_images(Path(env["SUBJECTGEN_CACHE"]), tmp / "classes")
+                    measure(peer(python, model, subject, tmp / "classes", tmp / "warm-peer", 1, batch, prior,
                                  args.family), env)
                 runs = {"ours": [], "peer": []}
                 for _ in range(args.pairs):
@@ -177,10 +271,10 @@ def main() -> None:
                                                   batch, prior, args.family), env)
                     runs["peer"].append((wall, rss, peer_rate(err)))
                 rows.append((batch, prior, runs))
-    what = ("the built-in model in fp32" if args.family == "sd" else
-             f"a mid-size random SDXL (a quarter of SDXL's widths) at {RESOLUTION['sdxl']} px")
     print(f"`subjectgen train lora` against diffusers' {SCRIPTS[args.family].name.replace('diffusers_', '')}, {what}, "
-          f"{args.steps} steps, one thread each, {args.pairs} interleaved pairs per row (medians):\n")
+          f"{args.steps} steps, one thread each, {args.pairs} interleaved pairs per row (medians)"
+          + (f"; prior preservation on the same {args.num_class_images} class images" if "yes" in args.prior else "")
+          + ":\n")
     print("| batch | prior preservation | ours: wall s / steps/s / peak MiB | peer: wall s / steps/s / peak MiB | "
           "steps/s ours ÷ peer | wall ours ÷ peer | peak RSS ours ÷ peer |")
     print("|---|---|---|---|---|---|---|")
@@ -189,8 +283,13 @@ def main() -> None:
                    else None for i in range(3)] for k, v in runs.items()}
         o, p = med["ours"], med["peer"]
         speed = f"{o[2] / p[2]:.2f}" if o[2] and p[2] else "–"
-        print(f"| {batch} | {'yes' if prior else 'no'} | {o[0]:.1f} / {o[2]:.1f} / {o[1]:.0f} | {p[0]:.1f} / "
-              f"{p[2] or 0:.1f} / {p[1]:.0f} | {speed} | {o[0] / p[0]:.2f} | {o[1] / p[1]:.2f} |")
+        print(f"| {batch} | {'yes' if prior else 'no'} | {o[0]:.1f} / {rate(o[2])} / {o[1]:.0f} | {p[0]:.1f} / "
+              f"{rate(p[2] or 0)} / {p[1]:.0f} | {speed} | {o[0] / p[0]:.2f} | {o[1] / p[1]:.2f} |")
+
+
+def rate(steps_per_second: float) -> str:
+    """Steps/s to two significant places at least (SDXL on a CPU runs well under one step a second)."""
+    return f"{steps_per_second:.1f}" if steps_per_second >= 1 else f"{steps_per_second:.2f}"
 
 
 if __name__ == "__main__":

@@ -238,3 +238,70 @@ def test_a_step_draws_its_class_half_from_its_photos_bucket(tiny_sdxl):
         assert classes.draw(3, generator, bucket=drawn.bucket).latents.shape == drawn.latents.shape
         seen.add(drawn.bucket)
     assert seen == {(16, 16), (20, 12)}
+
+
+def test_a_single_file_sdxl_checkpoint_loads_trains_lora_and_generates(wide_photos, tmp_path, capsys, monkeypatch):
+    """An original-layout SDXL file, as A1111 and ComfyUI users have it: its configs from NAME.config beside it
+    (offline, with none there and no hub, a one-line error saying so); the same weights and images as the diffusers
+    folder it was written from; a LoRA trained on it loads in plain diffusers on that folder."""
+    import huggingface_hub
+
+    from subjectgen.tiny import save_tiny_sdxl_pipeline, save_tiny_sdxl_single_file
+
+    ckpt = save_tiny_sdxl_single_file(tmp_path / "sdxl.safetensors")
+    folder = save_tiny_sdxl_pipeline(tmp_path / "diffusers", width_2=48)
+    train_args = ["train", "lora", "--model", str(ckpt), "--subject", str(wide_photos), "--class", "dog", "--steps",
+                  "3", "--quiet"]
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty-hub-cache"))
+    capsys.readouterr()  # save_pretrained's progress bars
+    err = refused(capsys, [*train_args, "--out", str(tmp_path / "refused")])
+    assert "sdxl.config" in err and "stabilityai/stable-diffusion-xl-base-1.0" in err
+    assert not (tmp_path / "refused").exists()
+
+    shutil.copytree(folder, tmp_path / "sdxl.config", ignore=shutil.ignore_patterns("*.safetensors"))  # configs only
+    components = load_model(str(ckpt))
+    assert components.backbone.name == "sdxl" and components.unet.dtype == torch.float32
+    same = load_model(str(folder))
+    for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
+        mine, theirs = getattr(components, name).state_dict(), getattr(same, name).state_dict()
+        assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine), name
+    assert np.array_equal(as_array(generate(components, ["a dog"], [1], steps=4)),
+                          as_array(generate(same, ["a dog"], [1], steps=4)))
+
+    assert main([*train_args, "--out", str(tmp_path / "run")]) == 0
+    run = load_run(tmp_path / "run")
+    prompt = run.prompt_for_model("a {subject} on the beach")
+    ours = as_array(generate(run.components, [prompt], [0], steps=4))
+    pipe = StableDiffusionXLPipeline.from_pretrained(str(folder))
+    pipe.load_lora_weights(str(tmp_path / "run"))
+    assert np.abs(ours - plain_images(pipe, prompt, run.components)).max() <= 1
+    assert np.abs(ours - as_array(generate(same, [prompt], [0], steps=4))).max() > 0  # the LoRA changed the image
+
+
+def test_mixed_precision_casts_a_half_precision_base_once_never_to_fp32(tiny_sdxl, wide_photos, tmp_path):
+    """An fp16-stored SDXL (the hub's fp16 variant, a CivitAI file) trained in bf16: the denoiser and text encoders
+    load as stored and each frozen weight is cast once, to bf16 (no fp32 copy of the base in between); what trains
+    is fp32, a full fine-tune's UNet exactly the stored weights; generation loads fp32 as before."""
+    from subjectgen.training.loop import Trainer
+    from subjectgen.training.outdir import release
+
+    folder = tmp_path / "fp16"
+    StableDiffusionXLPipeline.from_pretrained(tiny_sdxl, torch_dtype=torch.float16).save_pretrained(folder)
+    stored = load_file(str(folder / "unet" / "diffusion_pytorch_model.safetensors"))
+    assert {next(m.parameters()).dtype for m in load_model(str(folder)).networks} == {torch.float32}
+    loaded = load_model(str(folder), keep_dtype=True)
+    assert [next(m.parameters()).dtype for m in loaded.networks] == [torch.float16] * 2 + [torch.float32, torch.float16]
+    for method in ("lora", "dreambooth"):
+        trainer = Trainer(TrainConfig(method=method, model=str(folder), subject_dir=str(wide_photos), class_noun="dog",
+                                      out=str(tmp_path / method), steps=2, mixed_precision="bf16",
+                                      prior_preservation=False), progress=False)
+        try:
+            unet = dict(trainer.components.unet.named_parameters())
+            assert {p.dtype for p in unet.values() if not p.requires_grad} <= {torch.bfloat16}
+            assert {p.dtype for p in unet.values() if p.requires_grad} == {torch.float32}
+            weight = unet.get("conv_in.weight")
+            assert torch.equal(weight, stored["conv_in.weight"].to(weight.dtype))  # one cast from the stored fp16
+            trainer.run()
+        finally:
+            release(trainer.out)

@@ -132,3 +132,28 @@ def test_latent_cache_draws_each_latent_with_its_own_mask(tiny_model):
         index = int(((group.mean * cache.scale - latent) ** 2).flatten(1).sum(1).argmin())
         assert torch.equal(mask, group.masks[index])
     assert LatentCache(components, images).draw(2, torch.Generator()).masks is None
+
+
+def test_lora_frees_the_networks_it_trains_past_and_learns_the_same(tiny_sdxl_model, subject_dir, tmp_path):
+    """LoRA steps read cached latents and prompts: the VAE and the frozen text encoders are freed (left on the meta
+    device) before the first step; a trained text encoder stays, and so does everything when validation grids will
+    sample. The weights learned are the same either way."""
+    from subjectgen.training.loop import Trainer
+    from subjectgen.training.outdir import release
+
+    cases = {"freed": ({}, {"vae", "text_encoder", "text_encoder_2"}),
+             "validated": ({"validate_every": 100}, set()),
+             "text-encoder": ({"train_text_encoder": True}, {"vae"})}
+    for name, (extra, freed) in cases.items():
+        trainer = Trainer(TrainConfig(method="lora", model=tiny_sdxl_model, subject_dir=str(subject_dir),
+                                      class_noun="dog", out=str(tmp_path / name), steps=3, prior_preservation=True,
+                                      num_class_images=2, **extra), progress=False)
+        try:
+            on_meta = {n for n in ("vae", "text_encoder", "text_encoder_2", "unet")
+                       if next(trainer.components.parts[n].parameters()).is_meta}
+            assert on_meta == freed, name
+            trainer.run()
+        finally:
+            release(trainer.out)
+    weights = "pytorch_lora_weights.safetensors"
+    assert same_tensors(tmp_path / "freed" / weights, tmp_path / "validated" / weights)

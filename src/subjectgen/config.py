@@ -23,8 +23,8 @@ class TrainConfig:
     subject_dir: str = setting(MISSING, help="folder of 1-5 photos of the subject", flag="--subject")
     class_noun: str = setting(MISSING, help="the subject's class noun, e.g. dog", flag="--class")
     out: str = setting(MISSING, help="run folder to write")
-    model: str = setting("builtin", help="diffusers folder, .safetensors checkpoint, hub id, or a built-in name: "
-                         "builtin, tiny (default: builtin)")
+    model: str = setting("builtin", help="diffusers folder, .safetensors checkpoint (its configs from NAME.config/ "
+                         "beside it, else the hub), hub id, or a built-in name: builtin, tiny (default: builtin)")
     token: str | None = setting(None, help="identifier")  # each method's spec says what it means there
     instance_prompt: str = setting("a {token} {class}", help="training prompt (default: 'a {token} {class}')")
     class_prompt: str = setting("a {class}", help="prompt for class images (default: 'a {class}')")

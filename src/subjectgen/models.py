@@ -47,21 +47,31 @@ def inference_device() -> torch.device:
     return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
 
 
-def load_model(ref: str, allow_pickle: bool = False) -> Components:
-    """Load the components of the model named by `ref` (see the module docstring)."""
+def load_model(ref: str, allow_pickle: bool = False, keep_dtype: bool = False) -> Components:
+    """Load the components of the model named by `ref` (see the module docstring), every network in fp32 whatever
+    its storage (the built-in model ships fp16), as generation computes. keep_dtype (training in mixed precision):
+    the denoiser and text encoders stay as stored, and the trainer casts each weight once, frozen ones to the
+    mixed-precision dtype and trainable ones to fp32, with no fp32 copy of a half-precision base in between."""
     ref = str(ref)
     named = assets.builtin_path("model", ref)
     if named is not None:
-        return _load_folder(named, ref, allow_pickle)
+        return _in_fp32(_load_folder(named, ref, allow_pickle), keep_dtype)
     path = Path(ref).expanduser()
     if path.is_dir():
-        return _load_folder(path, ref, allow_pickle)
+        return _in_fp32(_load_folder(path, ref, allow_pickle), keep_dtype)
     if path.is_file():
-        return _load_single_file(path, allow_pickle)
+        return _in_fp32(_load_single_file(path, allow_pickle), keep_dtype)
     if HUB_ID.match(ref) and not ref.startswith((".", "/")):
-        return _load_folder(_download(ref, allow_pickle), ref, allow_pickle)
+        return _in_fp32(_load_folder(_download(ref, allow_pickle), ref, allow_pickle), keep_dtype)
     names = ", ".join(assets.builtin_names("model"))
     raise UserError(f"model '{ref}': no such folder or file, and not a hub id; give a diffusers folder or one of: {names}")
+
+
+def _in_fp32(c: Components, keep_dtype: bool) -> Components:
+    """The networks in fp32 (see load_model); the VAE always: it is small and encodes the photos before any cast."""
+    for module in [c.vae] if keep_dtype else c.networks:
+        module.float()
+    return c
 
 
 def _load_folder(path: Path, ref: str, allow_pickle: bool) -> Components:
@@ -101,20 +111,36 @@ def _check_weights_format(folder: Path, allow_pickle: bool) -> None:
 
 
 def _load_single_file(path: Path, allow_pickle: bool) -> Components:
-    """A single-file checkpoint (A1111/CivitAI style), converted by diffusers."""
+    """A single-file checkpoint (A1111/CivitAI style), converted by diffusers. The file holds weights only: the
+    configs come from a diffusers folder beside it (single_file_config), else diffusers fetches those of the base
+    model it recognises from the hub once (then its cache)."""
     if path.suffix in PICKLE_SUFFIXES and not allow_pickle:
         raise UserError(f"{path} is a pickle checkpoint, which can run code when loaded; "
                         "use a .safetensors file or pass --allow-pickle if you trust its source")
     if path.suffix not in PICKLE_SUFFIXES | {".safetensors"}:
         raise UserError(f"model file {path}: expected a .safetensors checkpoint or a diffusers folder")
     family = backbones.for_single_file(path)
+    config = single_file_config(path)
     try:
-        pipe = family.from_single_file(path)
+        with quiet_loading():
+            pipe = family.from_single_file(path, config if config.is_dir() else None)
     except Exception as exc:  # diffusers raises many types for unrecognised checkpoints
+        if type(exc).__module__.startswith("huggingface_hub") and not config.is_dir():
+            raise UserError(
+                f"checkpoint {path}: diffusers could not fetch its configs from the Hugging Face hub (offline?); "
+                f"put its base model's diffusers folder (e.g. {family.single_file_base}; the configs suffice, no "
+                f"weights) at {config}, or connect once") from None
         raise UserError(f"could not read checkpoint {path}: {str(exc).splitlines()[0]}") from None
     parts = family.parts_from_pipeline(pipe)
     family.check_parts(parts, f"checkpoint {path}")
     return Components(family, parts, ref=str(path))
+
+
+def single_file_config(path: Path) -> Path:
+    """Where a single-file checkpoint's configs are looked for: NAME.config/ beside NAME.safetensors (as A1111 reads
+    NAME.yaml beside it), a diffusers folder of the model's architecture (model_index.json, every component's
+    config, the tokenizers), passed to diffusers' `from_single_file(config=...)`; weights in it are not read."""
+    return path.with_suffix(".config")
 
 
 def _download(repo_id: str, allow_pickle: bool) -> Path:

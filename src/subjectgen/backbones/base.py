@@ -22,6 +22,29 @@ from ..errors import UserError
 Conditioning = dict[str, torch.Tensor]
 
 
+def stored_dtype(path: Path) -> torch.dtype:
+    """The dtype a component folder's or a single file's weights are stored in (the safetensors header; fp32 for a
+    pickle), to load a diffusers network as stored: diffusers' own default converts every weight to fp32."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    for file in [path] if path.suffix == ".safetensors" else sorted(path.glob("*.safetensors")):
+        with safe_open(str(file), "pt") as f:
+            for key in f.keys():
+                dtype = f.get_slice(key).get_dtype()
+                if dtype in SAFETENSORS_FLOATS:
+                    return SAFETENSORS_FLOATS[dtype]
+    return torch.float32
+
+
+SAFETENSORS_FLOATS = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+
+
+def load_as_stored(cls, folder: Path, use_safetensors: bool | None):
+    """A diffusers network (a UNet, a transformer, a VAE) in the dtype its weights are stored in."""
+    return cls.from_pretrained(folder, use_safetensors=use_safetensors, torch_dtype=stored_dtype(folder))
+
+
 @dataclass
 class Components:
     """A loaded model: its family's backbone, its parts by their diffusers component names, its reference.
@@ -96,16 +119,21 @@ class Backbone:
     flow_matching: bool = False                    # a velocity target on a flow schedule (no ᾱ, no min-SNR)
     default_guidance: float = 7.5                  # `generate`'s guidance scale when none is given
     max_references: int = 0                        # reference photos its pipeline conditions on (0: it takes none)
+    single_file_base: str = ""                     # the hub model whose configs diffusers reads for a single file
 
     def text_encoders_to_train(self) -> tuple[str, ...]:
         return self.trainable_text_encoders or self.text_encoders
 
     # --- loading ------------------------------------------------------------------------------------
     def load_parts(self, path: Path, use_safetensors: bool | None, index: dict) -> dict[str, Any]:
+        """The parts of a model folder, each network in the dtype it is stored in (stored_dtype); the loader
+        decides what is upcast (models.py)."""
         raise NotImplementedError
 
-    def from_single_file(self, path: Path):
-        """A diffusers pipeline of this family converted from a single-file checkpoint."""
+    def from_single_file(self, path: Path, config: Path | None):
+        """A diffusers pipeline of this family converted from a single-file checkpoint, in its stored dtype.
+        config: a diffusers folder with the pipeline's configs (its weights are not read); None: diffusers fetches
+        the configs of the base model it recognises from the hub (or its cache)."""
         raise NotImplementedError
 
     def parts_from_pipeline(self, pipe) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeli
 from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5TokenizerFast
 
 from ..errors import UserError
-from .base import Backbone, Components, Conditioning
+from .base import Backbone, Components, Conditioning, load_as_stored
 
 TRAIN_GUIDANCE = 3.5  # the guidance embedding's value at training (diffusers' FLUX script's --guidance_scale)
 
@@ -77,10 +77,10 @@ class Flux(Backbone):
         return {
             "tokenizer": CLIPTokenizer.from_pretrained(path / "tokenizer"),
             "tokenizer_2": T5TokenizerFast.from_pretrained(path / "tokenizer_2"),
-            "text_encoder": CLIPTextModel.from_pretrained(path / "text_encoder", use_safetensors=st).float(),
-            "text_encoder_2": T5EncoderModel.from_pretrained(path / "text_encoder_2", use_safetensors=st).float(),
-            "vae": AutoencoderKL.from_pretrained(path / "vae", use_safetensors=st).float(),
-            "transformer": FluxTransformer2DModel.from_pretrained(path / "transformer", use_safetensors=st).float(),
+            "text_encoder": CLIPTextModel.from_pretrained(path / "text_encoder", use_safetensors=st),
+            "text_encoder_2": T5EncoderModel.from_pretrained(path / "text_encoder_2", use_safetensors=st),
+            "vae": load_as_stored(AutoencoderKL, path / "vae", st),
+            "transformer": load_as_stored(FluxTransformer2DModel, path / "transformer", st),
             "scheduler": FlowMatchEulerDiscreteScheduler.from_pretrained(path / "scheduler"),
         }
 

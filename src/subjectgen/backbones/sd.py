@@ -13,7 +13,7 @@ from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNe
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from ..errors import UserError
-from .base import Backbone, Components, Conditioning
+from .base import Backbone, Components, Conditioning, load_as_stored, stored_dtype
 
 
 def encode_prompts(tokenizer, text_encoder, prompts: list[str]) -> torch.Tensor:
@@ -56,24 +56,25 @@ class StableDiffusion(Backbone):
         "StableDiffusionInpaintPipeline": "an inpainting model (9-channel UNet)",
         "StableDiffusionUpscalePipeline": "an upscaler", "StableDiffusionImg2ImgPipeline": "an image-to-image model",
         "StableDiffusionDepth2ImgPipeline": "a depth-to-image model"})
+    single_file_base: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 
     def load_parts(self, path: Path, use_safetensors: bool | None, index: dict) -> dict[str, Any]:
-        # fp32 in memory whatever the storage (the built-in model ships fp16); mixed precision casts later
+        st = use_safetensors
         return {
             "tokenizer": CLIPTokenizer.from_pretrained(path / "tokenizer"),
-            "text_encoder": CLIPTextModel.from_pretrained(path / "text_encoder",
-                                                          use_safetensors=use_safetensors).float(),
-            "vae": AutoencoderKL.from_pretrained(path / "vae", use_safetensors=use_safetensors).float(),
-            "unet": UNet2DConditionModel.from_pretrained(path / "unet", use_safetensors=use_safetensors).float(),
+            "text_encoder": CLIPTextModel.from_pretrained(path / "text_encoder", use_safetensors=st),
+            "vae": load_as_stored(AutoencoderKL, path / "vae", st),
+            "unet": load_as_stored(UNet2DConditionModel, path / "unet", st),
             "scheduler": load_scheduler(path, index, "DDIMScheduler"),
         }
 
     def check_parts(self, parts: dict[str, Any], where: str) -> None:
         check_unet(parts["unet"], self.title, where)
 
-    def from_single_file(self, path: Path):
-        return StableDiffusionPipeline.from_single_file(str(path), safety_checker=None,
-                                                        requires_safety_checker=False)
+    def from_single_file(self, path: Path, config: Path | None):
+        return StableDiffusionPipeline.from_single_file(
+            str(path), config=str(config) if config else None, torch_dtype=stored_dtype(path), safety_checker=None,
+            requires_safety_checker=False)
 
     def pipeline(self, c: Components) -> StableDiffusionPipeline:
         return StableDiffusionPipeline(

@@ -13,7 +13,7 @@ from diffusers import AutoencoderKL, StableDiffusionXLPipeline, UNet2DConditionM
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from ..errors import UserError
-from .base import Components, Conditioning
+from .base import Components, Conditioning, load_as_stored, stored_dtype
 from .sd import StableDiffusion, check_unet, load_scheduler
 
 
@@ -46,17 +46,17 @@ class StableDiffusionXL(StableDiffusion):
     refusals: dict[str, str] = field(default_factory=lambda: {
         "StableDiffusionXLImg2ImgPipeline": "the SDXL refiner (an image-to-image model)",
         "StableDiffusionXLInpaintPipeline": "an SDXL inpainting model (9-channel UNet)"})
+    single_file_base: str = "stabilityai/stable-diffusion-xl-base-1.0"
 
     def load_parts(self, path: Path, use_safetensors: bool | None, index: dict) -> dict[str, Any]:
         st = use_safetensors
         return {
             "tokenizer": CLIPTokenizer.from_pretrained(path / "tokenizer"),
             "tokenizer_2": CLIPTokenizer.from_pretrained(path / "tokenizer_2"),
-            "text_encoder": CLIPTextModel.from_pretrained(path / "text_encoder", use_safetensors=st).float(),
-            "text_encoder_2": CLIPTextModelWithProjection.from_pretrained(path / "text_encoder_2",
-                                                                          use_safetensors=st).float(),
-            "vae": AutoencoderKL.from_pretrained(path / "vae", use_safetensors=st).float(),
-            "unet": UNet2DConditionModel.from_pretrained(path / "unet", use_safetensors=st).float(),
+            "text_encoder": CLIPTextModel.from_pretrained(path / "text_encoder", use_safetensors=st),
+            "text_encoder_2": CLIPTextModelWithProjection.from_pretrained(path / "text_encoder_2", use_safetensors=st),
+            "vae": load_as_stored(AutoencoderKL, path / "vae", st),
+            "unet": load_as_stored(UNet2DConditionModel, path / "unet", st),
             "scheduler": load_scheduler(path, index, "EulerDiscreteScheduler"),
             # diffusers' SDXL default: an empty negative prompt is zeros, not the encoded ""
             "force_zeros_for_empty_prompt": bool(index.get("force_zeros_for_empty_prompt", True)),
@@ -67,8 +67,13 @@ class StableDiffusionXL(StableDiffusion):
         if parts["unet"].config.addition_embed_type != "text_time":
             raise UserError(f"{where}: its UNet has no SDXL time conditioning; is it a complete SDXL base model?")
 
-    def from_single_file(self, path: Path):
-        return StableDiffusionXLPipeline.from_single_file(str(path))
+    def from_single_file(self, path: Path, config: Path | None):
+        return StableDiffusionXLPipeline.from_single_file(str(path), config=str(config) if config else None,
+                                                          torch_dtype=stored_dtype(path))
+
+    def parts_from_pipeline(self, pipe) -> dict[str, Any]:
+        return {**super().parts_from_pipeline(pipe),
+                "force_zeros_for_empty_prompt": bool(pipe.config.get("force_zeros_for_empty_prompt", True))}
 
     def pipeline(self, c: Components) -> StableDiffusionXLPipeline:
         return StableDiffusionXLPipeline(

@@ -42,6 +42,9 @@ class Method:
     spec = None          # its MethodSpec, set by the registry
     scalable = False     # whether --lora-scale weights its update
     sample_options = None  # a dataclass of the method's own generation settings (ProFusion's Fusion Sampling)
+    # its steps and `save` read only the cached latents and prompts and its trainable modules: the loop may free
+    # the frozen VAE and text encoders once their caches are made (when nothing samples images during the run)
+    trains_from_caches = False
 
     def __init__(self, cfg: TrainConfig, components: Components, subject: SubjectSet | None, data=None):
         self.cfg, self.components, self.subject, self.data = cfg, components, subject, data

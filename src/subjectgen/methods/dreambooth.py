@@ -65,6 +65,7 @@ class DreamBoothLoRA(DreamBooth):
     which layers, and the files they are saved in, are the family's (its backbone)."""
 
     scalable = True
+    trains_from_caches = True  # it saves its LoRA layers only (the full fine-tune saves the whole pipeline)
 
     def lora_config(self, targets: list[str]) -> LoraConfig:
         return LoraConfig(r=self.cfg.rank, lora_alpha=self.cfg.alpha, init_lora_weights="gaussian",
