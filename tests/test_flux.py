@@ -4,7 +4,6 @@ LoRA by flow matching, generates as plain diffusers does, and its LoRA loads in 
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -18,7 +17,7 @@ from subjectgen.cli import main
 from subjectgen.sampling import generate, initial_latents
 from subjectgen.world.build import EMOJIBENCH
 
-from test_methods import as_array
+from test_methods import as_array, refused, with_pipeline_class
 
 
 @pytest.fixture(scope="module")
@@ -96,21 +95,11 @@ def test_the_guidance_embedding_reaches_a_distilled_model_and_not_a_base_one(tin
     assert seen["schnell"] is None
 
 
-def refused(capsys, argv) -> str:
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "Traceback" not in err
-    return err
-
-
 @pytest.mark.parametrize("class_name, words", [("FluxFillPipeline", "FLUX.1 Fill"),
                                                ("FluxKontextPipeline", "FLUX.1 Kontext"),
                                                ("FluxPriorReduxPipeline", "FLUX.1 Redux")])
 def test_flux_look_alikes_are_refused_in_one_line(tiny_flux, tmp_path, capsys, class_name, words):
-    folder = tmp_path / "variant"
-    shutil.copytree(tiny_flux, folder)
-    index = json.loads((folder / "model_index.json").read_text())
-    (folder / "model_index.json").write_text(json.dumps({**index, "_class_name": class_name}))
+    folder = with_pipeline_class(tiny_flux, tmp_path, class_name)
     out = tmp_path / "run"
     err = refused(capsys, ["train", "lora", "--model", str(folder), "--subject", str(EMOJIBENCH / "dog"),
                            "--class", "dog", "--out", str(out), "--quiet"])

@@ -23,7 +23,7 @@ from subjectgen.sampling import generate, initial_latents
 from subjectgen.training.losses import diffusion_loss
 from subjectgen.world.build import EMOJIBENCH
 
-from test_methods import as_array
+from test_methods import as_array, refused, with_pipeline_class
 
 
 @pytest.fixture(scope="module")
@@ -157,13 +157,6 @@ def test_flux2_resume_after_sigkill_equals_an_uninterrupted_run(tiny_flux2, tmp_
     assert (out / "loss.csv").read_text() == (full / "loss.csv").read_text()
 
 
-def refused(capsys, argv) -> str:
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "Traceback" not in err
-    return err
-
-
 @pytest.mark.parametrize("flags, words", [
     (["textual-inversion"], "textual-inversion is not built for FLUX.2 [klein]"),
     (["profusion"], "profusion is not built for FLUX.2 [klein]"),
@@ -180,10 +173,7 @@ def test_what_flux2_does_not_take_is_refused_with_nothing_written(tiny_flux2, tm
 @pytest.mark.parametrize("class_name, words", [("Flux2Pipeline", "FLUX.2 [dev]"),
                                                ("Flux2KleinInpaintPipeline", "inpainting")])
 def test_flux2_look_alikes_are_refused_in_one_line(tiny_flux2, tmp_path, capsys, class_name, words):
-    folder = tmp_path / "variant"
-    shutil.copytree(tiny_flux2, folder)
-    index = json.loads((folder / "model_index.json").read_text())
-    (folder / "model_index.json").write_text(json.dumps({**index, "_class_name": class_name}))
+    folder = with_pipeline_class(tiny_flux2, tmp_path, class_name)
     out = tmp_path / "run"
     err = refused(capsys, ["train", "lora", "--model", str(folder), "--subject", str(EMOJIBENCH / "dog"),
                            "--class", "dog", "--out", str(out), "--quiet"])

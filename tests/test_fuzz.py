@@ -248,13 +248,17 @@ RUN_FUZZED = {f"train {m}" for m in ("lora", "dreambooth", "textual-inversion", 
 @given(data=st.data())
 def test_fuzz_train_apprentice(capsys, tmp_path_factory, tiny_model, data):
     """The zero-shot apprentice takes no numbers: its inputs are the model, the photos and the class."""
-    model = data.draw(st.sampled_from(["builtin", tiny_model, "/nonexistent/model"]), label="model")
+    fuzz_zero_shot(capsys, tmp_path_factory, data, "apprentice", ["builtin", tiny_model, "/nonexistent/model"])
+
+
+def fuzz_zero_shot(capsys, tmp_path_factory, data, method: str, models: list[str]) -> None:
+    """A zero-shot method's inputs drawn from good and bad ones: the model, the photos and the class."""
+    model = data.draw(st.sampled_from(models), label="model")
     subject = data.draw(st.sampled_from([str(EMOJIBENCH / "dog"), "/nonexistent/photos", str(EMOJIBENCH)]),
                         label="subject")
     noun = data.draw(st.sampled_from(["dog", "", "  "]), label="class")
     out = tmp_path_factory.mktemp("fuzz") / "run"
-    argv = ["train", "apprentice", "--model", model, "--subject", subject, "--class", noun, "--out", str(out),
-            "--quiet"]
+    argv = ["train", method, "--model", model, "--subject", subject, "--class", noun, "--out", str(out), "--quiet"]
     check_outcome(capsys, argv, out, lambda o: (o / "subject.json").is_file())
 
 
@@ -264,14 +268,7 @@ def test_fuzz_train_apprentice(capsys, tmp_path_factory, tiny_model, data):
 def test_fuzz_train_reference(capsys, tmp_path_factory, tiny_model, tiny_flux2_model, data):
     """The zero-shot reference row takes no numbers either: a FLUX.2 [klein] model, the photos and the class (on a
     family without reference inputs, a one-line error)."""
-    model = data.draw(st.sampled_from([tiny_flux2_model, tiny_model, "/nonexistent/model"]), label="model")
-    subject = data.draw(st.sampled_from([str(EMOJIBENCH / "dog"), "/nonexistent/photos", str(EMOJIBENCH)]),
-                        label="subject")
-    noun = data.draw(st.sampled_from(["dog", "", "  "]), label="class")
-    out = tmp_path_factory.mktemp("fuzz") / "run"
-    argv = ["train", "reference", "--model", model, "--subject", subject, "--class", noun, "--out", str(out),
-            "--quiet"]
-    check_outcome(capsys, argv, out, lambda o: (o / "subject.json").is_file())
+    fuzz_zero_shot(capsys, tmp_path_factory, data, "reference", [tiny_flux2_model, tiny_model, "/nonexistent/model"])
 
 
 def test_no_command_is_left_out_of_the_fuzz_suite():

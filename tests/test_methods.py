@@ -40,6 +40,28 @@ def as_array(images):
     return np.stack([np.asarray(im, dtype=np.int16) for im in images])
 
 
+def refused(capsys, argv) -> str:
+    """The CLI's answer to bad input: exit 2 and one line on stderr, no traceback; returns the line."""
+    from subjectgen.cli import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    return err
+
+
+def with_pipeline_class(model: str, tmp_path, class_name: str):
+    """A copy of a model folder whose model_index.json names another pipeline class (a look-alike family)."""
+    import json
+    import shutil
+
+    folder = tmp_path / "variant"
+    shutil.copytree(model, folder)
+    index = json.loads((folder / "model_index.json").read_text())
+    (folder / "model_index.json").write_text(json.dumps({**index, "_class_name": class_name}))
+    return folder
+
+
 @pytest.mark.parametrize("method", ["lora", "dreambooth", "textual-inversion"])
 def test_training_changes_the_output(runs, tiny_model, method):
     run = load_run(runs[method].run_dir)

@@ -16,7 +16,7 @@ from subjectgen import TrainConfig, load_model, load_run, train
 from subjectgen.cli import main
 from subjectgen.sampling import generate, initial_latents
 
-from test_methods import as_array
+from test_methods import as_array, refused
 
 
 @pytest.fixture(scope="module")
@@ -127,13 +127,6 @@ def test_sdxl_textual_inversion_saves_one_vector_set_per_encoder(sdxl_runs, tiny
     rows = base.text_encoder.get_input_embeddings().weight.shape[0]
     assert torch.equal(pipe.text_encoder.get_input_embeddings().weight[:rows],
                        base.text_encoder.get_input_embeddings().weight)
-
-
-def refused(capsys, argv) -> str:
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "Traceback" not in err
-    return err
 
 
 def make_variant(tiny_sdxl, tmp_path, class_name=None, unet_channels=None):
