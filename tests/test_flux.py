@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from diffusers import FluxPipeline
+from peft import get_peft_model_state_dict
 from safetensors.torch import load_file
 
 from subjectgen import TrainConfig, load_model, load_run, train
@@ -60,6 +61,10 @@ def test_flux_lora_trains_and_loads_in_plain_diffusers(flux_lora, tiny_flux):
     assert any(k.startswith("transformer.") for k in weights) and any(k.startswith("text_encoder.") for k in weights)
     pipe = FluxPipeline.from_pretrained(tiny_flux)
     pipe.load_lora_weights(str(flux_lora))
+    loaded = get_peft_model_state_dict(pipe.transformer, adapter_name=pipe.get_active_adapters()[0])
+    mine = {k for k in weights if k.startswith("transformer.")}
+    assert {f"transformer.{k}" for k in loaded} == mine  # every layer, none dropped by the loader
+    assert all(torch.equal(v, weights[f"transformer.{k}"]) for k, v in loaded.items())
     assert np.abs(ours - plain_images(pipe, prompt, run.components)).max() <= 1
 
 

@@ -166,8 +166,12 @@ class Flux(Backbone):
         return noisy, scheduler.timesteps[index], noise - latents
 
     def save_lora(self, run_dir: Path, layers: dict[str, dict], metadata: dict[str, dict]) -> None:
+        """The transformer's layers in peft's key names throughout: diffusers' loader converts the older names
+        ('to_q.lora.down') only when the file's first key has them, so a file mixing both loads only in part."""
+        from diffusers.utils import convert_unet_state_dict_to_peft
+
         FluxPipeline.save_lora_weights(
-            run_dir, transformer_lora_layers=layers["transformer"],
+            run_dir, transformer_lora_layers=convert_unet_state_dict_to_peft(layers["transformer"]),
             text_encoder_lora_layers=layers.get("text_encoder"),
             transformer_lora_adapter_metadata=metadata["transformer"],
             text_encoder_lora_adapter_metadata=metadata.get("text_encoder"), safe_serialization=True)
