@@ -22,9 +22,9 @@ SECTIONS = [
       "--num-class-images", "8"]),
     ("One LoRA step of a full-size SDXL at 512 px: peak memory, ours and the peer's (what a 12 GB GPU must hold)",
      ["benchmarks/sdxl_step.py"]),
-    ("Training speed against the peer on FLUX.1 (diffusers' train_dreambooth_lora_flux.py, a mid-size random FLUX.1-dev)",
-     ["benchmarks/peer.py", "--family", "flux", "--steps", "40", "--batch-sizes", "1", "--pairs", "3", "--prior", "no,yes",
-      "--num-class-images", "8"]),
+    ("Training speed against the peer on FLUX.1 (diffusers' train_dreambooth_lora_flux.py, a mid-size random "
+     "FLUX.1-dev)", ["benchmarks/peer.py", "--family", "flux", "--steps", "40", "--batch-sizes", "1", "--pairs", "3",
+                     "--prior", "no,yes", "--num-class-images", "8"]),
     ("Evaluation inside training: what it costs", ["benchmarks/eval_cost.py"]),
     ("Generation speed against the plain diffusers pipeline", ["benchmarks/generation_speed.py"]),
     ("The physical limit: FLOPs per step against one thread's matmul rate, and the profile",
