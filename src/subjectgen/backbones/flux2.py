@@ -22,7 +22,7 @@ from transformers import Qwen2TokenizerFast, Qwen3ForCausalLM
 from ..errors import UserError
 from ..photos import fit
 from ..subjects import to_tensor
-from .base import Components, Conditioning
+from .base import Components, Conditioning, load_as_stored
 from .flux import Flux
 
 TEXT_LAYERS = (9, 18, 27)   # the Qwen3 hidden states the pipeline stacks (its text_encoder_out_layers default)
@@ -81,9 +81,9 @@ class Flux2Klein(Flux):
         st = use_safetensors
         return {
             "tokenizer": Qwen2TokenizerFast.from_pretrained(path / "tokenizer"),
-            "text_encoder": Qwen3ForCausalLM.from_pretrained(path / "text_encoder", use_safetensors=st).float(),
-            "vae": AutoencoderKLFlux2.from_pretrained(path / "vae", use_safetensors=st).float(),
-            "transformer": Flux2Transformer2DModel.from_pretrained(path / "transformer", use_safetensors=st).float(),
+            "text_encoder": Qwen3ForCausalLM.from_pretrained(path / "text_encoder", use_safetensors=st),
+            "vae": load_as_stored(AutoencoderKLFlux2, path / "vae", st),
+            "transformer": load_as_stored(Flux2Transformer2DModel, path / "transformer", st),
             "scheduler": FlowMatchEulerDiscreteScheduler.from_pretrained(path / "scheduler"),
             "is_distilled": bool(index.get("is_distilled", False)),  # step-distilled: no classifier-free guidance
         }
