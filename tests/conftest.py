@@ -36,6 +36,13 @@ def tiny_sdxl_model(tmp_path_factory, cache_root) -> str:
 
 
 @pytest.fixture(scope="session")
+def tiny_flux_model(tmp_path_factory, cache_root) -> str:
+    from subjectgen.tiny import save_tiny_flux_pipeline
+
+    return str(save_tiny_flux_pipeline(tmp_path_factory.mktemp("models") / "tiny-flux"))
+
+
+@pytest.fixture(scope="session")
 def tiny_flux2_model(tmp_path_factory, cache_root) -> str:
     from subjectgen.tiny import save_tiny_flux2_klein_pipeline
 

@@ -91,3 +91,22 @@ def test_8bit_adamw_is_refused_on_a_cpu_in_one_line_before_any_file(request, mod
                  "--class", "dog", "--out", str(out), "--optimizer", "adamw8bit", "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--optimizer adamw8bit needs a CUDA GPU" in err and not out.exists()
+
+
+@pytest.mark.parametrize("model, class_name, words", [
+    ("tiny_flux_model", "FluxFillPipeline", "FLUX.1 Fill"),
+    ("tiny_flux_model", "FluxKontextPipeline", "FLUX.1 Kontext"),
+    ("tiny_flux_model", "FluxPriorReduxPipeline", "FLUX.1 Redux"),
+    ("tiny_flux2_model", "Flux2Pipeline", "FLUX.2 [dev]"),
+    ("tiny_flux2_model", "Flux2KleinInpaintPipeline", "inpainting")])
+def test_a_familys_look_alikes_are_refused_in_one_line(request, tmp_path, capsys, model, class_name, words):
+    """A family's pipeline variant that is not text-to-image training (fill, edit, redux, another FLUX.2): named."""
+    from subjectgen.world.build import EMOJIBENCH
+
+    from test_methods import refused, with_pipeline_class
+
+    folder = with_pipeline_class(request.getfixturevalue(model), tmp_path, class_name)
+    out = tmp_path / "run"
+    err = refused(capsys, ["train", "lora", "--model", str(folder), "--subject", str(EMOJIBENCH / "dog"),
+                           "--class", "dog", "--out", str(out), "--quiet"])
+    assert words in err and not out.exists()

@@ -12,7 +12,6 @@ import torch
 
 from subjectgen.cli import main
 
-from conftest import draw_subject
 
 
 @pytest.fixture(scope="module")
@@ -38,14 +37,10 @@ def tiny_captioner(tmp_path_factory) -> str:
 
 
 @pytest.fixture
-def photos(tmp_path) -> Path:
-    """Three photos; the second already has its caption."""
-    folder = tmp_path / "photos"
-    folder.mkdir()
-    for i in range(3):
-        draw_subject(folder / f"{i}.png", shift=2 * i)
-    (folder / "1.txt").write_text("a {subject} on a tiled floor\n", encoding="utf-8")
-    return folder
+def photos(subject_dir) -> Path:
+    """conftest's three photos; the second already has its caption."""
+    (subject_dir / "01.txt").write_text("a {subject} on a tiled floor\n", encoding="utf-8")
+    return subject_dir
 
 
 def test_a_captioners_sentence_gets_the_subject_in_the_class_nouns_place():
@@ -66,12 +61,12 @@ def test_auto_captions_from_a_transformers_captioner_reach_the_training_prompts(
     from subjectgen.training.loop import Trainer
     from subjectgen.training.outdir import release
 
-    want = TransformersCaptioner(tiny_captioner, "dog")([open_photo(photos / f"{i}.png") for i in (0, 2)])
+    want = TransformersCaptioner(tiny_captioner, "dog")([open_photo(photos / f"{i:02d}.png") for i in (0, 2)])
     trainer = Trainer(TrainConfig(method="lora", model=tiny_model, subject_dir=str(photos), class_noun="dog",
                                   out=str(tmp_path / "run"), steps=1, captioning="auto", captioner=tiny_captioner),
                       progress=False)
     try:
-        written = [(photos / f"{i}.txt").read_text(encoding="utf-8") for i in range(3)]
+        written = [(photos / f"{i:02d}.txt").read_text(encoding="utf-8") for i in range(3)]
         assert written == [f"{want[0]}\n", "a {subject} on a tiled floor\n", f"{want[1]}\n"]  # the old one as it was
         assert all("{subject}" in text for text in want)
         phrase = trainer.method.subject_phrase
@@ -93,12 +88,12 @@ def train_args(model, photos, out, *extra):
                                             (b"a dog on grass", "has no {subject}")])
 def test_a_bad_caption_stops_auto_captions_with_nothing_written(tiny_model, photos, tiny_captioner, tmp_path, capsys,
                                                                  content, words):
-    (photos / "1.txt").write_bytes(content)
+    (photos / "01.txt").write_bytes(content)
     out = tmp_path / "run"
     assert main(train_args(tiny_model, photos, out, "--captioner", tiny_captioner)) == 2
     err = capsys.readouterr().err.strip()
-    assert words in err and "1.txt" in err and len(err.splitlines()) == 1
-    assert not out.exists() and sorted(p.name for p in photos.glob("*.txt")) == ["1.txt"]
+    assert words in err and "01.txt" in err and len(err.splitlines()) == 1
+    assert not out.exists() and sorted(p.name for p in photos.glob("*.txt")) == ["01.txt"]
 
 
 @pytest.mark.parametrize("extra, words", [
@@ -112,7 +107,7 @@ def test_a_captioner_that_cannot_work_is_a_one_line_error_with_nothing_written(t
     assert main(train_args(tiny_model, photos, out, *extra)) == 2
     err = capsys.readouterr().err.strip()
     assert words in err and len(err.splitlines()) == 1
-    assert not out.exists() and sorted(p.name for p in photos.glob("*.txt")) == ["1.txt"]
+    assert not out.exists() and sorted(p.name for p in photos.glob("*.txt")) == ["01.txt"]
 
 
 def test_a_captioner_without_auto_captions_is_refused(tiny_model, photos, tiny_captioner, tmp_path, capsys):

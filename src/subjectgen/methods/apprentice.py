@@ -26,7 +26,7 @@ from ..errors import UserError
 from . import registry
 from ..safeio import atomic_save_image, atomic_save_safetensors
 from . import ip_adapter as ipa
-from .base import Batch, Method
+from .base import Batch, ZeroShot
 
 MIN_DEMOS, MAX_DEMOS = 3, registry.get("apprentice").photos_used
 DEMOS = "demos"                      # the demonstrations as PNGs, for plain diffusers' ip_adapter_image
@@ -100,7 +100,7 @@ class DemoSet:
     encoder: object        # its image encoder
 
 
-class Apprentice(Method):
+class Apprentice(ZeroShot):
     """A new subject from 3-5 photos in context: the photos are encoded, nothing trains."""
 
     sample_options = ApprenticeSettings
@@ -123,13 +123,6 @@ class Apprentice(Method):
         if trainer.progress:
             print(f"apprentice: demonstrations {', '.join(names)}", flush=True)
         return DemoSet(images, names, *demo_states(encoder, images), folder, encoder)
-
-    def choose_token(self) -> str:
-        return ""
-
-    @property
-    def subject_phrase(self) -> str:
-        return self.subject.class_noun  # the demonstrations say which one: 'a dog on the beach'
 
     def setup(self) -> None:
         install(self.components.unet, ipa.load_state(self.data.folder / ipa.WEIGHTS))

@@ -208,3 +208,15 @@ class Method:
         with torch.no_grad():
             for key, p in params.items():
                 p.copy_(tensors[key])
+
+
+class ZeroShot(Method):
+    """A method that sees the subject in images (demonstrations, reference photos), not in a learned word: no
+    identifier, and `{subject}` is the class noun ('a dog on the beach')."""
+
+    def choose_token(self) -> str:
+        return ""
+
+    @property
+    def subject_phrase(self) -> str:
+        return self.subject.class_noun

@@ -11,12 +11,12 @@ from pathlib import Path
 from ..adapters import Run
 from ..models import load_model
 from ..safeio import atomic_save_image
-from .base import Method
+from .base import ZeroShot
 
 REFERENCES = "references"  # the run folder's PNGs of the subject, in the order the model takes them
 
 
-class References(Method):
+class References(ZeroShot):
     """The subject's photos as the pipeline's reference images; no weights change."""
 
     @classmethod
@@ -26,13 +26,6 @@ class References(Method):
     @classmethod
     def data_source(cls, trainer):
         return None  # no latents to cache and no class images: nothing trains
-
-    def choose_token(self) -> str:
-        return ""
-
-    @property
-    def subject_phrase(self) -> str:
-        return self.subject.class_noun  # the references say which one: 'a dog on the beach'
 
     def trainable_modules(self) -> dict:
         return {}
