@@ -248,29 +248,39 @@ def main() -> None:
         return
     env = {**os.environ, "OMP_NUM_THREADS": "1", "SUBJECTGEN_THREADS": "1", "TRANSFORMERS_VERBOSITY": "error",
            "HF_HUB_OFFLINE": "1"}  # else the newer peers retry the hub for a model card after training
-    rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        env["SUBJECTGEN_CACHE"] = str(tmp / "cache")
-        what, build = MODELS[args.family]
-        model = built(build, tmp / args.family)
-        subject = photos(tmp / "photos")
-        for prior in [{"count": args.num_class_images} if p == "yes" else None for p in args.prior.split(",")]:
-            for batch in [int(b) for b in args.batch_sizes.split(",")]:
-                if prior:  # class images once, outside the timings; a warm-up of each tool
-                    measure(ours(model, subject, tmp / "warm", 1, batch, prior), env)
-                    share_class_images(Path(env["SUBJECTGEN_CACHE"]), tmp / "classes")
-                    measure(peer(python, model, subject, tmp / "classes", tmp / "warm-peer", 1, batch, prior,
-                                 args.family), env)
-                runs = {"ours": [], "peer": []}
-                for _ in range(args.pairs):
-                    wall, rss, *_ = measure(ours(model, subject, tmp / "ours", args.steps, batch, prior), env)
-                    sps = json.loads((tmp / "ours" / "subject.json").read_text())["metrics"]["steps_per_second"]
-                    runs["ours"].append((wall, rss, sps))
-                    wall, rss, err, _ = measure(peer(python, model, subject, tmp / "classes", tmp / "peer", args.steps,
-                                                  batch, prior, args.family), env)
-                    runs["peer"].append((wall, rss, peer_rate(err)))
-                rows.append((batch, prior, runs))
+        rows = measure_rows(args, python, env, Path(tmp))
+    print_table(args, rows)
+
+
+def measure_rows(args, python: Path, env: dict, tmp: Path) -> list:
+    """(batch, prior, {"ours": [(wall, rss, steps/s)], "peer": [...]}) per row, the two tools interleaved."""
+    env["SUBJECTGEN_CACHE"] = str(tmp / "cache")
+    what, build = MODELS[args.family]
+    model = built(build, tmp / args.family)
+    subject = photos(tmp / "photos")
+    rows = []
+    for prior in [{"count": args.num_class_images} if p == "yes" else None for p in args.prior.split(",")]:
+        for batch in [int(b) for b in args.batch_sizes.split(",")]:
+            if prior:  # class images once, outside the timings; a warm-up of each tool
+                measure(ours(model, subject, tmp / "warm", 1, batch, prior), env)
+                share_class_images(Path(env["SUBJECTGEN_CACHE"]), tmp / "classes")
+                measure(peer(python, model, subject, tmp / "classes", tmp / "warm-peer", 1, batch, prior,
+                             args.family), env)
+            runs = {"ours": [], "peer": []}
+            for _ in range(args.pairs):
+                wall, rss, *_ = measure(ours(model, subject, tmp / "ours", args.steps, batch, prior), env)
+                sps = json.loads((tmp / "ours" / "subject.json").read_text())["metrics"]["steps_per_second"]
+                runs["ours"].append((wall, rss, sps))
+                wall, rss, err, _ = measure(peer(python, model, subject, tmp / "classes", tmp / "peer", args.steps,
+                                              batch, prior, args.family), env)
+                runs["peer"].append((wall, rss, peer_rate(err)))
+            rows.append((batch, prior, runs))
+    return rows
+
+
+def print_table(args, rows: list) -> None:
+    what = MODELS[args.family][0]
     print(f"`subjectgen train lora` against diffusers' {SCRIPTS[args.family].name.replace('diffusers_', '')}, {what}, "
           f"{args.steps} steps, one thread each, {args.pairs} interleaved pairs per row (medians)"
           + (f"; prior preservation on the same {args.num_class_images} class images" if "yes" in args.prior else "")

@@ -23,6 +23,14 @@ METHODS = {"emojibench": "lora,dreambooth,textual-inversion",
 VALIDATION = "benchmarks/out/v3/validation-subjects"
 
 
+def validation_folder() -> str:
+    """The validation subjects as a bench folder (`world build --set validation`), built on first use."""
+    if not (Path(VALIDATION) / "prompts_and_classes.txt").is_file():
+        subprocess.run([sys.executable, "-m", "subjectgen.cli", "world", "build", "--set", "validation", "--out",
+                        VALIDATION], check=True, stdout=subprocess.DEVNULL)
+    return VALIDATION
+
+
 def bench(args: list[str]) -> None:
     subprocess.run([sys.executable, "-m", "subjectgen.cli", "bench", "--quiet", *args], check=True,
                    stdout=subprocess.DEVNULL)
@@ -59,9 +67,7 @@ def main() -> None:
     parser.add_argument("--runs-from-dir", help="a folder with runs-emojibench/ and runs-validation/ to reuse")
     args = parser.parse_args()
     out, started = Path(args.out), time.perf_counter()
-    if not (Path(VALIDATION) / "prompts_and_classes.txt").is_file():
-        subprocess.run([sys.executable, "-m", "subjectgen.cli", "world", "build", "--set", "validation", "--out",
-                        VALIDATION], check=True, stdout=subprocess.DEVNULL)
+    validation_folder()
     sets = {"EmojiBench": ("emoji", "emojibench"), "Validation subjects": (VALIDATION, "validation")}
     for title, (source, name) in sets.items():
         runs = Path(args.runs_from_dir) / f"runs-{name}" if args.runs_from_dir else None

@@ -38,12 +38,12 @@ import time
 from pathlib import Path
 
 from base_fidelity import accuracy, rendered, requests  # noqa: E402 (benchmarks/ is on sys.path when run)
+from starting_point import validation_folder  # noqa: E402
 from vae_fidelity import continued, cpu_hours  # noqa: E402
 
 from subjectgen.sampling import make_grid
 
 PROBE_SUBJECTS = ["val_backpack", "val_cartoon", "val_dog", "val_plushie"]
-VALIDATION_FOLDER = "benchmarks/out/v3/validation-subjects"
 SEED = 9000  # render and generation seeds: no training set's
 
 
@@ -126,10 +126,7 @@ def base_accuracy(model: str, evaluators, n: int, sheet: Path) -> dict:
 
 def lora_on_validation(model: str, subjects: list[str], out: Path) -> dict:
     """`subjectgen bench --methods lora` on the validation subjects: LoRA's and the baseline's summary rows."""
-    if not (Path(VALIDATION_FOLDER) / "prompts_and_classes.txt").is_file():
-        subprocess.run([sys.executable, "-m", "subjectgen.cli", "world", "build", "--set", "validation", "--out",
-                        VALIDATION_FOLDER], check=True, stdout=subprocess.DEVNULL)
-    subprocess.run([sys.executable, "-m", "subjectgen.cli", "bench", "--quiet", "--bench", VALIDATION_FOLDER,
+    subprocess.run([sys.executable, "-m", "subjectgen.cli", "bench", "--quiet", "--bench", validation_folder(),
                     "--model", model, "--methods", "lora", "--subjects", ",".join(subjects), "--images-per-prompt",
                     "1", "--dino", "builtin", "--clip", "builtin", "--out", str(out)], check=True,
                    stdout=subprocess.DEVNULL)
