@@ -49,6 +49,8 @@ SECTIONS = [
     ("Validation subjects: choosing LoRA's sampling setting", ["benchmarks/validation.py"]),
     ("EmojiBench: the DreamBench protocol on the built-in world", ["benchmarks/emojibench.py"]),
     ("The fair comparison's checks: what PRES and DIV add to a bench pair, the built-in captioner's accuracy", ["benchmarks/fair_checks.py"]),
+    ("The fair comparison: each method's settings chosen by one rule on the validation subjects, then EmojiBench",
+     ["benchmarks/fair.py"]),
     ("ProFusion on the built-in world: defaults chosen on validation, EmojiBench, ablation, time to subject",
      ["benchmarks/profusion.py", "--only", "check", "--only", "validation", "--only", "emojibench", "--only", "time"]),
     ("ProFusion: what PromptNet reads (the image itself, another image of its instance, x_t or not)",

@@ -1,0 +1,250 @@
+"""The fair comparison (issue 38): every method at settings chosen by one rule on the validation subjects, then
+EmojiBench at those settings against each method's current default.
+
+The rule and the grid were committed before any of these runs (docs/BENCHMARK.md, "Choosing settings honestly"):
+
+- **Validation** (`--stage validation`): for each method, each row of GRID is one `subjectgen bench` folder on
+  the 16 validation subjects (`world build --set validation`, never EmojiBench), 25 prompts x 1 image, built-in
+  evaluators, PRES on. Steps come free from the eval curve: every row but the current default trains
+  with `--eval-every` and `--select best` (the in-training rule of docs/BENCHMARK.md keeps each run's step).
+- **The rule**, per method: the row with the highest mean DINO among the rows whose mean CLIP-T is at least
+  90 % of the baseline's (CLIP_T_SHARE); ties go to the earlier row; when no row keeps 90 %, the row with the
+  highest CLIP-T (the least drift) — the same rule as the step's, one level up.
+- **EmojiBench** (`--stage emojibench`): each method whose validation rows are all finished, at its current
+  default and at its chosen row, 25 prompts x 2 images (so DIV exists), PRES on.
+
+Resumable: a rerun reuses every finished pair (the bench's own resume), and the baseline is copied between
+folders of one set (`--runs-from`). `--max-minutes` stops the slice at a deadline (the bench pair in flight is
+killed and trained again next time). Run at one thread in the background: it takes CPU-hours.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from starting_point import validation_folder
+
+CLIP_T_SHARE = 0.9  # a row is within budget when its CLIP-T is at least this share of the baseline's
+EVAL = ["--eval-every", "50", "--select", "best"]
+CAPTIONED = "captions"  # the rows trained on the validation photos with the built-in captioner's NAME.txt
+
+# method -> (row name, bench flags); the first row is the method's current default. The order is the tie order
+# and the order the rows are run in. "captions" rows train on a copy of the subjects with captions beside the photos.
+GRID = {
+    "lora": [
+        ("current default (300 steps)", []),
+        ("steps by rule (400, eval every 50)", ["--train-steps", "400", *EVAL]),
+        ("steps by rule, masked loss", ["--train-steps", "400", *EVAL, "--masked-loss"]),
+        ("steps by rule, lr 3e-4", ["--train-steps", "400", *EVAL, "--train-lr", "3e-4"]),
+        ("steps by rule, captions", ["--train-steps", "400", *EVAL, CAPTIONED]),
+        ("steps by rule, --subject-start 0.4", ["--train-steps", "400", *EVAL, "--subject-start", "0.4"]),
+    ],
+    "dreambooth": [
+        ("current default (300 steps, prior preservation)", []),
+        ("steps by rule (400, eval every 50)", ["--train-steps", "400", *EVAL]),
+        ("steps by rule, masked loss", ["--train-steps", "400", *EVAL, "--masked-loss"]),
+        ("steps by rule, lr 3e-5", ["--train-steps", "400", *EVAL, "--train-lr", "3e-5"]),
+        ("steps by rule, captions", ["--train-steps", "400", *EVAL, CAPTIONED]),
+    ],
+    "textual-inversion": [
+        ("current default (500 steps)", []),
+        ("steps by rule (600, eval every 50)", ["--train-steps", "600", *EVAL]),
+        ("steps by rule, masked loss", ["--train-steps", "600", *EVAL, "--masked-loss"]),
+        ("steps by rule, lr 1.5e-3", ["--train-steps", "600", *EVAL, "--train-lr", "1.5e-3"]),
+        ("steps by rule, captions", ["--train-steps", "600", *EVAL, CAPTIONED]),
+    ],
+}
+
+
+class OutOfTime(Exception):
+    pass
+
+
+def slug(row: str) -> str:
+    return "".join(c if c.isalnum() or c in ".-" else "-" for c in row).strip("-")
+
+
+def bench(args: list[str], deadline: float) -> None:
+    """One `subjectgen bench`, killed (with its workers) at the deadline; the next slice resumes it."""
+    command = [sys.executable, "-m", "subjectgen.cli", "bench", "--quiet", "--workers", "1", *args]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, start_new_session=True)
+    try:
+        code = process.wait(timeout=max(1.0, deadline - time.time()))
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        raise OutOfTime from None
+    if code:
+        raise SystemExit(f"bench {' '.join(args)} failed (exit {code})")
+
+
+def captioned_folder(source: str, out: Path) -> str:
+    """A copy of the bench folder with a NAME.txt caption beside each photo, by the built-in captioner (the
+    generator side's image encoder over the world's scene words, as `train --captions auto` writes them)."""
+    folder = out / "validation-captioned"
+    if (folder / "prompts_and_classes.txt").is_file():
+        return str(folder)
+    from subjectgen.captions import SceneInterrogator
+    from subjectgen.eval.prompts import read_benchmark
+    from subjectgen.models import load_model
+    from subjectgen.photos import open_photo, photo_paths
+
+    partial = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    shutil.copytree(source, partial)
+    components = load_model("builtin")
+    for name, noun in read_benchmark(partial).classes.items():
+        paths = photo_paths(partial / name)
+        for path, text in zip(paths, SceneInterrogator(components, noun)([open_photo(p) for p in paths])):
+            path.with_suffix(".txt").write_text(text + "\n")
+    partial.rename(folder)
+    return str(folder)
+
+
+def reuse_source(method: str, index: int, out: Path, captioned: bool) -> list[str]:
+    """--runs-from for row `index`: the earlier row trained the same way (its runs), else the first row of the
+    same photos (its baseline)."""
+    def training(flags):
+        flags = list(flags)
+        if "--subject-start" in flags:  # a sampling setting: the runs are the same
+            del flags[flags.index("--subject-start"):flags.index("--subject-start") + 2]
+        return flags
+
+    rows = GRID[method]
+    same = [j for j in range(index) if training(rows[j][1]) == training(rows[index][1])]
+    first = [j for j in range(index) if (CAPTIONED in rows[j][1]) == captioned]
+    pick = (same or first or [None])[-1 if same else 0]
+    return [] if pick is None else ["--runs-from", str(out / "validation" / method / slug(rows[pick][0]))]
+
+
+def run_rows(method: str, out: Path, subjects: str, deadline: float) -> None:
+    for index, (row, flags) in enumerate(GRID[method]):
+        captioned = CAPTIONED in flags
+        source = captioned_folder(subjects, out) if captioned else subjects
+        bench(["--bench", source, "--methods", method, "--images-per-prompt", "1", "--dino", "builtin", "--clip",
+               "builtin", "--out", str(out / "validation" / method / slug(row)),
+               *[f for f in flags if f != CAPTIONED], *reuse_source(method, index, out, captioned)], deadline)
+
+
+def summary(folder: Path, method: str) -> dict | None:
+    path = folder / "results.json"
+    if not path.is_file():
+        return None
+    results = json.loads(path.read_text())
+    base = results["pairs"]["baseline"]
+    mine = results["pairs"].get(method, {})
+    s = dict(results["summary"][method])
+    s["wins"] = sum(mine[n]["dino"] > base[n]["dino"] and mine[n]["clip_i"] > base[n]["clip_i"] for n in mine)
+    steps = [p["evaluation"]["chosen_step"] for p in mine.values() if p.get("evaluation")]
+    s["steps"] = f"{min(steps)}-{max(steps)} (median {sorted(steps)[len(steps) // 2]})" if steps else "last"
+    s["baseline_clip_t"] = results["summary"]["baseline"]["clip_t"]
+    return s
+
+
+def choose(rows: list[tuple[str, dict]]) -> str | None:
+    """The rule: the highest DINO within the CLIP-T budget (ties: the earlier row); else the highest CLIP-T."""
+    if not rows:
+        return None
+    within = [(name, s) for name, s in rows if s["clip_t"] >= CLIP_T_SHARE * s["baseline_clip_t"]]
+    pool, key = (within, "dino") if within else (rows, "clip_t")
+    best = max(s[key] for _, s in pool)
+    return next(name for name, s in pool if s[key] == best)
+
+
+def fmt(value, digits=3) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def table(rows: list[tuple[str, dict]], chosen: str | None) -> None:
+    print("| setting | DINO | CLIP-I | CLIP-T | gain | CLIP-T vs baseline | PRES | DIV | beats baseline on DINO "
+          "and CLIP-I | steps kept | train s/subject |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for name, s in rows:
+        mark = " (**chosen**)" if name == chosen else ""
+        print(f"| {name}{mark} | {fmt(s['dino'])} | {fmt(s['clip_i'])} | {fmt(s['clip_t'])} | {fmt(s.get('gain'), 2)} "
+              f"| {s['clip_t_vs_baseline']:+.1%} | {fmt(s.get('pres'))} | {fmt(s.get('div'))} | "
+              f"{s['wins']}/{s['subjects']} | {s['steps']} | {s['train_seconds_per_subject']:.0f} |")
+
+
+def validation_results(out: Path) -> dict[str, tuple[list, str | None]]:
+    """method -> (its finished rows with their summaries, the rule's choice once every row is finished)."""
+    results = {}
+    for method, grid in GRID.items():
+        rows = [(name, s) for name, _ in grid if (s := summary(out / "validation" / method / slug(name), method))]
+        results[method] = rows, choose(rows) if len(rows) == len(grid) else None
+    return results
+
+
+def report_validation(results: dict[str, tuple[list, str | None]]) -> None:
+    for method, (rows, chosen) in results.items():
+        print(f"### {method} on the validation subjects ({len(rows)} of {len(GRID[method])} rows finished)\n")
+        if rows:
+            table(rows, chosen)
+            base = rows[0][1]["baseline_clip_t"]
+            print(f"\nBaseline CLIP-T {base:.3f}; within the budget: {CLIP_T_SHARE * base:.3f} or more.")
+        print("Chosen by the rule: " + (f"**{chosen}**." if chosen else "not yet (rows unfinished).") + "\n")
+
+
+def run_emojibench(out: Path, choices: dict[str, str], deadline: float) -> None:
+    for method, chosen in choices.items():
+        if chosen is None:
+            continue
+        flags = dict(GRID[method])
+        for row in dict.fromkeys([GRID[method][0][0], chosen]):
+            first = out / "emojibench" / method / slug(GRID[method][0][0])
+            folder = out / "emojibench" / method / slug(row)
+            if CAPTIONED in flags[row]:
+                raise SystemExit("captions on EmojiBench need its captioned copy (not built: the rule chose none yet)")
+            reuse = ["--runs-from", str(first)] if folder != first else []
+            bench(["--bench", "emoji", "--methods", method, "--images-per-prompt", "2", "--dino", "builtin",
+                   "--clip", "builtin", "--out", str(folder), *flags[row], *reuse], deadline)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="benchmarks/out/fair")
+    parser.add_argument("--stage", action="append", default=[], choices=("validation", "emojibench"),
+                        help="run these stages (default: none, only the report of what is finished)")
+    parser.add_argument("--methods", default=",".join(GRID), help="the methods whose rows to run")
+    parser.add_argument("--max-minutes", type=float, default=float("inf"), help="stop the slice after this long")
+    args = parser.parse_args()
+    out, started, methods = Path(args.out), time.time(), args.methods.split(",")
+    deadline = started + args.max_minutes * 60
+    try:
+        if "validation" in args.stage:
+            for method in methods:
+                run_rows(method, out, validation_folder(), deadline)
+        if "emojibench" in args.stage:
+            choices = {m: chosen for m, (_, chosen) in validation_results(out).items() if m in methods}
+            run_emojibench(out, choices, deadline)
+    except OutOfTime:
+        print(f"(slice stopped after {args.max_minutes:g} min; rerun to go on)\n")
+    results = validation_results(out)
+    report_validation(results)
+    report_emojibench(out, {m: chosen for m, (_, chosen) in results.items()})
+    print(f"Wall clock of this invocation: {(time.time() - started) / 60:.1f} min (finished pairs are reused).")
+
+
+def report_emojibench(out: Path, choices: dict[str, str]) -> None:
+    print("### EmojiBench: each method's current default against its chosen setting\n")
+    for method, chosen in choices.items():
+        if chosen is None:
+            continue
+        rows = [(n, s) for n in dict.fromkeys([GRID[method][0][0], chosen])
+                if (s := summary(out / "emojibench" / method / slug(n), method))]
+        print(f"**{method}**\n")
+        if rows:
+            table(rows, chosen)
+        print()
+
+
+if __name__ == "__main__":
+    main()
