@@ -209,6 +209,27 @@ def test_demo_report_scores_base_and_personalized(tiny_model, tmp_path):
     assert (out / "grid.png").is_file()
 
 
+def test_the_demo_report_says_plainly_when_the_personalized_images_are_worse():
+    from subjectgen.demo import summary
+
+    def scores(dino, clip_i, clip_t):
+        rows = [{"prompt": p, "dino": dino, "clip_i": clip_i, "clip_t": t}
+                for p, t in zip(("a dog", "a red dog"), clip_t)]
+        return {"mean": {"dino": dino, "clip_i": clip_i, "clip_t": sum(clip_t) / 2}, "prompts": rows}
+
+    manifest = {"subject": "mpp dog", "class": "dog", "settings": {"steps": 300}}
+    prompts = ["a {subject}", "a red {subject}"]
+    worse = summary(manifest, prompts, {"base": scores(0.75, 0.27, (0.78, 0.70)),
+                                        "personalized": scores(0.68, 0.25, (0.42, 0.69))}, "the sample dog")
+    assert "'a mpp dog'" in worse[0] and "300 steps" in worse[0]
+    assert "not look more like the photos" in worse[1] and "not learned" in worse[1]
+    assert "follow 1 of 2 prompts" in worse[2] and "a red mpp dog" in worse[2] and "weaker or missing" in worse[2]
+    better = summary(manifest, prompts, {"base": scores(0.5, 0.2, (0.7, 0.7)),
+                                         "personalized": scores(0.6, 0.3, (0.7, 0.69))}, "the sample dog")
+    assert "look more like the photos" in better[1] and "not" not in better[1]
+    assert "follow 2 of 2 prompts" in better[2] and "weaker" not in better[2]
+
+
 def test_the_default_demo_is_the_subject_and_prompts_chosen_on_the_validation_set(tiny_model, tmp_path):
     from subjectgen.demo import DEMO, run_demo
     from subjectgen.world.catalog import VALIDATION
@@ -227,6 +248,7 @@ def test_the_default_demo_is_the_subject_and_prompts_chosen_on_the_validation_se
     assert sorted(p.name for p in (out / "photos").glob("*.png")) == photos
     page = (out / "report.html").read_text()
     assert html.escape(spec["note"], quote=True) in page and "personalized · seed 1" in page
+    assert page.index("What happened") < page.index("The subject's photos")  # the plain words come first
 
 
 def test_a_method_can_be_added_to_a_finished_bench(finished, tiny_model, evaluator_dirs):

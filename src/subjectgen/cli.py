@@ -558,8 +558,11 @@ def run_demo(args) -> None:
 
     started = time.perf_counter()
     out = run_demo(args.out, args.subject, args.model, args.steps, progress=not args.quiet)
-    for name, score in json.loads((out / "scores.json").read_text()).items():
-        print(f"{name:>12}: " + ", ".join(f"{k.upper().replace('_', '-')} {v:.3f}" for k, v in score["mean"].items()))
+    scores = json.loads((out / "scores.json").read_text())
+    for name in ("base", "personalized"):
+        means = scores[name]["mean"].items()
+        print(f"{name:>12}: " + ", ".join(f"{k.upper().replace('_', '-')} {v:.3f}" for k, v in means))
+    print("\n".join(scores["summary"][1:]))  # what the scores say happened, in plain words
     print(f"report: {out / 'report.html'}\ngrid:   {out / 'grid.png'}\ndemo finished in "
           f"{time.perf_counter() - started:.0f} s")
 

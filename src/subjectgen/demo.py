@@ -22,6 +22,7 @@ from .subjects import expand_subject
 from .training import train
 
 METRICS = ("dino", "clip_i", "clip_t")
+PROMPT_SHARE = 0.9  # a prompt is followed when its CLIP-T keeps this share of the base model's (the bench's budget)
 PROMPTS = ["a {subject}", "a {subject} on the beach", "a {subject} in the snow", "a red {subject}"]
 DEMO = ASSETS / "demo"  # demo.json and the demo subject's photos: benchmarks/demo_choice.py --ship writes them
 
@@ -69,8 +70,9 @@ def run_demo(out: Path, subject: str | None = None, model: str = "builtin", step
     photos = [Image.open(p) for p in sorted((out / "photos").glob("*.png"))]
     scores = {"base": score_prompts(base_rows, photos, base_prompts, n=2),
               "personalized": score_prompts(mine_rows, photos, base_prompts, n=2)}
-    atomic_write_json(out / "scores.json", scores)
-    write_report(out, result.manifest, prompts, scores, what, chosen)
+    lines = summary(result.manifest, prompts, scores, what)
+    atomic_write_json(out / "scores.json", {**scores, "summary": lines})
+    write_report(out, result.manifest, prompts, scores, what, chosen, lines)
     return out
 
 
@@ -84,7 +86,45 @@ def score_prompts(images: list, photos: list, prompts: list[str], n: int) -> dic
     return {"mean": {m: sum(r[m] for r in rows) / len(rows) for m in METRICS}, "prompts": per_prompt}
 
 
-def write_report(out: Path, manifest: dict, prompts: list[str], scores: dict, what: str, chosen: str) -> None:
+def summary(manifest: dict, prompts: list[str], scores: dict, what: str) -> list[str]:
+    """The report's first lines, in plain words: what the demo did, what to look at, and what its own scores say
+    happened, worse included."""
+    base, mine = scores["base"]["mean"], scores["personalized"]["mean"]
+    phrase, noun = manifest["subject"], manifest["class"]
+    did = (f"The demo trained LoRA for {manifest['settings']['steps']} steps on the photos of {what}, then drew "
+           f"{len(prompts)} prompts with the same seeds twice: with the base model ('a {noun}') and with the "
+           f"personalized one ('{expand_subject('a {subject}', phrase)}'). Look down each row: the personalized images "
+           f"should show this {noun}, as in its photos, in the prompt's scene.")
+    return [did, likeness(base, mine), prompt_following(prompts, scores, phrase)]
+
+
+def likeness(base: dict, mine: dict) -> str:
+    scores = (f"DINO {mine['dino']:.3f} against {base['dino']:.3f}, "
+              f"CLIP-I {mine['clip_i']:.3f} against {base['clip_i']:.3f}")
+    if mine["dino"] > base["dino"] and mine["clip_i"] > base["clip_i"]:
+        return f"Likeness: the personalized images look more like the photos than the base model's do ({scores})."
+    if mine["dino"] <= base["dino"] and mine["clip_i"] <= base["clip_i"]:
+        return (f"Likeness: the personalized images do not look more like the photos than the base model's generic "
+                f"ones ({scores}): the subject was not learned here.")
+    return (f"Likeness: mixed — one evaluator finds the personalized images closer to the photos, the other not "
+            f"({scores}).")
+
+
+def prompt_following(prompts: list[str], scores: dict, phrase: str) -> str:
+    pairs = zip(prompts, scores["base"]["prompts"], scores["personalized"]["prompts"])
+    followed = [expand_subject(t, phrase) for t, b, m in pairs if m["clip_t"] >= PROMPT_SHARE * b["clip_t"]]
+    base, mine = scores["base"]["mean"]["clip_t"], scores["personalized"]["mean"]["clip_t"]
+    text = (f"Prompts: the personalized images follow {len(followed)} of {len(prompts)} prompts as well as the base "
+            f"model's (CLIP-T at {PROMPT_SHARE:.0%} of its or more{': ' + ', '.join(followed) if followed else ''}); "
+            f"CLIP-T {mine:.3f} against {base:.3f} on the whole.")
+    if mine < PROMPT_SHARE * base:
+        text += (" The scenes the prompts ask for are weaker or missing in the personalized images: fewer --steps, a "
+                 "lower --lr, per-photo captions or --masked-loss help (docs/METHODS.md).")
+    return text
+
+
+def write_report(out: Path, manifest: dict, prompts: list[str], scores: dict, what: str, chosen: str,
+                 lines: list[str]) -> None:
     """The photos first, the scores (which way is better), then per prompt the base model's images beside the
     personalized ones, same seeds, each labelled with its prompt and seed."""
     from .eval.html import esc, figure, metric_table, page, strip
@@ -105,6 +145,7 @@ def write_report(out: Path, manifest: dict, prompts: list[str], scores: dict, wh
     parts = [f"<h1>subjectgen demo</h1><p class='lede'>{esc(what)} · LoRA on <code>{esc(manifest['model'])}</code> · "
              f"subject phrase <code>{esc(manifest['subject'])}</code> · {manifest['settings']['steps']} steps in "
              f"{manifest['metrics']['train_seconds']:.0f} s</p>",
+             "<div class='card'><h2>What happened</h2>" + "".join(f"<p>{esc(line)}</p>" for line in lines) + "</div>",
              f"<div class='card'><h2>The subject's photos</h2>{strip(photos)}<p class='note'>How this subject "
              f"was chosen: {esc(chosen)}.</p></div>",
              f"<div class='card'><h2>Scores (built-in evaluators, DreamBench's protocol)</h2>"
