@@ -253,3 +253,19 @@ def test_a_missing_local_path_is_refused_at_once_without_the_hub(tmp_path, subje
         assert result.returncode == 2, result.stderr
         assert "hub" not in result.stderr.replace("hub id is", "") and "torch was imported" not in result.stderr
         assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_the_api_refuses_a_missing_local_path_without_the_hub(tmp_path, monkeypatch):
+    """The API resolves runs and models as the CLI does: a path that can only be local is a UserError naming the
+    path, never a hub download attempt (issue 40)."""
+    from subjectgen import UserError, generate_to_folder, load_model
+
+    (tmp_path / "runs").mkdir()
+    monkeypatch.chdir(tmp_path)
+    for call in (lambda: generate_to_folder("runs/nope", ["a {subject}"], tmp_path / "o"),
+                 lambda: load_model("runs/nope"), lambda: load_model("./models/nope")):
+        with pytest.raises(UserError) as caught:
+            call()
+        assert "nope" in str(caught.value) and "hub" not in str(caught.value).replace("hub id", "")
+        assert "\n" not in str(caught.value)
+    assert not (tmp_path / "o").exists()

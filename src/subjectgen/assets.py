@@ -156,3 +156,13 @@ def unfit_pretrained(method: str, settings, model: str) -> str | None:
     if made and made.get("fingerprint") and made["fingerprint"] != fingerprint("model", model):
         return f"its {flag} {ref} was made for {made['ref']}, not for --model {model}"
     return None
+
+
+def missing_local_path(ref: str) -> bool:
+    """A reference that can only be a local path (not a built-in name, not a hub id's owner/name: it starts with
+    . / or ~, has a suffix or more than one slash, or its first folder exists here) and is not there."""
+    if ref in builtin_names("model") or Path(ref).expanduser().exists():
+        return False
+    first = ref.split("/", 1)[0]
+    return (ref.startswith((".", "/", "~")) or ref.count("/") != 1 or bool(Path(ref).suffix)
+            or Path(first).is_dir())

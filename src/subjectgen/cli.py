@@ -834,26 +834,15 @@ def command_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
     return parser
 
 
-def missing_local_path(ref: str) -> bool:
-    """A reference that can only be a local path (not a built-in name, not a hub id's owner/name: it starts with
-    . / or ~, has a suffix or more than one slash, or its first folder exists here) and is not there."""
-    from .assets import builtin_names
-
-    if ref in builtin_names("model") or Path(ref).expanduser().exists():
-        return False
-    first = ref.split("/", 1)[0]
-    return (ref.startswith((".", "/", "~")) or ref.count("/") != 1 or bool(Path(ref).suffix)
-            or Path(first).is_dir())
-
-
 def check_before_imports(args) -> None:
     """What a user most often gets wrong — a path, a photo, a benchmark folder — checked before torch and
     diffusers load (seconds on a busy machine), so the one-line error comes at once. The API checks again."""
     if args.command == "train":
         from .photos import check_subject_folder, open_mask
 
+        from .assets import builtin_names, missing_local_path
+
         if missing_local_path(args.model):
-            from .assets import builtin_names
 
             raise UserError(f"--model {args.model}: no such folder or file, and not a built-in name "
                             f"({', '.join(builtin_names('model'))}); check the path (a hub id is owner/name)")
@@ -863,6 +852,8 @@ def check_before_imports(args) -> None:
             for path, photo in zip(paths, photos):
                 open_mask(path, photo.size)
     elif args.command == "generate":
+        from .assets import missing_local_path
+
         if missing_local_path(args.run):
             raise UserError(f"no run folder at {args.run} (a folder written by 'subjectgen train'), and no model of "
                             "that name; check the path")

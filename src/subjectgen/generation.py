@@ -29,6 +29,9 @@ def open_run_or_model(ref: str, allow_pickle: bool = False, lora_scale: float = 
         return load_run(Path(ref), allow_pickle, lora_scale)
     if lora_scale != 1.0:
         raise UserError(f"--lora-scale applies to LoRA run folders; {ref} is a model")
+    if assets.missing_local_path(ref):
+        raise UserError(f"no run folder at {ref} (a folder written by 'subjectgen train'), and no model of that "
+                        "name; check the path")
     try:
         return Run.of_model(ref, allow_pickle)
     except UserError as exc:  # the user most likely meant a run: say so before what the model loader found

@@ -61,7 +61,7 @@ def load_model(ref: str, allow_pickle: bool = False, keep_dtype: bool = False) -
         return _in_fp32(_load_folder(path, ref, allow_pickle), keep_dtype)
     if path.is_file():
         return _in_fp32(_load_single_file(path, allow_pickle), keep_dtype)
-    if HUB_ID.match(ref) and not ref.startswith((".", "/")):
+    if HUB_ID.match(ref) and not assets.missing_local_path(ref):
         return _in_fp32(_load_folder(_download(ref, allow_pickle), ref, allow_pickle), keep_dtype)
     names = ", ".join(assets.builtin_names("model"))
     raise UserError(f"model '{ref}': no such folder or file, and not a hub id; give a diffusers folder or one of: {names}")
