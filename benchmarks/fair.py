@@ -146,6 +146,7 @@ def summary(folder: Path, method: str) -> dict | None:
     steps = [p["evaluation"]["chosen_step"] for p in mine.values() if p.get("evaluation")]
     s["steps"] = f"{min(steps)}-{max(steps)} (median {sorted(steps)[len(steps) // 2]})" if steps else "last"
     s["baseline_clip_t"] = results["summary"]["baseline"]["clip_t"]
+    s["baseline"] = results["summary"]["baseline"]
     return s
 
 
@@ -167,6 +168,9 @@ def table(rows: list[tuple[str, dict]], chosen: str | None) -> None:
     print("| setting | DINO | CLIP-I | CLIP-T | gain | CLIP-T vs baseline | PRES | DIV | beats baseline on DINO "
           "and CLIP-I | steps kept | train s/subject |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
+    base = rows[0][1]["baseline"]
+    print(f"| baseline (the base model, class prompt) | {fmt(base['dino'])} | {fmt(base['clip_i'])} | "
+          f"{fmt(base['clip_t'])} | 0 | – | {fmt(base.get('pres'))} | {fmt(base.get('div'))} | – | – | – |")
     for name, s in rows:
         mark = " (**chosen**)" if name == chosen else ""
         print(f"| {name}{mark} | {fmt(s['dino'])} | {fmt(s['clip_i'])} | {fmt(s['clip_t'])} | {fmt(s.get('gain'), 2)} "
