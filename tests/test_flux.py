@@ -4,6 +4,8 @@ LoRA by flow matching, generates as plain diffusers does, and its LoRA loads in 
 from __future__ import annotations
 
 import json
+import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -16,6 +18,7 @@ from subjectgen import TrainConfig, load_model, load_run, train
 from subjectgen.backbones.flux import pack
 from subjectgen.cli import main
 from subjectgen.sampling import generate, initial_latents
+from subjectgen.training.losses import diffusion_loss
 from subjectgen.world.build import EMOJIBENCH
 
 from test_methods import as_array, refused
@@ -98,6 +101,87 @@ def test_the_guidance_embedding_reaches_a_distilled_model_and_not_a_base_one(tin
     assert seen["schnell"] is None
 
 
+def weighting(scheme="none", logit_mean=0.0, logit_std=1.0, mode_scale=1.29):
+    return SimpleNamespace(weighting_scheme=scheme, logit_mean=logit_mean, logit_std=logit_std, mode_scale=mode_scale)
+
+
+@pytest.mark.parametrize("cfg", [weighting(), weighting("logit_normal", 0.5, 0.8), weighting("mode", mode_scale=1.29),
+                                 weighting("mode", mode_scale=-0.5), weighting("sigma_sqrt"), weighting("cosmap")])
+def test_the_timestep_density_against_a_hand_computation(cfg):
+    from diffusers.training_utils import compute_density_for_timestep_sampling
+
+    from subjectgen.backbones.flux import timestep_density
+
+    ours = timestep_density(64, torch.Generator().manual_seed(5), cfg)
+    g = torch.Generator().manual_seed(5)
+    if cfg.weighting_scheme == "logit_normal":
+        z = torch.randn(64, generator=g) * cfg.logit_std + cfg.logit_mean
+        hand = [1 / (1 + math.exp(-v)) for v in z.tolist()]
+    else:
+        u = torch.rand(64, generator=g).tolist()
+        s = cfg.mode_scale if cfg.weighting_scheme == "mode" else 0.0
+        hand = [1 - v - s * (math.cos(math.pi * v / 2) ** 2 - 1 + v) if s else v for v in u]
+    assert np.allclose(ours.numpy(), hand, atol=1e-6)
+    theirs = compute_density_for_timestep_sampling(cfg.weighting_scheme, 64, cfg.logit_mean, cfg.logit_std,
+                                                   cfg.mode_scale, generator=torch.Generator().manual_seed(5))
+    assert torch.allclose(ours, theirs)  # diffusers' FLUX scripts draw the same timesteps
+
+
+def test_a_weighting_scheme_changes_the_sampled_sigmas_or_the_loss_weights(tiny_flux):
+    components = load_model(tiny_flux)
+    family = components.backbone
+    scheduler = family.training_scheduler(components)
+    latents = torch.zeros(2000, 1, 2, 2)
+
+    def drawn(cfg):
+        _, timesteps, _ = family.training_sample(scheduler, latents, torch.Generator().manual_seed(3), cfg)
+        return timesteps / 1000, cfg and family.loss_weights(scheduler, timesteps, cfg)
+
+    uniform, none_weights = drawn(weighting())
+    assert none_weights is None and torch.equal(drawn(None)[0], uniform)
+    low, high = drawn(weighting("logit_normal", 2.0))[0], drawn(weighting("logit_normal", -2.0))[0]
+    assert low.mean() < uniform.mean() - 0.2 < high.mean() - 0.4  # the logit's mean moves σ; index u ~ 1 - σ
+    mode = drawn(weighting("mode", mode_scale=1.29))[0]
+    assert not torch.equal(mode, uniform) and mode.std() < uniform.std()  # more of the middle noise levels
+    cosmap = lambda s: 2 / (math.pi * (1 - 2 * s + 2 * s ** 2))  # noqa: E731
+    for scheme, hand in (("sigma_sqrt", lambda s: 1 / s ** 2), ("cosmap", cosmap)):
+        sigmas, weights = drawn(weighting(scheme))
+        assert torch.equal(sigmas, uniform) and torch.allclose(weights, hand(sigmas.double()).float(), rtol=1e-5)
+    middle = family.loss_weights(scheduler, torch.tensor([500.0]), weighting("cosmap"))
+    assert middle.item() == pytest.approx(4 / math.pi)
+
+
+def test_the_loss_weights_reach_the_loss():
+    pred, target = torch.zeros(3, 1, 2, 2), torch.ones(3, 1, 2, 2) * torch.tensor([1.0, 2.0, 3.0]).view(-1, 1, 1, 1)
+    loss, parts = diffusion_loss(pred, target, torch.zeros(3), None, "flow", n_instance=2, prior_weight=0.5,
+                                 weights=torch.tensor([2.0, 1.0, 4.0]))
+    assert loss.item() == pytest.approx((2 * 1 + 1 * 4) / 2 + 0.5 * 4 * 9)
+    assert parts["prior"].item() == pytest.approx(36)
+
+
+@pytest.mark.parametrize("flags, words", [(["--weighting-scheme", "logit_normal"], "--weighting-scheme: a flow-"
+                                           "matching setting (FLUX.1, FLUX.2 [klein]); Stable Diffusion"),
+                                          (["--weighting-scheme", "mode", "--mode-scale", "1"], "--weighting-scheme"),
+                                          (["--logit-std", "0.5"], "--logit-std is read by --weighting-scheme "
+                                           "logit_normal only")])
+def test_flow_matching_settings_are_refused_where_they_do_nothing(tiny_model, tmp_path, capsys, flags, words):
+    out = tmp_path / "run"
+    err = refused(capsys, ["train", "lora", "--model", tiny_model, "--subject", str(EMOJIBENCH / "dog"), "--class",
+                           "dog", "--out", str(out), "--quiet", *flags])
+    assert words in err and not out.exists()
+
+
+@pytest.mark.parametrize("settings, words", [({"weighting_scheme": "uniform"}, "--weighting-scheme must be one of "
+                                              "none, logit_normal"),
+                                             ({"weighting_scheme": "mode", "mode_scale": 2.0}, "--mode-scale must be "
+                                              "a finite number in [-1, 1.75")])
+def test_the_python_api_checks_the_weighting_settings_as_the_cli_does(settings, words):
+    from subjectgen.errors import UserError
+
+    with pytest.raises(UserError, match=words.replace("[", "\\[")):
+        TrainConfig(method="lora", subject_dir="photos", class_noun="dog", out="run", **settings)
+
+
 @pytest.mark.parametrize("flags, words", [(["textual-inversion"], "textual-inversion is not built for FLUX.1"),
                                           (["lora", "--snr-gamma", "5"], "min-SNR weighting is defined for")])
 def test_what_flux_does_not_take_is_refused_with_nothing_written(tiny_flux, tmp_path, capsys, flags, words):
@@ -108,9 +192,11 @@ def test_what_flux_does_not_take_is_refused_with_nothing_written(tiny_flux, tmp_
 
 
 def test_flux_resume_after_sigkill_equals_an_uninterrupted_run(tiny_flux, tmp_path):
+    """With a timestep density drawn from the run's generator (--weighting-scheme logit_normal)."""
     from test_training_loop import killed_and_resumed, same_tensors
 
-    common = ["--steps", "40", "--checkpoint-every", "10", "--train-text-encoder"]
+    common = ["--steps", "40", "--checkpoint-every", "10", "--train-text-encoder", "--weighting-scheme",
+              "logit_normal", "--logit-std", "0.8"]
     full, out = killed_and_resumed(tiny_flux, EMOJIBENCH / "dog", tmp_path, common, 20)
     name = "pytorch_lora_weights.safetensors"
     assert same_tensors(full / name, out / name)

@@ -6,6 +6,7 @@ transformer's config), schnell takes none."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,25 @@ def shift_mu(config, image_tokens: int) -> float:
     low, high = config.get("base_shift", 0.5), config.get("max_shift", 1.15)
     slope = (high - low) / (top - base)
     return image_tokens * slope + low - slope * base
+
+
+def timestep_density(count: int, generator: torch.Generator, cfg=None) -> torch.Tensor:
+    """`count` draws u in [0, 1] of the training timestep (its index over the schedule, σ falling from 1 to 0), by
+    cfg's --weighting-scheme as diffusers' compute_density_for_timestep_sampling: logit_normal, the sigmoid of a
+    normal (--logit-mean, --logit-std); mode, a uniform u mapped to 1 - u - s (cos²(πu/2) - 1 + u) (--mode-scale s,
+    the SD3 paper's eq. 20); otherwise uniform (cfg None: uniform)."""
+    scheme = cfg.weighting_scheme if cfg is not None else "none"
+    if scheme == "logit_normal":
+        return torch.sigmoid(torch.normal(cfg.logit_mean, cfg.logit_std, (count,), generator=generator))
+    u = torch.rand(count, generator=generator)
+    if scheme == "mode":
+        return 1 - u - cfg.mode_scale * (torch.cos(math.pi * u / 2) ** 2 - 1 + u)
+    return u
+
+
+# The schemes that draw uniformly and weight the loss by σ instead (diffusers' compute_loss_weighting_for_sd3)
+LOSS_WEIGHTINGS = {"sigma_sqrt": lambda sigma: sigma ** -2.0,
+                   "cosmap": lambda sigma: 2 / (math.pi * (1 - 2 * sigma + 2 * sigma ** 2))}
 
 
 @dataclass(frozen=True)
@@ -156,14 +176,23 @@ class Flux(Backbone):
     def training_scheduler(self, c: Components):
         return FlowMatchEulerDiscreteScheduler.from_config(c.scheduler.config)
 
-    def training_sample(self, scheduler, latents: torch.Tensor, generator: torch.Generator):
-        """Flow matching: uniform timesteps over the (statically shifted) training schedule, as diffusers' FLUX
-        script's default weighting; x_t = (1 - σ) x0 + σ ε, target ε - x0."""
+    def training_sample(self, scheduler, latents: torch.Tensor, generator: torch.Generator, cfg=None):
+        """Flow matching: timesteps over the (statically shifted) training schedule, drawn as cfg's
+        --weighting-scheme says (uniform by default, as diffusers' FLUX script); x_t = (1 - σ) x0 + σ ε, target
+        ε - x0."""
         noise = torch.randn(latents.shape, generator=generator)
-        index = (torch.rand(len(latents), generator=generator) * scheduler.config.num_train_timesteps).long()
+        count = scheduler.config.num_train_timesteps
+        u = timestep_density(len(latents), generator, cfg)
+        index = (u * count).long().clamp(0, count - 1)  # u = 1 (mode's at u = 0, a sigmoid's rounding) is the last
         sigmas = scheduler.sigmas[index].view(-1, 1, 1, 1).to(latents.dtype)
         noisy = (1 - sigmas) * latents + sigmas * noise
         return noisy, scheduler.timesteps[index], noise - latents
+
+    def loss_weights(self, scheduler, timesteps: torch.Tensor, cfg) -> torch.Tensor | None:
+        """--weighting-scheme sigma_sqrt / cosmap: each sample's loss weight from its σ (= t / 1000)."""
+        if cfg.weighting_scheme not in LOSS_WEIGHTINGS:
+            return None
+        return LOSS_WEIGHTINGS[cfg.weighting_scheme](timesteps.float() / scheduler.config.num_train_timesteps)
 
     def save_lora(self, run_dir: Path, layers: dict[str, dict], metadata: dict[str, dict]) -> None:
         """The transformer's layers in peft's key names throughout: diffusers' loader converts the older names

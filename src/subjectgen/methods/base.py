@@ -150,10 +150,12 @@ class Method:
 
     def loss(self, pred: torch.Tensor, target: torch.Tensor, timesteps: torch.Tensor, batch: Batch,
              scheduler) -> tuple[torch.Tensor, dict]:
-        """The denoising loss with the prior-preservation split, min-SNR and a mask (losses.diffusion_loss)."""
+        """The denoising loss with the prior-preservation split, min-SNR or the family's per-timestep weights, and a
+        mask (losses.diffusion_loss)."""
         return diffusion_loss(pred, target, timesteps, getattr(scheduler, "alphas_cumprod", None),
                               scheduler.config.get("prediction_type", "flow"),
-                              batch.n_instance, self.cfg.prior_weight, self.cfg.snr_gamma, batch.masks)
+                              batch.n_instance, self.cfg.prior_weight, self.cfg.snr_gamma, batch.masks,
+                              self.components.backbone.loss_weights(scheduler, timesteps, self.cfg))
 
     def validation_denoiser_for(self, guidance: float):
         """For the loop's validation grids: a denoiser for a batch of prompts from the training state, or None for

@@ -86,9 +86,7 @@ class Trainer:
         self.components = load_model(cfg.model, cfg.allow_pickle, keep_dtype=cfg.mixed_precision != "no")
         family = self.components.backbone
         registry.get(cfg.method).check_family(family.name, {n: b.title for n, b in FAMILIES.items()})
-        if cfg.snr_gamma and family.flow_matching:
-            raise UserError(f"--snr-gamma: min-SNR weighting is defined for ε and v targets, not for {family.title}'s "
-                            "flow matching; leave it out")
+        check_family_settings(cfg, family)
         self.cfg = resolve_defaults(cfg, self.components.resolution)
         if cfg.sample_steps is None:  # the family's (a step-distilled model's few), for class images and grids
             self.cfg.sample_steps = family.default_steps(self.components)
@@ -267,7 +265,8 @@ class Trainer:
         """One optimizer step; the method's hooks say what the batch is, how the UNet is called, the loss."""
         batch = self.method.batch(self.data, self.generator, self.cfg.batch_size)
         family = self.components.backbone
-        noisy, timesteps, target = family.training_sample(self.noise_scheduler, batch.latents, self.generator)
+        noisy, timesteps, target = family.training_sample(self.noise_scheduler, batch.latents, self.generator,
+                                                          self.cfg)
         device = self.accelerator.device
         net = self.forward_modules.get(family.denoiser, self.components.denoiser)
         with self.accelerator.autocast():
@@ -443,6 +442,19 @@ class LossLog:
 
 
 COMPILE_BACKEND = "inductor"  # torch.compile's default; the tests use "aot_eager" (the same graphs, no C++ build)
+
+
+def check_family_settings(cfg: TrainConfig, family) -> None:
+    """A one-line UserError for a setting the model's family has no use for: min-SNR on flow matching, flow
+    matching's timestep sampling on ε and v models."""
+    if cfg.snr_gamma and family.flow_matching:
+        raise UserError(f"--snr-gamma: min-SNR weighting is defined for ε and v targets, not for {family.title}'s "
+                        "flow matching; leave it out")
+    changed = [] if family.flow_matching else cfg.changed_flow_matching_settings()
+    if changed:
+        takers = ", ".join(b.title for b in FAMILIES.values() if b.flow_matching)
+        raise UserError(f"--{changed[0].replace('_', '-')}: a flow-matching setting ({takers}); {family.title} is "
+                        "not trained by flow matching, leave it out")
 
 
 def check_compiler(device) -> None:
