@@ -69,6 +69,67 @@ def test_flux_lora_trains_and_loads_in_plain_diffusers(flux_lora, tiny_flux):
     assert np.abs(ours - plain_images(pipe, prompt, run.components)).max() <= 1
 
 
+def lora_updates(path, prefix: str) -> dict[str, torch.Tensor]:
+    """Each module's weight update in a LoRA file, as ComfyUI adds it: up @ down x alpha / rank (peft's names:
+    B @ A x the run's alpha / rank)."""
+    weights, updates = load_file(str(path)), {}
+    for key in weights:
+        for down, up in ((".lora_down.weight", ".lora_up.weight"), (".lora_A.weight", ".lora_B.weight"),
+                         (".lora_linear_layer.down.weight", ".lora_linear_layer.up.weight")):
+            if key.startswith(prefix) and key.endswith(down):
+                module = key[len(prefix): -len(down)]
+                a, b = weights[key], weights[module.join((prefix, up))]
+                alpha = weights.get(f"{prefix}{module}.alpha", torch.tensor(float(len(a)))).item()
+                updates[module] = b @ a * alpha / len(a)
+    return updates
+
+
+def test_the_comfyui_file_holds_the_same_update_under_the_original_models_names(flux_lora):
+    ours = lora_updates(flux_lora / "pytorch_lora_weights.safetensors", "transformer.")
+    comfy = lora_updates(flux_lora / "comfyui_lora.safetensors", "diffusion_model.")
+    keys = load_file(str(flux_lora / "comfyui_lora.safetensors"))
+    assert all(k.startswith(("diffusion_model.", "text_encoders.clip_l.transformer.")) for k in keys)
+    double, single = "transformer_blocks.0.", "single_transformer_blocks.0."
+    qkv = torch.cat([ours[double + f"attn.to_{x}"] for x in "qkv"])
+    assert torch.allclose(comfy["double_blocks.0.img_attn.qkv"], qkv, atol=1e-6)
+    assert torch.allclose(comfy["double_blocks.0.txt_attn.qkv"],
+                          torch.cat([ours[double + f"attn.add_{x}_proj"] for x in "qkv"]), atol=1e-6)
+    for theirs, mine in (("img_attn.proj", "attn.to_out.0"), ("txt_attn.proj", "attn.to_add_out"),
+                         ("img_mlp.0", "ff.net.0.proj"), ("img_mlp.2", "ff.net.2"),
+                         ("txt_mlp.0", "ff_context.net.0.proj"), ("txt_mlp.2", "ff_context.net.2")):
+        assert torch.allclose(comfy[f"double_blocks.0.{theirs}"], ours[double + mine], atol=1e-6)
+    linear1 = torch.cat([*(ours[single + f"attn.to_{x}"] for x in "qkv"), torch.zeros(4 * 32, 32)])
+    assert torch.allclose(comfy["single_blocks.0.linear1"], linear1, atol=1e-6)  # proj_mlp's rows: no LoRA
+    assert len(comfy) == 9  # every one of our 17 modules, q, k and v fused as in the original model
+    te = lora_updates(flux_lora / "pytorch_lora_weights.safetensors", "text_encoder.")
+    te_comfy = lora_updates(flux_lora / "comfyui_lora.safetensors", "text_encoders.clip_l.transformer.")
+    assert te and set(te_comfy) == {m if m.startswith("text_model.") else "text_model." + m for m in te}
+    assert all(torch.allclose(te_comfy[m if m.startswith("text_model.") else "text_model." + m], v, atol=1e-6)
+               for m, v in te.items())
+
+
+def test_plain_diffusers_reads_the_comfyui_file_as_our_own(tmp_path):
+    """FluxPipeline.load_lora_weights takes the ComfyUI file and gives our image; on a model without single blocks,
+    as diffusers' reader splits their linear1 at FLUX.1's real widths only (the test above checks them)."""
+    from subjectgen.tiny import save_tiny_flux_pipeline
+
+    model = str(save_tiny_flux_pipeline(tmp_path / "double-only", single_layers=0))
+    cfg = TrainConfig(method="lora", model=model, subject_dir=str(EMOJIBENCH / "dog"), class_noun="dog",
+                      out=str(tmp_path / "lora"), steps=4, lr=1e-2, rank=2, lora_alpha=3, train_text_encoder=True)
+    run = load_run(train(cfg, progress=False).run_dir)
+    prompt = run.prompt_for_model("a {subject} on the beach")
+    images = {}
+    for name in ("pytorch_lora_weights.safetensors", "comfyui_lora.safetensors", None):
+        pipe = FluxPipeline.from_pretrained(model)
+        if name:
+            pipe.load_lora_weights(str(tmp_path / "lora"), weight_name=name)
+        images[name] = plain_images(pipe, prompt, run.components)
+    ours = as_array(generate(run.components, [prompt], [0], steps=4, guidance=3.5))
+    assert np.abs(images["comfyui_lora.safetensors"] - ours).max() <= 1
+    assert np.abs(images["pytorch_lora_weights.safetensors"] - ours).max() <= 1
+    assert np.abs(images[None] - ours).max() > 3  # the LoRA (and CLIP-L's) changes the image
+
+
 def test_the_flow_matching_step_against_a_hand_computation(tiny_flux):
     components = load_model(tiny_flux)
     family = components.backbone
