@@ -243,6 +243,46 @@ def test_the_python_api_checks_the_weighting_settings_as_the_cli_does(settings, 
         TrainConfig(method="lora", subject_dir="photos", class_noun="dog", out="run", **settings)
 
 
+def test_int8_base_quantization_trains_lora_on_the_cpu(tiny_flux, tmp_path):
+    pytest.importorskip("torchao")
+    from torchao.quantization import Int8Tensor
+
+    from subjectgen.training.loop import Trainer
+
+    runs = {}
+    for kind in (None, "int8"):
+        cfg = TrainConfig(method="lora", model=tiny_flux, subject_dir=str(EMOJIBENCH / "dog"), class_noun="dog",
+                          out=str(tmp_path / str(kind)), steps=4, lr=1e-2, base_quantization=kind)
+        trainer = Trainer(cfg, progress=False)
+        runs[kind] = trainer.run()
+        transformer = trainer.components.transformer
+    base = transformer.transformer_blocks[0].attn.to_q.base_layer.weight
+    assert isinstance(base, Int8Tensor) and isinstance(transformer.proj_out.weight, Int8Tensor)  # every frozen one
+    trained = [p for p in transformer.parameters() if p.requires_grad]
+    assert trained and all(p.dtype == torch.float32 and not isinstance(p, Int8Tensor) for p in trained)
+    assert math.isfinite(runs["int8"].final_loss)
+    assert runs["int8"].final_loss == pytest.approx(runs[None].final_loss, rel=0.02)  # int8 error, no more
+    name = "pytorch_lora_weights.safetensors"
+    full, quantized = (load_file(str(tmp_path / str(kind) / name)) for kind in (None, "int8"))
+    assert full.keys() == quantized.keys() and all(full[k].dtype == quantized[k].dtype for k in full)
+    assert (tmp_path / "int8" / "comfyui_lora.safetensors").exists()
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["lora", "--base-quantization", "nf4"], "--base-quantization nf4 needs a CUDA GPU and bitsandbytes"),
+    (["dreambooth", "--base-quantization", "int8"], "--base-quantization: dreambooth trains the base model's own"),
+    (["lora", "--base-quantization", "int8"], "--base-quantization int8 needs torchao: pip install torchao")])
+def test_a_quantization_that_cannot_run_is_refused_with_nothing_written(tiny_flux, tmp_path, capsys, monkeypatch,
+                                                                         flags, words):
+    from subjectgen.training import quantize
+
+    monkeypatch.setattr(quantize, "installed", lambda package: False)  # a machine without torchao or bitsandbytes
+    out = tmp_path / "run"
+    err = refused(capsys, ["train", flags[0], "--model", tiny_flux, "--subject", str(EMOJIBENCH / "dog"), "--class",
+                           "dog", "--out", str(out), "--quiet", *flags[1:]])
+    assert words in err and not out.exists()
+
+
 @pytest.mark.parametrize("flags, words", [(["textual-inversion"], "textual-inversion is not built for FLUX.1"),
                                           (["lora", "--snr-gamma", "5"], "min-SNR weighting is defined for")])
 def test_what_flux_does_not_take_is_refused_with_nothing_written(tiny_flux, tmp_path, capsys, flags, words):

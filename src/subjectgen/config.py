@@ -13,6 +13,7 @@ from .settings import (ANY_FINITE, AT_LEAST_1, FRACTION_BELOW_1, NON_NEGATIVE, N
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
 OPTIMIZERS = ("adamw", "adamw8bit")
+BASE_QUANTIZATIONS = ("int8", "nf4")
 # diffusers' FLUX scripts' timestep sampling (its --weighting_scheme): uniform, a density, or uniform with a loss weight
 WEIGHTING_SCHEMES = ("none", "logit_normal", "mode", "sigma_sqrt", "cosmap")
 MODE_SCALE = Bound(low=-1, high=2 / (math.pi - 2))  # where the mode map is monotone: a density (SD3 paper, eq. 20)
@@ -81,6 +82,10 @@ class TrainConfig:
     ip_values: str = "zero"  # apprentice train: to_v_ip's init, "zero" or "to_v" (IP-Adapter's; ip_adapter.new_state)
     lr_warmup_steps: int = setting(0, NON_NEGATIVE_INT, help="steps of linear learning-rate warm-up (default: 0)")
     max_grad_norm: float = setting(1.0, NON_NEGATIVE, help="gradient clipping norm; 0 turns it off (default: 1)")
+    base_quantization: str | None = setting(None, choices=BASE_QUANTIZATIONS, metavar="int8|nf4",
+                                            help="hold the frozen base's linear weights (the transformer's or "
+                                            "UNet's) in 8 or 4 bits while LoRA trains on top: int8 through torchao, "
+                                            "on any device; nf4 through bitsandbytes, on a CUDA GPU (default: none)")
     mixed_precision: str = setting("no", choices=MIXED_PRECISION, help="fp16/bf16 on a GPU: faster, less memory "
                                    "(default: no)")
     gradient_checkpointing: bool = setting(False, help="recompute activations: less memory, slower")

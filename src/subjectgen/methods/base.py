@@ -45,6 +45,7 @@ class Method:
     # its steps and `save` read only the cached latents and prompts and its trainable modules: the loop may free
     # the frozen VAE and text encoders once their caches are made (when nothing samples images during the run)
     trains_from_caches = False
+    quantizable_base = False  # it trains on a frozen base, which --base-quantization may quantize (LoRA)
 
     def __init__(self, cfg: TrainConfig, components: Components, subject: SubjectSet | None, data=None):
         self.cfg, self.components, self.subject, self.data = cfg, components, subject, data

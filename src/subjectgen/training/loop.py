@@ -34,6 +34,7 @@ from .checkpoints import list_checkpoints, load_checkpoint, save_checkpoint
 from .data import LatentCache, SubjectData, TextCache, class_images
 from .evaluation import TrainingEval, load_eval_evaluators
 from .outdir import RUN_SPEC, check_out_dir, hold, record_run, release
+from .quantize import check_quantization, quantize_frozen
 
 DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -100,6 +101,7 @@ class Trainer:
         if cfg.compile:
             check_compiler(self.accelerator.device)
         check_optimizer(self.cfg.optimizer, self.accelerator.device)
+        check_quantization(cfg.base_quantization, registry.get(cfg.method).load(), self.accelerator.device)
         self.evaluators = self.load_evaluators() if cfg.eval_every and self.accelerator.is_main_process else None
         self.new_captions = self.make_captions()  # in the subject now, on disk once the run starts
         new = not self.out.exists()
@@ -172,12 +174,15 @@ class Trainer:
 
     def place_modules(self) -> None:
         """Frozen weights in the mixed-precision dtype on the device, trainable weights in fp32: each weight cast as
-        it moves, so no fp32 copy of a frozen base reaches the device."""
+        it moves, so no fp32 copy of a frozen base reaches the device; with --base-quantization the denoiser's frozen
+        linear layers then quantized."""
         dtype, device = DTYPES[self.cfg.mixed_precision], self.accelerator.device
         for module in self.components.networks:
             for p in module.parameters():
                 p.data = p.data.to(device, torch.float32 if p.requires_grad else dtype)
             module.to(device)  # the buffers
+        if self.cfg.base_quantization:  # the LoRA layers are in place and train: only the frozen ones are quantized
+            quantize_frozen(self.components.denoiser, self.cfg.base_quantization, dtype)
         if self.cfg.gradient_checkpointing:
             self.components.denoiser.enable_gradient_checkpointing()
             for encoder in self.components.text_encoders:
