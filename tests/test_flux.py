@@ -270,7 +270,7 @@ def test_int8_base_quantization_trains_lora_on_the_cpu(tiny_flux, tmp_path):
 
 @pytest.mark.parametrize("flags, words", [
     (["lora", "--base-quantization", "nf4"], "--base-quantization nf4 needs a CUDA GPU and bitsandbytes"),
-    (["dreambooth", "--base-quantization", "int8"], "--base-quantization: dreambooth trains the base model's own"),
+    (["dreambooth", "--base-quantization", "int8"], "under LoRA; dreambooth trains no LoRA on a frozen base"),
     (["lora", "--base-quantization", "int8"], "--base-quantization int8 needs torchao: pip install torchao")])
 def test_a_quantization_that_cannot_run_is_refused_with_nothing_written(tiny_flux, tmp_path, capsys, monkeypatch,
                                                                          flags, words):

@@ -20,8 +20,8 @@ def check_quantization(kind: str | None, method, device) -> None:
     if kind is None:
         return
     if not method.quantizable_base:
-        raise UserError(f"--base-quantization: {method.spec.name} trains the base model's own weights or needs them "
-                        "whole; it quantizes the frozen base under LoRA, use lora")
+        raise UserError(f"--base-quantization quantizes the frozen base under LoRA; {method.spec.name} trains no LoRA "
+                        "on a frozen base (use lora)")
     if kind == "int8" and not installed("torchao"):
         raise UserError("--base-quantization int8 needs torchao: pip install torchao")
     if kind == "nf4" and (torch.device(device).type != "cuda" or not installed("bitsandbytes")):
