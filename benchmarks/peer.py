@@ -1,11 +1,14 @@
 """Training speed against the peer: diffusers' own examples/dreambooth/train_dreambooth_lora.py (SD),
-train_dreambooth_lora_sdxl.py (`--family sdxl`) or train_dreambooth_lora_flux.py (`--family flux`), run beside
-`subjectgen train lora` on identical settings, in interleaved pairs.
+train_dreambooth_lora_sdxl.py (`--family sdxl`), train_dreambooth_lora_flux.py (`--family flux`) or
+train_dreambooth_lora_flux2_klein.py (`--family flux2`), run beside `subjectgen train lora` on identical settings, in
+interleaved pairs.
 
 SD: the built-in model in fp32 at 64 px. SDXL: a mid-size random-weight SDXL built here (a quarter of SDXL's
 widths, its depths: UNet blocks 80/160/320 with 1/2/10 transformer layers, CLIP-L and OpenCLIP-G at a quarter
 width, the VAE at a quarter width) at 256 px. FLUX.1: a mid-size random-weight FLUX.1-dev built here (mid_flux: a
-quarter of its widths and depths) at 256 px, T5 prompts of 128 tokens. The photos are the same.
+quarter of its widths and depths) at 256 px, T5 prompts of 128 tokens. FLUX.2 [klein]: a mid-size random-weight
+klein base built here (mid_flux2_klein: a quarter of the 4B's widths and depths) at 256 px, Qwen3 prompts of 128
+tokens, the pipeline's hidden layers 9, 18, 27 for both. The photos are the same.
 
 Settings shared by both: the built-in model saved in fp32 (a plain diffusers folder), one subject's photos (its
 masks left out: the peer cannot read a masks/ folder), "a sks dog", rank 4, lr 1e-4 constant, no warm-up,
@@ -36,10 +39,15 @@ ROOT = Path(__file__).resolve().parents[1]
 PEERS = ROOT.parent / "shared" / "peers"
 SCRIPTS = {"sd": PEERS / "diffusers_train_dreambooth_lora.py",
            "sdxl": PEERS / "diffusers_train_dreambooth_lora_sdxl.py",
-           "flux": PEERS / "diffusers_train_dreambooth_lora_flux.py"}
-RESOLUTION = {"sd": 64, "sdxl": 256, "flux": 256}
+           "flux": PEERS / "diffusers_train_dreambooth_lora_flux.py",
+           "flux2": PEERS / "diffusers_train_dreambooth_lora_flux2_klein.py"}
+RESOLUTION = {"sd": 64, "sdxl": 256, "flux": 256, "flux2": 256}
 T5_TOKENS = 128  # the mid-size FLUX.1's T5 prompt length (FLUX.1-dev's is 512)
-PEER_FLAGS = {"flux": ("--max_sequence_length", str(T5_TOKENS))}  # what the peer must be told of a family's model
+QWEN_TOKENS = 128  # the mid-size FLUX.2 [klein]'s Qwen3 prompt length (the pipeline's is 512)
+# What the peer must be told of a family's model: the prompt length; on klein the Qwen3 layers the pipeline and
+# subjectgen read (the script's own default, 10 20 30, is not the pipeline's 9 18 27)
+PEER_FLAGS = {"flux": ("--max_sequence_length", str(T5_TOKENS)),
+              "flux2": ("--max_sequence_length", str(QWEN_TOKENS), "--text_encoder_out_layers", "9", "18", "27")}
 SUBJECT = "dog"
 
 
@@ -142,10 +150,45 @@ def mid_flux(folder: Path) -> Path:
     return folder
 
 
+def mid_flux2_klein(folder: Path) -> Path:
+    """A random-weight FLUX.2 [klein] (4B) at a quarter of its widths and depths: 1 double and 5 single blocks 768
+    wide (24 heads of 32), a Qwen3 640 wide (a quarter) in 28 layers (not a quarter: the pipeline reads its hidden
+    layers 9, 18 and 27) with a Qwen tokenizer trained here, the 32-channel VAE at a quarter width; the base
+    (non-distilled) model; 256 px."""
+    import torch
+    from diffusers import (AutoencoderKLFlux2, FlowMatchEulerDiscreteScheduler, Flux2KleinPipeline,
+                           Flux2Transformer2DModel)
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    from subjectgen.tiny import qwen_tokenizer
+
+    torch.manual_seed(0)
+    tokenizer = qwen_tokenizer(QWEN_TOKENS)
+    text_encoder = Qwen3ForCausalLM(Qwen3Config(
+        vocab_size=len(tokenizer), hidden_size=640, intermediate_size=2432, num_hidden_layers=28,
+        num_attention_heads=8, num_key_value_heads=2, head_dim=80, max_position_embeddings=4 * QWEN_TOKENS,
+        tie_word_embeddings=True))
+    transformer = Flux2Transformer2DModel(
+        patch_size=1, in_channels=128, num_layers=1, num_single_layers=5, attention_head_dim=32,
+        num_attention_heads=24, joint_attention_dim=3 * 640, timestep_guidance_channels=256, mlp_ratio=3.0,
+        axes_dims_rope=(8, 8, 8, 8), guidance_embeds=False)
+    vae = AutoencoderKLFlux2(latent_channels=32, block_out_channels=(32, 64, 128, 128), layers_per_block=2,
+                             down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                             sample_size=RESOLUTION["flux2"])
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_image_seq_len=256,
+                                                max_image_seq_len=4096, base_shift=0.5, max_shift=1.15,
+                                                time_shift_type="exponential")
+    Flux2KleinPipeline(scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+                       transformer=transformer, is_distilled=False).save_pretrained(folder)
+    return folder
+
+
 MODELS = {"sd": ("the built-in model in fp32", fp32_model),
           "sdxl": (f"a mid-size random SDXL (a quarter of SDXL's widths) at {RESOLUTION['sdxl']} px", mid_sdxl),
           "flux": (f"a mid-size random FLUX.1-dev (a quarter of its widths and depths) at {RESOLUTION['flux']} px",
-                   mid_flux)}
+                   mid_flux),
+          "flux2": ("a mid-size random FLUX.2 [klein] base (a quarter of the 4B's widths and depths, the Qwen3's "
+                    f"28 layers) at {RESOLUTION['flux2']} px", mid_flux2_klein)}
 
 
 def photos(folder: Path) -> Path:
@@ -248,9 +291,11 @@ def main() -> None:
         return
     env = {**os.environ, "OMP_NUM_THREADS": "1", "SUBJECTGEN_THREADS": "1", "TRANSFORMERS_VERBOSITY": "error",
            "HF_HUB_OFFLINE": "1"}  # else the newer peers retry the hub for a model card after training
+    load = [os.getloadavg()[0]]  # another job on the machine slows both tools; the ratios are what this measures
     with tempfile.TemporaryDirectory() as tmp:
         rows = measure_rows(args, python, env, Path(tmp))
-    print_table(args, rows)
+    load.append(os.getloadavg()[0])
+    print_table(args, rows, load)
 
 
 def measure_rows(args, python: Path, env: dict, tmp: Path) -> list:
@@ -279,7 +324,7 @@ def measure_rows(args, python: Path, env: dict, tmp: Path) -> list:
     return rows
 
 
-def print_table(args, rows: list) -> None:
+def print_table(args, rows: list, load: list[float]) -> None:
     what = MODELS[args.family][0]
     print(f"`subjectgen train lora` against diffusers' {SCRIPTS[args.family].name.replace('diffusers_', '')}, {what}, "
           f"{args.steps} steps, one thread each, {args.pairs} interleaved pairs per row (medians)"
@@ -295,6 +340,8 @@ def print_table(args, rows: list) -> None:
         speed = f"{o[2] / p[2]:.2f}" if o[2] and p[2] else "–"
         print(f"| {batch} | {'yes' if prior else 'no'} | {o[0]:.1f} / {rate(o[2])} / {o[1]:.0f} | {p[0]:.1f} / "
               f"{rate(p[2] or 0)} / {p[1]:.0f} | {speed} | {o[0] / p[0]:.2f} | {o[1] / p[1]:.2f} |")
+    print(f"\nThe machine's load average (1 minute) when the measurements started and ended: {load[0]:.1f} and "
+          f"{load[1]:.1f}, on {os.cpu_count()} cores (the benchmark itself keeps one busy).")
 
 
 def rate(steps_per_second: float) -> str:

@@ -25,6 +25,9 @@ SECTIONS = [
     ("Training speed against the peer on FLUX.1 (diffusers' train_dreambooth_lora_flux.py, a mid-size random "
      "FLUX.1-dev)", ["benchmarks/peer.py", "--family", "flux", "--steps", "40", "--batch-sizes", "1", "--pairs", "3",
                      "--prior", "no,yes", "--num-class-images", "8"]),
+    ("Training speed against the peer on FLUX.2 [klein] (diffusers' train_dreambooth_lora_flux2_klein.py, a mid-size "
+     "random FLUX.2 [klein])", ["benchmarks/peer.py", "--family", "flux2", "--steps", "40", "--batch-sizes", "1",
+                                "--pairs", "3", "--prior", "no,yes", "--num-class-images", "8"]),
     ("Evaluation inside training: what it costs", ["benchmarks/eval_cost.py"]),
     ("Generation speed against the plain diffusers pipeline", ["benchmarks/generation_speed.py"]),
     ("The physical limit: FLOPs per step against one thread's matmul rate, and the profile",

@@ -106,6 +106,7 @@ def test_a_familys_look_alikes_are_refused_in_one_line(request, tmp_path, capsys
     from test_methods import refused, with_pipeline_class
 
     folder = with_pipeline_class(request.getfixturevalue(model), tmp_path, class_name)
+    capsys.readouterr()  # the fixture's own output, if it was made just now
     out = tmp_path / "run"
     err = refused(capsys, ["train", "lora", "--model", str(folder), "--subject", str(EMOJIBENCH / "dog"),
                            "--class", "dog", "--out", str(out), "--quiet"])

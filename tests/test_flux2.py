@@ -76,6 +76,7 @@ def test_flux2_lora_trains_and_loads_in_plain_diffusers(flux2_lora, tiny_flux2):
     assert np.abs(ours - base).max() > 0
     weights = load_file(str(flux2_lora / "pytorch_lora_weights.safetensors"))
     assert weights and all(k.startswith("transformer.") for k in weights)
+    assert not (flux2_lora / "comfyui_lora.safetensors").exists()  # FLUX.1's ComfyUI layout is not FLUX.2's
     assert any(".single_transformer_blocks.0.attn.to_out." in k for k in weights)
     assert any(".transformer_blocks.0.attn.to_q." in k for k in weights)
     pipe = Flux2KleinPipeline.from_pretrained(tiny_flux2)

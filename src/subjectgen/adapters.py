@@ -2,7 +2,8 @@
 
 A run folder holds `subject.json` (the manifest, written last: its presence marks a finished run)
 beside weights in the ecosystem's formats:
-  lora               pytorch_lora_weights.safetensors (diffusers) and kohya_lora.safetensors (kohya/A1111)
+  lora               pytorch_lora_weights.safetensors (diffusers) and kohya_lora.safetensors (kohya/A1111; on
+                     FLUX.1 comfyui_lora.safetensors, ComfyUI's layout)
   textual-inversion  learned_embeds.safetensors (diffusers) and embedding_a1111.safetensors (A1111)
   dreambooth         pipeline/ (a whole diffusers pipeline)
 """
@@ -23,7 +24,8 @@ from .subjects import expand_subject
 
 MANIFEST = "subject.json"
 LORA_SUFFIXES = {".lora.down.weight": "lora_down", ".lora.up.weight": "lora_up",
-                 ".lora_linear_layer.down.weight": "lora_down", ".lora_linear_layer.up.weight": "lora_up"}
+                 ".lora_linear_layer.down.weight": "lora_down", ".lora_linear_layer.up.weight": "lora_up",
+                 ".lora_A.weight": "lora_down", ".lora_B.weight": "lora_up"}  # diffusers' names for a transformer
 
 
 def kohya_key(component: str, key: str, prefixes: dict[str, str]) -> tuple[str, str]:
@@ -36,6 +38,17 @@ def kohya_key(component: str, key: str, prefixes: dict[str, str]) -> tuple[str, 
                 module = "text_model." + module
             return f"{prefixes[component]}_{module.replace('.', '_')}", kind
     raise ValueError(f"not a LoRA weight key: {key}")
+
+
+def lora_pairs(state: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
+    """A component's LoRA weights in diffusers' key format, by module: {module: {'lora_down': A, 'lora_up': B}}."""
+    pairs: dict[str, dict[str, torch.Tensor]] = {}
+    for key, weight in state.items():
+        suffix = next((s for s in LORA_SUFFIXES if key.endswith(s)), None)
+        if suffix is None:
+            raise ValueError(f"not a LoRA weight key: {key}")
+        pairs.setdefault(key[: -len(suffix)], {})[LORA_SUFFIXES[suffix]] = weight
+    return pairs
 
 
 def export_kohya_lora(layers: dict[str, dict[str, torch.Tensor]], alpha: float, path: Path,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import time
@@ -10,9 +11,13 @@ import warnings
 from dataclasses import MISSING, fields
 from pathlib import Path
 
-# Quiet the libraries' import-time chatter (e.g. transformers on a missing torchvision) for CLI users.
+# Quiet the libraries' import-time chatter (e.g. transformers on a missing torchvision) for CLI users; torchao, where
+# installed (--base-quantization int8), is imported by transformers, diffusers and peft and lists the GPU kernels a CPU
+# build lacks.
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+for _name in ("torchao", "torch.utils._pytree"):
+    logging.getLogger(_name).setLevel(logging.ERROR)
 
 from .config import (FILTER_TAU_S, FILTER_TAU_T, SAMPLE_OPTIONS, ApprenticeSettings, BenchConfig,  # noqa: E402
                      FarmSettings, FusionSettings, SampleSettings, TrainConfig)

@@ -3,6 +3,7 @@ range beside each number (settings.py), so the CLI and the Python API check them
 
 from __future__ import annotations
 
+import math
 from dataclasses import MISSING, asdict, dataclass, field, fields
 
 from .errors import UserError
@@ -12,6 +13,12 @@ from .settings import (ANY_FINITE, AT_LEAST_1, FRACTION_BELOW_1, NON_NEGATIVE, N
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
 OPTIMIZERS = ("adamw", "adamw8bit")
+BASE_QUANTIZATIONS = ("int8", "nf4")
+# diffusers' FLUX scripts' timestep sampling (its --weighting_scheme): uniform, a density, or uniform with a loss weight
+WEIGHTING_SCHEMES = ("none", "logit_normal", "mode", "sigma_sqrt", "cosmap")
+MODE_SCALE = Bound(low=-1, high=2 / (math.pi - 2))  # where the mode map is monotone: a density (SD3 paper, eq. 20)
+# The settings only flow matching has (FLUX.1, FLUX.2 [klein]): a family trained on ε or v refuses them changed
+FLOW_MATCHING_SETTINGS = ("weighting_scheme", "logit_mean", "logit_std", "mode_scale")
 
 
 @dataclass
@@ -38,6 +45,15 @@ class TrainConfig:
     num_class_images: int | None = setting(None, NON_NEGATIVE_INT, help="class images to generate and cache")
     snr_gamma: float | None = setting(None, POSITIVE, help="min-SNR loss weighting γ (e.g. 5): steadier training; "
                                       "off by default")
+    weighting_scheme: str = setting("none", choices=WEIGHTING_SCHEMES, help="flow matching (FLUX) only: how "
+                                    "training draws timesteps, as diffusers' FLUX scripts: none (uniform), "
+                                    "logit_normal or mode (from that density, more of the middle noise levels), "
+                                    "sigma_sqrt or cosmap (uniform, the loss weighted by 1/σ² or the cosmap density) "
+                                    "(default: none)")
+    logit_mean: float = setting(0.0, ANY_FINITE, help="the mean of --weighting-scheme logit_normal (default: 0)")
+    logit_std: float = setting(1.0, POSITIVE, help="the std of --weighting-scheme logit_normal (default: 1)")
+    mode_scale: float = setting(1.29, MODE_SCALE, help="the scale of --weighting-scheme mode, -1 to 1.75: higher "
+                                "draws more of the middle noise levels (default: 1.29)")
     masked_loss: bool = setting(False, help="learn only the subject, not the photos' background: the loss counts "
                                 "the pixels of a mask per photo (SUBJECT/masks/NAME.png, white on the subject; "
                                 "else the photo's alpha)")
@@ -66,6 +82,10 @@ class TrainConfig:
     ip_values: str = "zero"  # apprentice train: to_v_ip's init, "zero" or "to_v" (IP-Adapter's; ip_adapter.new_state)
     lr_warmup_steps: int = setting(0, NON_NEGATIVE_INT, help="steps of linear learning-rate warm-up (default: 0)")
     max_grad_norm: float = setting(1.0, NON_NEGATIVE, help="gradient clipping norm; 0 turns it off (default: 1)")
+    base_quantization: str | None = setting(None, choices=BASE_QUANTIZATIONS, metavar="int8|nf4",
+                                            help="hold the frozen base's linear weights (the transformer's or "
+                                            "UNet's) in 8 or 4 bits while LoRA trains on top: int8 through torchao, "
+                                            "on any device; nf4 through bitsandbytes, on a CUDA GPU (default: none)")
     mixed_precision: str = setting("no", choices=MIXED_PRECISION, help="fp16/bf16 on a GPU: faster, less memory "
                                    "(default: no)")
     gradient_checkpointing: bool = setting(False, help="recompute activations: less memory, slower")
@@ -111,19 +131,25 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_settings(self, registry.get(self.method).bounds if self.method in registry.names(True) else {})
-        if self.select not in ("last", "best"):
-            raise UserError(f"--select must be last or best, got {self.select!r}")
         if self.select == "best" and not self.eval_every:
             raise UserError("--select best needs --eval-every N (the eval points it chooses among)")
-        if self.captioning not in (None, "auto"):
-            raise UserError(f"--captions must be auto, got {self.captioning!r}")
         if self.captioner is not None and self.captioning != "auto":
             raise UserError("--captioner needs --captions auto (it writes the captions the photos lack)")
-        if self.optimizer not in OPTIMIZERS:
-            raise UserError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
-        if self.mixed_precision not in MIXED_PRECISION:
-            raise UserError(f"--mixed-precision must be one of {', '.join(MIXED_PRECISION)}, "
-                            f"got {self.mixed_precision!r}")
+        self.check_flow_matching_settings()
+
+    def check_flow_matching_settings(self) -> None:
+        """--logit-mean/--logit-std/--mode-scale changed only with the --weighting-scheme that reads them."""
+        for name, scheme in (("logit_mean", "logit_normal"), ("logit_std", "logit_normal"), ("mode_scale", "mode")):
+            if self.changed(name) and self.weighting_scheme != scheme:
+                raise UserError(f"--{name.replace('_', '-')} is read by --weighting-scheme {scheme} only; add it or "
+                                "leave the value out")
+
+    def changed_flow_matching_settings(self) -> list[str]:
+        """The flow-matching settings set away from their defaults (what a family without flow matching refuses)."""
+        return [name for name in FLOW_MATCHING_SETTINGS if self.changed(name)]
+
+    def changed(self, name: str) -> bool:
+        return getattr(self, name) != TrainConfig.__dataclass_fields__[name].default
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -94,13 +94,15 @@ def flag_of(f) -> str:
 
 
 def check_settings(obj: Any, bounds: dict | None = None) -> None:
-    """A one-line UserError for the first declared-range field of `obj` out of its range (`bounds`: a method's own
-    range for a field, where it differs from the declared one)."""
+    """A one-line UserError for the first declared-range field of `obj` out of its range or its choices (`bounds`: a
+    method's own range for a field, where it differs from the declared one)."""
     for f in fields(obj):
         bound = (bounds or {}).get(f.name, f.metadata.get("bound"))
-        value = getattr(obj, f.name)
+        value, choices = getattr(obj, f.name), f.metadata.get("choices")
         if bound is not None and value is not None:
             bound.check(flag_of(f), value)
+        if choices is not None and value is not None and value not in choices:
+            raise UserError(f"{flag_of(f)} must be one of {', '.join(choices)}, got {value!r}")
 
 
 def number_type(bound: Bound) -> Callable[[str], float]:

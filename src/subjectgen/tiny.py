@@ -115,10 +115,12 @@ def t5_tokenizer(max_length: int = 32):
                            extra_ids=0, model_max_length=max_length)
 
 
-def build_tiny_flux_pipeline(seed: int = 0, guidance_embeds: bool = True):
+def build_tiny_flux_pipeline(seed: int = 0, guidance_embeds: bool = True, single_layers: int = 1):
     """A tiny FLUX.1 pipeline (the real classes: CLIP-L and T5 text encoders, FluxTransformer2DModel, a 16-channel
     VAE, the flow-matching scheduler with dynamic shifting): 32 px images, 16x16x16 latents packed into 64
-    tokens. guidance_embeds: FLUX.1-dev's guidance embedding (False: schnell's)."""
+    tokens. guidance_embeds: FLUX.1-dev's guidance embedding (False: schnell's); single_layers: its single-stream
+    blocks (0: for diffusers' reader of ComfyUI's layout, which splits a single block's linear1 at FLUX.1's real
+    widths only)."""
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
     from transformers import T5Config, T5EncoderModel
 
@@ -126,7 +128,7 @@ def build_tiny_flux_pipeline(seed: int = 0, guidance_embeds: bool = True):
     clip = CLIPTextModel(CLIPTextConfig(vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                         num_attention_heads=2, max_position_embeddings=77, projection_dim=32))
     t5 = T5EncoderModel(T5Config(vocab_size=200, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4))
-    transformer = FluxTransformer2DModel(patch_size=1, in_channels=64, num_layers=1, num_single_layers=1,
+    transformer = FluxTransformer2DModel(patch_size=1, in_channels=64, num_layers=1, num_single_layers=single_layers,
                                          attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32,
                                          pooled_projection_dim=32, guidance_embeds=guidance_embeds,
                                          axes_dims_rope=(4, 6, 6))
@@ -140,9 +142,9 @@ def build_tiny_flux_pipeline(seed: int = 0, guidance_embeds: bool = True):
                         text_encoder_2=t5, tokenizer_2=t5_tokenizer(), transformer=transformer)
 
 
-def save_tiny_flux_pipeline(out: Path, seed: int = 0, guidance_embeds: bool = True) -> Path:
+def save_tiny_flux_pipeline(out: Path, seed: int = 0, guidance_embeds: bool = True, single_layers: int = 1) -> Path:
     with atomic_dir(Path(out)) as tmp:
-        build_tiny_flux_pipeline(seed, guidance_embeds).save_pretrained(tmp, safe_serialization=True)
+        build_tiny_flux_pipeline(seed, guidance_embeds, single_layers).save_pretrained(tmp, safe_serialization=True)
     return Path(out)
 
 

@@ -216,9 +216,15 @@ class Backbone:
 
         return cfg_denoiser(net, cond, uncond, guidance, context, self.call)
 
-    def training_sample(self, scheduler, latents: torch.Tensor, generator: torch.Generator):
-        """(noisy latents, timesteps, target) for one step: the family's noise schedule and prediction target."""
+    def training_sample(self, scheduler, latents: torch.Tensor, generator: torch.Generator, cfg=None):
+        """(noisy latents, timesteps, target) for one step: the family's noise schedule and prediction target.
+        cfg: the run's TrainConfig, for a family whose timestep sampling has settings (flow matching's
+        --weighting-scheme); None: its defaults."""
         raise NotImplementedError
+
+    def loss_weights(self, scheduler, timesteps: torch.Tensor, cfg) -> torch.Tensor | None:
+        """Each sample's loss weight from its timestep, where the family's settings ask for one (None: equal)."""
+        return None
 
     # --- latents ----------------------------------------------------------------------------------------
     def latent_shape(self, c: Components) -> tuple[int, int, int]:

@@ -6,6 +6,7 @@ transformer's config), schnell takes none."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,89 @@ def shift_mu(config, image_tokens: int) -> float:
     low, high = config.get("base_shift", 0.5), config.get("max_shift", 1.15)
     slope = (high - low) / (top - base)
     return image_tokens * slope + low - slope * base
+
+
+def timestep_density(count: int, generator: torch.Generator, cfg=None) -> torch.Tensor:
+    """`count` draws u in [0, 1] of the training timestep (its index over the schedule, σ falling from 1 to 0), by
+    cfg's --weighting-scheme as diffusers' compute_density_for_timestep_sampling: logit_normal, the sigmoid of a
+    normal (--logit-mean, --logit-std); mode, a uniform u mapped to 1 - u - s (cos²(πu/2) - 1 + u) (--mode-scale s,
+    the SD3 paper's eq. 20); otherwise uniform (cfg None: uniform)."""
+    scheme = cfg.weighting_scheme if cfg is not None else "none"
+    if scheme == "logit_normal":
+        return torch.sigmoid(torch.normal(cfg.logit_mean, cfg.logit_std, (count,), generator=generator))
+    u = torch.rand(count, generator=generator)
+    if scheme == "mode":
+        return 1 - u - cfg.mode_scale * (torch.cos(math.pi * u / 2) ** 2 - 1 + u)
+    return u
+
+
+# The schemes that draw uniformly and weight the loss by σ instead (diffusers' compute_loss_weighting_for_sd3)
+LOSS_WEIGHTINGS = {"sigma_sqrt": lambda sigma: sigma ** -2.0,
+                   "cosmap": lambda sigma: 2 / (math.pi * (1 - 2 * sigma + 2 * sigma ** 2))}
+
+
+# ComfyUI's FLUX.1 LoRA layout names the original (BFL) model's modules. Per block kind: its BFL name, diffusers'
+# module in a block -> the BFL one, and the fused modules with their parts in the order of their output rows
+# (diffusers' own converter reads the same table: lora_conversion_utils._convert_sd_scripts_to_ai_toolkit)
+COMFY_LAYOUT = {
+    "transformer_blocks": ("double_blocks", {
+        "attn.to_out.0": "img_attn.proj", "ff.net.0.proj": "img_mlp.0", "ff.net.2": "img_mlp.2",
+        "norm1.linear": "img_mod.lin", "attn.to_add_out": "txt_attn.proj", "ff_context.net.0.proj": "txt_mlp.0",
+        "ff_context.net.2": "txt_mlp.2", "norm1_context.linear": "txt_mod.lin"}, {
+        "img_attn.qkv": ("attn.to_q", "attn.to_k", "attn.to_v"),
+        "txt_attn.qkv": ("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj")}),
+    "single_transformer_blocks": ("single_blocks", {"proj_out": "linear2", "norm.linear": "modulation.lin"}, {
+        "linear1": ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp")}),
+}
+MLP_RATIO = 4  # a single block's proj_mlp width over its attention's (FluxSingleTransformerBlock's mlp_ratio)
+COMFY_FILE = "comfyui_lora.safetensors"
+
+
+def comfy_transformer_lora(pairs: dict[str, dict[str, torch.Tensor]], alpha: float) -> dict[str, torch.Tensor]:
+    """The transformer's LoRA ({module: {'lora_down', 'lora_up'}}, diffusers' module names) in ComfyUI's layout:
+    `diffusion_model.<BFL module>.lora_down.weight / .lora_up.weight / .alpha`, ComfyUI adding up @ down x alpha /
+    rank. A fused module (q, k, v in one qkv) gets its parts' downs stacked and their ups block-diagonal, with the
+    alpha that keeps each part's alpha / rank: the same update, exactly."""
+    out, fused = {}, {}
+    for module, pair in pairs.items():
+        blocks, index, inner = (module.split(".", 2) + ["", ""])[:3]
+        bfl, plain, groups = COMFY_LAYOUT.get(blocks, ("", {}, {}))
+        group = next((name for name, parts in groups.items() if inner in parts), None)
+        if group is not None:
+            fused.setdefault((blocks, index, group), {})[inner] = pair
+        elif inner in plain:
+            out.update(comfy_entry(f"{bfl}.{index}.{plain[inner]}", pair["lora_down"], pair["lora_up"], alpha))
+        else:
+            raise ValueError(f"no ComfyUI name for FLUX.1 module {module}")
+    for (blocks, index, group), parts in fused.items():
+        bfl, _, groups = COMFY_LAYOUT[blocks]
+        down, up, count = fuse(groups[group], parts)
+        out.update(comfy_entry(f"{bfl}.{index}.{group}", down, up, alpha * count))
+    return out
+
+
+def fuse(order: tuple[str, ...], parts: dict[str, dict]) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """(down, up, parts present) of one LoRA on a fused module from its parts' LoRAs: the downs stacked, the ups on
+    the block diagonal, a part without a LoRA (a single block's proj_mlp) zero rows of its width."""
+    inner = next(p["lora_up"].shape[0] // (MLP_RATIO if n == "proj_mlp" else 1) for n, p in parts.items())
+    sizes = [MLP_RATIO * inner if name == "proj_mlp" else inner for name in order]
+    present = [name for name in order if name in parts]
+    down = torch.cat([parts[name]["lora_down"].float() for name in present])
+    up = torch.zeros(sum(sizes), len(down))
+    row, column = 0, 0
+    for name, size in zip(order, sizes):
+        if name in parts:
+            rank = parts[name]["lora_down"].shape[0]
+            up[row: row + size, column: column + rank] = parts[name]["lora_up"].float()
+            column += rank
+        row += size
+    return down, up, len(present)
+
+
+def comfy_entry(name: str, down: torch.Tensor, up: torch.Tensor, alpha: float,
+                prefix: str = "diffusion_model.") -> dict[str, torch.Tensor]:
+    return {f"{prefix}{name}.lora_down.weight": down.float(), f"{prefix}{name}.lora_up.weight": up.float(),
+            f"{prefix}{name}.alpha": torch.tensor(float(alpha))}
 
 
 @dataclass(frozen=True)
@@ -156,14 +240,38 @@ class Flux(Backbone):
     def training_scheduler(self, c: Components):
         return FlowMatchEulerDiscreteScheduler.from_config(c.scheduler.config)
 
-    def training_sample(self, scheduler, latents: torch.Tensor, generator: torch.Generator):
-        """Flow matching: uniform timesteps over the (statically shifted) training schedule, as diffusers' FLUX
-        script's default weighting; x_t = (1 - σ) x0 + σ ε, target ε - x0."""
+    def training_sample(self, scheduler, latents: torch.Tensor, generator: torch.Generator, cfg=None):
+        """Flow matching: timesteps over the (statically shifted) training schedule, drawn as cfg's
+        --weighting-scheme says (uniform by default, as diffusers' FLUX script); x_t = (1 - σ) x0 + σ ε, target
+        ε - x0."""
         noise = torch.randn(latents.shape, generator=generator)
-        index = (torch.rand(len(latents), generator=generator) * scheduler.config.num_train_timesteps).long()
+        count = scheduler.config.num_train_timesteps
+        u = timestep_density(len(latents), generator, cfg)
+        index = (u * count).long().clamp(0, count - 1)  # u = 1 (mode's at u = 0, a sigmoid's rounding) is the last
         sigmas = scheduler.sigmas[index].view(-1, 1, 1, 1).to(latents.dtype)
         noisy = (1 - sigmas) * latents + sigmas * noise
         return noisy, scheduler.timesteps[index], noise - latents
+
+    def loss_weights(self, scheduler, timesteps: torch.Tensor, cfg) -> torch.Tensor | None:
+        """--weighting-scheme sigma_sqrt / cosmap: each sample's loss weight from its σ (= t / 1000)."""
+        if cfg.weighting_scheme not in LOSS_WEIGHTINGS:
+            return None
+        return LOSS_WEIGHTINGS[cfg.weighting_scheme](timesteps.float() / scheduler.config.num_train_timesteps)
+
+    def export_lora(self, layers: dict[str, dict], alpha: float, run_dir: Path) -> list[str]:
+        """The LoRA also in ComfyUI's layout (comfyui_lora.safetensors): the transformer's under `diffusion_model.`
+        with the original model's module names, CLIP-L's under `text_encoders.clip_l.transformer.` (ComfyUI's
+        generic names; diffusers' FluxPipeline.load_lora_weights reads the file too)."""
+        from ..adapters import lora_pairs
+        from ..safeio import atomic_save_safetensors
+
+        out = comfy_transformer_lora(lora_pairs(layers["transformer"]), alpha)
+        for module, pair in lora_pairs(layers.get("text_encoder", {})).items():
+            module = module if module.startswith("text_model.") else "text_model." + module
+            out.update(comfy_entry(module, pair["lora_down"], pair["lora_up"], alpha,
+                                   prefix="text_encoders.clip_l.transformer."))
+        atomic_save_safetensors(run_dir / COMFY_FILE, out)
+        return [COMFY_FILE]
 
     def save_lora(self, run_dir: Path, layers: dict[str, dict], metadata: dict[str, dict]) -> None:
         """The transformer's layers in peft's key names throughout: diffusers' loader converts the older names

@@ -210,6 +210,9 @@ class Flux2Klein(Flux):
         blocks = len(c.transformer.single_transformer_blocks)
         return [*self.lora_targets, *(f"single_transformer_blocks.{i}.attn.to_out" for i in range(blocks))]
 
+    def export_lora(self, layers: dict[str, dict], alpha: float, run_dir: Path) -> list[str]:
+        return []  # FLUX.1's ComfyUI layout is not FLUX.2's (its own BFL names); the diffusers file only
+
     def save_lora(self, run_dir: Path, layers: dict[str, dict], metadata: dict[str, dict]) -> None:
         """In peft's key names (lora_A/lora_B) throughout, as diffusers' klein script saves: diffusers' loader
         converts the older names ('to_q.lora.down') only when the file's first key has them, and the single blocks'

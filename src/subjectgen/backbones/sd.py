@@ -91,7 +91,7 @@ class StableDiffusion(Backbone):
     def training_scheduler(self, c: Components):
         return DDPMScheduler.from_config(c.scheduler.config)
 
-    def training_sample(self, scheduler, latents: torch.Tensor, generator: torch.Generator):
+    def training_sample(self, scheduler, latents: torch.Tensor, generator: torch.Generator, cfg=None):
         return ddpm_training_sample(scheduler, latents, generator)
 
     def save_lora(self, run_dir: Path, layers: dict[str, dict], metadata: dict[str, dict]) -> None:

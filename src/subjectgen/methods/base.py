@@ -45,6 +45,7 @@ class Method:
     # its steps and `save` read only the cached latents and prompts and its trainable modules: the loop may free
     # the frozen VAE and text encoders once their caches are made (when nothing samples images during the run)
     trains_from_caches = False
+    quantizable_base = False  # it trains on a frozen base, which --base-quantization may quantize (LoRA)
 
     def __init__(self, cfg: TrainConfig, components: Components, subject: SubjectSet | None, data=None):
         self.cfg, self.components, self.subject, self.data = cfg, components, subject, data
@@ -150,10 +151,12 @@ class Method:
 
     def loss(self, pred: torch.Tensor, target: torch.Tensor, timesteps: torch.Tensor, batch: Batch,
              scheduler) -> tuple[torch.Tensor, dict]:
-        """The denoising loss with the prior-preservation split, min-SNR and a mask (losses.diffusion_loss)."""
+        """The denoising loss with the prior-preservation split, min-SNR or the family's per-timestep weights, and a
+        mask (losses.diffusion_loss)."""
         return diffusion_loss(pred, target, timesteps, getattr(scheduler, "alphas_cumprod", None),
                               scheduler.config.get("prediction_type", "flow"),
-                              batch.n_instance, self.cfg.prior_weight, self.cfg.snr_gamma, batch.masks)
+                              batch.n_instance, self.cfg.prior_weight, self.cfg.snr_gamma, batch.masks,
+                              self.components.backbone.loss_weights(scheduler, timesteps, self.cfg))
 
     def validation_denoiser_for(self, guidance: float):
         """For the loop's validation grids: a denoiser for a batch of prompts from the training state, or None for

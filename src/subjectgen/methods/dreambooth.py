@@ -66,6 +66,7 @@ class DreamBoothLoRA(DreamBooth):
 
     scalable = True
     trains_from_caches = True  # it saves its LoRA layers only (the full fine-tune saves the whole pipeline)
+    quantizable_base = True
 
     def lora_config(self, targets: list[str]) -> LoraConfig:
         return LoraConfig(r=self.cfg.rank, lora_alpha=self.cfg.alpha, init_lora_weights="gaussian",

@@ -24,8 +24,10 @@ from ..settings import Bound
 # The shared settings of class images and prior preservation, which a method without them drops.
 PRIOR_SETTINGS = ("class_prompt", "prior_preservation", "prior_weight", "num_class_images")
 # Every shared setting of optimization: a method that trains nothing (the zero-shot apprentice) drops them all.
-TRAINING_SETTINGS = (*PRIOR_SETTINGS, "token", "steps", "lr", "batch_size", "seed", "snr_gamma", "masked_loss",
-                     "lr_warmup_steps", "max_grad_norm", "mixed_precision", "gradient_checkpointing", "optimizer",
+TRAINING_SETTINGS = (*PRIOR_SETTINGS, "token", "steps", "lr", "batch_size", "seed", "snr_gamma", "weighting_scheme",
+                     "logit_mean", "logit_std", "mode_scale", "masked_loss",
+                     "lr_warmup_steps", "max_grad_norm", "mixed_precision", "base_quantization",
+                     "gradient_checkpointing", "optimizer",
                      "aspect_buckets", "compile",
                      "checkpoint_every", "validate_every", "validation_prompts", "eval_every", "eval_prompts",
                      "eval_dino", "eval_clip", "select", "captioning", "captioner")

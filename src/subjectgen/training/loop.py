@@ -34,6 +34,7 @@ from .checkpoints import list_checkpoints, load_checkpoint, save_checkpoint
 from .data import LatentCache, SubjectData, TextCache, class_images
 from .evaluation import TrainingEval, load_eval_evaluators
 from .outdir import RUN_SPEC, check_out_dir, hold, record_run, release
+from .quantize import check_quantization, quantize_frozen
 
 DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -86,9 +87,7 @@ class Trainer:
         self.components = load_model(cfg.model, cfg.allow_pickle, keep_dtype=cfg.mixed_precision != "no")
         family = self.components.backbone
         registry.get(cfg.method).check_family(family.name, {n: b.title for n, b in FAMILIES.items()})
-        if cfg.snr_gamma and family.flow_matching:
-            raise UserError(f"--snr-gamma: min-SNR weighting is defined for ε and v targets, not for {family.title}'s "
-                            "flow matching; leave it out")
+        check_family_settings(cfg, family)
         self.cfg = resolve_defaults(cfg, self.components.resolution)
         if cfg.sample_steps is None:  # the family's (a step-distilled model's few), for class images and grids
             self.cfg.sample_steps = family.default_steps(self.components)
@@ -102,6 +101,7 @@ class Trainer:
         if cfg.compile:
             check_compiler(self.accelerator.device)
         check_optimizer(self.cfg.optimizer, self.accelerator.device)
+        check_quantization(cfg.base_quantization, registry.get(cfg.method).load(), self.accelerator.device)
         self.evaluators = self.load_evaluators() if cfg.eval_every and self.accelerator.is_main_process else None
         self.new_captions = self.make_captions()  # in the subject now, on disk once the run starts
         new = not self.out.exists()
@@ -174,12 +174,15 @@ class Trainer:
 
     def place_modules(self) -> None:
         """Frozen weights in the mixed-precision dtype on the device, trainable weights in fp32: each weight cast as
-        it moves, so no fp32 copy of a frozen base reaches the device."""
+        it moves, so no fp32 copy of a frozen base reaches the device; with --base-quantization the denoiser's frozen
+        linear layers then quantized."""
         dtype, device = DTYPES[self.cfg.mixed_precision], self.accelerator.device
         for module in self.components.networks:
             for p in module.parameters():
                 p.data = p.data.to(device, torch.float32 if p.requires_grad else dtype)
             module.to(device)  # the buffers
+        if self.cfg.base_quantization:  # the LoRA layers are in place and train: only the frozen ones are quantized
+            quantize_frozen(self.components.denoiser, self.cfg.base_quantization, dtype)
         if self.cfg.gradient_checkpointing:
             self.components.denoiser.enable_gradient_checkpointing()
             for encoder in self.components.text_encoders:
@@ -267,7 +270,8 @@ class Trainer:
         """One optimizer step; the method's hooks say what the batch is, how the UNet is called, the loss."""
         batch = self.method.batch(self.data, self.generator, self.cfg.batch_size)
         family = self.components.backbone
-        noisy, timesteps, target = family.training_sample(self.noise_scheduler, batch.latents, self.generator)
+        noisy, timesteps, target = family.training_sample(self.noise_scheduler, batch.latents, self.generator,
+                                                          self.cfg)
         device = self.accelerator.device
         net = self.forward_modules.get(family.denoiser, self.components.denoiser)
         with self.accelerator.autocast():
@@ -443,6 +447,19 @@ class LossLog:
 
 
 COMPILE_BACKEND = "inductor"  # torch.compile's default; the tests use "aot_eager" (the same graphs, no C++ build)
+
+
+def check_family_settings(cfg: TrainConfig, family) -> None:
+    """A one-line UserError for a setting the model's family has no use for: min-SNR on flow matching, flow
+    matching's timestep sampling on ε and v models."""
+    if cfg.snr_gamma and family.flow_matching:
+        raise UserError(f"--snr-gamma: min-SNR weighting is defined for ε and v targets, not for {family.title}'s "
+                        "flow matching; leave it out")
+    changed = [] if family.flow_matching else cfg.changed_flow_matching_settings()
+    if changed:
+        takers = ", ".join(b.title for b in FAMILIES.values() if b.flow_matching)
+        raise UserError(f"--{changed[0].replace('_', '-')}: a flow-matching setting ({takers}); {family.title} is "
+                        "not trained by flow matching, leave it out")
 
 
 def check_compiler(device) -> None:

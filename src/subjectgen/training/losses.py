@@ -31,12 +31,16 @@ def min_snr_weights(snr_values: torch.Tensor, gamma: float, prediction_type: str
 def diffusion_loss(pred: torch.Tensor, target: torch.Tensor, timesteps: torch.Tensor,
                    alphas_cumprod: torch.Tensor, prediction_type: str = "epsilon", n_instance: int | None = None,
                    prior_weight: float = 1.0, snr_gamma: float | None = None,
-                   masks: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+                   masks: torch.Tensor | None = None,
+                   weights: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
     """Returns (loss, {"instance": ..., "prior": ...}); samples past `n_instance` are class (prior) samples.
-    `masks`: (n_instance, 1, h, w) weights in [0, 1] on the latent grid for the instance samples, or None."""
+    `masks`: (n_instance, 1, h, w) weights in [0, 1] on the latent grid for the instance samples, or None.
+    `weights`: each sample's loss weight (flow matching's --weighting-scheme sigma_sqrt / cosmap), or None."""
     per_sample = masked_mean(F.mse_loss(pred.float(), target.float(), reduction="none"), masks)
     if snr_gamma:
         per_sample = per_sample * min_snr_weights(snr(alphas_cumprod, timesteps), snr_gamma, prediction_type)
+    if weights is not None:
+        per_sample = per_sample * weights.to(per_sample)
     n_instance = len(per_sample) if n_instance is None else n_instance
     instance = per_sample[:n_instance].mean()
     if n_instance == len(per_sample):
