@@ -306,9 +306,9 @@ def test_an_apprentice_resumed_after_a_refilter_is_refused(capsys, farm, encoder
     assert main([*argv, "--overwrite"]) == 0
 
 
-def test_an_expert_cut_off_resumes_only_on_the_photos_it_started_with(capsys, tiny_model, clusters, tmp_path):
-    """A killed farm's unfinished expert: its cluster's photos changed meanwhile is one line naming the cluster,
-    and its folder is left as it was; the photos restored, the farm finishes."""
+def test_an_expert_resumes_only_on_the_photos_it_started_with(capsys, tiny_model, clusters, tmp_path):
+    """A killed farm's unfinished expert, or a finished one, whose cluster's photos changed meanwhile: one line naming
+    the cluster, and its folder is left as it was; the photos restored, the farm finishes."""
     import shutil
 
     from conftest import draw_subject
@@ -327,3 +327,5 @@ def test_an_expert_cut_off_resumes_only_on_the_photos_it_started_with(capsys, ti
     assert {p: p.read_bytes() for p in expert.rglob("*") if p.is_file()} == before
     (mine / "red_ball" / "0.png").write_bytes(original)
     assert main(argv) == 0 and (expert / "expert.json").is_file()
+    draw_subject(mine / "other_ball" / "1.png", shift=9)  # a finished expert's cluster
+    assert "photos of cluster other_ball changed" in error_of(capsys, argv)

@@ -345,3 +345,21 @@ def test_a_damaged_run_record_is_one_line_and_overwrite_replaces_the_run(capsys,
     assert main([*argv, "--overwrite"]) == 0  # the way out it names works: the record is not read, only replaced
     assert (out / "subject.json").is_file()
 
+
+
+def test_the_photo_count_warning_is_printed_once(tmp_path):
+    """The CLI's early check of the photos (before torch loads) and the training's own both warned."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import draw_subject
+
+    (tmp_path / "photos").mkdir()
+    for i in range(7):
+        draw_subject(tmp_path / "photos" / f"{i:02d}.png", shift=i)
+    done = subprocess.run([sys.executable, "-m", "subjectgen.cli", "train", "apprentice", "--subject",
+                           str(tmp_path / "photos"), "--class", "dog", "--out", str(tmp_path / "run"), "--quiet"],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stderr.count("holds 7 photos") == 1, done.stderr

@@ -124,6 +124,8 @@ def run_expert(folder: Path, cluster: Cluster, settings: FarmSettings, index: in
     from ..training import train
 
     if (folder / EXPERT).is_file():
+        if settings.clusters != "world":  # a user's photos may change; the world's renders do not
+            check_started_on(folder, cluster.photos())
         return read_json(folder / EXPERT, EXPERT_FIX.format(folder=folder), EXPERT_KEYS)
     photos = cluster.photos()
     check_started_on(folder, photos)
@@ -150,8 +152,8 @@ def run_expert(folder: Path, cluster: Cluster, settings: FarmSettings, index: in
 
 
 def check_started_on(folder: Path, photos: list) -> None:
-    """An expert cut off in its run resumes on the photos it started with: a cluster whose photos changed since is
-    refused (before its folder is touched), not resumed on other data."""
+    """An expert resumes (or a farm grows) only on the photos it started with: a cluster whose photos changed since
+    is refused (before its folder is touched), not resumed on other data, nor kept beside experts of the new ones."""
     import numpy as np
 
     saved = sorted((folder / "photos").glob("*.png"))
