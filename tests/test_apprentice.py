@@ -17,6 +17,8 @@ from safetensors.torch import load_file, save_file
 
 from subjectgen.cli import main
 
+from test_cli import error_of
+
 EXPERTS = ["--count", "2", "--expert-steps", "3", "--images", "2", "--sample-steps", "2"]
 
 
@@ -284,3 +286,46 @@ def test_a_fresh_adapter_starts_as_a_no_op_and_round_trips_through_the_file(tiny
     ipa.install(adapted, ipa.new_state(adapted, 32, 4, seed=0, values="to_v"))  # IP-Adapter's own init is not
     with torch.no_grad():
         assert not torch.equal(adapted(x, 10, text, added_cond_kwargs=demos).sample, base(x, 10, text).sample)
+
+
+def test_an_apprentice_resumed_after_a_refilter_is_refused(capsys, farm, encoder_dir, tmp_path):
+    """The filter decides the apprentice's data: a resume after it ran again with other thresholds would continue
+    on other triples."""
+    import shutil
+
+    mine = shutil.copytree(farm, tmp_path / "farm")
+    out = tmp_path / "ap"
+    argv = ["apprentice", "train", str(mine), "--out", str(out), "--steps", "2", "--checkpoint-every", "1",
+            "--batch-size", "2", "--num-tokens", "4", "--image-encoder", encoder_dir, "--quiet"]
+    assert main(argv) == 0
+    (out / "subject.json").unlink()  # as if killed after its last checkpoint
+    record = json.loads((mine / "filter.json").read_text())  # a re-filter that keeps one image fewer
+    record["images"][0]["kept"] = False
+    (mine / "filter.json").write_text(json.dumps(record))
+    assert "started on other data" in error_of(capsys, [*argv, "--resume"])
+    assert main([*argv, "--overwrite"]) == 0
+
+
+def test_an_expert_resumes_only_on_the_photos_it_started_with(capsys, tiny_model, clusters, tmp_path):
+    """A killed farm's unfinished expert, or a finished one, whose cluster's photos changed meanwhile: one line naming
+    the cluster, and its folder is left as it was; the photos restored, the farm finishes."""
+    import shutil
+
+    from conftest import draw_subject
+    mine = shutil.copytree(clusters, tmp_path / "clusters")
+    out = tmp_path / "farm"
+    argv = ["apprentice", "experts", "--model", tiny_model, "--clusters", str(mine), "--out", str(out), *EXPERTS,
+            "--quiet"]
+    assert main(argv) == 0
+    expert = out / "experts" / "red_ball"
+    (expert / "expert.json").unlink()  # killed in its run
+    (expert / "run" / "subject.json").unlink()
+    before = {p: p.read_bytes() for p in expert.rglob("*") if p.is_file()}
+    original = (mine / "red_ball" / "0.png").read_bytes()
+    draw_subject(mine / "red_ball" / "0.png", shift=9)
+    assert "photos of cluster red_ball changed" in error_of(capsys, argv)
+    assert {p: p.read_bytes() for p in expert.rglob("*") if p.is_file()} == before
+    (mine / "red_ball" / "0.png").write_bytes(original)
+    assert main(argv) == 0 and (expert / "expert.json").is_file()
+    draw_subject(mine / "other_ball" / "1.png", shift=9)  # a finished expert's cluster
+    assert "photos of cluster other_ball changed" in error_of(capsys, argv)

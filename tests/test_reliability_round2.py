@@ -134,7 +134,7 @@ def test_a_training_that_fails_to_start_writes_no_run_json(capsys, tiny_model, s
     assert not out.exists()
     out.mkdir()
     assert "no-encoder" in error_of(capsys, [*argv, "--image-encoder", str(tmp_path / "no-encoder")])
-    assert not (out / "run.json").exists()
+    assert list(out.iterdir()) == []  # an empty folder stays empty: not even the writer lock's file is left
     assert main(argv) == 0  # the corrected command needs no --resume
     assert (out / "run.json").is_file()
 
@@ -314,3 +314,52 @@ def test_a_resume_on_changed_photos_is_refused(capsys, tiny_model, subject_dir, 
     assert main([*args, "--overwrite"]) == 0  # a fresh start on the new photos is fine
     (out / "subject.json").unlink()
     assert main([*args, "--resume"]) == 0  # and unchanged photos resume
+
+
+def test_fp16_on_a_cpu_is_one_line_before_the_run_starts(capsys, tiny_model, subject_dir, tmp_path):
+    """accelerate runs fp16 without autocast on a CPU: the frozen weights cast to fp16 met fp32 activations at the
+    first step, a traceback after run.json was written (the next run then asked for --resume)."""
+    import torch
+
+    from test_cli import train_args
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    out = tmp_path / "run"
+    argv = train_args(tiny_model, subject_dir, out, "--steps", "1")
+    assert "--mixed-precision fp16 needs a GPU" in error_of(capsys, [*argv, "--mixed-precision", "fp16"])
+    assert not out.exists()
+    assert main([*argv, "--mixed-precision", "bf16"]) == 0
+
+
+def test_a_damaged_run_record_is_one_line_and_overwrite_replaces_the_run(capsys, tiny_model, subject_dir, tmp_path):
+    from test_cli import train_args
+
+    out = tmp_path / "run"
+    argv = train_args(tiny_model, subject_dir, out, "--steps", "1")
+    assert main(argv) == 0
+    (out / "run.json").write_text('{"method": "lo')  # damaged outside subjectgen (its own writes are atomic)
+    for extra in ([], ["--resume"], ["--resume", "--overwrite"]):
+        err = error_of(capsys, [*argv, *extra])
+        assert "run.json is not valid JSON" in err and "pass --overwrite (without --resume)" in err
+    assert main([*argv, "--overwrite"]) == 0  # the way out it names works: the record is not read, only replaced
+    assert (out / "subject.json").is_file()
+
+
+
+def test_the_photo_count_warning_is_printed_once(tmp_path):
+    """The CLI's early check of the photos (before torch loads) and the training's own both warned."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import draw_subject
+
+    (tmp_path / "photos").mkdir()
+    for i in range(7):
+        draw_subject(tmp_path / "photos" / f"{i:02d}.png", shift=i)
+    done = subprocess.run([sys.executable, "-m", "subjectgen.cli", "train", "apprentice", "--subject",
+                           str(tmp_path / "photos"), "--class", "dog", "--out", str(tmp_path / "run"), "--quiet"],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stderr.count("holds 7 photos") == 1, done.stderr

@@ -207,6 +207,9 @@ def load_run(run_dir: Path, allow_pickle: bool = False, lora_scale: float = 1.0)
     for name in manifest.get("files", []):  # before the base model loads: a damaged run fails in a second
         if name.endswith(".safetensors"):
             check_safetensors(run_dir / name, f"{method} weights")
+    if cls.run_file and not (run_dir / cls.run_file).exists():  # a manifest naming another method's run
+        raise UserError(f"{run_dir / MANIFEST} says the method is {method}, but {run_dir} has no {cls.run_file}; "
+                        "the run folder is damaged: train it again")
     check_assets(run_dir, manifest)
     try:
         return cls.load_run(run_dir, manifest, allow_pickle, lora_scale)

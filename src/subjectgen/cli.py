@@ -851,8 +851,10 @@ def check_before_imports(args) -> None:
 
             raise UserError(f"--model {args.model}: no such folder or file, and not a built-in name "
                             f"({', '.join(builtin_names('model'))}); check the path (a hub id is owner/name)")
-        paths, photos = check_subject_folder(Path(args.subject_dir), args.class_noun,
-                                             registry.get(args.method).photos_used)
+        with warnings.catch_warnings():  # its warnings (photo count, skipped files) come once, from the API's check
+            warnings.simplefilter("ignore")
+            paths, photos = check_subject_folder(Path(args.subject_dir), args.class_noun,
+                                                 registry.get(args.method).photos_used)
         if getattr(args, "masked_loss", False):
             for path, photo in zip(paths, photos):
                 open_mask(path, photo.size)

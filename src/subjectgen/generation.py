@@ -93,7 +93,6 @@ def check_writable(out: Path) -> None:
 def write_images(out: Path, images: dict, grid, record: dict) -> GenerateResult:
     """The images, grid.png and prompts.json, written under --out's writer lock (one writer per folder)."""
     check_writable(out)
-    new = not out.exists()
     hold(out)
     try:
         for name, image in images.items():
@@ -101,7 +100,7 @@ def write_images(out: Path, images: dict, grid, record: dict) -> GenerateResult:
         atomic_save_image(out / "grid.png", grid)
         atomic_write_json(out / "prompts.json", record)
     finally:
-        release(out, remove_if_empty=new)  # a folder made for nothing (a full disk) goes again
+        release(out, remove_if_empty=True)  # a folder (or lock file) made for nothing (a full disk) goes again
     return GenerateResult(out, [out / name for name in images], out / "grid.png")
 
 

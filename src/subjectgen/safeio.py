@@ -125,17 +125,24 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     atomic_file(path, lambda tmp: tmp.write_bytes(data))
 
 
-def read_json(path: Path, fix: str) -> Any:
-    """The JSON in `path`; a missing, unreadable or damaged file is a one-line UserError naming it and `fix`."""
+def read_json(path: Path, fix: str, keys: tuple[str, ...] | None = None) -> Any:
+    """The JSON in `path`; a missing, unreadable or damaged file is a one-line UserError naming it and `fix`.
+    keys: the file must hold an object with these keys (valid JSON that lacks one is damaged too)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path} is missing; {fix}")
     try:
-        return json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise UserError(f"{path} is not valid JSON ({exc.msg}); {fix}") from None
     except (UnicodeDecodeError, OSError) as exc:
         raise UserError(f"{path} cannot be read ({exc}); {fix}") from None
+    if keys is not None and not isinstance(data, dict):
+        raise UserError(f"{path} does not hold a JSON object; {fix}")
+    missing = [k for k in keys or () if k not in data]
+    if missing:
+        raise UserError(f"{path} lacks '{missing[0]}'; {fix}")
+    return data
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:

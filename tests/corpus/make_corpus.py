@@ -153,10 +153,11 @@ fits_tiny = {"_class_name": "PromptNet", "unet_config": {"block_out_channels": [
              "text_width": 32}
 (f / "promptnet").mkdir(); (f / "promptnet/config.json").write_text(json.dumps(fits_tiny))
 (f / "promptnet/diffusion_pytorch_model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{")
+BUILTIN_FARM = {"model": "builtin", "count": 1}
 f = case("filter-tau-nan", ["apprentice", "filter", "{case}/farm", "--tau-t", "nan"], 2, "must be a finite number")
 (f / "farm").mkdir()
 f = case("farm-expert-json-damaged", ["apprentice", "filter", "{case}/farm"], 2, "expert.json is not valid JSON")
-(f / "farm/experts/dog_00000").mkdir(parents=True); (f / "farm/farm.json").write_text("{}")
+(f / "farm/experts/dog_00000").mkdir(parents=True); (f / "farm/farm.json").write_text(json.dumps(BUILTIN_FARM))
 (f / "farm/experts/dog_00000/expert.json").write_text('{"images": [')
 f = case("farm-json-damaged", ["apprentice", "train", "{case}/farm", "--objective", "reconstruction", "--out",
                                "{tmp}/app", "--quiet"], 2, "farm.json is not valid JSON")
@@ -170,4 +171,58 @@ f = case("farm-cluster-of-one-photo", ["apprentice", "experts", "--clusters", "{
 photo(f / "bench/dog/00.png")
 (f / "bench/prompts_and_classes.txt").write_text((ROOT.parents[1] / "src/subjectgen/assets/demo/prompts_and_classes.txt")
                                                  .read_text())
+
+# --- round two, the audit: records that are valid JSON but lack a key, the bench's and a run's own records, a farm's
+# images, a manifest naming another method, --out a file
+EXPERT_RECORD = {"class": "dog", "images": ["images/p00-0.png"], "prompts": ["a dog on the beach"],
+                 "train_seconds": 1.0, "generate_seconds": 1.0}
+
+
+def farm(folder: Path, expert: dict | None = EXPERT_RECORD, image: bytes | None = None, settings=BUILTIN_FARM) -> None:
+    """A farm of one expert (a dog): farm.json, the expert's record, 3 photos and its image (None: none)."""
+    root = folder / "farm/experts/dog_00000"
+    root.mkdir(parents=True)
+    (folder / "farm/farm.json").write_text(json.dumps(settings))
+    if expert is not None:
+        (root / "expert.json").write_text(json.dumps(expert))
+    for i in range(3):
+        photo(root / f"photos/{i:02d}.png", colour=(200, 40 + 40 * i, 40))
+    if image is not None:
+        (root / "images").mkdir()
+        (root / "images/p00-0.png").write_bytes(image)
+
+
+def png_bytes() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (40, 40), (30, 90, 200)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+farm(case("farm-json-lacks-model", ["apprentice", "filter", "{case}/farm"], 2, "farm.json lacks 'model'"),
+     settings={"count": 1})
+farm(case("farm-expert-json-lacks-images", ["apprentice", "filter", "{case}/farm"], 2, "expert.json lacks 'images'"),
+     expert={"class": "dog"})
+farm(case("farm-image-truncated", ["apprentice", "filter", "{case}/farm"], 2, "p00-0.png is damaged or truncated"),
+     image=png_bytes()[:60])
+farm(case("farm-image-missing", ["apprentice", "filter", "{case}/farm"], 2, "p00-0.png is missing"))
+f = case("farm-filter-json-damaged", ["apprentice", "train", "{case}/farm", "--out", "{tmp}/app", "--steps", "1",
+                                      "--quiet"], 2, "filter.json is not valid JSON")
+farm(f, image=png_bytes())
+(f / "farm/filter.json").write_text('{"images": [')
+case("run-names-another-method", GENERATE, 2, "says the method is textual-inversion, but",
+     run={"manifest": {"method": "textual-inversion"}})
+f = case("run-record-damaged", ["train", "lora", "--model", "{tiny}", "--subject", "{dog}", "--class", "dog", "--out",
+                                "{run}", "--quiet", "--steps", "1", "--resume"], 2, "run.json is not valid JSON", run={})
+(f / "run").mkdir(); (f / "run/run.json").write_text('{"method": "lo')
+f = case("bench-json-damaged", ["report", "{case}/folder"], 2, "bench.json is not valid JSON")
+(f / "folder").mkdir(); (f / "folder/bench.json").write_text("{")
+f = case("bench-scores-json-damaged", ["report", "{case}/folder"], 2, "scores.json is not valid JSON")
+(f / "folder/pairs/lora/dog").mkdir(parents=True); (f / "folder/bench.json").write_text("{}")
+(f / "folder/pairs/lora/dog/scores.json").write_text('{"dino": 0.')
+f = case("world-reserved-out-is-a-file", ["world", "reserved", "--count", "1", "--out", "{case}/note.txt"], 2,
+         "is a file")
+(f / "note.txt").write_text("mine")
+f = case("bench-out-is-a-file", ["bench", "--out", "{case}/note.txt", "--model", "{tiny}", "--subjects", "dog",
+                                 "--methods", "lora", "--dino", "{dino}", "--clip", "{clip}"], 2, "is a file")
+(f / "note.txt").write_text("mine")
 print(f"{len([p for p in ROOT.iterdir() if (p / 'case.json').is_file()])} cases")

@@ -85,7 +85,9 @@ def check_pretrained_assets(cfg: BenchConfig) -> None:
 def differing_settings(spec: Path, protocol: dict) -> list[str]:
     """The protocol keys on which a bench folder's bench.json differs from `protocol` (older folders lack
     newer keys: those count as the defaults)."""
-    saved = {**BenchConfig("", "").protocol(), **json.loads(spec.read_text())}
+    from .report import read_protocol
+
+    saved = {**BenchConfig("", "").protocol(), **read_protocol(spec)}
     return [k for k in protocol if saved.get(k) != protocol[k]]
 
 
@@ -306,7 +308,9 @@ def run_pair(ctx: Context, method: str, subject: str, bar) -> dict:
         copy_images(Path(ctx.cfg.runs_from) / "pairs" / method / subject, pair)
     if done.is_file():
         bar.update(0 if method == "oracle" else len(ctx.prompts(subject)))
-        return json.loads(done.read_text())
+        from .report import read_pair
+
+        return read_pair(done)
     photos = subject_photos(ctx, subject)
     if method == "perfect":
         render_perfect(ctx, subject, pair)

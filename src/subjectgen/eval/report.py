@@ -14,7 +14,7 @@ from pathlib import Path
 from ..errors import UserError
 from ..methods import registry
 from ..training.outdir import hold, release
-from ..safeio import atomic_write_bytes, atomic_write_json
+from ..safeio import atomic_write_bytes, atomic_write_json, read_json
 from .html import esc, figure, fmt, metric_table, strip
 from .html import page as html_page
 from .plots import bar_chart, scatter_plot
@@ -31,9 +31,20 @@ def collect(out: Path) -> dict[str, dict[str, dict]]:
     """method -> subject -> the pair's scores.json, for every finished pair."""
     pairs: dict[str, dict[str, dict]] = {}
     for done in sorted((out / "pairs").glob("*/*/scores.json")):
-        pairs.setdefault(done.parent.parent.name, {})[done.parent.name] = json.loads(done.read_text())
+        pairs.setdefault(done.parent.parent.name, {})[done.parent.name] = read_pair(done)
     order = [*FIRST, *registry.names()]
     return dict(sorted(pairs.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))
+
+
+def read_pair(done: Path) -> dict:
+    """A finished pair's scores.json; a damaged one is a one-line error saying how to redo the pair."""
+    return read_json(done, f"remove the pair's folder {done.parent} and rerun the bench to redo it", keys=())
+
+
+def read_protocol(spec: Path) -> dict:
+    """A bench folder's bench.json (the settings it was started with)."""
+    return read_json(spec, f"the bench folder {spec.parent} is damaged; restore the file, or run the bench again in a "
+                           "new --out", keys=())
 
 
 def summarize(method: str, subjects: dict[str, dict]) -> dict:
@@ -124,7 +135,7 @@ def write_outputs(out: Path) -> dict:
 def merge(out: Path) -> dict:
     """The merge itself; write_outputs holds the folder's lock around it."""
     pairs = collect(out)
-    protocol = json.loads((out / "bench.json").read_text())
+    protocol = read_protocol(out / "bench.json")
     summary = {m: summarize(m, subjects) for m, subjects in pairs.items()}
     add_gains(summary, pairs)
     results = {"protocol": protocol | protocol_notes(pairs), "versions": versions(), "summary": summary,

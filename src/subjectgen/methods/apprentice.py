@@ -104,6 +104,7 @@ class Apprentice(ZeroShot):
     """A new subject from 3-5 photos in context: the photos are encoded, nothing trains."""
 
     sample_options = ApprenticeSettings
+    run_file = STATES
 
     @classmethod
     def check_inputs(cls, cfg, components, subject) -> None:
@@ -216,6 +217,8 @@ class Triples:
 
 class ApprenticeTraining(Apprentice):
     """The adapter from scratch (IP-Adapter Plus's shape), trained on a farm's kept triples; the UNet frozen."""
+
+    run_file = None  # not a subject's run: its load_run says what it is
 
     @classmethod
     def check_inputs(cls, cfg, components, subject) -> None:

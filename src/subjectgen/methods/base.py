@@ -41,6 +41,7 @@ class Method:
 
     spec = None          # its MethodSpec, set by the registry
     scalable = False     # whether --lora-scale weights its update
+    run_file = None      # a file every finished run of the method holds (a run folder without it is not its run)
     sample_options = None  # a dataclass of the method's own generation settings (ProFusion's Fusion Sampling)
     # its steps and `save` read only the cached latents and prompts and its trainable modules: the loop may free
     # the frozen VAE and text encoders once their caches are made (when nothing samples images during the run)

@@ -28,6 +28,8 @@ class DreamBooth(Method):
     """Full fine-tune of the denoiser (and optionally the text encoders); saves a whole diffusers pipeline of
     the model's family."""
 
+    run_file = "pipeline/model_index.json"
+
     @classmethod
     def check_inputs(cls, cfg, components, subject) -> None:
         family = components.backbone
@@ -65,6 +67,7 @@ class DreamBoothLoRA(DreamBooth):
     which layers, and the files they are saved in, are the family's (its backbone)."""
 
     scalable = True
+    run_file = "pytorch_lora_weights.safetensors"
     trains_from_caches = True  # it saves its LoRA layers only (the full fine-tune saves the whole pipeline)
     quantizable_base = True
 

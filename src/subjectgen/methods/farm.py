@@ -36,6 +36,9 @@ from ..settings import ANY_FINITE
 FARM, EXPERTS, EXPERT, FILTER = "farm.json", "experts", "expert.json", "filter.json"
 FARM_FIX = "the farm is damaged; restore the file, or make the farm again in a new --out"
 EXPERT_FIX = "remove the expert's folder {folder} and rerun 'subjectgen apprentice experts' to redo it"
+# the keys each record is read by: valid JSON without one is a damaged record, not a KeyError later
+FARM_KEYS, EXPERT_KEYS, FILTER_KEYS = ("model",), ("class", "images", "prompts", "train_seconds",
+                                                 "generate_seconds"), ("images",)
 
 
 @dataclass
@@ -102,7 +105,7 @@ def check_farm_settings(out: Path, settings: FarmSettings) -> None:
     path = out / FARM
     wanted = {**asdict(settings), "assets": [assets.record("model", settings.model)]}
     if path.is_file():
-        saved = read_json(path, FARM_FIX.format(out=out))
+        saved = read_json(path, FARM_FIX.format(out=out), (*FARM_KEYS, "count"))
         differ = [k for k in wanted if k != "count" and saved.get(k) != wanted[k]]
         if differ:
             raise UserError(f"{out} holds a farm with another {differ[0]} ({saved.get(differ[0])!r}, not "
@@ -121,8 +124,11 @@ def run_expert(folder: Path, cluster: Cluster, settings: FarmSettings, index: in
     from ..training import train
 
     if (folder / EXPERT).is_file():
-        return read_json(folder / EXPERT, EXPERT_FIX.format(folder=folder))
+        if settings.clusters != "world":  # a user's photos may change; the world's renders do not
+            check_started_on(folder, cluster.photos())
+        return read_json(folder / EXPERT, EXPERT_FIX.format(folder=folder), EXPERT_KEYS)
     photos = cluster.photos()
+    check_started_on(folder, photos)
     for k, photo in enumerate(photos):
         atomic_save_image(folder / "photos" / f"{k:02d}.png", photo)
     started = time.perf_counter()
@@ -145,10 +151,24 @@ def run_expert(folder: Path, cluster: Cluster, settings: FarmSettings, index: in
     return record
 
 
+def check_started_on(folder: Path, photos: list) -> None:
+    """An expert resumes (or a farm grows) only on the photos it started with: a cluster whose photos changed since
+    is refused (before its folder is touched), not resumed on other data, nor kept beside experts of the new ones."""
+    import numpy as np
+
+    saved = sorted((folder / "photos").glob("*.png"))
+    if not saved or not (folder / "run").is_dir():
+        return
+    if len(saved) != len(photos) or any(not np.array_equal(np.asarray(open_photo(p)), np.asarray(q.convert("RGB")))
+                                        for p, q in zip(saved, photos)):
+        raise UserError(f"the photos of cluster {folder.name} changed since its expert started in {folder}; restore "
+                        "them, or remove that folder to redo the expert")
+
+
 def done_experts(out: Path) -> list[tuple[Path, dict]]:
     folder = Path(out) / EXPERTS
     paths = sorted(folder.glob(f"*/{EXPERT}")) if folder.is_dir() else []
-    return [(p.parent, read_json(p, EXPERT_FIX.format(folder=p.parent))) for p in paths]
+    return [(p.parent, read_json(p, EXPERT_FIX.format(folder=p.parent), EXPERT_KEYS)) for p in paths]
 
 
 def throughput(out: Path) -> dict:
@@ -167,11 +187,12 @@ def read_farm(out: Path, need_filter: bool = True) -> dict:
     if not (out / FARM).is_file():
         raise UserError(f"{out} is not an expert farm (no {FARM}); make one with 'subjectgen apprentice experts "
                         f"--out {out}'")
+    settings = read_json(out / FARM, FARM_FIX.format(out=out), FARM_KEYS)
     if not done_experts(out):
         raise UserError(f"the farm {out} has no finished expert yet; run 'subjectgen apprentice experts --out {out}'")
     if need_filter and not (out / FILTER).is_file():
         raise UserError(f"the farm {out} is not filtered yet; run 'subjectgen apprentice filter {out}' first")
-    return read_json(out / FARM, FARM_FIX.format(out=out))
+    return settings
 
 
 # --- the filter ---------------------------------------------------------------------------------------------------
@@ -278,7 +299,7 @@ def triples(out: Path, objective: str, components, encoder, seed: int = 0, progr
     size = components.resolution
     kept = set()
     if objective == "apprenticeship":
-        rows = read_json(Path(out) / FILTER, f"run 'subjectgen apprentice filter {out}' again")["images"]
+        rows = read_json(Path(out) / FILTER, f"run 'subjectgen apprentice filter {out}' again", FILTER_KEYS)["images"]
         kept = {(r["expert"], r["image"]) for r in rows if r["kept"]}
         unfiltered = {f.name for f, _ in done_experts(out)} - {r["expert"] for r in rows}
         if unfiltered:

@@ -173,6 +173,7 @@ class ProFusion(Method):
     """One photo -> S* by the pretrained PromptNet, then PromptNet and the UNet's attention q/k/v tuned briefly."""
 
     sample_options = FusionSettings
+    run_file = ATTENTION_WEIGHTS
 
     @classmethod
     def data_source(cls, trainer) -> ReferenceViews:

@@ -17,6 +17,8 @@ class PromptNetPretraining(ProFusion):
     """PromptNet from the base UNet's encoder half, trained on a dataset of images; everything else frozen (UNet,
     VAE, text encoder, image encoder). What it writes is a PromptNet folder (`--promptnet DIR` for a tune)."""
 
+    run_file = None  # not a subject's run: its load_run says what it is
+
     @classmethod
     def check_inputs(cls, cfg, components, subject) -> None:
         if cfg.images not in (None, "world"):

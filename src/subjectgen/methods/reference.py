@@ -19,6 +19,8 @@ REFERENCES = "references"  # the run folder's PNGs of the subject, in the order 
 class References(ZeroShot):
     """The subject's photos as the pipeline's reference images; no weights change."""
 
+    run_file = f"{REFERENCES}/00.png"
+
     @classmethod
     def check_inputs(cls, cfg, components, subject) -> None:
         components.backbone.check_references("train reference")

@@ -54,6 +54,8 @@ class TextualInversion(Method):
     """New word vectors S* in each frozen text encoder's embedding (one table per encoder: SDXL has two);
     saved in diffusers' and A1111's formats."""
 
+    run_file = "learned_embeds.safetensors"
+
     def choose_token(self) -> str:
         return self.cfg.token or "<s*>"
 

@@ -102,9 +102,9 @@ class Trainer:
             check_compiler(self.accelerator.device)
         check_optimizer(self.cfg.optimizer, self.accelerator.device)
         check_quantization(cfg.base_quantization, registry.get(cfg.method).load(), self.accelerator.device)
+        check_precision(self.cfg.mixed_precision, self.accelerator.device)
         self.evaluators = self.load_evaluators() if cfg.eval_every and self.accelerator.is_main_process else None
         self.new_captions = self.make_captions()  # in the subject now, on disk once the run starts
-        new = not self.out.exists()
         if self.accelerator.is_main_process:  # with every input valid, the run folder appears (its lock only)
             hold(self.out)  # one writer; then the checks again, since another writer may have finished meanwhile
         try:
@@ -116,7 +116,7 @@ class Trainer:
                 write_captions(self.new_captions)  # and the photo folder too
         except BaseException:
             if self.accelerator.is_main_process:
-                release(self.out, remove_if_empty=new)
+                release(self.out, remove_if_empty=True)
             raise
 
     def prepare(self, resume: bool) -> None:
@@ -480,6 +480,13 @@ def check_optimizer(name: str, device) -> None:
 
     if importlib.util.find_spec("bitsandbytes") is None:
         raise UserError("--optimizer adamw8bit needs bitsandbytes: pip install bitsandbytes")
+
+
+def check_precision(mixed_precision: str, device) -> None:
+    """fp16 autocasts only on an accelerator: on a CPU accelerate runs without it, so the frozen weights cast to fp16
+    would meet fp32 activations at the first step, in a traceback, after run.json was written."""
+    if mixed_precision == "fp16" and torch.device(device).type == "cpu":
+        raise UserError("--mixed-precision fp16 needs a GPU; on a CPU use --mixed-precision bf16 (or no)")
 
 
 def make_optimizer(name: str, params: list, lr: float) -> torch.optim.Optimizer:

@@ -7,7 +7,6 @@ holder dies, so a lock left by a killed process is simply taken over.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
@@ -15,19 +14,24 @@ from pathlib import Path
 from .checkpoints import list_checkpoints
 from ..config import TrainConfig
 from ..errors import UserError
-from ..safeio import atomic_write_json
+from ..safeio import atomic_write_json, read_json
 
 RUN_SPEC = "run.json"  # the settings a run was started with; a resume checks them
+RUN_SPEC_FIX = "the run's record is damaged; pass --overwrite (without --resume) to start the run again, or choose " \
+               "another --out"
 LOCK = ".subjectgen.lock"
 # Settings a --resume may change (the way out of a diverged run); run.json records each change.
 RESUME_MAY_CHANGE = ("lr", "mixed_precision", "max_grad_norm")
 
-_held: dict[str, list] = {}  # lock path -> [fd, holds], so a holder may take its own lock again (bench -> report)
+# lock path -> [fd, holds, made], so a holder may take its own lock again (bench -> report); made: what the first
+# hold created (the folder, or only the lock file in a folder that was there), which a failed start removes again
+_held: dict[str, list] = {}
 
 
 def hold(folder: Path, what: str = "--out") -> None:
     """Make `folder` and take its writer lock; a one-line error naming the pid of a live holder."""
     folder = Path(folder)
+    made = folder if not folder.exists() else None
     folder.mkdir(parents=True, exist_ok=True)
     path = str((folder / LOCK).resolve())
     if path in _held:
@@ -35,6 +39,7 @@ def hold(folder: Path, what: str = "--out") -> None:
         return
     import fcntl
 
+    made = made or (None if os.path.exists(path) else Path(path))
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -44,7 +49,7 @@ def hold(folder: Path, what: str = "--out") -> None:
         raise busy(what, folder, holder) from None
     os.ftruncate(fd, 0)  # a dead holder's pid, if any, is replaced by ours
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    _held[path] = [fd, 1]
+    _held[path] = [fd, 1, made]
 
 
 def busy(what: str, folder: Path, holder: str) -> UserError:
@@ -71,7 +76,8 @@ def live_holder(folder: Path) -> str | None:
 
 def release(folder: Path, remove_if_empty: bool = False) -> None:
     """Give back one hold of `folder`'s lock (the lock file stays; its pid is only informative).
-    remove_if_empty: a folder the hold made for a start that failed goes too, if it holds nothing but the lock."""
+    remove_if_empty: for a start that failed, what the hold made (the folder, or the lock file in a folder that was
+    there) goes again if the folder holds nothing else, so --out is left as it was."""
     path = str((Path(folder) / LOCK).resolve())
     entry = _held.get(path)
     if entry is None:
@@ -79,8 +85,9 @@ def release(folder: Path, remove_if_empty: bool = False) -> None:
     entry[1] -= 1
     if entry[1] == 0:
         del _held[path]
-        if remove_if_empty and not contents(folder):
-            shutil.rmtree(folder, ignore_errors=True)  # still ours: the lock is dropped only below
+        made = entry[2]
+        if remove_if_empty and made is not None and not contents(folder):  # still ours: the lock is dropped below
+            shutil.rmtree(made, ignore_errors=True) if made.is_dir() else made.unlink(missing_ok=True)
         os.close(entry[0])  # closing the descriptor drops the flock
 
 
@@ -120,19 +127,29 @@ def check_out_dir(out: Path, cfg: TrainConfig, resume: bool, overwrite: bool) ->
         spec_file = out / RUN_SPEC
         if not spec_file.is_file():
             raise UserError(f"--out {out} is not empty and holds no subjectgen run; choose a new or empty folder")
-        saved = json.loads(spec_file.read_text())
-        if resume and not same_run(saved, cfg, resume=True) and not overwrite:
-            changeable = ", ".join("--" + k.replace("_", "-") for k in RESUME_MAY_CHANGE)
-            raise UserError(f"--out {out} holds a run with different settings; --resume needs the same "
-                            f"command (it may change only {changeable}), or choose another --out")
-        if resume and not overwrite and saved.get("inputs") not in (None, input_digest(cfg)):
-            raise UserError(f"--out {out} holds a run started on other data (its photos or --images changed since); "
-                            "restore them, or pass --overwrite (without --resume) to start again")
-        if not resume and not overwrite:
-            finished = (out / "subject.json").is_file()
-            what = ("this finished run" if finished else "an unfinished run of these settings (pass --resume)") \
-                if same_run(saved, cfg, resume=False) else "a different run"
-            raise UserError(f"--out {out} already holds {what}; choose another folder or pass --overwrite")
+        if resume or not overwrite:  # a run --overwrite replaces whole is not read: not even a damaged record stops it
+            check_same_run(out, read_json(spec_file, RUN_SPEC_FIX, keys=()), cfg, resume, overwrite)
+    check_writable(out)
+
+
+def check_same_run(out: Path, saved: dict, cfg: TrainConfig, resume: bool, overwrite: bool) -> None:
+    """The run in --out (its run.json `saved`) may be resumed, or asks for --overwrite."""
+    if resume and not same_run(saved, cfg, resume=True) and not overwrite:
+        changeable = ", ".join("--" + k.replace("_", "-") for k in RESUME_MAY_CHANGE)
+        raise UserError(f"--out {out} holds a run with different settings; --resume needs the same "
+                        f"command (it may change only {changeable}), or choose another --out")
+    if resume and not overwrite and saved.get("inputs") not in (None, input_digest(cfg)):
+        raise UserError(f"--out {out} holds a run started on other data (its photos or --images changed since); "
+                        "restore them, or pass --overwrite (without --resume) to start again")
+    if not resume:
+        finished = (out / "subject.json").is_file()
+        what = ("this finished run" if finished else "an unfinished run of these settings (pass --resume)") \
+            if same_run(saved, cfg, resume=False) else "a different run"
+        raise UserError(f"--out {out} already holds {what}; choose another folder or pass --overwrite")
+
+
+def check_writable(out: Path) -> None:
+    """A one-line error unless the nearest existing folder of `out` can be written."""
     ancestor = out
     while not ancestor.exists():
         ancestor = ancestor.parent
@@ -145,7 +162,7 @@ def record_run(out: Path, cfg: TrainConfig, resume: bool, overwrite: bool) -> No
     that changes a setting appends {"step", "changed": {name: [old, new]}} to run.json's "resumes"."""
     out = Path(out)
     spec_file = out / RUN_SPEC
-    saved = json.loads(spec_file.read_text()) if resume and spec_file.is_file() else {}
+    saved = read_json(spec_file, RUN_SPEC_FIX, keys=()) if resume and spec_file.is_file() else {}
     if overwrite and not resume and out.is_dir():
         for entry in contents(out):
             shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
