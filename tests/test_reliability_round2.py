@@ -122,6 +122,49 @@ def test_a_bench_that_fails_to_start_leaves_out_as_it_was(capsys, tiny_model, ev
     assert (out / "results.json").is_file()
 
 
+@pytest.fixture
+def unreachable_hub(monkeypatch):
+    """A machine whose DNS cannot look up the hub (huggingface_hub not yet told it is offline)."""
+    import socket
+
+    from huggingface_hub import constants
+
+    from subjectgen import hub
+
+    def no_dns(*args, **kwargs):
+        raise socket.gaierror(-2, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    hub.offline.cache_clear()
+    yield
+    hub.offline.cache_clear()
+
+
+def test_an_offline_machine_gets_one_line_at_once_for_hub_evaluators(capsys, unreachable_hub, tiny_model,
+                                                                     evaluator_dirs, tmp_path):
+    """Hub-id evaluators on a machine that cannot reach the hub: one line before any worker starts, not
+    huggingface_hub's five retries per file in each worker (46 s and 22 lines), and --out as it was."""
+    from test_bench import bench_args
+
+    out = tmp_path / "bench"
+    argv = bench_args(tiny_model, evaluator_dirs, out) + ["--prompts", "1", "--workers", "2"]
+    argv[argv.index(evaluator_dirs[0])] = "nobody/dino-that-is-not-cached"
+    err = error_of(capsys, argv)
+    assert "--dino nobody/dino-that-is-not-cached" in err and "cannot reach the Hugging Face hub" in err
+    assert not out.exists()
+
+
+def test_an_offline_machine_refuses_a_hub_model_at_once(unreachable_hub):
+    from huggingface_hub import constants
+
+    from subjectgen import UserError, load_model
+
+    with pytest.raises(UserError, match="could not download model 'nobody/model'"):
+        load_model("nobody/model")
+    assert constants.HF_HUB_OFFLINE  # the cache only: no request was retried
+
+
 def test_a_training_that_fails_to_start_writes_no_run_json(capsys, tiny_model, subject_dir, tmp_path):
     from test_cli import train_args
 

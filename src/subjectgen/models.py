@@ -146,6 +146,10 @@ def single_file_config(path: Path) -> Path:
 def _download(repo_id: str, allow_pickle: bool) -> Path:
     from huggingface_hub import snapshot_download
 
+    from .hub import offline
+
+    offline()  # an unreachable hub: the cache only, at once, not five retries per file
+
     # *.jinja: a chat template beside its tokenizer (FLUX.2 [klein]'s Qwen tokenizer prompts through one)
     patterns = ["*.json", "*.txt", "*.jinja", "*.safetensors"] + (["*.bin"] if allow_pickle else [])
     patterns = [f"{c}/{p}" for c in sorted(backbones.every_component()) for p in patterns] + ["model_index.json"]

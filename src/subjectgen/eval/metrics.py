@@ -98,8 +98,10 @@ def load_evaluators(dino_ref: str, clip_ref: str) -> Evaluators:
     from ..models import inference_device, quiet_loading
 
     from ..assets import resolve
+    from ..hub import check_reachable
 
     dino_ref, clip_ref = resolve("dino", dino_ref), resolve("clip", clip_ref)
+    check_reachable({"--dino": dino_ref, "--clip": clip_ref})
     try:
         with quiet_loading():
             dino = AutoModel.from_pretrained(dino_ref, use_safetensors=True, dtype=torch.float32).eval()
