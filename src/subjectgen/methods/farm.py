@@ -261,8 +261,8 @@ def filter_farm(out: Path, tau_t: float = FILTER_TAU_T, tau_s: float = FILTER_TA
     clip = GeneratorClip(image_encoder, load_model(settings["model"]))
     rows = []
     for folder, record in done_experts(out):
-        images = [open_photo(folder / name) for name in record["images"]]
-        demos = [open_photo(p) for p in sorted((folder / "photos").glob("*.png"))]
+        images = [expert_image(folder, name) for name in record["images"]]
+        demos = [expert_image(folder, p.relative_to(folder)) for p in sorted((folder / "photos").glob("*.png"))]
         follows, likeness = delta_clip(clip, images, demos, record["prompts"])
         for name, prompt, t, s in zip(record["images"], record["prompts"], follows, likeness):
             rows.append({"expert": folder.name, "image": name, "prompt": prompt, "delta_t": round(t, 4),
@@ -278,6 +278,16 @@ def filter_farm(out: Path, tau_t: float = FILTER_TAU_T, tau_s: float = FILTER_TA
             atomic_save_image(Path(out) / f"{label}.png", sheet)
     atomic_write_json(Path(out) / FILTER, result)
     return result
+
+
+def expert_image(folder: Path, name):
+    """One image an expert made or holds; a missing or damaged one is a line naming the file and the expert to redo
+    (removing the image would not do: the expert's record lists it)."""
+    try:
+        return open_photo(folder / name)
+    except UserError as exc:
+        problem = str(exc).split(";")[0]
+        raise UserError(f"{problem}; {EXPERT_FIX.format(folder=folder)}") from None
 
 
 # --- what the apprentice learns from -----------------------------------------------------------------------------
@@ -308,7 +318,8 @@ def triples(out: Path, objective: str, components, encoder, seed: int = 0, progr
     targets, prompts, demos_of, demo_sets, digest, zero = [], [], [], [], hashlib.sha256(), None
     experts = done_experts(out)
     for folder, record in experts:
-        photos = [center_crop(open_photo(p), size) for p in sorted((folder / "photos").glob("*.png"))]
+        photos = [center_crop(expert_image(folder, p.relative_to(folder)), size)
+                  for p in sorted((folder / "photos").glob("*.png"))]
         if objective == "apprenticeship":
             chosen = [(n, p) for n, p in zip(record["images"], record["prompts"]) if (folder.name, n) in kept]
             if not chosen:
@@ -316,7 +327,7 @@ def triples(out: Path, objective: str, components, encoder, seed: int = 0, progr
             states, zero = demo_states(encoder, photos)
             demo_sets.append(states.half())
             for name, prompt in chosen:
-                targets.append(center_crop(open_photo(folder / name), size))
+                targets.append(center_crop(expert_image(folder, name), size))
                 prompts.append(prompt)
                 demos_of.append(len(demo_sets) - 1)
                 digest.update(f"{folder.name}/{name}|{prompt}".encode())
