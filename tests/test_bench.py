@@ -249,6 +249,8 @@ def test_the_default_demo_is_the_subject_and_prompts_chosen_on_the_validation_se
     page = (out / "report.html").read_text()
     assert html.escape(spec["note"], quote=True) in page and "personalized · seed 1" in page
     assert page.index("What happened") < page.index("The subject's photos")  # the plain words come first
+    plain = page[page.index("What happened"):page.index("The subject's photos")]
+    assert html.escape(scores["summary"][1], quote=True) in plain and "<div class='row'>" not in plain
 
 
 def test_a_method_can_be_added_to_a_finished_bench(finished, tiny_model, evaluator_dirs):

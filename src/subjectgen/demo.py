@@ -72,7 +72,7 @@ def run_demo(out: Path, subject: str | None = None, model: str = "builtin", step
               "personalized": score_prompts(mine_rows, photos, base_prompts, n=2)}
     lines = summary(result.manifest, prompts, scores, what)
     atomic_write_json(out / "scores.json", {**scores, "summary": lines})
-    write_report(out, result.manifest, prompts, scores, what, chosen, lines)
+    write_report(out, result.manifest, prompts, scores, what, chosen, plain=lines)
     return out
 
 
@@ -124,7 +124,7 @@ def prompt_following(prompts: list[str], scores: dict, phrase: str) -> str:
 
 
 def write_report(out: Path, manifest: dict, prompts: list[str], scores: dict, what: str, chosen: str,
-                 lines: list[str]) -> None:
+                 plain: list[str]) -> None:
     """The photos first, the scores (which way is better), then per prompt the base model's images beside the
     personalized ones, same seeds, each labelled with its prompt and seed."""
     from .eval.html import esc, figure, metric_table, page, strip
@@ -145,7 +145,7 @@ def write_report(out: Path, manifest: dict, prompts: list[str], scores: dict, wh
     parts = [f"<h1>subjectgen demo</h1><p class='lede'>{esc(what)} · LoRA on <code>{esc(manifest['model'])}</code> · "
              f"subject phrase <code>{esc(manifest['subject'])}</code> · {manifest['settings']['steps']} steps in "
              f"{manifest['metrics']['train_seconds']:.0f} s</p>",
-             "<div class='card'><h2>What happened</h2>" + "".join(f"<p>{esc(line)}</p>" for line in lines) + "</div>",
+             "<div class='card'><h2>What happened</h2>" + "".join(f"<p>{esc(line)}</p>" for line in plain) + "</div>",
              f"<div class='card'><h2>The subject's photos</h2>{strip(photos)}<p class='note'>How this subject "
              f"was chosen: {esc(chosen)}.</p></div>",
              f"<div class='card'><h2>Scores (built-in evaluators, DreamBench's protocol)</h2>"
