@@ -110,8 +110,8 @@ def captioned_folder(source: str, out: Path) -> str:
 
 
 def reuse_source(method: str, index: int, out: Path, captioned: bool) -> list[str]:
-    """--runs-from for row `index`: the earlier row trained the same way (its runs), else the first row of the
-    same photos (its baseline)."""
+    """--runs-from for row `index` of `method`: its earlier row trained the same way (the runs), else the first row
+    of any method on the same photos (the baseline)."""
     def training(flags):
         flags = list(flags)
         if "--subject-start" in flags:  # a sampling setting: the runs are the same
@@ -120,9 +120,12 @@ def reuse_source(method: str, index: int, out: Path, captioned: bool) -> list[st
 
     rows = GRID[method]
     same = [j for j in range(index) if training(rows[j][1]) == training(rows[index][1])]
-    first = [j for j in range(index) if (CAPTIONED in rows[j][1]) == captioned]
-    pick = (same or first or [None])[-1 if same else 0]
-    return [] if pick is None else ["--runs-from", str(out / "validation" / method / slug(rows[pick][0]))]
+    if same:
+        return ["--runs-from", str(out / "validation" / method / slug(rows[same[-1]][0]))]
+    earlier = [(m, name) for m, grid in GRID.items() for j, (name, flags) in enumerate(grid)
+               if (CAPTIONED in flags) == captioned and (m, j) != (method, index)
+               and (out / "validation" / m / slug(name) / "results.json").is_file()]
+    return ["--runs-from", str(out / "validation" / earlier[0][0] / slug(earlier[0][1]))] if earlier else []
 
 
 def run_rows(method: str, out: Path, subjects: str, deadline: float) -> None:
