@@ -762,9 +762,8 @@ def default_bench_methods(args) -> list[str]:
 
 
 def run_bench(args) -> None:
-    from .assets import resolve
     from .eval.bench import resolve_config, run_bench
-    from .hub import check_reachable
+    from .eval.metrics import evaluator_refs
     from .eval.prompts import read_benchmark, resolve_bench
     from .workers import choose_workers, launch_local
 
@@ -772,8 +771,7 @@ def run_bench(args) -> None:
     if int(os.environ.get("WORLD_SIZE", "1")) == 1:
         bench = read_benchmark(resolve_bench(cfg.bench))
         resolve_config(cfg, bench)  # a bad flag fails here, once, not in every worker
-        # an offline machine: one line here, not one per worker after its retries
-        check_reachable({"--dino": resolve("dino", cfg.dino), "--clip": resolve("clip", cfg.clip)})
+        evaluator_refs(cfg.dino, cfg.clip)  # a missing path or an offline hub: one line here, not one per worker
         choice = choose_workers(args.workers, len(cfg.subjects or bench.classes), cfg.model, args.threads)
         if choice.workers > 1:
             print(f"bench: {choice.workers} worker processes ({choice.why})", flush=True)  # --quiet too: one line

@@ -32,10 +32,17 @@ def check_reachable(refs: dict[str, str]) -> None:
     cache holds it. Checked once before work is split among processes, so an offline machine gets one line."""
     from huggingface_hub import try_to_load_from_cache
 
-    hub_ids = {flag: ref for flag, ref in refs.items() if not Path(ref).expanduser().exists()}
+    from .assets import missing_local_path
+
+    hub_ids = {flag: ref for flag, ref in refs.items()  # a local path, there or not, is the loader's to judge
+               if not Path(ref).expanduser().exists() and not missing_local_path(ref)}
     if not hub_ids or not offline():
         return
     for flag, ref in hub_ids.items():
-        if not isinstance(try_to_load_from_cache(ref, "config.json"), str):
+        try:
+            cached = try_to_load_from_cache(ref, "config.json")
+        except ValueError:  # not a valid hub id either: the loader says what it is
+            continue
+        if not isinstance(cached, str):
             raise UserError(f"{flag} {ref}: this machine cannot reach the Hugging Face hub and its cache has no copy; "
                             "give a local folder (on a world-made bench, 'builtin')")

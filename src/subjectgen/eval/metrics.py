@@ -90,6 +90,22 @@ def _as_tensor(features) -> torch.Tensor:
     return features if torch.is_tensor(features) else features.pooler_output
 
 
+def evaluator_refs(dino_ref: str, clip_ref: str) -> tuple[str, str]:
+    """The evaluators' references resolved (built-in names to folders) and checked without loading them: a local
+    path that is not there first (the user's own mistake), then a hub id an offline machine cannot have."""
+    from ..assets import missing_local_path, resolve
+    from ..errors import UserError
+    from ..hub import check_reachable
+
+    dino_ref, clip_ref = resolve("dino", dino_ref), resolve("clip", clip_ref)
+    missing = [ref for ref in (dino_ref, clip_ref) if missing_local_path(ref)]
+    if missing:
+        raise UserError(f"could not load evaluator models (no folder at {missing[0]}); give local folders or hub ids "
+                        "with --dino and --clip")
+    check_reachable({"--dino": dino_ref, "--clip": clip_ref})
+    return dino_ref, clip_ref
+
+
 def load_evaluators(dino_ref: str, clip_ref: str) -> Evaluators:
     """Any transformers ViT (DINO) and CLIPModel, in fp32 whatever their storage dtype."""
     from transformers import AutoModel, CLIPModel, CLIPTokenizer
@@ -97,11 +113,7 @@ def load_evaluators(dino_ref: str, clip_ref: str) -> Evaluators:
     from ..errors import UserError
     from ..models import inference_device, quiet_loading
 
-    from ..assets import resolve
-    from ..hub import check_reachable
-
-    dino_ref, clip_ref = resolve("dino", dino_ref), resolve("clip", clip_ref)
-    check_reachable({"--dino": dino_ref, "--clip": clip_ref})
+    dino_ref, clip_ref = evaluator_refs(dino_ref, clip_ref)
     try:
         with quiet_loading():
             dino = AutoModel.from_pretrained(dino_ref, use_safetensors=True, dtype=torch.float32).eval()
