@@ -250,6 +250,8 @@ def report_emojibench(out: Path, choices: dict[str, str]) -> None:
         print(f"**{method}**\n")
         if rows:
             table(rows, chosen)
+        else:
+            print("Not run yet (`python benchmarks/fair.py --stage emojibench`).")
         print()
 
 
