@@ -32,6 +32,8 @@ from pathlib import Path
 
 from starting_point import validation_folder
 
+from subjectgen.eval.html import fmt
+
 CLIP_T_SHARE = 0.9  # a row is within budget when its CLIP-T is at least this share of the baseline's
 EVAL = ["--eval-every", "50", "--select", "best"]
 CAPTIONED = "captions"  # the rows trained on the validation photos with the built-in captioner's NAME.txt
@@ -161,10 +163,6 @@ def choose(rows: list[tuple[str, dict]]) -> str | None:
     pool, key = (within, "dino") if within else (rows, "clip_t")
     best = max(s[key] for _, s in pool)
     return next(name for name, s in pool if s[key] == best)
-
-
-def fmt(value, digits=3) -> str:
-    return "–" if value is None else f"{value:.{digits}f}"
 
 
 def table(rows: list[tuple[str, dict]], chosen: str | None) -> None:
