@@ -212,6 +212,33 @@ def validation_results(out: Path) -> dict[str, tuple[list, str | None]]:
     return results
 
 
+def tradeoff_figure(out: Path, results: dict[str, tuple[list, str | None]], path: Path) -> None:
+    """DINO against CLIP-T on the validation subjects: a dot per row of each method's grid, the mean eval curve of
+    its steps-by-rule row (the base model's point, then each eval step) as a line, a diamond at the rule's choice;
+    the baseline and the perfect row (the world's own render) for scale."""
+    from subjectgen.eval.plots import scatter_plot
+    from subjectgen.eval.report import eval_curve
+
+    finished = {m: rows for m, (rows, _) in results.items() if rows}
+    if not finished:
+        return
+    base = next(iter(finished.values()))[0][1]["baseline"]
+    perfect = json.loads((out / "validation" / next(iter(finished)) / slug(GRID[next(iter(finished))][0][0])
+                          / "results.json").read_text())["summary"].get("perfect")
+    points = {m: [(s["clip_t"], s["dino"]) for _, s in rows] for m, rows in finished.items()}
+    points["baseline"] = [(base["clip_t"], base["dino"])]
+    if perfect:
+        points["perfect"] = [(perfect["clip_t"], perfect["dino"])]
+    curves = {}
+    for method in finished:
+        folder = out / "validation" / method / slug(GRID[method][1][0]) / "results.json"
+        if folder.is_file():
+            curves[method] = eval_curve(json.loads(folder.read_text())["pairs"][method])[0]
+    chosen = {m: next((s["clip_t"], s["dino"]) for name, s in results[m][0] if name == pick)
+              for m, (_, pick) in results.items() if pick}
+    scatter_plot(path, points, "CLIP-T", "DINO", curves=curves, chosen=chosen, mean_rings=False)
+
+
 def report_validation(results: dict[str, tuple[list, str | None]]) -> None:
     for method, (rows, chosen) in results.items():
         print(f"### {method} on the validation subjects ({len(rows)} of {len(GRID[method])} rows finished)\n")
@@ -247,6 +274,7 @@ def main() -> None:
                         help="run these stages (default: none, only the report of what is finished)")
     parser.add_argument("--methods", default=",".join(GRID), help="the methods whose rows to run")
     parser.add_argument("--max-minutes", type=float, default=float("inf"), help="stop the slice after this long")
+    parser.add_argument("--figure", default="docs/images/fair_tradeoff.png", help="where the trade-off figure goes")
     args = parser.parse_args()
     out, started, methods = Path(args.out), time.time(), args.methods.split(",")
     deadline = started + args.max_minutes * 60
@@ -261,6 +289,10 @@ def main() -> None:
         print(f"(slice stopped after {args.max_minutes:g} min; rerun to go on)\n")
     results = validation_results(out)
     report_validation(results)
+    tradeoff_figure(out, results, Path(args.figure))
+    print(f"The trade-off on the validation subjects ({args.figure}): DINO against CLIP-T, a dot per row of each "
+          "method's grid, a line through the mean eval curve of its steps-by-rule row (from the base model's point "
+          "through each eval step), a diamond at the rule's choice; the baseline and the perfect row for scale.\n")
     report_emojibench(out, {m: chosen for m, (_, chosen) in results.items()})
     print(f"Wall clock of this invocation: {(time.time() - started) / 60:.1f} min (finished pairs are reused).")
 

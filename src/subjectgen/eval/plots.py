@@ -67,9 +67,9 @@ def _finite(value) -> bool:
 
 def scatter_plot(path: Path, points: dict[str, list[tuple[float, float]]], x_label: str, y_label: str,
                  curves: dict[str, list[tuple[float, float]]] | None = None,
-                 chosen: dict[str, tuple[float, float]] | None = None) -> None:
-    """One dot per (x, y) point, coloured by method; a ring marks each method's mean. `curves`: a line per method
-    through its points in order (an eval curve); `chosen`: a diamond at a method's chosen point."""
+                 chosen: dict[str, tuple[float, float]] | None = None, mean_rings: bool = True) -> None:
+    """One dot per (x, y) point, coloured by method; a ring marks each method's mean (`mean_rings`). `curves`: a line
+    per method through its points in order (an eval curve); `chosen`: a diamond at a method's chosen point."""
     image = Image.new("RGB", (W, H), "white")
     draw = ImageDraw.Draw(image)
     points = {m: [(x, y) for x, y in pts if _finite(x) and _finite(y)] for m, pts in points.items()}
@@ -103,7 +103,7 @@ def scatter_plot(path: Path, points: dict[str, list[tuple[float, float]]], x_lab
         colour = COLOURS[m % len(COLOURS)]
         for x, y in pts:
             draw.ellipse([px(x) - 3, _y(y, y_lo, y_hi) - 3, px(x) + 3, _y(y, y_lo, y_hi) + 3], fill=colour)
-        if pts:
+        if pts and mean_rings:
             mx, my = sum(p[0] for p in pts) / len(pts), sum(p[1] for p in pts) / len(pts)
             draw.ellipse([px(mx) - 8, _y(my, y_lo, y_hi) - 8, px(mx) + 8, _y(my, y_lo, y_hi) + 8], outline=colour,
                          width=3)
