@@ -35,7 +35,7 @@ from starting_point import validation_folder
 from subjectgen.eval.html import fmt
 
 CLIP_T_SHARE = 0.9  # a row is within budget when its CLIP-T is at least this share of the baseline's
-EVAL = ["--eval-every", "50", "--select", "best"]
+EVAL = ["--eval-every", "50", "--select", "best", "--eval-sample-steps", "25"]  # 25: as the first rows ran
 CAPTIONED = "captions"  # the rows trained on the validation photos with the built-in captioner's NAME.txt
 
 # method -> (row name, bench flags); the first row is the method's current default. The order is the tie order

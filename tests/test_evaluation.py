@@ -66,6 +66,27 @@ def test_select_best_keeps_the_chosen_steps_weights(tiny_model, subject_dir, eva
     assert plot.size == (560, 360) and len(set(plot.getdata())) > 3
 
 
+@pytest.mark.parametrize("given, expected", [(None, 10), ("3", 3)])
+def test_eval_points_sample_at_the_eval_sampler_steps(tiny_model, subject_dir, evaluator_dirs, tmp_path, monkeypatch,
+                                                      given, expected):
+    """The eval points' images take --eval-sample-steps (10 on a small model by default), not generation's 25."""
+    import subjectgen.sampling
+
+    real, steps = subjectgen.sampling.generate, []
+
+    def recording(components, prompts, seeds, n_steps, *args, **kwargs):
+        steps.append(n_steps)
+        return real(components, prompts, seeds, n_steps, *args, **kwargs)
+
+    monkeypatch.setattr(subjectgen.sampling, "generate", recording)
+    flags = eval_flags(evaluator_dirs, *(["--eval-sample-steps", given] if given else []))
+    flags[flags.index("--steps") + 1], flags[flags.index("--eval-every") + 1] = "4", "2"
+    out = tmp_path / "run"
+    assert main(train_cmd(tiny_model, subject_dir, out, *flags)[3:]) == 0
+    assert steps == [expected] * 3  # the base row, then steps 2 and 4
+    assert json.loads((out / "subject.json").read_text())["evaluation"]["sample_steps"] == expected
+
+
 @pytest.mark.parametrize("method, select", [("lora", "best"), ("textual-inversion", "best"), ("dreambooth", "best"),
                                             ("lora", "last")])
 def test_time_to_subject_is_the_training_time_to_the_kept_step(tiny_model, subject_dir, evaluator_dirs, tmp_path,

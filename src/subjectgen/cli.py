@@ -469,6 +469,8 @@ def add_bench_parser(sub) -> None:
     p.add_argument("--select", choices=("last", "best"), default="last",
                    help="the step each trained run keeps: the last, or with --eval-every the one the rule in "
                         "docs/BENCHMARK.md chooses (train --select; default: last)")
+    p.add_argument("--eval-sample-steps", type=bench_type("eval_sample_steps"), metavar="N",
+                   help="sampler steps of the eval points' images (train --eval-sample-steps; default: train's)")
     p.add_argument("--sample-steps", type=bench_type("sample_steps"),
                    help="sampler steps (default: 25 below 256 px, else 50)")
     p.add_argument("--subject-start", type=bench_type("subject_start"), default=0.0, metavar="FRACTION",
@@ -737,7 +739,7 @@ def bench_config(args):
                        sample_steps=args.sample_steps, guidance=args.guidance, train_steps=args.train_steps,
                        train_lr=args.train_lr, promptnet=args.promptnet, apprentice=args.apprentice,
                        masked_loss=args.masked_loss, eval_every=args.eval_every, select=args.select,
-                       subject_start=args.subject_start, dino=args.dino,
+                       eval_sample_steps=args.eval_sample_steps, subject_start=args.subject_start, dino=args.dino,
                        clip=args.clip, runs_from=args.runs_from, sample_options=sample_options(args))
 
 

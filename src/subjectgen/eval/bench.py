@@ -94,8 +94,9 @@ def differing_settings(spec: Path, protocol: dict) -> list[str]:
 # The protocol keys that decide a trained run, and those that change only a method's images: another folder's
 # runs are reusable when the first match, its baseline images when all but the second match.
 TRAINING_KEYS = ("bench", "model", "model_hash", "seed", "train_steps", "train_lr", "promptnet", "apprentice",
-                 "masked_loss", "eval_every", "select")
+                 "masked_loss", "eval_every", "select", "eval_sample_steps")
 METHOD_ONLY_KEYS = ("train_steps", "train_lr", "promptnet", "apprentice", "masked_loss", "eval_every", "select",
+                    "eval_sample_steps",
                     "subject_start", "sample_options")
 
 
@@ -389,7 +390,8 @@ def eval_settings(cfg: BenchConfig) -> dict:
     """A trained run's eval points, scored with the bench's own evaluators (train --eval-every, --select)."""
     if not cfg.eval_every:
         return {}
-    return {"eval_every": cfg.eval_every, "select": cfg.select, "eval_dino": cfg.dino, "eval_clip": cfg.clip}
+    return {"eval_every": cfg.eval_every, "select": cfg.select, "eval_sample_steps": cfg.eval_sample_steps,
+            "eval_dino": cfg.dino, "eval_clip": cfg.clip}
 
 
 def loadable_run(run_dir: Path):

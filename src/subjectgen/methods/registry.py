@@ -30,7 +30,7 @@ TRAINING_SETTINGS = (*PRIOR_SETTINGS, "token", "steps", "lr", "batch_size", "see
                      "gradient_checkpointing", "optimizer",
                      "aspect_buckets", "compile",
                      "checkpoint_every", "validate_every", "validation_prompts", "eval_every", "eval_prompts",
-                     "eval_dino", "eval_clip", "select", "captioning", "captioner")
+                     "eval_sample_steps", "eval_dino", "eval_clip", "select", "captioning", "captioner")
 
 # The settings every method shares get these defaults unless the method says otherwise:
 # (Stable Diffusion at 512 px, the small built-in/tiny models).

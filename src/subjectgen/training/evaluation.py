@@ -145,7 +145,7 @@ class TrainingEval:
             module.eval()
         seeds = list(EVAL_SEEDS) * len(model_prompts)
         prompts = [p for p in model_prompts for _ in EVAL_SEEDS]
-        images = generate(t.components, prompts, seeds, cfg.sample_steps, cfg.guidance,
+        images = generate(t.components, prompts, seeds, cfg.eval_sample_steps, cfg.guidance,
                           denoiser_for=t.method.validation_denoiser_for(cfg.guidance) if step else None)
         for module in modules:
             module.train()
@@ -203,7 +203,7 @@ class TrainingEval:
         kept = next((p for p in self.points if p.step == self.kept_step()), None)
         warning = backdrop_warning(self.base, kept) if kept else None
         return {"rule": RULE, "select": self.trainer.cfg.select, "backdrop_warning": warning,
-                "prompts": self.prompts, "seeds": list(EVAL_SEEDS),
+                "prompts": self.prompts, "seeds": list(EVAL_SEEDS), "sample_steps": self.trainer.cfg.eval_sample_steps,
                 "base": asdict(self.base), "curve": [asdict(p) for p in self.points],
                 "chosen_step": self.kept_step()}
 
