@@ -42,8 +42,8 @@ def main() -> None:
         print(f"| {method} | {every} | {train:.1f} | {extra:.1f} | {share:.0%} | {'yes' if share <= BUDGET else 'no'} |")
     per_point = sum(extra for *_, extra, _ in rows) / len(rows) / (POINTS + 1)
     print(f"\nAn eval point (the base row, then {POINTS} points) costs about {per_point:.1f} CPU s here: its prompts' "
-          "images at two seeds and the sampler's full steps, scored. Where the cost column says no, `--eval-every` "
-          "stays off by default and is the user's choice.")
+          "images at two seeds in `--eval-sample-steps` sampler steps (10 on the built-in model), scored. Where the "
+          "cost column says no, `--eval-every` stays off by default and is the user's choice.")
 
 
 if __name__ == "__main__":

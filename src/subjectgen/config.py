@@ -183,6 +183,12 @@ def default_sample_steps(resolution: int) -> int:
     return 50 if resolution >= 256 else 25
 
 
+def default_eval_sample_steps(resolution: int, sample_steps: int) -> int:
+    """--eval-sample-steps when none is given: EVAL_SAMPLE_STEPS_SMALL on the small models (never more than the
+    sampler's), else the sampler's own (a step-distilled model's few)."""
+    return min(EVAL_SAMPLE_STEPS_SMALL, sample_steps) if resolution < 256 else sample_steps
+
+
 def resolve_defaults(cfg: TrainConfig, resolution: int) -> TrainConfig:
     """Fill every `None` setting with the method's default for a model of this resolution."""
     spec, small = registry.get(cfg.method), resolution < 256
@@ -192,8 +198,6 @@ def resolve_defaults(cfg: TrainConfig, resolution: int) -> TrainConfig:
             data[name] = spec.default(name, small)
     if data["sample_steps"] is None:
         data["sample_steps"] = default_sample_steps(resolution)
-    if data["eval_sample_steps"] is None:
-        data["eval_sample_steps"] = EVAL_SAMPLE_STEPS_SMALL if small else data["sample_steps"]
     if data["prior_preservation"] and data["num_class_images"] < 1:
         raise UserError("--num-class-images must be at least 1 with prior preservation "
                         "(or pass --no-prior-preservation)")

@@ -23,7 +23,7 @@ from .. import assets
 from ..adapters import MANIFEST
 from ..backbones import FAMILIES
 from ..captions import caption_missing, load_captioner, write_captions
-from ..config import TrainConfig, resolve_defaults
+from ..config import TrainConfig, default_eval_sample_steps, resolve_defaults
 from ..errors import TrainingDiverged, UserError
 from ..methods import registry
 from ..models import load_model
@@ -91,6 +91,8 @@ class Trainer:
         self.cfg = resolve_defaults(cfg, self.components.resolution)
         if cfg.sample_steps is None:  # the family's (a step-distilled model's few), for class images and grids
             self.cfg.sample_steps = family.default_steps(self.components)
+        if cfg.eval_sample_steps is None:
+            self.cfg.eval_sample_steps = default_eval_sample_steps(self.components.resolution, self.cfg.sample_steps)
         if self.cfg.guidance is None:  # class images, validation grids and eval points sample as `generate` does
             self.cfg.guidance = family.default_guidance
         self.subject = None if cfg.subject_dir is None else load_subject(  # None: a dataset method (pretraining)
