@@ -28,6 +28,8 @@ SECTIONS = [
     ("Training speed against the peer on FLUX.2 [klein] (diffusers' train_dreambooth_lora_flux2_klein.py, a mid-size "
      "random FLUX.2 [klein])", ["benchmarks/peer.py", "--family", "flux2", "--steps", "40", "--batch-sizes", "1",
                                 "--pairs", "3", "--prior", "no,yes", "--num-class-images", "8"]),
+    ("Evaluation inside training: do eval points sampled in fewer steps score like full ones?",
+     ["benchmarks/eval_steps.py"]),
     ("Evaluation inside training: what it costs", ["benchmarks/eval_cost.py"]),
     ("Generation speed against the plain diffusers pipeline", ["benchmarks/generation_speed.py"]),
     ("The physical limit: FLOPs per step against one thread's matmul rate, and the profile",
