@@ -33,6 +33,7 @@ from pathlib import Path
 from starting_point import validation_folder
 
 from subjectgen.eval.html import fmt
+from subjectgen.eval.report import type_table
 
 CLIP_T_SHARE = 0.9  # a row is within budget when its CLIP-T is at least this share of the baseline's
 EVAL = ["--eval-every", "50", "--select", "best", "--eval-sample-steps", "25"]  # 25: as the first rows ran
@@ -307,6 +308,9 @@ def report_emojibench(out: Path, choices: dict[str, str]) -> None:
         print(f"**{method}**\n")
         if rows:
             table(rows, chosen)
+            print()
+            by_type = {"baseline": rows[0][1]["baseline"]} | {name: s for name, s in rows}
+            print(type_table(by_type))
         else:
             print("Not run yet (`python benchmarks/fair.py --stage emojibench`).")
         print()
