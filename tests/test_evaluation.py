@@ -66,6 +66,21 @@ def test_select_best_keeps_the_chosen_steps_weights(tiny_model, subject_dir, eva
     assert plot.size == (560, 360) and len(set(plot.getdata())) > 3
 
 
+@pytest.mark.parametrize("method", ["lora", "dreambooth", "textual-inversion"])
+def test_eval_is_on_by_default_only_on_the_built_in_model_where_measured_cheap(method):
+    """Every fifth of the steps for the methods eval_cost.py found cheap, and only on the built-in model (whose
+    evaluators are built in)."""
+    from subjectgen.config import TrainConfig, default_eval_every
+    from subjectgen.methods import registry
+
+    cfg = TrainConfig(method=method, subject_dir="photos", class_noun="dog", out="run", steps=300)
+    assert cfg.eval_every is None
+    assert default_eval_every(cfg, builtin=True) == (60 if method in registry.eval_on_builtin() else 0)
+    assert default_eval_every(cfg, builtin=False) == 0
+    short = TrainConfig(method=method, subject_dir="photos", class_noun="dog", out="run", steps=3)
+    assert default_eval_every(short, builtin=True) == 0  # fewer steps than points: none
+
+
 @pytest.mark.parametrize("given, expected", [(None, 10), ("3", 3)])
 def test_eval_points_sample_at_the_eval_sampler_steps(tiny_model, subject_dir, evaluator_dirs, tmp_path, monkeypatch,
                                                       given, expected):
@@ -79,12 +94,55 @@ def test_eval_points_sample_at_the_eval_sampler_steps(tiny_model, subject_dir, e
         return real(components, prompts, seeds, n_steps, *args, **kwargs)
 
     monkeypatch.setattr(subjectgen.sampling, "generate", recording)
+    monkeypatch.setenv("SUBJECTGEN_CACHE", str(tmp_path / "cache"))  # the base row sampled here, not cached
     flags = eval_flags(evaluator_dirs, *(["--eval-sample-steps", given] if given else []))
     flags[flags.index("--steps") + 1], flags[flags.index("--eval-every") + 1] = "4", "2"
     out = tmp_path / "run"
     assert main(train_cmd(tiny_model, subject_dir, out, *flags)[3:]) == 0
     assert steps == [expected] * 3  # the base row, then steps 2 and 4
     assert json.loads((out / "subject.json").read_text())["evaluation"]["sample_steps"] == expected
+
+
+def test_the_base_row_is_sampled_once_per_model_and_class_then_read_from_the_cache(tiny_model, subject_dir,
+                                                                                    evaluator_dirs, tmp_path,
+                                                                                    monkeypatch):
+    """The base model's eval images depend on the model and the eval settings only: a second run of the class reads
+    them (the same base row in eval.csv), and other weights under the same path make new ones."""
+    import shutil
+
+    import subjectgen.sampling
+
+    real, calls = subjectgen.sampling.generate, []
+
+    def recording(components, prompts, *args, **kwargs):
+        calls.append(kwargs.get("denoiser_for"))
+        return real(components, prompts, *args, **kwargs)
+
+    monkeypatch.setattr(subjectgen.sampling, "generate", recording)
+    monkeypatch.setenv("SUBJECTGEN_CACHE", str(tmp_path / "cache"))
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model, model)
+    flags = eval_flags(evaluator_dirs)
+    flags[flags.index("--steps") + 1], flags[flags.index("--eval-every") + 1] = "4", "2"
+
+    def base_row(name):
+        calls.clear()
+        assert main(train_cmd(str(model), subject_dir, tmp_path / name, *flags)[3:]) == 0
+        return (tmp_path / name / "eval.csv").read_text().splitlines()[1], len(calls)
+
+    first, sampled = base_row("first")
+    assert sampled == 3  # the base row, then steps 2 and 4
+    second, sampled = base_row("second")
+    assert sampled == 2 and second == first
+    from safetensors.torch import load_file, save_file
+
+    unet = next((model / "unet").glob("*.safetensors"))
+    tensors = load_file(str(unet))
+    name = next(iter(tensors))
+    tensors[name] = tensors[name] + 1.0
+    save_file(tensors, str(unet))
+    third, sampled = base_row("third")
+    assert sampled == 3  # other weights: the base row is sampled again
 
 
 @pytest.mark.parametrize("method, select", [("lora", "best"), ("textual-inversion", "best"), ("dreambooth", "best"),

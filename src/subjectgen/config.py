@@ -117,8 +117,11 @@ class TrainConfig:
                                             "default: 'a {subject}', 'a {subject} on the beach')",
                                             flag="--validation-prompt",
                                             factory=lambda: ["a {subject}", "a {subject} on the beach"])
-    eval_every: int = setting(0, NON_NEGATIVE_INT, help="score likeness (DINO, CLIP-I) and prompt-following (CLIP-T) "
-                              "every N steps on held-out prompts, beside the base model's: eval.csv (default: 0)")
+    eval_every: int | None = setting(None, NON_NEGATIVE_INT, help="score likeness (DINO, CLIP-I) and "
+                                     "prompt-following (CLIP-T) every N steps on held-out prompts, beside the base "
+                                     "model's: eval.csv (default: every fifth of the steps on the built-in model for "
+                                     "the methods where that costs at most a fifth of the training: "
+                                     f"{', '.join(registry.eval_on_builtin()) or 'none'}; else 0, none)")
     eval_prompts: list[str] = setting(help="a held-out prompt with {subject} for --eval-every (repeatable; default: "
                                       "one per DreamBench prompt type: 'a {subject} on the beach', 'a {subject} "
                                       "wearing a santa hat' for a dog or cat, 'a red {subject}')",
@@ -139,7 +142,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_settings(self, registry.get(self.method).bounds if self.method in registry.names(True) else {})
-        if self.select == "best" and not self.eval_every:
+        if self.select == "best" and self.eval_every == 0:
             raise UserError("--select best needs --eval-every N (the eval points it chooses among)")
         if self.captioner is not None and self.captioning != "auto":
             raise UserError("--captioner needs --captions auto (it writes the captions the photos lack)")
@@ -187,6 +190,13 @@ def default_eval_sample_steps(resolution: int, sample_steps: int) -> int:
     """--eval-sample-steps when none is given: EVAL_SAMPLE_STEPS_SMALL on the small models (never more than the
     sampler's), else the sampler's own (a step-distilled model's few)."""
     return min(EVAL_SAMPLE_STEPS_SMALL, sample_steps) if resolution < 256 else sample_steps
+
+
+def default_eval_every(cfg: TrainConfig, builtin: bool) -> int:
+    """--eval-every when none is given: every 1/EVAL_POINTS of the steps on the built-in model (whose evaluators
+    are built in) for the methods where that is cheap (registry.eval_on_builtin), else 0."""
+    on = builtin and registry.get(cfg.method).eval_on_builtin and cfg.steps >= registry.EVAL_POINTS
+    return cfg.steps // registry.EVAL_POINTS if on else 0
 
 
 def resolve_defaults(cfg: TrainConfig, resolution: int) -> TrainConfig:

@@ -388,8 +388,8 @@ def prepare_run(ctx: Context, method: str, subject: str, pair: Path):
 
 def eval_settings(cfg: BenchConfig) -> dict:
     """A trained run's eval points, scored with the bench's own evaluators (train --eval-every, --select)."""
-    if not cfg.eval_every:
-        return {}
+    if not cfg.eval_every:  # none, whatever `train` would score by default: the bench's protocol decides
+        return {"eval_every": 0}
     return {"eval_every": cfg.eval_every, "select": cfg.select, "eval_sample_steps": cfg.eval_sample_steps,
             "eval_dino": cfg.dino, "eval_clip": cfg.clip}
 

@@ -32,6 +32,11 @@ TRAINING_SETTINGS = (*PRIOR_SETTINGS, "token", "steps", "lr", "batch_size", "see
                      "checkpoint_every", "validate_every", "validation_prompts", "eval_every", "eval_prompts",
                      "eval_sample_steps", "eval_dino", "eval_clip", "select", "captioning", "captioner")
 
+# Evaluation inside training on by default: at EVAL_POINTS points (every 1/EVAL_POINTS of the steps), for the methods
+# whose eval_on_builtin is set, where the points cost at most EVAL_BUDGET of the training (docs/RESULTS.md).
+EVAL_POINTS = 5
+EVAL_BUDGET = 0.20
+
 # The settings every method shares get these defaults unless the method says otherwise:
 # (Stable Diffusion at 512 px, the small built-in/tiny models).
 COMMON_DEFAULTS = {"batch_size": (1, 1),
@@ -51,6 +56,8 @@ class MethodSpec:
     drops: tuple[str, ...] = ()                  # shared settings that do nothing for this method (no flag for them)
     photos_used: int | None = None               # how many of the subject's photos it uses, the first ones (None: all)
     families: tuple[str, ...] | None = None      # the model families it is built for (backbones/); None: every one
+    eval_on_builtin: bool = False                # --eval-every on by default on the built-in model: where its cost
+                                                 # is at most EVAL_BUDGET of the training (benchmarks/eval_cost.py)
 
     def runs_on(self, family: str) -> bool:
         return self.families is None or family in self.families
@@ -177,3 +184,8 @@ register(MethodSpec(
     defaults={"steps": (20000, 600), "lr": (1e-4, 1e-3), "batch_size": (8, 32), "num_class_images": (0, 0)},
     listed=False,
     families=("sd",)))
+
+
+def eval_on_builtin() -> list[str]:
+    """The methods that score eval points by default on the built-in model (MethodSpec.eval_on_builtin)."""
+    return [name for name, spec in REGISTRY.items() if spec.listed and spec.eval_on_builtin]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -137,19 +138,35 @@ class TextCache:
         return {k: torch.stack([self.by_prompt[p][k] for p in prompts]) for k in self.by_prompt[prompts[0]]}
 
 
-def class_image_key(model_ref: str, prompt: str, count: int, seed: int, resolution: int, steps: int,
-                    guidance: float) -> str:
+def generation_key(model_ref: str, **spec) -> str:
+    """A cache key for images the frozen base model makes: the model by its files' hash where it is local (so new
+    weights under the same name or path, e.g. an upgraded built-in model, never reuse old images), else its
+    reference (a hub id), and every setting that decides the images."""
+    from ..assets import fingerprint
+
     path = Path(model_ref)
-    model = str(path.resolve()) if path.exists() else model_ref
-    spec = {"model": model, "prompt": prompt, "count": count, "seed": seed, "resolution": resolution,
-            "steps": steps, "guidance": guidance}
-    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:20]
+    model = fingerprint("model", model_ref) or (str(path.resolve()) if path.exists() else model_ref)
+    return hashlib.sha256(json.dumps({"model": model, **spec}, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def cached_images(kind: str, key: str, make: Callable[[], list[Image.Image]]) -> list[Image.Image]:
+    """The images under cache_dir()/kind/key, made by `make` and written (all at once) the first time."""
+    folder = cache_dir() / kind / key
+    if not (folder / "done.json").is_file():
+        with atomic_dir(folder) as tmp:
+            images = make()
+            for i, image in enumerate(images):
+                image.save(tmp / f"{i:04d}.png")
+            (tmp / "done.json").write_text(json.dumps({"count": len(images)}))
+        return images
+    return [open_photo(p) for p in sorted(folder.glob("*.png"))]
 
 
 def class_images(components: Components, prompt: str, count: int, seed: int, steps: int, guidance: float,
                  is_main: bool = True, wait=lambda: None, progress: bool = True) -> tuple[list[Image.Image], Path]:
     """Images of the class from the frozen base model, cached on disk by (model, prompt, count, seed, ...)."""
-    key = class_image_key(components.ref, prompt, count, seed, components.resolution, steps, guidance)
+    key = generation_key(components.ref, prompt=prompt, count=count, seed=seed, resolution=components.resolution,
+                         steps=steps, guidance=guidance)
     folder = cache_dir() / "class_images" / key
     if is_main and not (folder / "done.json").is_file():
         with atomic_dir(folder) as tmp:

@@ -129,14 +129,29 @@ class TrainingEval:
         if kept is not None and kept > start_step:
             self.best_path.unlink()  # a point the resumed run will reach again
         if base is None:
-            base = self.score(0, [expand_subject(p, cfg.class_noun) for p in self.prompts])
+            base = self.base_row()
             self.log.write(base, "base")
         self.base = base
         self.seconds += time.perf_counter() - started
 
     def score(self, step: int, model_prompts: list[str]) -> EvalPoint:
         """The eval prompts' images at the fixed seeds, scored as the bench scores them (means over prompts)."""
-        from ..eval.metrics import score_images
+        return self.scored(step, self.sample(step, model_prompts))
+
+    def base_row(self) -> EvalPoint:
+        """The base model's point: its images depend on the model and the eval settings only, not on the subject,
+        so they are made once per model and class and kept in the cache (the first run of a class pays for them)."""
+        from .data import cached_images, generation_key
+
+        cfg, c = self.trainer.cfg, self.trainer.components
+        prompts = [expand_subject(p, cfg.class_noun) for p in self.prompts]
+        key = generation_key(c.ref, prompts=prompts, seeds=list(EVAL_SEEDS), steps=cfg.eval_sample_steps,
+                             guidance=cfg.guidance, resolution=c.resolution, mixed_precision=cfg.mixed_precision,
+                             base_quantization=cfg.base_quantization)
+        return self.scored(0, cached_images("eval_base", key, lambda: self.sample(0, prompts)))
+
+    def sample(self, step: int, model_prompts: list[str]) -> list:
+        """Each prompt's images at EVAL_SEEDS, in eval_sample_steps; at step 0 the base model's (plain guidance)."""
         from ..sampling import generate
 
         t, cfg = self.trainer, self.trainer.cfg
@@ -149,10 +164,14 @@ class TrainingEval:
                           denoiser_for=t.method.validation_denoiser_for(cfg.guidance) if step else None)
         for module in modules:
             module.train()
-        scores = []
-        for k, prompt in enumerate(self.prompts):
-            shown = images[k * len(EVAL_SEEDS):(k + 1) * len(EVAL_SEEDS)]
-            scores.append(score_images(self.ev, shown, t.subject.images, expand_subject(prompt, cfg.class_noun)))
+        return images
+
+    def scored(self, step: int, images: list) -> EvalPoint:
+        from ..eval.metrics import score_images
+
+        t, n = self.trainer, len(EVAL_SEEDS)
+        scores = [score_images(self.ev, images[k * n:(k + 1) * n], t.subject.images,
+                               expand_subject(prompt, t.cfg.class_noun)) for k, prompt in enumerate(self.prompts)]
         mean = {key: sum(s[key] for s in scores) / len(scores) for key in ("dino", "clip_i", "clip_t")}
         return EvalPoint(step, **mean, backdrop=backdrop_similarity(self.ev, images, self.backgrounds))
 

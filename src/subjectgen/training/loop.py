@@ -23,7 +23,7 @@ from .. import assets
 from ..adapters import MANIFEST
 from ..backbones import FAMILIES
 from ..captions import caption_missing, load_captioner, write_captions
-from ..config import TrainConfig, default_eval_sample_steps, resolve_defaults
+from ..config import TrainConfig, default_eval_every, default_eval_sample_steps, resolve_defaults
 from ..errors import TrainingDiverged, UserError
 from ..methods import registry
 from ..models import load_model
@@ -91,6 +91,11 @@ class Trainer:
         self.cfg = resolve_defaults(cfg, self.components.resolution)
         if cfg.sample_steps is None:  # the family's (a step-distilled model's few), for class images and grids
             self.cfg.sample_steps = family.default_steps(self.components)
+        if cfg.eval_every is None:
+            self.cfg.eval_every = default_eval_every(self.cfg, assets.builtin_path("model", cfg.model) is not None)
+        if self.cfg.select == "best" and not self.cfg.eval_every:
+            raise UserError(f"--select best needs --eval-every N (the eval points it chooses among; {cfg.method} "
+                            "scores none by default here)")
         if cfg.eval_sample_steps is None:
             self.cfg.eval_sample_steps = default_eval_sample_steps(self.components.resolution, self.cfg.sample_steps)
         if self.cfg.guidance is None:  # class images, validation grids and eval points sample as `generate` does
@@ -105,7 +110,7 @@ class Trainer:
         check_optimizer(self.cfg.optimizer, self.accelerator.device)
         check_quantization(cfg.base_quantization, registry.get(cfg.method).load(), self.accelerator.device)
         check_precision(self.cfg.mixed_precision, self.accelerator.device)
-        self.evaluators = self.load_evaluators() if cfg.eval_every and self.accelerator.is_main_process else None
+        self.evaluators = self.load_evaluators() if self.cfg.eval_every and self.accelerator.is_main_process else None
         self.new_captions = self.make_captions()  # in the subject now, on disk once the run starts
         if self.accelerator.is_main_process:  # with every input valid, the run folder appears (its lock only)
             hold(self.out)  # one writer; then the checks again, since another writer may have finished meanwhile
