@@ -81,6 +81,20 @@ def test_eval_is_on_by_default_only_on_the_built_in_model_where_measured_cheap(m
     assert default_eval_every(short, builtin=True) == 0  # fewer steps than points: none
 
 
+def test_dreambooth_on_the_built_in_model_scores_eval_points_by_default(tmp_path, subject_dir):
+    """Where eval_cost.py measured eval points within a fifth of the run (DreamBooth on the built-in model), `train`
+    scores them with no flag: eval.csv, the curve in subject.json, the last step kept."""
+    from subjectgen.methods import registry
+
+    assert registry.eval_on_builtin() == ["dreambooth"]
+    out = tmp_path / "run"
+    assert main(["train", "dreambooth", "--subject", str(subject_dir), "--class", "dog", "--out", str(out), "--steps",
+                 "10", "--num-class-images", "2", "--quiet"]) == 0
+    evaluation = json.loads((out / "subject.json").read_text())["evaluation"]
+    assert [p["step"] for p in evaluation["curve"]] == [2, 4, 6, 8, 10] and evaluation["chosen_step"] == 10
+    assert len((out / "eval.csv").read_text().splitlines()) == 7  # header, base, 5 points
+
+
 @pytest.mark.parametrize("given, expected", [(None, 10), ("3", 3)])
 def test_eval_points_sample_at_the_eval_sampler_steps(tiny_model, subject_dir, evaluator_dirs, tmp_path, monkeypatch,
                                                       given, expected):
