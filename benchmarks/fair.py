@@ -250,6 +250,29 @@ def tradeoff_figure(out: Path, results: dict[str, tuple[list, str | None]], path
     scatter_plot(path, points, "CLIP-T", "DINO", curves=curves, chosen=chosen, mean_rings=False)
 
 
+SHEET_PROMPTS = [0, 12, 20]  # one per type: a new scene, another scene (an outfit for live subjects), a property
+
+
+def contact_sheets(out: Path, results: dict[str, tuple[list, str | None]], folder: Path) -> list[Path]:
+    """For each method with two rows or more: the baseline, the current default, the rule's pick (so far, while rows
+    are unfinished) and the perfect row on every validation subject, SHEET_PROMPTS' first images."""
+    from sheet import compare
+
+    written = []
+    for method, (rows, chosen) in results.items():
+        if len(rows) < 2:
+            continue
+        pick = chosen or choose(rows)
+        default, picked = (out / "validation" / method / slug(name) for name in (rows[0][0], pick))
+        columns = [("baseline", default, "baseline"), ("default", default, method), ("picked", picked, method),
+                   ("perfect", default, "perfect")]
+        path = folder / f"fair_{method}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        compare(columns, SHEET_PROMPTS, None, 1).save(path)
+        written.append(path)
+    return written
+
+
 def report_validation(results: dict[str, tuple[list, str | None]]) -> None:
     for method, (rows, chosen) in results.items():
         print(f"### {method} on the validation subjects ({len(rows)} of {len(GRID[method])} rows finished)\n")
@@ -301,9 +324,15 @@ def main() -> None:
     results = validation_results(out)
     report_validation(results)
     tradeoff_figure(out, results, Path(args.figure))
+    sheets = contact_sheets(out, results, Path(args.figure).parent)
     print(f"The trade-off on the validation subjects ({args.figure}): DINO against CLIP-T, a dot per row of each "
           "method's grid, a line through the mean eval curve of its steps-by-rule row (from the base model's point "
           "through each eval step), a diamond at the rule's choice; the baseline and the perfect row for scale.\n")
+    if sheets:
+        print(f"Contact sheets ({', '.join(map(str, sheets))}): each validation subject's first photo, then for "
+              f"prompts {', '.join(map(str, SHEET_PROMPTS))} of its list (a new scene; a second scene, or an outfit "
+              "for a live subject; a red one) the first image of the baseline, the current default, the rule's pick "
+              "(so far, while rows are unfinished) and the perfect row.\n")
     report_emojibench(out, {m: chosen for m, (_, chosen) in results.items()})
     print(f"Wall clock of this invocation: {(time.time() - started) / 60:.1f} min (finished pairs are reused).")
 

@@ -2,6 +2,7 @@
 
 One row per subject: its first photo, then for each chosen prompt the first image of every method (baseline,
 perfect, then the methods), in that order. `python benchmarks/sheet.py BENCH_DIR --prompts 0,2,12 --out x.png`.
+`compare` puts columns of several bench folders on the same subjects side by side (benchmarks/fair.py).
 """
 
 from __future__ import annotations
@@ -16,25 +17,34 @@ CELL = 64
 
 
 def sheet(folder: Path, prompts: list[int], subjects: list[str] | None, scale: int) -> Image.Image:
+    """One bench folder: its baseline, perfect and methods side by side."""
     results = json.loads((folder / "results.json").read_text())
-    methods = [m for m in results["pairs"] if m != "oracle"]
-    names = subjects or sorted(results["pairs"]["baseline"])
-    columns = 1 + len(prompts) * len(methods)
-    canvas = Image.new("RGB", (columns * CELL, len(names) * CELL + 14), "white")
+    return compare([(m[:8], folder, m) for m in results["pairs"] if m != "oracle"], prompts, subjects, scale)
+
+
+def compare(columns: list[tuple[str, Path, str]], prompts: list[int], subjects: list[str] | None,
+            scale: int) -> Image.Image:
+    """Columns (label, bench folder, method) from one or more bench folders on the same subjects: for each prompt,
+    each column's first image; the rows are the first folder's subjects, each after its first photo."""
+    pairs = [json.loads((folder / "results.json").read_text())["pairs"][method] for _, folder, method in columns]
+    names = subjects or sorted(pairs[0])
+    width = 1 + len(prompts) * len(columns)
+    canvas = Image.new("RGB", (width * CELL, len(names) * CELL + 14), "white")
     draw = ImageDraw.Draw(canvas)
     for p_index, p in enumerate(prompts):
-        for m_index, method in enumerate(methods):
-            draw.text(((1 + p_index * len(methods) + m_index) * CELL + 2, 1), f"{method[:8]} p{p}", fill="black")
+        for c_index, (label, _, _) in enumerate(columns):
+            draw.text(((1 + p_index * len(columns) + c_index) * CELL + 2, 1), f"{label} p{p}", fill="black")
+    first = columns[0][1]
     for row, name in enumerate(names):
-        photo = sorted((folder / "photos" / name).glob("*.png"))[0]
+        photo = sorted((first / "photos" / name).glob("*.png"))[0]
         canvas.paste(Image.open(photo).convert("RGB").resize((CELL, CELL)), (0, 14 + row * CELL))
         for p_index, p in enumerate(prompts):
-            for m_index, method in enumerate(methods):
-                pair = results["pairs"][method].get(name)
+            for c_index, ((_, folder, _), subject_pairs) in enumerate(zip(columns, pairs)):
+                pair = subject_pairs.get(name)
                 if pair is None:
                     continue
                 image = Image.open(folder / pair["prompts"][p]["files"][0]).convert("RGB").resize((CELL, CELL))
-                canvas.paste(image, ((1 + p_index * len(methods) + m_index) * CELL, 14 + row * CELL))
+                canvas.paste(image, ((1 + p_index * len(columns) + c_index) * CELL, 14 + row * CELL))
     return canvas.resize((canvas.width * scale, canvas.height * scale), Image.Resampling.NEAREST)
 
 
