@@ -337,6 +337,12 @@ def main() -> None:
     print(f"Wall clock of this invocation: {(time.time() - started) / 60:.1f} min (finished pairs are reused).")
 
 
+def emojibench_size() -> int:
+    from subjectgen.eval.prompts import read_benchmark, resolve_bench
+
+    return len(read_benchmark(resolve_bench("emoji")).classes)
+
+
 def report_emojibench(out: Path, choices: dict[str, str]) -> None:
     print("### EmojiBench: each method's current default against its chosen setting\n")
     for method, chosen in choices.items():
@@ -351,7 +357,10 @@ def report_emojibench(out: Path, choices: dict[str, str]) -> None:
             by_type = {"baseline": rows[0][1]["baseline"]} | {name: s for name, s in rows}
             print(type_table(by_type))
         else:
-            print("Not run yet (`python benchmarks/fair.py --stage emojibench`).")
+            done = {n: len(list((out / "emojibench" / method / slug(n) / "pairs" / method).glob("*/scores.json")))
+                    for n in dict.fromkeys([GRID[method][0][0], chosen])}
+            print("Not finished (`python benchmarks/fair.py --stage emojibench` resumes it): subjects done, "
+                  + "; ".join(f"{n}: {k} of {emojibench_size()}" for n, k in done.items()) + ".")
         print()
 
 
