@@ -149,36 +149,36 @@ def generation_key(model_ref: str, **spec) -> str:
     return hashlib.sha256(json.dumps({"model": model, **spec}, sort_keys=True).encode()).hexdigest()[:20]
 
 
-def cached_images(kind: str, key: str, make: Callable[[], list[Image.Image]]) -> list[Image.Image]:
-    """The images under cache_dir()/kind/key, made by `make` and written (all at once) the first time."""
+def cached_images(kind: str, key: str, make: Callable[[], list[Image.Image]], about: dict, is_main: bool = True,
+                  wait=lambda: None) -> tuple[list[Image.Image], Path]:
+    """The images under cache_dir()/kind/key and that folder: made by `make` the first time and written all at once
+    (by the main process; the others `wait` for it, then read), with done.json saying what they are (`about`)."""
     folder = cache_dir() / kind / key
-    if not (folder / "done.json").is_file():
+    if is_main and not (folder / "done.json").is_file():
         with atomic_dir(folder) as tmp:
             images = make()
             for i, image in enumerate(images):
                 image.save(tmp / f"{i:04d}.png")
-            (tmp / "done.json").write_text(json.dumps({"count": len(images)}))
-        return images
-    return [open_photo(p) for p in sorted(folder.glob("*.png"))]
+            (tmp / "done.json").write_text(json.dumps({**about, "count": len(images)}))
+    wait()
+    return [open_photo(p) for p in sorted(folder.glob("*.png"))], folder
 
 
 def class_images(components: Components, prompt: str, count: int, seed: int, steps: int, guidance: float,
                  is_main: bool = True, wait=lambda: None, progress: bool = True) -> tuple[list[Image.Image], Path]:
     """Images of the class from the frozen base model, cached on disk by (model, prompt, count, seed, ...)."""
+    def make() -> list[Image.Image]:
+        seeds, images = [seed * 100_003 + i for i in range(count)], []
+        bar = tqdm(total=count, desc=f"class images '{prompt}'", disable=not progress)
+        for start in range(0, count, 8):
+            chunk = seeds[start:start + 8]
+            images += generate(components, [prompt] * len(chunk), chunk, steps, guidance)
+            bar.update(len(chunk))
+        bar.close()
+        return images
+
     key = generation_key(components.ref, prompt=prompt, count=count, seed=seed, resolution=components.resolution,
                          steps=steps, guidance=guidance)
-    folder = cache_dir() / "class_images" / key
-    if is_main and not (folder / "done.json").is_file():
-        with atomic_dir(folder) as tmp:
-            seeds = [seed * 100_003 + i for i in range(count)]
-            bar = tqdm(total=count, desc=f"class images '{prompt}'", disable=not progress)
-            for start in range(0, count, 8):
-                chunk = seeds[start:start + 8]
-                for i, image in enumerate(generate(components, [prompt] * len(chunk), chunk, steps, guidance)):
-                    image.save(tmp / f"{start + i:04d}.png")
-                bar.update(len(chunk))
-            bar.close()
-            (tmp / "done.json").write_text(json.dumps({"model": components.ref, "prompt": prompt, "count": count}))
-    wait()
-    paths = sorted(folder.glob("*.png"))
-    return [center_crop(open_photo(p), components.resolution) for p in paths], folder
+    images, folder = cached_images("class_images", key, make, {"model": components.ref, "prompt": prompt}, is_main,
+                                   wait)
+    return [center_crop(image, components.resolution) for image in images], folder

@@ -148,7 +148,8 @@ class TrainingEval:
         key = generation_key(c.ref, prompts=prompts, seeds=list(EVAL_SEEDS), steps=cfg.eval_sample_steps,
                              guidance=cfg.guidance, resolution=c.resolution, mixed_precision=cfg.mixed_precision,
                              base_quantization=cfg.base_quantization)
-        return self.scored(0, cached_images("eval_base", key, lambda: self.sample(0, prompts)))
+        images, _ = cached_images("eval_base", key, lambda: self.sample(0, prompts), {"model": c.ref, "prompts": prompts})
+        return self.scored(0, images)
 
     def sample(self, step: int, model_prompts: list[str]) -> list:
         """Each prompt's images at EVAL_SEEDS, in eval_sample_steps; at step 0 the base model's (plain guidance)."""
