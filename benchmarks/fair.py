@@ -34,8 +34,9 @@ from starting_point import validation_folder
 
 from subjectgen.eval.html import fmt
 from subjectgen.eval.report import type_table
+from subjectgen.training.evaluation import CLIP_T_SHARE, EvalPoint
+from subjectgen.training.evaluation import choose as rule
 
-CLIP_T_SHARE = 0.9  # a row is within budget when its CLIP-T is at least this share of the baseline's
 EVAL = ["--eval-every", "50", "--select", "best", "--eval-sample-steps", "25"]  # 25: as the first rows ran
 CAPTIONED = "captions"  # the rows trained on the validation photos with the built-in captioner's NAME.txt
 
@@ -201,13 +202,12 @@ def summary(folder: Path, method: str) -> dict | None:
 
 
 def choose(rows: list[tuple[str, dict]]) -> str | None:
-    """The rule: the highest DINO within the CLIP-T budget (ties: the earlier row); else the highest CLIP-T."""
+    """The rule, the very one that keeps a run's step (training.evaluation.choose), over the rows' means: the
+    highest DINO within the CLIP-T budget (ties: the earlier row); else the highest CLIP-T."""
     if not rows:
         return None
-    within = [(name, s) for name, s in rows if s["clip_t"] >= CLIP_T_SHARE * s["baseline_clip_t"]]
-    pool, key = (within, "dino") if within else (rows, "clip_t")
-    best = max(s[key] for _, s in pool)
-    return next(name for name, s in pool if s[key] == best)
+    points = [EvalPoint(i, s["dino"], s["clip_i"], s["clip_t"]) for i, (_, s) in enumerate(rows)]
+    return rows[rule(points, rows[0][1]["baseline_clip_t"], CLIP_T_SHARE).step][0]
 
 
 def table(rows: list[tuple[str, dict]], chosen: str | None) -> None:
