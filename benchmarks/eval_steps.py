@@ -25,25 +25,19 @@ RUNS = "benchmarks/out/fair/validation/lora/current-default--300-steps/pairs/lor
 STEPS = (25, 10)
 
 
-def eval_scores(run, noun: str, photos: list, steps: int, evaluators, base: bool) -> dict:
-    """The eval prompts' images at the eval seeds, scored as an eval point scores them (means over the prompts)."""
-    from subjectgen.eval.metrics import score_images
-    from subjectgen.sampling import generate
+def scored_point(run, noun: str, photos: list, steps: int, evaluators, base: bool) -> dict:
+    """One eval point of `run` (the base model's when `base`) at `steps`, as `train --eval-every` makes and scores
+    it, with its sampling's CPU seconds."""
     from subjectgen.subjects import expand_subject
-    from subjectgen.training.evaluation import EVAL_SEEDS, default_eval_prompts
+    from subjectgen.training.evaluation import default_eval_prompts, eval_images, eval_scores
 
-    prompts = default_eval_prompts(noun)
+    prompts, guidance = default_eval_prompts(noun), run.components.backbone.default_guidance
     model_prompts = [expand_subject(p, noun) if base else run.prompt_for_model(p) for p in prompts]
     started = time.process_time()
-    images = generate(run.components, [p for p in model_prompts for _ in EVAL_SEEDS], list(EVAL_SEEDS) * len(prompts),
-                      steps, run.components.backbone.default_guidance,
-                      denoiser_for=None if base else run.denoiser_for("", run.components.backbone.default_guidance))
+    images = eval_images(run.components, model_prompts, steps, guidance,
+                         None if base else run.denoiser_for("", guidance))
     seconds = time.process_time() - started
-    n = len(EVAL_SEEDS)
-    scores = [score_images(evaluators, images[k * n:(k + 1) * n], photos, expand_subject(p, noun))
-              for k, p in enumerate(prompts)]
-    return {"dino": sum(s["dino"] for s in scores) / len(scores),
-            "clip_t": sum(s["clip_t"] for s in scores) / len(scores), "cpu": seconds}
+    return {**eval_scores(evaluators, images, photos, prompts, noun), "cpu": seconds}
 
 
 def measure(runs: Path, bench: Path) -> list[dict]:
@@ -62,7 +56,7 @@ def measure(runs: Path, bench: Path) -> list[dict]:
         for model, run in (("base", base), ("lora", trained)):
             for steps in STEPS:
                 rows.append({"subject": subject, "model": model, "steps": steps,
-                             **eval_scores(run, noun, photos, steps, evaluators, model == "base")})
+                             **scored_point(run, noun, photos, steps, evaluators, model == "base")})
     return rows
 
 

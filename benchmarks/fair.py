@@ -276,9 +276,9 @@ def contact_sheets(out: Path, results: dict[str, tuple[list, str | None]], folde
         default, picked = (out / "validation" / method / slug(name) for name in (rows[0][0], pick))
         columns = [("baseline", default, "baseline"), ("default", default, method), ("picked", picked, method),
                    ("perfect", default, "perfect")]
-        path = folder / f"fair_{method}.png"
+        path = folder / f"fair_{method}.jpg"  # photo-like: a PNG would be 1 MB
         path.parent.mkdir(parents=True, exist_ok=True)
-        compare(columns, SHEET_PROMPTS, None, 1).save(path)
+        compare(columns, SHEET_PROMPTS, None, 1).save(path, quality=90)
         written.append(path)
     return written
 

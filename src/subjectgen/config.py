@@ -19,8 +19,8 @@ WEIGHTING_SCHEMES = ("none", "logit_normal", "mode", "sigma_sqrt", "cosmap")
 MODE_SCALE = Bound(low=-1, high=2 / (math.pi - 2))  # where the mode map is monotone: a density (SD3 paper, eq. 20)
 # The settings only flow matching has (FLUX.1, FLUX.2 [klein]): a family trained on ε or v refuses them changed
 # The eval points' sampler steps on the small models: 10 DDIM steps score like 25 (likeness and prompt-following of
-# the base model and trained runs alike, docs/RESULTS.md) at 40 % of the cost, which eval inside training spends
-# almost all on sampling.
+# the base model and trained runs alike) at well under half the cost (benchmarks/eval_steps.py, docs/RESULTS.md);
+# eval inside training spends almost all its time sampling.
 EVAL_SAMPLE_STEPS_SMALL = 10
 FLOW_MATCHING_SETTINGS = ("weighting_scheme", "logit_mean", "logit_std", "mode_scale")
 

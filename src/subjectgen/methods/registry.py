@@ -133,7 +133,7 @@ register(MethodSpec(
     own_settings=("instance_prompt", "train_text_encoder"),
     defaults={"steps": (800, 300), "lr": (5e-6, 1e-4), "prior_preservation": (True, True)},
     token_help="identifier (default: a rare token from the tokenizer, 'sks'-like)",
-    eval_on_builtin=True))  # eval points cost 13 % of its run on the built-in model (LoRA 31 %, TI 24 %: off)
+    eval_on_builtin=True))  # within EVAL_BUDGET there (docs/RESULTS.md; LoRA's and TI's runs are not)
 register(MethodSpec(
     "textual-inversion", "learn a new word embedding; the model stays frozen",
     "subjectgen.methods.textual_inversion:TextualInversion",

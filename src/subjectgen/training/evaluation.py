@@ -113,6 +113,25 @@ def load_eval_evaluators(dino: str, clip: str):
         raise UserError(f"--eval-every: {exc}") from None
 
 
+def eval_images(components, model_prompts: list[str], steps: int, guidance: float, denoiser_for=None) -> list:
+    """An eval point's images: each prompt (as the model reads it) at EVAL_SEEDS, in order."""
+    from ..sampling import generate
+
+    return generate(components, [p for p in model_prompts for _ in EVAL_SEEDS], list(EVAL_SEEDS) * len(model_prompts),
+                    steps, guidance, denoiser_for=denoiser_for)
+
+
+def eval_scores(evaluators, images: list, photos: list, prompts: list[str], class_noun: str) -> dict[str, float]:
+    """DINO, CLIP-I and CLIP-T of an eval point's images (eval_images' order), as the bench scores them: per prompt
+    (CLIP-T against it with the subject as the class noun), then the mean over the prompts."""
+    from ..eval.metrics import score_images
+
+    n = len(EVAL_SEEDS)
+    scores = [score_images(evaluators, images[k * n:(k + 1) * n], photos, expand_subject(prompt, class_noun))
+              for k, prompt in enumerate(prompts)]
+    return {key: sum(s[key] for s in scores) / len(scores) for key in ("dino", "clip_i", "clip_t")}
+
+
 class TrainingEval:
     """A run's eval points: the base row once, then each point's scores, and the best state by the rule."""
 
@@ -153,27 +172,19 @@ class TrainingEval:
 
     def sample(self, step: int, model_prompts: list[str]) -> list:
         """Each prompt's images at EVAL_SEEDS, in eval_sample_steps; at step 0 the base model's (plain guidance)."""
-        from ..sampling import generate
-
         t, cfg = self.trainer, self.trainer.cfg
         modules = list(t.method.trainable_modules().values())
         for module in modules:
             module.eval()
-        seeds = list(EVAL_SEEDS) * len(model_prompts)
-        prompts = [p for p in model_prompts for _ in EVAL_SEEDS]
-        images = generate(t.components, prompts, seeds, cfg.eval_sample_steps, cfg.guidance,
-                          denoiser_for=t.method.validation_denoiser_for(cfg.guidance) if step else None)
+        images = eval_images(t.components, model_prompts, cfg.eval_sample_steps, cfg.guidance,
+                             t.method.validation_denoiser_for(cfg.guidance) if step else None)
         for module in modules:
             module.train()
         return images
 
     def scored(self, step: int, images: list) -> EvalPoint:
-        from ..eval.metrics import score_images
-
-        t, n = self.trainer, len(EVAL_SEEDS)
-        scores = [score_images(self.ev, images[k * n:(k + 1) * n], t.subject.images,
-                               expand_subject(prompt, t.cfg.class_noun)) for k, prompt in enumerate(self.prompts)]
-        mean = {key: sum(s[key] for s in scores) / len(scores) for key in ("dino", "clip_i", "clip_t")}
+        t = self.trainer
+        mean = eval_scores(self.ev, images, t.subject.images, self.prompts, t.cfg.class_noun)
         return EvalPoint(step, **mean, backdrop=backdrop_similarity(self.ev, images, self.backgrounds))
 
     def __call__(self, step: int) -> EvalPoint:

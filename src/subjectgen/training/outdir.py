@@ -129,7 +129,7 @@ def check_out_dir(out: Path, cfg: TrainConfig, resume: bool, overwrite: bool) ->
             raise UserError(f"--out {out} is not empty and holds no subjectgen run; choose a new or empty folder")
         if resume or not overwrite:  # a run --overwrite replaces whole is not read: not even a damaged record stops it
             check_same_run(out, read_json(spec_file, RUN_SPEC_FIX, keys=()), cfg, resume, overwrite)
-    check_writable(out)
+    check_folder_writable(out)
 
 
 def check_same_run(out: Path, saved: dict, cfg: TrainConfig, resume: bool, overwrite: bool) -> None:
@@ -148,7 +148,7 @@ def check_same_run(out: Path, saved: dict, cfg: TrainConfig, resume: bool, overw
         raise UserError(f"--out {out} already holds {what}; choose another folder or pass --overwrite")
 
 
-def check_writable(out: Path) -> None:
+def check_folder_writable(out: Path) -> None:
     """A one-line error unless the nearest existing folder of `out` can be written."""
     ancestor = out
     while not ancestor.exists():
