@@ -165,19 +165,9 @@ def reuse_source(method: str, index: int, out: Path, captioned: bool) -> list[st
     return ["--runs-from", str(out / "validation" / earlier[0][0] / slug(earlier[0][1]))] if earlier else []
 
 
-def as_recorded(flags: list[str], folder: Path) -> list[str]:
-    """A row begun before `--eval-sample-steps` existed recorded no such setting: its eval points sampled at the
-    sampler's 25 steps, which the pin asks for; resume it as it began (the bench refuses another protocol)."""
-    spec = folder / "bench.json"
-    if "--eval-sample-steps" in flags and spec.is_file() and "eval_sample_steps" not in json.loads(spec.read_text()):
-        i = flags.index("--eval-sample-steps")
-        return flags[:i] + flags[i + 2:]
-    return flags
-
-
 def run_rows(method: str, out: Path, subjects: str, deadline: float) -> None:
     for index, (row, _) in enumerate(GRID[method]):
-        flags = as_recorded(row_flags(method, index, out), out / "validation" / method / slug(row))
+        flags = row_flags(method, index, out)
         captioned = CAPTIONED in flags
         source = captioned_folder(subjects, out / "validation-captioned") if captioned else subjects
         bench(["--bench", source, "--methods", method, "--images-per-prompt", "1", "--dino", "builtin", "--clip",
@@ -303,7 +293,7 @@ def run_emojibench(out: Path, choices: dict[str, str], deadline: float) -> None:
         for row in dict.fromkeys([names[0], chosen]):
             first = out / "emojibench" / method / slug(GRID[method][0][0])
             folder = out / "emojibench" / method / slug(row)
-            flags = as_recorded(row_flags(method, names.index(row), out), folder)
+            flags = row_flags(method, names.index(row), out)
             source = "emoji"
             if CAPTIONED in flags:  # captions are the captioner's, as a user's `--captions auto` would write them
                 from subjectgen.eval.prompts import resolve_bench
