@@ -16,7 +16,7 @@ demo: setup
 	$(BIN)/subjectgen demo --out demo
 
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15  # the slowest tests: CI must end well under 20 minutes
 
 # The emoji sources, needed only to re-render the world (`subjectgen world build/train`) and by its tests.
 world-sources:

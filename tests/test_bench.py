@@ -558,3 +558,38 @@ def test_the_fair_checks_run_on_every_family(family, evaluator_dirs, tmp_path_fa
         assert list(summary["by_type"]) == ["recontextualization"]
     lora = results["pairs"]["lora"]["dog"]
     assert lora["evaluation"]["chosen_step"] in (2, 4) and lora["time_to_subject_seconds"] > 0
+
+
+def test_a_version_1_bench_folder_reads_as_this_versions(tmp_path):
+    from subjectgen.eval.report import read_protocol
+
+    spec = tmp_path / "bench.json"
+    for saved, subject_start in (({"subject_start": 0.0}, None),  # version 1's 0 was every run's own
+                                 ({"subject_start": 0.5}, 0.5),
+                                 ({"subject_start": 0.0, "version": 2}, 0.0), ({"subject_start": None, "version": 2}, None)):
+        spec.write_text(json.dumps(saved))
+        assert read_protocol(spec) == {"subject_start": subject_start, "version": 2}
+
+
+def test_a_pair_is_not_trained_at_other_defaults_than_its_folders_finished_runs(tmp_path, monkeypatch):
+    import dataclasses
+    from types import SimpleNamespace
+
+    from subjectgen.config import TrainConfig
+    from subjectgen.eval.bench import check_same_defaults
+    from subjectgen.methods import registry
+
+    cfg = TrainConfig(method="lora", subject_dir=str(tmp_path), class_noun="dog", out=str(tmp_path / "run"))
+    ctx = SimpleNamespace(out=tmp_path / "b")
+    check_same_defaults(ctx, cfg)  # no finished run: nothing to compare
+    done = ctx.out / "pairs" / "lora" / "dog" / "run" / MANIFEST
+    done.parent.mkdir(parents=True)
+    done.write_text(json.dumps({"resolution": 64, "settings": {"steps": 300, "lr": 1e-3, "rank": 4}}))
+    check_same_defaults(ctx, cfg)  # today's defaults on a small model; subject_start is newer than the run
+    spec = registry.get("lora")
+    monkeypatch.setitem(registry.REGISTRY, "lora", dataclasses.replace(
+        spec, defaults={**spec.defaults, "steps": (500, 400), "subject_start": (0.0, 0.4)}))
+    with pytest.raises(UserError, match=r"its lora runs were trained at other defaults than this version's "
+                                        r"\(steps 300 -> 400\)"):
+        check_same_defaults(ctx, cfg)
+    check_same_defaults(ctx, dataclasses.replace(cfg, steps=300))  # the old value, passed: the same runs

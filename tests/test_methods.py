@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -222,3 +224,39 @@ def test_subject_start_samples_the_first_steps_on_the_class_prompt_then_the_subj
     late = as_array(generate(run.components, [prompt], [0], steps=8, early=early))
     assert np.abs(late - full).max() > 0
     assert np.array_equal(as_array(generate(run.components, [prompt], [0], steps=8)), full)  # the LoRA is back on
+
+
+def test_a_runs_own_subject_start_is_what_generate_samples_it_with(runs, photos, tmp_path, monkeypatch):
+    import dataclasses
+    import shutil
+
+    from PIL import Image
+
+    from subjectgen.config import resolve_defaults
+    from subjectgen.generation import generate_to_folder
+    from subjectgen.methods import registry
+
+    # the method's default on the model decides it (a spec's (SD, small) pair), and the run records it
+    spec = registry.get("lora")
+    monkeypatch.setitem(registry.REGISTRY, "lora", dataclasses.replace(
+        spec, defaults={**spec.defaults, "subject_start": (0.0, 0.25)}))
+    cfg = TrainConfig(method="lora", subject_dir=str(photos), class_noun="dog", out=str(tmp_path / "r"))
+    assert (resolve_defaults(cfg, 64).subject_start, resolve_defaults(cfg, 512).subject_start) == (0.25, 0.0)
+    assert "default: 0 on Stable Diffusion, 0.25 on the built-in model" in registry.get("lora").defaults_text(
+        "subject_start")
+    # a run whose own is 0.25 (as `train --subject-start 0.25` records it) samples as generate --subject-start 0.25
+    own = tmp_path / "own"
+    shutil.copytree(runs["lora"].run_dir, own)
+    manifest = json.loads((own / "subject.json").read_text())
+    assert manifest["settings"]["subject_start"] == 0.0  # the shipped default: 0
+    manifest["settings"]["subject_start"] = 0.25
+    (own / "subject.json").write_text(json.dumps(manifest))
+    assert load_run(own).subject_start == 0.25
+
+    def image(ref, folder, **kw):
+        result = generate_to_folder(str(ref), ["a {subject} on the beach"], tmp_path / folder, n=1, steps=8, **kw)
+        return as_array([Image.open(result.files[0])])
+
+    assert np.array_equal(image(own, "a"), image(runs["lora"].run_dir, "b", subject_start=0.25))
+    assert not np.array_equal(image(own, "c"), image(own, "d", subject_start=0.0))  # a flag still decides
+    assert json.loads((tmp_path / "a" / "prompts.json").read_text())["subject_start"] == 0.25

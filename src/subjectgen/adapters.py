@@ -93,6 +93,12 @@ class Run:
         name = self.manifest.get("method")
         return registry.get(name).load() if name else None
 
+    @property
+    def subject_start(self) -> float:
+        """The run's own --subject-start (train --subject-start, or its method's default for the model), which
+        generate and the bench sample it with unless told otherwise: 0 for a plain model and for older runs."""
+        return float(self.manifest.get("settings", {}).get("subject_start") or 0.0)
+
     def early_steps(self, prompts: list[str], fraction: float, steps: int) -> EarlySteps | None:
         """Sample the first round(fraction * steps) steps without the subject (sampling.EarlySteps): the
         prompts with {subject} as the plain class noun, on the base model's networks. None when there are none."""

@@ -139,10 +139,11 @@ def add_generate_parser(sub) -> None:
     p.add_argument("--lora-scale", type=sample_type("lora_scale"), default=1.0,
                    help="weight of a LoRA run's update (kohya's network multiplier): below 1 follows the prompt "
                         "more and the subject less; 0 is the base model")
-    p.add_argument("--subject-start", type=sample_type("subject_start"), default=0.0, metavar="FRACTION",
+    p.add_argument("--subject-start", type=sample_type("subject_start"), default=None, metavar="FRACTION",
                    help="sample this fraction of the steps without the subject (the class noun on the base "
                         "weights) before it comes in, so the scene follows the prompt; like A1111's "
-                        "[a dog:a sks dog:0.2] with the LoRA switched on at the same step. Default 0")
+                        "[a dog:a sks dog:0.2] with the LoRA switched on at the same step (default: the run's own, "
+                        "train --subject-start: 0 unless its method's default on the model says otherwise)")
     p.add_argument("--batch-size", type=sample_type("batch_size"), default=8, metavar="N",
                    help="images sampled at once: larger is faster per image while memory lasts; a seed gives the "
                         "same image at any batch size, up to float rounding (default: 8)")
@@ -473,9 +474,9 @@ def add_bench_parser(sub) -> None:
                    help="sampler steps of the eval points' images (train --eval-sample-steps; default: train's)")
     p.add_argument("--sample-steps", type=bench_type("sample_steps"),
                    help="sampler steps (default: 25 below 256 px, else 50)")
-    p.add_argument("--subject-start", type=bench_type("subject_start"), default=0.0, metavar="FRACTION",
+    p.add_argument("--subject-start", type=bench_type("subject_start"), default=None, metavar="FRACTION",
                    help="sample this fraction of the steps without the subject, as generate --subject-start "
-                        "(default 0)")
+                        "(default: each run's own, as generate samples it)")
     p.add_argument("--guidance", type=bench_type("guidance"), default=None,
                    help="guidance (default: the model family's: 7.5; FLUX.1-dev's embedding 3.5)")
     p.add_argument("--seed", type=bench_type("seed"), default=0, help="training seed; image k of each prompt uses "

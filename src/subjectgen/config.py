@@ -136,6 +136,10 @@ class TrainConfig:
                                     "on the built-in model, else openai/clip-vit-base-patch32)")
     select: str = setting("last", choices=("last", "best"), help="the weights a run keeps: the last step's, or with "
                           "--eval-every the eval point the rule in docs/BENCHMARK.md chooses (default: last)")
+    subject_start: float | None = setting(None, FRACTION_BELOW_1, help="the run's own generate --subject-start, "
+                                          "which generate and the bench sample it with unless told otherwise: the "
+                                          "fraction of the steps sampled without the subject, so the scene follows "
+                                          "the prompt; eval points sample without it")
     sample_steps: int | None = setting(None, SAMPLER_STEPS)  # sampler steps for class images and validation
     guidance: float | None = setting(None, NON_NEGATIVE)  # class images, validation, eval; default: the family's
     allow_pickle: bool = setting(False, help="allow loading pickled weights (.ckpt/.bin): they can run code")
@@ -173,7 +177,8 @@ class TrainConfig:
     def identity(self) -> dict:
         """The settings that make two runs the same run (for --resume and --out checks)."""
         return {k: v for k, v in self.to_dict().items()  # captions, once written, are the photo folder's
-                if k not in ("out", "checkpoint_every", "validate_every", "compile", "captioning", "captioner")}
+                if k not in ("out", "checkpoint_every", "validate_every", "compile", "captioning", "captioner",
+                             "subject_start")}  # a sampling default: it changes no weight
 
     @property
     def alpha(self) -> float:
@@ -203,7 +208,7 @@ def resolve_defaults(cfg: TrainConfig, resolution: int) -> TrainConfig:
     """Fill every `None` setting with the method's default for a model of this resolution."""
     spec, small = registry.get(cfg.method), resolution < 256
     data = cfg.to_dict()
-    for name in (*registry.COMMON_DEFAULTS, *spec.defaults):
+    for name in registry.default_names(cfg.method):
         if data[name] is None:
             data[name] = spec.default(name, small)
     if data["sample_steps"] is None:
@@ -223,7 +228,7 @@ class SampleSettings:
     steps: int | None = setting(None, SAMPLER_STEPS)   # default: 50 for SD, 25 for small models
     guidance: float | None = setting(None, NON_NEGATIVE)  # default: the family's (7.5; FLUX.1's embedding 3.5)
     lora_scale: float = setting(1.0, ANY_FINITE)
-    subject_start: float = setting(0.0, FRACTION_BELOW_1)
+    subject_start: float | None = setting(None, FRACTION_BELOW_1)  # default: the run's own (train --subject-start)
     batch_size: int = setting(8, AT_LEAST_1)  # images sampled at once (the pipeline's num_images_per_prompt)
 
     def __post_init__(self) -> None:
@@ -302,6 +307,11 @@ class FarmSettings:
 FILTER_TAU_T, FILTER_TAU_S = 0.257, 0.012
 
 
+# bench.json's version. 2: `subject_start` None samples each run with its own (train --subject-start); version 1 had
+# no such default, and its 0.0 meant what None means now (every run's own was 0).
+BENCH_PROTOCOL_VERSION = 2
+
+
 @dataclass
 class BenchConfig:
     bench: str                      # a folder in DreamBench's layout, or "emoji"
@@ -323,7 +333,8 @@ class BenchConfig:
     eval_every: int = setting(0, NON_NEGATIVE_INT)  # each trained run's eval points (train --eval-every), 0: none
     select: str = setting("last", choices=("last", "best"))  # the step each run keeps (train --select)
     eval_sample_steps: int | None = setting(None, SAMPLER_STEPS)  # the eval points' sampler steps (train's flag)
-    subject_start: float = setting(0.0, FRACTION_BELOW_1)  # steps sampled without the subject (generate's flag)
+    # steps sampled without the subject (generate's flag); None: each run's own (train --subject-start)
+    subject_start: float | None = setting(None, FRACTION_BELOW_1)
     sample_options: dict = field(default_factory=dict)  # a method's own generation settings (FusionSettings' flags)
     dino: str | None = None         # default: built-in for EmojiBench, the real ones otherwise
     clip: str | None = None
@@ -349,5 +360,7 @@ class BenchConfig:
 
     def protocol(self) -> dict:
         """What decides the numbers; a rerun in the same folder must match it. The methods do not: a
-        later run may add a method to a finished benchmark."""
-        return {k: v for k, v in asdict(self).items() if k not in ("out", "methods", "runs_from")}
+        later run may add a method to a finished benchmark. `version`: how to read it (eval.report.read_protocol
+        reads an older one as this version's)."""
+        return {**{k: v for k, v in asdict(self).items() if k not in ("out", "methods", "runs_from")},
+                "version": BENCH_PROTOCOL_VERSION}

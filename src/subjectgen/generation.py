@@ -43,11 +43,12 @@ def open_run_or_model(ref: str, allow_pickle: bool = False, lora_scale: float = 
 
 def generate_to_folder(ref: str, prompts: list[str], out: Path, n: int = 4, seed: int = 0, steps: int | None = None,
                        guidance: float | None = None, negative_prompt: str = "", allow_pickle: bool = False,
-                       lora_scale: float = 1.0, subject_start: float = 0.0, progress: bool = False,
+                       lora_scale: float = 1.0, subject_start: float | None = None, progress: bool = False,
                        options: dict | None = None, batch_size: int = 8,
                        references: str | None = None) -> GenerateResult:
     """n images per prompt (seeds seed..seed+n-1), saved as p{prompt}-{k}.png, plus grid.png (a row per prompt).
-    `subject_start`: the fraction of the steps sampled before the subject comes in (Run.early_steps);
+    `subject_start`: the fraction of the steps sampled before the subject comes in (Run.early_steps; None: the
+    run's own);
     `batch_size`: images sampled at once (the same images at any batch size, up to float rounding);
     `references`: a folder of photos the family's pipeline takes as reference images (FLUX.2 [klein])."""
     # a one-line error for any out of range
@@ -67,6 +68,7 @@ def generate_to_folder(ref: str, prompts: list[str], out: Path, n: int = 4, seed
     for prompt in prompts:
         if run.subject and "{subject}" not in prompt:
             warnings.warn(f"prompt {prompt!r} has no {{subject}}; it will not show the learned subject", stacklevel=2)
+    subject_start = run.subject_start if subject_start is None else subject_start
     steps = steps or run.components.backbone.default_steps(run.components)
     guidance = run.components.backbone.default_guidance if guidance is None else guidance
     expanded = [run.prompt_for_model(p) for p in prompts for _ in range(n)]

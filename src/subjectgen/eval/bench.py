@@ -163,6 +163,10 @@ class Context:
     def steps(self, run) -> int:
         return self.cfg.sample_steps or run.components.backbone.default_steps(run.components)
 
+    def subject_start(self, run) -> float:
+        """The bench's --subject-start, else the run's own (as generate samples it)."""
+        return run.subject_start if self.cfg.subject_start is None else self.cfg.subject_start
+
     def pair_dir(self, method: str, subject: str) -> Path:
         return self.out / "pairs" / method / subject
 
@@ -374,6 +378,7 @@ def prepare_run(ctx: Context, method: str, subject: str, pair: Path):
                           seed=ctx.cfg.seed, masked_loss=ctx.cfg.masked_loss and trains,
                           promptnet=ctx.cfg.promptnet, apprentice=ctx.cfg.apprentice,
                           **(eval_settings(ctx.cfg) if trains else {}))
+        check_same_defaults(ctx, cfg)
         started = time.perf_counter()
         train(cfg, overwrite=True, progress=False, distributed=False)
         # the user's wait: loading, class images and caching count, not only the loop
@@ -384,6 +389,27 @@ def prepare_run(ctx: Context, method: str, subject: str, pair: Path):
     run.components.to(inference_device())
     seconds = json.loads(timing.read_text())["seconds"] if timing.is_file() else run.manifest["metrics"]["train_seconds"]
     return run, float(seconds)
+
+
+def check_same_defaults(ctx: Context, cfg) -> None:
+    """A pair about to train must get the defaults its method's finished runs in this folder got: a version that
+    changed them (the settings chosen on the validation subjects becoming the built-in model's) would otherwise
+    train the rest of the folder at other settings, with nothing to say so. A one-line error naming them."""
+    from ..adapters import MANIFEST
+    from ..config import resolve_defaults
+    from ..safeio import read_json
+
+    done = next(iter(sorted((ctx.out / "pairs" / cfg.method).glob(f"*/run/{MANIFEST}"))), None)
+    if done is None:
+        return
+    record = read_json(done, f"remove {done.parent.parent} to train that pair again", keys=("resolution",))
+    saved, now = record.get("settings", {}), resolve_defaults(cfg, record["resolution"]).to_dict()
+    changed = [f"{k} {saved[k]} -> {now[k]}" for k in registry.default_names(cfg.method)
+               if k in saved and saved[k] != now[k]]  # a setting newer than the run: not compared
+    if changed:
+        raise UserError(f"--out {ctx.out}: its {cfg.method} runs were trained at other defaults than this "
+                        f"version's ({', '.join(changed)}); finish it with the version that began it, pass those "
+                        "settings where the bench has a flag for them, or choose another --out")
 
 
 def eval_settings(cfg: BenchConfig) -> dict:
@@ -462,7 +488,7 @@ def generate_missing(ctx: Context, run, method: str, subject: str, pair: Path) -
         chunk = todo[start:start + PROMPTS_PER_BATCH]
         shown = [t if method != "baseline" else expand_subject(t, noun) for _, t in chunk]
         started = time.perf_counter()
-        early = run.early_steps([p for p in shown for _ in range(k)], cfg.subject_start, ctx.steps(run))
+        early = run.early_steps([p for p in shown for _ in range(k)], ctx.subject_start(run), ctx.steps(run))
         images = generate(run.components, [run.prompt_for_model(p) for p in shown for _ in range(k)],
                           [cfg.seed + j for _ in chunk for j in range(k)], ctx.steps(run), cfg.guidance,
                           batch_size=len(chunk) * k, early=early, denoiser_for=run.denoiser_for("", cfg.guidance))
@@ -508,7 +534,7 @@ def generate_class_images(ctx: Context, run, subject: str, pair: Path) -> None:
     started = time.perf_counter()
     images = generate(run.components, [run.prompt_for_model(p) for p in prompts],
                       [cfg.seed + j for j in range(len(files))], ctx.steps(run), cfg.guidance, batch_size=len(files),
-                      early=run.early_steps(prompts, cfg.subject_start, ctx.steps(run)),
+                      early=run.early_steps(prompts, ctx.subject_start(run), ctx.steps(run)),
                       denoiser_for=run.denoiser_for("", cfg.guidance))
     for file, image in zip(files, images):
         atomic_save_image(file, image)

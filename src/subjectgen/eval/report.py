@@ -11,6 +11,7 @@ import platform
 import warnings
 from pathlib import Path
 
+from ..config import BENCH_PROTOCOL_VERSION
 from ..errors import UserError
 from ..methods import registry
 from ..training.outdir import hold, release
@@ -42,9 +43,13 @@ def read_pair(done: Path) -> dict:
 
 
 def read_protocol(spec: Path) -> dict:
-    """A bench folder's bench.json (the settings it was started with)."""
-    return read_json(spec, f"the bench folder {spec.parent} is damaged; restore the file, or run the bench again in a "
-                           "new --out", keys=())
+    """A bench folder's bench.json (the settings it was started with), read as this version's
+    (config.BENCH_PROTOCOL_VERSION)."""
+    saved = read_json(spec, f"the bench folder {spec.parent} is damaged; restore the file, or run the bench again in "
+                            "a new --out", keys=())
+    if saved.get("version", 1) < 2 and saved.get("subject_start", 0.0) == 0.0:
+        saved["subject_start"] = None  # every run's own was 0 then
+    return {**saved, "version": BENCH_PROTOCOL_VERSION}
 
 
 def summarize(method: str, subjects: dict[str, dict]) -> dict:

@@ -40,7 +40,7 @@ EVAL_BUDGET = 0.20
 # The settings every method shares get these defaults unless the method says otherwise:
 # (Stable Diffusion at 512 px, the small built-in/tiny models).
 COMMON_DEFAULTS = {"batch_size": (1, 1),
-                   "prior_preservation": (False, False), "num_class_images": (100, 32)}
+                   "prior_preservation": (False, False), "num_class_images": (100, 32), "subject_start": (0.0, 0.0)}
 
 
 @dataclass(frozen=True)
@@ -113,6 +113,11 @@ def unregister(name: str) -> None:
 def names(all_methods: bool = False) -> list[str]:
     """The methods `train` and the bench offer (with all_methods, also those only other commands run)."""
     return [name for name, spec in REGISTRY.items() if all_methods or spec.listed]
+
+
+def default_names(name: str) -> list[str]:
+    """The settings whose default the method's spec decides (its own, and the shared COMMON_DEFAULTS)."""
+    return list(dict.fromkeys([*COMMON_DEFAULTS, *get(name).defaults]))
 
 
 def get(name: str) -> MethodSpec:
