@@ -40,6 +40,13 @@ from subjectgen.training.evaluation import choose as rule
 EVAL = ["--eval-every", "50", "--select", "best", "--eval-sample-steps", "25"]  # 25: as the first rows ran
 CAPTIONED = "captions"  # the rows trained on the validation photos with the built-in captioner's NAME.txt
 
+# What each method's defaults were when the grid was fixed, and the sampling and eval settings every row ran at unless
+# it says otherwise: every row pins them, so a row is the same run after the chosen settings became the defaults.
+PINNED = {"lora": ["--train-steps", "300", "--train-lr", "1e-3"],
+          "dreambooth": ["--train-steps", "300", "--train-lr", "1e-4"],
+          "textual-inversion": ["--train-steps", "500", "--train-lr", "5e-3"]}
+PINNED_ALL = ["--eval-every", "0", "--subject-start", "0"]
+
 # method -> (row name, bench flags); the first row is the method's current default. The order is the tie order
 # and the order the rows are run in. "captions" rows train on a copy of the subjects with captions beside the photos;
 # an ON_BEST row is the rule's choice among the rows above it with the row's own flags added (a greedy search).
@@ -134,7 +141,7 @@ def row_flags(method: str, index: int, out: Path) -> list[str] | None:
     """Row `index`'s bench flags, an ON_BEST row's resolved against the rows above it (None while they run)."""
     flags = GRID[method][index][1]
     if ON_BEST not in flags:
-        return list(flags)
+        return pinned(method, flags)
     above = [(name, s) for name, _ in GRID[method][:index]
              if (s := summary(out / "validation" / method / slug(name), method))]
     if len(above) < index:
@@ -142,6 +149,12 @@ def row_flags(method: str, index: int, out: Path) -> list[str] | None:
     best = [name for name, _ in GRID[method]].index(choose(above))
     own = [f for f in flags if f != ON_BEST]
     return [f for f in row_flags(method, best, out) if f not in own] + own
+
+
+def pinned(method: str, flags: list[str]) -> list[str]:
+    """A row's flags with each PINNED setting it does not set itself."""
+    pins = PINNED[method] + PINNED_ALL
+    return list(flags) + [x for i in range(0, len(pins), 2) if pins[i] not in flags for x in pins[i:i + 2]]
 
 
 def training_flags(flags: list[str]) -> list[str]:

@@ -30,7 +30,7 @@ def rescore(folder: Path) -> None:
     folder.rename(previous)
     methods = sorted(p.name for p in (previous / "pairs").iterdir()
                      if p.name not in ("oracle", "baseline", "perfect"))
-    settings = {k: v for k, v in protocol.items() if not k.endswith("_hash")}
+    settings = {k: v for k, v in protocol.items() if not k.endswith("_hash") and k != "version"}
     run_bench(BenchConfig(**settings, methods=methods, out=str(folder), runs_from=str(previous)), progress=False)
     print(f"{folder}: {', '.join(methods)} scored again (the previous scores: {previous})")
 

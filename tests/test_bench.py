@@ -567,8 +567,30 @@ def test_a_version_1_bench_folder_reads_as_this_versions(tmp_path):
     for saved, subject_start in (({"subject_start": 0.0}, None),  # version 1's 0 was every run's own
                                  ({"subject_start": 0.5}, 0.5),
                                  ({"subject_start": 0.0, "version": 2}, 0.0), ({"subject_start": None, "version": 2}, None)):
-        spec.write_text(json.dumps(saved))
-        assert read_protocol(spec) == {"subject_start": subject_start, "version": 2}
+        spec.write_text(json.dumps({**saved, "eval_every": 0, "select": "last"}))
+        legacy = "version" not in saved  # no eval points and the last step: what train kept by default then
+        assert read_protocol(spec) == {"subject_start": subject_start, "version": 2,
+                                       "eval_every": None if legacy else 0, "select": None if legacy else "last"}
+    spec.write_text(json.dumps({"eval_every": 50, "select": "best"}))  # asked for: kept
+    assert read_protocol(spec) == {"eval_every": 50, "select": "best", "subject_start": None, "version": 2}
+
+
+def test_with_each_methods_own_eval_points_the_evaluators_decide_where_a_run_kept_its_best(tmp_path):
+    from subjectgen.eval.bench import eval_settings, evaluators_decide_runs
+    from subjectgen.config import BenchConfig
+
+    own = BenchConfig("emoji", "x").protocol()
+    assert (own["eval_every"], own["select"]) == (None, None)
+    own_points = eval_settings(BenchConfig("emoji", "x", dino="d"))  # train's own, scored by the bench's evaluators
+    assert (own_points["eval_every"], own_points["select"], own_points["eval_dino"]) == (None, None, "d")
+    assert eval_settings(BenchConfig("emoji", "x", eval_every=0)) == {"eval_every": 0}
+    run = tmp_path / "pairs" / "lora" / "dog" / "run" / MANIFEST
+    run.parent.mkdir(parents=True)
+    for select, decide in (("last", False), ("best", True)):
+        run.write_text(json.dumps({"settings": {"select": select}}))
+        assert evaluators_decide_runs(tmp_path, own) == decide
+        assert not evaluators_decide_runs(tmp_path, {**own, "eval_every": 0})
+        assert evaluators_decide_runs(tmp_path, {**own, "select": "best"})
 
 
 def test_a_pair_is_not_trained_at_other_defaults_than_its_folders_finished_runs(tmp_path, monkeypatch):
@@ -584,7 +606,8 @@ def test_a_pair_is_not_trained_at_other_defaults_than_its_folders_finished_runs(
     check_same_defaults(ctx, cfg)  # no finished run: nothing to compare
     done = ctx.out / "pairs" / "lora" / "dog" / "run" / MANIFEST
     done.parent.mkdir(parents=True)
-    done.write_text(json.dumps({"resolution": 64, "settings": {"steps": 300, "lr": 1e-3, "rank": 4}}))
+    done.write_text(json.dumps({"resolution": 64, "settings": {"steps": 300, "lr": 1e-3, "rank": 4, "eval_every": 0,
+                                                                 "select": "last"}}))
     check_same_defaults(ctx, cfg)  # today's defaults on a small model; subject_start is newer than the run
     spec = registry.get("lora")
     monkeypatch.setitem(registry.REGISTRY, "lora", dataclasses.replace(
@@ -593,3 +616,8 @@ def test_a_pair_is_not_trained_at_other_defaults_than_its_folders_finished_runs(
                                         r"\(steps 300 -> 400\)"):
         check_same_defaults(ctx, cfg)
     check_same_defaults(ctx, dataclasses.replace(cfg, steps=300))  # the old value, passed: the same runs
+    monkeypatch.setitem(registry.REGISTRY, "lora", dataclasses.replace(spec, builtin_eval=(8, "best")))
+    builtin = dataclasses.replace(cfg, model="builtin")  # where a method's own eval points apply
+    with pytest.raises(UserError, match=r"\(eval_every 0 -> 37, select last -> best\)"):
+        check_same_defaults(ctx, builtin)
+    check_same_defaults(ctx, dataclasses.replace(builtin, eval_every=0))

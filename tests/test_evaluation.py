@@ -81,6 +81,29 @@ def test_eval_is_on_by_default_only_on_the_built_in_model_where_measured_cheap(m
     assert default_eval_every(short, builtin=True) == 0  # fewer steps than points: none
 
 
+def test_a_methods_own_eval_points_and_kept_step_are_the_defaults_on_the_built_in_model_only(monkeypatch):
+    """MethodSpec.builtin_eval (points, the step kept): resolved on the built-in model, never elsewhere; a flag wins."""
+    import dataclasses
+
+    from subjectgen.config import TrainConfig, resolve_defaults
+    from subjectgen.methods import registry
+
+    def resolved(builtin, **given):
+        cfg = TrainConfig(method="lora", subject_dir="photos", class_noun="dog", out="run", **given)
+        r = resolve_defaults(cfg, 64, builtin)
+        return r.steps, r.eval_every, r.select
+
+    assert resolved(True) == (300, 0, "last")  # LoRA has none today
+    spec = registry.get("lora")
+    monkeypatch.setitem(registry.REGISTRY, "lora", dataclasses.replace(spec, builtin_eval=(8, "best")))
+    assert resolved(True) == (300, 37, "best") and resolved(True, steps=400) == (400, 50, "best")
+    assert resolved(False) == (300, 0, "last")  # no evaluators built in: none, and the last step
+    assert resolved(True, eval_every=0) == (300, 0, "last") and resolved(True, select="last") == (300, 37, "last")
+    assert resolved(True, eval_every=10) == (300, 10, "best")
+    assert "8 points over the steps on the built-in model" in registry.get("lora").defaults_text("eval_every")
+    assert "best with eval points on the built-in model, else last" in registry.get("lora").defaults_text("select")
+
+
 def test_dreambooth_on_the_built_in_model_scores_eval_points_by_default(tmp_path, subject_dir):
     """Where eval_cost.py measured eval points within a fifth of the run (DreamBooth on the built-in model), `train`
     scores them with no flag: eval.csv, the curve in subject.json, the last step kept."""

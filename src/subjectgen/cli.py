@@ -464,12 +464,13 @@ def add_bench_parser(sub) -> None:
     p.add_argument("--apprentice", default="builtin", help="the apprentice of apprentice runs (default: builtin)")
     p.add_argument("--masked-loss", action="store_true", help="train every method with a masked loss, from each "
                    "subject's masks/ folder (EmojiBench ships them)")
-    p.add_argument("--eval-every", type=bench_type("eval_every"), default=0, metavar="N",
+    p.add_argument("--eval-every", type=bench_type("eval_every"), default=None, metavar="N",
                    help="each trained run scores eval points every N steps with the bench's evaluators (train "
-                        "--eval-every): its curve goes to the trade-off figure (default: 0, none)")
-    p.add_argument("--select", choices=("last", "best"), default="last",
+                        "--eval-every): its curve goes to the trade-off figure (default: each method's own, as train "
+                        "scores them on the model; 0: none)")
+    p.add_argument("--select", choices=("last", "best"), default=None,
                    help="the step each trained run keeps: the last, or with --eval-every the one the rule in "
-                        "docs/BENCHMARK.md chooses (train --select; default: last)")
+                        "docs/BENCHMARK.md chooses (train --select; default: each method's own, as train keeps it)")
     p.add_argument("--eval-sample-steps", type=bench_type("eval_sample_steps"), metavar="N",
                    help="sampler steps of the eval points' images (train --eval-sample-steps; default: train's)")
     p.add_argument("--sample-steps", type=bench_type("sample_steps"),

@@ -119,9 +119,7 @@ class TrainConfig:
                                             factory=lambda: ["a {subject}", "a {subject} on the beach"])
     eval_every: int | None = setting(None, NON_NEGATIVE_INT, help="score likeness (DINO, CLIP-I) and "
                                      "prompt-following (CLIP-T) every N steps on held-out prompts, beside the base "
-                                     "model's: eval.csv (default: every fifth of the steps on the built-in model for "
-                                     "the methods where that costs at most a fifth of the training: "
-                                     f"{', '.join(registry.eval_on_builtin()) or 'none'}; else 0, none)")
+                                     "model's: eval.csv")
     eval_prompts: list[str] = setting(help="a held-out prompt with {subject} for --eval-every (repeatable; default: "
                                       "one per DreamBench prompt type: 'a {subject} on the beach', 'a {subject} "
                                       "wearing a santa hat' for a dog or cat, 'a red {subject}')",
@@ -134,8 +132,8 @@ class TrainConfig:
                                     "the built-in model, else facebook/dino-vits16)")
     eval_clip: str | None = setting(None, help="CLIP for --eval-every: a CLIPModel folder or hub id (default: builtin "
                                     "on the built-in model, else openai/clip-vit-base-patch32)")
-    select: str = setting("last", choices=("last", "best"), help="the weights a run keeps: the last step's, or with "
-                          "--eval-every the eval point the rule in docs/BENCHMARK.md chooses (default: last)")
+    select: str | None = setting(None, choices=("last", "best"), help="the weights a run keeps: the last step's, or "
+                                 "with --eval-every the eval point the rule in docs/BENCHMARK.md chooses")
     subject_start: float | None = setting(None, FRACTION_BELOW_1, help="the run's own generate --subject-start, "
                                           "which generate and the bench sample it with unless told otherwise: the "
                                           "fraction of the steps sampled without the subject, so the scene follows "
@@ -198,14 +196,21 @@ def default_eval_sample_steps(resolution: int, sample_steps: int) -> int:
 
 
 def default_eval_every(cfg: TrainConfig, builtin: bool) -> int:
-    """--eval-every when none is given: every 1/EVAL_POINTS of the steps on the built-in model (whose evaluators
-    are built in) for the methods where that is cheap (registry.eval_on_builtin), else 0."""
-    on = builtin and registry.get(cfg.method).eval_on_builtin and cfg.steps >= registry.EVAL_POINTS
-    return cfg.steps // registry.EVAL_POINTS if on else 0
+    """--eval-every when none is given: on the built-in model (whose evaluators are built in) the method's own points
+    spread evenly over the steps (MethodSpec.builtin_eval; none with fewer steps than points), else 0."""
+    own = registry.get(cfg.method).builtin_eval if builtin else None
+    return cfg.steps // own[0] if own and cfg.steps >= own[0] else 0
 
 
-def resolve_defaults(cfg: TrainConfig, resolution: int) -> TrainConfig:
-    """Fill every `None` setting with the method's default for a model of this resolution."""
+def default_select(cfg: TrainConfig, builtin: bool) -> str:
+    """--select when none is given: with eval points on the built-in model the method's own, else the last step."""
+    own = registry.get(cfg.method).builtin_eval if builtin else None
+    return own[1] if own and cfg.eval_every else "last"
+
+
+def resolve_defaults(cfg: TrainConfig, resolution: int, builtin: bool = False) -> TrainConfig:
+    """Fill every `None` setting with the method's default for a model of this resolution (`builtin`: the built-in
+    model, whose evaluators are built in, where a method may score eval points by default)."""
     spec, small = registry.get(cfg.method), resolution < 256
     data = cfg.to_dict()
     for name in registry.default_names(cfg.method):
@@ -216,7 +221,12 @@ def resolve_defaults(cfg: TrainConfig, resolution: int) -> TrainConfig:
     if data["prior_preservation"] and data["num_class_images"] < 1:
         raise UserError("--num-class-images must be at least 1 with prior preservation "
                         "(or pass --no-prior-preservation)")
-    return TrainConfig.from_dict(data)
+    resolved = TrainConfig.from_dict(data)
+    if resolved.eval_every is None:
+        resolved.eval_every = default_eval_every(resolved, builtin)
+    if resolved.select is None:
+        resolved.select = default_select(resolved, builtin)
+    return resolved
 
 
 @dataclass
@@ -307,8 +317,9 @@ class FarmSettings:
 FILTER_TAU_T, FILTER_TAU_S = 0.257, 0.012
 
 
-# bench.json's version. 2: `subject_start` None samples each run with its own (train --subject-start); version 1 had
-# no such default, and its 0.0 meant what None means now (every run's own was 0).
+# bench.json's version. 2: None for `subject_start`, `eval_every` and `select` is each run's own, as `train` and
+# `generate` do by default (eval.report.read_protocol reads a version-1 folder's 0, 0 and "last" as None: the same
+# images, as no eval point changes the weights a run keeps last).
 BENCH_PROTOCOL_VERSION = 2
 
 
@@ -330,8 +341,10 @@ class BenchConfig:
     promptnet: str = "builtin"      # ProFusion's pretrained PromptNet (train profusion --promptnet)
     apprentice: str = "builtin"     # the apprentice (train apprentice --apprentice)
     masked_loss: bool = False       # train on the subject's masks only (SUBJECT/masks/, as EmojiBench ships)
-    eval_every: int = setting(0, NON_NEGATIVE_INT)  # each trained run's eval points (train --eval-every), 0: none
-    select: str = setting("last", choices=("last", "best"))  # the step each run keeps (train --select)
+    # each trained run's eval points (train --eval-every; 0: none) and the step it keeps (train --select); None:
+    # each method's own, as `train` does by default on the model
+    eval_every: int | None = setting(None, NON_NEGATIVE_INT)
+    select: str | None = setting(None, choices=("last", "best"))
     eval_sample_steps: int | None = setting(None, SAMPLER_STEPS)  # the eval points' sampler steps (train's flag)
     # steps sampled without the subject (generate's flag); None: each run's own (train --subject-start)
     subject_start: float | None = setting(None, FRACTION_BELOW_1)
@@ -348,7 +361,7 @@ class BenchConfig:
     def __post_init__(self) -> None:
         check_settings(self)
         check_sample_options(self.sample_options)
-        if self.select not in ("last", "best"):
+        if self.select not in (None, "last", "best"):
             raise UserError(f"--select must be last or best, got {self.select!r}")
         if self.select == "best" and not self.eval_every:
             raise UserError("--select best needs --eval-every N (the eval points each run chooses among)")

@@ -111,8 +111,7 @@ def reusable(folder: Path, protocol: dict) -> set[str]:
     if not spec.is_file():
         raise UserError(f"--runs-from {folder} is not a bench folder (no bench.json); give an earlier --out")
     differ = differing_settings(spec, protocol)
-    # with eval points the evaluators decide a run too: --select best keeps the step they score best
-    training = TRAINING_KEYS + (EVALUATOR_KEYS if protocol.get("eval_every") else ())
+    training = TRAINING_KEYS + (EVALUATOR_KEYS if evaluators_decide_runs(folder, protocol) else ())
     found = set() if set(differ) & set(training) else {"runs"}
     if not set(differ) - set(METHOD_ONLY_KEYS):
         found.add("baseline")
@@ -122,6 +121,20 @@ def reusable(folder: Path, protocol: dict) -> set[str]:
         raise UserError(f"--runs-from {folder} was benchmarked with other settings ({', '.join(differ)}); give a "
                         "folder with the same model, subjects and training or sampling settings")
     return found
+
+
+def evaluators_decide_runs(folder: Path, protocol: dict) -> bool:
+    """Whether the evaluators decide the runs of a bench folder: --select best keeps the step they score best, so
+    another DINO may keep another step. With each method's own (None), where a run in the folder kept its best."""
+    from ..adapters import MANIFEST
+    from ..safeio import read_json
+
+    if protocol.get("eval_every") == 0 or protocol.get("select") == "last":
+        return False
+    if protocol.get("select") == "best":
+        return True
+    return any(read_json(m, f"remove {m.parent.parent} to train that pair again").get("settings", {}).get("select")
+               == "best" for m in sorted(folder.glob(f"pairs/*/*/run/{MANIFEST}")))
 
 
 def check_out(out: Path, protocol: dict, write: bool = True) -> None:
@@ -396,6 +409,7 @@ def check_same_defaults(ctx: Context, cfg) -> None:
     changed them (the settings chosen on the validation subjects becoming the built-in model's) would otherwise
     train the rest of the folder at other settings, with nothing to say so. A one-line error naming them."""
     from ..adapters import MANIFEST
+    from ..assets import builtin_path
     from ..config import resolve_defaults
     from ..safeio import read_json
 
@@ -403,8 +417,9 @@ def check_same_defaults(ctx: Context, cfg) -> None:
     if done is None:
         return
     record = read_json(done, f"remove {done.parent.parent} to train that pair again", keys=("resolution",))
-    saved, now = record.get("settings", {}), resolve_defaults(cfg, record["resolution"]).to_dict()
-    changed = [f"{k} {saved[k]} -> {now[k]}" for k in registry.default_names(cfg.method)
+    builtin = builtin_path("model", cfg.model) is not None
+    saved, now = record.get("settings", {}), resolve_defaults(cfg, record["resolution"], builtin).to_dict()
+    changed = [f"{k} {saved[k]} -> {now[k]}" for k in (*registry.default_names(cfg.method), "eval_every", "select")
                if k in saved and saved[k] != now[k]]  # a setting newer than the run: not compared
     if changed:
         raise UserError(f"--out {ctx.out}: its {cfg.method} runs were trained at other defaults than this "
@@ -413,8 +428,9 @@ def check_same_defaults(ctx: Context, cfg) -> None:
 
 
 def eval_settings(cfg: BenchConfig) -> dict:
-    """A trained run's eval points, scored with the bench's own evaluators (train --eval-every, --select)."""
-    if not cfg.eval_every:  # none, whatever `train` would score by default: the bench's protocol decides
+    """A trained run's eval points (train --eval-every, --select; None: the method's own on the model), scored with
+    the bench's own evaluators."""
+    if cfg.eval_every == 0:  # none, whatever `train` would score by default
         return {"eval_every": 0}
     return {"eval_every": cfg.eval_every, "select": cfg.select, "eval_sample_steps": cfg.eval_sample_steps,
             "eval_dino": cfg.dino, "eval_clip": cfg.clip}

@@ -47,8 +47,11 @@ def read_protocol(spec: Path) -> dict:
     (config.BENCH_PROTOCOL_VERSION)."""
     saved = read_json(spec, f"the bench folder {spec.parent} is damaged; restore the file, or run the bench again in "
                             "a new --out", keys=())
-    if saved.get("version", 1) < 2 and saved.get("subject_start", 0.0) == 0.0:
-        saved["subject_start"] = None  # every run's own was 0 then
+    if saved.get("version", 1) < 2:
+        if saved.get("subject_start", 0.0) == 0.0:
+            saved["subject_start"] = None  # every run's own was 0 then
+        if saved.get("eval_every", 0) == 0 and saved.get("select", "last") == "last":
+            saved.update(eval_every=None, select=None)  # the weights kept were the last step's, as train's own
     return {**saved, "version": BENCH_PROTOCOL_VERSION}
 
 

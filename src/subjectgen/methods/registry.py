@@ -32,8 +32,10 @@ TRAINING_SETTINGS = (*PRIOR_SETTINGS, "token", "steps", "lr", "batch_size", "see
                      "checkpoint_every", "validate_every", "validation_prompts", "eval_every", "eval_prompts",
                      "eval_sample_steps", "eval_dino", "eval_clip", "select", "captioning", "captioner")
 
-# Evaluation inside training on by default: at EVAL_POINTS points (every 1/EVAL_POINTS of the steps), for the methods
-# whose eval_on_builtin is set, where the points cost at most EVAL_BUDGET of the training (docs/RESULTS.md).
+# Evaluation inside training on by default on the built-in model (whose evaluators are built in): a method's
+# builtin_eval, where the points cost at most EVAL_BUDGET of the training (benchmarks/eval_cost.py) or the fair
+# comparison chose steps by rule (docs/RESULTS.md). EVAL_POINTS: the points eval_cost.py measures a method without
+# its own at (every fifth of the steps).
 EVAL_POINTS = 5
 EVAL_BUDGET = 0.20
 
@@ -56,8 +58,8 @@ class MethodSpec:
     drops: tuple[str, ...] = ()                  # shared settings that do nothing for this method (no flag for them)
     photos_used: int | None = None               # how many of the subject's photos it uses, the first ones (None: all)
     families: tuple[str, ...] | None = None      # the model families it is built for (backbones/); None: every one
-    eval_on_builtin: bool = False                # --eval-every on by default on the built-in model: where its cost
-                                                 # is at most EVAL_BUDGET of the training (benchmarks/eval_cost.py)
+    builtin_eval: tuple[int, str] | None = None  # (eval points, the step --select keeps) by default on the built-in
+                                                 # model, the points spread evenly over the steps; None: no points
 
     def runs_on(self, family: str) -> bool:
         return self.families is None or family in self.families
@@ -85,6 +87,10 @@ class MethodSpec:
         return None if pair is None else pair[int(small)]
 
     def defaults_text(self, name: str) -> str:
+        if name in ("eval_every", "select") and self.builtin_eval:
+            points, select = self.builtin_eval
+            return (f"default: {points} points over the steps on the built-in model, else none" if name == "eval_every"
+                    else f"default: {select} with eval points on the built-in model, else last")
         pair = self.defaults.get(name, COMMON_DEFAULTS.get(name))
         if pair is None:
             return ""
@@ -138,7 +144,7 @@ register(MethodSpec(
     own_settings=("instance_prompt", "train_text_encoder"),
     defaults={"steps": (800, 300), "lr": (5e-6, 1e-4), "prior_preservation": (True, True)},
     token_help="identifier (default: a rare token from the tokenizer, 'sks'-like)",
-    eval_on_builtin=True))  # within EVAL_BUDGET there (docs/RESULTS.md; LoRA's and TI's runs are not)
+    builtin_eval=(EVAL_POINTS, "last")))  # within EVAL_BUDGET there (docs/RESULTS.md; LoRA's and TI's runs are not)
 register(MethodSpec(
     "textual-inversion", "learn a new word embedding; the model stays frozen",
     "subjectgen.methods.textual_inversion:TextualInversion",
@@ -193,5 +199,5 @@ register(MethodSpec(
 
 
 def eval_on_builtin() -> list[str]:
-    """The methods that score eval points by default on the built-in model (MethodSpec.eval_on_builtin)."""
-    return [name for name, spec in REGISTRY.items() if spec.listed and spec.eval_on_builtin]
+    """The methods that score eval points by default on the built-in model (MethodSpec.builtin_eval)."""
+    return [name for name, spec in REGISTRY.items() if spec.listed and spec.builtin_eval]

@@ -23,7 +23,7 @@ from .. import assets
 from ..adapters import MANIFEST
 from ..backbones import FAMILIES
 from ..captions import caption_missing, load_captioner, write_captions
-from ..config import TrainConfig, default_eval_every, default_eval_sample_steps, resolve_defaults
+from ..config import TrainConfig, default_eval_sample_steps, resolve_defaults
 from ..errors import TrainingDiverged, UserError
 from ..methods import registry
 from ..models import load_model
@@ -88,11 +88,10 @@ class Trainer:
         family = self.components.backbone
         registry.get(cfg.method).check_family(family.name, {n: b.title for n, b in FAMILIES.items()})
         check_family_settings(cfg, family)
-        self.cfg = resolve_defaults(cfg, self.components.resolution)
+        builtin = assets.builtin_path("model", cfg.model) is not None  # its evaluators are built in
+        self.cfg = resolve_defaults(cfg, self.components.resolution, builtin)
         if cfg.sample_steps is None:  # the family's (a step-distilled model's few), for class images and grids
             self.cfg.sample_steps = family.default_steps(self.components)
-        if cfg.eval_every is None:
-            self.cfg.eval_every = default_eval_every(self.cfg, assets.builtin_path("model", cfg.model) is not None)
         if self.cfg.select == "best" and not self.cfg.eval_every:
             raise UserError(f"--select best needs --eval-every N (the eval points it chooses among; {cfg.method} "
                             "scores none by default here)")
