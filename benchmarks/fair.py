@@ -32,6 +32,7 @@ from pathlib import Path
 
 from starting_point import validation_folder
 
+from subjectgen.config import EVAL_SAMPLE_STEPS_SMALL
 from subjectgen.eval.html import fmt
 from subjectgen.eval.report import type_table
 from subjectgen.training.evaluation import CLIP_T_SHARE, EvalPoint
@@ -286,6 +287,20 @@ def contact_sheets(out: Path, results: dict[str, tuple[list, str | None]], folde
     return written
 
 
+def builtin_defaults(method: str) -> str:
+    """The method's defaults on the built-in model today (the registry's), so the report says whether the choice
+    became them: the grid's first row pins what they were."""
+    from subjectgen.methods import registry
+
+    spec = registry.get(method)
+    steps, lr, start = (spec.default(k, small=True) for k in ("steps", "lr", "subject_start"))
+    evaluation = (f"{spec.builtin_eval[0]} eval points (every {steps // spec.builtin_eval[0]} steps, at "
+                  f"`--eval-sample-steps` {EVAL_SAMPLE_STEPS_SMALL}), the {spec.builtin_eval[1]} step kept"
+                  if spec.builtin_eval else "no eval points, the last step kept")
+    return (f"The built-in model's defaults for {method} today: {steps} steps at lr {lr:g}, {evaluation}, "
+            f"`--subject-start` {start:g}; the first row pins {' '.join(PINNED[method])}.")
+
+
 def report_validation(results: dict[str, tuple[list, str | None]]) -> None:
     for method, (rows, chosen) in results.items():
         print(f"### {method} on the validation subjects ({len(rows)} of {len(GRID[method])} rows finished)\n")
@@ -296,6 +311,7 @@ def report_validation(results: dict[str, tuple[list, str | None]]) -> None:
         if method in GRID_HISTORY:
             print(GRID_HISTORY[method])
         print("Chosen by the rule: " + (f"**{chosen}**." if chosen else "not yet (rows unfinished).") + "\n")
+        print(builtin_defaults(method) + "\n")
 
 
 def run_emojibench(out: Path, choices: dict[str, str], deadline: float) -> None:

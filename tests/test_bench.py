@@ -608,15 +608,17 @@ def test_a_pair_is_not_trained_at_other_defaults_than_its_folders_finished_runs(
     done.parent.mkdir(parents=True)
     done.write_text(json.dumps({"resolution": 64, "settings": {"steps": 300, "lr": 1e-3, "rank": 4, "eval_every": 0,
                                                                  "select": "last"}}))
-    check_same_defaults(ctx, cfg)  # today's defaults on a small model; subject_start is newer than the run
     spec = registry.get("lora")
+    old = dataclasses.replace(spec, defaults={"steps": (500, 300), "lr": (1e-4, 1e-3)}, builtin_eval=None)
+    monkeypatch.setitem(registry.REGISTRY, "lora", old)
+    check_same_defaults(ctx, cfg)  # the run's own version's defaults on a small model
     monkeypatch.setitem(registry.REGISTRY, "lora", dataclasses.replace(
-        spec, defaults={**spec.defaults, "steps": (500, 400), "subject_start": (0.0, 0.4)}))
+        old, defaults={**old.defaults, "steps": (500, 400), "subject_start": (0.0, 0.4)}))
     with pytest.raises(UserError, match=r"its lora runs were trained at other defaults than this version's "
-                                        r"\(steps 300 -> 400\)"):
+                                        r"\(steps 300 -> 400\)"):  # subject_start: newer than the run, not compared
         check_same_defaults(ctx, cfg)
     check_same_defaults(ctx, dataclasses.replace(cfg, steps=300))  # the old value, passed: the same runs
-    monkeypatch.setitem(registry.REGISTRY, "lora", dataclasses.replace(spec, builtin_eval=(8, "best")))
+    monkeypatch.setitem(registry.REGISTRY, "lora", dataclasses.replace(old, builtin_eval=(8, "best")))
     builtin = dataclasses.replace(cfg, model="builtin")  # where a method's own eval points apply
     with pytest.raises(UserError, match=r"\(eval_every 0 -> 37, select last -> best\)"):
         check_same_defaults(ctx, builtin)

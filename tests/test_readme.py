@@ -8,7 +8,7 @@ They run in one scratch folder (a later block uses what an earlier one wrote: `g
 
 - the scratch folder holds a link `src` to the repository's src/, so the paths into the package (the bundled
   sample subject, the built-in model's folder) work as written;
-- less work, so that the whole README runs in under a minute at one thread (the built-in model's defaults, 300
+- less work, so that the whole README runs in under a minute at one thread (the built-in model's defaults, 400
   training steps and 25 sampler steps per image, and the quick bench's two subjects would take several): each
   command gets the flags of FAST appended (argparse takes the last of a repeated flag; the bench keeps every
   method, on one subject, one prompt, one image), and a Python snippet's `model="builtin"` becomes

@@ -91,11 +91,26 @@ def summary(manifest: dict, prompts: list[str], scores: dict, what: str) -> list
     happened, worse included."""
     base, mine = scores["base"]["mean"], scores["personalized"]["mean"]
     phrase, noun = manifest["subject"], manifest["class"]
-    did = (f"The demo trained LoRA for {manifest['settings']['steps']} steps on the photos of {what}, then drew "
+    did = (f"The demo trained LoRA for {trained(manifest)} on the photos of {what}, then drew "
            f"{len(prompts)} prompts with the same seeds twice: with the base model ('a {noun}') and with the "
-           f"personalized one ('{expand_subject('a {subject}', phrase)}'). Look down each row: the personalized images "
-           f"should show this {noun}, as in its photos, in the prompt's scene.")
+           f"personalized one ('{expand_subject('a {subject}', phrase)}'{sampled(manifest)}). Look down each row: the "
+           f"personalized images should show this {noun}, as in its photos, in the prompt's scene.")
     return [did, likeness(base, mine), prompt_following(prompts, scores, phrase)]
+
+
+def trained(manifest: dict) -> str:
+    """How long the run trained and which step it kept (with eval points, the step the rule chose)."""
+    steps, evaluation = manifest["settings"]["steps"], manifest.get("evaluation")
+    if evaluation and evaluation["select"] == "best":
+        return (f"{steps} steps and kept step {evaluation['chosen_step']}, the most likeness that keeps the base "
+                "model's prompt-following (docs/BENCHMARK.md)")
+    return f"{steps} steps"
+
+
+def sampled(manifest: dict) -> str:
+    """The run's own --subject-start, in words: the first steps draw the scene without the subject."""
+    start = manifest["settings"].get("subject_start") or 0
+    return f", its first {start:.0%} of the steps drawn without the subject so the scene comes first" if start else ""
 
 
 def likeness(base: dict, mine: dict) -> str:
