@@ -29,14 +29,16 @@ def main() -> None:
     record = json.loads((SHIPPED / "training.json").read_text())
     cfg = record["config"]
     spec = json.loads((DEMO / "demo.json").read_text())
+    kept = manifest.get("evaluation", {}).get("chosen_step") if manifest["settings"]["select"] == "best" else None
     print(f"`subjectgen demo` ('{spec['subject']}', {spec['class']}: {spec['note']}; LoRA "
-          f"{manifest['settings']['steps']} steps, {len(spec['prompts'])} prompts x 2 images "
+          f"{manifest['settings']['steps']} steps{f', step {kept} kept by the rule' if kept else ''}, "
+          f"{len(spec['prompts'])} prompts x 2 images "
           f"for base and personalized): **{seconds:.0f} s** wall clock on {torch.get_num_threads()} CPU threads, "
           f"of which training {manifest['metrics']['train_seconds']:.0f} s "
           f"({manifest['metrics']['steps_per_second']:.1f} steps/s).\n")
     print("| demo images | DINO | CLIP-I | CLIP-T |\n|---|---|---|---|")
-    for name, score in scores.items():
-        print(f"| {name} | " + " | ".join(f"{score['mean'][m]:.3f}" for m in ("dino", "clip_i", "clip_t")) + " |")
+    for name in ("base", "personalized"):  # scores.json also holds the report's summary lines
+        print(f"| {name} | " + " | ".join(f"{scores[name]['mean'][m]:.3f}" for m in ("dino", "clip_i", "clip_t")) + " |")
     print("\nBuilt-in model (`src/subjectgen/assets/builtin/training.json`):\n")
     print("| stage | steps | batch | device | total time |\n|---|---|---|---|---|")
     print(f"| VAE | {cfg['vae_steps']} | {cfg['vae_batch']} | {record['device']} | |")

@@ -12,6 +12,8 @@ The rule and the grid were committed before any of these runs (docs/BENCHMARK.md
   highest CLIP-T (the least drift) — the same rule as the step's, one level up.
 - **EmojiBench** (`--stage emojibench`): each method whose validation rows are all finished, at its current
   default and at its chosen row, 25 prompts x 2 images (so DIV exists), PRES on.
+- **Pins**: every row passes the settings a default could change (PINNED: the grid's first row is the method's
+  default when the grid was fixed), so a row is the same run after the chosen settings became the defaults.
 
 Resumable: a rerun reuses every finished pair (the bench's own resume), and the baseline is copied between
 folders of one set (`--runs-from`). `--max-minutes` stops the slice at a deadline (the bench pair in flight is

@@ -16,7 +16,9 @@ def train_alternately(out: Path, subjects: tuple[str, ...], variants: dict[str, 
     """Train each variant (label -> [method, *flags]) on each subject, alternately, at one thread. Returns by
     (label, subject) the run's time to subject, its process's wall-clock seconds and its CPU seconds (user +
     system: steadier than wall clock on a busy machine), kept in out/walls.json so a rerun reads the runs made the
-    first time."""
+    first time — while the command and the method's defaults are the same (a version that changed them trains
+    again)."""
+    from subjectgen.methods import registry
     from subjectgen.world.build import subject_class
 
     walls_file, seconds = out / "walls.json", {}
@@ -24,13 +26,16 @@ def train_alternately(out: Path, subjects: tuple[str, ...], variants: dict[str, 
     for subject in subjects:
         for label, (method, *extra) in variants.items():
             run = out / f"{label.replace(' ', '_')}-{subject}"
-            if not (run / "subject.json").is_file() or run.name not in walls:
+            spec = registry.get(method)
+            made_as = [method, *extra, repr(sorted(spec.defaults.items())), repr(spec.builtin_eval)]
+            if not (run / "subject.json").is_file() or walls.get(run.name, {}).get("made_as") != made_as:
                 started, cpu = time.perf_counter(), _children_cpu()
                 subprocess.run([sys.executable, "-m", "subjectgen.cli", "--threads", "1", "train", method, "--subject",
                                 f"src/subjectgen/assets/emojibench/{subject}", "--class", subject_class(subject),
                                 "--out", str(run), "--overwrite", "--quiet", *extra], check=True,
                                stdout=subprocess.DEVNULL)
-                walls[run.name] = {"wall": time.perf_counter() - started, "cpu": _children_cpu() - cpu}
+                walls[run.name] = {"wall": time.perf_counter() - started, "cpu": _children_cpu() - cpu,
+                                   "made_as": made_as}
                 walls_file.write_text(json.dumps(walls, indent=1))
             to_subject = json.loads((run / "subject.json").read_text())["metrics"]["time_to_subject_seconds"]
             seconds[label, subject] = {"to_subject": to_subject, **walls[run.name]}
