@@ -330,6 +330,9 @@ def run_emojibench(out: Path, choices: dict[str, str], deadline: float) -> None:
                 from subjectgen.eval.prompts import resolve_bench
                 source = captioned_folder(str(resolve_bench("emoji")), out / "emojibench-captioned")
             reuse = ["--runs-from", str(first)] if folder != first and CAPTIONED not in flags else []
+            if folder == first:  # the baseline, from another method's first folder (the same images)
+                others = [out / "emojibench" / m / slug(GRID[m][0][0]) for m in GRID if m != method]
+                reuse = next((["--runs-from", str(o)] for o in others if (o / "bench.json").is_file()), [])
             bench(["--bench", source, "--methods", method, "--images-per-prompt", "2", "--dino", "builtin",
                    "--clip", "builtin", "--out", str(folder), *[f for f in flags if f != CAPTIONED], *reuse], deadline)
 
