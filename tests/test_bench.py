@@ -623,3 +623,17 @@ def test_a_pair_is_not_trained_at_other_defaults_than_its_folders_finished_runs(
     with pytest.raises(UserError, match=r"\(eval_every 0 -> 37, select last -> best\)"):
         check_same_defaults(ctx, builtin)
     check_same_defaults(ctx, dataclasses.replace(builtin, eval_every=0))
+
+
+def test_the_demo_says_which_step_it_kept_and_why():
+    from subjectgen.demo import sampled, trained
+
+    curve = [{"step": 50, "clip_t": 0.62}, {"step": 100, "clip_t": 0.50}]
+    run = {"settings": {"steps": 400, "subject_start": 0.4},
+           "evaluation": {"select": "best", "chosen_step": 50, "curve": curve, "base": {"clip_t": 0.65}}}
+    assert trained(run).startswith("400 steps and kept step 50, the most likeness that keeps 90%")
+    run["evaluation"]["base"]["clip_t"] = 0.80  # 0.62 < 0.72: the rule's fallback
+    assert "the one that kept the most of the base model's prompt-following (none kept 90% of it)" in trained(run)
+    assert "first 40% of the steps drawn without the subject" in sampled(run)
+    last = {"settings": {"steps": 300, "subject_start": 0.0}, "evaluation": {**run["evaluation"], "select": "last"}}
+    assert (trained(last), sampled(last)) == ("300 steps", "")

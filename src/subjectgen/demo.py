@@ -99,12 +99,17 @@ def summary(manifest: dict, prompts: list[str], scores: dict, what: str) -> list
 
 
 def trained(manifest: dict) -> str:
-    """How long the run trained and which step it kept (with eval points, the step the rule chose)."""
+    """How long the run trained and which step it kept (with eval points, the step the rule chose, and why)."""
+    from .training.evaluation import CLIP_T_SHARE
+
     steps, evaluation = manifest["settings"]["steps"], manifest.get("evaluation")
-    if evaluation and evaluation["select"] == "best":
-        return (f"{steps} steps and kept step {evaluation['chosen_step']}, the most likeness that keeps the base "
-                "model's prompt-following (docs/BENCHMARK.md)")
-    return f"{steps} steps"
+    if not evaluation or evaluation["select"] != "best":
+        return f"{steps} steps"
+    kept = next(p for p in evaluation["curve"] if p["step"] == evaluation["chosen_step"])
+    why = (f"the most likeness that keeps {CLIP_T_SHARE:.0%} of the base model's prompt-following"
+           if kept["clip_t"] >= CLIP_T_SHARE * evaluation["base"]["clip_t"] else
+           f"the one that kept the most of the base model's prompt-following (none kept {CLIP_T_SHARE:.0%} of it)")
+    return f"{steps} steps and kept step {kept['step']}, {why} (docs/BENCHMARK.md)"
 
 
 def sampled(manifest: dict) -> str:
