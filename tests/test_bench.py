@@ -587,7 +587,7 @@ def test_with_each_methods_own_eval_points_the_evaluators_decide_where_a_run_kep
     run = tmp_path / "pairs" / "lora" / "dog" / "run" / MANIFEST
     run.parent.mkdir(parents=True)
     for select, decide in (("last", False), ("best", True)):
-        run.write_text(json.dumps({"settings": {"select": select}}))
+        run.write_text(json.dumps({"resolution": 64, "settings": {"select": select}}))
         assert evaluators_decide_runs(tmp_path, own) == decide
         assert not evaluators_decide_runs(tmp_path, {**own, "eval_every": 0})
         assert evaluators_decide_runs(tmp_path, {**own, "select": "best"})

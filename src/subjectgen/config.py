@@ -198,14 +198,19 @@ def default_eval_sample_steps(resolution: int, sample_steps: int) -> int:
 def default_eval_every(cfg: TrainConfig, builtin: bool) -> int:
     """--eval-every when none is given: on the built-in model (whose evaluators are built in) the method's own points
     spread evenly over the steps (MethodSpec.builtin_eval; none with fewer steps than points), else 0."""
-    own = registry.get(cfg.method).builtin_eval if builtin else None
+    own = own_eval(cfg, builtin)
     return cfg.steps // own[0] if own and cfg.steps >= own[0] else 0
 
 
 def default_select(cfg: TrainConfig, builtin: bool) -> str:
     """--select when none is given: with eval points on the built-in model the method's own, else the last step."""
-    own = registry.get(cfg.method).builtin_eval if builtin else None
+    own = own_eval(cfg, builtin)
     return own[1] if own and cfg.eval_every else "last"
+
+
+def own_eval(cfg: TrainConfig, builtin: bool) -> tuple[int, str] | None:
+    """The method's own (eval points, kept step), which apply on the built-in model only (MethodSpec.builtin_eval)."""
+    return registry.get(cfg.method).builtin_eval if builtin else None
 
 
 def resolve_defaults(cfg: TrainConfig, resolution: int, builtin: bool = False) -> TrainConfig:

@@ -126,15 +126,21 @@ def reusable(folder: Path, protocol: dict) -> set[str]:
 def evaluators_decide_runs(folder: Path, protocol: dict) -> bool:
     """Whether the evaluators decide the runs of a bench folder: --select best keeps the step they score best, so
     another DINO may keep another step. With each method's own (None), where a run in the folder kept its best."""
-    from ..adapters import MANIFEST
-    from ..safeio import read_json
-
     if protocol.get("eval_every") == 0 or protocol.get("select") == "last":
         return False
     if protocol.get("select") == "best":
         return True
-    return any(read_json(m, f"remove {m.parent.parent} to train that pair again").get("settings", {}).get("select")
-               == "best" for m in sorted(folder.glob(f"pairs/*/*/run/{MANIFEST}")))
+    return any(run.get("settings", {}).get("select") == "best" for run in finished_runs(folder))
+
+
+def finished_runs(folder: Path, method: str = "*"):
+    """The manifests (subject.json) of a bench folder's trained runs, of one method or all, in a fixed order, read
+    as they are asked for (next() reads one)."""
+    from ..adapters import MANIFEST
+    from ..safeio import read_json
+
+    for path in sorted(folder.glob(f"pairs/{method}/*/run/{MANIFEST}")):
+        yield read_json(path, f"remove {path.parent.parent} to train that pair again", keys=("resolution",))
 
 
 def check_out(out: Path, protocol: dict, write: bool = True) -> None:
@@ -408,15 +414,12 @@ def check_same_defaults(ctx: Context, cfg) -> None:
     """A pair about to train must get the defaults its method's finished runs in this folder got: a version that
     changed them (the settings chosen on the validation subjects becoming the built-in model's) would otherwise
     train the rest of the folder at other settings, with nothing to say so. A one-line error naming them."""
-    from ..adapters import MANIFEST
     from ..assets import builtin_path
     from ..config import resolve_defaults
-    from ..safeio import read_json
 
-    done = next(iter(sorted((ctx.out / "pairs" / cfg.method).glob(f"*/run/{MANIFEST}"))), None)
-    if done is None:
+    record = next(finished_runs(ctx.out, cfg.method), None)
+    if record is None:
         return
-    record = read_json(done, f"remove {done.parent.parent} to train that pair again", keys=("resolution",))
     builtin = builtin_path("model", cfg.model) is not None
     saved, now = record.get("settings", {}), resolve_defaults(cfg, record["resolution"], builtin).to_dict()
     changed = [f"{k} {saved[k]} -> {now[k]}" for k in (*registry.default_names(cfg.method), "eval_every", "select")
