@@ -101,7 +101,7 @@ def add_setting(parser, f, spec) -> None:
     per_size = spec.defaults_text(f.name)
     text = f"{text} ({per_size})" if per_size else text
     kwargs = {"dest": f.name, "help": text}
-    if str(f.type).startswith("str") or f.default_factory is not MISSING:
+    if (str(f.type).startswith("str") and "choices" not in meta) or f.default_factory is not MISSING:
         kwargs["metavar"] = meta.get("metavar", name.lstrip("-").split("-")[-1].upper())
     if f.default is MISSING and f.default_factory is MISSING:
         kwargs["required"] = True
