@@ -45,10 +45,12 @@ CAPTIONED = "captions"  # the rows trained on the validation photos with the bui
 
 # What each method's defaults were when the grid was fixed, and the sampling and eval settings every row ran at unless
 # it says otherwise: every row pins them, so a row is the same run after the chosen settings became the defaults.
-PINNED = {"lora": ["--train-steps", "300", "--train-lr", "1e-3"],
-          "dreambooth": ["--train-steps", "300", "--train-lr", "1e-4"],
-          "textual-inversion": ["--train-steps", "500", "--train-lr", "5e-3"]}
-PINNED_ALL = ["--eval-every", "0", "--subject-start", "0"]
+# A pin is one setting's flags; a row that sets the setting (in either form: --masked-loss, --no-masked-loss) keeps its
+# own.
+PINNED = {"lora": [("--train-steps", "300"), ("--train-lr", "1e-3")],
+          "dreambooth": [("--train-steps", "300"), ("--train-lr", "1e-4")],
+          "textual-inversion": [("--train-steps", "500"), ("--train-lr", "5e-3")]}
+PINNED_ALL = [("--eval-every", "0"), ("--subject-start", "0"), ("--no-masked-loss",), ("--captions", "off")]
 
 # method -> (row name, bench flags); the first row is the method's current default. The order is the tie order
 # and the order the rows are run in. "captions" rows train on a copy of the subjects with captions beside the photos;
@@ -142,22 +144,33 @@ def captioned_folder(source: str, folder: Path) -> str:
 
 def row_flags(method: str, index: int, out: Path) -> list[str] | None:
     """Row `index`'s bench flags, an ON_BEST row's resolved against the rows above it (None while they run)."""
+    flags = own_flags(method, index, out)
+    return None if flags is None else pinned(method, flags)
+
+
+def own_flags(method: str, index: int, out: Path) -> list[str] | None:
+    """Row `index`'s own flags, before the pins: an ON_BEST row's are the best row's with its own added."""
     flags = GRID[method][index][1]
     if ON_BEST not in flags:
-        return pinned(method, flags)
+        return list(flags)
     above = [(name, s) for name, _ in GRID[method][:index]
              if (s := summary(out / "validation" / method / slug(name), method))]
     if len(above) < index:
         return None
-    best = [name for name, _ in GRID[method]].index(choose(above))
+    best = own_flags(method, [name for name, _ in GRID[method]].index(choose(above)), out)
     own = [f for f in flags if f != ON_BEST]
-    return [f for f in row_flags(method, best, out) if f not in own] + own
+    return [f for f in best if f not in own] + own
 
 
 def pinned(method: str, flags: list[str]) -> list[str]:
     """A row's flags with each PINNED setting it does not set itself."""
-    pins = PINNED[method] + PINNED_ALL
-    return list(flags) + [x for i in range(0, len(pins), 2) if pins[i] not in flags for x in pins[i:i + 2]]
+    own = {setting_of(f) for f in flags if f.startswith("--")}
+    return list(flags) + [x for pin in PINNED[method] + PINNED_ALL if setting_of(pin[0]) not in own for x in pin]
+
+
+def setting_of(flag: str) -> str:
+    """The setting a bench flag sets: --no-masked-loss and --masked-loss both set masked-loss."""
+    return flag.removeprefix("--no-").removeprefix("--")
 
 
 def training_flags(flags: list[str]) -> list[str]:
@@ -299,8 +312,12 @@ def builtin_defaults(method: str) -> str:
     evaluation = (f"{spec.builtin_eval[0]} eval points (every {steps // spec.builtin_eval[0]} steps, at "
                   f"`--eval-sample-steps` {EVAL_SAMPLE_STEPS_SMALL}), the {spec.builtin_eval[1]} step kept"
                   if spec.builtin_eval else "no eval points, the last step kept")
+    masked = "a masked loss (where masks are)" if spec.default("masked_loss", small=True) else "no masked loss"
+    captions = ("captions by the built-in captioner (kept in the run)" if spec.builtin_defaults.get("captioning")
+                else "no captions made")
     return (f"The built-in model's defaults for {method} today: {steps} steps at lr {lr:g}, {evaluation}, "
-            f"`--subject-start` {start:g}; the first row pins {' '.join(PINNED[method])}.")
+            f"`--subject-start` {start:g}, {masked}, {captions}; the first row pins "
+            f"{' '.join(x for pin in PINNED[method] for x in pin)}.")
 
 
 def report_validation(results: dict[str, tuple[list, str | None]]) -> None:

@@ -121,8 +121,8 @@ def test_other_settings_in_the_same_folder_are_refused(finished, tiny_model, eva
 def test_a_bench_folder_from_before_a_setting_existed_resumes(finished, tiny_model, evaluator_dirs):
     spec = finished / "bench.json"
     saved = json.loads(spec.read_text())
-    assert saved.pop("masked_loss") is False
-    spec.write_text(json.dumps(saved))  # as a bench written before --masked-loss existed
+    assert saved.pop("masked_loss") is None and saved.pop("captioning") is None
+    spec.write_text(json.dumps(saved))  # as a bench written before --masked-loss and --captions existed
     assert main(bench_args(tiny_model, evaluator_dirs, finished)) == 0
 
 
@@ -560,7 +560,7 @@ def test_the_fair_checks_run_on_every_family(family, evaluator_dirs, tmp_path_fa
     assert lora["evaluation"]["chosen_step"] in (2, 4) and lora["time_to_subject_seconds"] > 0
 
 
-def test_a_version_1_bench_folder_reads_as_this_versions(tmp_path):
+def test_an_older_bench_folder_reads_as_this_versions(tmp_path):
     from subjectgen.eval.report import read_protocol
 
     spec = tmp_path / "bench.json"
@@ -569,10 +569,16 @@ def test_a_version_1_bench_folder_reads_as_this_versions(tmp_path):
                                  ({"subject_start": 0.0, "version": 2}, 0.0), ({"subject_start": None, "version": 2}, None)):
         spec.write_text(json.dumps({**saved, "eval_every": 0, "select": "last"}))
         legacy = "version" not in saved  # no eval points and the last step: what train kept by default then
-        assert read_protocol(spec) == {"subject_start": subject_start, "version": 2,
+        assert read_protocol(spec) == {"subject_start": subject_start, "version": 3, "masked_loss": None,
                                        "eval_every": None if legacy else 0, "select": None if legacy else "last"}
     spec.write_text(json.dumps({"eval_every": 50, "select": "best"}))  # asked for: kept
-    assert read_protocol(spec) == {"eval_every": 50, "select": "best", "subject_start": None, "version": 2}
+    assert read_protocol(spec) == {"eval_every": 50, "select": "best", "subject_start": None, "version": 3,
+                                   "masked_loss": None}
+    for masked, read in ((False, None), (True, True)):  # version 2's off was every method's own then
+        spec.write_text(json.dumps({"masked_loss": masked, "version": 2}))
+        assert read_protocol(spec)["masked_loss"] is read
+        spec.write_text(json.dumps({"masked_loss": masked, "version": 3}))
+        assert read_protocol(spec)["masked_loss"] is masked
 
 
 def test_with_each_methods_own_eval_points_the_evaluators_decide_where_a_run_kept_its_best(tmp_path):
@@ -607,7 +613,7 @@ def test_a_pair_is_not_trained_at_other_defaults_than_its_folders_finished_runs(
     done = ctx.out / "pairs" / "lora" / "dog" / "run" / MANIFEST
     done.parent.mkdir(parents=True)
     done.write_text(json.dumps({"resolution": 64, "settings": {"steps": 300, "lr": 1e-3, "rank": 4, "eval_every": 0,
-                                                                 "select": "last"}}))
+                                                                 "select": "last", "captioning": None}}))
     spec = registry.get("lora")
     old = dataclasses.replace(spec, defaults={"steps": (500, 300), "lr": (1e-4, 1e-3)}, builtin_eval=None)
     monkeypatch.setitem(registry.REGISTRY, "lora", old)
@@ -623,6 +629,10 @@ def test_a_pair_is_not_trained_at_other_defaults_than_its_folders_finished_runs(
     with pytest.raises(UserError, match=r"\(eval_every 0 -> 37, select last -> best\)"):
         check_same_defaults(ctx, builtin)
     check_same_defaults(ctx, dataclasses.replace(builtin, eval_every=0))
+    monkeypatch.setitem(registry.REGISTRY, "lora", dataclasses.replace(old, builtin_defaults={"captioning": "auto"}))
+    with pytest.raises(UserError, match=r"\(captioning None -> auto\)"):  # a default captioner on the built-in model
+        check_same_defaults(ctx, dataclasses.replace(builtin, eval_every=0))
+    check_same_defaults(ctx, dataclasses.replace(builtin, eval_every=0, captioning="off"))  # off: none, as the runs'
 
 
 def test_the_demo_says_which_step_it_kept_and_why():

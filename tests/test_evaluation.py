@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import pytest
 import torch
 
@@ -68,14 +69,14 @@ def test_select_best_keeps_the_chosen_steps_weights(tiny_model, subject_dir, eva
 
 @pytest.mark.parametrize("method", ["lora", "dreambooth", "textual-inversion"])
 def test_eval_is_on_by_default_only_on_the_built_in_model_where_a_method_has_its_own(method):
-    """A method's own points (DreamBooth's five, where eval_cost.py found them cheap; LoRA's eight, the fair
-    comparison's choice), spread over the steps, and only on the built-in model (whose evaluators are built in)."""
+    """A method's own points (the fair comparison's choices: LoRA's and DreamBooth's eight, TI's twelve), spread over
+    the steps, and only on the built-in model (whose evaluators are built in)."""
     from subjectgen.config import TrainConfig, default_eval_every
     from subjectgen.methods import registry
 
     cfg = TrainConfig(method=method, subject_dir="photos", class_noun="dog", out="run", steps=300)
     assert cfg.eval_every is None
-    own = {"lora": 37, "dreambooth": 60, "textual-inversion": 0}[method]
+    own = {"lora": 37, "dreambooth": 37, "textual-inversion": 25}[method]
     assert default_eval_every(cfg, builtin=True) == own and (own > 0) == (method in registry.eval_on_builtin())
     assert default_eval_every(cfg, builtin=False) == 0
     short = TrainConfig(method=method, subject_dir="photos", class_noun="dog", out="run", steps=3)
@@ -101,18 +102,57 @@ def test_a_methods_own_eval_points_and_kept_step_are_the_defaults_on_the_built_i
     assert "best with eval points on the built-in model, else last" in registry.get("lora").defaults_text("select")
 
 
-def test_dreambooth_on_the_built_in_model_scores_eval_points_by_default(tmp_path, subject_dir):
-    """Where eval_cost.py measured eval points within a fifth of the run (DreamBooth on the built-in model), `train`
-    scores them with no flag: eval.csv, the curve in subject.json, the last step kept."""
+@pytest.mark.parametrize("method", ["dreambooth", "textual-inversion"])
+def test_a_default_masked_loss_applies_where_every_photo_has_a_mask_and_captions_on_the_built_in_model_only(
+        method, subject_dir, tmp_path):
+    """DreamBooth's and TI's masked loss (the fair comparison's choice on the small models) needs every photo's mask:
+    without one it is off unless asked for (then the run's one-line error says what is missing); DreamBooth's
+    captions default on the built-in model only (its captioner is built in); --captions off resolves to none."""
+    from subjectgen.config import TrainConfig, resolve_defaults
     from subjectgen.methods import registry
 
-    assert registry.eval_on_builtin() == ["lora", "dreambooth"]
+    def resolved(folder, builtin=True, **given):
+        cfg = TrainConfig(method=method, subject_dir=str(folder), class_noun="dog", out="run", **given)
+        r = resolve_defaults(cfg, 64, builtin)
+        return r.masked_loss, r.captioning
+
+    captions = "auto" if method == "dreambooth" else None
+    assert resolved(subject_dir) == (False, captions)  # conftest's photos: no masks
+    assert resolved(subject_dir, masked_loss=True) == (True, captions)  # asked for: kept, the run says what is missing
+    masks = subject_dir / "masks"
+    masks.mkdir()
+    photos = sorted(subject_dir.glob("*.png"))
+    for photo in photos[:-1]:
+        shutil.copy(photo, masks / photo.name)
+    assert resolved(subject_dir)[0] is False  # one photo without its mask: off
+    shutil.copy(photos[-1], masks / photos[-1].name)
+    assert resolved(subject_dir) == (True, captions)
+    assert resolved(subject_dir, masked_loss=False)[0] is False
+    assert resolved(subject_dir, builtin=False) == (True, None)  # a small model without a built-in captioner
+    assert resolved(subject_dir, captioning="off") == (True, None)
+    assert "on the built-in model where every photo has a mask" in registry.get(method).defaults_text("masked_loss")
+    assert resolve_defaults(TrainConfig(method="lora", subject_dir=str(subject_dir), class_noun="dog", out="run"),
+                            64, True).masked_loss is False  # LoRA's choice had none
+
+
+def test_dreambooth_on_the_built_in_model_trains_at_the_fair_comparisons_choice_by_default(tmp_path, subject_dir):
+    """The fair comparison's choice for DreamBooth (docs/RESULTS.md) with no flag on the built-in model: eight eval
+    points (eval.csv, the curve in subject.json), the step the rule keeps, captions by the built-in captioner kept in
+    the run (none written beside the photos), and a masked loss only where every photo has a mask (these have none)."""
+    from subjectgen.methods import registry
+
+    assert registry.eval_on_builtin() == ["lora", "dreambooth", "textual-inversion"]
     out = tmp_path / "run"
     assert main(["train", "dreambooth", "--subject", str(subject_dir), "--class", "dog", "--out", str(out), "--steps",
-                 "10", "--num-class-images", "2", "--quiet"]) == 0
-    evaluation = json.loads((out / "subject.json").read_text())["evaluation"]
-    assert [p["step"] for p in evaluation["curve"]] == [2, 4, 6, 8, 10] and evaluation["chosen_step"] == 10
-    assert len((out / "eval.csv").read_text().splitlines()) == 7  # header, base, 5 points
+                 "16", "--num-class-images", "2", "--quiet"]) == 0
+    manifest = json.loads((out / "subject.json").read_text())
+    evaluation, settings = manifest["evaluation"], manifest["settings"]
+    assert [p["step"] for p in evaluation["curve"]] == list(range(2, 17, 2)) and evaluation["select"] == "best"
+    assert len((out / "eval.csv").read_text().splitlines()) == 10  # header, base, 8 points
+    assert (settings["lr"], settings["captioning"], settings["masked_loss"]) == (1e-5, "auto", False)
+    assert manifest["captions_written"] == [] and len(manifest["captions_made"]) == len(manifest["captions"]) == 3
+    assert all(c.startswith("a {subject} ") for c in manifest["captions"].values())
+    assert not list(subject_dir.glob("*.txt"))  # the user's folder is as it was
 
 
 @pytest.mark.parametrize("given, expected", [(None, 10), ("3", 3)])

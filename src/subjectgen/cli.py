@@ -105,7 +105,7 @@ def add_setting(parser, f, spec) -> None:
         kwargs["metavar"] = meta.get("metavar", name.lstrip("-").split("-")[-1].upper())
     if f.default is MISSING and f.default_factory is MISSING:
         kwargs["required"] = True
-    elif f.name == "prior_preservation":
+    elif f.type in ("bool | None",):  # a method's default decides unless --X or --no-X (prior preservation)
         kwargs.update(action=argparse.BooleanOptionalAction, default=None)
     elif f.type in ("bool", bool):
         kwargs["action"] = "store_true"
@@ -462,8 +462,12 @@ def add_bench_parser(sub) -> None:
     p.add_argument("--train-lr", type=bench_type("train_lr"), help="learning rate (default: each method's)")
     p.add_argument("--promptnet", default="builtin", help="ProFusion's pretrained PromptNet (default: builtin)")
     p.add_argument("--apprentice", default="builtin", help="the apprentice of apprentice runs (default: builtin)")
-    p.add_argument("--masked-loss", action="store_true", help="train every method with a masked loss, from each "
-                   "subject's masks/ folder (EmojiBench ships them)")
+    p.add_argument("--masked-loss", action=argparse.BooleanOptionalAction, default=None,
+                   help="train every method with a masked loss, from each subject's masks/ folder (EmojiBench ships "
+                        "them) (default: each method's own, where every photo has a mask)")
+    p.add_argument("--captions", choices=("off",), default=None, dest="captioning",
+                   help="off: no method makes captions (default: each method's own, as train does: DreamBooth's "
+                        "on the built-in model, kept in its run)")
     p.add_argument("--eval-every", type=bench_type("eval_every"), default=None, metavar="N",
                    help="each trained run scores eval points every N steps with the bench's evaluators (train "
                         "--eval-every): its curve goes to the trade-off figure (default: each method's own, as train "
@@ -740,7 +744,8 @@ def bench_config(args):
                        pres_images=args.pres_images, seed=args.seed,
                        sample_steps=args.sample_steps, guidance=args.guidance, train_steps=args.train_steps,
                        train_lr=args.train_lr, promptnet=args.promptnet, apprentice=args.apprentice,
-                       masked_loss=args.masked_loss, eval_every=args.eval_every, select=args.select,
+                       masked_loss=args.masked_loss, captioning=args.captioning, eval_every=args.eval_every,
+                       select=args.select,
                        eval_sample_steps=args.eval_sample_steps, subject_start=args.subject_start, dino=args.dino,
                        clip=args.clip, runs_from=args.runs_from, sample_options=sample_options(args))
 

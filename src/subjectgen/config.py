@@ -58,9 +58,10 @@ class TrainConfig:
     logit_std: float = setting(1.0, POSITIVE, help="the std of --weighting-scheme logit_normal (default: 1)")
     mode_scale: float = setting(1.29, MODE_SCALE, help="the scale of --weighting-scheme mode, -1 to 1.75: higher "
                                 "draws more of the middle noise levels (default: 1.29)")
-    masked_loss: bool = setting(False, help="learn only the subject, not the photos' background: the loss counts "
-                                "the pixels of a mask per photo (SUBJECT/masks/NAME.png, white on the subject; "
-                                "else the photo's alpha)")
+    masked_loss: bool | None = setting(None, help="learn only the subject, not the photos' background: the loss "
+                                       "counts the pixels of a mask per photo (SUBJECT/masks/NAME.png, white on the "
+                                       "subject; else the photo's alpha); a method's default applies where every "
+                                       "photo has a mask")
     rank: int = setting(4, AT_LEAST_1, help="LoRA rank: higher learns more detail, in larger files (default: 4)")
     lora_alpha: float | None = setting(None, POSITIVE, help="LoRA alpha; the update is scaled by alpha/rank "
                                        "(default: the rank)")
@@ -103,11 +104,11 @@ class TrainConfig:
                             "model 1.03x, never worth it (docs/RESULTS.md). Needs a C++ compiler on a CPU")
     checkpoint_every: int = setting(0, NON_NEGATIVE_INT, help="save a resumable checkpoint every N steps "
                                     "(default: 0, none)")
-    captioning: str | None = setting(None, choices=("auto",), flag="--captions", metavar="auto",
+    captioning: str | None = setting(None, choices=("auto", "off"), flag="--captions",
                                      help="auto: before training, write a caption NAME.txt (with {subject}) beside "
                                      "each photo that has none, with --captioner, so the identifier learns the "
-                                     "subject and the caption's words the photo's place (photos without one train on "
-                                     "the instance prompt)")
+                                     "subject and the caption's words the photo's place; off: make none (photos "
+                                     "without a NAME.txt train on the instance prompt)")
     captioner: str | None = setting(None, help="the captioner of --captions auto: a transformers image-to-text model "
                                     "folder or hub id (e.g. Salesforce/blip-image-captioning-base); default on the "
                                     "built-in model: builtin, a CLIP-interrogator over the world's scene words with "
@@ -215,12 +216,20 @@ def own_eval(cfg: TrainConfig, builtin: bool) -> tuple[int, str] | None:
 
 def resolve_defaults(cfg: TrainConfig, resolution: int, builtin: bool = False) -> TrainConfig:
     """Fill every `None` setting with the method's default for a model of this resolution (`builtin`: the built-in
-    model, whose evaluators are built in, where a method may score eval points by default)."""
+    model, whose evaluators and captioner are built in, where a method may score eval points and caption by
+    default). A default masked loss applies where every photo has a mask; `--captions off` resolves to None."""
     spec, small = registry.get(cfg.method), resolution < 256
     data = cfg.to_dict()
+    for name, value in (spec.builtin_defaults if builtin else {}).items():
+        if data[name] is None:
+            data[name] = value
     for name in registry.default_names(cfg.method):
         if data[name] is None:
             data[name] = spec.default(name, small)
+    if cfg.masked_loss is None and data["masked_loss"] and not masks_beside(cfg.subject_dir):
+        data["masked_loss"] = False  # a default needs the masks a user's photos may lack (the flag asks for them)
+    if data["captioning"] == "off":
+        data["captioning"] = None  # none made, as before the setting had a default
     if data["sample_steps"] is None:
         data["sample_steps"] = default_sample_steps(resolution)
     if data["prior_preservation"] and data["num_class_images"] < 1:
@@ -232,6 +241,19 @@ def resolve_defaults(cfg: TrainConfig, resolution: int, builtin: bool = False) -
     if resolved.select is None:
         resolved.select = default_select(resolved, builtin)
     return resolved
+
+
+def masks_beside(subject_dir: str | None) -> bool:
+    """Whether every photo in the folder has a subject mask (masks/NAME.*, or its alpha): a default masked loss
+    needs them."""
+    from pathlib import Path
+
+    from .photos import has_mask, photo_paths
+
+    if subject_dir is None or not Path(subject_dir).is_dir():
+        return False
+    photos = photo_paths(Path(subject_dir))
+    return bool(photos) and all(has_mask(p) for p in photos)
 
 
 @dataclass
@@ -324,8 +346,10 @@ FILTER_TAU_T, FILTER_TAU_S = 0.257, 0.012
 
 # bench.json's version. 2: None for `subject_start`, `eval_every` and `select` is each run's own, as `train` and
 # `generate` do by default (eval.report.read_protocol reads a version-1 folder's 0, 0 and "last" as None: the same
-# images, as no eval point changes the weights a run keeps last).
-BENCH_PROTOCOL_VERSION = 2
+# images, as no eval point changes the weights a run keeps last). 3: None for `masked_loss` and `captioning` is each
+# method's own (a version-2 folder's False, and its lack of captions, read as None: every method's own was off then;
+# a pair trained since at other defaults is refused, bench.check_same_defaults).
+BENCH_PROTOCOL_VERSION = 3
 
 
 @dataclass
@@ -345,7 +369,9 @@ class BenchConfig:
     train_lr: float | None = setting(None, POSITIVE)  # default: each method's own
     promptnet: str = "builtin"      # ProFusion's pretrained PromptNet (train profusion --promptnet)
     apprentice: str = "builtin"     # the apprentice (train apprentice --apprentice)
-    masked_loss: bool = False       # train on the subject's masks only (SUBJECT/masks/, as EmojiBench ships)
+    # train on the subject's masks only (SUBJECT/masks/, as EmojiBench ships); None: each method's own, where masks are
+    masked_loss: bool | None = None
+    captioning: str | None = setting(None, choices=("off",))  # off: no captions made; None: each method's own
     # each trained run's eval points (train --eval-every; 0: none) and the step it keeps (train --select); None:
     # each method's own, as `train` does by default on the model
     eval_every: int | None = setting(None, NON_NEGATIVE_INT)

@@ -119,10 +119,26 @@ def photo_paths(folder: Path, warn: bool = False) -> list[Path]:
     return chosen
 
 
+def mask_files(photo: Path) -> list[Path]:
+    """The mask files of one photo: masks/<name>.<image suffix> beside it."""
+    return sorted(p for p in (photo.parent / MASK_FOLDER).glob(f"{glob.escape(photo.stem)}.*")
+                  if p.suffix.lower() in readable_suffixes())
+
+
+def has_mask(photo: Path) -> bool:
+    """Whether the photo has a subject mask: a mask file, or an alpha channel (read from the header only)."""
+    if mask_files(photo):
+        return True
+    try:
+        with Image.open(photo) as image:
+            return "A" in image.getbands() or "transparency" in image.info
+    except (OSError, UnidentifiedImageError):  # reading the subject says what is wrong with the photo
+        return False
+
+
 def open_mask(photo: Path, photo_size: tuple[int, int]) -> Image.Image:
     """The subject mask of one photo: masks/<name>.<image suffix> beside it, else the photo's alpha channel."""
-    files = sorted(p for p in (photo.parent / MASK_FOLDER).glob(f"{glob.escape(photo.stem)}.*")
-                   if p.suffix.lower() in readable_suffixes())
+    files = mask_files(photo)
     source = files[0] if files else photo
     image = read_image(source)
     if files:

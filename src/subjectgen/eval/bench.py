@@ -94,10 +94,9 @@ def differing_settings(spec: Path, protocol: dict) -> list[str]:
 # The protocol keys that decide a trained run, and those that change only a method's images: another folder's
 # runs are reusable when the first match, its baseline images when all but the second match.
 TRAINING_KEYS = ("bench", "model", "model_hash", "seed", "train_steps", "train_lr", "promptnet", "apprentice",
-                 "masked_loss", "eval_every", "select", "eval_sample_steps")
-METHOD_ONLY_KEYS = ("train_steps", "train_lr", "promptnet", "apprentice", "masked_loss", "eval_every", "select",
-                    "eval_sample_steps",
-                    "subject_start", "sample_options")
+                 "masked_loss", "captioning", "eval_every", "select", "eval_sample_steps")
+METHOD_ONLY_KEYS = ("train_steps", "train_lr", "promptnet", "apprentice", "masked_loss", "captioning", "eval_every",
+                    "select", "eval_sample_steps", "subject_start", "sample_options")
 
 
 # The keys of the evaluators only: a folder that differs from another only in these has the same images.
@@ -394,7 +393,8 @@ def prepare_run(ctx: Context, method: str, subject: str, pair: Path):
         cfg = TrainConfig(method=method, model=ctx.cfg.model, subject_dir=str(ctx.bench.root / subject),
                           class_noun=ctx.bench.classes[subject], out=str(run_dir),
                           steps=ctx.cfg.train_steps if trains else None, lr=ctx.cfg.train_lr if trains else None,
-                          seed=ctx.cfg.seed, masked_loss=ctx.cfg.masked_loss and trains,
+                          seed=ctx.cfg.seed, masked_loss=ctx.cfg.masked_loss if trains else None,
+                          captioning=ctx.cfg.captioning if trains else None,
                           promptnet=ctx.cfg.promptnet, apprentice=ctx.cfg.apprentice,
                           **(eval_settings(ctx.cfg) if trains else {}))
         check_same_defaults(ctx, cfg)

@@ -41,8 +41,8 @@ EVAL_BUDGET = 0.20
 
 # The settings every method shares get these defaults unless the method says otherwise:
 # (Stable Diffusion at 512 px, the small built-in/tiny models).
-COMMON_DEFAULTS = {"batch_size": (1, 1),
-                   "prior_preservation": (False, False), "num_class_images": (100, 32), "subject_start": (0.0, 0.0)}
+COMMON_DEFAULTS = {"batch_size": (1, 1), "prior_preservation": (False, False), "num_class_images": (100, 32),
+                   "subject_start": (0.0, 0.0), "masked_loss": (False, False)}
 
 
 @dataclass(frozen=True)
@@ -60,6 +60,8 @@ class MethodSpec:
     families: tuple[str, ...] | None = None      # the model families it is built for (backbones/); None: every one
     builtin_eval: tuple[int, str] | None = None  # (eval points, the step --select keeps) by default on the built-in
                                                  # model, the points spread evenly over the steps; None: no points
+    builtin_defaults: dict[str, Any] = field(default_factory=dict)  # defaults on the built-in model only, where
+                                                 # they need what it alone ships (its captioner): field -> value
 
     def runs_on(self, family: str) -> bool:
         return self.families is None or family in self.families
@@ -91,11 +93,15 @@ class MethodSpec:
             points, select = self.builtin_eval
             return (f"default: {points} points over the steps on the built-in model, else none" if name == "eval_every"
                     else f"default: {select} with eval points on the built-in model, else last")
+        if name in self.builtin_defaults:
+            return f"default: {_show(self.builtin_defaults[name])} on the built-in model, else none"
         pair = self.defaults.get(name, COMMON_DEFAULTS.get(name))
         if pair is None:
             return ""
         sd, small = (_show(v) for v in pair)
-        return f"default: {sd}" if sd == small else f"default: {sd} on Stable Diffusion, {small} on the built-in model"
+        where = " where every photo has a mask" if name == "masked_loss" else ""
+        return (f"default: {sd}" if sd == small
+                else f"default: {sd} on Stable Diffusion, {small} on the built-in model{where}")
 
 
 def _show(value) -> str:
@@ -123,7 +129,7 @@ def names(all_methods: bool = False) -> list[str]:
 
 def default_names(name: str) -> list[str]:
     """The settings whose default the method's spec decides (its own, and the shared COMMON_DEFAULTS)."""
-    return list(dict.fromkeys([*COMMON_DEFAULTS, *get(name).defaults]))
+    return list(dict.fromkeys([*COMMON_DEFAULTS, *get(name).defaults, *get(name).builtin_defaults]))
 
 
 def get(name: str) -> MethodSpec:
@@ -146,14 +152,21 @@ register(MethodSpec(
     "dreambooth", "DreamBooth full fine-tune of the UNet, with class prior preservation",
     "subjectgen.methods.dreambooth:DreamBooth",
     own_settings=("instance_prompt", "train_text_encoder"),
-    defaults={"steps": (800, 300), "lr": (5e-6, 1e-4), "prior_preservation": (True, True)},
-    token_help="identifier (default: a rare token from the tokenizer, 'sks'-like)",
-    builtin_eval=(EVAL_POINTS, "last")))  # within EVAL_BUDGET there (docs/RESULTS.md; TI's runs are not)
+    # On the built-in model the fair comparison's choice on the validation subjects (docs/RESULTS.md): lr 1e-5, 400
+    # steps, eight eval points, the step the rule keeps, a masked loss, captions by the built-in captioner, kept in the
+    # run (before it: lr 1e-4, 300 steps, five eval points, the last kept, neither).
+    defaults={"steps": (800, 400), "lr": (5e-6, 1e-5), "prior_preservation": (True, True),
+              "masked_loss": (False, True)},
+    builtin_eval=(8, "best"), builtin_defaults={"captioning": "auto"},
+    token_help="identifier (default: a rare token from the tokenizer, 'sks'-like)"))
 register(MethodSpec(
     "textual-inversion", "learn a new word embedding; the model stays frozen",
     "subjectgen.methods.textual_inversion:TextualInversion",
     own_settings=("num_vectors", "init_word"),
-    defaults={"steps": (3000, 500), "lr": (5e-4, 5e-3), "num_class_images": (0, 0)},
+    # On the built-in model the fair comparison's choice on the validation subjects (docs/RESULTS.md): lr 1.5e-3, 600
+    # steps, twelve eval points, the step the rule keeps, a masked loss (before it: lr 5e-3, 500 steps, the last kept)
+    defaults={"steps": (3000, 600), "lr": (5e-4, 1.5e-3), "num_class_images": (0, 0), "masked_loss": (False, True)},
+    builtin_eval=(12, "best"),
     token_help="placeholder token (default: <s*>)",
     families=("sd", "sdxl")))
 register(MethodSpec(

@@ -100,7 +100,8 @@ class Trainer:
         if self.cfg.guidance is None:  # class images, validation grids and eval points sample as `generate` does
             self.cfg.guidance = family.default_guidance
         self.subject = None if cfg.subject_dir is None else load_subject(  # None: a dataset method (pretraining)
-            Path(cfg.subject_dir), cfg.class_noun, self.components.resolution, masks=cfg.masked_loss, model=cfg.model,
+            Path(cfg.subject_dir), cfg.class_noun, self.components.resolution, masks=self.cfg.masked_loss,
+            model=cfg.model,
             buckets=family.buckets(self.components) if cfg.aspect_buckets else None,
             uses=registry.get(cfg.method).photos_used)
         registry.get(self.cfg.method).load().check_inputs(self.cfg, self.components, self.subject)
@@ -110,7 +111,9 @@ class Trainer:
         check_quantization(cfg.base_quantization, registry.get(cfg.method).load(), self.accelerator.device)
         check_precision(self.cfg.mixed_precision, self.accelerator.device)
         self.evaluators = self.load_evaluators() if self.cfg.eval_every and self.accelerator.is_main_process else None
-        self.new_captions = self.make_captions()  # in the subject now, on disk once the run starts
+        # in the subject now; on disk once the run starts where --captions auto asked (a default keeps them in the run)
+        self.new_captions = self.make_captions()
+        self.writes_captions = cfg.captioning == "auto"
         if self.accelerator.is_main_process:  # with every input valid, the run folder appears (its lock only)
             hold(self.out)  # one writer; then the checks again, since another writer may have finished meanwhile
         try:
@@ -119,7 +122,8 @@ class Trainer:
             self.prepare(resume)  # the method's own inputs (a PromptNet, an image encoder, a farm, a checkpoint)
             if self.accelerator.is_main_process:  # only now is --out written: a failed start leaves it as it was
                 record_run(self.out, cfg, resume, overwrite)
-                write_captions(self.new_captions)  # and the photo folder too
+                if self.writes_captions:
+                    write_captions(self.new_captions)  # and the photo folder too
         except BaseException:
             if self.accelerator.is_main_process:
                 release(self.out, remove_if_empty=True)
@@ -403,11 +407,13 @@ class Trainer:
 
 
     def caption_record(self) -> dict:
-        """The photos' captions the run trained on (NAME.txt, {subject} in them), and those --captions auto wrote."""
+        """The photos' captions the run trained on (NAME.txt, {subject} in them), and those --captions auto wrote
+        (made by default: kept in the run only)."""
         if self.subject is None or not self.subject.captions:
             return {}
         return {"captions": {p.name: c for p, c in zip(self.subject.paths, self.subject.captions)},
-                "captions_written": sorted(p.name for p in self.new_captions)}
+                "captions_written": sorted(p.name for p in self.new_captions) if self.writes_captions else [],
+                "captions_made": sorted(p.name for p in self.new_captions)}
 
     def time_to_subject(self) -> dict:
         """The seconds from the start of train() (loading, class images, caching) to the weights the run keeps: with
