@@ -87,6 +87,11 @@ GRID = {
 }
 
 
+# The methods with no grid here, on EmojiBench at their defaults only (ProFusion's were chosen on the validation
+# subjects by benchmarks/profusion.py; the apprentice trains nothing per subject): PRES, DIV and the methods' order.
+ZERO_SHOT = {"profusion": "default (the encoder alone, Fusion Sampling)", "apprentice": "default (zero-shot)"}
+
+
 # How each grid changed after its first rows ran (docs/BENCHMARK.md: the grid does not grow without saying so).
 GRID_HISTORY = {
     "lora": "The last row was added after the six above had run: the two settings that had helped, together.",
@@ -212,7 +217,9 @@ def summary(folder: Path, method: str) -> dict | None:
     base = results["pairs"]["baseline"]
     mine = results["pairs"].get(method, {})
     s = dict(results["summary"][method])
-    s["wins"] = sum(mine[n]["dino"] > base[n]["dino"] and mine[n]["clip_i"] > base[n]["clip_i"] for n in mine)
+    wins = [n for n in mine if mine[n]["dino"] > base[n]["dino"] and mine[n]["clip_i"] > base[n]["clip_i"]]
+    s["wins"] = len(wins)
+    s["wins_in_budget"] = sum(mine[n]["clip_t"] >= CLIP_T_SHARE * base[n]["clip_t"] for n in wins)
     steps = [p["evaluation"]["chosen_step"] for p in mine.values() if p.get("evaluation")]
     s["steps"] = f"{min(steps)}-{max(steps)} (median {sorted(steps)[len(steps) // 2]})" if steps else "last"
     s["baseline_clip_t"] = results["summary"]["baseline"]["clip_t"]
@@ -231,7 +238,7 @@ def choose(rows: list[tuple[str, dict]]) -> str | None:
 
 def table(rows: list[tuple[str, dict]], chosen: str | None) -> None:
     print("| setting | DINO | CLIP-I | CLIP-T | gain | CLIP-T vs baseline | PRES | DIV | beats baseline on DINO "
-          "and CLIP-I | steps kept | train s/subject |")
+          "and CLIP-I (and within the CLIP-T budget) | steps kept | train s/subject |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     base = rows[0][1]["baseline"]
     print(f"| baseline (the base model, class prompt) | {fmt(base['dino'])} | {fmt(base['clip_i'])} | "
@@ -240,7 +247,8 @@ def table(rows: list[tuple[str, dict]], chosen: str | None) -> None:
         mark = " (**chosen**)" if name == chosen else ""
         print(f"| {name}{mark} | {fmt(s['dino'])} | {fmt(s['clip_i'])} | {fmt(s['clip_t'])} | {fmt(s.get('gain'), 2)} "
               f"| {s['clip_t_vs_baseline']:+.1%} | {fmt(s.get('pres'))} | {fmt(s.get('div'))} | "
-              f"{s['wins']}/{s['subjects']} | {s['steps']} | {s['train_seconds_per_subject']:.0f} |")
+              f"{s['wins']}/{s['subjects']} ({s['wins_in_budget']}) | {s['steps']} | "
+              f"{s['train_seconds_per_subject']:.0f} |")
 
 
 def validation_results(out: Path) -> dict[str, tuple[list, str | None]]:
@@ -354,12 +362,21 @@ def run_emojibench(out: Path, choices: dict[str, str], deadline: float) -> None:
                    "--clip", "builtin", "--out", str(folder), *[f for f in flags if f != CAPTIONED], *reuse], deadline)
 
 
+def run_zero_shot(out: Path, methods: list[str], deadline: float) -> None:
+    """The ZERO_SHOT methods on EmojiBench at their defaults, the baseline copied from a grid method's first folder."""
+    for method in methods:
+        others = [out / "emojibench" / m / slug(GRID[m][0][0]) for m in GRID]
+        reuse = next((["--runs-from", str(o)] for o in others if (o / "bench.json").is_file()), [])
+        bench(["--bench", "emoji", "--methods", method, "--images-per-prompt", "2", "--dino", "builtin", "--clip",
+               "builtin", "--out", str(out / "emojibench" / method / slug(ZERO_SHOT[method])), *reuse], deadline)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="benchmarks/out/fair")
     parser.add_argument("--stage", action="append", default=[], choices=("validation", "emojibench"),
                         help="run these stages (default: none, only the report of what is finished)")
-    parser.add_argument("--methods", default=",".join(GRID), help="the methods whose rows to run")
+    parser.add_argument("--methods", default=",".join([*GRID, *ZERO_SHOT]), help="the methods whose rows to run")
     parser.add_argument("--max-minutes", type=float, default=float("inf"), help="stop the slice after this long")
     parser.add_argument("--figure", default="docs/images/fair_tradeoff.png", help="where the trade-off figure goes")
     args = parser.parse_args()
@@ -367,11 +384,12 @@ def main() -> None:
     deadline = started + args.max_minutes * 60
     try:
         if "validation" in args.stage:
-            for method in methods:
+            for method in (m for m in methods if m in GRID):
                 run_rows(method, out, validation_folder(), deadline)
         if "emojibench" in args.stage:
             choices = {m: chosen for m, (_, chosen) in validation_results(out).items() if m in methods}
             run_emojibench(out, choices, deadline)
+            run_zero_shot(out, [m for m in methods if m in ZERO_SHOT], deadline)
     except OutOfTime:
         print(f"(slice stopped after {args.max_minutes:g} min; rerun to go on)\n")
     results = validation_results(out)
@@ -415,6 +433,23 @@ def report_emojibench(out: Path, choices: dict[str, str]) -> None:
             print("Not finished (`python benchmarks/fair.py --stage emojibench` resumes it): subjects done, "
                   + "; ".join(f"{n}: {k} of {emojibench_size()}" for n, k in done.items()) + ".")
         print()
+    report_order(out, choices)
+
+
+def report_order(out: Path, choices: dict[str, str]) -> None:
+    """Every method on EmojiBench at its default today (for the grid methods their rule's choice, which became it),
+    where finished: the methods' order."""
+    rows = [(f"{m}: {chosen}", s) for m, chosen in choices.items()
+            if chosen and (s := summary(out / "emojibench" / m / slug(chosen), m))]
+    rows += [(f"{m}: {name}", s) for m, name in ZERO_SHOT.items()
+             if (s := summary(out / "emojibench" / m / slug(name), m))]
+    missing = [m for m in [*choices, *ZERO_SHOT] if not any(name.startswith(f"{m}: ") for name, _ in rows)]
+    print("### EmojiBench: every method at its default on the built-in model today\n")
+    if rows:
+        table(rows, None)
+    if missing:
+        print(("\n" if rows else "") + f"Not finished yet: {', '.join(missing)} (`python benchmarks/fair.py --stage emojibench`).")
+    print()
 
 
 if __name__ == "__main__":
