@@ -86,6 +86,29 @@ def test_farm_layout_and_what_the_filter_keeps(farm):
     assert kept["total"] == 4 and kept["kept"] == 4 and (farm / "kept.png").is_file()
 
 
+def test_a_farm_does_not_grow_at_other_lora_defaults_than_its_finished_experts(farm, tmp_path, tiny_model, clusters,
+                                                                             monkeypatch, capsys):
+    """An expert trained after LoRA's defaults changed (the fair comparison's choice became them) would make one farm
+    of two kinds: refused, naming the setting; at the same defaults the missing expert is trained again."""
+    import dataclasses
+    import shutil
+
+    from subjectgen.methods import registry
+
+    copy = tmp_path / "farm"
+    shutil.copytree(farm, copy)
+    shutil.rmtree(copy / "experts" / "red_ball")
+    args = ["apprentice", "experts", "--model", tiny_model, "--clusters", str(clusters), "--out", str(copy),
+            *EXPERTS, "--quiet"]
+    lora = registry.get("lora")
+    monkeypatch.setitem(registry.REGISTRY, "lora", dataclasses.replace(lora, defaults={**lora.defaults,
+                                                                                      "lr": (1e-4, 2e-3)}))
+    assert "trained at other LoRA defaults than this version's (lr 0.001 -> 0.002)" in error_of(capsys, args)
+    assert not (copy / "experts" / "red_ball").exists()  # nothing written
+    monkeypatch.setitem(registry.REGISTRY, "lora", lora)
+    assert main(args) == 0 and (copy / "experts" / "red_ball" / "expert.json").is_file()
+
+
 def test_the_filter_keeps_and_drops_by_each_threshold():
     from subjectgen.methods.farm import keep
 

@@ -243,6 +243,20 @@ def resolve_defaults(cfg: TrainConfig, resolution: int, builtin: bool = False) -
     return resolved
 
 
+def defaults_changed(record: dict | None, cfg: TrainConfig) -> list[str]:
+    """The defaults a finished run's manifest (`record`; None: no run yet) got that `cfg` would get otherwise, as
+    'name old -> new': a folder of runs (a bench's pairs, a farm's experts) must not go on at a version's other
+    defaults. A setting newer than the run is not compared."""
+    from .assets import builtin_path
+
+    if record is None:
+        return []
+    builtin = builtin_path("model", cfg.model) is not None
+    saved, now = record.get("settings", {}), resolve_defaults(cfg, record["resolution"], builtin).to_dict()
+    return [f"{k} {saved[k]} -> {now[k]}" for k in (*registry.default_names(cfg.method), "eval_every", "select")
+            if k in saved and saved[k] != now[k]]
+
+
 def masks_beside(subject_dir: str | None) -> bool:
     """Whether every photo in the folder has a subject mask (masks/NAME.*, or its alpha): a default masked loss
     needs them."""

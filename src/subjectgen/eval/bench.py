@@ -414,16 +414,9 @@ def check_same_defaults(ctx: Context, cfg) -> None:
     """A pair about to train must get the defaults its method's finished runs in this folder got: a version that
     changed them (the settings chosen on the validation subjects becoming the built-in model's) would otherwise
     train the rest of the folder at other settings, with nothing to say so. A one-line error naming them."""
-    from ..assets import builtin_path
-    from ..config import resolve_defaults
+    from ..config import defaults_changed
 
-    record = next(finished_runs(ctx.out, cfg.method), None)
-    if record is None:
-        return
-    builtin = builtin_path("model", cfg.model) is not None
-    saved, now = record.get("settings", {}), resolve_defaults(cfg, record["resolution"], builtin).to_dict()
-    changed = [f"{k} {saved[k]} -> {now[k]}" for k in (*registry.default_names(cfg.method), "eval_every", "select")
-               if k in saved and saved[k] != now[k]]  # a setting newer than the run: not compared
+    changed = defaults_changed(next(finished_runs(ctx.out, cfg.method), None), cfg)
     if changed:
         raise UserError(f"--out {ctx.out}: its {cfg.method} runs were trained at other defaults than this "
                         f"version's ({', '.join(changed)}); finish it with the version that began it, pass those "

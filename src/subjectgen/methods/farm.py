@@ -29,6 +29,7 @@ import torch
 
 from ..config import FILTER_TAU_S, FILTER_TAU_T, FarmSettings
 from ..errors import UserError
+from ..adapters import MANIFEST
 from ..photos import open_photo
 from ..safeio import atomic_save_image, atomic_write_json, read_json
 from ..settings import ANY_FINITE
@@ -129,13 +130,16 @@ def run_expert(folder: Path, cluster: Cluster, settings: FarmSettings, index: in
         return read_json(folder / EXPERT, EXPERT_FIX.format(folder=folder), EXPERT_KEYS)
     photos = cluster.photos()
     check_started_on(folder, photos)
+    cfg = TrainConfig(method="lora", model=settings.model, subject_dir=str(folder / "photos"),
+                      class_noun=cluster.noun, out=str(folder / "run"), steps=settings.expert_steps,
+                      seed=settings.seed + index, checkpoint_every=100)
+    trains = not (folder / "run" / MANIFEST).is_file()
+    if trains:
+        check_same_experts(folder.parent, cfg)
     for k, photo in enumerate(photos):
         atomic_save_image(folder / "photos" / f"{k:02d}.png", photo)
     started = time.perf_counter()
-    if not (folder / "run" / "subject.json").is_file():
-        cfg = TrainConfig(method="lora", model=settings.model, subject_dir=str(folder / "photos"),
-                          class_noun=cluster.noun, out=str(folder / "run"), steps=settings.expert_steps,
-                          seed=settings.seed + index, checkpoint_every=100)
+    if trains:
         train(cfg, resume=True, progress=False, distributed=False)
     trained = time.perf_counter()
     rng = random.Random(f"prompts|{cluster.name}|{settings.seed}")
@@ -149,6 +153,19 @@ def run_expert(folder: Path, cluster: Cluster, settings: FarmSettings, index: in
               "train_seconds": round(trained - started, 2), "generate_seconds": round(time.perf_counter() - trained, 2)}
     atomic_write_json(folder / EXPERT, record)
     return record
+
+
+def check_same_experts(experts: Path, cfg) -> None:
+    """An expert about to train gets the LoRA defaults the farm's finished experts got: a version whose LoRA
+    defaults changed (the fair comparison's choice became them) would otherwise grow one farm of two kinds."""
+    from ..config import defaults_changed
+
+    done = min(experts.glob(f"*/run/{MANIFEST}"), default=None)
+    changed = defaults_changed(None if done is None else read_json(done, EXPERT_FIX.format(folder=done.parent.parent),
+                                                                     ("resolution",)), cfg)
+    if changed:
+        raise UserError(f"the farm's experts in {experts} were trained at other LoRA defaults than this version's "
+                        f"({', '.join(changed)}); grow it with the version that began it, or start a new farm")
 
 
 def check_started_on(folder: Path, photos: list) -> None:
