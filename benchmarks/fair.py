@@ -52,9 +52,10 @@ PINNED = {"lora": [("--train-steps", "300"), ("--train-lr", "1e-3")],
           "textual-inversion": [("--train-steps", "500"), ("--train-lr", "5e-3")]}
 PINNED_ALL = [("--eval-every", "0"), ("--subject-start", "0"), ("--no-masked-loss",), ("--captions", "off")]
 
-# method -> (row name, bench flags); the first row is the method's current default. The order is the tie order
-# and the order the rows are run in. "captions" rows train on a copy of the subjects with captions beside the photos;
-# an ON_BEST row is the rule's choice among the rows above it with the row's own flags added (a greedy search).
+# method -> (row name, bench flags); the first row is the method's default when the grid was fixed (its name, and so
+# its folder's, keeps 'current'). The order is the tie order and the order the rows are run in. "captions" rows train
+# on a copy of the subjects with captions beside the photos; an ON_BEST row is the rule's choice among the rows above
+# it with the row's own flags added (a greedy search).
 ON_BEST = "on the best row above"
 GRID = {
     "lora": [

@@ -118,12 +118,23 @@ def test_other_settings_in_the_same_folder_are_refused(finished, tiny_model, eva
     assert "other settings" in capsys.readouterr().err
 
 
-def test_a_bench_folder_from_before_a_setting_existed_resumes(finished, tiny_model, evaluator_dirs):
+def test_a_bench_folder_from_before_a_setting_existed_resumes(finished, tiny_model, evaluator_dirs, capsys):
     spec = finished / "bench.json"
-    saved = json.loads(spec.read_text())
+    original = spec.read_text()
+    saved = json.loads(original)
     assert saved.pop("masked_loss") is None and saved.pop("captioning") is None
-    spec.write_text(json.dumps(saved))  # as a bench written before --masked-loss and --captions existed
-    assert main(bench_args(tiny_model, evaluator_dirs, finished)) == 0
+    try:
+        spec.write_text(json.dumps(saved))  # as a bench written before --masked-loss and --captions existed
+        assert main(bench_args(tiny_model, evaluator_dirs, finished)) == 0
+        done = finished / "pairs" / "lora" / "dog" / "scores.json"
+        before = done.stat().st_mtime_ns
+        spec.write_text(json.dumps({**saved, "version": 2, "masked_loss": False}))  # version 2: every pair trained off
+        assert main(bench_args(tiny_model, evaluator_dirs, finished)) == 2  # each method's own may be on now
+        assert "masked_loss False there, None now, captioning 'off' there, None now" in capsys.readouterr().err
+        assert main(bench_args(tiny_model, evaluator_dirs, finished) + ["--no-masked-loss", "--captions", "off"]) == 0
+        assert done.stat().st_mtime_ns == before  # the same pairs: nothing trained or scored again
+    finally:
+        spec.write_text(original)  # the session's folder, as the other tests find it
 
 
 def test_unknown_subject_is_a_one_line_error(tiny_model, evaluator_dirs, tmp_path, capsys):
@@ -296,7 +307,7 @@ def test_a_bench_folder_refuses_to_resume_on_other_weights(finished, tiny_model,
         save_file({**tensors, name: tensors[name] + 1}, weights)
         assert main(args) == 2
         err = capsys.readouterr().err
-        assert "other settings (model_hash)" in err and "\n" not in err.strip()
+        assert "other settings (model_hash " in err and " now); rerun it" in err and "\n" not in err.strip()
         shutil.copy(next((Path(tiny_model) / "unet").glob("*.safetensors")), weights)  # the same weights: resumes
         assert main(args) == 0
     finally:
@@ -569,16 +580,17 @@ def test_an_older_bench_folder_reads_as_this_versions(tmp_path):
                                  ({"subject_start": 0.0, "version": 2}, 0.0), ({"subject_start": None, "version": 2}, None)):
         spec.write_text(json.dumps({**saved, "eval_every": 0, "select": "last"}))
         legacy = "version" not in saved  # no eval points and the last step: what train kept by default then
-        assert read_protocol(spec) == {"subject_start": subject_start, "version": 3, "masked_loss": None,
-                                       "eval_every": None if legacy else 0, "select": None if legacy else "last"}
+        assert read_protocol(spec) == {"subject_start": subject_start, "version": 3, "masked_loss": False,
+                                       "captioning": "off", "eval_every": None if legacy else 0,
+                                       "select": None if legacy else "last"}
     spec.write_text(json.dumps({"eval_every": 50, "select": "best"}))  # asked for: kept
     assert read_protocol(spec) == {"eval_every": 50, "select": "best", "subject_start": None, "version": 3,
-                                   "masked_loss": None}
-    for masked, read in ((False, None), (True, True)):  # version 2's off was every method's own then
+                                   "masked_loss": False, "captioning": "off"}
+    for masked in (False, True):  # before version 3 every pair trained as asked, and made no caption
         spec.write_text(json.dumps({"masked_loss": masked, "version": 2}))
-        assert read_protocol(spec)["masked_loss"] is read
-        spec.write_text(json.dumps({"masked_loss": masked, "version": 3}))
-        assert read_protocol(spec)["masked_loss"] is masked
+        assert (read_protocol(spec)["masked_loss"], read_protocol(spec)["captioning"]) == (masked, "off")
+        spec.write_text(json.dumps({"masked_loss": masked, "version": 3}))  # version 3's own
+        assert (read_protocol(spec)["masked_loss"], read_protocol(spec).get("captioning")) == (masked, None)
 
 
 def test_with_each_methods_own_eval_points_the_evaluators_decide_where_a_run_kept_its_best(tmp_path):

@@ -135,6 +135,61 @@ def test_a_default_masked_loss_applies_where_every_photo_has_a_mask_and_captions
                             64, True).masked_loss is False  # LoRA's choice had none
 
 
+def test_what_counts_as_a_photos_mask_for_a_default_masked_loss(tmp_path):
+    """A mask file or a transparent background, usable as open_mask reads it; an all-black or wrong-sized mask is
+    none (the default is then off; --masked-loss says what is wrong)."""
+    from PIL import Image
+
+    from subjectgen.photos import has_mask, masks_beside
+
+    Image.new("RGBA", (8, 8), (255, 0, 0, 128)).save(tmp_path / "alpha.png")
+    Image.new("RGB", (8, 8), "red").save(tmp_path / "plain.png")
+    assert has_mask(tmp_path / "alpha.png") and not has_mask(tmp_path / "plain.png")
+    (tmp_path / "masks").mkdir()
+    for mask, usable in ((Image.new("L", (8, 8), 0), False), (Image.new("L", (4, 4), 255), False),
+                         (Image.new("L", (8, 8), 255), True)):
+        mask.save(tmp_path / "masks" / "plain.png")
+        assert has_mask(tmp_path / "plain.png") is usable and masks_beside(tmp_path) is usable
+    assert not masks_beside(tmp_path / "nowhere") and not masks_beside(None)
+
+
+def test_a_finished_runs_defaults_are_compared_on_its_own_photos(tmp_path, subject_dir):
+    """A bench folder whose subjects differ in having masks is one folder of one version's defaults: each finished
+    run is compared with what its own photos would get now."""
+    from subjectgen.config import TrainConfig, defaults_changed
+
+    bare = TrainConfig(method="dreambooth", subject_dir=str(subject_dir), class_noun="dog", out="run")
+    record = {"resolution": 64, "settings": {"subject_dir": str(tmp_path / "masked"), "masked_loss": True,
+                                             "steps": 400}}
+    (tmp_path / "masked" / "masks").mkdir(parents=True)
+    from PIL import Image
+    Image.new("RGB", (8, 8)).save(tmp_path / "masked" / "a.png")
+    Image.new("L", (8, 8), 255).save(tmp_path / "masked" / "masks" / "a.png")
+    assert defaults_changed(record, bare) == []  # its photos have masks: on, as it was; this one's have none
+    assert defaults_changed({**record, "settings": {**record["settings"], "masked_loss": False}}, bare) == \
+        ["masked_loss False -> True"]
+    assert defaults_changed(None, bare) == []
+
+
+def test_a_run_from_before_the_masked_loss_default_resumes_where_the_default_is_still_off(subject_dir):
+    """run.json recorded masked_loss False before None meant the method's own: the same run for LoRA (still off),
+    not for DreamBooth (on now where masks are). --captions off is part of a run's identity (the built-in model's
+    DreamBooth captions by default, kept in the run)."""
+    import dataclasses
+
+    from subjectgen.config import TrainConfig
+    from subjectgen.training.outdir import same_run
+
+    for method, same in (("lora", True), ("dreambooth", False)):
+        cfg = TrainConfig(method=method, subject_dir=str(subject_dir), class_noun="dog", out="run")
+        legacy = {**cfg.identity(), "masked_loss": False}
+        assert same_run(legacy, cfg, resume=True) is same
+        assert same_run(legacy, dataclasses.replace(cfg, masked_loss=False), resume=True)
+    off = dataclasses.replace(cfg, captioning="off")
+    assert not same_run(cfg.identity(), off, resume=True) and same_run(off.identity(), off, resume=True)
+    assert same_run(cfg.identity(), dataclasses.replace(cfg, captioning="auto"), resume=True)
+
+
 def test_dreambooth_on_the_built_in_model_trains_at_the_fair_comparisons_choice_by_default(tmp_path, subject_dir):
     """The fair comparison's choice for DreamBooth (docs/RESULTS.md) with no flag on the built-in model: eight eval
     points (eval.csv, the curve in subject.json), the step the rule keeps, captions by the built-in captioner kept in

@@ -175,9 +175,12 @@ class TrainConfig:
 
     def identity(self) -> dict:
         """The settings that make two runs the same run (for --resume and --out checks)."""
-        return {k: v for k, v in self.to_dict().items()  # captions, once written, are the photo folder's
+        same = {k: v for k, v in self.to_dict().items()  # captions, once written, are the photo folder's
                 if k not in ("out", "checkpoint_every", "validate_every", "compile", "captioning", "captioner",
                              "subject_start")}  # a sampling default: it changes no weight
+        if self.captioning == "off":  # none made, where a method's default makes them (kept in the run, unwritten)
+            same["captioning"] = "off"
+        return same
 
     @property
     def alpha(self) -> float:
@@ -218,6 +221,8 @@ def resolve_defaults(cfg: TrainConfig, resolution: int, builtin: bool = False) -
     """Fill every `None` setting with the method's default for a model of this resolution (`builtin`: the built-in
     model, whose evaluators and captioner are built in, where a method may score eval points and caption by
     default). A default masked loss applies where every photo has a mask; `--captions off` resolves to None."""
+    from . import photos
+
     spec, small = registry.get(cfg.method), resolution < 256
     data = cfg.to_dict()
     for name, value in (spec.builtin_defaults if builtin else {}).items():
@@ -226,7 +231,7 @@ def resolve_defaults(cfg: TrainConfig, resolution: int, builtin: bool = False) -
     for name in registry.default_names(cfg.method):
         if data[name] is None:
             data[name] = spec.default(name, small)
-    if cfg.masked_loss is None and data["masked_loss"] and not masks_beside(cfg.subject_dir):
+    if cfg.masked_loss is None and data["masked_loss"] and not photos.masks_beside(cfg.subject_dir):
         data["masked_loss"] = False  # a default needs the masks a user's photos may lack (the flag asks for them)
     if data["captioning"] == "off":
         data["captioning"] = None  # none made, as before the setting had a default
@@ -244,30 +249,21 @@ def resolve_defaults(cfg: TrainConfig, resolution: int, builtin: bool = False) -
 
 
 def defaults_changed(record: dict | None, cfg: TrainConfig) -> list[str]:
-    """The defaults a finished run's manifest (`record`; None: no run yet) got that `cfg` would get otherwise, as
+    """The defaults a finished run's manifest (`record`; None: no run yet) got that `cfg` would give it now, as
     'name old -> new': a folder of runs (a bench's pairs, a farm's experts) must not go on at a version's other
-    defaults. A setting newer than the run is not compared."""
+    defaults. The run's own photos decide a default masked loss; a setting newer than the run is not compared."""
+    from dataclasses import replace
+
     from .assets import builtin_path
 
     if record is None:
         return []
     builtin = builtin_path("model", cfg.model) is not None
-    saved, now = record.get("settings", {}), resolve_defaults(cfg, record["resolution"], builtin).to_dict()
+    saved = record.get("settings", {})
+    now = resolve_defaults(replace(cfg, subject_dir=saved.get("subject_dir", cfg.subject_dir)), record["resolution"],
+                           builtin).to_dict()
     return [f"{k} {saved[k]} -> {now[k]}" for k in (*registry.default_names(cfg.method), "eval_every", "select")
             if k in saved and saved[k] != now[k]]
-
-
-def masks_beside(subject_dir: str | None) -> bool:
-    """Whether every photo in the folder has a subject mask (masks/NAME.*, or its alpha): a default masked loss
-    needs them."""
-    from pathlib import Path
-
-    from .photos import has_mask, photo_paths
-
-    if subject_dir is None or not Path(subject_dir).is_dir():
-        return False
-    photos = photo_paths(Path(subject_dir))
-    return bool(photos) and all(has_mask(p) for p in photos)
 
 
 @dataclass
@@ -361,8 +357,8 @@ FILTER_TAU_T, FILTER_TAU_S = 0.257, 0.012
 # bench.json's version. 2: None for `subject_start`, `eval_every` and `select` is each run's own, as `train` and
 # `generate` do by default (eval.report.read_protocol reads a version-1 folder's 0, 0 and "last" as None: the same
 # images, as no eval point changes the weights a run keeps last). 3: None for `masked_loss` and `captioning` is each
-# method's own (a version-2 folder's False, and its lack of captions, read as None: every method's own was off then;
-# a pair trained since at other defaults is refused, bench.check_same_defaults).
+# method's own (a version-2 folder reads as what its pairs trained at: its masked_loss, captioning "off"; resuming it
+# takes --no-masked-loss --captions off, which the error names).
 BENCH_PROTOCOL_VERSION = 3
 
 

@@ -125,15 +125,23 @@ def mask_files(photo: Path) -> list[Path]:
                   if p.suffix.lower() in readable_suffixes())
 
 
+def masks_beside(folder: str | Path | None) -> bool:
+    """Whether every photo in the folder has a usable subject mask: what a default masked loss needs."""
+    if folder is None or not Path(folder).is_dir():
+        return False
+    photos = photo_paths(Path(folder))
+    return bool(photos) and all(has_mask(p) for p in photos)
+
+
 def has_mask(photo: Path) -> bool:
-    """Whether the photo has a subject mask: a mask file, or an alpha channel (read from the header only)."""
-    if mask_files(photo):
-        return True
+    """Whether the photo has a usable subject mask (open_mask would read it): what a default masked loss needs."""
     try:
         with Image.open(photo) as image:
-            return "A" in image.getbands() or "transparency" in image.info
-    except (OSError, UnidentifiedImageError):  # reading the subject says what is wrong with the photo
+            size = image.size
+        open_mask(photo, size)
+    except (OSError, UnidentifiedImageError, UserError):  # reading the subject says what is wrong with the photo
         return False
+    return True
 
 
 def open_mask(photo: Path, photo_size: tuple[int, int]) -> Image.Image:

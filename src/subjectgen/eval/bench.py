@@ -85,10 +85,15 @@ def check_pretrained_assets(cfg: BenchConfig) -> None:
 def differing_settings(spec: Path, protocol: dict) -> list[str]:
     """The protocol keys on which a bench folder's bench.json differs from `protocol` (older folders lack
     newer keys: those count as the defaults)."""
+    saved = folder_protocol(spec)
+    return [k for k in protocol if saved.get(k) != protocol[k]]
+
+
+def folder_protocol(spec: Path) -> dict:
+    """A bench folder's settings as this version reads them (older folders lack newer keys: the defaults)."""
     from .report import read_protocol
 
-    saved = {**BenchConfig("", "").protocol(), **read_protocol(spec)}
-    return [k for k in protocol if saved.get(k) != protocol[k]]
+    return {**BenchConfig("", "").protocol(), **read_protocol(spec)}
 
 
 # The protocol keys that decide a trained run, and those that change only a method's images: another folder's
@@ -148,8 +153,11 @@ def check_out(out: Path, protocol: dict, write: bool = True) -> None:
     if spec.is_file():
         differ = differing_settings(spec, protocol)
         if differ:
-            raise UserError(f"--out {out} holds a benchmark with other settings ({', '.join(differ)}); rerun its "
-                            "command with the same model and evaluators, or choose another --out")
+            saved = folder_protocol(spec)
+            raise UserError(f"--out {out} holds a benchmark with other settings "
+                            f"({', '.join(f'{k} {saved.get(k)!r} there, {protocol[k]!r} now' for k in differ)}); "
+                            "rerun it with the flags that set those, the same model and evaluators, or choose another "
+                            "--out")
     elif out.is_dir() and contents(out):
         raise UserError(f"--out {out} is not empty and holds no benchmark; choose a new or empty folder")
     elif out.exists() and not out.is_dir():
@@ -419,8 +427,8 @@ def check_same_defaults(ctx: Context, cfg) -> None:
     changed = defaults_changed(next(finished_runs(ctx.out, cfg.method), None), cfg)
     if changed:
         raise UserError(f"--out {ctx.out}: its {cfg.method} runs were trained at other defaults than this "
-                        f"version's ({', '.join(changed)}); finish it with the version that began it, pass those "
-                        "settings where the bench has a flag for them, or choose another --out")
+                        f"version's ({', '.join(changed)}); finish it with the version that began it, or choose "
+                        "another --out")
 
 
 def eval_settings(cfg: BenchConfig) -> dict:

@@ -52,8 +52,8 @@ def read_protocol(spec: Path) -> dict:
             saved["subject_start"] = None  # every run's own was 0 then
         if saved.get("eval_every", 0) == 0 and saved.get("select", "last") == "last":
             saved.update(eval_every=None, select=None)  # the weights kept were the last step's, as train's own
-    if saved.get("version", 1) < 3 and not saved.get("masked_loss"):
-        saved["masked_loss"] = None  # every method's own was off then
+    if saved.get("version", 1) < 3:  # what every pair trained at then: explicit now, as methods' own may differ
+        saved.update(masked_loss=bool(saved.get("masked_loss")), captioning="off")
     return {**saved, "version": BENCH_PROTOCOL_VERSION}
 
 

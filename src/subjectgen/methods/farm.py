@@ -27,9 +27,9 @@ from typing import Callable
 
 import torch
 
+from ..adapters import MANIFEST
 from ..config import FILTER_TAU_S, FILTER_TAU_T, FarmSettings
 from ..errors import UserError
-from ..adapters import MANIFEST
 from ..photos import open_photo
 from ..safeio import atomic_save_image, atomic_write_json, read_json
 from ..settings import ANY_FINITE

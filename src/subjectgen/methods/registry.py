@@ -93,6 +93,8 @@ class MethodSpec:
             points, select = self.builtin_eval
             return (f"default: {points} points over the steps on the built-in model, else none" if name == "eval_every"
                     else f"default: {select} with eval points on the built-in model, else last")
+        if name == "captioning" and self.builtin_defaults.get(name) == "auto":
+            return "default on the built-in model: made as auto makes them, kept in the run (not written); else none"
         if name in self.builtin_defaults:
             return f"default: {_show(self.builtin_defaults[name])} on the built-in model, else none"
         pair = self.defaults.get(name, COMMON_DEFAULTS.get(name))

@@ -14,6 +14,7 @@ from pathlib import Path
 from .checkpoints import list_checkpoints
 from ..config import TrainConfig
 from ..errors import UserError
+from ..methods import registry
 from ..safeio import atomic_write_json, read_json
 
 RUN_SPEC = "run.json"  # the settings a run was started with; a resume checks them
@@ -111,8 +112,16 @@ def input_digest(cfg: TrainConfig) -> str:
 def same_run(saved: dict, cfg: TrainConfig, resume: bool) -> bool:
     """Whether run.json's settings are this command's; a resume may change RESUME_MAY_CHANGE."""
     ignore = {"resumes", "inputs"} | (set(RESUME_MAY_CHANGE) if resume else set())
-    mine = cfg.identity()
+    mine, saved = cfg.identity(), legacy_masked_loss(saved, cfg)
     return {k: v for k, v in saved.items() if k not in ignore} == {k: v for k, v in mine.items() if k not in ignore}
+
+
+def legacy_masked_loss(saved: dict, cfg: TrainConfig) -> dict:
+    """A run.json from before --masked-loss had a default recorded off as False: the same run as None (the method's
+    own) where that is still off on every model, so such a run resumes."""
+    off = not any(registry.get(cfg.method).default("masked_loss", small) for small in (False, True))
+    return {**saved, "masked_loss": None} if saved.get("masked_loss") is False and cfg.masked_loss is None and off \
+        else saved
 
 
 def check_out_dir(out: Path, cfg: TrainConfig, resume: bool, overwrite: bool) -> None:
