@@ -356,6 +356,18 @@ def test_a_bad_caption_file_is_a_one_line_error_with_nothing_written(tiny_model,
     assert words in err and "0.txt" in err and len(err.splitlines()) == 1 and not out.exists()
 
 
+def test_the_backdrop_warning_names_only_what_the_run_does_not_do_already():
+    from subjectgen.training.evaluation import BACKDROP_MARGIN, backdrop_warning
+
+    base, close = EvalPoint(0, 0.5, 0.1, 0.7, 0.10), EvalPoint(50, 0.6, 0.2, 0.6, 0.10 + BACKDROP_MARGIN / 2)
+    assert backdrop_warning(base, close) is None  # within the margin: no line
+    copied = EvalPoint(100, 0.7, 0.3, 0.4, 0.30)
+    plain = backdrop_warning(base, copied)
+    assert "step 100 copy the photos' backgrounds" in plain and "captions (NAME.txt" in plain and "--masked-loss" in plain
+    both = backdrop_warning(base, copied, captioned=True, masked=True)  # DreamBooth's defaults on the built-in model
+    assert "captions" not in both and "--masked-loss" not in both and both.endswith("fewer --steps or a lower --lr help")
+
+
 def test_the_backdrop_score_ranks_a_copy_of_the_photos_background_above_a_scene():
     from subjectgen.eval.metrics import backdrop_similarity, backdrops, load_evaluators
     from subjectgen.photos import open_mask, open_photo

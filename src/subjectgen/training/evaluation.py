@@ -94,13 +94,16 @@ class EvalLog:
 BACKDROP_MARGIN = 0.05  # provisional: to be set on the validation subjects by its own rule
 
 
-def backdrop_warning(base: EvalPoint, kept: EvalPoint) -> str | None:
-    """One line when the kept images resemble the photos' backgrounds clearly more than the base model's do."""
+def backdrop_warning(base: EvalPoint, kept: EvalPoint, captioned: bool = False, masked: bool = False) -> str | None:
+    """One line when the kept images resemble the photos' backgrounds clearly more than the base model's do, with
+    what helps that the run does not do already (`captioned`: it trained on captions; `masked`: a masked loss)."""
     if kept.backdrop - base.backdrop <= BACKDROP_MARGIN:
         return None
+    helps = [*([] if captioned else ["captions (NAME.txt with {subject})"]), *([] if masked else ["--masked-loss"]),
+             "fewer --steps or a lower --lr"]
     return (f"the images at step {kept.step} copy the photos' backgrounds (backdrop similarity "
             f"{kept.backdrop:.3f} against the base model's {base.backdrop:.3f}) rather than the prompt's scene; "
-            "captions (NAME.txt with {subject}), --masked-loss, fewer --steps or a lower --lr help")
+            f"{', '.join(helps)} help")
 
 
 def load_eval_evaluators(dino: str, clip: str):
@@ -232,7 +235,9 @@ class TrainingEval:
     def record(self) -> dict:
         """What the manifest keeps: the rule, the base row, the curve and the chosen step."""
         kept = next((p for p in self.points if p.step == self.kept_step()), None)
-        warning = backdrop_warning(self.base, kept) if kept else None
+        subject = self.trainer.subject
+        captioned = bool(subject is not None and subject.captions and any(subject.captions))
+        warning = backdrop_warning(self.base, kept, captioned, bool(self.trainer.cfg.masked_loss)) if kept else None
         return {"rule": RULE, "select": self.trainer.cfg.select, "backdrop_warning": warning,
                 "prompts": self.prompts, "seeds": list(EVAL_SEEDS), "sample_steps": self.trainer.cfg.eval_sample_steps,
                 "base": asdict(self.base), "curve": [asdict(p) for p in self.points],
