@@ -357,8 +357,7 @@ def run_emojibench(out: Path, choices: dict[str, str], deadline: float) -> None:
                 source = captioned_folder(str(resolve_bench("emoji")), out / "emojibench-captioned")
             reuse = ["--runs-from", str(first)] if folder != first and CAPTIONED not in flags else []
             if folder == first:  # the baseline, from another method's first folder (the same images)
-                others = [out / "emojibench" / m / slug(GRID[m][0][0]) for m in GRID if m != method]
-                reuse = next((["--runs-from", str(o)] for o in others if (o / "bench.json").is_file()), [])
+                reuse = baseline_source(out, method)
             bench(["--bench", source, "--methods", method, "--images-per-prompt", "2", "--dino", "builtin",
                    "--clip", "builtin", "--out", str(folder), *[f for f in flags if f != CAPTIONED], *reuse], deadline)
 
@@ -366,10 +365,16 @@ def run_emojibench(out: Path, choices: dict[str, str], deadline: float) -> None:
 def run_zero_shot(out: Path, methods: list[str], deadline: float) -> None:
     """The ZERO_SHOT methods on EmojiBench at their defaults, the baseline copied from a grid method's first folder."""
     for method in methods:
-        others = [out / "emojibench" / m / slug(GRID[m][0][0]) for m in GRID]
-        reuse = next((["--runs-from", str(o)] for o in others if (o / "bench.json").is_file()), [])
         bench(["--bench", "emoji", "--methods", method, "--images-per-prompt", "2", "--dino", "builtin", "--clip",
-               "builtin", "--out", str(out / "emojibench" / method / slug(ZERO_SHOT[method])), *reuse], deadline)
+               "builtin", "--out", str(out / "emojibench" / method / slug(ZERO_SHOT[method])),
+               *baseline_source(out, method)], deadline)
+
+
+def baseline_source(out: Path, method: str) -> list[str]:
+    """--runs-from the first EmojiBench folder another grid method has begun: its baseline's pairs are the same
+    images (30 subjects x 50 images, sampled again otherwise)."""
+    others = [out / "emojibench" / m / slug(GRID[m][0][0]) for m in GRID if m != method]
+    return next((["--runs-from", str(o)] for o in others if (o / "bench.json").is_file()), [])
 
 
 def main() -> None:

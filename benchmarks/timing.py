@@ -28,6 +28,7 @@ def train_alternately(out: Path, subjects: tuple[str, ...], variants: dict[str, 
             run = out / f"{label.replace(' ', '_')}-{subject}"
             spec = registry.get(method)
             made_as = [method, *extra, repr(sorted(spec.defaults.items())), repr(spec.builtin_eval)]
+            made_as += [repr(sorted(spec.builtin_defaults.items()))] if spec.builtin_defaults else []
             if not (run / "subject.json").is_file() or walls.get(run.name, {}).get("made_as") != made_as:
                 started, cpu = time.perf_counter(), _children_cpu()
                 subprocess.run([sys.executable, "-m", "subjectgen.cli", "--threads", "1", "train", method, "--subject",

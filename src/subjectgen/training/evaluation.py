@@ -235,8 +235,7 @@ class TrainingEval:
     def record(self) -> dict:
         """What the manifest keeps: the rule, the base row, the curve and the chosen step."""
         kept = next((p for p in self.points if p.step == self.kept_step()), None)
-        subject = self.trainer.subject
-        captioned = bool(subject is not None and subject.captions and any(subject.captions))
+        captioned = self.trainer.subject is not None and any(self.trainer.subject.captions or [])
         warning = backdrop_warning(self.base, kept, captioned, bool(self.trainer.cfg.masked_loss)) if kept else None
         return {"rule": RULE, "select": self.trainer.cfg.select, "backdrop_warning": warning,
                 "prompts": self.prompts, "seeds": list(EVAL_SEEDS), "sample_steps": self.trainer.cfg.eval_sample_steps,
