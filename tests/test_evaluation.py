@@ -368,6 +368,31 @@ def test_the_backdrop_warning_names_only_what_the_run_does_not_do_already():
     assert "captions" not in both and "--masked-loss" not in both and both.endswith("fewer --steps or a lower --lr help")
 
 
+def test_the_backdrop_paints_over_the_photos_masks_with_or_without_a_masked_loss(subject_dir):
+    """The backdrop score's masks are the photos' own wherever every photo has one, not only under --masked-loss
+    (else a run's warning would move with its loss); a folder with a photo lacking one paints the centre half."""
+    from PIL import Image
+
+    from subjectgen.subjects import load_subject
+    from subjectgen.training.evaluation import backdrop_masks
+
+    assert backdrop_masks(load_subject(subject_dir, "dog", 32), subject_dir) is None  # no masks: the centre half
+    photos = sorted(subject_dir.glob("*.png"))
+    (subject_dir / "masks").mkdir()
+    for photo in photos:
+        with Image.open(photo) as image:
+            mask = Image.new("L", image.size, 0)
+        mask.paste(255, (0, 0, mask.width // 3, mask.height))  # the subject on the left: not the centre half
+        mask.save(subject_dir / "masks" / photo.name)
+    unmasked, masked = (load_subject(subject_dir, "dog", 32, masks=m) for m in (False, True))
+    got = backdrop_masks(unmasked, subject_dir)
+    assert [m.size for m in got] == [(32, 32)] * len(photos)
+    assert [m.tobytes() for m in got] == [m.tobytes() for m in masked.masks]  # what the masked loss paints
+    assert backdrop_masks(masked, subject_dir) is masked.masks
+    (subject_dir / "masks" / photos[0].name).unlink()
+    assert backdrop_masks(unmasked, subject_dir) is None
+
+
 def test_the_backdrop_score_ranks_a_copy_of_the_photos_background_above_a_scene():
     from subjectgen.eval.metrics import backdrop_similarity, backdrops, load_evaluators
     from subjectgen.photos import open_mask, open_photo

@@ -21,6 +21,7 @@ import torch
 
 from ..errors import UserError
 from ..eval.metrics import backdrop_similarity, backdrops
+from ..photos import fit, masks_beside, open_mask, open_photo
 from ..safeio import atomic_save_safetensors, atomic_write_bytes, writing
 from ..subjects import expand_subject
 
@@ -106,6 +107,14 @@ def backdrop_warning(base: EvalPoint, kept: EvalPoint, captioned: bool = False, 
             f"{', '.join(helps)} help")
 
 
+def backdrop_masks(subject, folder) -> list | None:
+    """The subject masks the backdrop score paints over: the run's own (a masked loss's), else the photos' masks
+    where every photo has one, so the score does not depend on the loss; None: the photos' centre half."""
+    if subject.masks is not None or not masks_beside(folder):
+        return subject.masks
+    return [fit(open_mask(path, open_photo(path).size), image.size) for path, image in zip(subject.paths, subject.images)]
+
+
 def load_eval_evaluators(dino: str, clip: str):
     """The bench's evaluators, or a one-line error naming the flags (before the run folder appears)."""
     from ..eval.metrics import load_evaluators
@@ -143,7 +152,7 @@ class TrainingEval:
         self.seconds = 0.0  # spent sampling and scoring (the base row, the eval points): measuring, not learning
         cfg, self.trainer, self.ev = trainer.cfg, trainer, evaluators
         self.prompts = cfg.eval_prompts or default_eval_prompts(cfg.class_noun)
-        self.backgrounds = backdrops(trainer.subject.images, trainer.subject.masks)
+        self.backgrounds = backdrops(trainer.subject.images, backdrop_masks(trainer.subject, cfg.subject_dir))
         self.log = EvalLog(trainer.out / "eval.csv", start_step)
         self.best_path = trainer.out / BEST_FILE
         base, self.points = self.log.points()
