@@ -54,6 +54,8 @@ SECTIONS = [
     ("Validation subjects: choosing LoRA's sampling setting", ["benchmarks/validation.py"]),
     ("EmojiBench: the DreamBench protocol on the built-in world", ["benchmarks/emojibench.py"]),
     ("The fair comparison's checks: what PRES and DIV add to a bench pair, the built-in captioner's accuracy", ["benchmarks/fair_checks.py"]),
+    ("The backdrop warning's margin: its rule on the validation subjects, and how often it fires",
+     ["benchmarks/backdrop_margin.py"]),
     ("The fair comparison: each method's settings chosen by one rule on the validation subjects, then EmojiBench",
      ["benchmarks/fair.py"]),
     ("ProFusion on the built-in world: defaults chosen on validation, EmojiBench, ablation, time to subject",
