@@ -580,17 +580,57 @@ def test_an_older_bench_folder_reads_as_this_versions(tmp_path):
                                  ({"subject_start": 0.0, "version": 2}, 0.0), ({"subject_start": None, "version": 2}, None)):
         spec.write_text(json.dumps({**saved, "eval_every": 0, "select": "last"}))
         legacy = "version" not in saved  # no eval points and the last step: what train kept by default then
-        assert read_protocol(spec) == {"subject_start": subject_start, "version": 3, "masked_loss": False,
+        assert read_protocol(spec) == {"subject_start": subject_start, "version": 4, "masked_loss": False,
                                        "captioning": "off", "eval_every": None if legacy else 0,
-                                       "select": None if legacy else "last"}
+                                       "select": None if legacy else "last", "train_options": {}}
     spec.write_text(json.dumps({"eval_every": 50, "select": "best"}))  # asked for: kept
-    assert read_protocol(spec) == {"eval_every": 50, "select": "best", "subject_start": None, "version": 3,
-                                   "masked_loss": False, "captioning": "off"}
+    assert read_protocol(spec) == {"eval_every": 50, "select": "best", "subject_start": None, "version": 4,
+                                   "masked_loss": False, "captioning": "off", "train_options": {}}
     for masked in (False, True):  # before version 3 every pair trained as asked, and made no caption
         spec.write_text(json.dumps({"masked_loss": masked, "version": 2}))
         assert (read_protocol(spec)["masked_loss"], read_protocol(spec)["captioning"]) == (masked, "off")
         spec.write_text(json.dumps({"masked_loss": masked, "version": 3}))  # version 3's own
         assert (read_protocol(spec)["masked_loss"], read_protocol(spec).get("captioning")) == (masked, None)
+    spec.write_text(json.dumps({"train_options": {"rank": 8}, "version": 4}))  # version 4's own
+    assert read_protocol(spec)["train_options"] == {"rank": 8}
+
+
+def test_a_methods_own_training_settings_reach_only_the_methods_that_take_them(tiny_model, evaluator_dirs, tmp_path):
+    """--rank reaches LoRA, --num-vectors Textual Inversion, --prior-preservation both; the folder's protocol keeps
+    them, so a rerun without them is another bench."""
+    out = tmp_path / "out"
+    args = bench_args(tiny_model, evaluator_dirs, out, "lora,textual-inversion") + [
+        "--subjects", "dog", "--rank", "2", "--num-vectors", "2", "--prior-preservation", "--num-class-images", "2"]
+    assert main(args) == 0
+    settings = {m: json.loads((out / "pairs" / m / "dog" / "run" / MANIFEST).read_text())["settings"]
+                for m in ("lora", "textual-inversion")}
+    assert (settings["lora"]["rank"], settings["textual-inversion"]["num_vectors"]) == (2, 2)
+    assert settings["textual-inversion"]["rank"] == 4  # not LoRA's flag's: TI has no rank
+    assert all(s["prior_preservation"] and s["num_class_images"] == 2 for s in settings.values())
+    assert json.loads((out / "bench.json").read_text())["train_options"] == {
+        "rank": 2, "prior_preservation": True, "num_class_images": 2, "num_vectors": 2}
+    assert main(args[:args.index("--rank")]) == 2  # the same folder at the methods' own: refused, nothing trained
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--methods", "lora", "--num-vectors", "2"], "--num-vectors: none of the bench's methods (lora) takes it; it is for "
+                                                  "textual-inversion"),
+    (["--methods", "profusion", "--prior-weight", "2"], "--prior-weight: none of the bench's methods (profusion)"),
+    (["--methods", "lora", "--rank", "0"], "--rank: must be an integer >= 1"),
+])
+def test_a_training_setting_no_method_can_take_is_a_one_line_error(tiny_model, evaluator_dirs, tmp_path, capsys,
+                                                                   flags, words):
+    args = bench_args(tiny_model, evaluator_dirs, tmp_path / "out") + flags
+    try:
+        code = main(args)
+    except SystemExit as exc:  # argparse's own check of a number's range
+        code = exc.code
+    assert code == 2
+    err = capsys.readouterr().err
+    assert words in err and err.count("\n") == 1 and not (tmp_path / "out").exists()
+    with pytest.raises(UserError, match="--rank 0: lora needs"):
+        from subjectgen.config import BenchConfig
+        BenchConfig("emoji", "out", methods=["lora"], train_options={"rank": 0})
 
 
 def test_with_each_methods_own_eval_points_the_evaluators_decide_where_a_run_kept_its_best(tmp_path):

@@ -19,8 +19,9 @@ os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 for _name in ("torchao", "torch.utils._pytree"):
     logging.getLogger(_name).setLevel(logging.ERROR)
 
-from .config import (FILTER_TAU_S, FILTER_TAU_T, SAMPLE_OPTIONS, ApprenticeSettings, BenchConfig,  # noqa: E402
-                     FarmSettings, FusionSettings, SampleSettings, TrainConfig)
+from .config import (BENCH_TRAIN_OPTIONS, FILTER_TAU_S, FILTER_TAU_T, SAMPLE_OPTIONS,  # noqa: E402
+                     ApprenticeSettings, BenchConfig, FarmSettings, FusionSettings, SampleSettings, TrainConfig,
+                     method_takes)
 from .errors import UserError  # noqa: E402
 from .methods import registry  # noqa: E402
 from .settings import ANY_FINITE, AT_LEAST_1, POSITIVE, SEED, arg_type, flag_of, number_type  # noqa: E402
@@ -76,22 +77,15 @@ def add_train_parser(sub) -> None:
     the settings' declarations (config.TrainConfig) and the method's spec (methods/registry.py)."""
     train = sub.add_parser("train", help="personalize a model on photos of one subject")
     methods = train.add_subparsers(dest="method", metavar="METHOD", required=True, parser_class=Parser)
-    shared = shared_settings()
     for spec in map(registry.get, registry.names()):
         p = methods.add_parser(spec.name, help=spec.help, description=spec.help)
         for f in fields(TrainConfig):
-            if (f.name in shared and f.name not in spec.drops) or f.name in spec.own_settings:
+            if "help" in f.metadata and method_takes(spec.name, f.name):  # the flags: the settings with help
                 add_setting(p, f, spec)
         p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint "
                        "(it may lower --lr, e.g. after a diverged run)")
         p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
         p.add_argument("--quiet", action="store_true", help="no progress bars")
-
-
-def shared_settings() -> set[str]:
-    """The TrainConfig settings every method takes: those with a flag that no method claims as its own."""
-    own = {name for spec in registry.REGISTRY.values() for name in spec.own_settings}
-    return {f.name for f in fields(TrainConfig) if "help" in f.metadata and f.name not in own}
 
 
 def add_setting(parser, f, spec) -> None:
@@ -169,6 +163,29 @@ def add_method_sample_flags(parser) -> None:
             else:
                 group.add_argument(flag_of(f), dest=f.name, type=arg_type(settings_class, f.name), metavar="N" if
                                    f.metadata["bound"].integer else "X", help=f.metadata["help"])
+
+
+def add_method_train_flags(parser) -> None:
+    """The methods' own training flags the bench passes on (config.BENCH_TRAIN_OPTIONS), as train declares them;
+    each reaches the methods that take it, unset ones keep each method's default."""
+    group = parser.add_argument_group("the methods' own training settings, for the methods that take them "
+                                      "(default: each method's)")
+    declared = {f.name: f for f in fields(TrainConfig)}
+    for name in BENCH_TRAIN_OPTIONS:
+        f = declared[name]
+        users = ", ".join(m for m in registry.names() if registry.get(m).listed and method_takes(m, name))
+        kwargs = {"dest": f"train_{name}", "default": None, "help": f"{f.metadata['help']} [{users}]"}
+        if f.metadata.get("bound") is None:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            kwargs.update(type=arg_type(TrainConfig, name), metavar="N" if f.metadata["bound"].integer else "X")
+        group.add_argument(flag_of(f), **kwargs)
+
+
+def train_options(args) -> dict:
+    """The methods' own training settings given on the bench's command line (only those given)."""
+    return {name: getattr(args, f"train_{name}") for name in BENCH_TRAIN_OPTIONS
+            if getattr(args, f"train_{name}", None) is not None}
 
 
 def sample_options(args) -> dict:
@@ -493,6 +510,7 @@ def add_bench_parser(sub) -> None:
                         "subjects, seed and training settings) and its baseline (same settings but the methods' "
                         "own), to sweep a setting without retraining; when only --dino or --clip differ, every "
                         "pair's images, scored again by the new evaluators (nothing is trained or sampled)")
+    add_method_train_flags(p)
     add_method_sample_flags(p)
     p.add_argument("--workers", type=workers_type, default=default_workers(), metavar="N|auto",
                    help="run the bench as N local processes, the subjects split among them, each with its share of "
@@ -747,7 +765,8 @@ def bench_config(args):
                        masked_loss=args.masked_loss, captioning=args.captioning, eval_every=args.eval_every,
                        select=args.select,
                        eval_sample_steps=args.eval_sample_steps, subject_start=args.subject_start, dino=args.dino,
-                       clip=args.clip, runs_from=args.runs_from, sample_options=sample_options(args))
+                       clip=args.clip, runs_from=args.runs_from, sample_options=sample_options(args),
+                       train_options=train_options(args))
 
 
 def default_bench_methods(args) -> list[str]:

@@ -354,12 +354,50 @@ class FarmSettings:
 FILTER_TAU_T, FILTER_TAU_S = 0.257, 0.012
 
 
+# A method's own training settings the bench passes on (train's flags): each reaches the bench's methods that take it.
+BENCH_TRAIN_OPTIONS = ("rank", "lora_alpha", "prior_preservation", "prior_weight", "num_class_images", "num_vectors")
+
+
+def method_takes(method: str, name: str) -> bool:
+    """Whether `train METHOD` has the TrainConfig setting `name`: its own, or a shared one it does not drop."""
+    spec = registry.get(method)
+    owned = {n for other in registry.REGISTRY.values() for n in other.own_settings}
+    return name in spec.own_settings or (name not in owned and name not in spec.drops)
+
+
+def train_options_for(method: str, options: dict) -> dict:
+    """The bench's training options that `method` takes."""
+    return {k: v for k, v in options.items() if method_takes(method, k)}
+
+
+def check_train_options(options: dict, methods: list[str]) -> None:
+    """Each option one of BENCH_TRAIN_OPTIONS, taken by one of the bench's methods at least, and within the range
+    of each method that takes it: a one-line error naming the flag."""
+    for name, value in options.items():
+        flag = "--" + name.replace("_", "-")
+        if name not in BENCH_TRAIN_OPTIONS:
+            raise UserError(f"{flag} is not a training setting the bench passes on "
+                            f"({', '.join(BENCH_TRAIN_OPTIONS)})")
+        takers = [m for m in methods if m in registry.names() and method_takes(m, name)]
+        if not takers:
+            users = [m for m in registry.names() if registry.get(m).listed and method_takes(m, name)]
+            raise UserError(f"{flag}: none of the bench's methods ({', '.join(methods)}) takes it; it is for "
+                            f"{', '.join(users)}")
+        for method in takers:
+            bound = registry.get(method).bounds.get(name, bound_of(TrainConfig, name))
+            if bound is None and not isinstance(value, bool):
+                raise UserError(f"{flag} takes no value: give {flag} or --no-{flag[2:]}")
+            if bound is not None and (isinstance(value, bool) or not bound.allows(value)):
+                raise UserError(f"{flag} {value}: {method} needs {bound.describe()}")
+
+
 # bench.json's version. 2: None for `subject_start`, `eval_every` and `select` is each run's own, as `train` and
 # `generate` do by default (eval.report.read_protocol reads a version-1 folder's 0, 0 and "last" as None: the same
 # images, as no eval point changes the weights a run keeps last). 3: None for `masked_loss` and `captioning` is each
 # method's own (a version-2 folder reads as what its pairs trained at: its masked_loss, captioning "off"; resuming it
-# takes --no-masked-loss --captions off, which the error names).
-BENCH_PROTOCOL_VERSION = 3
+# takes --no-masked-loss --captions off, which the error names). 4: `train_options` (BENCH_TRAIN_OPTIONS), {} in an
+# older folder.
+BENCH_PROTOCOL_VERSION = 4
 
 
 @dataclass
@@ -390,6 +428,7 @@ class BenchConfig:
     # steps sampled without the subject (generate's flag); None: each run's own (train --subject-start)
     subject_start: float | None = setting(None, FRACTION_BELOW_1)
     sample_options: dict = field(default_factory=dict)  # a method's own generation settings (FusionSettings' flags)
+    train_options: dict = field(default_factory=dict)  # a method's own training settings (BENCH_TRAIN_OPTIONS)
     dino: str | None = None         # default: built-in for EmojiBench, the real ones otherwise
     clip: str | None = None
     runs_from: str | None = None    # an earlier bench folder whose runs and baseline to reuse (reusable())
@@ -402,6 +441,7 @@ class BenchConfig:
     def __post_init__(self) -> None:
         check_settings(self)
         check_sample_options(self.sample_options)
+        check_train_options(self.train_options, self.methods)
         if self.select not in (None, "last", "best"):
             raise UserError(f"--select must be last or best, got {self.select!r}")
         if self.select == "best" and not self.eval_every:

@@ -81,10 +81,11 @@ def setting(default: Any = None, bound: Bound | None = None, help: str = "", fla
     return field(default=default, metadata=metadata)
 
 
-def bound_of(cls: type, name: str) -> Bound:
+def bound_of(cls: type, name: str) -> Bound | None:
+    """A setting's range (None: one without, a switch or a name)."""
     for f in fields(cls):
         if f.name == name:
-            return f.metadata["bound"]
+            return f.metadata.get("bound")
     raise KeyError(f"{cls.__name__} has no field {name}")
 
 

@@ -99,9 +99,9 @@ def folder_protocol(spec: Path) -> dict:
 # The protocol keys that decide a trained run, and those that change only a method's images: another folder's
 # runs are reusable when the first match, its baseline images when all but the second match.
 TRAINING_KEYS = ("bench", "model", "model_hash", "seed", "train_steps", "train_lr", "promptnet", "apprentice",
-                 "masked_loss", "captioning", "eval_every", "select", "eval_sample_steps")
+                 "masked_loss", "captioning", "eval_every", "select", "eval_sample_steps", "train_options")
 METHOD_ONLY_KEYS = ("train_steps", "train_lr", "promptnet", "apprentice", "masked_loss", "captioning", "eval_every",
-                    "select", "eval_sample_steps", "subject_start", "sample_options")
+                    "select", "eval_sample_steps", "subject_start", "sample_options", "train_options")
 
 
 # The keys of the evaluators only: a folder that differs from another only in these has the same images.
@@ -384,7 +384,7 @@ def oracle_pair(ctx: Context, subject: str, photos: list) -> dict:
 def prepare_run(ctx: Context, method: str, subject: str, pair: Path):
     """The Run to sample from and the seconds its training took (0 for the baseline)."""
     from ..adapters import MANIFEST, load_run
-    from ..config import TrainConfig
+    from ..config import TrainConfig, train_options_for
     from ..models import inference_device
     from ..training import train
 
@@ -404,7 +404,8 @@ def prepare_run(ctx: Context, method: str, subject: str, pair: Path):
                           seed=ctx.cfg.seed, masked_loss=ctx.cfg.masked_loss if trains else None,
                           captioning=ctx.cfg.captioning if trains else None,
                           promptnet=ctx.cfg.promptnet, apprentice=ctx.cfg.apprentice,
-                          **(eval_settings(ctx.cfg) if trains else {}))
+                          **(eval_settings(ctx.cfg) if trains else {}),
+                          **train_options_for(method, ctx.cfg.train_options))
         check_same_defaults(ctx, cfg)
         started = time.perf_counter()
         train(cfg, overwrite=True, progress=False, distributed=False)

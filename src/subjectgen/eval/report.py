@@ -54,6 +54,8 @@ def read_protocol(spec: Path) -> dict:
             saved.update(eval_every=None, select=None)  # the weights kept were the last step's, as train's own
     if saved.get("version", 1) < 3:  # what every pair trained at then: explicit now, as methods' own may differ
         saved.update(masked_loss=bool(saved.get("masked_loss")), captioning="off")
+    if saved.get("version", 1) < 4:
+        saved.setdefault("train_options", {})  # none could be given then
     return {**saved, "version": BENCH_PROTOCOL_VERSION}
 
 
