@@ -460,7 +460,7 @@ def report_emojibench(out: Path, results: dict[str, tuple[list, str | None]]) ->
 
 def report_order(out: Path, choices: dict[str, str]) -> None:
     """Every method on EmojiBench at its default today (for the grid methods their rule's choice, which became it),
-    where finished: the methods' order."""
+    where finished: the methods' order, and the papers'."""
     rows = [(f"{m}: {chosen}", s) for m, chosen in choices.items()
             if chosen and (s := summary(out / "emojibench" / m / slug(chosen), m))]
     rows += [(f"{m}: {name}", s) for m, name in ZERO_SHOT.items()
@@ -472,6 +472,32 @@ def report_order(out: Path, choices: dict[str, str]) -> None:
     if missing:
         print(("\n" if rows else "") + f"Not finished yet: {', '.join(missing)} (`python benchmarks/fair.py --stage emojibench`).")
     print()
+    report_papers({name.split(": ")[0]: s for name, s in rows})
+
+
+# DreamBench's published scores (real DINO ViT-S/16 and CLIP ViT-B/32 on real photos): only their order compares with
+# the built-in world's, whose evaluators are not on that scale. method -> (the paper's row, DINO, CLIP-T or None).
+PAPERS = {
+    "dreambooth": ("DreamBooth on Stable Diffusion (Ruiz et al. 2023, Table 1)", 0.668, 0.305),
+    "textual-inversion": ("Textual Inversion on Stable Diffusion (Ruiz et al. 2023, Table 1)", 0.569, 0.255),
+    "apprentice": ("SuTI (Chen et al. 2023; its CLIP-T on par with DreamBooth's)", 0.741, None),
+}
+
+
+def report_papers(ours: dict[str, dict]) -> None:
+    """Each pair of methods the papers order, against the order here (on DINO, and on CLIP-T where both have it)."""
+    pairs = [(a, b, metric) for a in PAPERS for b in PAPERS if a < b and a in ours and b in ours
+             for metric, k in (("DINO", 1), ("CLIP-T", 2)) if PAPERS[a][k] is not None and PAPERS[b][k] is not None]
+    if not pairs:
+        return
+    print("The papers' order on DreamBench against this one (LoRA and ProFusion are in neither table):\n")
+    print("| pair | metric | the papers | here | the same order |\n|---|---|---|---|---|")
+    for a, b, metric in pairs:
+        k, key = (1, "dino") if metric == "DINO" else (2, "clip_t")
+        theirs, here = PAPERS[a][k] - PAPERS[b][k], ours[a][key] - ours[b][key]
+        print(f"| {a} – {b} | {metric} | {PAPERS[a][k]:.3f} – {PAPERS[b][k]:.3f} | {ours[a][key]:.3f} – "
+              f"{ours[b][key]:.3f} | {'yes' if theirs * here > 0 else '**no**'} |")
+    print("\nThe papers' rows: " + "; ".join(f"{m}: {PAPERS[m][0]}" for m in PAPERS) + ".\n")
 
 
 if __name__ == "__main__":
