@@ -18,20 +18,20 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import statistics
 from pathlib import Path
 
 from starting_point import validation_folder
 
-from subjectgen.eval.metrics import backdrop_similarity, backdrops, load_evaluators
+from subjectgen.eval.metrics import backdrop_similarity, load_evaluators
 from subjectgen.photos import open_photo
 from subjectgen.subjects import expand_subject, load_subject
-from subjectgen.training.evaluation import CLIP_T_SHARE, EVAL_SEEDS, backdrop_masks, default_eval_prompts
+from subjectgen.training.evaluation import CLIP_T_SHARE, EVAL_SEEDS, default_eval_prompts, subject_backdrops
 
 
 def subject_backgrounds(folder: Path, noun: str, resolution: int) -> list:
     """The photos' backgrounds as a run of this subject paints them (TrainingEval)."""
-    subject = load_subject(folder, noun, resolution)
-    return backdrops(subject.images, backdrop_masks(subject, folder))
+    return subject_backdrops(load_subject(folder, noun, resolution), folder)
 
 
 def base_images(components, noun: str, cache: dict) -> list:
@@ -83,7 +83,8 @@ def check_rows(fair: Path, subjects: dict, backgrounds: dict, evaluators) -> lis
             similarity = [backdrop_similarity(evaluators, eval_prompt_images(row / "pairs" / m / name, row, noun),
                                               backgrounds[name]) for m in (method, "baseline")]
             judged[name] = (own["clip_t"] < CLIP_T_SHARE * base["clip_t"], similarity[0] - similarity[1])
-        out.append((row, method, judged))
+        if len(judged) == len(subjects):  # a row still running is left out
+            out.append((row, method, judged))
     return out
 
 
@@ -91,10 +92,14 @@ def report(margin: float, rows: list, checks: list, validation: dict, sheet: Pat
     excess = sorted(perfect - base for _, base, perfect in rows)
     print(f"**The margin by its rule: {margin:.2f}** — the largest excess of the perfect render's backdrop similarity "
           f"over the base model's among the {len(rows)} validation subjects (excesses from {excess[0]:+.3f} to "
-          f"{excess[-1]:+.3f}, median {excess[len(excess) // 2]:+.3f}).\n")
+          f"{excess[-1]:+.3f}, median {statistics.median(excess):+.3f}).\n")
     print("| subject | base model | perfect render | excess |\n|---|---|---|---|")
     for name, base, perfect in rows:
         print(f"| {name} | {base:.3f} | {perfect:.3f} | {perfect - base:+.3f} |")
+    if not checks:
+        print("The check needs the fair comparison's validation rows (`python benchmarks/fair.py --stage validation`); "
+              "none has finished.\n")
+        return
     print(f"\nThe check on the fair comparison's validation rows (bench images for the eval prompts against the "
           f"baseline's; drifted: CLIP-T below {CLIP_T_SHARE:.0%} of the baseline's for that subject):\n")
     print("| method | row | runs | drifted | warned | warned, drifted | warned, within budget |\n|---|---|---|---|---|---|---|")

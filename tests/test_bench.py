@@ -595,7 +595,8 @@ def test_an_older_bench_folder_reads_as_this_versions(tmp_path):
     assert read_protocol(spec)["train_options"] == {"rank": 8}
 
 
-def test_a_methods_own_training_settings_reach_only_the_methods_that_take_them(tiny_model, evaluator_dirs, tmp_path):
+def test_a_methods_own_training_settings_reach_only_the_methods_that_take_them(tiny_model, evaluator_dirs, tmp_path,
+                                                                               capsys):
     """--rank reaches LoRA, --num-vectors Textual Inversion, --prior-preservation both; the folder's protocol keeps
     them, so a rerun without them is another bench."""
     out = tmp_path / "out"
@@ -609,7 +610,20 @@ def test_a_methods_own_training_settings_reach_only_the_methods_that_take_them(t
     assert all(s["prior_preservation"] and s["num_class_images"] == 2 for s in settings.values())
     assert json.loads((out / "bench.json").read_text())["train_options"] == {
         "rank": 2, "prior_preservation": True, "num_class_images": 2, "num_vectors": 2}
+    pairs = sorted(p.name for p in (out / "pairs").glob("*/*"))
     assert main(args[:args.index("--rank")]) == 2  # the same folder at the methods' own: refused, nothing trained
+    err = capsys.readouterr().err
+    assert "training options --rank 2 --prior-preservation --num-class-images 2 --num-vectors 2 there, none now" in err
+    assert err.count("\n") == 1
+    assert sorted(p.name for p in (out / "pairs").glob("*/*")) == pairs
+
+
+def test_runs_with_other_training_options_are_not_reused_but_the_baseline_is(finished):
+    from subjectgen.eval.bench import folder_protocol, reusable
+
+    protocol = folder_protocol(finished / "bench.json")
+    assert "runs" in reusable(finished, protocol)
+    assert reusable(finished, {**protocol, "train_options": {"rank": 8}}) == {"baseline"}
 
 
 @pytest.mark.parametrize("flags, words", [
@@ -617,6 +631,8 @@ def test_a_methods_own_training_settings_reach_only_the_methods_that_take_them(t
                                                   "textual-inversion"),
     (["--methods", "profusion", "--prior-weight", "2"], "--prior-weight: none of the bench's methods (profusion)"),
     (["--methods", "lora", "--rank", "0"], "--rank: must be an integer >= 1"),
+    (["--methods", "textual-inversion", "--prior-preservation"],
+     "--prior-preservation: textual-inversion makes no class images by default; add --num-class-images N"),
 ])
 def test_a_training_setting_no_method_can_take_is_a_one_line_error(tiny_model, evaluator_dirs, tmp_path, capsys,
                                                                    flags, words):
@@ -628,9 +644,17 @@ def test_a_training_setting_no_method_can_take_is_a_one_line_error(tiny_model, e
     assert code == 2
     err = capsys.readouterr().err
     assert words in err and err.count("\n") == 1 and not (tmp_path / "out").exists()
-    with pytest.raises(UserError, match="--rank 0: lora needs"):
-        from subjectgen.config import BenchConfig
-        BenchConfig("emoji", "out", methods=["lora"], train_options={"rank": 0})
+
+
+@pytest.mark.parametrize("options, words", [({"rank": 0}, "--rank 0: lora needs an integer >= 1"),
+                                            ({"rank": True}, "--rank True: lora needs"),
+                                            ({"prior_preservation": 1}, "--prior-preservation takes no value"),
+                                            ({"steps": 5}, "--steps is not a training setting the bench passes on")])
+def test_a_bench_config_checks_its_training_options(options, words):
+    from subjectgen.config import BenchConfig
+
+    with pytest.raises(UserError, match=words):
+        BenchConfig("emoji", "out", methods=["lora"], train_options=options)
 
 
 def test_with_each_methods_own_eval_points_the_evaluators_decide_where_a_run_kept_its_best(tmp_path):

@@ -21,7 +21,7 @@ for _name in ("torchao", "torch.utils._pytree"):
 
 from .config import (BENCH_TRAIN_OPTIONS, FILTER_TAU_S, FILTER_TAU_T, SAMPLE_OPTIONS,  # noqa: E402
                      ApprenticeSettings, BenchConfig, FarmSettings, FusionSettings, SampleSettings, TrainConfig,
-                     method_takes)
+                     method_takes, option_users)
 from .errors import UserError  # noqa: E402
 from .methods import registry  # noqa: E402
 from .settings import ANY_FINITE, AT_LEAST_1, POSITIVE, SEED, arg_type, flag_of, number_type  # noqa: E402
@@ -80,7 +80,7 @@ def add_train_parser(sub) -> None:
     for spec in map(registry.get, registry.names()):
         p = methods.add_parser(spec.name, help=spec.help, description=spec.help)
         for f in fields(TrainConfig):
-            if "help" in f.metadata and method_takes(spec.name, f.name):  # the flags: the settings with help
+            if method_takes(spec.name, f.name):
                 add_setting(p, f, spec)
         p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint "
                        "(it may lower --lr, e.g. after a diverged run)")
@@ -173,8 +173,9 @@ def add_method_train_flags(parser) -> None:
     declared = {f.name: f for f in fields(TrainConfig)}
     for name in BENCH_TRAIN_OPTIONS:
         f = declared[name]
-        users = ", ".join(m for m in registry.names() if registry.get(m).listed and method_takes(m, name))
-        kwargs = {"dest": f"train_{name}", "default": None, "help": f"{f.metadata['help']} [{users}]"}
+        needs = " with --prior-preservation" if name in ("prior_weight", "num_class_images") else ""
+        kwargs = {"dest": f"train_{name}", "default": None,
+                  "help": f"{f.metadata['help']} [{', '.join(option_users(name))}{needs}]"}
         if f.metadata.get("bound") is None:
             kwargs["action"] = argparse.BooleanOptionalAction
         else:

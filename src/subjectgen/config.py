@@ -359,10 +359,23 @@ BENCH_TRAIN_OPTIONS = ("rank", "lora_alpha", "prior_preservation", "prior_weight
 
 
 def method_takes(method: str, name: str) -> bool:
-    """Whether `train METHOD` has the TrainConfig setting `name`: its own, or a shared one it does not drop."""
+    """Whether `train METHOD` has a flag for the TrainConfig setting `name`: its own, or a shared one (a setting
+    with help that no method owns) it does not drop."""
     spec = registry.get(method)
+    if not any(f.name == name and "help" in f.metadata for f in fields(TrainConfig)):
+        return False
     owned = {n for other in registry.REGISTRY.values() for n in other.own_settings}
     return name in spec.own_settings or (name not in owned and name not in spec.drops)
+
+
+def option_users(name: str) -> list[str]:
+    """The `train` methods that take the setting `name`."""
+    return [m for m in registry.names() if method_takes(m, name)]
+
+
+def method_bound(method: str, name: str) -> Bound | None:
+    """A setting's range for one method (its own where it differs from the declaration's)."""
+    return registry.get(method).bounds.get(name, bound_of(TrainConfig, name))
 
 
 def train_options_for(method: str, options: dict) -> dict:
@@ -372,7 +385,7 @@ def train_options_for(method: str, options: dict) -> dict:
 
 def check_train_options(options: dict, methods: list[str]) -> None:
     """Each option one of BENCH_TRAIN_OPTIONS, taken by one of the bench's methods at least, and within the range
-    of each method that takes it: a one-line error naming the flag."""
+    of each method that takes it; prior preservation only with class images: a one-line error naming the flag."""
     for name, value in options.items():
         flag = "--" + name.replace("_", "-")
         if name not in BENCH_TRAIN_OPTIONS:
@@ -380,15 +393,20 @@ def check_train_options(options: dict, methods: list[str]) -> None:
                             f"({', '.join(BENCH_TRAIN_OPTIONS)})")
         takers = [m for m in methods if m in registry.names() and method_takes(m, name)]
         if not takers:
-            users = [m for m in registry.names() if registry.get(m).listed and method_takes(m, name)]
             raise UserError(f"{flag}: none of the bench's methods ({', '.join(methods)}) takes it; it is for "
-                            f"{', '.join(users)}")
+                            f"{', '.join(option_users(name))} (a folder started with it keeps it: name such a "
+                            "method again, its finished pairs are reused)")
         for method in takers:
-            bound = registry.get(method).bounds.get(name, bound_of(TrainConfig, name))
+            bound = method_bound(method, name)
             if bound is None and not isinstance(value, bool):
                 raise UserError(f"{flag} takes no value: give {flag} or --no-{flag[2:]}")
             if bound is not None and (isinstance(value, bool) or not bound.allows(value)):
                 raise UserError(f"{flag} {value}: {method} needs {bound.describe()}")
+    if options.get("prior_preservation") and "num_class_images" not in options:
+        for method in (m for m in methods if m in registry.names() and method_takes(m, "prior_preservation")):
+            if min(registry.get(method).default("num_class_images", small) or 0 for small in (False, True)) < 1:
+                raise UserError(f"--prior-preservation: {method} makes no class images by default; add "
+                                "--num-class-images N")
 
 
 # bench.json's version. 2: None for `subject_start`, `eval_every` and `select` is each run's own, as `train` and
@@ -448,7 +466,7 @@ class BenchConfig:
             raise UserError("--select best needs --eval-every N (the eval points each run chooses among)")
         for name in self.methods:  # --train-steps within each method's own range (0 only where it means something)
             if name in registry.names() and self.train_steps is not None and "steps" not in registry.get(name).drops:
-                bound = registry.get(name).bounds.get("steps", bound_of(TrainConfig, "steps"))
+                bound = method_bound(name, "steps")
                 if not bound.allows(self.train_steps):
                     raise UserError(f"--train-steps {self.train_steps}: {name} needs {bound.describe()}")
 

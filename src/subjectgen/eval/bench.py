@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config import BenchConfig, options_for
+from ..config import BENCH_TRAIN_OPTIONS, BenchConfig, options_for
 from ..methods import registry
 from ..errors import UserError
 from ..training.outdir import contents, hold, release
@@ -155,7 +155,7 @@ def check_out(out: Path, protocol: dict, write: bool = True) -> None:
         if differ:
             saved = folder_protocol(spec)
             raise UserError(f"--out {out} holds a benchmark with other settings "
-                            f"({', '.join(f'{k} {saved.get(k)!r} there, {protocol[k]!r} now' for k in differ)}); "
+                            f"({', '.join(setting_change(k, saved.get(k), protocol[k]) for k in differ)}); "
                             "rerun it with the flags that set those, the same model and evaluators, or choose another "
                             "--out")
     elif out.is_dir() and contents(out):
@@ -165,6 +165,21 @@ def check_out(out: Path, protocol: dict, write: bool = True) -> None:
     if write:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(spec, protocol)
+
+
+def setting_change(key: str, there, now) -> str:
+    """One differing bench setting, as check_out names it; the training options as their flags."""
+    if key != "train_options":
+        return f"{key} {there!r} there, {now!r} now"
+
+    def flags(options) -> str:  # in the order bench --help lists them
+        options = options or {}
+        named = {k: k.replace("_", "-") for k in options}
+        return " ".join(f"--{named[k]}" if options[k] is True else f"--no-{named[k]}" if options[k] is False
+                        else f"--{named[k]} {options[k]}" for k in sorted(options, key=BENCH_TRAIN_OPTIONS.index)
+                        ) or "none"
+
+    return f"training options {flags(there)} there, {flags(now)} now"
 
 
 def process_rank() -> tuple[int, int]:

@@ -117,6 +117,11 @@ def backdrop_masks(subject, folder) -> list | None:
     return [fit(open_mask(path, open_photo(path).size), image.size) for path, image in zip(subject.paths, subject.images)]
 
 
+def subject_backdrops(subject, folder) -> list:
+    """The photos' backgrounds the backdrop score compares a run's images with (eval.metrics.backdrops)."""
+    return backdrops(subject.images, backdrop_masks(subject, folder))
+
+
 def load_eval_evaluators(dino: str, clip: str):
     """The bench's evaluators, or a one-line error naming the flags (before the run folder appears)."""
     from ..eval.metrics import load_evaluators
@@ -154,7 +159,7 @@ class TrainingEval:
         self.seconds = 0.0  # spent sampling and scoring (the base row, the eval points): measuring, not learning
         cfg, self.trainer, self.ev = trainer.cfg, trainer, evaluators
         self.prompts = cfg.eval_prompts or default_eval_prompts(cfg.class_noun)
-        self.backgrounds = backdrops(trainer.subject.images, backdrop_masks(trainer.subject, cfg.subject_dir))
+        self.backgrounds = subject_backdrops(trainer.subject, cfg.subject_dir)
         self.log = EvalLog(trainer.out / "eval.csv", start_step)
         self.best_path = trainer.out / BEST_FILE
         base, self.points = self.log.points()
