@@ -517,6 +517,24 @@ def report_papers(ours: dict[str, dict]) -> None:
         print(f"| {a} – {b} ({source}) | {metric} | {pa:.3f} – {pb:.3f} | {ours[a][key]:.3f} – {ours[b][key]:.3f} | "
               f"{same} |")
     print()
+    if "apprentice" in ours and "dreambooth" in ours:
+        explain_apprentice(ours["apprentice"], ours["dreambooth"])
+
+
+def explain_apprentice(apprentice: dict, dreambooth: dict) -> None:
+    """Why SuTI's place against DreamBooth is or is not reproduced here: the size of what the apprentice imitated."""
+    from subjectgen.assets import builtin_path
+
+    farm = json.loads((builtin_path("apprentice", "builtin") / "training.json").read_text())["farm"]
+    print(f"SuTI's apprentice imitated millions of experts, one per image cluster mined from the web (Chen et al. 2023); "
+          f"the shipped one imitated {farm['experts']} experts of the world's farm ({farm['kept']} of their "
+          f"{farm['images']} images kept by the ΔCLIP filter; its training.json): over "
+          f"{10 ** 6 // farm['experts']:,} times fewer experts, taking a million for 'millions' (the apprentice's section below measures its likeness against the number of experts, 16 "
+          "to 64). At this size it is "
+          f"{'below' if apprentice['dino'] < dreambooth['dino'] else 'above'} DreamBooth on DINO "
+          f"({apprentice['dino']:.3f} against {dreambooth['dino']:.3f}) and follows the prompt "
+          f"{'less' if apprentice['clip_t'] < dreambooth['clip_t'] else 'more'} (CLIP-T {apprentice['clip_t']:.3f} "
+          f"against {dreambooth['clip_t']:.3f}, where the paper has a tie).\n")
 
 
 if __name__ == "__main__":
