@@ -368,22 +368,27 @@ def test_the_backdrop_warning_names_only_what_the_run_does_not_do_already():
     assert "captions" not in both and "--masked-loss" not in both and both.endswith("fewer --steps or a lower --lr help")
 
 
+def write_left_masks(folder):
+    """A mask beside each photo with the subject on its left third (not the centre half the fallback paints)."""
+    from PIL import Image
+
+    (folder / "masks").mkdir()
+    for photo in sorted(folder.glob("*.png")):
+        with Image.open(photo) as image:
+            mask = Image.new("L", image.size, 0)
+        mask.paste(255, (0, 0, mask.width // 3, mask.height))
+        mask.save(folder / "masks" / photo.name)
+
+
 def test_the_backdrop_paints_over_the_photos_masks_with_or_without_a_masked_loss(subject_dir):
     """The backdrop score's masks are the photos' own wherever every photo has one, not only under --masked-loss
     (else a run's warning would move with its loss); a folder with a photo lacking one paints the centre half."""
-    from PIL import Image
-
     from subjectgen.subjects import load_subject
     from subjectgen.training.evaluation import backdrop_masks
 
     assert backdrop_masks(load_subject(subject_dir, "dog", 32), subject_dir) is None  # no masks: the centre half
     photos = sorted(subject_dir.glob("*.png"))
-    (subject_dir / "masks").mkdir()
-    for photo in photos:
-        with Image.open(photo) as image:
-            mask = Image.new("L", image.size, 0)
-        mask.paste(255, (0, 0, mask.width // 3, mask.height))  # the subject on the left: not the centre half
-        mask.save(subject_dir / "masks" / photo.name)
+    write_left_masks(subject_dir)
     unmasked, masked = (load_subject(subject_dir, "dog", 32, masks=m) for m in (False, True))
     got = backdrop_masks(unmasked, subject_dir)
     assert [m.size for m in got] == [(32, 32)] * len(photos)
@@ -391,6 +396,20 @@ def test_the_backdrop_paints_over_the_photos_masks_with_or_without_a_masked_loss
     assert backdrop_masks(masked, subject_dir) is masked.masks
     (subject_dir / "masks" / photos[0].name).unlink()
     assert backdrop_masks(unmasked, subject_dir) is None
+
+
+def test_a_runs_backdrop_score_paints_over_the_photos_masks_without_a_masked_loss(tiny_model, subject_dir,
+                                                                                  evaluator_dirs, tmp_path, monkeypatch):
+    from subjectgen.training import evaluation
+
+    write_left_masks(subject_dir)
+    painted, real = [], evaluation.backdrops
+    monkeypatch.setattr(evaluation, "backdrops", lambda images, masks=None: painted.append(masks) or real(images, masks))
+    dino, clip = evaluator_dirs
+    assert main(["train", "lora", "--model", tiny_model, "--subject", str(subject_dir), "--class", "dog", "--out",
+                 str(tmp_path / "run"), "--quiet", "--steps", "2", "--eval-every", "2", "--eval-dino", dino,
+                 "--eval-clip", clip, "--no-masked-loss"]) == 0
+    assert len(painted) == 1 and painted[0] is not None and len(painted[0]) == 3  # the photos' masks, not None
 
 
 def test_the_backdrop_score_ranks_a_copy_of_the_photos_background_above_a_scene():
