@@ -492,7 +492,8 @@ def report_order(out: Path, choices: dict[str, str]) -> None:
 
 # DreamBench's published scores (real DINO ViT-S/16 and CLIP ViT-B/32 on real photos), as pairs measured in one paper
 # on one base model: only their order compares with the built-in world's, whose evaluators are not on that scale.
-# (method a, method b, the source, {metric: (a's, b's)}); a gap under TIE is a tie there.
+# (method a, method b, the source, {metric: (a's, b's)}); a gap under TIE is a tie there. The values are the papers'
+# tables (DreamBooth's Table 1; SuTI's row as later papers reprint it: 0.741 / 0.819 / 0.304).
 PAPERS = [
     ("dreambooth", "textual-inversion", "Ruiz et al. 2023, Table 1, both on Stable Diffusion",
      {"DINO": (0.668, 0.569), "CLIP-T": (0.305, 0.255)}),

@@ -631,8 +631,8 @@ def test_runs_with_other_training_options_are_not_reused_but_the_baseline_is(fin
                                                   "textual-inversion"),
     (["--methods", "profusion", "--prior-weight", "2"], "--prior-weight: none of the bench's methods (profusion)"),
     (["--methods", "lora", "--rank", "0"], "--rank: must be an integer >= 1"),
-    (["--methods", "textual-inversion", "--prior-preservation"],
-     "--prior-preservation: textual-inversion makes no class images by default; add --num-class-images N"),
+    (["--methods", "textual-inversion", "--prior-preservation"],  # TI makes no class images by default
+     "--methods textual-inversion: --num-class-images must be at least 1 with prior preservation"),
 ])
 def test_a_training_setting_no_method_can_take_is_a_one_line_error(tiny_model, evaluator_dirs, tmp_path, capsys,
                                                                    flags, words):

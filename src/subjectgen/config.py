@@ -385,7 +385,8 @@ def train_options_for(method: str, options: dict) -> dict:
 
 def check_train_options(options: dict, methods: list[str]) -> None:
     """Each option one of BENCH_TRAIN_OPTIONS, taken by one of the bench's methods at least, and within the range
-    of each method that takes it; prior preservation only with class images: a one-line error naming the flag."""
+    of each method that takes it: a one-line error naming the flag (how they combine with each method's defaults,
+    eval.bench.check_pair_settings)."""
     for name, value in options.items():
         flag = "--" + name.replace("_", "-")
         if name not in BENCH_TRAIN_OPTIONS:
@@ -402,11 +403,6 @@ def check_train_options(options: dict, methods: list[str]) -> None:
                 raise UserError(f"{flag} takes no value: give {flag} or --no-{flag[2:]}")
             if bound is not None and (isinstance(value, bool) or not bound.allows(value)):
                 raise UserError(f"{flag} {value}: {method} needs {bound.describe()}")
-    if options.get("prior_preservation") and "num_class_images" not in options:
-        for method in (m for m in methods if m in registry.names() and method_takes(m, "prior_preservation")):
-            if min(registry.get(method).default("num_class_images", small) or 0 for small in (False, True)) < 1:
-                raise UserError(f"--prior-preservation: {method} makes no class images by default; add "
-                                "--num-class-images N")
 
 
 # bench.json's version. 2: None for `subject_start`, `eval_every` and `select` is each run's own, as `train` and

@@ -239,6 +239,7 @@ def start(cfg: BenchConfig, bench: Benchmark, out: Path, reuse: set, rank: int) 
                   instances=world_subjects(bench))
     if rank == 0:
         ctx.base = base_run(cfg.model)
+        check_pair_settings(ctx)
         hold(out)  # one writer per bench folder (the job's other ranks write only their own pairs)
         try:
             check_out(out, cfg.protocol())  # again, under the lock; if this refuses, the others' barrier fails
@@ -399,7 +400,6 @@ def oracle_pair(ctx: Context, subject: str, photos: list) -> dict:
 def prepare_run(ctx: Context, method: str, subject: str, pair: Path):
     """The Run to sample from and the seconds its training took (0 for the baseline)."""
     from ..adapters import MANIFEST, load_run
-    from ..config import TrainConfig, train_options_for
     from ..models import inference_device
     from ..training import train
 
@@ -412,15 +412,7 @@ def prepare_run(ctx: Context, method: str, subject: str, pair: Path):
         copy_run(Path(ctx.cfg.runs_from) / "pairs" / method / subject, pair)
     run = loadable_run(run_dir)
     if run is None:  # never trained, killed while training, or saved incomplete: train afresh
-        trains = "steps" not in registry.get(method).drops  # a zero-shot method takes no training settings
-        cfg = TrainConfig(method=method, model=ctx.cfg.model, subject_dir=str(ctx.bench.root / subject),
-                          class_noun=ctx.bench.classes[subject], out=str(run_dir),
-                          steps=ctx.cfg.train_steps if trains else None, lr=ctx.cfg.train_lr if trains else None,
-                          seed=ctx.cfg.seed, masked_loss=ctx.cfg.masked_loss if trains else None,
-                          captioning=ctx.cfg.captioning if trains else None,
-                          promptnet=ctx.cfg.promptnet, apprentice=ctx.cfg.apprentice,
-                          **(eval_settings(ctx.cfg) if trains else {}),
-                          **train_options_for(method, ctx.cfg.train_options))
+        cfg = pair_config(ctx.cfg, ctx.bench, method, subject, run_dir)
         check_same_defaults(ctx, cfg)
         started = time.perf_counter()
         train(cfg, overwrite=True, progress=False, distributed=False)
@@ -432,6 +424,35 @@ def prepare_run(ctx: Context, method: str, subject: str, pair: Path):
     run.components.to(inference_device())
     seconds = json.loads(timing.read_text())["seconds"] if timing.is_file() else run.manifest["metrics"]["train_seconds"]
     return run, float(seconds)
+
+
+def pair_config(cfg: BenchConfig, bench: Benchmark, method: str, subject: str, run_dir: Path):
+    """The TrainConfig a pair trains with: the bench's settings, those a method takes."""
+    from ..config import TrainConfig, train_options_for
+
+    trains = "steps" not in registry.get(method).drops  # a zero-shot method takes no training settings
+    return TrainConfig(method=method, model=cfg.model, subject_dir=str(bench.root / subject),
+                       class_noun=bench.classes[subject], out=str(run_dir),
+                       steps=cfg.train_steps if trains else None, lr=cfg.train_lr if trains else None,
+                       seed=cfg.seed, masked_loss=cfg.masked_loss if trains else None,
+                       captioning=cfg.captioning if trains else None, promptnet=cfg.promptnet,
+                       apprentice=cfg.apprentice, **(eval_settings(cfg) if trains else {}),
+                       **train_options_for(method, cfg.train_options))
+
+
+def check_pair_settings(ctx: Context) -> None:
+    """Each method's settings resolve on this model (e.g. prior preservation where a method makes no class images)
+    before bench.json is written: a one-line error naming the method now, not after hours of other pairs."""
+    from ..assets import builtin_path
+    from ..config import resolve_defaults
+
+    builtin, subject = builtin_path("model", ctx.cfg.model) is not None, ctx.subjects[0]
+    for method in ctx.cfg.methods:
+        try:
+            resolve_defaults(pair_config(ctx.cfg, ctx.bench, method, subject, ctx.out), ctx.base.components.resolution,
+                             builtin)
+        except UserError as exc:
+            raise UserError(f"--methods {method}: {exc}") from None
 
 
 def check_same_defaults(ctx: Context, cfg) -> None:
