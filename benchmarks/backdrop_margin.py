@@ -88,7 +88,7 @@ def check_rows(fair: Path, subjects: dict, backgrounds: dict, evaluators) -> lis
     return out
 
 
-def report(margin: float, rows: list, checks: list, validation: dict, sheet: Path) -> None:
+def report_margin(margin: float, rows: list) -> None:
     excess = sorted(perfect - base for _, base, perfect in rows)
     print(f"**The margin by its rule: {margin:.2f}** — the largest excess of the perfect render's backdrop similarity "
           f"over the base model's among the {len(rows)} validation subjects (excesses from {excess[0]:+.3f} to "
@@ -96,8 +96,12 @@ def report(margin: float, rows: list, checks: list, validation: dict, sheet: Pat
     print("| subject | base model | perfect render | excess |\n|---|---|---|---|")
     for name, base, perfect in rows:
         print(f"| {name} | {base:.3f} | {perfect:.3f} | {perfect - base:+.3f} |")
+
+
+def report_check(margin: float, checks: list, validation: dict, sheet: Path) -> None:
+    """How often the warning fires on the fair comparison's rows, and the sheet of the row where it fires most."""
     if not checks:
-        print("The check needs the fair comparison's validation rows (`python benchmarks/fair.py --stage validation`); "
+        print("\nThe check needs the fair comparison's validation rows (`python benchmarks/fair.py --stage validation`); "
               "none has finished.\n")
         return
     print(f"\nThe check on the fair comparison's validation rows (bench images for the eval prompts against the "
@@ -163,7 +167,8 @@ def main() -> None:
     margin, rows = margin_by_rule(components, subjects, backgrounds, evaluators)
     validation = {name: (noun, open_photo(sorted((root / name).glob("*.png"))[0]), backgrounds[name][0])
                   for name, (noun, _) in subjects.items()}
-    report(margin, rows, check_rows(Path(args.fair), subjects, backgrounds, evaluators), validation, Path(args.sheet))
+    report_margin(margin, rows)
+    report_check(margin, check_rows(Path(args.fair), subjects, backgrounds, evaluators), validation, Path(args.sheet))
 
 
 if __name__ == "__main__":
