@@ -28,8 +28,9 @@ bench: setup
 
 # After a deliberate upgrade of the venv (and a green make test): write its versions as the tested set.
 lock:
-	{ sed -n '/^#/p' constraints.txt; $(BIN)/python -m pip freeze --exclude-editable | grep -v -e '^subjectgen' -e '^torchao==' \
-	  | sed 's/+cpu$$//'; grep '^torchao==' constraints.txt; } > constraints.txt.tmp  # torchao: the quantization extra, tested by .ci/run
+	{ sed -n '/^#/p' constraints.txt; { $(BIN)/python -m pip freeze --exclude-editable \
+	  | grep -v -e '^subjectgen' -e '^torchao==' -e '^bitsandbytes[= ]' | sed 's/+cpu$$//'; \
+	  grep -e '^torchao==' -e '^bitsandbytes==' constraints.txt; } | sort -f; } > constraints.txt.tmp  # the quantization extra: tested by .ci/run
 	mv constraints.txt.tmp constraints.txt
 
 .PHONY: setup demo test bench world-sources lock

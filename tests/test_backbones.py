@@ -84,13 +84,17 @@ def test_family_independent_modules_name_no_familys_classes(module):
 
 
 @pytest.mark.parametrize("model", ["tiny_model", "tiny_sdxl_model"])
-def test_8bit_adamw_is_refused_on_a_cpu_in_one_line_before_any_file(request, model, tmp_path, capsys):
+def test_8bit_adamw_without_bitsandbytes_is_refused_in_one_line_before_any_file(request, model, tmp_path, capsys,
+                                                                               monkeypatch):
+    from subjectgen.training import quantize
+
+    monkeypatch.setattr(quantize, "installed", lambda package: False)
     out, model = tmp_path / "run", request.getfixturevalue(model)
     capsys.readouterr()  # the fixture's own output, if it was made just now
     assert main(["train", "lora", "--model", model, "--subject", str(EMOJIBENCH / "dog"),
                  "--class", "dog", "--out", str(out), "--optimizer", "adamw8bit", "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "--optimizer adamw8bit needs a CUDA GPU" in err and not out.exists()
+    assert len(err.splitlines()) == 1 and "--optimizer adamw8bit needs bitsandbytes: pip install bitsandbytes" in err and not out.exists()
 
 
 @pytest.mark.parametrize("model, class_name, words", [

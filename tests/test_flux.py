@@ -243,33 +243,44 @@ def test_the_python_api_checks_the_weighting_settings_as_the_cli_does(settings, 
         TrainConfig(method="lora", subject_dir="photos", class_noun="dog", out="run", **settings)
 
 
-def test_int8_base_quantization_trains_lora_on_the_cpu(tiny_flux, tmp_path):
-    pytest.importorskip("torchao")
-    from torchao.quantization import Int8Tensor
+def quantized_weight(kind: str):
+    """The type a frozen weight has once quantized as `kind` (skips the test where its library is not installed)."""
+    if kind == "int8":
+        pytest.importorskip("torchao")
+        from torchao.quantization import Int8Tensor
 
+        return Int8Tensor
+    return pytest.importorskip("bitsandbytes").nn.Params4bit
+
+
+@pytest.mark.parametrize("kind, tolerance", [("int8", 0.02), ("nf4", 0.1)])
+def test_base_quantization_trains_lora_on_the_cpu(tiny_flux, tmp_path, kind, tolerance):
+    """nf4 on the CPU: bitsandbytes' CPU kernels (the tested 0.50.2), the same code path as on CUDA."""
+    weight_type = quantized_weight(kind)
     from subjectgen.training.loop import Trainer
 
     runs = {}
-    for kind in (None, "int8"):
+    for quantization in (None, kind):
         cfg = TrainConfig(method="lora", model=tiny_flux, subject_dir=str(EMOJIBENCH / "dog"), class_noun="dog",
-                          out=str(tmp_path / str(kind)), steps=4, lr=1e-2, base_quantization=kind)
+                          out=str(tmp_path / str(quantization)), steps=4, lr=1e-2, base_quantization=quantization)
         trainer = Trainer(cfg, progress=False)
-        runs[kind] = trainer.run()
+        runs[quantization] = trainer.run()
         transformer = trainer.components.transformer
     base = transformer.transformer_blocks[0].attn.to_q.base_layer.weight
-    assert isinstance(base, Int8Tensor) and isinstance(transformer.proj_out.weight, Int8Tensor)  # every frozen one
+    assert isinstance(base, weight_type) and isinstance(transformer.proj_out.weight, weight_type)  # every frozen one
     trained = [p for p in transformer.parameters() if p.requires_grad]
-    assert trained and all(p.dtype == torch.float32 and not isinstance(p, Int8Tensor) for p in trained)
-    assert math.isfinite(runs["int8"].final_loss)
-    assert runs["int8"].final_loss == pytest.approx(runs[None].final_loss, rel=0.02)  # int8 error, no more
+    assert trained and all(p.dtype == torch.float32 and not isinstance(p, weight_type) for p in trained)
+    assert math.isfinite(runs[kind].final_loss)
+    assert runs[kind].final_loss == pytest.approx(runs[None].final_loss, rel=tolerance)  # its rounding, no more
     name = "pytorch_lora_weights.safetensors"
-    full, quantized = (load_file(str(tmp_path / str(kind) / name)) for kind in (None, "int8"))
+    full, quantized = (load_file(str(tmp_path / str(q) / name)) for q in (None, kind))
     assert full.keys() == quantized.keys() and all(full[k].dtype == quantized[k].dtype for k in full)
-    assert (tmp_path / "int8" / "comfyui_lora.safetensors").exists()
+    assert (tmp_path / kind / "comfyui_lora.safetensors").exists()
+    assert not torch.equal(next(iter(full.values())), next(iter(quantized.values())))  # the base it saw differed
 
 
 @pytest.mark.parametrize("flags, words", [
-    (["lora", "--base-quantization", "nf4"], "--base-quantization nf4 needs a CUDA GPU and bitsandbytes"),
+    (["lora", "--base-quantization", "nf4"], "--base-quantization nf4 needs bitsandbytes: pip install bitsandbytes"),
     (["dreambooth", "--base-quantization", "int8"], "under LoRA; dreambooth trains no LoRA on a frozen base"),
     (["lora", "--base-quantization", "int8"], "--base-quantization int8 needs torchao: pip install torchao")])
 def test_a_quantization_that_cannot_run_is_refused_with_nothing_written(tiny_flux, tmp_path, capsys, monkeypatch,
@@ -281,6 +292,24 @@ def test_a_quantization_that_cannot_run_is_refused_with_nothing_written(tiny_flu
     err = refused(capsys, ["train", flags[0], "--model", tiny_flux, "--subject", str(EMOJIBENCH / "dog"), "--class",
                            "dog", "--out", str(out), "--quiet", *flags[1:]])
     assert words in err and not out.exists()
+
+
+@pytest.mark.parametrize("flag, probe", [("--base-quantization nf4", "subjectgen.training.quantize.nf4_probe"),
+                                         ("--optimizer adamw8bit", "subjectgen.training.loop.adamw8bit_probe")])
+def test_bitsandbytes_that_cannot_run_on_the_device_is_refused_with_nothing_written(tiny_flux, tmp_path, capsys,
+                                                                                   monkeypatch, flag, probe):
+    """An installed bitsandbytes without kernels for the device (an older one on a CPU): the check tries it there."""
+    pytest.importorskip("bitsandbytes")
+
+    def no_kernel(device):
+        raise NotImplementedError(f"no 4-bit kernel for {device.type}\nmore lines of the library's own")
+
+    monkeypatch.setattr(probe, no_kernel)
+    out = tmp_path / "run"
+    err = refused(capsys, ["train", "lora", "--model", tiny_flux, "--subject", str(EMOJIBENCH / "dog"), "--class",
+                           "dog", "--out", str(out), "--quiet", *flag.split()])
+    assert f"{flag}: bitsandbytes " in err and "cannot run it on cpu (no 4-bit kernel for cpu)" in err
+    assert not out.exists()
 
 
 @pytest.mark.parametrize("flags, words", [(["textual-inversion"], "textual-inversion is not built for FLUX.1"),

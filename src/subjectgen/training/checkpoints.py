@@ -19,22 +19,32 @@ KEEP = 2  # checkpoints kept on disk; older ones are removed
 
 
 def flatten_optimizer(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
-    """torch optimizer state -> (flat tensors for safetensors, JSON-able rest)."""
+    """torch optimizer state -> (flat tensors for safetensors, JSON-able rest), keyed 'param.slot'; a slot holding a
+    dict (bitsandbytes' 8-bit AdamW keeps its quantized moments in one) flattened into 'param.slot.inner'."""
     tensors, scalars = {}, {}
+
+    def put(key: str, value) -> None:
+        if isinstance(value, dict):
+            for name, inner in value.items():
+                put(f"{key}.{name}", inner)
+        elif torch.is_tensor(value):
+            tensors[key] = value.detach().cpu().contiguous()
+        else:
+            scalars[key] = value
+
     for index, slots in state["state"].items():
-        for name, value in slots.items():
-            if torch.is_tensor(value):
-                tensors[f"{index}.{name}"] = value.detach().cpu().contiguous()
-            else:
-                scalars[f"{index}.{name}"] = value
+        put(str(index), slots)
     return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
 
 
 def unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
     state: dict[int, dict] = {}
     for key, value in list(tensors.items()) + list(meta["scalars"].items()):
-        index, name = key.split(".", 1)
-        state.setdefault(int(index), {})[name] = value
+        index, *path = key.split(".")
+        slots = state.setdefault(int(index), {})
+        for name in path[:-1]:
+            slots = slots.setdefault(name, {})
+        slots[path[-1]] = value
     return {"state": state, "param_groups": meta["param_groups"]}
 
 

@@ -1,7 +1,9 @@
 """--base-quantization: the frozen denoiser's linear weights held in 8 or 4 bits while LoRA trains on top of them in
 full precision (kohya's and diffusers' way to fit a 12 B FLUX.1 on one consumer GPU). int8 is torchao's weight-only
-int8 and runs on any device, the CPU included; nf4 is bitsandbytes' 4-bit NormalFloat and runs on CUDA only. Only
-the frozen layers are quantized: LoRA's own layers, and anything else that trains, keep their precision."""
+int8 and runs on any device, the CPU included; nf4 is bitsandbytes' 4-bit NormalFloat, on the devices the installed
+bitsandbytes runs it on (CUDA, and the CPU with a recent release: the tested 0.50.2; the check tries a small layer
+on the device). Only the frozen layers are quantized: LoRA's own layers, and anything else that trains, keep their
+precision. The same check stands before --optimizer adamw8bit (bitsandbytes' 8-bit AdamW)."""
 
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from ..errors import UserError
 
 def check_quantization(kind: str | None, method, device) -> None:
     """A one-line UserError, before the run folder appears, when the quantization cannot run: the method trains the
-    base's own weights, its library is missing, or (nf4) there is no CUDA GPU."""
+    base's own weights, its library is missing, or (nf4) bitsandbytes cannot run a 4-bit layer on the device."""
     if kind is None:
         return
     if not method.quantizable_base:
@@ -24,9 +26,45 @@ def check_quantization(kind: str | None, method, device) -> None:
                         "on a frozen base (use lora)")
     if kind == "int8" and not installed("torchao"):
         raise UserError("--base-quantization int8 needs torchao: pip install torchao")
-    if kind == "nf4" and (torch.device(device).type != "cuda" or not installed("bitsandbytes")):
-        raise UserError("--base-quantization nf4 needs a CUDA GPU and bitsandbytes (pip install bitsandbytes); "
-                        "--base-quantization int8 runs anywhere")
+    if kind == "nf4":
+        check_bitsandbytes("--base-quantization nf4", nf4_probe, device, "--base-quantization int8 runs anywhere")
+
+
+def check_bitsandbytes(option: str, probe, device, instead: str) -> None:
+    """A one-line UserError naming `option` when bitsandbytes is missing or `probe(device)` fails on the device
+    (an older bitsandbytes on a CPU, a GPU it has no kernels for)."""
+    if not installed("bitsandbytes"):
+        raise UserError(f"{option} needs bitsandbytes: pip install bitsandbytes ({instead})")
+    try:
+        with libraries_quietly("bitsandbytes"):
+            probe(torch.device(device))
+    except Exception as error:  # noqa: BLE001 - any failure of the library on this device is the answer
+        from importlib.metadata import version
+
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+        raise UserError(f"{option}: bitsandbytes {version('bitsandbytes')} cannot run it on {device} ({reason}); "
+                        f"{instead}") from None
+
+
+def nf4_probe(device: torch.device) -> None:
+    """A small 4-bit layer's forward and backward on `device`: what a quantized base does at each step (its numbers
+    drawn from no random generator, so the run's are as they would be without the check)."""
+    linear = torch.nn.utils.skip_init(torch.nn.Linear, 64, 64)
+    with torch.no_grad():
+        linear.weight.copy_(torch.linspace(-1, 1, 64 * 64).view(64, 64))
+        linear.bias.zero_()
+    layer = nf4_linear(linear.to(device), torch.float32)
+    inputs = torch.linspace(-1, 1, 128, device=device).view(2, 64).requires_grad_()
+    layer(inputs).sum().backward()
+
+
+def adamw8bit_probe(device: torch.device) -> None:
+    """One step of bitsandbytes' 8-bit AdamW on a parameter on `device` (its state is blockwise: 4096 values)."""
+    import bitsandbytes
+
+    weight = torch.nn.Parameter(torch.zeros(4096, device=device))
+    weight.grad = torch.ones_like(weight)
+    bitsandbytes.optim.AdamW8bit([weight], lr=1e-3).step()
 
 
 def installed(package: str) -> bool:
@@ -41,7 +79,7 @@ def quantize_frozen(module: torch.nn.Module, kind: str, compute_dtype: torch.dty
     """Quantize every frozen nn.Linear of `module` in place (on the device it is on); returns how many."""
     count = sum(frozen_linear(m) for m in module.modules())
     if kind == "int8":
-        with torchao_quietly():
+        with libraries_quietly("torchao", "torch.utils._pytree"):
             from torchao.quantization import Int8WeightOnlyConfig, quantize_
 
             quantize_(module, Int8WeightOnlyConfig(), filter_fn=lambda m, name: frozen_linear(m))
@@ -54,11 +92,13 @@ def quantize_frozen(module: torch.nn.Module, kind: str, compute_dtype: torch.dty
 
 
 def nf4_linear(linear: torch.nn.Linear, compute_dtype: torch.dtype) -> torch.nn.Module:
-    """bitsandbytes' 4-bit layer holding a frozen linear layer's weights (quantized as it moves to the GPU)."""
-    import bitsandbytes as bnb
+    """bitsandbytes' 4-bit layer holding a frozen linear layer's weights (quantized as it moves to the device). Made
+    on the meta device: its own random initial weights, replaced at once, would cost a full-size draw per layer."""
+    with libraries_quietly("bitsandbytes"):
+        import bitsandbytes as bnb
 
     layer = bnb.nn.Linear4bit(linear.in_features, linear.out_features, bias=linear.bias is not None,
-                              compute_dtype=compute_dtype, quant_type="nf4", device="cpu")
+                              compute_dtype=compute_dtype, quant_type="nf4", device="meta")
     layer.weight = bnb.nn.Params4bit(linear.weight.data.cpu(), requires_grad=False, quant_type="nf4")
     if linear.bias is not None:
         layer.bias = torch.nn.Parameter(linear.bias.data.cpu(), requires_grad=False)
@@ -66,10 +106,11 @@ def nf4_linear(linear: torch.nn.Linear, compute_dtype: torch.dtype) -> torch.nn.
 
 
 @contextmanager
-def torchao_quietly():
-    """torchao's import reports every optional CUDA kernel it cannot load on this machine (a CPU build): those lines
-    are noise for weight-only int8."""
-    loggers = [logging.getLogger(name) for name in ("torchao", "torch.utils._pytree")]
+def libraries_quietly(*names: str):
+    """The named libraries' loggers at ERROR inside the block. torchao's import reports every optional CUDA kernel it
+    cannot load on this machine (a CPU build), bitsandbytes' the CPU kernels it would fetch from the hub: noise for
+    what subjectgen uses of them."""
+    loggers = [logging.getLogger(name) for name in names]
     levels = [log.level for log in loggers]
     for log in loggers:
         log.setLevel(logging.ERROR)
