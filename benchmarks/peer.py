@@ -7,7 +7,7 @@ SD: the built-in model in fp32 at 64 px. SDXL: a mid-size random-weight SDXL bui
 widths, its depths: UNet blocks 80/160/320 with 1/2/10 transformer layers, CLIP-L and OpenCLIP-G at a quarter
 width, the VAE at a quarter width) at 256 px. FLUX.1: a mid-size random-weight FLUX.1-dev built here (mid_flux: a
 quarter of its widths and depths) at 256 px, T5 prompts of 128 tokens. FLUX.2 [klein]: a mid-size random-weight
-klein base built here (mid_flux2_klein: a quarter of the 4B's widths and depths) at 256 px, Qwen3 prompts of 128
+klein base built here (KLEIN_SIZES['mid']: a quarter of the 4B's widths and depths) at 256 px, Qwen3 prompts of 128
 tokens, the pipeline's hidden layers 9, 18, 27 for both. The photos are the same.
 
 Settings shared by both: the built-in model saved in fp32 (a plain diffusers folder), one subject's photos (its
@@ -63,7 +63,7 @@ def fp32_model(folder: Path) -> Path:
 
 
 # SDXL at two sizes, built in code with random weights: its own depths at a quarter of its widths (the peer tables),
-# and SDXL base's sizes (the full-size step, sdxl_step.py). sample: the UNet's sample size (x8 = the resolution).
+# and SDXL base's sizes (the full-size step, full_step.py). sample: the UNet's sample size (x8 = the resolution).
 SDXL_SIZES = {
     "mid": {"unet": (80, 160, 320), "groups": 16, "time": 64, "clip_l": (192, 3), "clip_g": (320, 5),
             "vae": (32, 64, 128, 128), "sample": 32},
@@ -150,11 +150,21 @@ def mid_flux(folder: Path) -> Path:
     return folder
 
 
-def mid_flux2_klein(folder: Path) -> Path:
-    """A random-weight FLUX.2 [klein] (4B) at a quarter of its widths and depths: 1 double and 5 single blocks 768
-    wide (24 heads of 32), a Qwen3 640 wide (a quarter) in 28 layers (not a quarter: the pipeline reads its hidden
-    layers 9, 18 and 27) with a Qwen tokenizer trained here, the 32-channel VAE at a quarter width; the base
-    (non-distilled) model; 256 px."""
+# FLUX.2 [klein] at two sizes, built in code with random weights: a quarter of the 4B's widths and depths (the peer
+# table; its Qwen3 keeps 28 layers, since the pipeline reads hidden layers 9, 18 and 27) and the 4B base's own sizes
+# (the full-size step, full_step.py). qwen: (width, MLP width, layers, heads, KV heads, head width, vocabulary).
+KLEIN_SIZES = {
+    "mid": {"blocks": (1, 5), "heads": (24, 32), "axes": (8, 8, 8, 8), "tokens": QWEN_TOKENS,
+            "qwen": (640, 2432, 28, 8, 2, 80, None), "vae": (32, 64, 128, 128), "px": RESOLUTION["flux2"]},
+    "full": {"blocks": (5, 20), "heads": (24, 128), "axes": (32, 32, 32, 32), "tokens": 512,
+             "qwen": (2560, 9728, 36, 32, 8, 128, 151936), "vae": (128, 256, 512, 512), "px": 512},
+}
+
+
+def random_flux2_klein(folder: Path, size: str = "mid", dtype: str = "float32") -> Path:
+    """A random-weight FLUX.2 [klein] base (non-distilled) of one of KLEIN_SIZES, with a Qwen tokenizer trained here
+    (its vocabulary padded to Qwen3's at full size), the 32-channel VAE; saved with its weights in `dtype` (built in
+    it too: the full size is 16 GB in fp32)."""
     import torch
     from diffusers import (AutoencoderKLFlux2, FlowMatchEulerDiscreteScheduler, Flux2KleinPipeline,
                            Flux2Transformer2DModel)
@@ -162,25 +172,36 @@ def mid_flux2_klein(folder: Path) -> Path:
 
     from subjectgen.tiny import qwen_tokenizer
 
+    s = KLEIN_SIZES[size]
     torch.manual_seed(0)
-    tokenizer = qwen_tokenizer(QWEN_TOKENS)
-    text_encoder = Qwen3ForCausalLM(Qwen3Config(
-        vocab_size=len(tokenizer), hidden_size=640, intermediate_size=2432, num_hidden_layers=28,
-        num_attention_heads=8, num_key_value_heads=2, head_dim=80, max_position_embeddings=4 * QWEN_TOKENS,
-        tie_word_embeddings=True))
-    transformer = Flux2Transformer2DModel(
-        patch_size=1, in_channels=128, num_layers=1, num_single_layers=5, attention_head_dim=32,
-        num_attention_heads=24, joint_attention_dim=3 * 640, timestep_guidance_channels=256, mlp_ratio=3.0,
-        axes_dims_rope=(8, 8, 8, 8), guidance_embeds=False)
-    vae = AutoencoderKLFlux2(latent_channels=32, block_out_channels=(32, 64, 128, 128), layers_per_block=2,
-                             down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-                             sample_size=RESOLUTION["flux2"])
-    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_image_seq_len=256,
-                                                max_image_seq_len=4096, base_shift=0.5, max_shift=1.15,
-                                                time_shift_type="exponential")
-    Flux2KleinPipeline(scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
-                       transformer=transformer, is_distilled=False).save_pretrained(folder)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(getattr(torch, dtype))
+    try:
+        tokenizer = qwen_tokenizer(s["tokens"])
+        width, mlp, layers, heads, kv_heads, head_dim, vocabulary = s["qwen"]
+        text_encoder = Qwen3ForCausalLM(Qwen3Config(
+            vocab_size=vocabulary or len(tokenizer), hidden_size=width, intermediate_size=mlp,
+            num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads, head_dim=head_dim,
+            max_position_embeddings=4 * s["tokens"], tie_word_embeddings=True))
+        transformer = Flux2Transformer2DModel(
+            patch_size=1, in_channels=128, num_layers=s["blocks"][0], num_single_layers=s["blocks"][1],
+            attention_head_dim=s["heads"][1], num_attention_heads=s["heads"][0], joint_attention_dim=3 * width,
+            timestep_guidance_channels=256, mlp_ratio=3.0, axes_dims_rope=s["axes"], guidance_embeds=False)
+        vae = AutoencoderKLFlux2(latent_channels=32, block_out_channels=s["vae"], layers_per_block=2,
+                                 down_block_types=("DownEncoderBlock2D",) * 4,
+                                 up_block_types=("UpDecoderBlock2D",) * 4, sample_size=s["px"])
+        scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_image_seq_len=256,
+                                                    max_image_seq_len=4096, base_shift=0.5, max_shift=1.15,
+                                                    time_shift_type="exponential")
+        Flux2KleinPipeline(scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+                           transformer=transformer, is_distilled=False).save_pretrained(folder, max_shard_size="2GB")
+    finally:  # (2 GB shards: saving holds one shard's bytes beside the 16 GB of a full-size model)
+        torch.set_default_dtype(default)
     return folder
+
+
+def mid_flux2_klein(folder: Path) -> Path:
+    return random_flux2_klein(folder, "mid")
 
 
 MODELS = {"sd": ("the built-in model in fp32", fp32_model),

@@ -21,7 +21,9 @@ SECTIONS = [
      ["benchmarks/peer.py", "--family", "sdxl", "--steps", "20", "--batch-sizes", "1", "--pairs", "3", "--prior", "yes",
       "--num-class-images", "8"]),
     ("One LoRA step of a full-size SDXL at 512 px: peak memory, ours and the peer's (what a 12 GB GPU must hold)",
-     ["benchmarks/sdxl_step.py"]),
+     ["benchmarks/full_step.py"]),
+    ("One LoRA step of a full-size FLUX.2 [klein] 4B at 512 px: peak memory, ours and the peer's",
+     ["benchmarks/full_step.py", "--family", "flux2"]),
     ("Training speed against the peer on FLUX.1 (diffusers' train_dreambooth_lora_flux.py, a mid-size random "
      "FLUX.1-dev)", ["benchmarks/peer.py", "--family", "flux", "--steps", "40", "--batch-sizes", "1", "--pairs", "3",
                      "--prior", "no,yes", "--num-class-images", "8"]),
