@@ -69,6 +69,58 @@ def test_flux_lora_trains_and_loads_in_plain_diffusers(flux_lora, tiny_flux):
     assert np.abs(ours - plain_images(pipe, prompt, run.components)).max() <= 1
 
 
+def generated(run_dir, out, **options) -> np.ndarray:
+    """generate_to_folder's one image of 'a {subject} on the beach' (seed 0, 4 steps, no early steps), as pixels."""
+    from PIL import Image
+
+    from subjectgen.generation import generate_to_folder
+
+    result = generate_to_folder(str(run_dir), ["a {subject} on the beach"], out, n=1, steps=4, subject_start=0,
+                                **options)
+    return np.asarray(Image.open(result.files[0]), dtype=np.int16)[None]
+
+
+@pytest.mark.parametrize("dtype, torch_dtype", [("bf16", torch.bfloat16), ("fp16", torch.float16)])
+def test_generate_in_half_precision_gives_the_plain_pipelines_image_in_it(flux_lora, tiny_flux, tmp_path, dtype,
+                                                                          torch_dtype):
+    """--dtype: the networks in half precision as diffusers' torch_dtype puts them (the VAE in fp32 in both)."""
+    ours = generated(flux_lora, tmp_path / "out", dtype=dtype)
+    pipe = FluxPipeline.from_pretrained(tiny_flux, torch_dtype=torch_dtype)
+    pipe.load_lora_weights(str(flux_lora))
+    decode = pipe.vae.float().decode
+    pipe.vae.decode = lambda z, **kw: decode(z.float(), **kw)
+    run = load_run(flux_lora)
+    theirs = plain_images(pipe, run.prompt_for_model("a {subject} on the beach"), run.components)
+    assert np.abs(ours - theirs).max() <= 1
+    assert np.abs(ours - generated(flux_lora, tmp_path / "fp32")).max() > 0  # it did compute in half precision
+    assert json.loads((tmp_path / "out" / "prompts.json").read_text())["dtype"] == dtype
+
+
+@pytest.mark.parametrize("kind", ["int8", "nf4"])
+def test_generate_base_quantization_holds_the_base_quantized_under_the_lora(flux_lora, tmp_path, kind):
+    from subjectgen.training.quantize import quantize_frozen
+
+    weight_type = quantized_weight(kind)
+    run = load_run(flux_lora)
+    assert quantize_frozen(run.components.denoiser, kind, torch.float32, "cpu") > 0
+    attention = run.components.denoiser.transformer_blocks[0].attn.to_q
+    assert isinstance(attention.base_layer.weight, weight_type)
+    assert not any(isinstance(p, weight_type) for name, p in attention.named_parameters() if "lora_" in name)
+    quantized, full = generated(flux_lora, tmp_path / kind, base_quantization=kind), generated(flux_lora, tmp_path)
+    assert 0 < np.abs(quantized - full).mean() < 8  # the rounding of its weights, no more
+
+
+def test_generate_with_a_quantization_the_machine_cannot_run_is_refused_with_nothing_written(flux_lora, tmp_path,
+                                                                                             capsys, monkeypatch):
+    from subjectgen.training import quantize
+
+    monkeypatch.setattr(quantize, "installed", lambda package: False)
+    out = tmp_path / "out"
+    err = refused(capsys, ["generate", str(flux_lora), "a {subject}", "--out", str(out), "--base-quantization",
+                           "nf4", "--quiet"])
+    assert "--base-quantization nf4 needs bitsandbytes: pip install bitsandbytes" in err and not out.exists()
+
+
 def lora_updates(path, prefix: str) -> dict[str, torch.Tensor]:
     """Each module's weight update in a LoRA file, as ComfyUI adds it: up @ down x alpha / rank (peft's names:
     B @ A x the run's alpha / rank)."""

@@ -19,7 +19,8 @@ os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 for _name in ("torchao", "torch.utils._pytree", "bitsandbytes"):
     logging.getLogger(_name).setLevel(logging.ERROR)
 
-from .config import (BENCH_TRAIN_OPTIONS, FILTER_TAU_S, FILTER_TAU_T, SAMPLE_OPTIONS,  # noqa: E402
+from .config import (BASE_QUANTIZATIONS, BENCH_TRAIN_OPTIONS, FILTER_TAU_S, FILTER_TAU_T,  # noqa: E402
+                     GENERATION_DTYPES, SAMPLE_OPTIONS,
                      ApprenticeSettings, BenchConfig, FarmSettings, FusionSettings, SampleSettings, TrainConfig,
                      method_takes, option_users)
 from .errors import UserError  # noqa: E402
@@ -143,6 +144,12 @@ def add_generate_parser(sub) -> None:
                         "same image at any batch size, up to float rounding (default: 8)")
     p.add_argument("--references", metavar="DIR", help="photos of the subject the model's pipeline takes as "
                    "reference images, beside a run's own (FLUX.2 [klein]: up to 4)")
+    p.add_argument("--dtype", choices=list(GENERATION_DTYPES), default="fp32",
+                   help="the text encoders' and denoiser's precision: bf16 or fp16 halve their memory, for a big "
+                        "model on a GPU (the VAE stays fp32; default: fp32)")
+    p.add_argument("--base-quantization", choices=BASE_QUANTIZATIONS, metavar="int8|nf4",
+                   help="the denoiser's linear layers (a LoRA's own aside) in 8 or 4 bits, as train "
+                        "--base-quantization holds them: a 12 B FLUX.1 in 12 or 6 GB (default: none)")
     p.add_argument("--out", required=True, help="folder for the PNGs and grid.png")
     p.add_argument("--allow-pickle", action="store_true", help="allow loading pickled weights (.ckpt/.bin): they "
                    "can run code")
@@ -570,7 +577,8 @@ def run_generate(args) -> None:
     result = generate_to_folder(args.run, args.prompts, args.out, args.n, args.seed, args.steps, args.guidance,
                                 args.negative_prompt, args.allow_pickle, args.lora_scale, args.subject_start,
                                 progress=not args.quiet, options=sample_options(args), batch_size=args.batch_size,
-                                references=args.references)
+                                references=args.references, dtype=args.dtype,
+                                base_quantization=args.base_quantization)
     print(f"wrote {len(result.files)} images and {result.grid} in {time.perf_counter() - started:.1f}s")
 
 

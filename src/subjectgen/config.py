@@ -14,6 +14,7 @@ from .settings import (ANY_FINITE, AT_LEAST_1, FRACTION_BELOW_1, NON_NEGATIVE, N
 MIXED_PRECISION = ("no", "fp16", "bf16")
 OPTIMIZERS = ("adamw", "adamw8bit")
 BASE_QUANTIZATIONS = ("int8", "nf4")
+GENERATION_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}  # generate --dtype: torch's names
 # diffusers' FLUX scripts' timestep sampling (its --weighting_scheme): uniform, a density, or uniform with a loss weight
 WEIGHTING_SCHEMES = ("none", "logit_normal", "mode", "sigma_sqrt", "cosmap")
 MODE_SCALE = Bound(low=-1, high=2 / (math.pi - 2))  # where the mode map is monotone: a density (SD3 paper, eq. 20)
@@ -90,15 +91,15 @@ class TrainConfig:
     base_quantization: str | None = setting(None, choices=BASE_QUANTIZATIONS, metavar="int8|nf4",
                                             help="hold the frozen base's linear weights (the transformer's or "
                                             "UNet's) in 8 or 4 bits while LoRA trains on top: int8 through torchao, "
-                                            "on any device; nf4 through bitsandbytes, on a CUDA GPU (default: none)")
+                                            "nf4 through bitsandbytes, each on a GPU or the CPU (default: none)")
     mixed_precision: str = setting("no", choices=MIXED_PRECISION, help="fp16/bf16 on a GPU: faster, less memory "
                                    "(default: no)")
     gradient_checkpointing: bool = setting(False, help="recompute activations: less memory, slower")
     aspect_buckets: bool = setting(False, help="keep each photo's aspect ratio: photos go to buckets of about the "
                                    "model's pixels (kohya's --enable_bucket), a step draws from one bucket (its "
                                    "class images cut to it); without it, a centre square")
-    optimizer: str = setting("adamw", choices=OPTIMIZERS, help="adamw, or adamw8bit (bitsandbytes' 8-bit AdamW on a "
-                             "CUDA GPU: its state in a quarter of the memory) (default: adamw)")
+    optimizer: str = setting("adamw", choices=OPTIMIZERS, help="adamw, or adamw8bit (bitsandbytes' 8-bit AdamW: its "
+                             "state in a quarter of the memory) (default: adamw)")
     compile: bool = setting(False, help="torch.compile the UNet's forward and backward: after minutes of start-up, "
                             "steps may run faster, so only long runs can gain; on a 2-core CPU with the built-in "
                             "model 1.03x, never worth it (docs/RESULTS.md). Needs a C++ compiler on a CPU")

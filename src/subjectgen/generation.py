@@ -6,11 +6,13 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from . import assets
 from .adapters import MANIFEST, Run, load_run
-from .config import SampleSettings
+from .config import BASE_QUANTIZATIONS, GENERATION_DTYPES, SampleSettings
 from .errors import UserError
-from .models import inference_device
+from .models import inference_device, networks_in
 from .training.outdir import RUN_SPEC, busy, hold, live_holder, release
 from .safeio import atomic_save_image, atomic_write_json
 from .sampling import generate, make_grid
@@ -45,26 +47,36 @@ def generate_to_folder(ref: str, prompts: list[str], out: Path, n: int = 4, seed
                        guidance: float | None = None, negative_prompt: str = "", allow_pickle: bool = False,
                        lora_scale: float = 1.0, subject_start: float | None = None, progress: bool = False,
                        options: dict | None = None, batch_size: int = 8,
-                       references: str | None = None) -> GenerateResult:
+                       references: str | None = None, dtype: str = "fp32",
+                       base_quantization: str | None = None) -> GenerateResult:
     """n images per prompt (seeds seed..seed+n-1), saved as p{prompt}-{k}.png, plus grid.png (a row per prompt).
     `subject_start`: the fraction of the steps sampled before the subject comes in (Run.early_steps; None: the
     run's own);
     `batch_size`: images sampled at once (the same images at any batch size, up to float rounding);
-    `references`: a folder of photos the family's pipeline takes as reference images (FLUX.2 [klein])."""
+    `references`: a folder of photos the family's pipeline takes as reference images (FLUX.2 [klein]);
+    `dtype`: the text encoders' and denoiser's (fp32, bf16, fp16; the VAE's is fp32); `base_quantization`: the
+    denoiser's linear layers (a LoRA's own aside) in int8 or nf4, as train --base-quantization holds them."""
     # a one-line error for any out of range
     SampleSettings(n, seed, steps, guidance, lora_scale, subject_start, batch_size)
+    device = inference_device()
+    torch_dtype = check_precision(dtype, base_quantization, device)
     out = Path(out)
     check_writable(out)  # at once, before the model loads; again under the lock
     if references is not None and not Path(references).is_dir():
         raise UserError(f"--references {references}: no such folder; give a folder of photos of the subject")
-    run = open_run_or_model(ref, allow_pickle, lora_scale)
+    with networks_in(torch_dtype):
+        run = open_run_or_model(ref, allow_pickle, lora_scale)
+    if base_quantization:
+        from .training.quantize import quantize_frozen
+
+        quantize_frozen(run.components.denoiser, base_quantization, torch_dtype, device)
     if references is not None:
         run.add_references(Path(references))
     if options:
         run.options = own_options(run, ref, options)
     if subject_start and not run.subject:
         raise UserError(f"--subject-start applies to run folders; {ref} is a model")
-    run.components.to(inference_device())
+    run.components.to(device)
     for prompt in prompts:
         if run.subject and "{subject}" not in prompt:
             warnings.warn(f"prompt {prompt!r} has no {{subject}}; it will not show the learned subject", stacklevel=2)
@@ -79,8 +91,23 @@ def generate_to_folder(ref: str, prompts: list[str], out: Path, n: int = 4, seed
     names = [f"p{i:02d}-{k}.png" for i in range(len(prompts)) for k in range(n)]
     record = {"prompts": prompts, "n": n, "seed": seed, "steps": steps, "guidance": guidance, "lora_scale": lora_scale,
               "subject_start": subject_start, "source": str(ref), "options": run.options, "files": names,
+              "dtype": dtype, "base_quantization": base_quantization,
               **({"references": str(references)} if references is not None else {})}
     return write_images(out, dict(zip(names, images)), make_grid(images, n), record)
+
+
+def check_precision(dtype: str, base_quantization: str | None, device: torch.device) -> torch.dtype:
+    """The torch dtype generation computes in; a one-line error for a dtype or quantization not known, or one the
+    machine cannot run (its library missing; nf4 where bitsandbytes has no kernels for the device)."""
+    if dtype not in GENERATION_DTYPES:
+        raise UserError(f"--dtype {dtype}: choose one of {', '.join(GENERATION_DTYPES)}")
+    if base_quantization is not None:
+        from .training.quantize import check_quantizer
+
+        if base_quantization not in BASE_QUANTIZATIONS:
+            raise UserError(f"--base-quantization {base_quantization}: choose one of {', '.join(BASE_QUANTIZATIONS)}")
+        check_quantizer(base_quantization, device)
+    return getattr(torch, GENERATION_DTYPES[dtype])
 
 
 def check_writable(out: Path) -> None:

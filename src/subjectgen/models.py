@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 
 import torch
@@ -16,8 +17,20 @@ from .backbones import Components
 from .errors import UserError
 from .safeio import PICKLE_SUFFIXES, check_safetensors, read_json
 
-__all__ = ["Components", "load_model", "inference_device", "quiet_loading", "freeze"]
+__all__ = ["Components", "load_model", "inference_device", "networks_in", "quiet_loading", "freeze"]
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_NETWORKS_DTYPE: ContextVar[torch.dtype] = ContextVar("networks_dtype", default=torch.float32)
+
+
+@contextmanager
+def networks_in(dtype: torch.dtype):
+    """Inside: load_model gives the text encoders and the denoiser in `dtype` instead of fp32 (generate --dtype),
+    cast from the weights as loaded, whatever loads them (a run's method loads its own base); the VAE stays fp32."""
+    token = _NETWORKS_DTYPE.set(dtype)
+    try:
+        yield
+    finally:
+        _NETWORKS_DTYPE.reset(token)
 
 
 @contextmanager
@@ -49,7 +62,7 @@ def inference_device() -> torch.device:
 
 def load_model(ref: str, allow_pickle: bool = False, keep_dtype: bool = False) -> Components:
     """Load the components of the model named by `ref` (see the module docstring), every network in fp32 whatever
-    its storage (the built-in model ships fp16), as generation computes. keep_dtype (training in mixed precision):
+    its storage (the built-in model ships fp16), as generation computes (or in networks_in's dtype). keep_dtype (training in mixed precision):
     the denoiser and text encoders stay as stored, and the trainer casts each weight once, frozen ones to the
     mixed-precision dtype and trainable ones to fp32, with no fp32 copy of a half-precision base in between."""
     ref = str(ref)
@@ -68,9 +81,12 @@ def load_model(ref: str, allow_pickle: bool = False, keep_dtype: bool = False) -
 
 
 def _in_fp32(c: Components, keep_dtype: bool) -> Components:
-    """The networks in fp32 (see load_model); the VAE always: it is small and encodes the photos before any cast."""
-    for module in [c.vae] if keep_dtype else c.networks:
-        module.float()
+    """The networks in fp32, or networks_in's dtype (see load_model); the VAE in fp32 always: it is small, encodes
+    the photos before any cast, and SDXL's overflows in fp16."""
+    c.vae.float()
+    for module in [] if keep_dtype else c.networks:
+        if module is not c.vae:
+            module.to(_NETWORKS_DTYPE.get())
     return c
 
 

@@ -184,15 +184,17 @@ class Trainer:
 
     def place_modules(self) -> None:
         """Frozen weights in the mixed-precision dtype on the device, trainable weights in fp32: each weight cast as
-        it moves, so no fp32 copy of a frozen base reaches the device; with --base-quantization the denoiser's frozen
-        linear layers then quantized."""
+        it moves, so no fp32 copy of a frozen base reaches the device; with --base-quantization the denoiser is
+        cast in host memory and its frozen linear layers quantized one at a time as they reach the device."""
         dtype, device = DTYPES[self.cfg.mixed_precision], self.accelerator.device
+        quantized = self.components.denoiser if self.cfg.base_quantization else None
         for module in self.components.networks:
+            target = "cpu" if module is quantized else device
             for p in module.parameters():
-                p.data = p.data.to(device, torch.float32 if p.requires_grad else dtype)
-            module.to(device)  # the buffers
-        if self.cfg.base_quantization:  # the LoRA layers are in place and train: only the frozen ones are quantized
-            quantize_frozen(self.components.denoiser, self.cfg.base_quantization, dtype)
+                p.data = p.data.to(target, torch.float32 if p.requires_grad else dtype)
+            module.to(target)  # the buffers
+        if quantized is not None:  # the LoRA layers are in place and train: only the frozen ones are quantized
+            quantize_frozen(quantized, self.cfg.base_quantization, dtype, device)
         if self.cfg.gradient_checkpointing:
             self.components.denoiser.enable_gradient_checkpointing()
             for encoder in self.components.text_encoders:
