@@ -40,6 +40,7 @@ class FullSize:
     ours: tuple[str, ...]
     peer: tuple[str, ...]
     peer_note: str  # what the estimate assumes of the peer's loading
+    holds: str  # what each tool holds, and where a GPU machine would hold it (from their code)
     fp32_at_load: tuple[str, ...] = ()  # the networks the peer loads as fp32 before casting to bf16
 
     def estimate_gib(self) -> float:
@@ -59,13 +60,24 @@ FAMILIES = {
         "a full-size random SDXL (UNet 2.6 B parameters, stored in bf16)",
         functools.partial(random_sdxl, size="full", dtype="bfloat16"),
         {"denoiser": 2.567e9, "text encoders": 0.817e9, "vae": 0.084e9}, COMMON["ours"], COMMON["peer"],
-        "the peer's: the UNet as fp32 beside its bf16 file, then bf16", ("denoiser",)),
+        "the peer's: the UNet as fp32 beside its bf16 file, then bf16",
+        "The peer loads the UNet in fp32 (10.3 GB) and casts it to bf16, keeps both text encoders (1.6 GB in bf16) "
+        "beside it throughout (on the GPU, on a GPU machine) and encodes a photo at each step. Ours loads the UNet "
+        "as stored, frees the text encoders once the prompts are cached, and encodes every photo once before its "
+        "first step: a cost the peer spreads over its steps, which a one-step run shows whole.", ("denoiser",)),
     "flux2": FullSize(
         "a full-size random FLUX.2 [klein] 4B base (transformer 3.9 B parameters, Qwen3-4B; stored in bf16)",
         functools.partial(random_flux2_klein, size="full", dtype="bfloat16"),
         {"denoiser": 3.88e9, "text encoders": 4.02e9, "vae": 0.084e9}, COMMON["ours"],
         COMMON["peer"] + ("--max_sequence_length", "512"),  # (peer.py gives it the Qwen3 layers)
-        "the peer's: the transformer and Qwen3 in bf16 at once"),
+        "the peer's: the transformer and Qwen3 in bf16 at once",
+        "The peer loads the transformer and Qwen3 (8.0 GB) in bf16, encodes its prompts, then moves Qwen3 to host "
+        "memory and keeps it there (so on a GPU machine its 8 GB are host memory, not the GPU's) and encodes a photo "
+        "at each step. Ours frees Qwen3 once the prompts are cached and encodes every photo once before its first "
+        "step: a cost the peer spreads over its steps, which a one-step run shows whole. On a GPU the device holds, "
+        "in both, about "
+        "the transformer (7.8 GB in bf16), the activations and the LoRA; this table is the process's whole "
+        "memory."),
 }
 LABELS = {"sdxl": "train_dreambooth_lora_sdxl.py", "flux2": "train_dreambooth_lora_flux2_klein.py"}
 
@@ -102,7 +114,7 @@ def main() -> None:
         label = "subjectgen train lora" if name == "ours" else f"diffusers' {LABELS[args.family]}"
         print(f"| {label} | {wall:.0f} | {rss / 1024:.1f} | {(rss - baseline) / 1024:.1f} |")
     print(f"\nours ÷ peer, peak RSS: {rows['ours'][1] / rows['peer'][1]:.2f}; the libraries alone (import torch, "
-          f"diffusers, transformers, peft, accelerate): {baseline / 1024:.2f} GiB.")
+          f"diffusers, transformers, peft, accelerate): {baseline / 1024:.2f} GiB.\n\n{family.holds}")
 
 
 def measure_step(name: str, family: FullSize, python: Path) -> tuple[dict, float]:

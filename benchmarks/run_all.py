@@ -20,7 +20,7 @@ SECTIONS = [
     ("Training speed against the peer on SDXL (diffusers' train_dreambooth_lora_sdxl.py, a mid-size random SDXL)",
      ["benchmarks/peer.py", "--family", "sdxl", "--steps", "20", "--batch-sizes", "1", "--pairs", "3", "--prior", "yes",
       "--num-class-images", "8"]),
-    ("One LoRA step of a full-size SDXL at 512 px: peak memory, ours and the peer's (what a 12 GB GPU must hold)",
+    ("One LoRA step of a full-size SDXL at 512 px: peak memory, ours and the peer's",
      ["benchmarks/full_step.py"]),
     ("One LoRA step of a full-size FLUX.2 [klein] 4B at 512 px: peak memory, ours and the peer's",
      ["benchmarks/full_step.py", "--family", "flux2"]),
