@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 from subjectgen import TrainConfig, load_model, load_run, train
 from subjectgen.backbones.flux import pack
 from subjectgen.cli import main
+from subjectgen.models import networks_in
 from subjectgen.sampling import generate, initial_latents
 from subjectgen.training.losses import diffusion_loss
 from subjectgen.world.build import EMOJIBENCH
@@ -94,6 +95,11 @@ def test_generate_in_half_precision_gives_the_plain_pipelines_image_in_it(flux_l
     assert np.abs(ours - theirs).max() <= 1
     assert np.abs(ours - generated(flux_lora, tmp_path / "fp32")).max() > 0  # it did compute in half precision
     assert json.loads((tmp_path / "out" / "prompts.json").read_text())["dtype"] == dtype
+    with networks_in(torch_dtype):
+        t5 = load_model(tiny_flux).text_encoders[1]
+    wo = [p.dtype for name, p in t5.named_parameters() if ".wo." in name]
+    assert wo and set(wo) == {torch.float32 if dtype == "fp16" else torch_dtype}  # T5's kept in fp32 in fp16
+    assert t5.shared.weight.dtype == torch_dtype
 
 
 @pytest.mark.parametrize("kind", ["int8", "nf4"])
@@ -102,6 +108,7 @@ def test_generate_base_quantization_holds_the_base_quantized_under_the_lora(flux
 
     weight_type = quantized_weight(kind)
     run = load_run(flux_lora)
+    run.components.denoiser.requires_grad_(False)  # the LoRA's own layers too: the name keeps them out
     assert quantize_frozen(run.components.denoiser, kind, torch.float32, "cpu") > 0
     attention = run.components.denoiser.transformer_blocks[0].attn.to_q
     assert isinstance(attention.base_layer.weight, weight_type)

@@ -69,6 +69,31 @@ def test_optimizer_state_with_a_dict_in_a_slot_round_trips_through_the_checkpoin
     assert torch.equal(back["state"][1]["exp_avg"], torch.zeros(3)) and back["param_groups"] == state["param_groups"]
 
 
+def test_adamw8bit_state_of_full_size_layers_goes_through_a_checkpoint(tmp_path):
+    """bitsandbytes' 8-bit moments (parameters of 4096 values or more: every real model's) share one quantization map
+    between parameters, which safetensors refuses to write twice from one storage."""
+    bitsandbytes = pytest.importorskip("bitsandbytes")
+    from subjectgen.training.checkpoints import load_checkpoint, save_checkpoint
+
+    def stepped(weights, optimizer, steps):
+        for k in range(steps):
+            for w in weights:
+                w.grad = torch.full_like(w, 0.1 * (k + 1))
+            optimizer.step()
+
+    weights = [torch.nn.Parameter(torch.linspace(-1, 1, 4096).view(64, 64)) for _ in range(2)]
+    optimizer = bitsandbytes.optim.AdamW8bit(weights, lr=1e-2)
+    stepped(weights, optimizer, 2)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    folder = save_checkpoint(tmp_path, 2, {}, optimizer, scheduler, torch.zeros(1, 2))
+    copies = [torch.nn.Parameter(w.detach().clone()) for w in weights]
+    resumed = bitsandbytes.optim.AdamW8bit(copies, lr=1e-2)
+    resumed.load_state_dict(load_checkpoint(folder)["optimizer"])
+    stepped(weights, optimizer, 1)
+    stepped(copies, resumed, 1)
+    assert all(torch.equal(a, b) for a, b in zip(weights, copies))
+
+
 def test_adamw8bit_trains_and_resumes_after_sigkill_exactly(tiny_model, subject_dir, tmp_path):
     """bitsandbytes' 8-bit AdamW on the CPU (its CPU kernels: the tested 0.50.2): its state, a dict inside each parameter's
     (it failed to save before), goes through the checkpoint and back."""

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from .errors import UserError
-from .models import Components, load_model
+from .models import Components, load_model, networks_in
 from .safeio import atomic_save_safetensors, check_safetensors, read_json
 from .sampling import EarlySteps
 from .subjects import expand_subject
@@ -75,6 +75,8 @@ class Run:
     options: dict = field(default_factory=dict)  # the method's own generation settings (Method.sample_options)
     reference_images: list | None = None  # photos its family's pipeline takes as references (FLUX.2's image=[...])
     references: dict | None = field(default=None, repr=False)  # their conditioning, encoded when first sampled
+    networks_dtype: torch.dtype = torch.float32  # generate --dtype: its networks' (and a second base's)
+    base_quantization: str | None = None  # generate --base-quantization: its denoiser's (and a second base's)
 
     @classmethod
     def of_model(cls, ref: str, allow_pickle: bool = False) -> "Run":
@@ -110,13 +112,17 @@ class Run:
                           context)
 
     def base_model(self) -> Components:
-        """The run's base model, loaded once, on the run's device and dtype."""
+        """The run's base model, loaded once and held as the run's own networks are: on their device, in generate's
+        --dtype, its denoiser quantized as --base-quantization says (each layer on its way to the device)."""
         if self.base is None:
-            c = self.components
-            self.base = load_model(self.manifest["model"]).to(c.denoiser.device)
-            self.base.denoiser.to(c.denoiser.dtype)
-            for base, own in zip(self.base.text_encoders, c.text_encoders):
-                base.to(own.dtype)
+            device = self.components.denoiser.device
+            with networks_in(self.networks_dtype):
+                base = load_model(self.manifest["model"])
+            if self.base_quantization:
+                from .training.quantize import quantize_frozen
+
+                quantize_frozen(base.denoiser, self.base_quantization, self.networks_dtype, device)
+            self.base = base.to(device)
         return self.base
 
     def denoiser_for(self, negative_prompt: str, guidance: float):

@@ -59,23 +59,24 @@ def generate_to_folder(ref: str, prompts: list[str], out: Path, n: int = 4, seed
     # a one-line error for any out of range
     SampleSettings(n, seed, steps, guidance, lora_scale, subject_start, batch_size)
     device = inference_device()
-    torch_dtype = check_precision(dtype, base_quantization, device)
+    torch_dtype = check_generation_precision(dtype, base_quantization, device)
     out = Path(out)
     check_writable(out)  # at once, before the model loads; again under the lock
     if references is not None and not Path(references).is_dir():
         raise UserError(f"--references {references}: no such folder; give a folder of photos of the subject")
     with networks_in(torch_dtype):
         run = open_run_or_model(ref, allow_pickle, lora_scale)
-    if base_quantization:
-        from .training.quantize import quantize_frozen
-
-        quantize_frozen(run.components.denoiser, base_quantization, torch_dtype, device)
     if references is not None:
         run.add_references(Path(references))
     if options:
         run.options = own_options(run, ref, options)
     if subject_start and not run.subject:
         raise UserError(f"--subject-start applies to run folders; {ref} is a model")
+    run.networks_dtype, run.base_quantization = torch_dtype, base_quantization
+    if base_quantization:  # each layer quantized on its way to the device
+        from .training.quantize import quantize_frozen
+
+        quantize_frozen(run.components.denoiser, base_quantization, torch_dtype, device)
     run.components.to(device)
     for prompt in prompts:
         if run.subject and "{subject}" not in prompt:
@@ -96,7 +97,7 @@ def generate_to_folder(ref: str, prompts: list[str], out: Path, n: int = 4, seed
     return write_images(out, dict(zip(names, images)), make_grid(images, n), record)
 
 
-def check_precision(dtype: str, base_quantization: str | None, device: torch.device) -> torch.dtype:
+def check_generation_precision(dtype: str, base_quantization: str | None, device: torch.device) -> torch.dtype:
     """The torch dtype generation computes in; a one-line error for a dtype or quantization not known, or one the
     machine cannot run (its library missing; nf4 where bitsandbytes has no kernels for the device)."""
     if dtype not in GENERATION_DTYPES:

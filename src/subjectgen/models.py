@@ -86,8 +86,21 @@ def _in_fp32(c: Components, keep_dtype: bool) -> Components:
     c.vae.float()
     for module in [] if keep_dtype else c.networks:
         if module is not c.vae:
-            module.to(_NETWORKS_DTYPE.get())
+            dtype = _NETWORKS_DTYPE.get()
+            kept = fp32_parameters(module, dtype)
+            for name, p in module.named_parameters():
+                p.data = p.data.to(torch.float32 if name in kept else dtype)
     return c
+
+
+def fp32_parameters(module: torch.nn.Module, dtype: torch.dtype) -> set[str]:
+    """The parameters of `module` its library keeps in fp32 when the rest is cast to `dtype`, as from_pretrained's
+    torch_dtype does: transformers' _keep_in_fp32_modules in fp16 (T5's feed-forward output `wo`, which overflows
+    there), and _keep_in_fp32_modules_strict in fp16 and bf16."""
+    names = set(getattr(module, "_keep_in_fp32_modules", None) or ()) if dtype == torch.float16 else set()
+    if dtype in (torch.float16, torch.bfloat16):
+        names |= set(getattr(module, "_keep_in_fp32_modules_strict", None) or ())
+    return {name for name, _ in module.named_parameters() if names & set(name.split("."))}
 
 
 def _load_folder(path: Path, ref: str, allow_pickle: bool) -> Components:

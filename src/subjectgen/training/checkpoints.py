@@ -20,15 +20,20 @@ KEEP = 2  # checkpoints kept on disk; older ones are removed
 
 def flatten_optimizer(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
     """torch optimizer state -> (flat tensors for safetensors, JSON-able rest), keyed 'param.slot'; a slot holding a
-    dict (bitsandbytes' 8-bit AdamW keeps its quantized moments in one) flattened into 'param.slot.inner'."""
-    tensors, scalars = {}, {}
+    dict (bitsandbytes' 8-bit AdamW keeps its quantized moments in one) flattened into 'param.slot.inner'. A tensor
+    sharing its storage with one already taken (8-bit AdamW's quantization maps, one for all parameters) is copied:
+    safetensors writes each storage once."""
+    tensors, scalars, storages = {}, {}, set()
 
     def put(key: str, value) -> None:
         if isinstance(value, dict):
             for name, inner in value.items():
                 put(f"{key}.{name}", inner)
         elif torch.is_tensor(value):
-            tensors[key] = value.detach().cpu().contiguous()
+            tensor = value.detach().cpu().contiguous()
+            storage = tensor.untyped_storage().data_ptr()
+            tensors[key] = tensor.clone() if storage in storages else tensor
+            storages.add(storage)
         else:
             scalars[key] = value
 

@@ -26,7 +26,7 @@ from ..captions import caption_missing, load_captioner, write_captions
 from ..config import TrainConfig, default_eval_sample_steps, resolve_defaults
 from ..errors import TrainingDiverged, UserError
 from ..methods import registry
-from ..models import load_model
+from ..models import fp32_parameters, load_model
 from ..safeio import atomic_save_image, atomic_write_bytes, atomic_write_json, writing
 from ..sampling import generate, make_grid
 from ..subjects import expand_subject, load_subject
@@ -183,15 +183,16 @@ class Trainer:
         return LatentCache(self.components, images, fit_to=buckets if cfg.aspect_buckets else None)
 
     def place_modules(self) -> None:
-        """Frozen weights in the mixed-precision dtype on the device, trainable weights in fp32: each weight cast as
-        it moves, so no fp32 copy of a frozen base reaches the device; with --base-quantization the denoiser is
-        cast in host memory and its frozen linear layers quantized one at a time as they reach the device."""
+        """Frozen weights in the mixed-precision dtype on the device (those their library keeps in fp32 aside:
+        models.fp32_parameters), trainable weights in fp32: each weight cast as it moves, so no fp32 copy of a frozen
+        base reaches the device; with --base-quantization the denoiser is cast in host memory and its frozen linear
+        layers quantized one at a time as they reach the device."""
         dtype, device = DTYPES[self.cfg.mixed_precision], self.accelerator.device
         quantized = self.components.denoiser if self.cfg.base_quantization else None
         for module in self.components.networks:
-            target = "cpu" if module is quantized else device
-            for p in module.parameters():
-                p.data = p.data.to(target, torch.float32 if p.requires_grad else dtype)
+            target, kept = "cpu" if module is quantized else device, fp32_parameters(module, dtype)
+            for name, p in module.named_parameters():
+                p.data = p.data.to(target, torch.float32 if p.requires_grad or name in kept else dtype)
             module.to(target)  # the buffers
         if quantized is not None:  # the LoRA layers are in place and train: only the frozen ones are quantized
             quantize_frozen(quantized, self.cfg.base_quantization, dtype, device)

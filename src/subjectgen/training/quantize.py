@@ -45,11 +45,14 @@ def check_bitsandbytes(option: str, probe, device, instead: str) -> None:
         with libraries_quietly("bitsandbytes"):
             probe(torch.device(device))
     except Exception as error:  # noqa: BLE001 - any failure of the library on this device is the answer
-        from importlib.metadata import version
+        from importlib.metadata import PackageNotFoundError, version
 
         reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
-        raise UserError(f"{option}: bitsandbytes {version('bitsandbytes')} cannot run it on {device} ({reason}); "
-                        f"{instead}") from None
+        try:
+            release = f"bitsandbytes {version('bitsandbytes')}"
+        except PackageNotFoundError:  # importable without its metadata (a source tree on the path)
+            release = "bitsandbytes"
+        raise UserError(f"{option}: {release} cannot run it on {device} ({reason}); {instead}") from None
 
 
 def nf4_probe(device: torch.device) -> None:
@@ -86,8 +89,8 @@ def frozen_linear(module: torch.nn.Module, name: str) -> bool:
 
 def quantize_frozen(module: torch.nn.Module, kind: str, compute_dtype: torch.dtype, device) -> int:
     """Quantize every frozen nn.Linear of `module` (frozen_linear) and move the module to `device`: each layer is
-    quantized as it reaches the device, one at a time, so the device never holds the unquantized base (a 12 B
-    FLUX.1 in bf16 is 24 GB; in nf4, 6). Returns how many layers."""
+    quantized as it reaches the device, one at a time, so the device never holds all of `module` unquantized (a
+    12 B FLUX.1's weights are 24 GB in bf16; in nf4, 6). Returns how many layers."""
     count = sum(frozen_linear(m, name) for name, m in module.named_modules())
     if kind == "int8":
         with libraries_quietly("torchao", "torch.utils._pytree"):
