@@ -152,6 +152,19 @@ def test_full_dreambooth_saves_a_loadable_pipeline(runs, tiny_model):
     assert torch.equal(pipe.text_encoder.get_input_embeddings().weight, base.text_encoder.get_input_embeddings().weight)
 
 
+def test_a_dreambooth_runs_second_base_is_held_as_generate_holds_the_run(runs, tmp_path):
+    """--subject-start on a full fine-tune samples the first steps on a second, plain base: in --dtype too."""
+    from subjectgen.generation import generate_to_folder
+
+    run = load_run(runs["dreambooth"].run_dir)
+    run.networks_dtype = torch.bfloat16
+    base = run.base_model()
+    assert {p.dtype for p in base.denoiser.parameters()} == {torch.bfloat16} and base.vae.dtype == torch.float32
+    result = generate_to_folder(str(runs["dreambooth"].run_dir), ["a {subject}"], tmp_path, n=1, steps=4,
+                                subject_start=0.5, dtype="bf16")
+    assert len(result.files) == 1
+
+
 def test_prior_preservation_logs_both_halves(runs):
     import csv
 
