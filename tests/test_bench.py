@@ -618,6 +618,29 @@ def test_a_methods_own_training_settings_reach_only_the_methods_that_take_them(t
     assert sorted(p.name for p in (out / "pairs").glob("*/*")) == pairs
 
 
+def test_a_bench_trains_and_samples_in_its_mixed_precision(tiny_model, evaluator_dirs, tmp_path, monkeypatch):
+    """--mixed-precision bf16 (what a big model needs on a GPU): the runs train in it, and every run, the baseline's
+    too, samples in its dtype (Run.place), so all the methods' images come from one precision."""
+    from subjectgen.adapters import Run
+
+    placed, place = [], Run.place
+
+    def recording(run, device, dtype=torch.float32, base_quantization=None):
+        placed.append((run.manifest.get("method") or "baseline", dtype, base_quantization,
+                       {p.dtype for p in run.components.denoiser.parameters()}))
+        return place(run, device, dtype, base_quantization)
+
+    monkeypatch.setattr(Run, "place", recording)
+    out = tmp_path / "out"
+    assert main(bench_args(tiny_model, evaluator_dirs, out) + ["--subjects", "dog", "--mixed-precision", "bf16",
+                                                               "--gradient-checkpointing"]) == 0
+    settings = json.loads((out / "pairs" / "lora" / "dog" / "run" / MANIFEST).read_text())["settings"]
+    assert settings["mixed_precision"] == "bf16" and settings["gradient_checkpointing"]
+    assert {method for method, *_ in placed} == {"baseline", "lora"}
+    assert all(dtype == torch.bfloat16 and quantization is None and held == {torch.bfloat16}
+               for _, dtype, quantization, held in placed)
+
+
 def test_runs_with_other_training_options_are_not_reused_but_the_baseline_is(finished):
     from subjectgen.eval.bench import folder_protocol, reusable
 
@@ -633,6 +656,9 @@ def test_runs_with_other_training_options_are_not_reused_but_the_baseline_is(fin
     (["--methods", "lora", "--rank", "0"], "--rank: must be an integer >= 1"),
     (["--methods", "textual-inversion", "--prior-preservation"],  # TI makes no class images by default
      "--methods textual-inversion: --num-class-images must be at least 1 with prior preservation"),
+    (["--methods", "dreambooth", "--base-quantization", "int8"], "--base-quantization: none of the bench's methods "
+                                                                 "(dreambooth) takes it; it is for lora"),
+    (["--methods", "lora", "--mixed-precision", "fp16"], "--mixed-precision fp16 needs a GPU"),
 ])
 def test_a_training_setting_no_method_can_take_is_a_one_line_error(tiny_model, evaluator_dirs, tmp_path, capsys,
                                                                    flags, words):
@@ -649,6 +675,8 @@ def test_a_training_setting_no_method_can_take_is_a_one_line_error(tiny_model, e
 @pytest.mark.parametrize("options, words", [({"rank": 0}, "--rank 0: lora needs an integer >= 1"),
                                             ({"rank": True}, "--rank True: lora needs"),
                                             ({"prior_preservation": 1}, "--prior-preservation takes no value"),
+                                            ({"mixed_precision": "fp8"}, "--mixed-precision fp8: choose one of no, "),
+                                            ({"base_quantization": "int4"}, "--base-quantization int4: choose one"),
                                             ({"steps": 5}, "--steps is not a training setting the bench passes on")])
 def test_a_bench_config_checks_its_training_options(options, words):
     from subjectgen.config import BenchConfig

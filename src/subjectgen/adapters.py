@@ -125,6 +125,18 @@ class Run:
             self.base = base.to(device)
         return self.base
 
+    def place(self, device, dtype: torch.dtype = torch.float32, base_quantization: str | None = None) -> "Run":
+        """On `device` for sampling (its networks loaded in `dtype`: models.networks_in), the denoiser quantized on
+        the way as `base_quantization` says (each layer as it reaches the device), and the second base it may load
+        (base_model) held the same way."""
+        self.networks_dtype, self.base_quantization = dtype, base_quantization
+        if base_quantization:
+            from .training.quantize import quantize_frozen
+
+            quantize_frozen(self.components.denoiser, base_quantization, dtype, device)
+        self.components.to(device)
+        return self
+
     def denoiser_for(self, negative_prompt: str, guidance: float):
         """For sampling.generate: the method's denoiser for a batch of prompts (None: the plain one)."""
         if self.method is None and not self.reference_images:

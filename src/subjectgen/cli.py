@@ -183,7 +183,9 @@ def add_method_train_flags(parser) -> None:
         needs = " with --prior-preservation" if name in ("prior_weight", "num_class_images") else ""
         kwargs = {"dest": f"train_{name}", "default": None,
                   "help": f"{f.metadata['help']} [{', '.join(option_users(name))}{needs}]"}
-        if f.metadata.get("bound") is None:
+        if f.metadata.get("choices"):
+            kwargs.update(choices=f.metadata["choices"], metavar=f.metadata.get("metavar"))
+        elif f.metadata.get("bound") is None:
             kwargs["action"] = argparse.BooleanOptionalAction
         else:
             kwargs.update(type=arg_type(TrainConfig, name), metavar="N" if f.metadata["bound"].integer else "X")

@@ -9,7 +9,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from .errors import UserError
 from .methods import registry
 from .settings import (ANY_FINITE, AT_LEAST_1, FRACTION_BELOW_1, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE,
-                       SAMPLER_STEPS, SEED, Bound, bound_of, check_settings, setting)
+                       SAMPLER_STEPS, SEED, Bound, bound_of, check_settings, choices_of, setting)
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
 OPTIMIZERS = ("adamw", "adamw8bit")
@@ -356,7 +356,10 @@ FILTER_TAU_T, FILTER_TAU_S = 0.257, 0.012
 
 
 # A method's own training settings the bench passes on (train's flags): each reaches the bench's methods that take it.
-BENCH_TRAIN_OPTIONS = ("rank", "lora_alpha", "prior_preservation", "prior_weight", "num_class_images", "num_vectors")
+BENCH_TRAIN_OPTIONS = ("rank", "lora_alpha", "prior_preservation", "prior_weight", "num_class_images", "num_vectors",
+                       # what a big model needs on a GPU (the bench samples in --mixed-precision's dtype and holds
+                       # the base as --base-quantization says: eval.bench.sampling_precision)
+                       "mixed_precision", "gradient_checkpointing", "base_quantization", "optimizer")
 
 
 def method_takes(method: str, name: str) -> bool:
@@ -398,6 +401,11 @@ def check_train_options(options: dict, methods: list[str]) -> None:
             raise UserError(f"{flag}: none of the bench's methods ({', '.join(methods)}) takes it; it is for "
                             f"{', '.join(option_users(name))} (a folder started with it keeps it: name such a "
                             "method again, its finished pairs are reused)")
+        choices = choices_of(TrainConfig, name)
+        if choices is not None:
+            if value not in choices:
+                raise UserError(f"{flag} {value}: choose one of {', '.join(choices)}")
+            continue
         for method in takers:
             bound = method_bound(method, name)
             if bound is None and not isinstance(value, bool):

@@ -72,12 +72,7 @@ def generate_to_folder(ref: str, prompts: list[str], out: Path, n: int = 4, seed
         run.options = own_options(run, ref, options)
     if subject_start and not run.subject:
         raise UserError(f"--subject-start applies to run folders; {ref} is a model")
-    run.networks_dtype, run.base_quantization = torch_dtype, base_quantization
-    if base_quantization:  # each layer quantized on its way to the device
-        from .training.quantize import quantize_frozen
-
-        quantize_frozen(run.components.denoiser, base_quantization, torch_dtype, device)
-    run.components.to(device)
+    run.place(device, torch_dtype, base_quantization)
     for prompt in prompts:
         if run.subject and "{subject}" not in prompt:
             warnings.warn(f"prompt {prompt!r} has no {{subject}}; it will not show the learned subject", stacklevel=2)

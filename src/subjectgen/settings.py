@@ -89,6 +89,11 @@ def bound_of(cls: type, name: str) -> Bound | None:
     raise KeyError(f"{cls.__name__} has no field {name}")
 
 
+def choices_of(cls: type, name: str) -> tuple | None:
+    """A setting's choices (None: one without)."""
+    return next(f.metadata.get("choices") for f in fields(cls) if f.name == name)
+
+
 def flag_of(f) -> str:
     """A setting's command-line flag: the one it declares, else --its-name."""
     return f.metadata.get("flag", "--" + f.name.replace("_", "-"))

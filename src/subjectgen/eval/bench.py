@@ -238,7 +238,8 @@ def start(cfg: BenchConfig, bench: Benchmark, out: Path, reuse: set, rank: int) 
     ctx = Context(cfg, bench, out, load_evaluators(cfg.dino, cfg.clip), cfg.subjects or list(bench.classes), reuse,
                   instances=world_subjects(bench))
     if rank == 0:
-        ctx.base = base_run(cfg.model)
+        check_machine(cfg)
+        ctx.base = base_run(cfg)
         check_pair_settings(ctx)
         hold(out)  # one writer per bench folder (the job's other ranks write only their own pairs)
         try:
@@ -249,14 +250,39 @@ def start(cfg: BenchConfig, bench: Benchmark, out: Path, reuse: set, rank: int) 
     return ctx
 
 
-def base_run(model: str):
-    """The base model as the baseline's Run, on the inference device."""
+def base_run(cfg: BenchConfig):
+    """The base model as the baseline's Run, on the inference device, held as the bench samples (sampling_precision)."""
     from ..adapters import Run
-    from ..models import inference_device
+    from ..models import inference_device, networks_in
 
-    run = Run.of_model(model)
-    run.components.to(inference_device())
-    return run
+    dtype, quantization = sampling_precision(cfg)
+    with networks_in(dtype):
+        run = Run.of_model(cfg.model)
+    return run.place(inference_device(), dtype, quantization)
+
+
+def sampling_precision(cfg: BenchConfig):
+    """(dtype, base quantization) every run samples with, the baseline's too: --mixed-precision's dtype (fp32 for
+    no) and --base-quantization, so a big model samples in the memory it trained in and every method's images come
+    from one precision."""
+    from ..training.loop import DTYPES
+
+    options = cfg.train_options
+    return DTYPES[options.get("mixed_precision", "no")], options.get("base_quantization")
+
+
+def check_machine(cfg: BenchConfig) -> None:
+    """The bench's precision, quantization and optimizer run on this machine: a one-line error at the start, not
+    at the first pair."""
+    from ..models import inference_device
+    from ..training.loop import check_optimizer, check_precision
+    from ..training.quantize import check_quantizer
+
+    options, device = cfg.train_options, inference_device()
+    check_precision(options.get("mixed_precision", "no"), device)
+    check_optimizer(options.get("optimizer", "adamw"), device)
+    if options.get("base_quantization"):
+        check_quantizer(options["base_quantization"], device)
 
 
 def run_pairs(ctx: Context, rank: int, world: int, group, progress: bool) -> dict | None:
@@ -400,17 +426,19 @@ def oracle_pair(ctx: Context, subject: str, photos: list) -> dict:
 def prepare_run(ctx: Context, method: str, subject: str, pair: Path):
     """The Run to sample from and the seconds its training took (0 for the baseline)."""
     from ..adapters import MANIFEST, load_run
-    from ..models import inference_device
+    from ..models import inference_device, networks_in
     from ..training import train
 
     if method == "baseline":
         if ctx.base is None:
-            ctx.base = base_run(ctx.cfg.model)
+            ctx.base = base_run(ctx.cfg)
         return ctx.base, 0.0
     run_dir, timing = pair / "run", pair / "train_seconds.json"
     if not (run_dir / MANIFEST).is_file() and "runs" in ctx.reuse:
         copy_run(Path(ctx.cfg.runs_from) / "pairs" / method / subject, pair)
-    run = loadable_run(run_dir)
+    dtype, quantization = sampling_precision(ctx.cfg)
+    with networks_in(dtype):
+        run = loadable_run(run_dir)
     if run is None:  # never trained, killed while training, or saved incomplete: train afresh
         cfg = pair_config(ctx.cfg, ctx.bench, method, subject, run_dir)
         check_same_defaults(ctx, cfg)
@@ -418,10 +446,11 @@ def prepare_run(ctx: Context, method: str, subject: str, pair: Path):
         train(cfg, overwrite=True, progress=False, distributed=False)
         # the user's wait: loading, class images and caching count, not only the loop
         atomic_write_json(timing, {"seconds": round(time.perf_counter() - started, 3)})
-        run = load_run(run_dir)
+        with networks_in(dtype):
+            run = load_run(run_dir)
     if run.method.sample_options is not None:  # e.g. Fusion Sampling's settings, for the methods that take them
         run.options = options_for(run.method.sample_options, ctx.cfg.sample_options)
-    run.components.to(inference_device())
+    run.place(inference_device(), dtype, quantization)
     seconds = json.loads(timing.read_text())["seconds"] if timing.is_file() else run.manifest["metrics"]["train_seconds"]
     return run, float(seconds)
 

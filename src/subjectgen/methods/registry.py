@@ -23,6 +23,8 @@ from ..settings import Bound
 
 # The shared settings of class images and prior preservation, which a method without them drops.
 PRIOR_SETTINGS = ("class_prompt", "prior_preservation", "prior_weight", "num_class_images")
+# A frozen base under trained adapters: the methods that train the base's own weights or need them drop it.
+NO_FROZEN_BASE = ("base_quantization",)
 # Every shared setting of optimization: a method that trains nothing (the zero-shot apprentice) drops them all.
 TRAINING_SETTINGS = (*PRIOR_SETTINGS, "token", "steps", "lr", "batch_size", "seed", "snr_gamma", "weighting_scheme",
                      "logit_mean", "logit_std", "mode_scale", "masked_loss",
@@ -153,7 +155,7 @@ register(MethodSpec(
 register(MethodSpec(
     "dreambooth", "DreamBooth full fine-tune of the UNet, with class prior preservation",
     "subjectgen.methods.dreambooth:DreamBooth",
-    own_settings=("instance_prompt", "train_text_encoder"),
+    own_settings=("instance_prompt", "train_text_encoder"), drops=NO_FROZEN_BASE,
     # On the built-in model the fair comparison's choice on the validation subjects (docs/RESULTS.md): lr 1e-5, 400
     # steps, eight eval points, the step the rule keeps, a masked loss, captions by the built-in captioner, kept in the
     # run (before it: lr 1e-4, 300 steps, five eval points, the last kept, neither).
@@ -164,7 +166,7 @@ register(MethodSpec(
 register(MethodSpec(
     "textual-inversion", "learn a new word embedding; the model stays frozen",
     "subjectgen.methods.textual_inversion:TextualInversion",
-    own_settings=("num_vectors", "init_word"),
+    own_settings=("num_vectors", "init_word"), drops=NO_FROZEN_BASE,
     # On the built-in model the fair comparison's choice on the validation subjects (docs/RESULTS.md): lr 1.5e-3, 600
     # steps, twelve eval points, the step the rule keeps, a masked loss (before it: lr 5e-3, 500 steps, the last kept)
     defaults={"steps": (3000, 600), "lr": (5e-4, 1.5e-3), "num_class_images": (0, 0), "masked_loss": (False, True)},
@@ -180,7 +182,7 @@ register(MethodSpec(
     # its reference)
     defaults={"steps": (100, 0), "lr": (2e-5, 2e-5), "batch_size": (4, 4), "num_class_images": (0, 0)},
     bounds={"steps": Bound(low=0, integer=True)},  # --steps 0: the encoder alone, no tuning
-    drops=(*PRIOR_SETTINGS, "masked_loss", "aspect_buckets", "captioning", "captioner"),  # S* from one photo
+    drops=(*PRIOR_SETTINGS, *NO_FROZEN_BASE, "masked_loss", "aspect_buckets", "captioning", "captioner"),  # S*: 1 photo
     token_help="placeholder token for S* (default: <s*>)",
     families=("sd",)))
 register(MethodSpec(
