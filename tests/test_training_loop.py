@@ -95,8 +95,8 @@ def test_adamw8bit_state_of_full_size_layers_goes_through_a_checkpoint(tmp_path)
 
 
 def test_adamw8bit_trains_and_resumes_after_sigkill_exactly(tiny_model, subject_dir, tmp_path):
-    """bitsandbytes' 8-bit AdamW on the CPU (its CPU kernels: the tested 0.50.2): its state, a dict inside each parameter's
-    (it failed to save before), goes through the checkpoint and back."""
+    """bitsandbytes' 8-bit AdamW on the CPU (its CPU kernels: the tested 0.50.2): its state, a dict inside each
+    parameter's (it failed to save before), goes through the checkpoint and back."""
     pytest.importorskip("bitsandbytes")
     full, out = killed_and_resumed(tiny_model, subject_dir, tmp_path, ["--steps", "40", "--checkpoint-every", "10",
                                                                        "--optimizer", "adamw8bit"], 20)

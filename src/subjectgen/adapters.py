@@ -115,14 +115,9 @@ class Run:
         """The run's base model, loaded once and held as the run's own networks are: on their device, in generate's
         --dtype, its denoiser quantized as --base-quantization says (each layer on its way to the device)."""
         if self.base is None:
-            device = self.components.denoiser.device
             with networks_in(self.networks_dtype):
                 base = load_model(self.manifest["model"])
-            if self.base_quantization:
-                from .training.quantize import quantize_frozen
-
-                quantize_frozen(base.denoiser, self.base_quantization, self.networks_dtype, device)
-            self.base = base.to(device)
+            self.base = held(base, self.components.denoiser.device, self.networks_dtype, self.base_quantization)
         return self.base
 
     def place(self, device, dtype: torch.dtype = torch.float32, base_quantization: str | None = None) -> "Run":
@@ -130,11 +125,7 @@ class Run:
         the way as `base_quantization` says (each layer as it reaches the device), and the second base it may load
         (base_model) held the same way."""
         self.networks_dtype, self.base_quantization = dtype, base_quantization
-        if base_quantization:
-            from .training.quantize import quantize_frozen
-
-            quantize_frozen(self.components.denoiser, base_quantization, dtype, device)
-        self.components.to(device)
+        held(self.components, device, dtype, base_quantization)
         return self
 
     def denoiser_for(self, negative_prompt: str, guidance: float):
@@ -175,6 +166,16 @@ class Run:
         """`{subject}` expanded, and whatever else the method's tokenizer must see (TI's extra vectors)."""
         prompt = expand_subject(prompt, self.subject)
         return self.method.prompt_for_run(self.manifest, prompt) if self.method else prompt
+
+
+def held(c: Components, device, dtype: torch.dtype, base_quantization: str | None) -> Components:
+    """`c` on `device` for sampling, its denoiser quantized on the way as `base_quantization` says (each layer as it
+    reaches the device: quantize_frozen)."""
+    if base_quantization:
+        from .training.quantize import quantize_frozen
+
+        quantize_frozen(c.denoiser, base_quantization, dtype, device)
+    return c.to(device)
 
 
 @contextmanager

@@ -13,7 +13,8 @@ from pathlib import Path
 
 # Quiet the libraries' import-time chatter (e.g. transformers on a missing torchvision) for CLI users; torchao, where
 # installed (--base-quantization int8), is imported by transformers, diffusers and peft and lists the GPU kernels a CPU
-# build lacks; bitsandbytes, where installed (nf4, adamw8bit), is imported by peft and names a hub kernel it cannot fetch.
+# build lacks; bitsandbytes, where installed (nf4, adamw8bit), is imported by peft and names a hub kernel it cannot
+# fetch.
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 for _name in ("torchao", "torch.utils._pytree", "bitsandbytes"):

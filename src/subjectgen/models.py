@@ -62,8 +62,8 @@ def inference_device() -> torch.device:
 
 def load_model(ref: str, allow_pickle: bool = False, keep_dtype: bool = False) -> Components:
     """Load the components of the model named by `ref` (see the module docstring), every network in fp32 whatever
-    its storage (the built-in model ships fp16), as generation computes (or in networks_in's dtype). keep_dtype (training in mixed precision):
-    the denoiser and text encoders stay as stored, and the trainer casts each weight once, frozen ones to the
+    its storage (the built-in model ships fp16), as generation computes (or in networks_in's dtype). keep_dtype
+    (training in mixed precision): the denoiser and text encoders stay as stored, and the trainer casts each weight once, frozen ones to the
     mixed-precision dtype and trainable ones to fp32, with no fp32 copy of a half-precision base in between."""
     ref = str(ref)
     named = assets.builtin_path("model", ref)
@@ -84,12 +84,13 @@ def _in_fp32(c: Components, keep_dtype: bool) -> Components:
     """The networks in fp32, or networks_in's dtype (see load_model); the VAE in fp32 always: it is small, encodes
     the photos before any cast, and SDXL's overflows in fp16."""
     c.vae.float()
-    for module in [] if keep_dtype else c.networks:
-        if module is not c.vae:
-            dtype = _NETWORKS_DTYPE.get()
-            kept = fp32_parameters(module, dtype)
-            for name, p in module.named_parameters():
-                p.data = p.data.to(torch.float32 if name in kept else dtype)
+    if keep_dtype:
+        return c
+    dtype = _NETWORKS_DTYPE.get()
+    for module in [*c.text_encoders, c.denoiser]:
+        kept = fp32_parameters(module, dtype)
+        for name, p in module.named_parameters():
+            p.data = p.data.to(torch.float32 if name in kept else dtype)
     return c
 
 

@@ -486,8 +486,8 @@ def check_compiler(device) -> None:
 
 
 def check_optimizer(name: str, device) -> None:
-    """8-bit AdamW runs where bitsandbytes runs it (CUDA, and the CPU with a recent release: the tested 0.50.2): a one-line error
-    before the run folder appears otherwise."""
+    """8-bit AdamW runs where bitsandbytes runs it (CUDA, and the CPU with a recent release: the tested 0.50.2): a
+    one-line error before the run folder appears otherwise."""
     if name == "adamw8bit":
         check_bitsandbytes("--optimizer adamw8bit", adamw8bit_probe, device, "use --optimizer adamw")
 
